@@ -1,0 +1,176 @@
+"""Fixtures that give every test real servers.
+
+Where the servers come from, in order:
+
+1. the environment (``ESINDEXER_TEST_PG_DSN``, ``ESINDEXER_TEST_ES_URL``), as printed by
+   ``scripts/services up`` and set by ``scripts/test``;
+2. testcontainers, when a Docker engine answers;
+3. otherwise the test is skipped, or fails when ``ESINDEXER_REQUIRE_SERVICES=1`` (CI),
+   with a message naming the command that starts the servers.
+
+Each test gets a fresh PostgreSQL database (RelStorage creates its schema on first
+open) and an Elasticsearch name prefix whose indices and templates are removed after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from typing import Iterator
+
+import psycopg2
+import pytest
+
+from tests.support import fresh_database, open_zodb, require_services
+
+log = logging.getLogger("esindexer.tests")
+
+# Images used only when a Docker engine is available; the versions follow deploy/versions.env.
+_VERSIONS = dict(
+    line.strip().split("=", 1)
+    for line in open(os.path.join(os.path.dirname(__file__), "..", "deploy", "versions.env"))
+    if "=" in line and not line.lstrip().startswith("#")
+)
+ES_IMAGE = f"docker.elastic.co/elasticsearch/elasticsearch:{_VERSIONS['ELASTICSEARCH_VERSION']}"
+PG_IMAGE = f"postgres:{_VERSIONS['POSTGRES_MAJOR']}"
+START_HINT = "start them with `eval \"$(scripts/services up)\"` (or run `scripts/test`)"
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+def _unavailable(what: str) -> None:
+    message = f"{what} is not available: no environment variable, no Docker engine; {START_HINT}"
+    if require_services():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """DSN (URI form) of a PostgreSQL role that may create databases."""
+    if dsn := os.environ.get("ESINDEXER_TEST_PG_DSN"):
+        yield dsn
+        return
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer(PG_IMAGE, driver=None) as pg:
+            yield pg.get_connection_url()
+        return
+    _unavailable("PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def es_url() -> Iterator[str]:
+    """URL of a real Elasticsearch node with security off."""
+    if url := os.environ.get("ESINDEXER_TEST_ES_URL"):
+        yield url
+        return
+    if _docker_available():
+        from testcontainers.elasticsearch import ElasticSearchContainer
+
+        with ElasticSearchContainer(ES_IMAGE, mem_limit="2G") as es:
+            yield f"http://{es.get_container_host_ip()}:{es.get_exposed_port(es.port)}"
+        return
+    _unavailable("Elasticsearch")
+
+
+@pytest.fixture
+def keep_history() -> bool:
+    """History-free by default; override with ``tests.support.both_history_modes``."""
+    return False
+
+
+@pytest.fixture
+def db_dsn(pg_dsn: str) -> Iterator[str]:
+    """DSN of a fresh, empty database, dropped after the test."""
+    with fresh_database(pg_dsn) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def zodb(db_dsn: str, keep_history: bool):
+    """An open ``ZODB.DB`` on RelStorage over the test's fresh database."""
+    db = open_zodb(db_dsn, keep_history)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def pg_conn(db_dsn: str):
+    """A psycopg2 connection to the test's database."""
+    conn = psycopg2.connect(db_dsn)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def es_session_client(es_url: str):
+    from elasticsearch import Elasticsearch
+
+    client = Elasticsearch(es_url, request_timeout=60)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def es_prefix(request, es_session_client) -> Iterator[str]:
+    """A lower-case name prefix unique to this test; everything under it is removed after."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:30]
+    prefix = f"t-{slug}-{uuid.uuid4().hex[:6]}-"
+    yield prefix
+    es = es_session_client
+    es.options(ignore_status=404).indices.delete(
+        index=f"{prefix}*", expand_wildcards="all", allow_no_indices=True
+    )
+    es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}*")
+
+
+@pytest.fixture
+def es(es_session_client, es_prefix):
+    """An Elasticsearch client; use ``es_prefix`` in every index name you create."""
+    return es_session_client
+
+
+def pytest_report_header(config) -> list[str]:
+    """Name the real server versions in the test run's header (CI output shows them)."""
+    lines = []
+    if dsn := os.environ.get("ESINDEXER_TEST_PG_DSN"):
+        try:
+            with psycopg2.connect(dsn, connect_timeout=3) as conn, conn.cursor() as cur:
+                cur.execute("show server_version")
+                lines.append(f"PostgreSQL server: {cur.fetchone()[0]} ({dsn.split('@')[-1]})")
+            conn.close()
+        except Exception as exc:  # header only: the fixtures report the real failure
+            lines.append(f"PostgreSQL server: unreachable ({exc.__class__.__name__})")
+    if url := os.environ.get("ESINDEXER_TEST_ES_URL"):
+        try:
+            from elasticsearch import Elasticsearch
+
+            client = Elasticsearch(url, request_timeout=5)
+            nodes = client.nodes.info(node_id="_local", metric="jvm")["nodes"]
+            for node in nodes.values():
+                lines.append(
+                    f"Elasticsearch server: {node['version']} (build {node.get('build_flavor', '?')}, "
+                    f"JVM {node['jvm']['version']}) at {url}"
+                )
+            client.close()
+        except Exception as exc:
+            lines.append(f"Elasticsearch server: unreachable ({exc.__class__.__name__})")
+    return lines
