@@ -65,7 +65,7 @@ class HealthServer:
     poller hung on a dead socket reports nothing at all).
     """
 
-    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9310,
+    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9650,
                  es_check: Callable[[], None] | None = None, stall_after: float = 300.0,
                  *, es_check_ttl: float = 5.0, source_stale_after: float = 120.0) -> None:
         self.metrics = metrics
