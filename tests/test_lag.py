@@ -1,0 +1,164 @@
+"""SourcePoller against real PostgreSQL databases written through ZODB + RelStorage."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import psycopg2
+import pytest
+import transaction
+from ZODB.utils import u64
+
+from esindexer.health import HealthServer
+from esindexer.lag import SourcePoller
+from esindexer.metrics import Metrics
+from tests.observe_support import reference_tid_to_epoch, tid_impl  # noqa: F401  (fixture)
+from tests.support import both_history_modes, fresh_database, open_zodb, wait_for
+
+pytestmark = pytest.mark.usefixtures("tid_impl")
+
+
+def commit(db, key: str, value: object) -> int:
+    """Write ``root[key] = value`` in its own transaction; return the committed tid."""
+    conn = db.open()
+    try:
+        root = conn.root()
+        root[key] = value
+        transaction.commit()
+        return u64(root._p_serial)  # the modified root carries the new tid
+    finally:
+        conn.close()
+
+
+def max_tid(dsn: str) -> int:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT max(tid) FROM object_state")
+        value = cur.fetchone()[0]
+    conn.close()
+    return value
+
+
+@pytest.fixture
+def pollers():
+    started: list[SourcePoller] = []
+
+    def make(dsn_or_fn, metrics: Metrics, **kwargs) -> SourcePoller:
+        connect = dsn_or_fn if callable(dsn_or_fn) else (
+            lambda: psycopg2.connect(dsn_or_fn, connect_timeout=5))
+        poller = SourcePoller(connect, metrics, **kwargs)
+        started.append(poller)
+        return poller
+
+    yield make
+    for poller in started:
+        poller.stop()
+
+
+@both_history_modes
+def test_source_latest_tid_follows_commits(zodb, db_dsn, pollers):
+    m = Metrics(process_metrics=False)
+    first = commit(zodb, "a", 1)
+    poller = pollers(db_dsn, m, interval=0.05)
+    assert poller.poll_once()
+    assert m.source_status() == (True, None)
+    assert m._snapshot().source_tid == first == max_tid(db_dsn)
+
+    poller.start()
+    second = commit(zodb, "b", 2)
+    assert second > first
+    wait_for(lambda: m._snapshot().source_tid == second, timeout=20, message="poller sees commit")
+    assert m._snapshot().source_epoch == pytest.approx(reference_tid_to_epoch(second))
+
+
+def test_empty_object_state_is_reachable_and_not_lagging(db_dsn, pollers):
+    """A database whose schema exists but has no rows yet: reachable, tid -1, lag 0."""
+    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+        # Only the shape of RelStorage's table matters to the poller's query.
+        cur.execute("CREATE TABLE object_state (zoid bigint PRIMARY KEY, tid bigint NOT NULL)")
+    conn.close()
+    m = Metrics(process_metrics=False)
+    assert pollers(db_dsn, m).poll_once()
+    assert m._snapshot().source_tid == -1
+    assert m.lag_seconds() == 0.0
+
+
+def test_lag_grows_while_last_indexed_stays(zodb, db_dsn, pollers):
+    m = Metrics(process_metrics=False)
+    indexed = commit(zodb, "a", 1)
+    m.record_progress(indexed)
+    poller = pollers(db_dsn, m, interval=0.05)
+    poller.start()
+    wait_for(lambda: m._snapshot().source_tid == indexed, timeout=20, message="first poll")
+    assert m.lag_seconds() == 0.0
+
+    lags = []
+    for i in range(3):
+        time.sleep(0.02)  # distinct commit times, so each lag is strictly larger
+        newest = commit(zodb, f"k{i}", i)
+        wait_for(lambda: m._snapshot().source_tid == newest, timeout=20, message="poll")
+        lags.append(m.lag_seconds())
+        assert lags[-1] == pytest.approx(
+            reference_tid_to_epoch(newest) - reference_tid_to_epoch(indexed), abs=1e-5)
+    assert 0 < lags[0] < lags[1] < lags[2]
+
+    m.record_progress(newest)
+    assert m.lag_seconds() == 0.0
+
+
+def test_readiness_flips_when_postgresql_goes_away_and_back(pg_dsn, zodb, db_dsn, pollers,
+                                                             caplog):
+    """Drop the polled database: not ready, one warning; point it back: ready again."""
+    caplog.set_level(logging.DEBUG, logger="esindexer.lag")
+    m = Metrics(process_metrics=False)
+    health = HealthServer(m, stall_after=3600)
+    target: dict[str, str] = {}
+
+    def connect():
+        return psycopg2.connect(target["dsn"], connect_timeout=5)
+
+    with fresh_database(pg_dsn, prefix="esit_gone") as doomed_dsn:
+        doomed = open_zodb(doomed_dsn, keep_history=False)
+        tid = commit(doomed, "a", 1)
+        doomed.close()
+        target["dsn"] = doomed_dsn
+        m.record_progress(tid)
+        poller = pollers(connect, m, interval=0.05, max_backoff=0.2)
+        poller.start()
+        wait_for(lambda: m.source_status()[0], timeout=20, message="first successful poll")
+        assert health.readiness() == (True, [])
+    # Leaving the block ran DROP DATABASE ... WITH (FORCE), killing the poller's session.
+
+    wait_for(lambda: not health.readiness()[0], timeout=20, message="not ready")
+    ready, reasons = health.readiness()
+    assert reasons[0].startswith("PostgreSQL unreachable: ")
+    wait_for(lambda: poller._failures >= 3, timeout=20, message="several failed attempts")
+    warnings = [r for r in caplog.records if r.name == "esindexer.lag" and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1  # one per outage, not one per attempt
+
+    # The database "comes back" (at another name: the dropped one is gone for good).
+    target["dsn"] = db_dsn
+    newest = commit(zodb, "b", 2)
+    wait_for(lambda: m.source_status() == (True, None), timeout=20, message="recovery")
+    assert m._snapshot().source_tid == newest
+    m.record_progress(newest)
+    assert health.readiness() == (True, [])
+    assert any(r.message == "source poll recovered" for r in caplog.records)
+
+
+def test_stop_is_prompt_and_closes_the_connection(zodb, db_dsn, pollers):
+    m = Metrics(process_metrics=False)
+    opened = []
+
+    def connect():
+        conn = psycopg2.connect(db_dsn)
+        opened.append(conn)
+        return conn
+
+    poller = pollers(connect, m, interval=3600)  # would sleep an hour between polls
+    poller.start()
+    wait_for(lambda: m.source_status()[0], timeout=20, message="first poll")
+    thread = poller._thread
+    poller.stop()
+    assert thread is not None and not thread.is_alive()
+    assert len(opened) == 1 and opened[0].closed
