@@ -1,12 +1,69 @@
-"""Command line: ``esindexer`` / ``python -m esindexer``."""
+"""Command line: ``esindexer`` / ``python -m esindexer``.
+
+Every setting can be given as a flag, an environment variable (``ESINDEXER_*``)
+or in a TOML file (``--config``); flags win over the environment, which wins
+over the file. ``esindexer config`` shows the result with secrets redacted.
+
+Exit codes: 0 done (stopped by a signal, or caught up with ``--until-caught-up``);
+1 unexpected error; 2 bad usage or configuration; 3 error budget exhausted (too many
+dead letters); 4 another indexer with the same client id is running; 5 a server
+could not be reached (``status``, ``install-trigger``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import signal
 import sys
-from typing import Sequence
+import time
+from typing import Any, Sequence
 
 from esindexer import __version__
+from esindexer.config import SETTINGS, ConfigError, Settings, describe_settings, load_settings
+
+log = logging.getLogger("esindexer")
+
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 5
+
+_EPILOG = """\
+configuration:
+  Each setting is a flag, an environment variable ESINDEXER_<NAME> or a key in the
+  TOML file given with --config (or ESINDEXER_CONFIG_FILE); flags win, then the
+  environment, then the file. Only ESINDEXER_PG_DSN is required.
+
+examples:
+  export ESINDEXER_PG_DSN=postgresql://zodb:secret@db/zodb
+  export ESINDEXER_ES_URL=http://localhost:9200
+  esindexer run                       # follow for ever; metrics on 127.0.0.1:9650
+  esindexer run --until-caught-up     # index what is committed now, then exit
+  esindexer status                    # progress, lag and dead letters
+  esindexer config                    # the effective settings, secrets redacted
+
+exit codes:
+  0 done   1 unexpected error   2 bad usage or configuration
+  3 error budget exhausted   4 same client id already running   5 server unreachable
+
+documentation: docs/index.md (configuration: docs/configuration.md)
+"""
+
+
+def _settings_parent() -> argparse.ArgumentParser:
+    """A parent parser holding one flag per declared setting (default None = not given)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", metavar="FILE", help="TOML file with settings (ESINDEXER_CONFIG_FILE)")
+    groups: dict[str, Any] = {}
+    for row in describe_settings():
+        group = groups.get(row["group"])
+        if group is None:
+            group = groups[row["group"]] = parent.add_argument_group(f"{row['group']} settings")
+        default = "(required)" if row["required"] else f"default: {row['default']}"
+        choices = f" one of: {', '.join(row['choices'])};" if row["choices"] else ""
+        group.add_argument(row["flag"], dest=row["name"], default=None, metavar="VALUE",
+                           help=f"{row['help']}{choices} [{row['env']}; {default}]")
+    return parent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,16 +72,164 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Keep Elasticsearch in step with a ZODB database stored by RelStorage in "
             "PostgreSQL: follow committed transactions, convert each object to JSON, "
-            "write bulk upserts and deletes, and export lag metrics for Prometheus."
+            "write versioned bulk upserts and deletes, save progress only after "
+            "Elasticsearch accepted them, and export lag metrics for Prometheus."
         ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"esindexer {__version__}")
+    settings = _settings_parent()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("run", help="run the indexing service in the foreground")
-    sub.add_parser("status", help="show progress, lag and dead letters")
-    sub.add_parser("install-trigger", help="install the change-notification trigger")
-    sub.add_parser("config", help="print the effective configuration, secrets redacted")
+    run = sub.add_parser("run", parents=[settings], help="run the indexing service in the foreground",
+                         description="Follow the database and index every committed change until stopped "
+                                     "(SIGTERM/SIGINT: finish in-flight bulks, save progress, exit 0; a second "
+                                     "signal abandons them).")
+    run.add_argument("--until-caught-up", action="store_true",
+                     help="exit once everything committed at start is indexed (a backfill)")
+    status = sub.add_parser("status", parents=[settings], help="show progress, lag and dead letters",
+                            description="Read progress, the newest commit and the dead-letter count from "
+                                        "PostgreSQL (Elasticsearch is not contacted).")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    sub.add_parser("install-trigger", parents=[settings],
+                   help="install the change-notification and pack-deletion triggers",
+                   description="Install, idempotently, the triggers esindexer uses: NOTIFY on commits "
+                               "(low latency) and capture of pack deletions. Run it as a role with DDL "
+                               "rights when the indexer's own role has none.")
+    config = sub.add_parser("config", parents=[settings], help="print the effective configuration, secrets redacted")
+    config.add_argument("--json", action="store_true", help="print JSON instead of KEY=VALUE lines")
     return parser
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    cli = {spec.name: getattr(args, spec.name, None) for spec in SETTINGS}
+    return load_settings(cli=cli, config_file=args.config)
+
+
+def _cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    values = settings.redacted()
+    if args.json:
+        print(json.dumps(values, indent=2, default=list))
+    else:
+        for spec in SETTINGS:
+            value = values[spec.name]
+            if isinstance(value, tuple):
+                value = ",".join("=".join(v) if isinstance(v, tuple) else v for v in value)
+            print(f"{spec.env}={'' if value is None else value}")
+    return 0
+
+
+def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg2
+
+    from esindexer import deadletters, deletions, follow
+    from esindexer.tid import tid_to_datetime, tid_to_epoch
+
+    try:
+        conn = psycopg2.connect(settings.pg_dsn, connect_timeout=10)
+    except psycopg2.OperationalError as exc:
+        print(f"esindexer: cannot reach PostgreSQL: {str(exc).strip()}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    try:
+        progress = follow.get_progress_tid(conn, settings.client_id)
+        latest = follow.latest_tid(conn)
+        dead = deadletters.count(conn, settings.client_id)
+        pending = len(deletions.pending(conn, settings.client_id, limit=100_000))
+        conn.rollback()
+    finally:
+        conn.close()
+
+    def when(tid: int) -> str | None:
+        return tid_to_datetime(tid).isoformat() if tid > 0 else None
+
+    # Lag from tid timestamps (never by subtracting raw tids); unknown before the first batch.
+    lag: float | None = None
+    if progress > 0:
+        lag = max(tid_to_epoch(latest) - tid_to_epoch(progress), 0.0) if latest > progress else 0.0
+    report = {
+        "client_id": settings.client_id,
+        "progress_tid": progress,
+        "progress_committed_at": when(progress),
+        "latest_tid": latest,
+        "latest_committed_at": when(latest),
+        "lag_seconds": round(lag, 3) if lag is not None else None,
+        "caught_up": progress >= latest,
+        "dead_letters": dead,
+        "pending_pack_deletions": pending,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        width = max(map(len, report))
+        for key, value in report.items():
+            print(f"{key.replace('_', ' '):<{width}}  {value if value is not None else '-'}")
+    return 0
+
+
+def _cmd_install_trigger(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg2
+
+    from esindexer import deletions, follow
+
+    try:
+        conn = psycopg2.connect(settings.pg_dsn, connect_timeout=10)
+    except psycopg2.OperationalError as exc:
+        print(f"esindexer: cannot reach PostgreSQL: {str(exc).strip()}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    try:
+        notify = follow.install_trigger(conn)
+        conn.commit()
+        capture = deletions.install(conn)
+    finally:
+        conn.close()
+    print(f"change notification trigger: {'installed' if notify else 'NOT installed (no privilege)'}")
+    print(f"pack deletion trigger:       {'installed' if capture else 'NOT installed (no privilege)'}")
+    return 0 if notify and capture else 1
+
+
+def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from esindexer.health import HealthServer
+    from esindexer.lag import SourcePoller
+    from esindexer.metrics import Metrics
+    from esindexer.service import Indexer, connect_pg
+
+    metrics = Metrics()
+    indexer = Indexer(settings, metrics)
+    signals = {"count": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals["count"] += 1
+        indexer.stop(abandon=signals["count"] > 1)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def es_check() -> None:
+        indexer.es.cluster.health(timeout="2s")
+
+    poller = SourcePoller(lambda: connect_pg(settings), metrics, interval=settings.lag_poll_interval)
+    server = None
+    if settings.metrics_port:
+        server = HealthServer(metrics, settings.metrics_host, settings.metrics_port, es_check=es_check,
+                              stall_after=settings.stall_seconds)
+        server.start()
+        log.info("metrics and health on http://%s:%d/", settings.metrics_host, server.port,
+                 extra={"port": server.port})
+    poller.start()
+    try:
+        return indexer.run(until_caught_up=args.until_caught_up)
+    finally:
+        poller.stop()
+        if server is not None:
+            server.stop()
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "install-trigger": _cmd_install_trigger,
+    "config": _cmd_config,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +237,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
-        return 2
-    parser.error(f"{args.command}: not implemented yet")
-    return 2
+        return EXIT_USAGE
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        print(f"esindexer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from esindexer.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        return _COMMANDS[args.command](settings, args)
+    except KeyboardInterrupt:
+        return 0
+    except Exception:
+        log.exception("esindexer %s failed", args.command)
+        return 1

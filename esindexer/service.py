@@ -1,0 +1,489 @@
+"""The service: follow → convert → bulk → progress, with flow control and shutdown.
+
+Three threads share the work, data flowing one way:
+
+- the **reader** (the thread that calls :meth:`Indexer.run`) follows batches of
+  committed rows, converts each record and cuts the actions into bulk requests,
+  which it hands to a small pool of **senders**; a semaphore bounds the requests
+  in flight, so memory stays flat however far behind the service is;
+- the **committer** takes batches strictly in order, waits until every bulk of a
+  batch is settled (written, or dead-lettered), then writes the batch's dead
+  letters and its last tid as progress in one PostgreSQL transaction. Progress
+  therefore only ever moves to a transaction boundary whose writes Elasticsearch
+  acknowledged. Between batches, and every few seconds when idle, it also
+  applies deletions captured from packs (:mod:`esindexer.deletions`).
+
+Failures: Elasticsearch trouble is retried inside the senders (progress freezes
+meanwhile); a lost PostgreSQL connection tears the pipeline down and restarts it
+from the saved progress (replays are harmless: writes are versioned by tid).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+
+from esindexer import deadletters, deletions, follow
+from esindexer.config import Settings, class_filter, load_dotted
+from esindexer.deadletters import DeadLetter
+from esindexer.documents import Action, DocumentBuilder, ensure_indices
+from esindexer.jsonpickle import Jsonifier
+from esindexer.metrics import Metrics
+from esindexer.sink import Abandoned, BulkResult, BulkSender, retry_reason
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_ERROR_BUDGET = 3
+EXIT_LOCKED = 4
+
+_PG_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+_LOCK_CLASS = 0x65730001  # advisory lock namespace: "es" + 1
+
+
+class ErrorBudgetExhausted(RuntimeError):
+    pass
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+@dataclass
+class _Batch:
+    """One follow batch on its way to progress."""
+
+    last_tid: int
+    rows: int = 0
+    futures: list[Future] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def make_es_client(settings: Settings) -> Any:
+    """An Elasticsearch client as configured; its own retries are off (the sink retries)."""
+    from elasticsearch import Elasticsearch
+
+    kwargs: dict[str, Any] = dict(
+        hosts=list(settings.es_url),
+        request_timeout=settings.es_request_timeout,
+        max_retries=0,
+        retry_on_timeout=False,
+        verify_certs=settings.es_verify_certs,
+    )
+    if settings.es_ca_file:
+        kwargs["ca_certs"] = settings.es_ca_file
+    if settings.es_api_key:
+        kwargs["api_key"] = settings.es_api_key
+    elif settings.es_username:
+        kwargs["basic_auth"] = (settings.es_username, settings.es_password)
+    return Elasticsearch(**kwargs)
+
+
+def connect_pg(settings: Settings, **extra: Any) -> Any:
+    """A psycopg2 connection with a connect timeout and keepalives, so outages are noticed."""
+    return psycopg2.connect(settings.pg_dsn, connect_timeout=10, keepalives=1, keepalives_idle=30,
+                            keepalives_interval=10, keepalives_count=3,
+                            application_name=f"esindexer:{settings.client_id}", **extra)
+
+
+def build_jsonifier(settings: Settings) -> Jsonifier:
+    transform = load_dotted(settings.transform) if settings.transform else None
+    return Jsonifier(skip_class=class_filter(settings), transform=transform)
+
+
+class Indexer:
+    """Keeps the configured Elasticsearch indices equal to the database's current objects."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, es: Any = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.es = es if es is not None else make_es_client(settings)
+        self.builder = DocumentBuilder(settings)
+        self.jsonifier = build_jsonifier(settings)
+        self._stop = threading.Event()
+        self._abandon = threading.Event()
+        self._updates: Any = None
+        self._failure: BaseException | None = None
+        self._dead_times: collections.deque[float] = collections.deque()
+        self.sender = BulkSender(
+            self.es, retry_max_seconds=settings.retry_max_seconds, retry_attempts=settings.retry_attempts,
+            stop=self._abandon, on_retry=lambda reason, exc: self.metrics.record_retry(reason),
+            on_request=self.metrics.record_bulk,
+        )
+        self.exit_code = EXIT_OK
+
+    # -- control -------------------------------------------------------------------------
+
+    def stop(self, abandon: bool = False) -> None:
+        """Ask the service to stop; safe from signal handlers and other threads.
+
+        The reader stops taking rows; in-flight bulks may finish within
+        ``shutdown_timeout`` (or at once with ``abandon``); progress never moves past
+        unacknowledged work.
+        """
+        self._stop.set()
+        if abandon:
+            self._abandon.set()
+        updates = self._updates
+        if updates is not None:
+            try:
+                updates.stop()
+            except Exception:  # pragma: no cover - best effort from a signal handler
+                pass
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _retry_forever(self, what: str, fn: Any) -> Any:
+        """Run ``fn`` until it works or the service stops, backing off on connection errors."""
+        delay = 0.5
+        while True:
+            try:
+                return fn()
+            except _PG_ERRORS as exc:
+                reason = "pg_unreachable"
+                error = exc
+            except Exception as exc:
+                reason = retry_reason(exc)
+                if reason is None:
+                    raise
+                error = exc
+            self.metrics.record_retry(reason)
+            log.warning("%s failed (%s: %s); retrying in %.1fs", what, reason, str(error).strip()[:300], delay,
+                        extra={"reason": reason})
+            if self._stop.wait(delay):
+                raise Abandoned(what)
+            delay = min(delay * 2, self.settings.retry_max_seconds)
+
+    def _open_writer(self) -> Any:
+        """The committer's connection: holds the per-client advisory lock for its lifetime."""
+        conn = connect_pg(self.settings)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, self.settings.client_id))
+            locked = cur.fetchone()[0]
+        conn.commit()
+        if not locked:
+            conn.close()
+            raise AlreadyRunning(
+                f"another esindexer with client id {self.settings.client_id!r} is running against this "
+                "database; give each indexer its own ESINDEXER_CLIENT_ID")
+        deadletters.ensure_table(conn)
+        conn.commit()
+        return conn
+
+    def _prepare_source(self, conn: Any) -> bool:
+        """Install triggers if allowed. Returns True when a sweep is due."""
+        had_trigger = deletions.trigger_installed(conn)
+        conn.rollback()
+        if self.settings.install_triggers:
+            follow.install_trigger(conn)
+            conn.commit()
+            has_trigger = deletions.install(conn)
+        else:
+            deletions.ensure_tables(conn)
+            has_trigger = had_trigger
+        deletions.start_cursor_at_end(conn, self.settings.client_id)
+        conn.commit()
+        mode = self.settings.sweep_on_start
+        return mode == "always" or (mode == "auto" and not had_trigger)
+
+    def sweep(self, conn: Any) -> int:
+        """Delete documents of objects no longer in the database. Returns how many."""
+        removed = 0
+        for page in deletions.indexed_zoids(self.es, self.builder.indices):
+            gone = set(deletions.missing_zoids(conn, sorted({zoid for _, zoid, _ in page})))
+            actions = [Action("delete", index, zoid, tid, tid + 1) for index, zoid, tid in page if zoid in gone]
+            if actions:
+                result = self.sender.send(actions)
+                removed += len(result.done)
+                self.metrics.record_documents("delete", "ok", len(result.done))
+        log.info("sweep removed %d document(s) of objects gone from the database", removed,
+                 extra={"removed": removed})
+        return removed
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def run(self, until_caught_up: bool = False) -> int:
+        """Index until stopped (or, with ``until_caught_up``, until the current end). Returns an exit code."""
+        s = self.settings
+        log.info("esindexer starting", extra={"config": s.redacted()})
+        try:
+            self._retry_forever("creating index template and indices", lambda: ensure_indices(self.es, s))
+            first = True
+            while not self.stopping:
+                try:
+                    done = self._run_pipeline(until_caught_up, first)
+                    first = False
+                    if done:
+                        break
+                except _PG_ERRORS as exc:
+                    if self.stopping:
+                        break
+                    self.metrics.record_retry("pg_connection")
+                    log.warning("PostgreSQL connection lost (%s); resuming from saved progress",
+                                str(exc).strip()[:300])
+                    if self._stop.wait(min(2.0, s.retry_max_seconds)):
+                        break
+        except Abandoned:
+            log.info("abandoned work in progress on shutdown")
+        except AlreadyRunning as exc:
+            log.error("%s", exc)
+            return EXIT_LOCKED
+        except ErrorBudgetExhausted as exc:
+            self.metrics.set_error_budget_exhausted(True)
+            log.critical("%s", exc)
+            return EXIT_ERROR_BUDGET
+        log.info("esindexer stopped")
+        return self.exit_code
+
+    def _run_pipeline(self, until_caught_up: bool, first: bool) -> bool:
+        """One life of the pipeline, from the saved progress. True when finished for good."""
+        s = self.settings
+        conn = self._retry_forever("connecting to PostgreSQL", lambda: self._open_writer())
+        committer: _Committer | None = None
+        pool = ThreadPoolExecutor(max_workers=s.bulk_concurrency, thread_name_prefix="esindexer-bulk")
+        in_flight = threading.BoundedSemaphore(s.bulk_concurrency)
+        try:
+            sweep_due = self._prepare_source(conn)
+            if first and sweep_due:
+                self.sweep(conn)
+            start_tid = follow.get_progress_tid(conn, s.client_id)
+            conn.commit()
+            self.metrics.record_progress(start_tid)
+            self.metrics.set_dead_letters(deadletters.count(conn, s.client_id))
+            conn.rollback()
+            end_tid = None
+            if until_caught_up:
+                end_tid = follow.latest_tid(conn)
+                conn.rollback()
+                if end_tid <= start_tid:
+                    committer = _Committer(self, conn)
+                    committer.drain_deletions()
+                    return True
+            log.info("following from tid %d%s", start_tid,
+                     f" to {end_tid}" if end_tid is not None else "", extra={"tid": start_tid})
+            committer = _Committer(self, conn)
+            committer.start()
+            self._updates = follow.updates(
+                s.pg_dsn, start_tid=start_tid, end_tid=end_tid, batch_limit=s.batch_limit,
+                internal_batch_size=s.fetch_size, poll_timeout=s.poll_timeout,
+            )
+            if self.stopping:
+                self._updates.stop()
+            for rows in self._updates:
+                batch = self._read_batch(rows, pool, in_flight, committer)
+                if batch is None:  # stopped part-way: this batch must not count as done
+                    break
+                committer.put(batch)
+                committer.raise_failure()
+            finished = not self.stopping
+            committer.finish(timeout=None if finished else s.shutdown_timeout)
+            committer.raise_failure()
+            if finished and until_caught_up:
+                committer.drain_deletions()
+            return finished or self.stopping
+        finally:
+            self._updates = None
+            if committer is not None:
+                committer.close()
+            pool.shutdown(wait=not self._abandon.is_set(), cancel_futures=True)
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _read_batch(self, rows: Any, pool: ThreadPoolExecutor, in_flight: threading.BoundedSemaphore,
+                    committer: "_Committer") -> _Batch | None:
+        s = self.settings
+        batch = _Batch(last_tid=-1)
+        pending: list[Action] = []
+        pending_bytes = 0
+        convert = self.jsonifier.convert
+        builder = self.builder
+
+        def submit() -> None:
+            nonlocal pending, pending_bytes
+            while not in_flight.acquire(timeout=0.5):
+                committer.raise_failure()
+                if self._abandon.is_set():
+                    raise Abandoned("shutdown while waiting for a bulk slot")
+            actions = pending
+            future = pool.submit(self._send, actions)
+            future.add_done_callback(lambda _f: in_flight.release())
+            batch.futures.append(future)
+            pending, pending_bytes = [], 0
+
+        for tid, zoid, data in rows:
+            conversion = convert((tid, zoid), data)
+            kind = conversion.kind
+            if kind == "ok":
+                action = builder.index_action(tid, zoid, conversion.class_name, conversion.json_text)
+                pending.append(action)
+                pending_bytes += len(action.source) + 120
+            elif kind == "error":
+                batch.dead.append(DeadLetter(zoid, tid, "unconvertible", conversion.error or "conversion failed",
+                                             class_name=conversion.class_name, record=bytes(data or b"")))
+                self.metrics.record_documents("index", "error")
+            else:  # deleted, skipped (class filter or transform): the document must go
+                if kind == "skipped":
+                    self.metrics.record_documents("index", "skipped")
+                pending.extend(builder.delete_actions(tid, zoid))
+                pending_bytes += 120 * len(builder.indices)
+            batch.rows += 1
+            batch.last_tid = tid
+            if len(pending) >= s.bulk_max_docs or pending_bytes >= s.bulk_max_bytes:
+                submit()
+                if self.stopping:
+                    return None
+        if pending:
+            submit()
+        return batch if batch.rows else None
+
+    def _send(self, actions: list[Action]) -> BulkResult:
+        result = self.sender.send(actions)
+        for action in result.done:
+            self.metrics.record_documents(action.op, "ok")
+        return result
+
+    # -- accounting used by the committer -----------------------------------------------
+
+    def note_dead_letters(self, count: int) -> None:
+        """Count dead letters in the budget window; raise when the budget is exhausted."""
+        budget = self.settings.dead_letter_budget
+        if not count or budget <= 0:
+            return
+        now = time.monotonic()
+        self._dead_times.extend([now] * count)
+        window_start = now - self.settings.dead_letter_window
+        while self._dead_times and self._dead_times[0] < window_start:
+            self._dead_times.popleft()
+        if len(self._dead_times) > budget:
+            raise ErrorBudgetExhausted(
+                f"error budget exhausted: {len(self._dead_times)} dead letters within "
+                f"{self.settings.dead_letter_window:g}s (budget {budget}); stopping instead of dropping "
+                f"everything. Inspect {deadletters.TABLE} (client_id={self.settings.client_id!r}), fix the "
+                "cause, then restart.")
+
+
+class _Committer:
+    """Settles batches in order and moves progress; owns the writer connection."""
+
+    def __init__(self, indexer: Indexer, conn: Any):
+        self.indexer = indexer
+        self.conn = conn
+        self.settings = indexer.settings
+        self.metrics = indexer.metrics
+        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=4)
+        self._thread = threading.Thread(target=self._run, name="esindexer-committer", daemon=True)
+        self._failure: BaseException | None = None
+        self._closed = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, batch: _Batch) -> None:
+        while True:
+            self.raise_failure()
+            try:
+                self._queue.put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def finish(self, timeout: float | None) -> None:
+        """Let queued batches settle (up to ``timeout`` s), then stop the thread."""
+        if not self._thread.is_alive():
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("in-flight bulks did not finish within %.0fs; abandoning them (progress stays at the "
+                        "last acknowledged batch)", timeout or 0)
+            self.indexer._abandon.set()
+            self._closed.set()
+            self._thread.join(10)
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread.is_alive():
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        try:
+            while not self._closed.is_set():
+                try:
+                    batch = self._queue.get(timeout=self.settings.lag_poll_interval)
+                except queue.Empty:
+                    self.drain_deletions()
+                    continue
+                if batch is None:
+                    return
+                self._settle(batch)
+                self.drain_deletions()
+        except BaseException as exc:  # handed to the reader thread
+            self._failure = exc
+
+    def _settle(self, batch: _Batch) -> None:
+        dead = list(batch.dead)
+        for future in batch.futures:
+            result: BulkResult = future.result()  # Abandoned propagates: no progress for this batch
+            for rejected in result.rejected:
+                action = rejected.action
+                dead.append(DeadLetter(action.zoid, action.tid, "rejected", rejected.reason,
+                                       class_name=action.class_name, index_name=action.index,
+                                       document=action.source))
+                self.metrics.record_documents(action.op, "dead_lettered")
+                log.warning("Elasticsearch rejected %s of zoid %d: %s", action.op, action.zoid, rejected.reason,
+                            extra={"zoid": action.zoid, "tid": action.tid, "index": action.index})
+        s = self.settings
+        deadletters.add(self.conn, s.client_id, dead)
+        follow.set_progress_tid(self.conn, s.client_id, batch.last_tid)
+        self.conn.commit()
+        self.metrics.record_progress(batch.last_tid)
+        self.metrics.record_batch(batch.rows)
+        if dead:
+            self.metrics.set_dead_letters(deadletters.count(self.conn, s.client_id))
+            self.conn.rollback()
+        log.debug("progress saved", extra={"tid": batch.last_tid, "rows": batch.rows, "dead": len(dead)})
+        self.indexer.note_dead_letters(len(dead))
+
+    def drain_deletions(self) -> int:
+        """Apply captured pack deletions; returns how many documents were deleted."""
+        s = self.settings
+        total = 0
+        while True:
+            items = deletions.pending(self.conn, s.client_id)
+            self.conn.rollback()
+            if not items:
+                return total
+            actions: list[Action] = []
+            for _id, zoid, tid in items:
+                actions.extend(self.indexer.builder.delete_actions(tid, zoid, version=tid + 1))
+            result = self.indexer.sender.send(actions)
+            for rejected in result.rejected:  # a delete is only refused when the index is broken
+                log.error("delete of packed zoid %d refused: %s", rejected.action.zoid, rejected.reason)
+            deletions.advance(self.conn, s.client_id, items[-1][0])
+            self.conn.commit()
+            self.metrics.record_documents("delete", "ok", len(items))
+            total += len(items)
+            log.info("applied %d pack deletion(s)", len(items), extra={"count": len(items)})

@@ -1,0 +1,229 @@
+"""Sink: send bulk requests and account for every item.
+
+Elasticsearch answers a bulk request with HTTP 200 even when items fail, so each
+item is classified on its own:
+
+=====================  ==========================================================
+item answer            outcome
+=====================  ==========================================================
+200/201                written
+404 on a delete        nothing to delete: done
+409                    a newer (or the same) version is already there: done
+429, 5xx               retried (only those items), with back-off
+anything else          rejected for good (mapping error, document too large ...):
+                       a dead letter; the rest of the request is unaffected
+=====================  ==========================================================
+
+Whole-request failures (connection refused, timeouts, HTTP 429/5xx) are retried
+with capped exponential back-off and jitter, forever by default; HTTP 413
+(request too large) splits the request in halves. While a request retries, the
+service's progress stays where it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, TransportError
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_never
+from tenacity.wait import wait_random_exponential
+
+from esindexer.documents import Action, iter_lines
+
+log = logging.getLogger(__name__)
+
+_DONE_STATUSES = {200, 201}
+
+
+class Abandoned(Exception):
+    """Raised out of a retry loop when the service is shutting down."""
+
+
+class RetryableItems(Exception):
+    """Some items must be sent again (429/5xx per item)."""
+
+    def __init__(self, count: int, reason: str):
+        super().__init__(f"{count} item(s) to retry: {reason}")
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Rejected:
+    """An item Elasticsearch refused for good."""
+
+    action: Action
+    status: int
+    reason: str
+
+
+@dataclass
+class BulkResult:
+    """What became of the actions given to :meth:`BulkSender.send`."""
+
+    done: list[Action] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    requests: int = 0
+    seconds: float = 0.0
+
+
+def retry_reason(exc: BaseException) -> str | None:
+    """A short label when ``exc`` is worth retrying, else None."""
+    if isinstance(exc, RetryableItems):
+        return "item_" + exc.reason
+    if isinstance(exc, ConnectionTimeout):
+        return "es_timeout"
+    if isinstance(exc, ESConnectionError):
+        return "es_unreachable"
+    if isinstance(exc, ApiError):
+        if exc.meta.status == 429:
+            return "es_429"
+        if exc.meta.status >= 500:
+            return f"es_{exc.meta.status}"
+        return None
+    if isinstance(exc, TransportError):
+        return "es_transport"
+    return None
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        text = f"{error.get('type', 'error')}: {error.get('reason', '')}"
+        cause = error.get("caused_by")
+        if isinstance(cause, dict):
+            text += f" (caused by {cause.get('type')}: {cause.get('reason')})"
+        return text
+    return str(error)
+
+
+class BulkSender:
+    """Sends actions as bulk requests, retrying what is transient, until each is settled.
+
+    ``stop`` is an event the service sets on shutdown: back-off sleeps wake up and the
+    send raises :class:`Abandoned`, leaving progress where it was.
+    """
+
+    def __init__(self, es: Any, *, retry_max_seconds: float = 60.0, retry_attempts: int = 0,
+                 stop: threading.Event | None = None,
+                 on_retry: Callable[[str, BaseException], None] | None = None,
+                 on_request: Callable[[str, float], None] | None = None):
+        self._es = es
+        self._stop = stop or threading.Event()
+        self._on_retry = on_retry
+        self._on_request = on_request
+        self._retry_max = retry_max_seconds
+        self._attempts = retry_attempts
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise Abandoned("shutting down during back-off")
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        reason = retry_reason(exc) if exc else "unknown"
+        wait = state.next_action.sleep if state.next_action else 0
+        log.warning("bulk request failed (%s: %s); retry %d in %.1fs, progress frozen", reason,
+                    str(exc)[:300], state.attempt_number, wait,
+                    extra={"reason": reason, "attempt": state.attempt_number})
+        if self._on_retry and exc is not None:
+            self._on_retry(reason or "unknown", exc)
+
+    def send(self, actions: Sequence[Action]) -> BulkResult:
+        result = BulkResult()
+        if not actions:
+            return result
+        started = time.monotonic()
+        self._send_splitting(list(actions), result)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _send_splitting(self, actions: list[Action], result: BulkResult) -> None:
+        try:
+            self._send_with_retries(actions, result)
+        except ApiError as exc:
+            if exc.meta.status in (413, 400) and len(actions) > 1:
+                # Too large (or unparseable as a whole): halve until the culprit stands alone.
+                half = len(actions) // 2
+                log.warning("bulk request refused with HTTP %d; splitting %d actions", exc.meta.status,
+                            len(actions))
+                self._send_splitting(actions[:half], result)
+                self._send_splitting(actions[half:], result)
+            elif exc.meta.status in (413, 400):
+                result.rejected.append(Rejected(actions[0], exc.meta.status, f"HTTP {exc.meta.status}: "
+                                                + _error_text(getattr(exc, "body", None) or str(exc))))
+            else:
+                raise
+
+    def _send_with_retries(self, actions: list[Action], result: BulkResult) -> None:
+        pending = actions
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: retry_reason(e) is not None),
+            wait=wait_random_exponential(multiplier=0.5, max=self._retry_max),
+            stop=stop_never if self._attempts <= 0 else stop_after_attempt(self._attempts),
+            sleep=self._sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                pending = self._send_once(pending, result)
+
+    def _send_once(self, actions: list[Action], result: BulkResult) -> list[Action]:
+        """One request; returns [] or raises RetryableItems after settling what it could."""
+        body = b"\n".join(iter_lines(actions)) + b"\n"
+        started = time.monotonic()
+        try:
+            response = self._es.bulk(
+                operations=body,
+                filter_path="errors,items.*.status,items.*.error",
+            )
+        except Exception as exc:
+            if self._on_request:
+                self._on_request("retried" if retry_reason(exc) else "failed", time.monotonic() - started)
+            raise
+        result.requests += 1
+        body_json = response.body if hasattr(response, "body") else response
+        if not body_json.get("errors"):
+            result.done.extend(actions)
+            if self._on_request:
+                self._on_request("ok", time.monotonic() - started)
+            return []
+        again: list[Action] = []
+        reasons: set[str] = set()
+        for action, item in zip(actions, body_json["items"]):
+            answer = next(iter(item.values()))
+            status = answer.get("status", 0)
+            if status in _DONE_STATUSES or status == 409 or (status == 404 and action.op == "delete"):
+                result.done.append(action)
+            elif status == 429 or status >= 500:
+                again.append(action)
+                reasons.add(str(status))
+            else:
+                result.rejected.append(Rejected(action, status, _error_text(answer.get("error"))))
+        if self._on_request:
+            self._on_request("retried" if again else "ok", time.monotonic() - started)
+        if again:
+            pending_reason = "/".join(sorted(reasons))
+            actions[:] = again  # the next attempt sends only these
+            raise RetryableItems(len(again), pending_reason)
+        return []
+
+
+def chunk_actions(actions: Sequence[Action], max_docs: int, max_bytes: int) -> list[list[Action]]:
+    """Split actions into bulk requests bounded by count and bytes (a lone big action stands alone)."""
+    chunks: list[list[Action]] = []
+    current: list[Action] = []
+    size = 0
+    for action in actions:
+        action_size = action.size()
+        if current and (len(current) >= max_docs or size + action_size > max_bytes):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(action)
+        size += action_size
+    if current:
+        chunks.append(current)
+    return chunks
