@@ -236,3 +236,14 @@ def test_exposition_passes_promtool_lint():
     result = subprocess.run([promtool(), "check", "metrics"], input=text,
                             capture_output=True, timeout=60)
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+
+def test_every_metric_is_documented():
+    """docs/metrics.md is the reference: a new metric without a row there fails here."""
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "metrics.md")).read()
+    m = Metrics(process_metrics=False)
+    # The client names families without the "_total" / "_info" suffix it adds on output.
+    suffix = {"counter": "_total", "info": "_info"}
+    exported = {f.name + suffix.get(f.type, "") for f in m.registry.collect()}
+    missing = sorted(n for n in exported if f"`{n}`" not in docs)
+    assert not missing, f"undocumented metrics: {missing}"
