@@ -92,11 +92,11 @@ class SourcePoller:
             conn = self._connect()
             # Autocommit: no transaction stays open between polls, so the poller never
             # holds back VACUUM or a snapshot.
+            self._conn = conn  # assigned first, so a failure below still closes it
             conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute("SET statement_timeout = %s",
                             (f"{int(self.statement_timeout * 1000)}ms",))
-            self._conn = conn
         with self._conn.cursor() as cur:
             cur.execute(LATEST_TID_SQL)
             row = cur.fetchone()
@@ -117,8 +117,8 @@ class SourcePoller:
         if self._outage_started is None:
             # One warning per outage; the attempts that follow are only debug noise.
             self._outage_started = time.monotonic()
-            log.warning("source poll failed; retrying with back-off",
-                        extra={"error": str(exc).strip()})
+            log.warning("source poll failed, retrying with back-off: %s", reason,
+                        extra={"error": reason})
         else:
             log.debug("source poll still failing", extra={"attempt": self._failures})
 
