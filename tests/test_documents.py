@@ -1,0 +1,115 @@
+"""Document shape, routing and the index template (unit), and the template on a real node."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import orjson
+import pytest
+
+from esindexer.config import load_settings
+from esindexer.documents import DocumentBuilder, commit_time_iso, ensure_indices, index_template
+from esindexer.sink import BulkSender
+from esindexer.tid import datetime_to_tid
+
+TID = 291972294502024669  # 2026-11-27 09:37:15.480215 UTC (newt-spec §6)
+
+
+def settings(**env):
+    base = {"ESINDEXER_PG_DSN": "postgresql://x@localhost/x"}
+    base.update({f"ESINDEXER_{k.upper()}": v for k, v in env.items()})
+    return load_settings(env=base)
+
+
+def test_commit_time_from_tid():
+    assert commit_time_iso(TID) == "2026-11-27T09:37:15.480215Z"
+
+
+def test_index_action_shape_and_version():
+    builder = DocumentBuilder(settings())
+    state = '{"title": "Hello", "body": ["a", {"deep": "text"}], "author": {"::": "persistent", ' \
+            '"id": [7, "myapp.User"], "::=>": 7}, "count": 3}'
+    action = builder.index_action(TID, 42, "myapp.content.Document", state)
+    assert action.op == "index" and action.index == "zodb-objects" and action.version == TID
+    meta = orjson.loads(action.metadata_line())
+    assert meta == {"index": {"_index": "zodb-objects", "_id": "42", "version": TID,
+                              "version_type": "external_gte"}}
+    doc = orjson.loads(action.source)
+    assert doc["class"] == "myapp.content.Document"
+    assert doc["zoid"] == 42 and doc["oid"] == "0x2a" and doc["tid"] == TID
+    assert doc["committed_at"] == "2026-11-27T09:37:15.480215Z"
+    assert doc["state"]["title"] == "Hello"
+    assert doc["refs"] == [7]
+    assert set(doc["text"].split()) == {"Hello", "a", "text"}
+
+
+def test_non_object_state_is_wrapped():
+    doc = orjson.loads(DocumentBuilder(settings()).index_action(TID, 1, "x.Y", "[1, 2]").source)
+    assert doc["state"] == {"value": [1, 2]}
+
+
+def test_routing_first_match_wins_and_deletes_go_everywhere():
+    builder = DocumentBuilder(settings(class_routes="myapp.content.*=content,myapp.*=app"))
+    assert builder.index_for_class("myapp.content.Document") == "zodb-content"
+    assert builder.index_for_class("myapp.User") == "zodb-app"
+    assert builder.index_for_class("persistent.mapping.PersistentMapping") == "zodb-objects"
+    deletes = builder.delete_actions(TID, 5)
+    assert sorted(a.index for a in deletes) == ["zodb-app", "zodb-content", "zodb-objects"]
+    assert all(a.op == "delete" and a.version == TID and a.source is None for a in deletes)
+    assert {a.version for a in builder.delete_actions(TID, 5, version=TID + 1)} == {TID + 1}
+
+
+def test_text_is_bounded():
+    big = orjson.dumps({"a": "x" * 100_000}).decode()
+    doc = orjson.loads(DocumentBuilder(settings()).index_action(TID, 1, "x.Y", big).source)
+    assert len(doc["text"]) <= 32_000
+
+
+def test_template_covers_routes_and_alias():
+    tpl = index_template(settings(index_prefix="app1"))
+    assert tpl["index_patterns"] == ["app1-*"]
+    assert tpl["template"]["aliases"] == {"app1": {}}
+    props = tpl["template"]["mappings"]["properties"]
+    assert props["committed_at"] == {"type": "date"}
+    assert props["state"]["type"] == "flattened"
+    assert tpl["template"]["mappings"]["date_detection"] is False
+
+
+@pytest.mark.parametrize("mapping", ["flattened", "dynamic"])
+def test_conflicting_shapes_never_stall_indexing(es, es_prefix, mapping):
+    """The same attribute as a string in one class and an object in another."""
+    prefix = es_prefix.rstrip("-")
+    s = settings(index_prefix=prefix, index_replicas="0", state_mapping=mapping)
+    indices = ensure_indices(es, s)
+    assert indices == (f"{prefix}-objects",)
+    builder = DocumentBuilder(s)
+    t1, t2 = datetime_to_tid(datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)), TID
+    actions = [
+        builder.index_action(t1, 1, "a.A", '{"title": "plain", "when": "2026-01-01"}'),
+        builder.index_action(t1, 2, "b.B", '{"title": {"nested": "object"}, "when": "not a date"}'),
+        builder.index_action(t2, 3, "c.C", '{"title": 12, "n": 18446744073709551616}'),
+    ]
+    result = BulkSender(es).send(actions)
+    es.indices.refresh(index=prefix)
+    count = es.count(index=prefix)["count"]
+    if mapping == "flattened":
+        assert not result.rejected and count == 3
+    else:
+        # dynamic: a leaf of the wrong type is ignored (ignore_malformed); an object where a
+        # string was mapped is refused for that document only, never for the others.
+        assert count + len(result.rejected) == 3 and count >= 2
+        for rejected in result.rejected:
+            assert rejected.status == 400 and "exception" in rejected.reason
+    hits = es.search(index=prefix, query={"match": {"text": "plain"}})["hits"]["hits"]
+    assert [h["_source"]["zoid"] for h in hits] == [1]
+    caps = es.field_caps(index=prefix, fields="committed_at")["fields"]["committed_at"]
+    assert list(caps) == ["date"]
+
+
+def test_template_is_idempotent_and_alias_spans_routes(es, es_prefix):
+    prefix = es_prefix.rstrip("-")
+    s = settings(index_prefix=prefix, index_replicas="0", class_routes="a.*=alpha")
+    ensure_indices(es, s)
+    ensure_indices(es, s)
+    aliases = es.indices.get_alias(name=prefix)
+    assert sorted(aliases) == [f"{prefix}-alpha", f"{prefix}-objects"]

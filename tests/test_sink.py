@@ -1,0 +1,99 @@
+"""Bulk requests against a real Elasticsearch node: per-item outcomes, versions, retries."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+import pytest
+from elasticsearch import Elasticsearch
+
+from esindexer.config import load_settings
+from esindexer.documents import Action, DocumentBuilder, ensure_indices
+from esindexer.sink import Abandoned, BulkSender, chunk_actions
+
+TID = 291972294502024669
+
+
+@pytest.fixture
+def setup(es, es_prefix):
+    prefix = es_prefix.rstrip("-")
+    settings = load_settings(env={"ESINDEXER_PG_DSN": "postgresql://x@localhost/x",
+                                  "ESINDEXER_INDEX_PREFIX": prefix, "ESINDEXER_INDEX_REPLICAS": "0"})
+    ensure_indices(es, settings)
+    return settings, DocumentBuilder(settings), prefix
+
+
+def _get(es, index, zoid):
+    return es.get(index=index, id=str(zoid))["_source"]
+
+
+def test_older_write_never_overwrites_newer(es, setup):
+    settings, builder, prefix = setup
+    newer = builder.index_action(TID + 10, 1, "a.A", '{"v": "new"}')
+    older = builder.index_action(TID, 1, "a.A", '{"v": "old"}')
+    sender = BulkSender(es)
+    assert len(sender.send([newer]).done) == 1
+    replay = sender.send([older, newer])  # a replay after a crash: 409 + same-version rewrite
+    assert len(replay.done) == 2 and not replay.rejected
+    assert _get(es, builder.indices[0], 1)["state"] == {"v": "new"}
+
+
+def test_delete_of_missing_document_and_versioned_delete(es, setup):
+    settings, builder, prefix = setup
+    sender = BulkSender(es)
+    assert len(sender.send(builder.delete_actions(TID, 99)).done) == 1  # 404: nothing to delete
+    sender.send([builder.index_action(TID, 2, "a.A", '{"v": 1}')])
+    sender.send(builder.delete_actions(TID, 2, version=TID + 1))
+    # a write older than the delete, arriving late, must not resurrect the document
+    late = sender.send([builder.index_action(TID, 2, "a.A", '{"v": 1}')])
+    assert len(late.done) == 1
+    es.indices.refresh(index=prefix)
+    assert es.count(index=prefix)["count"] == 0
+
+
+def test_rejected_item_does_not_stop_its_neighbours(es, setup):
+    settings, builder, prefix = setup
+    good1 = builder.index_action(TID, 10, "a.A", '{"v": 1}')
+    bad = Action("index", builder.indices[0], 11, TID, TID, "a.A",
+                 orjson.dumps({"class": "a.A", "zoid": 11, "unexpected_top_level": 1}))
+    good2 = builder.index_action(TID, 12, "a.A", '{"v": 2}')
+    result = BulkSender(es).send([good1, bad, good2])
+    assert [a.zoid for a in result.done] == [10, 12]
+    assert len(result.rejected) == 1
+    assert result.rejected[0].status == 400
+    assert "strict_dynamic_mapping_exception" in result.rejected[0].reason
+
+
+def test_unreachable_elasticsearch_is_retried_until_stopped():
+    dead = Elasticsearch("http://127.0.0.1:9", request_timeout=2, max_retries=0)
+    stop = threading.Event()
+    reasons: list[str] = []
+    sender = BulkSender(dead, retry_max_seconds=0.2, stop=stop, on_retry=lambda r, e: reasons.append(r))
+    action = Action("delete", "x", 1, TID, TID)
+    timer = threading.Timer(1.5, stop.set)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(Abandoned):
+        sender.send([action])
+    timer.cancel()
+    assert len(reasons) >= 2 and set(reasons) == {"es_unreachable"}
+    assert time.monotonic() - started < 10
+
+
+def test_retry_attempts_limit_gives_up():
+    dead = Elasticsearch("http://127.0.0.1:9", request_timeout=2, max_retries=0)
+    sender = BulkSender(dead, retry_max_seconds=0.05, retry_attempts=2)
+    with pytest.raises(Exception) as info:
+        sender.send([Action("delete", "x", 1, TID, TID)])
+    assert "Connection" in type(info.value).__name__ or "connect" in str(info.value).lower()
+
+
+def test_chunks_bounded_by_count_and_bytes():
+    small = [Action("index", "i", n, TID, TID, "a", b"x" * 100) for n in range(25)]
+    assert [len(c) for c in chunk_actions(small, max_docs=10, max_bytes=10**9)] == [10, 10, 5]
+    by_bytes = chunk_actions(small, max_docs=1000, max_bytes=1000)
+    assert all(sum(a.size() for a in c) <= 1000 for c in by_bytes)
+    huge = [Action("index", "i", 1, TID, TID, "a", b"x" * 5000)]
+    assert chunk_actions(huge, max_docs=10, max_bytes=1000) == [huge]
