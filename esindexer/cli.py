@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "rights when the indexer's own role has none.")
     config = sub.add_parser("config", parents=[settings], help="print the effective configuration, secrets redacted")
     config.add_argument("--json", action="store_true", help="print JSON instead of KEY=VALUE lines")
+    config.add_argument("--reference", action="store_true",
+                        help="print the reference of every setting (Markdown, as in docs/configuration.md)")
     return parser
 
 
@@ -205,13 +207,15 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     def es_check() -> None:
-        indexer.es.cluster.health(timeout="2s")
+        # Short timeout: /readyz must answer quickly even when Elasticsearch hangs.
+        indexer.es.options(request_timeout=3).cluster.health(timeout="2s")
 
     poller = SourcePoller(lambda: connect_pg(settings), metrics, interval=settings.lag_poll_interval)
     server = None
     if settings.metrics_port:
         server = HealthServer(metrics, settings.metrics_host, settings.metrics_port, es_check=es_check,
-                              stall_after=settings.stall_seconds)
+                              stall_after=settings.stall_seconds,
+                              source_stale_after=max(120.0, 3 * settings.lag_poll_interval))
         server.start()
         log.info("metrics and health on http://%s:%d/", settings.metrics_host, server.port,
                  extra={"port": server.port})
@@ -238,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.command == "config" and args.reference:
+        from esindexer.config import render_reference
+
+        print(render_reference())
+        return 0
     try:
         settings = _load(args)
     except ConfigError as exc:

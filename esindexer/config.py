@@ -470,3 +470,32 @@ def describe_settings() -> list[dict[str, Any]]:
                          choices=getattr(spec.parse, "choices", None)))
     return rows
 
+
+
+_GROUP_TITLES = {
+    "source": "Source (PostgreSQL / RelStorage)",
+    "elasticsearch": "Elasticsearch connection",
+    "documents": "Documents, routing and mapping",
+    "flow": "Flow control, retries and the error budget",
+    "observe": "Metrics, health and logs",
+}
+
+
+def render_reference() -> str:
+    """The settings tables of docs/configuration.md (``esindexer config --reference``)."""
+    lines: list[str] = []
+    for group, title in _GROUP_TITLES.items():
+        lines += [f"### {title}", "", "| environment variable | flag | default | meaning |", "|---|---|---|---|"]
+        for row in describe_settings():
+            if row["group"] != group:
+                continue
+            default = "*required*" if row["required"] else (
+                "*none*" if row["default"] in (None, "") else f"`{row['default']}`")
+            meaning = row["help"].replace("|", "\\|")
+            if row["choices"]:
+                meaning += " One of: " + ", ".join(f"`{c}`" for c in row["choices"]) + "."
+            if row["secret"]:
+                meaning += " Secret: redacted in output and logs."
+            lines.append(f"| `{row['env']}` | `{row['flag']}` | {default} | {meaning} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -76,3 +76,101 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float 
 
 def require_services() -> bool:
     return os.environ.get("ESINDEXER_REQUIRE_SERVICES") == "1"
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of a real server, to simulate its outage.
+
+    ``pause()`` closes every connection and refuses new ones (as a stopped server
+    would); ``resume()`` accepts again. The server behind it keeps running, so
+    other tests sharing it are not disturbed.
+    """
+
+    def __init__(self, target_host: str, target_port: int):
+        import socket
+        import threading
+
+        self._target = (target_host, target_port)
+        self._socket_mod = socket
+        self._lock = threading.Lock()
+        self._conns: list = []
+        self._listener = None
+        self._closed = False
+        self._thread = None
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.resume()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def resume(self) -> None:
+        import threading
+
+        socket = self._socket_mod
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._thread.start()
+
+    def pause(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(self._socket_mod.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.shutdown(self._socket_mod.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.pause()
+
+    def _accept(self, listener) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = self._socket_mod.create_connection(self._target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass

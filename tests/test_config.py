@@ -141,3 +141,14 @@ def test_configuration_reference_lists_every_setting():
     for row in describe_settings():
         assert f"`{row['env']}`" in text, f"{row['env']} missing from docs/configuration.md"
         assert f"`{row['flag']}`" in text, f"{row['flag']} missing from docs/configuration.md"
+
+
+def test_configuration_reference_is_generated_from_the_declarations():
+    from esindexer.config import render_reference
+
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "configuration.md")
+    text = open(path).read()
+    begin, end = "<!-- BEGIN GENERATED REFERENCE -->\n", "<!-- END GENERATED REFERENCE -->"
+    section = text[text.index(begin) + len(begin):text.index(end)]
+    assert section.strip() == render_reference().strip(), \
+        "docs/configuration.md is stale: regenerate the section with `esindexer config --reference`"
