@@ -1,0 +1,349 @@
+"""The indexing service end to end: real ZODB + RelStorage writing, real Elasticsearch reading.
+
+Each test commits through ZODB the way applications do and checks what a user of
+the index would see (documents, their versions, the dead-letter table, progress).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+import psycopg2
+import pytest
+import transaction
+from persistent import Persistent
+from persistent.mapping import PersistentMapping
+
+from esindexer import follow
+from esindexer.config import load_settings
+from esindexer.metrics import Metrics
+from esindexer.service import EXIT_ERROR_BUDGET, EXIT_LOCKED, EXIT_OK, Indexer
+from tests.support import TcpProxy, both_history_modes, wait_for
+
+
+class Page(Persistent):
+    """A content class as applications define them (pickled by module and name)."""
+
+    def __init__(self, title, body="", tags=()):
+        self.title = title
+        self.body = body
+        self.tags = list(tags)
+
+
+class Folderish(Persistent):
+    def __init__(self, title):
+        self.title = {"text": title}  # the same attribute name, another shape than Page's
+
+
+def make_settings(db_dsn: str, es_url: str, es_prefix: str, **overrides) -> "Settings":  # noqa: F821
+    env = {
+        "ESINDEXER_PG_DSN": db_dsn,
+        "ESINDEXER_ES_URL": es_url,
+        "ESINDEXER_INDEX_PREFIX": es_prefix.rstrip("-"),
+        "ESINDEXER_INDEX_REPLICAS": "0",
+        "ESINDEXER_POLL_TIMEOUT": "1",
+        "ESINDEXER_LAG_POLL_INTERVAL": "0.3",
+        "ESINDEXER_RETRY_MAX_SECONDS": "0.5",
+        "ESINDEXER_BATCH_LIMIT": "50",
+        "ESINDEXER_FETCH_SIZE": "20",
+        "ESINDEXER_BULK_MAX_DOCS": "25",
+        "ESINDEXER_METRICS_PORT": "0",
+    }
+    env.update({f"ESINDEXER_{k.upper()}": str(v) for k, v in overrides.items()})
+    return load_settings(env=env)
+
+
+@contextlib.contextmanager
+def running(settings, metrics: Metrics | None = None, es=None):
+    """Run an Indexer in a thread; stop it (gracefully) on exit and check it ended well."""
+    indexer = Indexer(settings, metrics or Metrics(process_metrics=False), es=es)
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("code", indexer.run()), daemon=True)
+    thread.start()
+    try:
+        yield indexer
+    finally:
+        indexer.stop()
+        thread.join(60)
+        assert not thread.is_alive(), "indexer did not stop"
+    assert outcome.get("code") == EXIT_OK
+
+
+def docs(es, alias: str) -> dict[int, dict]:
+    es.indices.refresh(index=alias)
+    hits = es.search(index=alias, size=1000, query={"match_all": {}}, version=True)["hits"]["hits"]
+    return {int(h["_id"]): {**h["_source"], "_version": h["_version"]} for h in hits}
+
+
+def zoid_of(obj) -> int:
+    return int.from_bytes(obj._p_oid, "big")
+
+
+def latest_tid(db_dsn: str) -> int:
+    with psycopg2.connect(db_dsn) as conn:
+        tid = follow.latest_tid(conn)
+    conn.close()
+    return tid
+
+
+def progress(db_dsn: str, client_id: str = "esindexer") -> int:
+    with psycopg2.connect(db_dsn) as conn:
+        tid = follow.get_progress_tid(conn, client_id)
+    conn.close()
+    return tid
+
+
+def dead_letters(db_dsn: str) -> list[tuple]:
+    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT zoid, tid, class_name, kind, reason, document IS NOT NULL, record IS NOT NULL "
+                    "FROM esindexer_dead_letters ORDER BY id")
+        rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+@both_history_modes
+def test_objects_appear_change_and_disappear(zodb, db_dsn, es, es_url, es_prefix, keep_history):
+    settings = make_settings(db_dsn, es_url, es_prefix)
+    alias = settings.index_prefix
+    conn = zodb.open()
+    root = conn.root()
+    root["pages"] = PersistentMapping()
+    transaction.commit()
+    with running(settings):
+        pages = [Page(f"page {n}", body="lorem ipsum", tags=["a", "b"]) for n in range(5)]
+        for n, page in enumerate(pages):
+            root["pages"][n] = page
+        transaction.commit()
+        zoids = [zoid_of(p) for p in pages]
+        found = wait_for(lambda: (d := docs(es, alias)) and all(z in d for z in zoids) and d,
+                         message="pages indexed")
+        doc = found[zoids[0]]
+        assert doc["class"] == "tests.test_service.Page"
+        assert doc["state"]["title"] == "page 0"
+        assert doc["_version"] == doc["tid"]
+        assert doc["committed_at"].endswith("Z")
+
+        pages[0].title = "changed title"
+        transaction.commit()
+        wait_for(lambda: docs(es, alias)[zoids[0]]["state"]["title"] == "changed title", message="update")
+
+        # Remove from the container and pack with GC: no transaction announces the
+        # deletion; the capture trigger does.
+        del root["pages"][1]
+        transaction.commit()
+        zodb.pack(time.time() + 1)
+        wait_for(lambda: zoids[1] not in docs(es, alias), message="packed object removed")
+        assert zoids[0] in docs(es, alias)
+    conn.close()
+    assert progress(db_dsn) == latest_tid(db_dsn)
+
+
+def test_undo_of_creation_deletes_the_document(db_dsn, es, es_url, es_prefix):
+    from tests.support import open_zodb
+
+    db = open_zodb(db_dsn, keep_history=True)
+    try:
+        conn = db.open()
+        conn.root()["p"] = page = Page("to be undone")
+        transaction.commit()
+        zoid = zoid_of(page)
+        settings = make_settings(db_dsn, es_url, es_prefix)
+        with running(settings):
+            wait_for(lambda: zoid in docs(es, settings.index_prefix), message="indexed")
+            undo_id = db.undoLog(0, 1)[0]["id"]
+            db.undo(undo_id)
+            transaction.commit()
+            wait_for(lambda: zoid not in docs(es, settings.index_prefix), message="undone object removed")
+        conn.close()
+    finally:
+        db.close()
+
+
+@both_history_modes
+def test_backfill_restart_and_replay(zodb, db_dsn, es, es_url, es_prefix, keep_history):
+    conn = zodb.open()
+    root = conn.root()
+    for n in range(120):
+        root[f"p{n}"] = Page(f"page {n}")
+        if n % 40 == 39:
+            transaction.commit()
+    settings = make_settings(db_dsn, es_url, es_prefix, metrics_port=0)
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    first = docs(es, settings.index_prefix)
+    assert len(first) == 121  # root + 120 pages
+    assert progress(db_dsn) == latest_tid(db_dsn)
+
+    # more commits while stopped; a restart resumes from progress
+    for n in range(120, 150):
+        root[f"p{n}"] = Page(f"page {n}")
+    transaction.commit()
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    second = docs(es, settings.index_prefix)
+    assert len(second) == 151
+    assert all(second[z]["_version"] == second[z]["tid"] for z in second)
+
+    # replaying everything from the start changes nothing
+    with psycopg2.connect(db_dsn) as pg:
+        follow.set_progress_tid(pg, settings.client_id, -1)
+    pg.close()
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert docs(es, settings.index_prefix) == second
+    conn.close()
+
+
+def test_rejected_and_unconvertible_records_are_dead_lettered(zodb, db_dsn, es, es_url, es_prefix):
+    conn = zodb.open()
+    root = conn.root()
+    root["a"] = good = Page("good")
+    transaction.commit()  # Page first: its title maps as text
+    root["b"] = Folderish("conflicting shape")  # dynamic mapping: title is an object here
+    root["c"] = broken = Page("will be corrupted")
+    root["d"] = after = Page("after")
+    transaction.commit()
+    good_zoid, broken_zoid, after_zoid = zoid_of(good), zoid_of(broken), zoid_of(after)
+    folder_zoid = zoid_of(root["b"])
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+        cur.execute("UPDATE object_state SET state = %s WHERE zoid = %s",
+                    (psycopg2.Binary(b"\x80\x03corrupt pickle"), broken_zoid))
+    pg.close()
+    settings = make_settings(db_dsn, es_url, es_prefix, state_mapping="dynamic", class_routes="")
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    indexed = docs(es, settings.index_prefix)
+    assert good_zoid in indexed and after_zoid in indexed
+    assert broken_zoid not in indexed
+    letters = {row[0]: row for row in dead_letters(db_dsn)}
+    assert letters[broken_zoid][3] == "unconvertible" and letters[broken_zoid][6]  # raw record kept
+    assert folder_zoid not in indexed
+    assert letters[folder_zoid][3] == "rejected" and letters[folder_zoid][5]  # document kept
+    assert "tests.test_service.Folderish" == letters[folder_zoid][2]
+    assert progress(db_dsn) == latest_tid(db_dsn)  # progress advanced past the bad records
+    conn.close()
+
+
+def test_error_budget_stops_the_service(zodb, db_dsn, es, es_url, es_prefix):
+    conn = zodb.open()
+    for n in range(5):
+        conn.root()[n] = Page(f"p{n}")
+    transaction.commit()
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+        cur.execute("UPDATE object_state SET state = %s WHERE zoid > 0", (psycopg2.Binary(b"junk"),))
+    pg.close()
+    metrics = Metrics(process_metrics=False)
+    settings = make_settings(db_dsn, es_url, es_prefix, dead_letter_budget=2)
+    assert Indexer(settings, metrics).run(until_caught_up=True) == EXIT_ERROR_BUDGET
+    assert metrics.error_budget_exhausted()
+    assert len(dead_letters(db_dsn)) == 5  # recorded, never silently dropped
+    conn.close()
+
+
+def test_elasticsearch_outage_freezes_progress_then_catches_up(zodb, db_dsn, es, es_url, es_prefix):
+    target = urlsplit(es_url)
+    proxy = TcpProxy(target.hostname, target.port)
+    try:
+        settings = make_settings(db_dsn, proxy.url, es_prefix, es_request_timeout=3)
+        metrics = Metrics(process_metrics=False)
+        conn = zodb.open()
+        root = conn.root()
+        with running(settings, metrics):
+            root["first"] = Page("before the outage")
+            transaction.commit()
+            wait_for(lambda: progress(db_dsn) == latest_tid(db_dsn), message="first commit indexed")
+            proxy.pause()
+            before = progress(db_dsn)
+            pages = [Page(f"during outage {n}") for n in range(10)]
+            for n, page in enumerate(pages):
+                root[f"o{n}"] = page
+                transaction.commit()
+            wait_for(lambda: metrics.seconds_since_progress() is not None and
+                     sum(1 for line in _metric_lines(metrics, "esindexer_retries_total") if not line.endswith(" 0.0")),
+                     message="retries counted")
+            time.sleep(1)
+            assert progress(db_dsn) == before  # frozen while Elasticsearch is away
+            proxy.resume()
+            wait_for(lambda: progress(db_dsn) == latest_tid(db_dsn), timeout=60, message="caught up")
+            indexed = docs(es, settings.index_prefix)
+            assert all(zoid_of(p) in indexed for p in pages)
+        conn.close()
+    finally:
+        proxy.close()
+
+
+def _metric_lines(metrics: Metrics, name: str) -> list[str]:
+    from prometheus_client import generate_latest
+
+    return [line for line in generate_latest(metrics.registry).decode().splitlines() if line.startswith(name)]
+
+
+def test_lost_postgresql_connection_resumes(zodb, db_dsn, es, es_url, es_prefix, pg_dsn):
+    settings = make_settings(db_dsn, es_url, es_prefix)
+    conn = zodb.open()
+    root = conn.root()
+    with running(settings):
+        root["a"] = Page("a")
+        transaction.commit()
+        wait_for(lambda: progress(db_dsn) == latest_tid(db_dsn), message="indexed")
+        dbname = urlsplit(db_dsn).path.lstrip("/")
+        with psycopg2.connect(pg_dsn) as admin, admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND application_name LIKE 'esindexer%%'", (dbname,))
+        admin.close()
+        root["b"] = page = Page("after the connection loss")
+        transaction.commit()
+        wait_for(lambda: zoid_of(page) in docs(es, settings.index_prefix), timeout=60, message="resumed")
+    conn.close()
+
+
+def test_one_indexer_per_client_id(zodb, db_dsn, es, es_url, es_prefix):
+    settings = make_settings(db_dsn, es_url, es_prefix)
+    with running(settings):
+        wait_for(lambda: progress(db_dsn) > 0, message="first indexer running")
+        assert Indexer(settings, Metrics(process_metrics=False)).run() == EXIT_LOCKED
+
+
+def test_sigterm_stops_gracefully(zodb, db_dsn, es, es_url, es_prefix):
+    conn = zodb.open()
+    conn.root()["x"] = Page("x")
+    transaction.commit()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
+    env.update(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url, ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"),
+               ESINDEXER_INDEX_REPLICAS="0", ESINDEXER_METRICS_PORT="0", ESINDEXER_LOG_FORMAT="json")
+    proc = subprocess.Popen([sys.executable, "-m", "esindexer", "run"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: progress(db_dsn) == latest_tid(db_dsn), message="indexed by the subprocess")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert '"message": "esindexer stopped"' in err
+    conn.close()
+
+
+def test_status_command(zodb, db_dsn, es, es_url, es_prefix):
+    import json
+
+    conn = zodb.open()
+    conn.root()["x"] = Page("x")
+    transaction.commit()
+    settings = make_settings(db_dsn, es_url, es_prefix)
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
+    env.update(ESINDEXER_PG_DSN=db_dsn)
+    done = subprocess.run([sys.executable, "-m", "esindexer", "status", "--json"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["progress_tid"] == report["latest_tid"] == latest_tid(db_dsn)
+    assert report["lag_seconds"] == 0 and report["caught_up"] is True
+    assert report["dead_letters"] == 0
+    conn.close()
