@@ -113,19 +113,30 @@ def markdown_anchors(path: Path) -> set[str]:
     return anchors
 
 
-def fast_rules(dest_dir: Path, for_: str = "2s", interval: str = "1s") -> Path:
+def fast_rules(dest_dir: Path, for_: str = "2s", interval: str = "1s",
+               expr_replace: dict[str, str] | None = None) -> Path:
     """Copy rules.yml into ``dest_dir`` with every ``for:`` set to ``for_`` (when it was
     non-zero) and each group evaluated every ``interval``; return the new file's path.
 
     For end-to-end tests with a real Prometheus: the alert expressions and thresholds
-    stay exactly those of the shipped rules, only the waiting is shortened.
+    stay exactly those of the shipped rules, only the waiting is shortened. Thresholds
+    that are themselves durations (EsindexerStalled's ``> 300`` seconds without
+    progress) can be rewritten with ``expr_replace={"> 300": "> 3"}``; each key must
+    occur in some expression, so a stale replacement fails loudly.
     """
     data = yaml.safe_load(RULES.read_text())
+    unused = dict(expr_replace or {})
     for group in data["groups"]:
         group["interval"] = interval
         for rule in group["rules"]:
             if rule.get("for") not in (None, "0", "0s", "0m"):
                 rule["for"] = for_
+            for old, new in (expr_replace or {}).items():
+                if old in rule["expr"]:
+                    rule["expr"] = rule["expr"].replace(old, new)
+                    unused.pop(old, None)
+    if unused:
+        raise ValueError(f"fast_rules: {sorted(unused)} found in no rule expression")
     dest = Path(dest_dir) / "rules.yml"
     dest.write_text(yaml.safe_dump(data, sort_keys=False))
     return dest
@@ -197,6 +208,16 @@ def test_fast_rules_copy_is_valid_and_short(tmp_path: Path) -> None:
     assert copied["interval"] == "1s"
     assert {r.get("for") for r in copied["rules"]} <= {None, "2s"}
     assert [r["expr"] for r in copied["rules"]] == [r["expr"] for r in alerts()]
+
+
+def test_fast_rules_can_shorten_duration_thresholds(tmp_path: Path) -> None:
+    path = fast_rules(tmp_path, expr_replace={"> 300": "> 3"})
+    stalled = next(r for r in yaml.safe_load(path.read_text())["groups"][0]["rules"]
+                   if r["alert"] == "EsindexerStalled")
+    assert "esindexer_last_progress_timestamp_seconds > 3)" in stalled["expr"]
+    assert run([promtool(), "check", "rules", str(path)]).returncode == 0
+    with pytest.raises(ValueError):
+        fast_rules(tmp_path, expr_replace={"> 12345": "> 1"})
 
 
 # --- docker compose -------------------------------------------------------------------------
