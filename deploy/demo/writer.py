@@ -219,6 +219,7 @@ def _commit(db: Any, note: str, work: Callable[[Any], Any]) -> Any:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Flags, with environment fallbacks so the compose file can configure the writer."""
     env = os.environ
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn", default=env.get("DEMO_PG_DSN") or env.get("ESINDEXER_PG_DSN"),
@@ -242,6 +243,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Write the initial content, then change the site until stopped (SIGTERM/SIGINT
+    end the loop between transactions, so `docker compose stop` never cuts a commit)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
