@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import uuid
 from typing import Iterator
 
@@ -27,7 +28,10 @@ class Writer:
         self.root = self.conn.root()
 
     def commit(self) -> int:
+        """Commit; ``commit_started`` / ``commit_returned`` bracket it (monotonic seconds)."""
+        self.commit_started = time.monotonic()
         self.tm.commit()
+        self.commit_returned = time.monotonic()
         tid = u64(self.conn._storage.lastTransaction())  # this instance committed it
         self.tm.begin()
         return tid
@@ -124,8 +128,6 @@ class Follower(threading.Thread):
         self.changed = threading.Condition()
 
     def run(self) -> None:
-        import time
-
         try:
             iterator = iter(self.updates)
             self.started_iterating.set()
