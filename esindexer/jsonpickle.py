@@ -1,0 +1,245 @@
+"""ZODB records to JSON, without ever running code named in the pickle.
+
+A ZODB record is two pickles written by one pickler (newt-spec §4): the class record,
+then the object's state. :class:`Jsonifier` turns one into
+``(class_name, ghost_pickle, json_text)`` with newt.db's JSON shape (newt-spec §7), and
+:meth:`Jsonifier.convert` says *why* there is no JSON (deleted, skipped, error) so the
+service can count and dead-letter records. See ``docs/json.md`` for the JSON shape and
+every deliberate difference from newt.db.
+
+How it stays safe and fast:
+
+1. :func:`esindexer._pickle_scan.scan` walks the opcodes once (pure Python, cheap per
+   opcode) and rejects malformed input and memo indexes that would make the C unpickler
+   allocate far more than the record's size; it also notes whether the value can share
+   structure.
+2. CPython's C unpickler decodes the record with ``find_class`` returning inert stand-in
+   types and ``persistent_load`` returning reference descriptions
+   (:mod:`esindexer._pickle_values`): nothing is imported, nothing named is called. One
+   unpickler reads both pickles, so the state pickle's GETs see the class pickle's memo.
+3. A plain tree goes straight to orjson (strict JSON by construction). Anything orjson
+   refuses (non-string keys, integers beyond 53 bits, lone surrogates, deep nesting)
+   and every record with shared structure goes through the walker
+   (:mod:`esindexer._pickle_walk`), which implements newt.db's shared/cyclic output with
+   an expansion budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from _pickle import Unpickler as _CUnpickler
+from typing import Any, Callable, NamedTuple
+
+import orjson
+
+from esindexer._pickle_scan import UnsafePickle, scan
+from esindexer._pickle_values import StandInType, fast_default, persistent_ref, standin
+from esindexer._pickle_walk import walk
+
+__all__ = ["Conversion", "Jsonifier", "UnsafePickle", "default_skip_class"]
+
+log = logging.getLogger(__name__)
+
+#: newt.db's default: every ``BTrees.*`` class and ``ZODB.blob*`` (prefix match).
+default_skip_class: Callable[[str], Any] = re.compile(r"BTrees[.]|ZODB.blob").match
+
+_StandInMeta = type(StandInType)
+_STRICT = orjson.OPT_STRICT_INTEGER  # ints beyond 2**53 take the walker (64-bit check)
+_MAX_ERROR = 300
+_POOL_MAX = 4
+_REUSE_MAX_BYTES = 1 << 16  # bigger records may have grown the memo: don't keep it
+
+
+class Conversion(NamedTuple):
+    """The outcome of converting one record.
+
+    ``kind`` is ``'ok'`` (``json_text`` set), ``'deleted'`` (empty or NULL data),
+    ``'skipped'`` (``skip_class`` matched, or ``transform`` returned ``''``) or
+    ``'error'`` (``error`` holds a one-line reason). ``class_name`` is known for ok and
+    skipped records, and for errors once the class pickle has decoded.
+    """
+
+    kind: str
+    class_name: str | None = None
+    json_text: str | None = None
+    ghost_pickle: bytes | None = None
+    error: str | None = None
+
+
+_DELETED = Conversion("deleted")
+
+
+class _Source:
+    """The file object the C unpickler reads. ``peek`` hands over everything at once,
+    so the unpickler parses from memory and calls back only at the end of each load."""
+
+    __slots__ = ("data", "view", "pos")
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.view = memoryview(b"")
+        self.pos = 0
+
+    def set(self, data: bytes) -> None:
+        self.data = data
+        self.view = memoryview(data)
+        self.pos = 0
+
+    def peek(self, n: int = 0) -> memoryview:
+        return self.view[self.pos :]
+
+    def read(self, n: int = -1) -> memoryview:
+        start = self.pos
+        end = len(self.data) if n is None or n < 0 else min(start + n, len(self.data))
+        self.pos = end
+        return self.view[start:end]
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self.read(len(memoryview(buffer)))
+        size = len(chunk)
+        memoryview(buffer).cast("B")[:size] = chunk
+        return size
+
+    def readline(self, size: int = -1) -> memoryview:
+        start = self.pos
+        j = self.data.find(b"\n", start)
+        end = len(self.data) if j < 0 else j + 1
+        self.pos = end
+        return self.view[start:end]
+
+
+class _Unpickler(_CUnpickler):
+    """C unpickler whose globals and persistent ids become inert data."""
+
+    find_class = staticmethod(standin)
+    persistent_load = staticmethod(persistent_ref)
+
+
+def _new_unpickler() -> tuple[_Unpickler, _Source]:
+    source = _Source()
+    # Python 2 ``str`` (SHORT_BINSTRING/BINSTRING): UTF-8 when it is UTF-8; other bytes
+    # survive as surrogate escapes, which the walker maps to Latin-1 like newt.db.
+    return _Unpickler(source, encoding="utf-8", errors="surrogateescape"), source
+
+
+def _record_class_name(klass: Any) -> str:
+    """The class name from a class record (newt-spec §4): GLOBAL, ``(class, args)`` or
+    ``((module, name), args)``."""
+    if isinstance(klass, _StandInMeta):
+        return klass.dotted  # type: ignore[attr-defined]
+    if type(klass) is tuple and len(klass) == 2:
+        first = klass[0]
+        if isinstance(first, _StandInMeta):
+            return first.dotted  # type: ignore[attr-defined]
+        if type(first) is tuple and len(first) == 2 and all(type(x) is str for x in first):
+            return f"{first[0]}.{first[1]}"
+    raise ValueError(f"unsupported class record: {type(klass).__name__}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
+
+
+class Jsonifier:
+    """Convert ZODB records to newt.db-shaped, strict JSON.
+
+    ``skip_class(class_name)`` returning true skips a record (default:
+    :data:`default_skip_class`). ``transform(class_name, json_text)`` may return a new
+    JSON text, ``None`` to keep the text, or ``''`` to skip the record; its output must
+    be strict JSON (it is checked).
+
+    Calling the instance gives newt.db's triple and logs errors (once, at ERROR, with
+    the label); :meth:`convert` gives a :class:`Conversion` and does not log, because
+    its caller counts and dead-letters errors itself. Neither raises. Instances are
+    safe to share between threads.
+    """
+
+    skip_class: Callable[[str], Any] = staticmethod(default_skip_class)  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        skip_class: Callable[[str], Any] | None = None,
+        transform: Callable[[str, str], str | None] | None = None,
+    ) -> None:
+        if skip_class is not None:
+            self.skip_class = skip_class  # type: ignore[method-assign]
+        self.transform = transform
+        self._pool: list[tuple[_Unpickler, _Source]] = []
+
+    def __call__(self, label: Any, data: bytes | memoryview | None) -> tuple[Any, Any, Any]:
+        """newt.db's contract: ``(class_name, ghost_pickle, json_text)`` or three Nones."""
+        c = self.convert(label, data)
+        if c.kind == "ok":
+            return c.class_name, c.ghost_pickle, c.json_text
+        if c.kind == "error":
+            log.error(
+                "cannot convert record %r to JSON: %s",
+                label,
+                c.error,
+                extra={"label": repr(label), "class_name": c.class_name, "error": c.error},
+            )
+        return None, None, None
+
+    def convert(self, label: Any, data: bytes | memoryview | None) -> Conversion:
+        """Convert one record; ``label`` (e.g. ``(tid, zoid)``) is only for messages."""
+        if not data:
+            return _DELETED
+        if type(data) is not bytes:
+            data = bytes(data)
+        try:
+            unpickler, source = self._pool.pop()
+        except IndexError:
+            unpickler, source = _new_unpickler()
+        reusable = False
+        class_name = None
+        try:
+            kinds: dict[int, int] = {}
+            scan_state = [0, 0]
+            class_end = scan(data, 0, kinds, scan_state)
+            source.set(data)
+            class_name = _record_class_name(unpickler.load())
+            ghost = data[:class_end]
+            if self.skip_class(class_name):
+                return Conversion("skipped", class_name, None, ghost)
+            end = scan(data, class_end, kinds, scan_state)
+            state = unpickler.load()
+            flags, expansion = scan_state
+            size = len(data)
+            budget = 2_000_000 + 16 * size
+            if flags or expansion > budget:
+                out = walk(state, budget, lambda: _memo_ids(unpickler))
+            else:
+                try:
+                    out = orjson.dumps(state, default=fast_default, option=_STRICT)
+                except orjson.JSONEncodeError:
+                    out = walk(state, budget, lambda: _memo_ids(unpickler))
+            del state
+            text = out.decode()
+            reusable = end == size and size <= _REUSE_MAX_BYTES
+            if self.transform is not None:
+                new = self.transform(class_name, text)
+                if new is not None:
+                    if new == "":
+                        return Conversion("skipped", class_name, None, ghost)
+                    orjson.loads(new)  # the transform must keep the text strict JSON
+                    text = new
+            return Conversion("ok", class_name, text, ghost)
+        except RecursionError:
+            return Conversion("error", class_name, None, None, "RecursionError: nesting too deep")
+        except Exception as exc:
+            return Conversion("error", class_name, None, None, _reason(exc))
+        finally:
+            source.set(b"")
+            if reusable and len(self._pool) < _POOL_MAX:
+                unpickler.memo.clear()
+                self._pool.append((unpickler, source))
+
+
+def _memo_ids(unpickler: _Unpickler) -> dict[int, int]:
+    """``{id(object): memo index}`` for the cyclic output (lowest index wins)."""
+    ids: dict[int, int] = {}
+    for idx, value in sorted(unpickler.memo.copy().items()):
+        ids.setdefault(id(value), idx)
+    return ids
