@@ -6,7 +6,7 @@ Usage (servers from ``eval "$(scripts/services env)"``)::
                                      [--history both|free|preserving] [--commits 50]
 
 It creates a scratch database per history mode, writes ``--rows`` objects with real
-ZODB + RelStorage (10,000 per transaction, ~300-byte states), then:
+ZODB + RelStorage (10,000 per transaction, ~400-byte records), then:
 
 - reads everything with ``updates(end_tid=latest)`` for each ``internal_batch_size``
   (best of three runs; rows/s and MB/s of state);

@@ -117,7 +117,6 @@ import collections
 import logging
 import select
 import socket
-import threading
 from typing import Iterator, Optional
 
 import psycopg2
@@ -125,7 +124,7 @@ import psycopg2.errors
 
 from esindexer import notify
 from esindexer._follow_pg import ConnOrDsn, SchemaError, is_idle, keeps_history, reading
-from esindexer.notify import install_trigger
+from esindexer.notify import install_trigger, trigger_installed, uninstall_trigger
 from esindexer.progress import get_progress_tid, set_progress_tid
 
 log = logging.getLogger(__name__)
@@ -140,6 +139,8 @@ __all__ = [
     "install_trigger",
     "latest_tid",
     "set_progress_tid",
+    "trigger_installed",
+    "uninstall_trigger",
     "updates",
 ]
 
@@ -376,7 +377,9 @@ class Updates:
         #: True when woken by notifications, False when polling, None before/without waiting.
         self.notifying: Optional[bool] = None
         self.keep_history: Optional[bool] = None
-        self._stopping = threading.Event()
+        # A plain attribute, not a threading.Event: Event.set() takes a lock, which a
+        # signal handler must not do (it could interrupt the same thread inside set()).
+        self._stop_requested = False
         self._wake_recv, self._wake_send = socket.socketpair()
         self._wake_recv.setblocking(False)
         self._wake_send.setblocking(False)
@@ -397,7 +400,7 @@ class Updates:
 
     def stop(self) -> None:
         """End the iteration after the current batch. Thread- and signal-handler-safe."""
-        self._stopping.set()
+        self._stop_requested = True
         try:
             self._wake_send.send(b"\0")
         except OSError:  # closed, or the buffer is full of earlier wake-ups: either is fine
@@ -405,7 +408,7 @@ class Updates:
 
     @property
     def stopping(self) -> bool:
-        return self._stopping.is_set()
+        return self._stop_requested
 
     def close(self) -> None:
         """Stop and release the connection(s) the follower opened. Idempotent."""
@@ -462,7 +465,7 @@ class Updates:
                 extra={"start_tid": self.start_tid, "end_tid": self.end_tid,
                        "keep_history": self.keep_history, "notifying": self.notifying},
             )
-            while not self._stopping.is_set():
+            while not self._stop_requested:
                 if self._fill():
                     batch = Batch(self)
                     yield batch
@@ -488,7 +491,7 @@ class Updates:
         if not is_idle(conn):
             raise ConnectionBusy("the connection has a transaction in progress; cannot LISTEN")
         try:
-            installed = install_trigger(conn)
+            installed = notify._install_trigger(conn, warn=False)  # one warning below
             with conn.cursor() as cur:
                 cur.execute(f"LISTEN {notify.CHANNEL}")
             if not conn.autocommit:
@@ -507,8 +510,10 @@ class Updates:
             raise
         self.notifying = installed
         if not installed:
-            log.warning("no change-notification trigger; polling every %s s",
-                        self._polling_timeout())
+            log.warning(
+                "no change-notification trigger, and this role may not install it; polling "
+                "every %s s. An administrator can run `esindexer install-trigger`.",
+                self._polling_timeout())
         return True
 
     def _unlisten(self, conn) -> None:

@@ -122,8 +122,8 @@ def _install_statements(cur) -> None:
     log.info("installed the change-notification trigger", extra={"schema": schema})
 
 
-def _refused(exc: Exception) -> bool:
-    log.warning(
+def _refused(exc: Exception, warn: bool) -> bool:
+    (log.warning if warn else log.info)(
         "cannot install the change-notification trigger (%s); followers will poll. "
         "An administrator can run `esindexer install-trigger`.",
         exc.pgerror.strip() if getattr(exc, "pgerror", None) else exc,
@@ -148,6 +148,11 @@ def install_trigger(conn: ConnOrDsn) -> bool:
     Raises :class:`esindexer._follow_pg.SchemaError` if there is no ``object_state``
     table, and re-raises any database error other than "not permitted".
     """
+    return _install_trigger(conn, warn=True)
+
+
+def _install_trigger(conn: ConnOrDsn, *, warn: bool) -> bool:
+    # `warn=False`: the follower logs its own single warning (with its poll interval).
     with connection(conn, commit=True) as pg:
         with pg.cursor() as cur:
             keeps_history(cur)  # raises SchemaError without object_state
@@ -157,7 +162,7 @@ def install_trigger(conn: ConnOrDsn) -> bool:
                     _install_statements(cur)
                 except _NOT_PERMITTED as exc:
                     cur.execute("ROLLBACK")
-                    return _refused(exc)
+                    return _refused(exc, warn)
                 except BaseException:
                     cur.execute("ROLLBACK")
                     raise
@@ -169,7 +174,7 @@ def install_trigger(conn: ConnOrDsn) -> bool:
             except _NOT_PERMITTED as exc:
                 cur.execute("ROLLBACK TO SAVEPOINT esindexer_install_trigger")
                 cur.execute("RELEASE SAVEPOINT esindexer_install_trigger")
-                return _refused(exc)
+                return _refused(exc, warn)
             cur.execute("RELEASE SAVEPOINT esindexer_install_trigger")
             return True
 

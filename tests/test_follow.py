@@ -177,6 +177,10 @@ def test_a_database_without_relstorage_is_a_clear_error(db_dsn):
         follow.latest_tid(db_dsn)
     with pytest.raises(SchemaError):
         collect(db_dsn, end_tid=10)
+    with pytest.raises(SchemaError):
+        list(follow.updates(db_dsn))
+    with pytest.raises(SchemaError):
+        follow.install_trigger(db_dsn)
 
 
 def test_history_mode_is_detected_in_the_search_path_only(db_dsn, zodb):

@@ -24,6 +24,7 @@ from tests.test_follow_support import (
     expected_rows,
     select_only_role,
     tids_of,
+    with_params,
     writer,
 )
 
@@ -179,7 +180,8 @@ def test_a_role_without_trigger_rights_follows_by_polling(pg_dsn, db_dsn, zodb, 
                 wait_for(lambda: len(follower.rows()) >= 3, message="rows found by polling")
                 assert follower.updates.notifying is False
                 warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-                assert len(warnings) == 2  # "cannot install" (notify), "polling" (follow): once each
+                assert len(warnings) == 1  # one warning: no trigger, polling every 0.2 s
+                assert "polling every 0.2 s" in warnings[0].getMessage()
                 # An administrator installs the trigger: the follower notices at its next poll.
                 assert notify.install_trigger(db_dsn) is True
                 wait_for(lambda: follower.updates.notifying, message="switch to notifications")
@@ -192,6 +194,24 @@ def test_a_role_without_trigger_rights_follows_by_polling(pg_dsn, db_dsn, zodb, 
                 follower.join(30)
         assert follower.error is None
         assert follower.rows() == expected_rows(db_dsn, keep_history, start)
+
+
+def test_a_read_only_session_follows_by_polling(db_dsn, zodb):
+    """Like a replica: DDL is refused with SQLSTATE 25006, following still works."""
+    start = _precreate(zodb, 1)
+    ro_dsn = with_params(db_dsn, options="-c default_transaction_read_only=on")
+    assert notify.install_trigger(ro_dsn) is False
+    follower = Follower(ro_dsn, start_tid=start, poll_interval=0.1)
+    follower.start()
+    try:
+        with writer(zodb) as w:
+            w.root["k0"]["i"] = "read-only follower"
+            w.commit()
+        wait_for(lambda: len(follower.rows()) >= 1, message="polled row")
+    finally:
+        follower.updates.stop()
+        follower.join(30)
+    assert follower.error is None and follower.updates.notifying is False
 
 
 def test_polling_only_when_asked(db_dsn, zodb):
