@@ -343,3 +343,26 @@ def test_following_an_empty_database_waits_for_the_first_commit(db_dsn):
         follower.updates.stop()
         follower.join(30)
     assert [zoid for _, zoid, _ in follower.rows()] == [0]
+
+
+def test_live_on_a_non_autocommit_caller_connection(db_dsn, zodb, pg_conn):
+    """LISTEN and reads on the caller's connection, left idle and unlistened afterwards."""
+    start = _precreate(zodb, 2)
+    follower = Follower(pg_conn, start_tid=start)
+    follower.start()
+    try:
+        wait_for(lambda: follower.updates.notifying, message="listening with the trigger")
+        with writer(zodb) as w:
+            w.root["k1"]["i"] = "noticed"
+            tid = w.commit()
+        wait_for(lambda: follower.rows(), message="notified row")
+    finally:
+        follower.updates.stop()
+        follower.join(30)
+    assert follower.error is None
+    assert [row[0] for row in follower.rows()] == [tid]
+    assert pg_conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT pg_listening_channels()")
+        assert cur.fetchall() == []
+    pg_conn.rollback()
