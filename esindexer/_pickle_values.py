@@ -138,7 +138,12 @@ class _StandInMeta(type):
     """
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:  # REDUCE, OBJ, INST
-        return _make(cls.dotted, cls.special, args, kwargs)
+        special = cls.special
+        if special is not None and not kwargs:
+            result = special(args)
+            if result is not NotImplemented:
+                return result
+        return _make(cls.dotted, None, args, kwargs)
 
     def __setattr__(cls, name: str, value: Any) -> None:
         raise TypeError(f"stand-in for {cls.dotted} is read-only")
@@ -399,9 +404,13 @@ def persistent_ref(pid: Any) -> Ref:
     convert, get ``"weak": true`` and/or ``"database": name``; a cross-database one has
     no ``"::=>"`` because its zoid belongs to another database.
     """
-    if isinstance(pid, tuple) and len(pid) == 2:
-        zoid = _oid(pid[0])
-        return Ref({"::": "persistent", "id": [zoid, _class_name(pid[1])], "::=>": zoid})
+    if type(pid) is tuple and len(pid) == 2:
+        oid, klass = pid
+        if type(oid) is bytes and len(oid) == 8 and type(klass) is _StandInMeta:  # the usual
+            zoid = int.from_bytes(oid, "big")
+            return Ref({"::": "persistent", "id": [zoid, klass.dotted], "::=>": zoid})
+        zoid = _oid(oid)
+        return Ref({"::": "persistent", "id": [zoid, _class_name(klass)], "::=>": zoid})
     if isinstance(pid, (bytes, str)):
         zoid = _oid(pid)
         return Ref({"::": "persistent", "id": zoid, "::=>": zoid})
