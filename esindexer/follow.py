@@ -35,9 +35,11 @@ History modes
     resolves in the connection's ``search_path``.
 
 Bounded memory, short snapshots
-    Rows are read in chunks of at most ``internal_batch_size`` rows and (except for a
-    single larger row) ``chunk_bytes`` bytes of state, each chunk by one or two short
-    statements in their own transaction (keyset pagination, below). At most one chunk
+    Rows are read in chunks of at most ``internal_batch_size`` rows and about
+    ``chunk_bytes`` bytes of state (a chunk stops after the row that crosses
+    ``chunk_bytes``, so it exceeds it by at most one record, and a record larger than
+    the limit is read on its own). Each chunk is read by one or two short statements,
+    each in its own transaction (keyset pagination, below). At most one chunk
     is held in memory, whatever the size of the database or of one transaction, and
     no transaction stays open while the consumer works on rows: a slow consumer never
     pins a snapshot on the source database or holds back its vacuum.
@@ -150,7 +152,7 @@ Row = tuple[int, int, Optional[bytes]]
 DEFAULT_BATCH_LIMIT = 100_000
 #: Rows per read; see docs/performance.md ("Following") for the measurements behind it.
 DEFAULT_INTERNAL_BATCH_SIZE = 2_000
-#: Upper bound on the state bytes of one read (a single larger row is still read alone).
+#: State bytes per read: a read stops after the record that crosses this.
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 DEFAULT_POLL_TIMEOUT = 300.0
 DEFAULT_POLL_INTERVAL = 5.0
