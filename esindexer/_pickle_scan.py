@@ -38,7 +38,7 @@ _U64 = struct.Struct("<Q").unpack_from
 # Total size (opcode byte + fixed argument) of opcodes that need no attention: they
 # neither touch the memo nor carry a variable-length argument. 0 = handled below.
 _SKIP = [0] * 256
-for _ch in "(01NRQabdeltsu)]}":
+for _ch in "(01NRQabdelostu)]}":
     _SKIP[ord(_ch)] = 1
 for _code in (0x81, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8F, 0x90, 0x91, 0x92, 0x93, 0x97, 0x98):
     _SKIP[_code] = 1

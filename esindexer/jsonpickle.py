@@ -49,6 +49,7 @@ _STRICT = orjson.OPT_STRICT_INTEGER  # ints beyond 2**53 take the walker (64-bit
 _MAX_ERROR = 300
 _POOL_MAX = 4
 _REUSE_MAX_BYTES = 1 << 16  # bigger records may have grown the memo: don't keep it
+_BASE_BUDGET = 250_000  # JSON values (strings count 1 per 16 chars) beyond 16 per record byte
 
 
 class Conversion(NamedTuple):
@@ -207,7 +208,7 @@ class Jsonifier:
             state = unpickler.load()
             flags, expansion = scan_state
             size = len(data)
-            budget = 2_000_000 + 16 * size
+            budget = _BASE_BUDGET + 16 * size
             if flags or expansion > budget:
                 out = walk(state, budget, lambda: _memo_ids(unpickler))
             else:

@@ -12,6 +12,7 @@ import collections
 import io
 import json
 import math
+import pickle as stdpickle
 from typing import Any
 
 from zodbpickle import pickle as zpickle
@@ -62,17 +63,22 @@ class PRef:
         raise ValueError(self.kind)
 
 
-class _Pickler(zpickle.Pickler):
-    def persistent_id(self, obj: Any) -> Any:
-        if isinstance(obj, PRef):
-            return obj.pid()
-        return None
+def _persistent_id(obj: Any) -> Any:
+    return obj.pid() if isinstance(obj, PRef) else None
+
+
+class _Pickler(zpickle.Pickler):  # ZODB's pickler (protocols 0-3)
+    persistent_id = staticmethod(_persistent_id)
+
+
+class _StdPickler(stdpickle.Pickler):  # protocols 4 and 5, which ZODB never writes
+    persistent_id = staticmethod(_persistent_id)
 
 
 def record(klass: Any, state: Any, protocol: int = 3, class_record: Any = None) -> bytes:
     """Class record ``(klass, None)`` (or ``class_record``) then ``state``, one memo."""
     f = io.BytesIO()
-    p = _Pickler(f, protocol)
+    p = (_Pickler if protocol <= 3 else _StdPickler)(f, protocol)
     p.dump((klass, None) if class_record is None else class_record)
     p.dump(state)
     return f.getvalue()
