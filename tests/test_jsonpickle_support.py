@@ -117,5 +117,20 @@ def same_json(a: Any, b: Any) -> bool:
 
 __all__ = [
     "Thing", "Slotted", "MyDict", "MyList", "PRef", "record", "strict_loads",
-    "newt_jsonifier", "newt_loads", "same_json", "collections",
+    "newt_jsonifier", "newt_loads", "same_json", "collections", "Doc", "Folder",
 ]
+
+
+import persistent as _persistent  # noqa: E402  (kept apart: only the ZODB tests need it)
+
+
+class Doc(_persistent.Persistent):
+    """A persistent class with an importable name, for records written by real ZODB."""
+
+    def __init__(self, **attrs: Any) -> None:
+        self.__dict__.update(attrs)
+
+
+class Folder(_persistent.Persistent):
+    def __init__(self) -> None:
+        self.items: list = []
