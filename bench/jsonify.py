@@ -1,0 +1,219 @@
+"""Benchmark esindexer.jsonpickle against newt.db's Jsonifier on the same records.
+
+Usage (servers from ``eval "$(scripts/services env)"``)::
+
+    .venv/bin/python bench/jsonify.py [--objects 20000] [--repeat 3] [--no-pin]
+
+It creates a scratch database on ESINDEXER_TEST_PG_DSN, writes a corpus with real ZODB
++ RelStorage (custom classes with ~10 attributes, persistent mappings and lists, nested
+references, BTrees, which both converters skip, and a few large records), reads every
+``object_state`` row, then converts all rows with esindexer and with newt.db in the same
+process, pinned to one CPU. It prints records/s and MB/s of state for each (best of
+``--repeat`` runs), the ratio, and checks that both give the same class, ghost pickle
+and parsed JSON wherever newt.db converts a record. The database is dropped at the end.
+Nothing is asserted about speed: the figures go into docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import persistent
+import psycopg2
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from esindexer.jsonpickle import Jsonifier  # noqa: E402
+
+
+class Article(persistent.Persistent):
+    """~10 attributes, like a typical content object."""
+
+
+class Folder(persistent.Persistent):
+    """Holds references to its children."""
+
+
+class Person(persistent.Persistent):
+    pass
+
+
+@contextlib.contextmanager
+def scratch_database(admin_dsn: str):
+    name = f"esbench_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(admin_dsn)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        yield urlunsplit(urlsplit(admin_dsn)._replace(path="/" + name))
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def open_db(dsn: str):
+    import ZODB
+    from psycopg2.extensions import make_dsn, parse_dsn
+    from relstorage.adapters.postgresql import PostgreSQLAdapter
+    from relstorage.options import Options
+    from relstorage.storage import RelStorage
+
+    options = Options(keep_history=False, cache_local_mb=0)
+    adapter = PostgreSQLAdapter(dsn=make_dsn(**parse_dsn(dsn)), options=options)
+    return ZODB.DB(RelStorage(adapter, options=options))
+
+
+WORDS = ("alpha beta gamma delta report budget meeting review draft final customer order "
+         "invoice shipping status priority team project release notes summary").split()
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def write_corpus(db, objects: int, seed: int = 42) -> None:
+    """Write ``objects`` persistent objects in transactions of 2,000."""
+    import transaction
+    from BTrees.OOBTree import OOBTree
+    from persistent.list import PersistentList
+    from persistent.mapping import PersistentMapping
+
+    rng = random.Random(seed)
+    conn = db.open()
+    root = conn.root()
+    people = [Person() for _ in range(50)]
+    for i, p in enumerate(people):
+        p.name, p.email, p.age = f"Person {i}", f"p{i}@example.org", 20 + i
+    root["people"] = PersistentList(people)
+    index = root["index"] = OOBTree()
+    folders: list = []
+    made = 0
+    while made < objects:
+        folder = Folder()
+        folder.title = sentence(rng, 3)
+        folder.children = PersistentList()
+        folder.settings = PersistentMapping({"sort": "date", "public": True, "size": 25})
+        folders.append(folder)
+        root[f"folder{len(folders)}"] = folder
+        for _ in range(200):
+            a = Article()
+            a.title = sentence(rng, 6)
+            a.description = sentence(rng, 20)
+            a.body = " ".join(sentence(rng, 12) for _ in range(rng.randint(1, 4)))
+            a.created = datetime.datetime(2024, 1, 1) + datetime.timedelta(minutes=rng.randint(0, 10**6))
+            a.modified = a.created + datetime.timedelta(hours=3)
+            a.author = rng.choice(people)
+            a.tags = rng.sample(WORDS, 3)
+            a.views = rng.randint(0, 100000)
+            a.rating = rng.random() * 5
+            a.published = rng.random() < 0.8
+            a.meta = {"lang": "en", "words": rng.randint(10, 2000), "flags": [1, 2]}
+            a.parent = folder
+            folder.children.append(a)
+            index[f"{len(folders)}-{len(folder.children)}"] = a
+            made += 1
+            if made % 2000 == 0:
+                transaction.commit()
+        if made >= objects:
+            break
+    for i in range(5):  # a few large records
+        big = Article()
+        big.title = f"Large record {i}"
+        big.lines = [sentence(rng, 8) for _ in range(2000)]
+        big.refs = PersistentList(folders[:])
+        root[f"large{i}"] = big
+    transaction.commit()
+    conn.close()
+
+
+def read_rows(dsn: str) -> list[tuple[int, bytes]]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select zoid, state from object_state order by zoid")
+            return [(zoid, bytes(state)) for zoid, state in cur]
+    finally:
+        conn.close()
+
+
+def timed(convert, rows, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for zoid, state in rows:
+            convert(zoid, state)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--objects", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
+    args = parser.parse_args(argv)
+    dsn = os.environ.get("ESINDEXER_TEST_PG_DSN")
+    if not dsn:
+        print("set ESINDEXER_TEST_PG_DSN (eval \"$(scripts/services env)\")", file=sys.stderr)
+        return 2
+    from newt.db.jsonpickle import Jsonifier as NewtJsonifier
+
+    with scratch_database(dsn) as db_dsn:
+        db = open_db(db_dsn)
+        try:
+            write_corpus(db, args.objects)
+        finally:
+            db.close()
+        rows = read_rows(db_dsn)
+    if not args.no_pin and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+    mine, newt = Jsonifier(), NewtJsonifier()
+    total_bytes = sum(len(s) for _, s in rows)
+    kinds = collections.Counter(mine.convert(z, s).kind for z, s in rows)
+    classes = collections.Counter((mine.convert(z, s).class_name or "?").rsplit(".", 1)[-1] for z, s in rows)
+
+    compared = mismatched = newt_none = 0
+    for zoid, state in rows:
+        expected = newt(zoid, state)
+        got = mine.convert(zoid, state)
+        if expected[2] is None:
+            newt_none += 1
+            continue
+        compared += 1
+        if (got.class_name != expected[0] or got.ghost_pickle != bytes(expected[1])
+                or json.loads(got.json_text) != json.loads(expected[2])):
+            mismatched += 1
+
+    t_mine = timed(mine.convert, rows, args.repeat)
+    t_call = timed(mine, rows, args.repeat)
+    t_newt = timed(newt, rows, max(1, args.repeat - 1))
+    n = len(rows)
+    mb = total_bytes / 1e6
+    print(f"records: {n:,} ({mb:.1f} MB of state, mean {total_bytes / n:.0f} bytes); "
+          f"kinds {dict(kinds)}; classes {dict(classes.most_common(8))}")
+    print(f"parity: {compared:,} records compared (newt.db gave no JSON for {newt_none:,}), "
+          f"{mismatched} differ")
+    print("| converter | records/s | MB/s |")
+    print("|---|---:|---:|")
+    print(f"| esindexer `convert()` | {n / t_mine:,.0f} | {mb / t_mine:.1f} |")
+    print(f"| esindexer `__call__` | {n / t_call:,.0f} | {mb / t_call:.1f} |")
+    print(f"| newt.db 0.9.0 | {n / t_newt:,.0f} | {mb / t_newt:.1f} |")
+    print(f"ratio (convert vs newt.db): {t_newt / t_mine:.1f}x")
+    return 1 if mismatched else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
