@@ -81,18 +81,42 @@ def scan(data: bytes, start: int, kinds: dict[int, int], state: list[int]) -> in
             if s:
                 i += s
                 continue
-            # --- scalars: skip the payload, and a directly following PUT -------------
-            if op == 0x58 or op == 0x42:  # BINUNICODE, BINBYTES: 4-byte length
+            if op == 0x71:  # BINPUT not right after a scalar: assume a container
+                kinds[data[i + 1]] = -1
+                i += 2
+                continue
+            if op == 0x58:  # BINUNICODE: 4-byte length (the most common scalar)
                 size = u32(data, i + 1)[0]
                 i += 5 + size
+                if data[i] == 0x71:  # ... memoized right away (the usual case)
+                    if size > _SMALL:
+                        kinds[data[i + 1]] = size
+                    i += 2
+                    continue
             elif op == 0x43 or op == 0x8C or op == 0x55 or op == 0x8A:
                 # SHORT_BINBYTES, SHORT_BINUNICODE, SHORT_BINSTRING, LONG1: 1-byte length
                 size = data[i + 1]
                 i += 2 + size
+                if data[i] == 0x71:
+                    if size > _SMALL:
+                        kinds[data[i + 1]] = size
+                    i += 2
+                    continue
+            elif op == 0x68:  # BINGET
+                k = kinds.get(data[i + 1], _SMALL)
+                if k < 0 or flags & 2:
+                    flags |= 1
+                else:
+                    expansion += k
+                i += 2
+                continue
             elif op == 0x63:  # GLOBAL: two lines
                 j = data.index(b"\n", data.index(b"\n", i + 1) + 1) + 1
                 size = j - i
                 i = j
+            elif op == 0x42:  # BINBYTES: 4-byte length
+                size = u32(data, i + 1)[0]
+                i += 5 + size
             elif op == 0x54 or op == 0x8B:  # BINSTRING, LONG4: signed 4-byte length
                 size = _I32(data, i + 1)[0]
                 if size < 0:
@@ -108,11 +132,6 @@ def scan(data: bytes, start: int, kinds: dict[int, int], state: list[int]) -> in
                 i = j
             elif op == 0x69:  # INST: two lines, builds an instance (not a scalar)
                 i = data.index(b"\n", data.index(b"\n", i + 1) + 1) + 1
-                continue
-            # --- memo and sharing ----------------------------------------------------
-            elif op == 0x71:  # BINPUT not right after a scalar: assume a container
-                kinds[data[i + 1]] = -1
-                i += 2
                 continue
             elif op == 0x72:  # LONG_BINPUT not right after a scalar
                 idx = u32(data, i + 1)[0]
@@ -133,11 +152,8 @@ def scan(data: bytes, start: int, kinds: dict[int, int], state: list[int]) -> in
                 flags |= 2
                 i += 1
                 continue
-            elif op == 0x68 or op == 0x6A or op == 0x67:  # BINGET, LONG_BINGET, GET
-                if op == 0x68:
-                    idx = data[i + 1]
-                    i += 2
-                elif op == 0x6A:
+            elif op == 0x6A or op == 0x67:  # LONG_BINGET, GET
+                if op == 0x6A:
                     idx = u32(data, i + 1)[0]
                     i += 5
                 else:

@@ -28,6 +28,7 @@ __all__ = [
     "StandInType",
     "standin",
     "persistent_ref",
+    "hashable_persistent_ref",
     "global_json",
     "bytes_json",
     "fast_default",
@@ -166,15 +167,15 @@ class StandInType(metaclass=_StandInMeta):
         return _make(cls.dotted, cls.special, args, kwargs)
 
 
-_CACHE: dict[str, type] = {}
+_CACHE: dict[tuple[str, str], type] = {}
 _CACHE_MAX = 10_000
 
 
 def standin(module: str, name: str) -> type:
     """The (cached) stand-in type for ``module.name``. Never imports anything."""
-    dotted = f"{module}.{name}"
-    t = _CACHE.get(dotted)
+    t = _CACHE.get((module, name))
     if t is None:
+        dotted = f"{module}.{name}"
         special = _SPECIAL.get(_PY2_NAMES.get(dotted, dotted))
         t = type.__new__(
             _StandInMeta, name if name.isidentifier() else "StandIn", (StandInType,),
@@ -182,7 +183,7 @@ def standin(module: str, name: str) -> type:
         )
         if len(_CACHE) >= _CACHE_MAX:  # hostile streams of distinct names: stay bounded
             _CACHE.clear()
-        _CACHE[dotted] = t
+        _CACHE[(module, name)] = t
     return t
 
 
@@ -266,12 +267,15 @@ def _aware(value: _dt.datetime | _dt.time, tz: Any) -> Obj:
 
 
 def _datetime(args: tuple) -> Any:
+    state = args[0] if args else None
+    if type(state) is bytes and len(state) == 10 and len(args) == 1:  # the usual
+        return _dt.datetime(state).isoformat()  # stdlib decoding of the state bytes
     if not 1 <= len(args) <= 2:
         return NotImplemented
-    state = _state_bytes(args[0])
+    state = _state_bytes(state)
     if state is None or len(state) != 10:
         return NotImplemented
-    value = _dt.datetime(state)  # stdlib decoding of the 10-byte state; validates ranges
+    value = _dt.datetime(state)
     if len(args) == 2 and args[1] is not None:
         return _aware(value, args[1])
     return value.isoformat()
@@ -396,8 +400,8 @@ def _class_name(klass: Any) -> str:
     raise ValueError(f"persistent reference with a bad class: {klass!r:.60}")
 
 
-def persistent_ref(pid: Any) -> Ref:
-    """ZODB's persistent ids (newt-spec §4) as JSON.
+def persistent_ref(pid: Any) -> dict:
+    """ZODB's persistent ids (newt-spec §4) as JSON (a plain dict: cheapest to build).
 
     ``(oid, class)`` and bare ``oid`` give newt.db's shapes. Weak (``['w', ...]``) and
     cross-database (``['m', ...]``, ``['n', ...]``) references, which newt.db cannot
@@ -408,25 +412,31 @@ def persistent_ref(pid: Any) -> Ref:
         oid, klass = pid
         if type(oid) is bytes and len(oid) == 8 and type(klass) is _StandInMeta:  # the usual
             zoid = int.from_bytes(oid, "big")
-            return Ref({"::": "persistent", "id": [zoid, klass.dotted], "::=>": zoid})
+            return {"::": "persistent", "id": [zoid, klass.dotted], "::=>": zoid}
         zoid = _oid(oid)
-        return Ref({"::": "persistent", "id": [zoid, _class_name(klass)], "::=>": zoid})
+        return {"::": "persistent", "id": [zoid, _class_name(klass)], "::=>": zoid}
     if isinstance(pid, (bytes, str)):
         zoid = _oid(pid)
-        return Ref({"::": "persistent", "id": zoid, "::=>": zoid})
+        return {"::": "persistent", "id": zoid, "::=>": zoid}
     if isinstance(pid, list) and len(pid) == 2 and isinstance(pid[1], tuple):
         kind, ref = pid
         if kind == "w" and 1 <= len(ref) <= 2:
             zoid = _oid(ref[0])
             if len(ref) == 1:
-                return Ref({"::": "persistent", "id": zoid, "::=>": zoid, "weak": True})
-            return Ref({"::": "persistent", "id": zoid, "database": _db(ref[1]), "weak": True})
+                return {"::": "persistent", "id": zoid, "::=>": zoid, "weak": True}
+            return {"::": "persistent", "id": zoid, "database": _db(ref[1]), "weak": True}
         if kind == "m" and len(ref) == 3:
             zoid = _oid(ref[1])
-            return Ref({"::": "persistent", "id": [zoid, _class_name(ref[2])], "database": _db(ref[0])})
+            return {"::": "persistent", "id": [zoid, _class_name(ref[2])], "database": _db(ref[0])}
         if kind == "n" and len(ref) == 2:
-            return Ref({"::": "persistent", "id": _oid(ref[1]), "database": _db(ref[0])})
+            return {"::": "persistent", "id": _oid(ref[1]), "database": _db(ref[0])}
     raise ValueError(f"unsupported persistent reference: {pid!r:.80}")
+
+
+def hashable_persistent_ref(pid: Any) -> Ref:
+    """The same, as a hashable :class:`Ref`: for records that use persistent objects as
+    dict keys or set members (the plain-dict version makes the C unpickler fail there)."""
+    return Ref(persistent_ref(pid))
 
 
 def _db(name: Any) -> str:

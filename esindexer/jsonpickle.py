@@ -34,7 +34,9 @@ from typing import Any, Callable, NamedTuple
 import orjson
 
 from esindexer._pickle_scan import UnsafePickle, scan
-from esindexer._pickle_values import StandInType, fast_default, persistent_ref, standin
+from esindexer._pickle_values import (
+    StandInType, fast_default, hashable_persistent_ref, persistent_ref, standin,
+)
 from esindexer._pickle_walk import walk
 
 __all__ = ["Conversion", "Jsonifier", "UnsafePickle", "default_skip_class"]
@@ -69,32 +71,29 @@ class Conversion(NamedTuple):
 
 
 _DELETED = Conversion("deleted")
+_tuple_new = tuple.__new__  # Conversion(...) without NamedTuple's Python-level __new__
 
 
 class _Source:
     """The file object the C unpickler reads. ``peek`` hands over everything at once,
-    so the unpickler parses from memory and calls back only at the end of each load."""
+    so the unpickler parses from memory and calls back only at the end of each load
+    (``read(consumed)`` to advance, whose result it ignores)."""
 
-    __slots__ = ("data", "view", "pos")
+    __slots__ = ("data", "pos")
 
     def __init__(self) -> None:
         self.data = b""
-        self.view = memoryview(b"")
         self.pos = 0
 
-    def set(self, data: bytes) -> None:
-        self.data = data
-        self.view = memoryview(data)
-        self.pos = 0
+    def peek(self, n: int = 0) -> bytes:
+        pos = self.pos
+        return self.data[pos:] if pos else self.data
 
-    def peek(self, n: int = 0) -> memoryview:
-        return self.view[self.pos :]
-
-    def read(self, n: int = -1) -> memoryview:
+    def read(self, n: int = -1) -> bytes:
         start = self.pos
         end = len(self.data) if n is None or n < 0 else min(start + n, len(self.data))
         self.pos = end
-        return self.view[start:end]
+        return self.data[start:end]
 
     def readinto(self, buffer: Any) -> int:
         chunk = self.read(len(memoryview(buffer)))
@@ -102,12 +101,12 @@ class _Source:
         memoryview(buffer).cast("B")[:size] = chunk
         return size
 
-    def readline(self, size: int = -1) -> memoryview:
+    def readline(self, size: int = -1) -> bytes:
         start = self.pos
         j = self.data.find(b"\n", start)
         end = len(self.data) if j < 0 else j + 1
         self.pos = end
-        return self.view[start:end]
+        return self.data[start:end]
 
 
 class _Unpickler(_CUnpickler):
@@ -117,16 +116,26 @@ class _Unpickler(_CUnpickler):
     persistent_load = staticmethod(persistent_ref)
 
 
-def _new_unpickler() -> tuple[_Unpickler, _Source]:
+class _CarefulUnpickler(_Unpickler):
+    """For the rare record whose persistent references are dict keys or set members:
+    references become hashable (slower to build), so a record is retried with this one
+    when the plain unpickler fails."""
+
+    persistent_load = staticmethod(hashable_persistent_ref)
+
+
+def _new_unpickler(cls: type = _Unpickler) -> tuple[_Unpickler, _Source]:
     source = _Source()
     # Python 2 ``str`` (SHORT_BINSTRING/BINSTRING): UTF-8 when it is UTF-8; other bytes
     # survive as surrogate escapes, which the walker maps to Latin-1 like newt.db.
-    return _Unpickler(source, encoding="utf-8", errors="surrogateescape"), source
+    return cls(source, encoding="utf-8", errors="surrogateescape"), source
 
 
 def _record_class_name(klass: Any) -> str:
     """The class name from a class record (newt-spec §4): GLOBAL, ``(class, args)`` or
     ``((module, name), args)``."""
+    if type(klass) is tuple and len(klass) == 2 and type(klass[0]) is _StandInMeta:  # ZODB's
+        return klass[0].dotted  # type: ignore[attr-defined]
     if isinstance(klass, _StandInMeta):
         return klass.dotted  # type: ignore[attr-defined]
     if type(klass) is tuple and len(klass) == 2:
@@ -199,13 +208,20 @@ class Jsonifier:
             kinds: dict[int, int] = {}
             scan_state = [0, 0]
             class_end = scan(data, 0, kinds, scan_state)
-            source.set(data)
+            source.data = data
+            source.pos = 0
             class_name = _record_class_name(unpickler.load())
             ghost = data[:class_end]
             if self.skip_class(class_name):
                 return Conversion("skipped", class_name, None, ghost)
             end = scan(data, class_end, kinds, scan_state)
-            state = unpickler.load()
+            try:
+                state = unpickler.load()
+            except TypeError:  # e.g. a persistent object used as a dict key: retry
+                unpickler, source = _new_unpickler(_CarefulUnpickler)
+                source.data = data
+                unpickler.load()
+                state = unpickler.load()
             flags, expansion = scan_state
             size = len(data)
             budget = _BASE_BUDGET + 16 * size
@@ -226,14 +242,14 @@ class Jsonifier:
                         return Conversion("skipped", class_name, None, ghost)
                     orjson.loads(new)  # the transform must keep the text strict JSON
                     text = new
-            return Conversion("ok", class_name, text, ghost)
+            return _tuple_new(Conversion, ("ok", class_name, text, ghost, None))
         except RecursionError:
             return Conversion("error", class_name, None, None, "RecursionError: nesting too deep")
         except Exception as exc:
             return Conversion("error", class_name, None, None, _reason(exc))
         finally:
-            source.set(b"")
-            if reusable and len(self._pool) < _POOL_MAX:
+            source.data = b""
+            if reusable and type(unpickler) is _Unpickler and len(self._pool) < _POOL_MAX:
                 unpickler.memo.clear()
                 self._pool.append((unpickler, source))
 
