@@ -164,6 +164,11 @@ class Jsonifier:
     the label); :meth:`convert` gives a :class:`Conversion` and does not log, because
     its caller counts and dead-letters errors itself. Neither raises. Instances are
     safe to share between threads.
+
+    ``prescan=False`` skips the opcode pre-scan (about half the cost of a record) and
+    gives the same output, but then memory is no longer bounded on hostile input: a
+    huge memo index or a record of shared structure can make one record cost gigabytes.
+    Only for databases whose records are written by ZODB alone (docs/json.md).
     """
 
     skip_class: Callable[[str], Any] = staticmethod(default_skip_class)  # type: ignore[assignment]
@@ -172,10 +177,13 @@ class Jsonifier:
         self,
         skip_class: Callable[[str], Any] | None = None,
         transform: Callable[[str, str], str | None] | None = None,
+        *,
+        prescan: bool = True,
     ) -> None:
         if skip_class is not None:
             self.skip_class = skip_class  # type: ignore[method-assign]
         self.transform = transform
+        self.prescan = prescan
         self._pool: list[tuple[_Unpickler, _Source]] = []
 
     def __call__(self, label: Any, data: bytes | memoryview | None) -> tuple[Any, Any, Any]:
@@ -204,17 +212,22 @@ class Jsonifier:
             unpickler, source = _new_unpickler()
         reusable = False
         class_name = None
+        prescan = self.prescan
+        kinds: dict[int, int] = {}
+        scan_state = [0, 0]
         try:
-            kinds: dict[int, int] = {}
-            scan_state = [0, 0]
-            class_end = scan(data, 0, kinds, scan_state)
+            if prescan:
+                class_end = scan(data, 0, kinds, scan_state)
             source.data = data
             source.pos = 0
             class_name = _record_class_name(unpickler.load())
+            if not prescan:
+                class_end = source.pos
             ghost = data[:class_end]
             if self.skip_class(class_name):
                 return Conversion("skipped", class_name, None, ghost)
-            end = scan(data, class_end, kinds, scan_state)
+            if prescan:
+                end = scan(data, class_end, kinds, scan_state)
             try:
                 state = unpickler.load()
             except TypeError:  # e.g. a persistent object used as a dict key: retry
@@ -222,6 +235,8 @@ class Jsonifier:
                 source.data = data
                 unpickler.load()
                 state = unpickler.load()
+            if not prescan:
+                end = source.pos
             flags, expansion = scan_state
             size = len(data)
             budget = _BASE_BUDGET + 16 * size

@@ -347,3 +347,17 @@ def test_python2_datetime():
     for st in (state, py2):
         c = Jsonifier().convert("l", _py2_record(st))
         assert strict_loads(c.json_text) == {"d": "2001-02-03T04:05:06"}, c
+
+
+def test_without_prescan_the_output_is_the_same():
+    cyc: list = [1]
+    cyc.append(cyc)
+    states = [
+        {"a": [1, 2.5, "s", b"\xff"], "r": PRef(3, Thing), "dt": datetime.datetime(2020, 1, 1)},
+        {"big": 2**70, "k": {(1, 2): 3}, "cyc": cyc, "nan": float("nan")},
+    ]
+    fast, safe = Jsonifier(prescan=False), Jsonifier()
+    for st in states:
+        data = record(Thing, st) + b"tail"
+        assert fast.convert("l", data) == safe.convert("l", data)
+    assert fast.convert("l", b"\x80\x03}q\x00.").kind == "error"  # truncated: no state pickle
