@@ -32,7 +32,7 @@ __all__ = ["MAX_DEPTH", "TooLarge", "json_ready", "walk"]
 
 #: Deepest nesting accepted. Elasticsearch refuses objects deeper than 20 by default
 #: (``index.mapping.depth.limit``); this only keeps hostile input from exhausting the stack.
-MAX_DEPTH = 400
+MAX_DEPTH = 200
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
