@@ -255,6 +255,8 @@ class Jsonifier:
                 if new is not None:
                     if new == "":
                         return Conversion("skipped", class_name, None, ghost)
+                    if not isinstance(new, str):
+                        raise TypeError(f"transform returned {type(new).__name__}, not str")
                     orjson.loads(new)  # the transform must keep the text strict JSON
                     text = new
             return _tuple_new(Conversion, ("ok", class_name, text, ghost, None))

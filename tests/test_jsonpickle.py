@@ -297,11 +297,24 @@ def test_aware_datetimes_carry_their_offset():
 
 
 def test_pytz_offsets():
-    pytz = pytest.importorskip("pytz")
-    ny = pytz.timezone("America/New_York")
-    got = ok({"dt": ny.localize(datetime.datetime(2020, 6, 1, 12)), "u": datetime.datetime(2020, 1, 1, tzinfo=pytz.utc)})
-    assert got["dt"]["value"] == "2020-06-01T12:00:00-04:00"
-    assert got["u"]["value"] == "2020-01-01T00:00:00+00:00"
+    # what pytz writes, built by hand (pytz is not installed): datetime(state, tz) with
+    # tz = pytz._p('America/New_York', -14400, 3600, 'EDT') or pytz._UTC()
+    state10 = datetime.datetime(2020, 6, 1, 12).__reduce__()[1][0]
+    ny = (b"cpytz\n_p\n(X\x10\x00\x00\x00America/New_YorkJ" + struct.pack("<i", -14400)
+          + b"M" + struct.pack("<H", 3600) + b"X\x03\x00\x00\x00EDTtR")
+    utc = b"cpytz\n_UTC\n)R"
+    for tz, value, tz_json in (
+        (ny, "2020-06-01T12:00:00-04:00", {"::": "pytz._p", "::()": ["America/New_York", -14400, 3600, "EDT"]}),
+        (utc, "2020-06-01T12:00:00+00:00", {"::": "pytz._UTC"}),
+    ):
+        empty = record(Thing, {})
+        class_pickle = empty[: empty.index(b"\x80\x03", 2)]
+        data = (class_pickle + b"\x80\x03}q\x02X\x02\x00\x00\x00dtcdatetime\ndatetime\nC\n"
+                + state10 + tz + b"\x86Rs.")
+        got = strict_loads(Jsonifier().convert("l", data).json_text)
+        assert got == {"dt": {"value": value, "tz": tz_json, "::": "datetime"}}
+        newt = newt_loads(newt_jsonifier()("l", data)[2])
+        assert newt["dt"]["tz"] == tz_json and newt["dt"]["value"] == "2020-06-01T12:00:00"
 
 
 def test_integers_beyond_64_bits_become_strings():
@@ -361,3 +374,26 @@ def test_without_prescan_the_output_is_the_same():
         data = record(Thing, st) + b"tail"
         assert fast.convert("l", data) == safe.convert("l", data)
     assert fast.convert("l", b"\x80\x03}q\x00.").kind == "error"  # truncated: no state pickle
+
+
+def test_transform_must_return_text():
+    c = Jsonifier(transform=lambda c, s: b"{}").convert("l", record(Thing, {"a": 1}))
+    assert c.kind == "error" and "not str" in c.error
+
+
+def test_python2_persistent_reference_with_str_oid():
+    # (oid as py2 str, class): SHORT_BINSTRING oid, GLOBAL class, TUPLE2, BINPERSID
+    state = b"}q\x03U\x01rU\x08\x00\x00\x00\x00\x00\x00\x00\x2ac__main__\nX\n\x86Qs."
+    c = Jsonifier().convert("l", _py2_record(state))
+    assert strict_loads(c.json_text) == {"r": {"::": "persistent", "id": [42, "__main__.X"], "::=>": 42}}
+
+
+def test_one_jsonifier_shared_by_threads():
+    import concurrent.futures
+
+    j = Jsonifier()
+    records = [record(Thing, {"i": i, "s": "x" * i, "l": list(range(i % 7))}) for i in range(200)]
+    expected = [j.convert("l", r) for r in records]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(lambda r: j.convert("l", r), records)) == expected
