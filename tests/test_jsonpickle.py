@@ -397,3 +397,11 @@ def test_one_jsonifier_shared_by_threads():
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         for _ in range(3):
             assert list(pool.map(lambda r: j.convert("l", r), records)) == expected
+
+
+def test_large_values_beyond_the_unpicklers_prefetch_size():
+    # strings/bytes over 128 KiB make the C unpickler read(n) from the file directly
+    state = {"b": b"\xfe" * 300_000, "s": "x" * 300_000, "a": b"a" * 200_000}
+    for prescan in (True, False):
+        got = strict_loads(Jsonifier(prescan=prescan).convert("l", record(Thing, state)).json_text)
+        assert got == {"b": {"::": "hex", "hex": "fe" * 300_000}, "s": "x" * 300_000, "a": "a" * 200_000}
