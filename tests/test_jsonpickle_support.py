@@ -8,7 +8,6 @@ forms. Classes used in records live here so that they have importable names.
 
 from __future__ import annotations
 
-import collections
 import io
 import json
 import math
@@ -117,7 +116,7 @@ def same_json(a: Any, b: Any) -> bool:
 
 __all__ = [
     "Thing", "Slotted", "MyDict", "MyList", "PRef", "record", "strict_loads",
-    "newt_jsonifier", "newt_loads", "same_json", "collections", "Doc", "Folder",
+    "newt_jsonifier", "newt_loads", "same_json", "Doc", "Folder",
 ]
 
 
