@@ -67,7 +67,11 @@ def trigger_installed(conn: Any) -> bool:
 def install(conn: Any) -> bool:
     """Create the log, the cursor table and the capture trigger; commit. Idempotent.
 
-    Returns False (after rolling back only its own work) when the role lacks the rights.
+    An existing trigger is left alone: dropping one takes an ACCESS EXCLUSIVE lock that
+    waits behind every open RelStorage read transaction. Creating one waits at most 10 s
+    for its lock (``lock_timeout``) so a busy application is never blocked behind us.
+    Returns False (after rolling back only its own work) when the role lacks the rights
+    or the lock could not be had.
     """
     import psycopg2
 
@@ -75,14 +79,19 @@ def install(conn: Any) -> bool:
     conn.commit()
     try:
         with conn.cursor() as cur:
+            cur.execute("SET LOCAL lock_timeout = '10s'")
             cur.execute(_TABLES)
             cur.execute(_FUNCTION)
-            cur.execute(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {table}")
-            cur.execute(f"CREATE TRIGGER {TRIGGER} AFTER DELETE ON {table} "
-                        f"FOR EACH ROW EXECUTE FUNCTION {FUNCTION}()")
+            cur.execute("SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
+                        (table, TRIGGER))
+            if cur.fetchone() is None:
+                cur.execute(f"CREATE TRIGGER {TRIGGER} AFTER DELETE ON {table} "
+                            f"FOR EACH ROW EXECUTE FUNCTION {FUNCTION}()")
+                log.info("installed the pack-deletion capture trigger on %s", table)
         conn.commit()
         return True
-    except psycopg2.errors.InsufficientPrivilege as exc:
+    except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.LockNotAvailable,
+            psycopg2.errors.ReadOnlySqlTransaction) as exc:
         conn.rollback()
         log.warning("cannot install the pack-deletion trigger (%s); packed objects are removed by the "
                     "start-up sweep instead", str(exc).strip())

@@ -74,6 +74,7 @@ END
 _NOT_PERMITTED = (
     psycopg2.errors.InsufficientPrivilege,  # 42501: not the owner, no CREATE on schema
     psycopg2.errors.ReadOnlySqlTransaction,  # 25006: hot standby, default_transaction_read_only
+    psycopg2.errors.LockNotAvailable,  # 55P03: lock_timeout; the application is busy, poll instead
 )
 
 
@@ -100,6 +101,8 @@ def trigger_installed(conn: ConnOrDsn) -> bool:
 
 def _install_statements(cur) -> None:
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK,))
+    # Never wedge the application: give up on the table lock after a while.
+    cur.execute("SET LOCAL lock_timeout = '10s'")
     if _installed(cur):
         return
     # The function goes where object_state is, so both resolve the same way.
@@ -114,7 +117,13 @@ def _install_statements(cur) -> None:
         f"CREATE OR REPLACE FUNCTION {qualified}() RETURNS trigger "
         f"LANGUAGE plpgsql AS $esindexer${_BODY}$esindexer$"
     )
-    cur.execute(f"DROP TRIGGER IF EXISTS {TRIGGER} ON object_state")
+    # DROP TRIGGER takes an ACCESS EXCLUSIVE lock, which waits behind every open
+    # RelStorage read transaction (and blocks every query queued after it): only drop
+    # an outdated trigger, never speculatively. CREATE TRIGGER needs a weaker lock.
+    cur.execute("SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('object_state') AND tgname = %s",
+                (TRIGGER,))
+    if cur.fetchone():
+        cur.execute(f"DROP TRIGGER {TRIGGER} ON object_state")
     cur.execute(
         f"CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE ON object_state "
         f"FOR EACH STATEMENT EXECUTE PROCEDURE {qualified}()"
