@@ -77,7 +77,12 @@ def running(settings, metrics: Metrics | None = None, es=None):
 
 
 def docs(es, alias: str) -> dict[int, dict]:
-    es.indices.refresh(index=alias)
+    from elasticsearch import NotFoundError
+
+    try:
+        es.indices.refresh(index=alias)
+    except NotFoundError:  # the indexer has not created its indices yet
+        return {}
     hits = es.search(index=alias, size=1000, query={"match_all": {}}, version=True)["hits"]["hits"]
     return {int(h["_id"]): {**h["_source"], "_version": h["_version"]} for h in hits}
 
