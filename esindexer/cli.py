@@ -27,6 +27,7 @@ log = logging.getLogger("esindexer")
 
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 5
+_BUDGET_GRACE_SECONDS = 20.0
 
 _EPILOG = """\
 configuration:
@@ -121,17 +122,24 @@ def _cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+class _Unreachable(Exception):
+    """A server the command needs did not answer; the message says which and why."""
+
+
+def _connect(settings: Settings) -> Any:
     import psycopg2
 
+    try:
+        return psycopg2.connect(settings.pg_dsn, connect_timeout=10)
+    except psycopg2.OperationalError as exc:
+        raise _Unreachable(f"cannot reach PostgreSQL: {str(exc).strip()}") from None
+
+
+def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from esindexer import deadletters, deletions, follow
     from esindexer.tid import tid_to_datetime, tid_to_epoch
 
-    try:
-        conn = psycopg2.connect(settings.pg_dsn, connect_timeout=10)
-    except psycopg2.OperationalError as exc:
-        print(f"esindexer: cannot reach PostgreSQL: {str(exc).strip()}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+    conn = _connect(settings)
     try:
         progress = follow.get_progress_tid(conn, settings.client_id)
         latest = follow.latest_tid(conn)
@@ -169,15 +177,9 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_install_trigger(settings: Settings, args: argparse.Namespace) -> int:
-    import psycopg2
-
     from esindexer import deletions, follow
 
-    try:
-        conn = psycopg2.connect(settings.pg_dsn, connect_timeout=10)
-    except psycopg2.OperationalError as exc:
-        print(f"esindexer: cannot reach PostgreSQL: {str(exc).strip()}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+    conn = _connect(settings)
     try:
         notify = follow.install_trigger(conn)
         conn.commit()
@@ -193,7 +195,7 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from esindexer.health import HealthServer
     from esindexer.lag import SourcePoller
     from esindexer.metrics import Metrics
-    from esindexer.service import Indexer, connect_pg
+    from esindexer.service import EXIT_ERROR_BUDGET, Indexer, connect_pg
 
     metrics = Metrics()
     indexer = Indexer(settings, metrics)
@@ -221,7 +223,13 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                  extra={"port": server.port})
     poller.start()
     try:
-        return indexer.run(until_caught_up=args.until_caught_up)
+        code = indexer.run(until_caught_up=args.until_caught_up)
+        if code == EXIT_ERROR_BUDGET and server is not None:
+            # Stay scrapeable for a moment so Prometheus sees the exhausted budget
+            # (and /readyz says why) before the process is gone.
+            log.info("keeping /metrics up for %.0fs before exiting", _BUDGET_GRACE_SECONDS)
+            indexer.wait_stopped(_BUDGET_GRACE_SECONDS)
+        return code
     finally:
         poller.stop()
         if server is not None:
@@ -259,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](settings, args)
     except KeyboardInterrupt:
         return 0
+    except _Unreachable as exc:
+        print(f"esindexer: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except Exception:
         log.exception("esindexer %s failed", args.command)
         return 1

@@ -97,7 +97,8 @@ def connect_pg(settings: Settings, **extra: Any) -> Any:
 
 def build_jsonifier(settings: Settings) -> Jsonifier:
     transform = load_dotted(settings.transform) if settings.transform else None
-    return Jsonifier(skip_class=class_filter(settings), transform=transform)
+    return Jsonifier(skip_class=class_filter(settings), transform=transform,
+                     prescan=not settings.trusted_pickles)
 
 
 class Indexer:
@@ -143,6 +144,10 @@ class Indexer:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` s, waking early when a stop is requested."""
+        return self._stop.wait(timeout)
 
     # -- setup ---------------------------------------------------------------------------
 
