@@ -212,8 +212,8 @@ class Indexer:
             actions = [Action("delete", index, zoid, tid, tid + 1) for index, zoid, tid in page if zoid in gone]
             if actions:
                 result = self.sender.send(actions)
-                removed += len(result.done)
-                self.metrics.record_documents("delete", "ok", len(result.done))
+                removed += result.done_total
+                self.metrics.record_documents("delete", "ok", result.done_total)
         log.info("sweep removed %d document(s) of objects gone from the database", removed,
                  extra={"removed": removed})
         return removed
@@ -295,6 +295,10 @@ class Indexer:
                 committer.raise_failure()
             finished = not self.stopping
             committer.finish(timeout=None if finished else s.shutdown_timeout)
+            if not finished:
+                # Bulks of a batch cut short by the stop are not waited for: their batch
+                # will not count as done, and Elasticsearch may be the reason we stop.
+                self._abandon.set()
             committer.raise_failure()
             if finished and until_caught_up:
                 committer.drain_deletions()
@@ -358,8 +362,8 @@ class Indexer:
 
     def _send(self, actions: list[Action]) -> BulkResult:
         result = self.sender.send(actions)
-        for action in result.done:
-            self.metrics.record_documents(action.op, "ok")
+        for op, count in result.done.items():
+            self.metrics.record_documents(op, "ok", count)
         return result
 
     # -- accounting used by the committer -----------------------------------------------

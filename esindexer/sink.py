@@ -22,6 +22,7 @@ service's progress stays where it is.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -62,12 +63,24 @@ class Rejected:
 
 @dataclass
 class BulkResult:
-    """What became of the actions given to :meth:`BulkSender.send`."""
+    """What became of the actions given to :meth:`BulkSender.send`.
 
-    done: list[Action] = field(default_factory=list)
+    Settled actions are only counted (by operation), not kept: a batch of one huge
+    transaction must not pin every document it sent in memory until it is settled.
+    """
+
+    done: collections.Counter = field(default_factory=collections.Counter)
     rejected: list[Rejected] = field(default_factory=list)
     requests: int = 0
     seconds: float = 0.0
+
+    @property
+    def done_total(self) -> int:
+        return sum(self.done.values())
+
+    def settle(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            self.done[action.op] += 1
 
 
 def retry_reason(exc: BaseException) -> str | None:
@@ -187,7 +200,7 @@ class BulkSender:
         result.requests += 1
         body_json = response.body if hasattr(response, "body") else response
         if not body_json.get("errors"):
-            result.done.extend(actions)
+            result.settle(actions)
             if self._on_request:
                 self._on_request("ok", time.monotonic() - started)
             return []
@@ -197,7 +210,7 @@ class BulkSender:
             answer = next(iter(item.values()))
             status = answer.get("status", 0)
             if status in _DONE_STATUSES or status == 409 or (status == 404 and action.op == "delete"):
-                result.done.append(action)
+                result.done[action.op] += 1
             elif status == 429 or status >= 500:
                 again.append(action)
                 reasons.add(str(status))

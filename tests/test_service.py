@@ -352,3 +352,32 @@ def test_status_command(zodb, db_dsn, es, es_url, es_prefix):
     assert report["lag_seconds"] == 0 and report["caught_up"] is True
     assert report["dead_letters"] == 0
     conn.close()
+
+
+def test_shutdown_during_outage_keeps_progress_and_exits(zodb, db_dsn, es, es_url, es_prefix):
+    """SIGTERM while Elasticsearch is away: no hang, progress not moved past unacknowledged work."""
+    target = urlsplit(es_url)
+    proxy = TcpProxy(target.hostname, target.port)
+    try:
+        settings = make_settings(db_dsn, proxy.url, es_prefix, es_request_timeout=2, shutdown_timeout=2)
+        conn = zodb.open()
+        conn.root()["a"] = Page("a")
+        transaction.commit()
+        indexer = Indexer(settings, Metrics(process_metrics=False))
+        outcome: dict = {}
+        thread = threading.Thread(target=lambda: outcome.setdefault("code", indexer.run()), daemon=True)
+        thread.start()
+        wait_for(lambda: progress(db_dsn) == latest_tid(db_dsn), message="indexed")
+        done_tid = progress(db_dsn)
+        proxy.pause()
+        conn.root()["b"] = Page("b")
+        transaction.commit()
+        time.sleep(1.5)  # the bulk for "b" is now retrying
+        indexer.stop()
+        thread.join(30)
+        assert not thread.is_alive(), "indexer hung on shutdown during an outage"
+        assert outcome["code"] == EXIT_OK
+        assert progress(db_dsn) == done_tid
+        conn.close()
+    finally:
+        proxy.close()
