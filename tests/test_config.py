@@ -152,3 +152,23 @@ def test_configuration_reference_is_generated_from_the_declarations():
     section = text[text.index(begin) + len(begin):text.index(end)]
     assert section.strip() == render_reference().strip(), \
         "docs/configuration.md is stale: regenerate the section with `esindexer config --reference`"
+
+
+def test_elasticsearch_client_auth_and_tls(tmp_path):
+    import base64
+
+    from esindexer.service import make_es_client
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    with_key = make_es_client(load_settings(env={"ESINDEXER_PG_DSN": DSN, "ESINDEXER_ES_URL": "https://es:9200",
+                                                 "ESINDEXER_ES_API_KEY": "a2V5"}))
+    assert with_key._headers["authorization"] == "ApiKey a2V5"
+    basic = make_es_client(load_settings(env={"ESINDEXER_PG_DSN": DSN, "ESINDEXER_ES_URL": "http://es:9200",
+                                              "ESINDEXER_ES_USERNAME": "elastic", "ESINDEXER_ES_PASSWORD": "pw"}))
+    assert basic._headers["authorization"] == "Basic " + base64.b64encode(b"elastic:pw").decode()
+    settings = load_settings(env={"ESINDEXER_PG_DSN": DSN, "ESINDEXER_ES_URL": "https://es:9200",
+                                  "ESINDEXER_ES_CA_FILE": str(ca)})
+    node = make_es_client(settings).transport.node_pool.all()[0].config
+    assert node.verify_certs is True and node.ca_certs == str(ca)
+    assert settings.es_verify_certs is True  # verification is on unless switched off

@@ -381,3 +381,31 @@ def test_shutdown_during_outage_keeps_progress_and_exits(zodb, db_dsn, es, es_ur
         conn.close()
     finally:
         proxy.close()
+
+
+@both_history_modes
+def test_startup_sweep_removes_objects_packed_without_the_trigger(zodb, db_dsn, es, es_url, es_prefix,
+                                                                   keep_history):
+    conn = zodb.open()
+    root = conn.root()
+    pages = [Page(f"p{n}") for n in range(30)]
+    for n, page in enumerate(pages):
+        root[n] = page
+    transaction.commit()
+    zoids = [zoid_of(p) for p in pages]
+    plain = make_settings(db_dsn, es_url, es_prefix, install_triggers="false", sweep_on_start="never")
+    assert Indexer(plain, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert set(zoids) <= set(docs(es, plain.index_prefix))
+
+    for n in range(0, 30, 3):  # a third of them become garbage and are packed away
+        del root[n]
+    transaction.commit()
+    zodb.pack(time.time() + 1)
+    gone = set(zoids[0::3])
+
+    swept = make_settings(db_dsn, es_url, es_prefix)  # installs the trigger; it was missing: sweep
+    assert Indexer(swept, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    remaining = set(docs(es, swept.index_prefix))
+    assert not (gone & remaining)
+    assert set(zoids) - gone <= remaining
+    conn.close()
