@@ -1,0 +1,549 @@
+"""Benchmark the whole indexer on a backfill: docs/s and MB/s, variants side by side.
+
+Usage (servers from ``eval "$(scripts/services env)"``)::
+
+    .venv/bin/python bench/backfill.py [--objects 200000] [--per-txn 1000]
+                                       [--variants baseline,dynamic,...] [--keep]
+
+It creates a scratch history-free database on ESINDEXER_TEST_PG_DSN and writes a
+corpus with real ZODB + RelStorage: content objects with ~10 attributes (strings,
+ints, a float, a bool, datetimes, lists, a dict, references), PersistentMappings,
+people, folders whose children live in an OOBTree (the tree and its buckets are
+records the indexer skips), committed ``--per-txn`` objects at a time. Writing the
+corpus is not what is measured; its time is printed only so a slow run can be told
+apart from a slow machine.
+
+Then, on the same corpus:
+
+1. **stages**, single-threaded and without Elasticsearch: reading every row with
+   ``follow.updates``, converting them (``Jsonifier.convert``), shaping documents
+   (``DocumentBuilder.index_action``) and joining bulk bodies. This is the CPU the
+   service spends besides Elasticsearch, and bounds what any bulk setting can reach
+   in one Python process;
+2. **variants**: ``Indexer(settings, Metrics()).run(until_caught_up=True)`` once per
+   variant, each into a fresh index prefix with its own ``ESINDEXER_CLIENT_ID`` (so
+   each starts from no progress). The baseline (the defaults of esindexer.config)
+   runs first and again last: if the two differ by more than 15 % the run was
+   disturbed and is worth repeating.
+
+For each variant it prints wall time, docs/s, MB/s of object state and of documents,
+bulk requests and seconds spent in them (from the metrics registry), CPU seconds of
+this process, of Elasticsearch (node stats) and of the whole machine (/proc/stat),
+and the throughput over the first and the last quarter of the documents (does it
+degrade as the index grows?). Index replicas are 0 (single node). The indices and
+template of each variant are deleted after it, and the database at the end, unless
+``--keep``. Nothing is asserted: the figures go into docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import os
+import random
+import re
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import persistent  # noqa: E402
+
+from esindexer import follow  # noqa: E402
+from esindexer.config import Settings, load_settings  # noqa: E402
+from esindexer.documents import DocumentBuilder, iter_lines, template_name  # noqa: E402
+from esindexer.metrics import Metrics  # noqa: E402
+from esindexer.service import Indexer, build_jsonifier  # noqa: E402
+from tests.support import fresh_database, open_zodb  # noqa: E402
+
+
+class Document(persistent.Persistent):
+    """The content class: ~10 attributes of the kinds applications store."""
+
+
+class Folder(persistent.Persistent):
+    """A container whose children are in an OOBTree, as large folders keep them."""
+
+
+class Person(persistent.Persistent):
+    """Referenced by documents (author)."""
+
+
+WORDS = ("alpha beta gamma delta report budget meeting review draft final customer order "
+         "invoice shipping status priority team project release notes summary quarterly "
+         "north south east west contract renewal policy update").split()
+
+#: Variant name -> settings that differ from the defaults of esindexer.config.
+VARIANTS: dict[str, dict[str, str]] = {
+    "baseline": {},
+    # dead letters unlimited: see refs_without_class for why this variant rejects so much
+    "dynamic": {"ESINDEXER_STATE_MAPPING": "dynamic", "ESINDEXER_DEAD_LETTER_BUDGET": "0"},
+    "dynamic-plain-refs": {"ESINDEXER_STATE_MAPPING": "dynamic", "ESINDEXER_DEAD_LETTER_BUDGET": "0",
+                           "ESINDEXER_TRANSFORM": "bench.backfill.refs_without_class"},
+    "concurrency-1": {"ESINDEXER_BULK_CONCURRENCY": "1"},
+    "concurrency-4": {"ESINDEXER_BULK_CONCURRENCY": "4"},
+    "max-docs-500": {"ESINDEXER_BULK_MAX_DOCS": "500"},
+    "max-docs-2000": {"ESINDEXER_BULK_MAX_DOCS": "2000"},
+    "max-docs-5000": {"ESINDEXER_BULK_MAX_DOCS": "5000"},
+}
+DEFAULT_ORDER = ("baseline,dynamic,dynamic-plain-refs,concurrency-1,concurrency-4,max-docs-500,max-docs-2000,"
+                 "max-docs-5000,baseline")
+
+
+def refs_without_class(class_name: str, json_text: str) -> str:
+    """Transform: persistent references ``"id": [zoid, "module.Class"]`` become ``"id": zoid``.
+
+    Why: with ``state_mapping=dynamic`` Elasticsearch maps the first element of that
+    array as a long and then refuses the class name string in the same field, so every
+    document holding a reference to an object of a known class is dead-lettered. This
+    transform is the workaround a user has today; the ``dynamic-plain-refs`` variant
+    uses it to measure what dynamic mapping itself costs. It parses and re-serialises
+    every document, which the variant pays for.
+    """
+    import orjson
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            if value.get("::") == "persistent" and isinstance(value.get("id"), list) and value["id"]:
+                value = dict(value, id=value["id"][0])
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return orjson.dumps(walk(orjson.loads(json_text))).decode()
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def write_corpus(db: Any, objects: int, per_txn: int, seed: int = 7) -> int:
+    """Write about ``objects`` non-BTree objects, ``per_txn`` per transaction; return how many.
+
+    One transaction holds one folder, its OOBTree of children, the children
+    (documents; one in five with a PersistentMapping of annotations) and a few new
+    people, so references cross objects of the same and of earlier transactions the
+    way a content tree's do. An explicit transaction manager and no cache limit
+    pressure keep the writing fast; it is not what the benchmark measures.
+    """
+    import transaction
+    from BTrees.OOBTree import OOBTree
+    from persistent.mapping import PersistentMapping
+
+    rng = random.Random(seed)
+    tm = transaction.TransactionManager(explicit=True)
+    conn = db.open(tm)
+    tm.begin()
+    root = conn.root()
+    root["folders"] = folders = OOBTree()
+    people: list[Person] = []
+    made = 0
+    start = datetime.datetime(2020, 1, 1)
+    while made < objects:
+        budget = min(per_txn, objects - made)
+        folder = Folder()
+        folder.title = sentence(rng, 3)
+        folder.created = start + datetime.timedelta(minutes=rng.randint(0, 2_000_000))
+        folder.items = OOBTree()
+        folder.settings = PersistentMapping({"sort_on": "modified", "public": rng.random() < 0.5,
+                                             "page_size": 25, "layout": "listing"})
+        folders[f"f{len(folders):06d}"] = folder
+        count = 2
+        for _ in range(max(1, budget // 100)):  # ~1 % people
+            p = Person()
+            p.name = f"{rng.choice(WORDS).title()} {rng.choice(WORDS).title()}"
+            p.email = f"user{len(people)}@example.org"
+            p.joined = start + datetime.timedelta(days=rng.randint(0, 1500))
+            people.append(p)
+            count += 1
+        while count < budget:
+            d = Document()
+            d.title = sentence(rng, 6)
+            d.description = sentence(rng, 20)
+            d.body = " ".join(sentence(rng, 12) for _ in range(rng.randint(1, 5)))
+            d.created = start + datetime.timedelta(minutes=rng.randint(0, 2_000_000))
+            d.modified = d.created + datetime.timedelta(hours=rng.randint(0, 5000))
+            d.author = rng.choice(people)
+            d.parent = folder
+            d.tags = rng.sample(WORDS, rng.randint(0, 5))
+            d.views = rng.randint(0, 100_000)
+            d.rating = round(rng.random() * 5, 2)
+            d.published = rng.random() < 0.8
+            d.meta = {"lang": rng.choice(("en", "de", "fr")), "words": rng.randint(10, 2000)}
+            count += 1
+            if rng.random() < 0.2 and count < budget:
+                d.annotations = PersistentMapping({
+                    "workflow": {"state": rng.choice(("draft", "review", "published")),
+                                 "history": [rng.choice(WORDS) for _ in range(3)]},
+                    "locked_by": rng.choice(people) if rng.random() < 0.1 else None,
+                })
+                count += 1
+            folder.items[f"doc-{len(folder.items):05d}"] = d
+        made += count
+        tm.commit()
+        tm.begin()
+    tm.abort()
+    conn.close()
+    return made
+
+
+@dataclass
+class Stages:
+    """What the single-threaded stage pass found and how long each stage took."""
+
+    rows: int = 0
+    state_bytes: int = 0
+    doc_bytes: int = 0
+    body_bytes: int = 0
+    kinds: collections.Counter = field(default_factory=collections.Counter)
+    classes: collections.Counter = field(default_factory=collections.Counter)
+    read_s: float = 0.0
+    convert_s: float = 0.0
+    build_s: float = 0.0
+    body_s: float = 0.0
+
+
+def measure_stages(dsn: str, settings: Settings, repeat: int = 2) -> Stages:
+    """Time each reader/sender stage on its own (best of ``repeat``), without Elasticsearch."""
+    st = Stages()
+    rows: list[tuple[int, int, bytes]] = []
+    best = float("inf")
+    for _ in range(repeat):
+        rows = []
+        end = follow.latest_tid(dsn)
+        t = time.perf_counter()
+        for batch in follow.updates(dsn, end_tid=end, batch_limit=settings.batch_limit,
+                                    internal_batch_size=settings.fetch_size):
+            rows.extend(batch)
+        best = min(best, time.perf_counter() - t)
+    st.read_s = best
+    st.rows = len(rows)
+    st.state_bytes = sum(len(d) for _, _, d in rows if d)
+
+    jsonifier = build_jsonifier(settings)
+    builder = DocumentBuilder(settings)
+    conversions: list = []
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        conversions = [jsonifier.convert((tid, zoid), data) for tid, zoid, data in rows]
+        best = min(best, time.perf_counter() - t)
+    st.convert_s = best
+    for c in conversions:
+        st.kinds[c.kind] += 1
+        st.classes[(c.class_name or "?").rsplit(".", 1)[-1]] += 1
+    ok = [(tid, zoid, c) for (tid, zoid, _), c in zip(rows, conversions) if c.kind == "ok"]
+    actions: list = []
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        actions = [builder.index_action(tid, zoid, c.class_name, c.json_text) for tid, zoid, c in ok]
+        best = min(best, time.perf_counter() - t)
+    st.build_s = best
+    st.doc_bytes = sum(len(a.source) for a in actions)
+    best = float("inf")
+    size = settings.bulk_max_docs
+    for _ in range(repeat):
+        t = time.perf_counter()
+        total = 0
+        for i in range(0, len(actions), size):  # what each sender does before the HTTP call
+            total += len(b"\n".join(iter_lines(actions[i:i + size])) + b"\n")
+        best = min(best, time.perf_counter() - t)
+    st.body_s = best
+    st.body_bytes = total
+    return st
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def es_cpu_seconds(es: Any) -> float:
+    """CPU seconds of the Elasticsearch node process.
+
+    Read from /proc/<pid>/stat when the node runs on this machine, because node stats
+    cache the process CPU for a second (too coarse for short variants); node stats
+    otherwise.
+    """
+    nodes = es.nodes.info(metric="process", filter_path="nodes.*.process.id")["nodes"]
+    total = 0.0
+    for node in nodes.values():
+        try:
+            with open(f"/proc/{node['process']['id']}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except OSError:
+            stats = es.nodes.stats(metric="process")["nodes"]
+            return sum(n["process"]["cpu"]["total_in_millis"] for n in stats.values()) / 1000.0
+    return total
+
+
+@dataclass
+class Result:
+    name: str
+    settings: Settings
+    code: int
+    seconds: float
+    docs: int
+    indexed: int
+    dead: int
+    retries: int
+    requests: int
+    bulk_s: float
+    rows: int
+    batches: int
+    py_cpu: float
+    es_cpu: float
+    machine_cpu: float
+    first_quarter: float
+    last_quarter: float
+    index_bytes: int
+    load: float
+
+
+def sampled(counter: Any, stop: threading.Event, interval: float = 0.2) -> list[tuple[float, float]]:
+    """Start a thread appending ``(time, counter value)`` every ``interval`` s until ``stop``."""
+    samples: list[tuple[float, float]] = []
+
+    def run() -> None:
+        while not stop.is_set():
+            samples.append((time.perf_counter(), counter()))
+            stop.wait(interval)
+
+    threading.Thread(target=run, daemon=True, name="bench-sampler").start()
+    return samples
+
+
+def quarter_rates(samples: list[tuple[float, float]], total: float) -> tuple[float, float]:
+    """Docs/s over the first and the last quarter of ``total`` documents."""
+
+    def time_at(count: float) -> float:
+        for (t0, c0), (t1, c1) in zip(samples, samples[1:]):
+            if c1 >= count:
+                return t0 if c1 == c0 else t0 + (t1 - t0) * (count - c0) / (c1 - c0)
+        return samples[-1][0]
+
+    if len(samples) < 3 or total <= 0:
+        return 0.0, 0.0
+    q = total / 4
+    t_start, t_q1, t_q3, t_end = time_at(0.001), time_at(q), time_at(3 * q), time_at(total)
+    first = q / (t_q1 - t_start) if t_q1 > t_start else 0.0
+    last = q / (t_end - t_q3) if t_end > t_q3 else 0.0
+    return first, last
+
+
+def run_variant(name: str, env_overrides: dict[str, str], db_dsn: str, es_url: str, es: Any,
+                prefix_root: str, keep: bool) -> Result:
+    """Backfill the corpus into ``<prefix_root>-<name>`` from scratch; measure it."""
+    tag = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    env = {
+        "ESINDEXER_PG_DSN": db_dsn,
+        "ESINDEXER_ES_URL": es_url,
+        "ESINDEXER_INDEX_PREFIX": f"{prefix_root}-{tag}",
+        "ESINDEXER_CLIENT_ID": f"{prefix_root}-{tag}",
+        "ESINDEXER_INDEX_REPLICAS": "0",
+        "ESINDEXER_METRICS_PORT": "0",
+        **env_overrides,
+    }
+    settings = load_settings(env=env)
+    metrics = Metrics()
+    reg = metrics.registry
+
+    def value(name: str, labels: dict[str, str] | None = None) -> float:
+        return reg.get_sample_value(name, labels or {}) or 0.0
+
+    indexer = Indexer(settings, metrics)
+    load = os.getloadavg()[0]
+    stop = threading.Event()
+    samples = sampled(lambda: value("esindexer_documents_total", {"action": "index", "outcome": "ok"}), stop)
+    es0, m0, p0 = es_cpu_seconds(es), machine_busy_seconds(), time.process_time()
+    t0 = time.perf_counter()
+    code = indexer.run(until_caught_up=True)
+    seconds = time.perf_counter() - t0
+    py_cpu, machine_cpu, es_cpu = time.process_time() - p0, machine_busy_seconds() - m0, es_cpu_seconds(es) - es0
+    stop.set()
+    docs = int(value("esindexer_documents_total", {"action": "index", "outcome": "ok"}))
+    dead = int(value("esindexer_documents_total", {"action": "index", "outcome": "dead_lettered"}))
+    retries = sum(m.value for metric in reg.collect() if metric.name == "esindexer_retries"
+                  for m in metric.samples if m.name == "esindexer_retries_total")
+    samples.append((t0 + seconds, docs))
+    first, last = quarter_rates(samples, docs)
+    prefix = settings.index_prefix
+    es.indices.refresh(index=prefix)
+    indexed = es.count(index=prefix)["count"]
+    index_bytes = es.indices.stats(index=prefix, metric="store")["_all"]["primaries"]["store"]["size_in_bytes"]
+    if not keep:
+        drop_prefix(es, prefix)
+    return Result(
+        name=name, settings=settings, code=code, seconds=seconds, docs=docs, indexed=indexed,
+        dead=dead, retries=int(retries),
+        requests=int(sum(value("esindexer_bulk_requests_total", {"outcome": o}) for o in ("ok", "retried", "failed"))),
+        bulk_s=value("esindexer_bulk_duration_seconds_sum"), rows=int(value("esindexer_batch_size_sum")),
+        batches=int(value("esindexer_batch_size_count")), py_cpu=py_cpu, es_cpu=es_cpu,
+        machine_cpu=machine_cpu, first_quarter=first, last_quarter=last, index_bytes=index_bytes, load=load,
+    )
+
+
+def _es_version(es: Any) -> str:
+    """The node version (``GET /`` is not served by the integ-test distribution)."""
+    nodes = es.nodes.info(filter_path="nodes.*.version")["nodes"]
+    return ", ".join(sorted({n["version"] for n in nodes.values()}))
+
+
+def drop_prefix(es: Any, prefix: str) -> None:
+    """Delete the indices and the index template a variant created."""
+    es.options(ignore_status=404).indices.delete(index=f"{prefix}-*", expand_wildcards="all",
+                                                 allow_no_indices=True)
+    es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-esindexer")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--objects", type=int, default=200_000, help="objects to write (BTree records come on top)")
+    parser.add_argument("--per-txn", type=int, default=1_000, help="objects per transaction")
+    parser.add_argument("--variants", default=DEFAULT_ORDER,
+                        help=f"comma-separated, run in this order; known: {', '.join(VARIANTS)}")
+    parser.add_argument("--keep", action="store_true", help="keep the indices and the database")
+    args = parser.parse_args(argv)
+    pg = os.environ.get("ESINDEXER_TEST_PG_DSN")
+    es_url = os.environ.get("ESINDEXER_TEST_ES_URL")
+    if not pg or not es_url:
+        print('set ESINDEXER_TEST_PG_DSN and ESINDEXER_TEST_ES_URL (eval "$(scripts/services env)")',
+              file=sys.stderr)
+        return 2
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    import logging
+
+    from elasticsearch import Elasticsearch
+
+    # One warning per dead letter would bury the figures; retries are counted instead.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    es = Elasticsearch(es_url, request_timeout=120)
+    prefix_root = f"bench-{uuid.uuid4().hex[:6]}"
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
+          f"Elasticsearch {_es_version(es)}; index prefix {prefix_root}-*")
+    with (fresh_database(pg, prefix="esbench") if not args.keep else _kept_database(pg)) as db_dsn:
+        db = open_zodb(db_dsn, keep_history=False)
+        try:
+            t = time.perf_counter()
+            made = write_corpus(db, args.objects, args.per_txn)
+            wrote = time.perf_counter() - t
+        finally:
+            db.close()
+        print(f"corpus: wrote {made:,} objects (+ BTree records) in transactions of {args.per_txn:,} "
+              f"in {wrote:.1f} s ({made / wrote:,.0f} objects/s) -- not part of the measurement")
+        import psycopg2
+
+        vac = psycopg2.connect(db_dsn)
+        vac.autocommit = True
+        with vac.cursor() as cur:
+            cur.execute("VACUUM ANALYZE")
+        vac.close()
+
+        defaults = load_settings(env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url})
+        st = measure_stages(db_dsn, defaults)
+        ok = st.kinds["ok"]
+        mb = st.state_bytes / 1e6
+        print(f"records: {st.rows:,} rows, {mb:.1f} MB of state (mean {st.state_bytes / st.rows:.0f} B); "
+              f"kinds {dict(st.kinds)}; classes {dict(st.classes.most_common(8))}")
+        print(f"documents: {ok:,}, {st.doc_bytes / 1e6:.1f} MB of JSON (mean {st.doc_bytes / ok:.0f} B); "
+              f"bulk bodies {st.body_bytes / 1e6:.1f} MB")
+        print("stages alone, one thread, best of 2 (no Elasticsearch):")
+        print("| stage | seconds | rows or docs/s | µs each |")
+        print("|---|---:|---:|---:|")
+        for label, secs, n in (("read (follow.updates)", st.read_s, st.rows),
+                               ("convert (Jsonifier.convert)", st.convert_s, st.rows),
+                               ("shape (DocumentBuilder.index_action)", st.build_s, ok),
+                               (f"bulk body join ({defaults.bulk_max_docs} per body)", st.body_s, ok)):
+            print(f"| {label} | {secs:.2f} | {n / secs:,.0f} | {1e6 * secs / n:.1f} |")
+        cpu = st.read_s + st.convert_s + st.build_s + st.body_s
+        print(f"| all of the above | {cpu:.2f} | {ok / cpu:,.0f} docs/s | {1e6 * cpu / ok:.1f} |")
+
+        results: list[Result] = []
+        try:
+            for i, name in enumerate(names):
+                label = name if name not in names[:i] else f"{name} (again)"
+                r = run_variant(label, VARIANTS[name], db_dsn, es_url, es, prefix_root, args.keep)
+                results.append(r)
+                s = r.settings
+                print(f"{label}: exit {r.code}, {r.retries} retries, {r.docs:,} docs in {r.seconds:.1f} s = {r.docs / r.seconds:,.0f} docs/s, "
+                      f"{mb / r.seconds:.1f} MB/s state, {st.doc_bytes / 1e6 / r.seconds:.1f} MB/s JSON; "
+                      f"[{s.state_mapping}, concurrency {s.bulk_concurrency}, max_docs {s.bulk_max_docs}] "
+                      f"{r.requests} bulks, {r.bulk_s:.1f} s in bulk (mean {1000 * r.bulk_s / max(r.requests, 1):.0f} ms), "
+                      f"{r.rows:,} rows in {r.batches} batches; count {r.indexed:,}, dead letters {r.dead}; "
+                      f"CPU s: python {r.py_cpu:.1f}, ES {r.es_cpu:.1f}, machine {r.machine_cpu:.1f} "
+                      f"of {2 * r.seconds:.1f}; docs/s first/last quarter {r.first_quarter:,.0f}/{r.last_quarter:,.0f}; "
+                      f"index {r.index_bytes / 1e6:.0f} MB; load {r.load:.2f}", flush=True)
+        finally:
+            if not args.keep:
+                for r in results:
+                    drop_prefix(es, r.settings.index_prefix)
+
+    cores = os.cpu_count() or 1
+    base = [r for r in results if r.name.startswith("baseline")]
+    ref = base[0].docs / base[0].seconds if base else None
+    print()
+    print("| variant | state_mapping | concurrency | max_docs | s | docs/s | MB/s state | MB/s JSON "
+          "| vs baseline | dead letters | bulks | s in bulk | mean bulk ms | CPU s py / ES / machine (of wall x cores) "
+          "| docs/s 1st / last quarter | index MB | min per 1M objects |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|")
+    for r in results:
+        s = r.settings
+        rate = r.docs / r.seconds
+        per_million = (1e6 / (r.rows / r.seconds)) / 60 if r.rows else 0
+        print(f"| {r.name} | {s.state_mapping} | {s.bulk_concurrency} | {s.bulk_max_docs} | {r.seconds:.1f} "
+              f"| {rate:,.0f} | {mb / r.seconds:.1f} | {st.doc_bytes / 1e6 / r.seconds:.1f} "
+              f"| {rate / ref if ref else 0:.2f}x | {r.dead:,} | {r.requests} | {r.bulk_s:.1f} "
+              f"| {1000 * r.bulk_s / max(r.requests, 1):.0f} | {r.py_cpu:.0f} / {r.es_cpu:.0f} / {r.machine_cpu:.0f} "
+              f"({cores * r.seconds:.0f}) | {r.first_quarter:,.0f} / {r.last_quarter:,.0f} "
+              f"| {r.index_bytes / 1e6:.0f} | {per_million:.1f} |")
+    if len(base) >= 2:
+        a, b = (r.docs / r.seconds for r in (base[0], base[-1]))
+        drift = abs(a - b) / max(a, b)
+        print(f"baseline first vs last: {a:,.0f} vs {b:,.0f} docs/s ({100 * drift:.0f} % apart)"
+              + ("  <-- disturbed: repeat the run" if drift > 0.15 else ""))
+    bad = [r.name for r in results if r.code != 0 or r.indexed + r.dead != ok]
+    if bad:
+        print(f"WARNING: variants {bad} did not settle exactly {ok:,} documents (indexed + dead-lettered)")
+    return 1 if bad else 0
+
+
+class _kept_database:
+    """Like tests.support.fresh_database, but the database is left for inspection."""
+
+    def __init__(self, admin_dsn: str):
+        self._admin = admin_dsn
+
+    def __enter__(self) -> str:
+        import psycopg2
+
+        from tests.support import dsn_for_database
+
+        name = f"esbench_{uuid.uuid4().hex[:12]}"
+        conn = psycopg2.connect(self._admin)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        conn.close()
+        print(f"keeping database {name}")
+        return dsn_for_database(self._admin, name)
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
