@@ -93,6 +93,28 @@ def _walk(value: Any, texts: list[str], refs: list[int], budget: list[int]) -> N
             stack.extend(reversed(item))
 
 
+def _harmonise_lists(value: Any) -> Any:
+    """For the ``dynamic`` mapping: a list mixing strings with other scalars gets all-string items.
+
+    Elasticsearch maps a field from the first value it sees, and one document whose
+    array holds ``[7, "myapp.User"]`` (every persistent reference's ``id``) asks for two
+    types at once, which it refuses. Strings are what both values can be.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            kinds = {type(v) for v in item if v is not None}
+            if str in kinds and kinds - {str, dict, list}:
+                for i, v in enumerate(item):
+                    if isinstance(v, (int, float, bool)):
+                        item[i] = orjson.dumps(v).decode()
+            stack.extend(v for v in item if isinstance(v, (dict, list)))
+    return value
+
+
 class DocumentBuilder:
     """Turns converted records into bulk actions, following the configured routing."""
 
@@ -127,6 +149,8 @@ class DocumentBuilder:
         if not isinstance(state, dict):
             # flattened (and object) fields need an object; keep non-dict states findable.
             state = {"value": state}
+        if not self._flattened:
+            _harmonise_lists(state)
         doc = {
             "class": class_name,
             "zoid": zoid,

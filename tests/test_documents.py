@@ -113,3 +113,15 @@ def test_template_is_idempotent_and_alias_spans_routes(es, es_prefix):
     ensure_indices(es, s)
     aliases = es.indices.get_alias(name=prefix)
     assert sorted(aliases) == [f"{prefix}-alpha", f"{prefix}-objects"]
+
+
+def test_dynamic_mapping_harmonises_mixed_lists():
+    builder = DocumentBuilder(settings(state_mapping="dynamic"))
+    state = '{"ref": {"::": "persistent", "id": [7, "m.User"], "::=>": 7}, "pair": ["en", 1, null], "n": [1, 2]}'
+    doc = orjson.loads(builder.index_action(TID, 1, "x.Y", state).source)
+    assert doc["state"]["ref"]["id"] == ["7", "m.User"]
+    assert doc["state"]["pair"] == ["en", "1", None]
+    assert doc["state"]["n"] == [1, 2]
+    assert doc["refs"] == [7]
+    flat = orjson.loads(DocumentBuilder(settings()).index_action(TID, 1, "x.Y", state).source)
+    assert flat["state"]["ref"]["id"] == [7, "m.User"]  # flattened keeps the JSON as converted

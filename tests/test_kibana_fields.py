@@ -130,13 +130,7 @@ def test_kibana_objects_match_the_real_indices(zodb, db_dsn, es, es_url, es_pref
 
     # Every object must be there to be seen in Kibana at all.
     letters = dead_letters(db_dsn)
-    reference_conflicts = [row for row in letters if ".id] cannot be changed from type [long]" in row[4]]
-    if state_mapping == "dynamic" and reference_conflicts:
-        # Found by this test: a persistent reference is {"id": [zoid, "module.Class"], ...};
-        # dynamic mapping maps the array as long from its first element, then rejects the
-        # class name, so every object holding a reference is dead-lettered.
-        pytest.xfail(f"state_mapping=dynamic dead-letters objects with persistent references: "
-                     f"{reference_conflicts[0][4]}")
+    # (dynamic mapping once dead-lettered every object holding a persistent reference)
     assert letters == []
 
     # What Discover and the two visualizations ask for, on the data they will see.
