@@ -27,41 +27,13 @@ import statistics
 import sys
 import threading
 import time
-import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from esindexer import follow  # noqa: E402
-
-
-@contextlib.contextmanager
-def scratch_database(admin_dsn: str):
-    name = f"esbench_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(admin_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        yield urlunsplit(urlsplit(admin_dsn)._replace(path="/" + name))
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def open_db(dsn: str, keep_history: bool):
-    import ZODB
-    from psycopg2.extensions import make_dsn, parse_dsn
-    from relstorage.adapters.postgresql import PostgreSQLAdapter
-    from relstorage.options import Options
-    from relstorage.storage import RelStorage
-
-    options = Options(keep_history=keep_history, cache_local_mb=0)
-    adapter = PostgreSQLAdapter(dsn=make_dsn(**parse_dsn(dsn)), options=options)
-    return ZODB.DB(RelStorage(adapter, options=options))
+from tests.support import fresh_database, open_zodb  # noqa: E402
 
 
 def populate(db, rows: int, per_txn: int = 10_000):
@@ -152,8 +124,8 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     for keep_history in modes:
         label = "history-preserving" if keep_history else "history-free"
-        with scratch_database(args.dsn) as dsn:
-            db = open_db(dsn, keep_history)
+        with fresh_database(args.dsn, prefix="esbench") as dsn:
+            db = open_zodb(dsn, keep_history)
             t = time.perf_counter()
             populate(db, args.rows)
             print(f"{label}: wrote {args.rows} objects with ZODB in {time.perf_counter() - t:.1f} s")

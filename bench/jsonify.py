@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import datetime
 import json
 import os
 import random
 import sys
 import time
-import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import persistent
 import psycopg2
@@ -34,6 +31,7 @@ import psycopg2
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from esindexer.jsonpickle import Jsonifier  # noqa: E402
+from tests.support import fresh_database, open_zodb  # noqa: E402
 
 
 class Article(persistent.Persistent):
@@ -46,33 +44,6 @@ class Folder(persistent.Persistent):
 
 class Person(persistent.Persistent):
     pass
-
-
-@contextlib.contextmanager
-def scratch_database(admin_dsn: str):
-    name = f"esbench_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(admin_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        yield urlunsplit(urlsplit(admin_dsn)._replace(path="/" + name))
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def open_db(dsn: str):
-    import ZODB
-    from psycopg2.extensions import make_dsn, parse_dsn
-    from relstorage.adapters.postgresql import PostgreSQLAdapter
-    from relstorage.options import Options
-    from relstorage.storage import RelStorage
-
-    options = Options(keep_history=False, cache_local_mb=0)
-    adapter = PostgreSQLAdapter(dsn=make_dsn(**parse_dsn(dsn)), options=options)
-    return ZODB.DB(RelStorage(adapter, options=options))
 
 
 WORDS = ("alpha beta gamma delta report budget meeting review draft final customer order "
@@ -170,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from newt.db.jsonpickle import Jsonifier as NewtJsonifier
 
-    with scratch_database(dsn) as db_dsn:
-        db = open_db(db_dsn)
+    with fresh_database(dsn, prefix="esbench") as db_dsn:
+        db = open_zodb(db_dsn, keep_history=False)
         try:
             write_corpus(db, args.objects)
         finally:

@@ -17,7 +17,6 @@ import json
 import logging
 import signal
 import sys
-import time
 from typing import Any, Sequence
 
 from esindexer import __version__

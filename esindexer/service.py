@@ -189,16 +189,19 @@ class Indexer:
         return conn
 
     def _prepare_source(self, conn: Any) -> bool:
-        """Install triggers if allowed. Returns True when a sweep is due."""
+        """Install triggers if allowed. Returns True when a sweep is due.
+
+        A sweep is due when the deletion trigger was missing at start: packs may have
+        run unseen before now (or, without the right to install it, at any time).
+        """
         had_trigger = deletions.trigger_installed(conn)
         conn.rollback()
         if self.settings.install_triggers:
             follow.install_trigger(conn)
             conn.commit()
-            has_trigger = deletions.install(conn)
+            deletions.install(conn)
         else:
             deletions.ensure_tables(conn)
-            has_trigger = had_trigger
         deletions.start_cursor_at_end(conn, self.settings.client_id)
         conn.commit()
         mode = self.settings.sweep_on_start

@@ -16,13 +16,12 @@ import time
 from urllib.parse import urlsplit
 
 import psycopg2
-import pytest
 import transaction
 from persistent import Persistent
 from persistent.mapping import PersistentMapping
 
 from esindexer import follow
-from esindexer.config import load_settings
+from esindexer.config import Settings, load_settings
 from esindexer.metrics import Metrics
 from esindexer.service import EXIT_ERROR_BUDGET, EXIT_LOCKED, EXIT_OK, Indexer
 from tests.support import TcpProxy, both_history_modes, wait_for
@@ -42,7 +41,7 @@ class Folderish(Persistent):
         self.title = {"text": title}  # the same attribute name, another shape than Page's
 
 
-def make_settings(db_dsn: str, es_url: str, es_prefix: str, **overrides) -> "Settings":  # noqa: F821
+def make_settings(db_dsn: str, es_url: str, es_prefix: str, **overrides) -> Settings:
     env = {
         "ESINDEXER_PG_DSN": db_dsn,
         "ESINDEXER_ES_URL": es_url,
