@@ -93,6 +93,9 @@ VARIANTS: dict[str, dict[str, str]] = {
     "max-docs-500": {"ESINDEXER_BULK_MAX_DOCS": "500"},
     "max-docs-2000": {"ESINDEXER_BULK_MAX_DOCS": "2000"},
     "max-docs-5000": {"ESINDEXER_BULK_MAX_DOCS": "5000"},
+    # Not a setting: the index is created beforehand with the flattened field's
+    # ignore_above lowered from 8191 to 256 (see precreate_index), to measure that change.
+    "flattened-ignore-above-256": {"_IGNORE_ABOVE": "256"},
 }
 DEFAULT_ORDER = ("baseline,dynamic,dynamic-plain-refs,concurrency-1,concurrency-4,max-docs-500,max-docs-2000,"
                  "max-docs-5000")
@@ -365,6 +368,8 @@ def run_variant(name: str, env_overrides: dict[str, str], db_dsn: str, es_url: s
                 prefix_root: str, keep: bool) -> Result:
     """Backfill the corpus into ``<prefix_root>-<name>`` from scratch; measure it."""
     tag = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    env_overrides = dict(env_overrides)
+    ignore_above = env_overrides.pop("_IGNORE_ABOVE", None)
     env = {
         "ESINDEXER_PG_DSN": db_dsn,
         "ESINDEXER_ES_URL": es_url,
@@ -381,6 +386,8 @@ def run_variant(name: str, env_overrides: dict[str, str], db_dsn: str, es_url: s
     def value(name: str, labels: dict[str, str] | None = None) -> float:
         return reg.get_sample_value(name, labels or {}) or 0.0
 
+    if ignore_above:
+        precreate_index(es, settings, int(ignore_above))
     indexer = Indexer(settings, metrics)
     load = os.getloadavg()[0]
     stop = threading.Event()
@@ -411,6 +418,22 @@ def run_variant(name: str, env_overrides: dict[str, str], db_dsn: str, es_url: s
         batches=int(value("esindexer_batch_size_count")), py_cpu=py_cpu, es_cpu=es_cpu,
         machine_cpu=machine_cpu, first_quarter=first, last_quarter=last, index_bytes=index_bytes, load=load,
     )
+
+
+def precreate_index(es: Any, settings: Settings, ignore_above: int) -> None:
+    """Create the variant's index as esindexer would, but with another flattened ``ignore_above``.
+
+    The service then finds the index existing and keeps its mapping (its template
+    applies to new indices only), so this measures a template change without making it.
+    Why 256: flattened leaves are keywords with doc values; long prose (titles, bodies)
+    indexed whole as one keyword serves no query that the ``text`` field does not.
+    """
+    from esindexer.documents import index_template
+
+    body = index_template(settings)["template"]
+    body["mappings"]["properties"]["state"]["ignore_above"] = ignore_above
+    es.indices.create(index=settings.index_for_route(settings.default_route), settings=body["settings"],
+                      mappings=body["mappings"], aliases=body["aliases"])
 
 
 def _es_version(es: Any) -> str:
