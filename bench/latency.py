@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             db.close()
     print()
-    print("| refresh_interval | commit -> indexed p50 / p90 / max (ms) | commit -> searchable p50 / p90 / max (ms) |")
+    print("| refresh_interval | commit -> indexed p50 / p90 / max (ms) "
+          "| commit -> searchable p50 / p90 / max (ms) |")
     print("|---|---|---|")
     for r in results:
         def cells(values: list[float]) -> str:
