@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(r)
                 label = "1s (default)" if refresh == "default" else refresh
                 print(f"refresh {label}: {len(r['indexed'])} commits every {args.spacing:g} s, "
-                      f"{r['polls']} polls (one every {1000 * r['poll_period']:.0f} ms: the resolution); load {os.getloadavg()[0]:.2f}")
+                      f"{r['polls']} polls (one every {1000 * r['poll_period']:.0f} ms: the resolution); "
+                      f"load {os.getloadavg()[0]:.2f}")
                 print(f"  transaction.commit() itself:       {summary(r['commit'])}")
                 print(f"  commit -> indexed (GET finds it):   {summary(r['indexed'])}  "
                       f"[from commit start: {summary(r['indexed_from_start'])}]")
