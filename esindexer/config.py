@@ -196,6 +196,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("state_mapping", _choice("flattened", "dynamic"), "flattened",
             "How the object state is mapped: flattened (one field, never conflicts) or dynamic "
             "(typed fields; conflicting documents are dead-lettered).", group="documents"),
+    Setting("index_refresh_interval", _parse_str, None,
+            "index.refresh_interval of created indices (e.g. 250ms for searches within a quarter "
+            "second of a commit); unset = Elasticsearch's 1s. -1 turns refreshes off.",
+            group="documents"),
     Setting("index_shards", _parse_int, 1, "Primary shards of each index created.", group="documents"),
     Setting("index_replicas", _parse_int, 1, "Replicas of each index created (0 on a single node).",
             group="documents"),
@@ -256,6 +260,7 @@ class Settings:
     transform: str | None = None
     trusted_pickles: bool = False
     state_mapping: str = "flattened"
+    index_refresh_interval: str | None = None
     index_shards: int = 1
     index_replicas: int = 1
     bulk_max_docs: int = 1_000
@@ -329,6 +334,10 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
                         "(http.max_content_length); use 5-15MiB")
     if not 0 <= values["metrics_port"] <= 65535:
         problems.append(f"ESINDEXER_METRICS_PORT: must be 0-65535, got {values['metrics_port']}")
+    interval = values["index_refresh_interval"]
+    if interval and not re.fullmatch(r"-1|\d+(ms|s|m)", interval):
+        problems.append(f"ESINDEXER_INDEX_REFRESH_INTERVAL: expected a time such as 250ms or 1s (or -1), "
+                        f"got {interval!r}")
     for name in ("index_prefix", "default_route"):
         if not _INDEX_NAME.match(values[name] or ""):
             problems.append(f"{SETTINGS_BY_NAME[name].env}: {values[name]!r} is not a valid Elasticsearch "

@@ -173,8 +173,10 @@ def index_template(settings: Settings) -> dict[str, Any]:
     if settings.state_mapping == "flattened":
         # One field for the whole state: no mapping conflict and no field explosion is
         # possible, whatever the classes store. Leaves are keywords (exact and prefix
-        # search); ``text`` gives full-text search over the same strings.
-        state_mapping: dict[str, Any] = {"type": "flattened", "depth_limit": 30, "ignore_above": 8191}
+        # search); ``text`` gives full-text search over the same strings, so long
+        # strings (bodies) need no keyword: ignore_above 256 makes the index ~18 %
+        # smaller at the same speed (docs/performance.md).
+        state_mapping: dict[str, Any] = {"type": "flattened", "depth_limit": 30, "ignore_above": 256}
         index_settings: dict[str, Any] = {}
     else:
         state_mapping = {"type": "object", "dynamic": True}
@@ -220,6 +222,8 @@ def index_template(settings: Settings) -> dict[str, Any]:
                 # Delete tombstones remember their version this long, so a late older write
                 # cannot resurrect a deleted document (default is 60 s).
                 "index.gc_deletes": "10m",
+                **({"index.refresh_interval": settings.index_refresh_interval}
+                   if settings.index_refresh_interval else {}),
                 **index_settings,
             },
             "mappings": mappings,

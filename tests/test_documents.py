@@ -125,3 +125,11 @@ def test_dynamic_mapping_harmonises_mixed_lists():
     assert doc["refs"] == [7]
     flat = orjson.loads(DocumentBuilder(settings()).index_action(TID, 1, "x.Y", state).source)
     assert flat["state"]["ref"]["id"] == [7, "m.User"]  # flattened keeps the JSON as converted
+
+
+def test_refresh_interval_setting_reaches_the_template():
+    tpl = index_template(settings(index_refresh_interval="250ms"))
+    assert tpl["template"]["settings"]["index.refresh_interval"] == "250ms"
+    assert "index.refresh_interval" not in index_template(settings())["template"]["settings"]
+    with pytest.raises(Exception, match="ESINDEXER_INDEX_REFRESH_INTERVAL: expected a time"):
+        settings(index_refresh_interval="fast")
