@@ -154,6 +154,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poll_timeout", _parse_float, 30.0,
             "Seconds between polls when no notification arrives (backstop for LISTEN/NOTIFY).",
             group="source"),
+    Setting("poll_interval", _parse_float, 2.0,
+            "Seconds between polls when the notify trigger is absent (a role without DDL rights, "
+            "a replica): the latency of that mode.", group="source"),
     Setting("install_triggers", _parse_bool, True,
             "Install the notify and pack-deletion triggers at start (needs DDL rights; polling and the "
             "start-up sweep are used without them).", group="source"),
@@ -243,6 +246,7 @@ class Settings:
     batch_limit: int = 10_000
     fetch_size: int = 2_000
     poll_timeout: float = 30.0
+    poll_interval: float = 2.0
     install_triggers: bool = True
     sweep_on_start: str = "auto"
     es_url: tuple[str, ...] = ("http://localhost:9200",)
@@ -322,7 +326,7 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
 
     for name in ("batch_limit", "fetch_size", "bulk_max_docs", "bulk_concurrency", "index_shards"):
         positive(name)
-    for name in ("poll_timeout", "retry_max_seconds", "dead_letter_window", "stall_seconds",
+    for name in ("poll_timeout", "poll_interval", "retry_max_seconds", "dead_letter_window", "stall_seconds",
                  "lag_poll_interval", "es_request_timeout"):
         positive(name, 0.1)
     for name in ("index_replicas", "retry_attempts", "dead_letter_budget", "shutdown_timeout"):

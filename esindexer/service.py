@@ -287,6 +287,7 @@ class Indexer:
             self._updates = follow.updates(
                 s.pg_dsn, start_tid=start_tid, end_tid=end_tid, batch_limit=s.batch_limit,
                 internal_batch_size=s.fetch_size, poll_timeout=s.poll_timeout,
+                poll_interval=s.poll_interval,
             )
             if self.stopping:
                 self._updates.stop()

@@ -408,3 +408,45 @@ def test_startup_sweep_removes_objects_packed_without_the_trigger(zodb, db_dsn, 
     assert not (gone & remaining)
     assert set(zoids) - gone <= remaining
     conn.close()
+
+
+def test_a_role_without_ddl_rights_indexes_by_polling_and_sweeping(zodb, db_dsn, pg_dsn, es, es_url, es_prefix):
+    """The indexer's role may read RelStorage's tables and create its own, nothing more.
+
+    It follows by polling, cannot install the triggers (so it sweeps at every start),
+    and `esindexer install-trigger` run by the owner switches it to notifications.
+    """
+    from tests.test_follow_support import select_only_role
+
+    conn = zodb.open()
+    conn.root()["a"] = page = Page("a")
+    transaction.commit()
+    with select_only_role(pg_dsn, db_dsn) as ro_dsn:
+        with psycopg2.connect(db_dsn) as owner, owner.cursor() as cur:
+            user = psycopg2.extensions.parse_dsn(ro_dsn)["user"]
+            cur.execute(f"GRANT CREATE ON SCHEMA public TO {user}")
+        owner.close()
+        settings = make_settings(ro_dsn, es_url, es_prefix, poll_interval="0.3")
+        with running(settings):
+            wait_for(lambda: zoid_of(page) in docs(es, settings.index_prefix), message="initial backfill")
+            conn.root()["b"] = later = Page("b")
+            transaction.commit()
+            wait_for(lambda: zoid_of(later) in docs(es, settings.index_prefix), message="found by polling")
+        with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+            cur.execute("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'esindexer%'")
+            assert cur.fetchall() == []  # nothing installed behind the owner's back
+        pg.close()
+        refused = _run_cli("install-trigger", dsn=ro_dsn)
+        assert refused.returncode == 1 and "NOT installed" in refused.stdout
+    installed = _run_cli("install-trigger", dsn=db_dsn)
+    assert installed.returncode == 0, installed.stderr
+    assert "change notification trigger: installed" in installed.stdout
+    assert "pack deletion trigger:       installed" in installed.stdout
+    conn.close()
+
+
+def _run_cli(*args: str, dsn: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
+    env.update(ESINDEXER_PG_DSN=dsn)
+    return subprocess.run([sys.executable, "-m", "esindexer", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
