@@ -11,10 +11,17 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for the optional pickle pre-scan extension (esindexer/_pickle_scan_c.c;
+# the slim image has the Python headers but no compiler). Build stage only: the runtime
+# stage copies the finished virtualenv. Without it the install still succeeds and the
+# slower pure-Python scan is used.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 WORKDIR /src
 # Only what `pip install .` needs: a change to tests or docs does not rebuild this layer.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY esindexer ./esindexer
 RUN /opt/venv/bin/pip install .
 

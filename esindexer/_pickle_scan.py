@@ -18,13 +18,18 @@ with as little work per opcode as possible, and answers:
 
 The scanner parses argument lengths exactly as ``_pickle.c`` does, so both agree on where
 every opcode starts; it does not interpret values.
+
+:func:`scan_py` below is the reference implementation. ``esindexer/_pickle_scan_c.c`` is
+a C port of it with identical results (tests/test_pickle_scan.py checks this), about 20x
+faster; it is an optional extension, built when a C compiler is available at install
+time. :func:`scan` is the C version when it was built, else :func:`scan_py`.
 """
 
 from __future__ import annotations
 
 import struct
 
-__all__ = ["UnsafePickle", "scan"]
+__all__ = ["UnsafePickle", "scan", "scan_py"]
 
 
 class UnsafePickle(ValueError):
@@ -58,7 +63,7 @@ del _SKIP, _ch, _code
 _SMALL = 64
 
 
-def scan(data: bytes, start: int, kinds: dict[int, int], state: list[int]) -> int:
+def scan_py(data: bytes, start: int, kinds: dict[int, int], state: list[int]) -> int:
     """Scan one pickle of ``data`` from ``start`` to its STOP; return the offset after it.
 
     ``kinds`` maps memo index -> -1 for a memoized container (or anything not known to
@@ -213,3 +218,16 @@ def _line_int(data: bytes, i: int, j: int) -> int:
     if value < 0:
         raise UnsafePickle(f"negative memo index at offset {i}")
     return value
+
+
+# The C version of scan_py, when the optional extension was built (setup.py). It takes the
+# exception class to raise and scan_py itself, to which it hands the rare cases it does
+# not port (text PUT/GET of protocols 0-1, arguments of unexpected types).
+try:
+    from esindexer import _pickle_scan_c
+except ImportError:  # no compiler at install time: the pure-Python scan
+    _pickle_scan_c = None
+    scan = scan_py
+else:
+    _pickle_scan_c.configure(UnsafePickle, scan_py)
+    scan = _pickle_scan_c.scan
