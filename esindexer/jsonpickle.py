@@ -9,8 +9,8 @@ every deliberate difference from newt.db.
 
 How it stays safe and fast:
 
-1. :func:`esindexer._pickle_scan.scan` walks the opcodes once (pure Python, cheap per
-   opcode) and rejects malformed input and memo indexes that would make the C unpickler
+1. :func:`esindexer._pickle_scan.scan` walks the opcodes once (in C when the optional
+   extension ``_pickle_scan_c`` is built, else in Python) and rejects malformed input and memo indexes that would make the C unpickler
    allocate far more than the record's size; it also notes whether the value can share
    structure.
 2. CPython's C unpickler decodes the record with ``find_class`` returning inert stand-in
