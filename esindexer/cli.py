@@ -62,7 +62,8 @@ def _settings_parent() -> argparse.ArgumentParser:
         default = "(required)" if row["required"] else f"default: {row['default']}"
         choices = f" one of: {', '.join(row['choices'])};" if row["choices"] else ""
         group.add_argument(row["flag"], dest=row["name"], default=None, metavar="VALUE",
-                           help=f"{row['help']}{choices} [{row['env']}; {default}]")
+                           # argparse %-formats help texts: a literal % must be doubled
+                           help=f"{row['help']}{choices} [{row['env']}; {default}]".replace("%", "%%"))
     return parent
 
 

@@ -129,7 +129,9 @@ def test_cli_help_teaches():
     assert done.returncode == 0
     for word in ("run", "status", "install-trigger", "config", "ESINDEXER_PG_DSN", "exit codes"):
         assert word in done.stdout
-    run_help = _cli("run", "--help", env={}).stdout
+    run = _cli("run", "--help", env={})
+    assert run.returncode == 0, run.stderr
+    run_help = run.stdout
     assert "--until-caught-up" in run_help and "ESINDEXER_BULK_MAX_BYTES" in run_help
 
 
