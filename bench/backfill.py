@@ -62,7 +62,7 @@ from esindexer.config import Settings, load_settings  # noqa: E402
 from esindexer.documents import DocumentBuilder, iter_lines  # noqa: E402
 from esindexer.metrics import Metrics  # noqa: E402
 from esindexer.service import Indexer, build_jsonifier  # noqa: E402
-from tests.support import fresh_database, open_zodb  # noqa: E402
+from tests.support import servers_from_env, fresh_database, open_zodb  # noqa: E402
 
 
 class Document(persistent.Persistent):
@@ -437,12 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the discarded first baseline run (JIT and caches of Elasticsearch)")
     parser.add_argument("--keep", action="store_true", help="keep the indices and the database")
     args = parser.parse_args(argv)
-    pg = os.environ.get("ESINDEXER_TEST_PG_DSN")
-    es_url = os.environ.get("ESINDEXER_TEST_ES_URL")
-    if not pg or not es_url:
-        print('set ESINDEXER_TEST_PG_DSN and ESINDEXER_TEST_ES_URL (eval "$(scripts/services env)")',
-              file=sys.stderr)
-        return 2
+    pg, es_url = servers_from_env()
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

@@ -51,7 +51,7 @@ from esindexer import follow  # noqa: E402
 from esindexer.config import Settings, load_settings  # noqa: E402
 from esindexer.metrics import Metrics  # noqa: E402
 from esindexer.service import EXIT_OK, Indexer  # noqa: E402
-from tests.support import fresh_database, open_zodb, wait_for  # noqa: E402
+from tests.support import servers_from_env, fresh_database, open_zodb, wait_for  # noqa: E402
 
 
 class Note(persistent.Persistent):
@@ -222,12 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh-intervals", default="default,250ms",
                         help="comma-separated index.refresh_interval values; 'default' = as created (1s)")
     args = parser.parse_args(argv)
-    pg = os.environ.get("ESINDEXER_TEST_PG_DSN")
-    es_url = os.environ.get("ESINDEXER_TEST_ES_URL")
-    if not pg or not es_url:
-        print('set ESINDEXER_TEST_PG_DSN and ESINDEXER_TEST_ES_URL (eval "$(scripts/services env)")',
-              file=sys.stderr)
-        return 2
+    pg, es_url = servers_from_env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from elasticsearch import Elasticsearch
 

@@ -174,3 +174,16 @@ class TcpProxy:
                     s.close()
                 except OSError:
                     pass
+
+
+def servers_from_env() -> tuple[str, str]:
+    """(admin PostgreSQL DSN, Elasticsearch URL) for benchmarks; exit 2 with a hint if unset."""
+    import sys
+
+    pg = os.environ.get("ESINDEXER_TEST_PG_DSN")
+    es_url = os.environ.get("ESINDEXER_TEST_ES_URL")
+    if not pg or not es_url:
+        print('set ESINDEXER_TEST_PG_DSN and ESINDEXER_TEST_ES_URL (eval "$(scripts/services env)")',
+              file=sys.stderr)
+        raise SystemExit(2)
+    return pg, es_url
