@@ -41,6 +41,10 @@ from esindexer.config import Settings
 TEXT_LIMIT = 32_000
 
 
+#: Length of a bulk metadata line without its variable parts (op, index, id, version).
+_META_FIXED = len(b'{"":{"_index":"","_id":"","version":,"version_type":"external_gte"}}')
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     """One bulk item: its metadata and, for ``index``, the document source as JSON bytes."""
@@ -60,8 +64,14 @@ class Action:
         )
 
     def size(self) -> int:
-        """Bytes this action adds to a bulk body (metadata, source and newlines)."""
-        return len(self.metadata_line()) + 1 + (len(self.source) + 1 if self.source is not None else 0)
+        """Bytes this action adds to a bulk body (metadata, source and newlines).
+
+        Computed from the parts rather than by serialising the metadata line a second
+        time: index names are validated ASCII and ids and versions are digits, so
+        nothing in the line is escaped.
+        """
+        meta = _META_FIXED + len(self.op) + len(self.index) + len(str(self.zoid)) + len(str(self.version))
+        return meta + 1 + (len(self.source) + 1 if self.source is not None else 0)
 
 
 @lru_cache(maxsize=4096)

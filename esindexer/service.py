@@ -37,7 +37,7 @@ from esindexer.deadletters import DeadLetter
 from esindexer.documents import Action, DocumentBuilder, ensure_indices
 from esindexer.jsonpickle import Jsonifier
 from esindexer.metrics import Metrics
-from esindexer.sink import Abandoned, BulkResult, BulkSender, retry_reason
+from esindexer.sink import Abandoned, BulkBuffer, BulkResult, BulkSender, retry_reason
 
 log = logging.getLogger(__name__)
 
@@ -321,30 +321,25 @@ class Indexer:
                     committer: "_Committer") -> _Batch | None:
         s = self.settings
         batch = _Batch(last_tid=-1)
-        pending: list[Action] = []
-        pending_bytes = 0
+        buffer = BulkBuffer(s.bulk_max_docs, s.bulk_max_bytes)
         convert = self.jsonifier.convert
         builder = self.builder
 
         def submit() -> None:
-            nonlocal pending, pending_bytes
             while not in_flight.acquire(timeout=0.5):
                 committer.raise_failure()
                 if self._abandon.is_set():
                     raise Abandoned("shutdown while waiting for a bulk slot")
-            actions = pending
-            future = pool.submit(self._send, actions)
+            future = pool.submit(self._send, buffer.take())
             future.add_done_callback(lambda _f: in_flight.release())
             batch.futures.append(future)
-            pending, pending_bytes = [], 0
 
         for tid, zoid, data in rows:
             conversion = convert((tid, zoid), data)
             kind = conversion.kind
+            full = False
             if kind == "ok":
-                action = builder.index_action(tid, zoid, conversion.class_name, conversion.json_text)
-                pending.append(action)
-                pending_bytes += len(action.source) + 120
+                full = buffer.add(builder.index_action(tid, zoid, conversion.class_name, conversion.json_text))
             elif kind == "error":
                 batch.dead.append(DeadLetter(zoid, tid, "unconvertible", conversion.error or "conversion failed",
                                              class_name=conversion.class_name, record=bytes(data or b"")))
@@ -352,15 +347,15 @@ class Indexer:
             else:  # deleted, skipped (class filter or transform): the document must go
                 if kind == "skipped":
                     self.metrics.record_documents("index", "skipped")
-                pending.extend(builder.delete_actions(tid, zoid))
-                pending_bytes += 120 * len(builder.indices)
+                for action in builder.delete_actions(tid, zoid):
+                    full = buffer.add(action) or full
             batch.rows += 1
             batch.last_tid = tid
-            if len(pending) >= s.bulk_max_docs or pending_bytes >= s.bulk_max_bytes:
+            if full:
                 submit()
                 if self.stopping:
                     return None
-        if pending:
+        if buffer:
             submit()
         return batch if batch.rows else None
 

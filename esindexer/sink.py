@@ -225,18 +225,29 @@ class BulkSender:
         return []
 
 
-def chunk_actions(actions: Sequence[Action], max_docs: int, max_bytes: int) -> list[list[Action]]:
-    """Split actions into bulk requests bounded by count and bytes (a lone big action stands alone)."""
-    chunks: list[list[Action]] = []
-    current: list[Action] = []
-    size = 0
-    for action in actions:
-        action_size = action.size()
-        if current and (len(current) >= max_docs or size + action_size > max_bytes):
-            chunks.append(current)
-            current, size = [], 0
-        current.append(action)
-        size += action_size
-    if current:
-        chunks.append(current)
-    return chunks
+class BulkBuffer:
+    """Collects actions into one bulk request bounded by count and bytes.
+
+    ``add`` says when the request is full; ``take`` hands it over and starts a new one.
+    An action larger than the byte bound still goes, alone: Elasticsearch decides
+    (HTTP 413 is split down to it and then dead-lettered).
+    """
+
+    def __init__(self, max_docs: int, max_bytes: int):
+        self.max_docs = max_docs
+        self.max_bytes = max_bytes
+        self._actions: list[Action] = []
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._actions)
+
+    def add(self, action: Action) -> bool:
+        """Append; True when the request has reached a bound and should be sent."""
+        self._actions.append(action)
+        self._bytes += action.size()
+        return len(self._actions) >= self.max_docs or self._bytes >= self.max_bytes
+
+    def take(self) -> list[Action]:
+        actions, self._actions, self._bytes = self._actions, [], 0
+        return actions

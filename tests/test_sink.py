@@ -10,8 +10,8 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from esindexer.config import load_settings
-from esindexer.documents import Action, DocumentBuilder, ensure_indices
-from esindexer.sink import Abandoned, BulkSender, chunk_actions
+from esindexer.documents import Action, DocumentBuilder, ensure_indices, iter_lines
+from esindexer.sink import Abandoned, BulkBuffer, BulkSender
 
 TID = 291972294502024669
 
@@ -91,10 +91,22 @@ def test_retry_attempts_limit_gives_up():
     assert "Connection" in type(info.value).__name__ or "connect" in str(info.value).lower()
 
 
-def test_chunks_bounded_by_count_and_bytes():
+def _fill(buffer: BulkBuffer, actions: list[Action]) -> list[list[Action]]:
+    requests = [buffer.take() for action in actions if buffer.add(action)]
+    return requests + ([buffer.take()] if buffer else [])
+
+
+def test_bulk_requests_bounded_by_count_and_bytes():
     small = [Action("index", "i", n, TID, TID, "a", b"x" * 100) for n in range(25)]
-    assert [len(c) for c in chunk_actions(small, max_docs=10, max_bytes=10**9)] == [10, 10, 5]
-    by_bytes = chunk_actions(small, max_docs=1000, max_bytes=1000)
-    assert all(sum(a.size() for a in c) <= 1000 for c in by_bytes)
+    assert [len(r) for r in _fill(BulkBuffer(max_docs=10, max_bytes=10**9), small)] == [10, 10, 5]
+    by_bytes = _fill(BulkBuffer(max_docs=1000, max_bytes=1000), small)
+    assert all(sum(a.size() for a in r[:-1]) < 1000 for r in by_bytes)  # the last one crossed the bound
     huge = [Action("index", "i", 1, TID, TID, "a", b"x" * 5000)]
-    assert chunk_actions(huge, max_docs=10, max_bytes=1000) == [huge]
+    assert _fill(BulkBuffer(max_docs=10, max_bytes=1000), huge) == [huge]
+
+
+def test_action_size_is_the_bytes_it_adds_to_a_bulk_body():
+    for action in (Action("index", "zodb-objects", 123456, TID, TID, "a.B", b'{"x":1}'),
+                   Action("delete", "p-content", 7, TID, TID + 1)):
+        body = b"\n".join(iter_lines([action])) + b"\n"
+        assert action.size() == len(body)
