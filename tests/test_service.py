@@ -450,3 +450,42 @@ def _run_cli(*args: str, dsn: str) -> subprocess.CompletedProcess:
     env.update(ESINDEXER_PG_DSN=dsn)
     return subprocess.run([sys.executable, "-m", "esindexer", *args], env=env, capture_output=True,
                           text=True, timeout=60)
+
+
+def test_memory_stays_flat_on_one_huge_transaction(zodb, db_dsn, es, es_url, es_prefix):
+    """A transaction is never split, so one huge commit is one huge batch: the pipeline
+    must still hold only a chunk of rows and the bulks in flight, not the batch."""
+    import tracemalloc
+
+    from BTrees.OOBTree import OOBTree
+
+    conn = zodb.open()
+    root = conn.root()
+    root["pages"] = tree = OOBTree()  # buckets hold the references, so no record is huge
+    body = "lorem ipsum dolor sit amet " * 40  # ~1 KB of state per object
+    count = 24_000
+    for n in range(count):
+        tree[n] = Page(f"page {n}", body=body)
+    transaction.commit()
+    conn.cacheMinimize()
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+        cur.execute("SELECT count(DISTINCT tid), sum(state_size) FROM object_state WHERE zoid > 0")
+        tids, state_bytes = cur.fetchone()
+        state_bytes = int(state_bytes)
+    pg.close()
+    assert tids == 1 and state_bytes > 24_000_000
+
+    settings = make_settings(db_dsn, es_url, es_prefix, batch_limit=1000, fetch_size=500,
+                             bulk_max_docs=200)
+    tracemalloc.start()
+    try:
+        assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"\npeak traced memory {peak / 1e6:.1f} MB while indexing {state_bytes / 1e6:.1f} MB of state "
+          f"in one transaction of {count} objects")
+    assert peak < state_bytes / 4, f"peak {peak} bytes for {state_bytes} bytes of state: memory grows with the batch"
+    es.indices.refresh(index=settings.index_prefix)
+    assert es.count(index=settings.index_prefix)["count"] == count + 1  # the pages and the root
+    conn.close()
