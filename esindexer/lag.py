@@ -24,7 +24,8 @@ from esindexer.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-LATEST_TID_SQL = "SELECT max(tid) FROM object_state"
+# Both ends of the tid index: cheap in either history mode.
+LATEST_TID_SQL = "SELECT max(tid), min(tid) FROM object_state"
 
 
 class SourcePoller:
@@ -47,6 +48,7 @@ class SourcePoller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: Any = None
+        self._oldest: int | None = None
         self._poll_lock = threading.Lock()  # the thread and poll_once() share _conn
         self._failures = 0
         self._outage_started: float | None = None
@@ -83,7 +85,7 @@ class SourcePoller:
                 self._close()
                 self._on_failure(exc)
                 return False
-            self._metrics.record_source_latest(tid)
+            self._metrics.record_source_latest(tid, oldest_tid=self._oldest)
             self._on_success()
             return True
 
@@ -100,7 +102,10 @@ class SourcePoller:
         with self._conn.cursor() as cur:
             cur.execute(LATEST_TID_SQL)
             row = cur.fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+        if row is None or row[0] is None:
+            return None
+        self._oldest = int(row[1])
+        return int(row[0])
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None

@@ -66,6 +66,7 @@ class _State:
     progress_wall: float | None = None
     source_tid: int | None = None
     source_epoch: float | None = None
+    source_oldest_epoch: float | None = None
     source_reachable: bool | None = None
     source_error: str | None = None
     source_poll_wall: float | None = None
@@ -210,17 +211,23 @@ class Metrics:
             self._state.indexed_epoch = epoch
             self._state.progress_wall = wall
 
-    def record_source_latest(self, tid: int | None, wall_time: float | None = None) -> None:
+    def record_source_latest(self, tid: int | None, wall_time: float | None = None,
+                             oldest_tid: int | None = None) -> None:
         """Note the newest tid in the source (``None`` or <= 0 when it has none).
 
+        ``oldest_tid`` (the oldest tid still holding a current object) is where a
+        first backfill starts: before any progress, the lag counts from it.
         A successful poll also proves PostgreSQL reachable, so it is recorded as such.
         """
         tid = -1 if tid is None or tid <= 0 else tid
         epoch = _tid_epoch(tid) if tid > 0 else None
+        oldest = _tid_epoch(oldest_tid) if oldest_tid and oldest_tid > 0 else None
         wall = time.time() if wall_time is None else wall_time
         with self._lock:
             self._state.source_tid = tid
             self._state.source_epoch = epoch
+            if oldest is not None:
+                self._state.source_oldest_epoch = oldest
             self._state.source_reachable = True
             self._state.source_error = None
             self._state.source_poll_wall = wall
@@ -291,6 +298,10 @@ class Metrics:
             return 0.0
         indexed_epoch = state.indexed_epoch
         if indexed_epoch is None:
-            indexed_epoch = _tid_epoch(0)
+            # Nothing indexed yet: behind by all the history there is to index (or,
+            # before the oldest tid is known, since tid 0 rather than "caught up").
+            indexed_epoch = state.source_oldest_epoch
+            if indexed_epoch is None:
+                indexed_epoch = _tid_epoch(0)
         return max(0.0, state.source_epoch - indexed_epoch)
 

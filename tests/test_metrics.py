@@ -107,7 +107,7 @@ def test_lag_is_zero_while_source_is_unknown_or_empty():
 
 
 def test_nothing_indexed_yet_reads_as_behind_since_tid_zero():
-    """A fresh start must not look caught up: the lag counts from tid 0 (1900-01-01)."""
+    """A fresh start must not look caught up: without the oldest tid, lag counts from tid 0."""
     source = make_tid(2026, 11, 27, 9, 0)
     expected = reference_tid_to_epoch(source) - reference_tid_to_epoch(0)
     m = Metrics(process_metrics=False)
@@ -115,6 +115,17 @@ def test_nothing_indexed_yet_reads_as_behind_since_tid_zero():
     assert m.lag_seconds() == pytest.approx(expected)  # before record_progress
     m.record_progress(-1)
     assert m.lag_seconds() == pytest.approx(expected)
+
+
+def test_nothing_indexed_yet_lags_by_the_history_to_index():
+    """With the oldest tid known, a first backfill is behind by the span of the data."""
+    oldest, newest = make_tid(2026, 11, 1, 0, 0), make_tid(2026, 11, 27, 9, 0)
+    m = Metrics(process_metrics=False)
+    m.record_progress(-1)
+    m.record_source_latest(newest, oldest_tid=oldest)
+    assert m.lag_seconds() == pytest.approx(reference_tid_to_epoch(newest) - reference_tid_to_epoch(oldest))
+    m.record_progress(newest)
+    assert m.lag_seconds() == 0.0
 
 
 def test_lag_follows_the_newer_tid_without_new_progress():
