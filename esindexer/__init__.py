@@ -12,6 +12,7 @@ The package reads as the data path, one step per module:
   :mod:`esindexer.deadletters` keeps what could not be written, and
   :mod:`esindexer.deletions` captures deletions made by packing;
 - :mod:`esindexer.service` (loop): flow control, progress, reconnects, shutdown;
+  :mod:`esindexer.verify` compares the index with the database and repairs drift;
 - :mod:`esindexer.metrics`, :mod:`esindexer.lag`, :mod:`esindexer.health` (observe):
   Prometheus metrics, the independent source poller, ``/metrics`` ``/healthz`` ``/readyz``;
 - :mod:`esindexer.config`, :mod:`esindexer.cli`, :mod:`esindexer.logs`: typed settings,

@@ -5,7 +5,7 @@ or in a TOML file (``--config``); flags win over the environment, which wins
 over the file. ``esindexer config`` shows the result with secrets redacted.
 
 Exit codes: 0 done (stopped by a signal, or caught up with ``--until-caught-up``);
-1 unexpected error; 2 bad usage or configuration; 3 error budget exhausted (too many
+1 unexpected error (``verify``: differences remain); 2 bad usage or configuration; 3 error budget exhausted (too many
 dead letters); 4 another indexer with the same client id is running; 5 a server
 could not be reached (``status``, ``install-trigger``).
 """
@@ -40,6 +40,7 @@ examples:
   esindexer run                       # follow for ever; metrics on 127.0.0.1:9650
   esindexer run --until-caught-up     # index what is committed now, then exit
   esindexer status                    # progress, lag and dead letters
+  esindexer verify --repair           # compare index and database object by object, fix drift
   esindexer config                    # the effective settings, secrets redacted
 
 exit codes:
@@ -97,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Install, idempotently, the triggers esindexer uses: NOTIFY on commits "
                                "(low latency) and capture of pack deletions. Run it as a role with DDL "
                                "rights when the indexer's own role has none.")
+    verify = sub.add_parser("verify", parents=[settings], help="compare the index with the database; --repair fixes it",
+                            description="Walk every current object in zoid order, convert it as the service "
+                                        "would, and compare with the indexed documents: missing, stale, "
+                                        "ahead (database restored to an earlier point) and orphan documents. "
+                                        "Exit 0 when clean (or repaired), 1 when differences remain.")
+    verify.add_argument("--repair", action="store_true",
+                        help="index missing and stale documents and delete orphans (versioned, safe while "
+                             "the service runs)")
+    verify.add_argument("--json", action="store_true", help="print JSON instead of text")
     config = sub.add_parser("config", parents=[settings], help="print the effective configuration, secrets redacted")
     config.add_argument("--json", action="store_true", help="print JSON instead of KEY=VALUE lines")
     config.add_argument("--reference", action="store_true",
@@ -236,8 +246,37 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             server.stop()
 
 
+def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from esindexer.documents import DocumentBuilder
+    from esindexer.service import build_jsonifier, make_es_client
+    from esindexer.sink import BulkSender
+    from esindexer.verify import verify
+
+    conn = _connect(settings)
+    es = make_es_client(settings)
+    try:
+        report = verify(conn, es, DocumentBuilder(settings), build_jsonifier(settings),
+                        BulkSender(es, retry_max_seconds=settings.retry_max_seconds,
+                                   retry_attempts=settings.retry_attempts or 5),
+                        settings.client_id, repair=args.repair)
+    finally:
+        conn.close()
+        es.close()
+    result = report.as_dict()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"objects {report.objects}, documents {report.documents}, repaired {report.repaired}")
+        for kind, count in report.counts.items():
+            examples = ", ".join(map(str, report.examples[kind]))
+            print(f"{kind:<8} {count}" + (f"  (zoids {examples})" if count else ""))
+    unrepaired = report.counts["ahead"] if args.repair else sum(report.counts.values())
+    return 0 if report.clean or (args.repair and not unrepaired) else 1
+
+
 _COMMANDS = {
     "run": _cmd_run,
+    "verify": _cmd_verify,
     "status": _cmd_status,
     "install-trigger": _cmd_install_trigger,
     "config": _cmd_config,
