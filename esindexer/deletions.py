@@ -164,14 +164,17 @@ def missing_zoids(conn: Any, zoids: list[int]) -> list[int]:
     return [z for z in zoids if z not in present]
 
 
-def indexed_zoids(es: Any, indices: tuple[str, ...], page: int = 5000) -> Iterator[list[tuple[str, int, int]]]:
-    """Pages of ``(index, zoid, tid)`` for every document, in zoid order (search_after)."""
+def indexed_zoids(es: Any, indices: tuple[str, ...], page: int = 5000, low: int | None = None,
+                  high: int | None = None) -> Iterator[list[tuple[str, int, int]]]:
+    """Pages of ``(index, zoid, tid)`` of the documents (with ``low <= zoid <= high`` when
+    given), in zoid order, read with search_after so no scroll context stays open."""
+    bounds = {k: v for k, v in (("gte", low), ("lte", high)) if v is not None}
     after: list[Any] | None = None
     while True:
         kwargs: dict[str, Any] = dict(
-            index=",".join(indices), size=page, sort=[{"zoid": "asc"}, {"_doc": "asc"}],
+            index=",".join(indices), size=page, sort=[{"zoid": "asc"}, {"tid": "asc"}],
             source=False, docvalue_fields=["zoid", "tid"], ignore_unavailable=True,
-            track_total_hits=False, query={"match_all": {}},
+            track_total_hits=False, query={"range": {"zoid": bounds}} if bounds else {"match_all": {}},
         )
         if after is not None:
             kwargs["search_after"] = after

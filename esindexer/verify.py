@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from esindexer import deadletters
+from esindexer.deletions import indexed_zoids
 from esindexer.documents import Action, DocumentBuilder
 from esindexer.jsonpickle import Jsonifier
 from esindexer.sink import BulkSender
@@ -86,24 +87,10 @@ def _source_pages(conn: Any, page: int) -> Iterator[list[tuple[int, int, bytes |
 def _documents(es: Any, indices: tuple[str, ...], low: int, high: int | None) -> dict[int, list[tuple[str, int]]]:
     """``zoid -> [(index, tid)]`` for documents with ``low <= zoid`` (``<= high`` when given)."""
     found: dict[int, list[tuple[str, int]]] = {}
-    bounds: dict[str, int] = {"gte": low}
-    if high is not None:
-        bounds["lte"] = high
-    search_after = None
-    while True:
-        kwargs: dict[str, Any] = dict(
-            index=",".join(indices), size=5000, sort=[{"zoid": "asc"}, {"tid": "asc"}], source=False,
-            docvalue_fields=["zoid", "tid"], ignore_unavailable=True, track_total_hits=False,
-            query={"range": {"zoid": bounds}},
-        )
-        if search_after is not None:
-            kwargs["search_after"] = search_after
-        hits = es.search(**kwargs)["hits"]["hits"]
-        if not hits:
-            return found
-        for hit in hits:
-            found.setdefault(int(hit["fields"]["zoid"][0]), []).append((hit["_index"], int(hit["fields"]["tid"][0])))
-        search_after = hits[-1]["sort"]
+    for page in indexed_zoids(es, indices, low=low, high=high):
+        for index, zoid, tid in page:
+            found.setdefault(zoid, []).append((index, tid))
+    return found
 
 
 def verify(conn: Any, es: Any, builder: DocumentBuilder, jsonifier: Jsonifier, sender: BulkSender,
