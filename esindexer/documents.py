@@ -257,8 +257,14 @@ def ensure_indices(es: Any, settings: Settings) -> tuple[str, ...]:
     """
     es.indices.put_index_template(name=template_name(settings), **index_template(settings))
     builder_indices = tuple(settings.index_for_route(r) for r in settings.route_names())
+    from elasticsearch import BadRequestError
+
     for index in builder_indices:
-        es.options(ignore_status=400).indices.create(index=index)
+        try:
+            es.indices.create(index=index)
+        except BadRequestError as exc:  # only "it exists" is fine; a bad setting must be seen
+            if exc.error != "resource_already_exists_exception":
+                raise
     return builder_indices
 
 

@@ -133,3 +133,11 @@ def test_refresh_interval_setting_reaches_the_template():
     assert "index.refresh_interval" not in index_template(settings())["template"]["settings"]
     with pytest.raises(Exception, match="ESINDEXER_INDEX_REFRESH_INTERVAL: expected a time"):
         settings(index_refresh_interval="fast")
+
+
+def test_a_bad_index_setting_is_an_error_not_ignored(es, es_prefix):
+    from elasticsearch import BadRequestError
+
+    prefix = es_prefix.rstrip("-")
+    with pytest.raises(BadRequestError):
+        ensure_indices(es, settings(index_prefix=prefix, index_replicas="0", index_shards="2000"))
