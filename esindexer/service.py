@@ -269,7 +269,8 @@ class Indexer:
                 self.sweep(conn)
             start_tid = follow.get_progress_tid(conn, s.client_id)
             conn.commit()
-            self.metrics.record_progress(start_tid)
+            if first:  # after a reconnect, keep the time of the last real progress (stall detection)
+                self.metrics.record_progress(start_tid)
             self.metrics.set_dead_letters(deadletters.count(conn, s.client_id))
             conn.rollback()
             end_tid = None
@@ -295,7 +296,8 @@ class Indexer:
                 batch = self._read_batch(rows, pool, in_flight, committer)
                 if batch is None:  # stopped part-way: this batch must not count as done
                     break
-                committer.put(batch)
+                if batch.rows:
+                    committer.put(batch)
                 committer.raise_failure()
             finished = not self.stopping
             committer.finish(timeout=None if finished else s.shutdown_timeout)
@@ -357,7 +359,7 @@ class Indexer:
                     return None
         if buffer:
             submit()
-        return batch if batch.rows else None
+        return batch
 
     def _send(self, actions: list[Action]) -> BulkResult:
         result = self.sender.send(actions)
