@@ -129,7 +129,13 @@ def pending(conn: Any, client_id: str, limit: int = 5000) -> list[tuple[int, int
 
 
 def advance(conn: Any, client_id: str, last_id: int) -> None:
-    """Move this client's cursor (the caller commits)."""
+    """Move this client's cursor and drop log rows every client has applied (the caller commits).
+
+    Pruning runs in a savepoint: a role that may not delete from the log (an
+    administrator created it) still advances, and the log is merely kept.
+    """
+    import psycopg2
+
     with conn.cursor() as cur:
         cur.execute(
             f"INSERT INTO {CURSOR_TABLE} (client_id, last_id) VALUES (%s, %s) "
@@ -137,6 +143,12 @@ def advance(conn: Any, client_id: str, last_id: int) -> None:
             f"{CURSOR_TABLE}.last_id)",
             (client_id, last_id),
         )
+        cur.execute("SAVEPOINT esindexer_prune")
+        try:
+            cur.execute(f"DELETE FROM {LOG_TABLE} WHERE id <= (SELECT min(last_id) FROM {CURSOR_TABLE})")
+            cur.execute("RELEASE SAVEPOINT esindexer_prune")
+        except psycopg2.errors.InsufficientPrivilege:
+            cur.execute("ROLLBACK TO SAVEPOINT esindexer_prune")
 
 
 def start_cursor_at_end(conn: Any, client_id: str) -> None:

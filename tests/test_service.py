@@ -489,3 +489,29 @@ def test_memory_stays_flat_on_one_huge_transaction(zodb, db_dsn, es, es_url, es_
     es.indices.refresh(index=settings.index_prefix)
     assert es.count(index=settings.index_prefix)["count"] == count + 1  # the pages and the root
     conn.close()
+
+
+def test_the_deletion_log_is_pruned_once_applied(zodb, db_dsn, es, es_url, es_prefix):
+    conn = zodb.open()
+    root = conn.root()
+    for n in range(10):
+        root[n] = Page(f"p{n}")
+    transaction.commit()
+    settings = make_settings(db_dsn, es_url, es_prefix)
+    with running(settings):
+        wait_for(lambda: progress(db_dsn) == latest_tid(db_dsn), message="indexed")
+        for n in range(5):
+            del root[n]
+        transaction.commit()
+        zodb.pack(time.time() + 1)
+
+        def log_rows() -> int:
+            with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+                cur.execute("SELECT count(*) FROM esindexer_deletions")
+                count = cur.fetchone()[0]
+            pg.close()
+            return count
+
+        wait_for(lambda: len(docs(es, settings.index_prefix)) == 6, message="packed objects removed")
+        wait_for(lambda: log_rows() == 0, message="applied deletions pruned from the log")
+    conn.close()
