@@ -187,3 +187,19 @@ def servers_from_env() -> tuple[str, str]:
               file=sys.stderr)
         raise SystemExit(2)
     return pg, es_url
+
+
+def esindexer_env(**settings: str) -> dict[str, str]:
+    """This process's environment without any ESINDEXER_* variable, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
+    env.update(settings)
+    return env
+
+
+def run_esindexer(*args: str, env: dict[str, str], timeout: float = 120):
+    """Run ``python -m esindexer ARGS`` to completion with exactly the given settings."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "esindexer", *args], env=esindexer_env(**env),
+                          capture_output=True, text=True, timeout=timeout)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -102,10 +100,10 @@ def test_class_filter_always_skips_btrees_and_blobs():
     assert not skip("myapp.content.Document")
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
-    return subprocess.run([sys.executable, "-m", "esindexer", *args], env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+def _cli(*args: str, env: dict[str, str]):
+    from tests.support import run_esindexer
+
+    return run_esindexer(*args, env=env)
 
 
 def test_cli_config_prints_redacted_settings():

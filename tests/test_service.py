@@ -7,7 +7,6 @@ the index would see (documents, their versions, the dead-letter table, progress)
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from esindexer import follow
 from esindexer.config import Settings, load_settings
 from esindexer.metrics import Metrics
 from esindexer.service import EXIT_ERROR_BUDGET, EXIT_LOCKED, EXIT_OK, Indexer
-from tests.support import TcpProxy, both_history_modes, wait_for
+from tests.support import TcpProxy, both_history_modes, esindexer_env, run_esindexer, wait_for
 
 
 class Page(Persistent):
@@ -316,9 +315,9 @@ def test_sigterm_stops_gracefully(zodb, db_dsn, es, es_url, es_prefix):
     conn = zodb.open()
     conn.root()["x"] = Page("x")
     transaction.commit()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
-    env.update(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url, ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"),
-               ESINDEXER_INDEX_REPLICAS="0", ESINDEXER_METRICS_PORT="0", ESINDEXER_LOG_FORMAT="json")
+    env = esindexer_env(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url,
+                        ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"), ESINDEXER_INDEX_REPLICAS="0",
+                        ESINDEXER_METRICS_PORT="0", ESINDEXER_LOG_FORMAT="json")
     proc = subprocess.Popen([sys.executable, "-m", "esindexer", "run"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -341,10 +340,7 @@ def test_status_command(zodb, db_dsn, es, es_url, es_prefix):
     transaction.commit()
     settings = make_settings(db_dsn, es_url, es_prefix)
     assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
-    env.update(ESINDEXER_PG_DSN=db_dsn)
-    done = subprocess.run([sys.executable, "-m", "esindexer", "status", "--json"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = run_esindexer("status", "--json", env={"ESINDEXER_PG_DSN": db_dsn})
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["progress_tid"] == report["latest_tid"] == latest_tid(db_dsn)
@@ -446,10 +442,7 @@ def test_a_role_without_ddl_rights_indexes_by_polling_and_sweeping(zodb, db_dsn,
 
 
 def _run_cli(*args: str, dsn: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
-    env.update(ESINDEXER_PG_DSN=dsn)
-    return subprocess.run([sys.executable, "-m", "esindexer", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return run_esindexer(*args, env={"ESINDEXER_PG_DSN": dsn})
 
 
 def test_memory_stays_flat_on_one_huge_transaction(zodb, db_dsn, es, es_url, es_prefix):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import orjson
 import transaction
@@ -13,15 +10,14 @@ import transaction
 from esindexer.documents import DocumentBuilder
 from esindexer.metrics import Metrics
 from esindexer.service import EXIT_OK, Indexer
+from tests.support import run_esindexer
 from tests.test_service import Page, docs, make_settings, zoid_of
 
 
 def _verify(settings, *args: str) -> tuple[int, dict]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
-    env.update(ESINDEXER_PG_DSN=settings.pg_dsn, ESINDEXER_ES_URL=settings.es_url[0],
-               ESINDEXER_INDEX_PREFIX=settings.index_prefix)
-    done = subprocess.run([sys.executable, "-m", "esindexer", "verify", "--json", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = run_esindexer("verify", "--json", *args, env={
+        "ESINDEXER_PG_DSN": settings.pg_dsn, "ESINDEXER_ES_URL": settings.es_url[0],
+        "ESINDEXER_INDEX_PREFIX": settings.index_prefix})
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, json.loads(done.stdout)
 
