@@ -13,6 +13,7 @@ could not be reached (``status``, ``install-trigger``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -41,6 +42,7 @@ examples:
   esindexer run --until-caught-up     # index what is committed now, then exit
   esindexer status                    # progress, lag and dead letters
   esindexer verify --repair           # compare index and database object by object, fix drift
+  esindexer alias                     # switch the alias to this prefix (re-index without downtime)
   esindexer config                    # the effective settings, secrets redacted
 
 exit codes:
@@ -107,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="index missing and stale documents and delete orphans (versioned, safe while "
                              "the service runs)")
     verify.add_argument("--json", action="store_true", help="print JSON instead of text")
+    sub.add_parser("alias", parents=[settings],
+                   help="point the alias at this prefix's indices (the switch of a re-index)",
+                   description="Atomically make ESINDEXER_ALIAS (default: the prefix) point at exactly "
+                               "the indices of ESINDEXER_INDEX_PREFIX, removing it from any other index: "
+                               "the last step of a re-index without downtime (docs/operations.md).")
     config = sub.add_parser("config", parents=[settings], help="print the effective configuration, secrets redacted")
     config.add_argument("--json", action="store_true", help="print JSON instead of KEY=VALUE lines")
     config.add_argument("--reference", action="store_true",
@@ -274,8 +281,27 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report.clean or (args.repair and not unrepaired) else 1
 
 
+def _cmd_alias(settings: Settings, args: argparse.Namespace) -> int:
+    from esindexer.documents import ensure_indices, switch_alias
+    from esindexer.service import make_es_client
+
+    es = make_es_client(settings)
+    try:
+        ensure_indices(es, dataclasses.replace(settings, attach_alias=False))
+        removed, added = switch_alias(es, settings)
+    finally:
+        es.close()
+    print(f"alias {settings.alias_name}: now {', '.join(settings.index_for_route(r) for r in settings.route_names())}")
+    if removed:
+        print(f"  removed from {', '.join(removed)}")
+    if added:
+        print(f"  added to {', '.join(added)}")
+    return 0
+
+
 _COMMANDS = {
     "run": _cmd_run,
+    "alias": _cmd_alias,
     "verify": _cmd_verify,
     "status": _cmd_status,
     "install-trigger": _cmd_install_trigger,

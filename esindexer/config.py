@@ -179,6 +179,13 @@ SETTINGS: tuple[Setting, ...] = (
     # Documents
     Setting("index_prefix", _parse_str, "zodb",
             "Alias users query; concrete indices are <prefix>-<route>.", group="documents"),
+    Setting("alias", _parse_str, None,
+            "Alias users and Kibana query; unset = the index prefix. Several generations of "
+            "indices (prefixes) can serve one alias, one at a time.", group="documents"),
+    Setting("attach_alias", _parse_bool, True,
+            "Put this prefix's indices behind the alias. false while building a new generation "
+            "for a re-index without downtime; `esindexer alias` then switches the alias over.",
+            group="documents"),
     Setting("default_route", _parse_str, "objects", "Route (index suffix) of classes no route matches.",
             group="documents"),
     Setting("class_routes", _parse_routes, (),
@@ -257,6 +264,8 @@ class Settings:
     es_verify_certs: bool = True
     es_request_timeout: float = 60.0
     index_prefix: str = "zodb"
+    alias: str | None = None
+    attach_alias: bool = True
     default_route: str = "objects"
     class_routes: tuple[tuple[str, str], ...] = ()
     class_include: tuple[str, ...] = ("*",)
@@ -286,6 +295,11 @@ class Settings:
         """Every route an object may be indexed under (deletes go to all of them)."""
         names = [self.default_route] + [route for _, route in self.class_routes]
         return tuple(dict.fromkeys(names))
+
+    @property
+    def alias_name(self) -> str:
+        """The alias users query: ``alias`` if set, else the index prefix."""
+        return self.alias or self.index_prefix
 
     def index_for_route(self, route: str) -> str:
         return f"{self.index_prefix}-{route}"
@@ -342,7 +356,7 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
     if interval and not re.fullmatch(r"-1|\d+(ms|s|m)", interval):
         problems.append(f"ESINDEXER_INDEX_REFRESH_INTERVAL: expected a time such as 250ms or 1s (or -1), "
                         f"got {interval!r}")
-    for name in ("index_prefix", "default_route"):
+    for name in ("index_prefix", "default_route") + (("alias",) if values["alias"] else ()):
         if not _INDEX_NAME.match(values[name] or ""):
             problems.append(f"{SETTINGS_BY_NAME[name].env}: {values[name]!r} is not a valid Elasticsearch "
                             "index name part (lower-case letters, digits, '-', '_', '+')")

@@ -226,7 +226,9 @@ def index_template(settings: Settings) -> dict[str, Any]:
         ]
     return {
         "index_patterns": [f"{settings.index_prefix}-*"],
-        "priority": 200,
+        # A longer prefix wins where patterns overlap (zodb-* and zodb-v2-*), so the
+        # generations of a re-index can each have their template.
+        "priority": 200 + len(settings.index_prefix),
         "template": {
             "settings": {
                 "index.number_of_shards": settings.index_shards,
@@ -239,7 +241,7 @@ def index_template(settings: Settings) -> dict[str, Any]:
                 **index_settings,
             },
             "mappings": mappings,
-            "aliases": {settings.index_prefix: {}},
+            **({"aliases": {settings.alias_name: {}}} if settings.attach_alias else {}),
         },
         "_meta": {"managed_by": "esindexer"},
     }
@@ -253,7 +255,9 @@ def ensure_indices(es: Any, settings: Settings) -> tuple[str, ...]:
     """Install the template and create every routed index that does not exist yet.
 
     Idempotent; run at every start. Existing indices keep their mapping (a template
-    change applies to indices created afterwards).
+    change applies to indices created afterwards). With ``attach_alias`` the indices
+    are (also) put behind the alias here, since indices created while detached did not
+    get it from the template.
     """
     es.indices.put_index_template(name=template_name(settings), **index_template(settings))
     builder_indices = tuple(settings.index_for_route(r) for r in settings.route_names())
@@ -265,7 +269,34 @@ def ensure_indices(es: Any, settings: Settings) -> tuple[str, ...]:
         except BadRequestError as exc:  # only "it exists" is fine; a bad setting must be seen
             if exc.error != "resource_already_exists_exception":
                 raise
+    if settings.attach_alias:
+        es.indices.put_alias(index=",".join(builder_indices), name=settings.alias_name)
     return builder_indices
+
+
+def switch_alias(es: Any, settings: Settings) -> tuple[list[str], list[str]]:
+    """Point the alias at exactly this prefix's indices, atomically; returns (removed, added).
+
+    The last step of a re-index without downtime: searches see the old generation until
+    this one request, then the new one, never both and never neither.
+    """
+    alias = settings.alias_name
+    indices = [settings.index_for_route(r) for r in settings.route_names()]
+    current = sorted(es.indices.get_alias(name=alias)) if es.indices.exists_alias(name=alias) else []
+    removed = [index for index in current if index not in indices]
+    actions: list[dict[str, Any]] = [{"remove": {"index": index, "alias": alias}} for index in removed]
+    actions += [{"add": {"index": index, "alias": alias}} for index in indices]
+    es.indices.update_aliases(actions=actions)
+    # From now on, indices this prefix creates join the alias too.
+    es.indices.put_index_template(name=template_name(settings),
+                                  **index_template(_attached(settings)))
+    return removed, [index for index in indices if index not in current]
+
+
+def _attached(settings: Settings) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, attach_alias=True)
 
 
 def iter_lines(actions: Iterable[Action]) -> Iterable[bytes]:

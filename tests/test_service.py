@@ -546,3 +546,43 @@ def test_killed_mid_backfill_loses_nothing(zodb, db_dsn, es, es_url, es_prefix):
     es.indices.refresh(index=es_prefix.rstrip("-"))
     assert es.count(index=es_prefix.rstrip("-"))["count"] == 6001  # the pages and the root
     conn.close()
+
+
+def test_reindex_without_downtime(zodb, db_dsn, es, es_url, es_prefix):
+    """A second generation is built beside the first, then the alias switches in one request."""
+    conn = zodb.open()
+    root = conn.root()
+    for n in range(30):
+        root[n] = Page(f"page {n}")
+    transaction.commit()
+    alias = es_prefix.rstrip("-")
+    old = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen1", alias=alias)
+    assert Indexer(old, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert len(docs(es, alias)) == 31
+
+    # The new generation (say, with the dynamic mapping), under its own client id, detached.
+    new = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2", alias=alias,
+                        attach_alias="false", client_id="esindexer-gen2", state_mapping="dynamic")
+    assert Indexer(new, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    es.indices.refresh(index=f"{alias}-gen2-objects")
+    assert es.count(index=f"{alias}-gen2-objects")["count"] == 31
+    assert sorted(es.indices.get_alias(name=alias)) == [f"{alias}-gen1-objects"]  # searches see gen1 only
+    assert len(docs(es, alias)) == 31
+
+    done = run_esindexer("alias", env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url,
+                                       "ESINDEXER_INDEX_PREFIX": f"{alias}-gen2", "ESINDEXER_ALIAS": alias})
+    assert done.returncode == 0, done.stderr
+    assert f"removed from {alias}-gen1-objects" in done.stdout
+    assert sorted(es.indices.get_alias(name=alias)) == [f"{alias}-gen2-objects"]
+    mapping = es.indices.get_mapping(index=alias)[f"{alias}-gen2-objects"]["mappings"]
+    assert mapping["_meta"]["state_mapping"] == "dynamic"
+    assert len(docs(es, alias)) == 31
+
+    # The new generation now runs as the service (attached) and keeps the alias current.
+    live = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2", alias=alias,
+                         client_id="esindexer-gen2", state_mapping="dynamic")
+    root["late"] = late = Page("after the switch")
+    transaction.commit()
+    assert Indexer(live, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert zoid_of(late) in docs(es, alias)
+    conn.close()
