@@ -172,3 +172,10 @@ def test_elasticsearch_client_auth_and_tls(tmp_path):
     node = make_es_client(settings).transport.node_pool.all()[0].config
     assert node.verify_certs is True and node.ca_certs == str(ca)
     assert settings.es_verify_certs is True  # verification is on unless switched off
+
+
+def test_unreachable_postgresql_is_a_clear_error():
+    done = _cli("status", env={"ESINDEXER_PG_DSN": "postgresql://nobody:x@127.0.0.1:9/none"})
+    assert done.returncode == 5
+    assert "esindexer: cannot reach PostgreSQL" in done.stderr
+    assert "Traceback" not in done.stderr
