@@ -586,3 +586,23 @@ def test_reindex_without_downtime(zodb, db_dsn, es, es_url, es_prefix):
     assert Indexer(live, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
     assert zoid_of(late) in docs(es, alias)
     conn.close()
+
+
+def test_elasticsearch_down_at_start_is_waited_for(zodb, db_dsn, es, es_url, es_prefix):
+    target = urlsplit(es_url)
+    proxy = TcpProxy(target.hostname, target.port)
+    proxy.pause()
+    try:
+        conn = zodb.open()
+        conn.root()["a"] = page = Page("written before Elasticsearch came up")
+        transaction.commit()
+        metrics = Metrics(process_metrics=False)
+        settings = make_settings(db_dsn, proxy.url, es_prefix, es_request_timeout=2)
+        with running(settings, metrics):
+            wait_for(lambda: any(not line.endswith(" 0.0") for line in _metric_lines(metrics, "esindexer_retries_total")),
+                     message="start-up retries counted")
+            proxy.resume()
+            wait_for(lambda: zoid_of(page) in docs(es, settings.index_prefix), timeout=60, message="indexed")
+        conn.close()
+    finally:
+        proxy.close()
