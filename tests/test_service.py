@@ -41,6 +41,15 @@ class Folderish(Persistent):
         self.title = {"text": title}  # the same attribute name, another shape than Page's
 
 
+def commit_pages(container, count: int) -> list[Page]:
+    """Put ``count`` pages into ``container`` (keys 0..count-1) and commit; return them."""
+    pages = [Page(f"page {n}") for n in range(count)]
+    for n, page in enumerate(pages):
+        container[n] = page
+    transaction.commit()
+    return pages
+
+
 def make_settings(db_dsn: str, es_url: str, es_prefix: str, **overrides) -> Settings:
     env = {
         "ESINDEXER_PG_DSN": db_dsn,
@@ -384,11 +393,7 @@ def test_startup_sweep_removes_objects_packed_without_the_trigger(zodb, db_dsn, 
                                                                    keep_history):
     conn = zodb.open()
     root = conn.root()
-    pages = [Page(f"p{n}") for n in range(30)]
-    for n, page in enumerate(pages):
-        root[n] = page
-    transaction.commit()
-    zoids = [zoid_of(p) for p in pages]
+    zoids = [zoid_of(p) for p in commit_pages(root, 30)]
     plain = make_settings(db_dsn, es_url, es_prefix, install_triggers="false", sweep_on_start="never")
     assert Indexer(plain, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
     assert set(zoids) <= set(docs(es, plain.index_prefix))
@@ -488,9 +493,7 @@ def test_memory_stays_flat_on_one_huge_transaction(zodb, db_dsn, es, es_url, es_
 def test_the_deletion_log_is_pruned_once_applied(zodb, db_dsn, es, es_url, es_prefix):
     conn = zodb.open()
     root = conn.root()
-    for n in range(10):
-        root[n] = Page(f"p{n}")
-    transaction.commit()
+    commit_pages(root, 10)
     settings = make_settings(db_dsn, es_url, es_prefix)
     with running(settings):
         wait_for(lambda: progress(db_dsn) == latest_tid(db_dsn), message="indexed")
@@ -552,9 +555,7 @@ def test_reindex_without_downtime(zodb, db_dsn, es, es_url, es_prefix):
     """A second generation is built beside the first, then the alias switches in one request."""
     conn = zodb.open()
     root = conn.root()
-    for n in range(30):
-        root[n] = Page(f"page {n}")
-    transaction.commit()
+    commit_pages(root, 30)
     alias = es_prefix.rstrip("-")
     old = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen1", alias=alias)
     assert Indexer(old, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK

@@ -11,7 +11,7 @@ from esindexer.documents import DocumentBuilder
 from esindexer.metrics import Metrics
 from esindexer.service import EXIT_OK, Indexer
 from tests.support import run_esindexer
-from tests.test_service import Page, docs, make_settings, zoid_of
+from tests.test_service import commit_pages, docs, make_settings, zoid_of
 
 
 def _verify(settings, *args: str) -> tuple[int, dict]:
@@ -25,10 +25,7 @@ def _verify(settings, *args: str) -> tuple[int, dict]:
 def test_verify_finds_and_repairs_drift(zodb, db_dsn, es, es_url, es_prefix):
     conn = zodb.open()
     root = conn.root()
-    pages = [Page(f"page {n}") for n in range(20)]
-    for n, page in enumerate(pages):
-        root[n] = page
-    transaction.commit()
+    pages = commit_pages(root, 20)
     settings = make_settings(db_dsn, es_url, es_prefix)
     assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
     code, report = _verify(settings)
