@@ -15,9 +15,14 @@ anything else          rejected for good (mapping error, document too large ...)
 =====================  ==========================================================
 
 Whole-request failures (connection refused, timeouts, HTTP 429/5xx) are retried
-with capped exponential back-off and jitter, forever by default; HTTP 413
-(request too large) splits the request in halves. While a request retries, the
-service's progress stays where it is.
+with capped exponential back-off and jitter, forever by default. While a request
+retries, the service's progress stays where it is.
+
+HTTP 413 (request too large: the server's or a proxy's ``http.max_content_length``
+is below ``bulk_max_bytes``) splits the request, and the sender *remembers*: from
+then on it sends at most half the refused size, so a misjudged limit costs one
+refused request per process, not one per batch. A single action that is refused on
+its own is a dead letter.
 """
 
 from __future__ import annotations
@@ -129,6 +134,43 @@ class BulkSender:
         self._on_request = on_request
         self._retry_max = retry_max_seconds
         self._attempts = retry_attempts
+        self._learned_max_bytes: int | None = None
+        self._limit_lock = threading.Lock()
+
+    @property
+    def learned_max_bytes(self) -> int | None:
+        """The request size a 413 taught us to stay under (None: no 413 seen yet)."""
+        return self._learned_max_bytes
+
+    def _learn_from_413(self, refused_bytes: int) -> None:
+        limit = max(1, refused_bytes // 2)
+        with self._limit_lock:
+            if self._learned_max_bytes is not None and self._learned_max_bytes <= limit:
+                return
+            self._learned_max_bytes = limit
+        log.warning("Elasticsearch refused a %d-byte bulk request (HTTP 413); sending at most %d "
+                    "bytes per request from now on. Set ESINDEXER_BULK_MAX_BYTES below the server's "
+                    "(or proxy's) request size limit to avoid this.", refused_bytes, limit,
+                    extra={"refused_bytes": refused_bytes, "max_bytes": limit})
+
+    def _chunks(self, actions: list[Action]) -> list[list[Action]]:
+        """``actions`` cut into requests under the learned size limit (one if none)."""
+        limit = self._learned_max_bytes
+        if limit is None:
+            return [actions]
+        chunks: list[list[Action]] = []
+        current: list[Action] = []
+        size = 0
+        for action in actions:
+            action_size = action.size()
+            if current and size + action_size > limit:
+                chunks.append(current)
+                current, size = [], 0
+            current.append(action)
+            size += action_size
+        if current:
+            chunks.append(current)
+        return chunks
 
     def _sleep(self, seconds: float) -> None:
         if self._stop.wait(seconds):
@@ -149,7 +191,8 @@ class BulkSender:
         if not actions:
             return result
         started = time.monotonic()
-        self._send_splitting(list(actions), result)
+        for chunk in self._chunks(list(actions)):
+            self._send_splitting(chunk, result)
         result.seconds = time.monotonic() - started
         return result
 
@@ -157,18 +200,24 @@ class BulkSender:
         try:
             self._send_with_retries(actions, result)
         except ApiError as exc:
-            if exc.meta.status in (413, 400) and len(actions) > 1:
-                # Too large (or unparseable as a whole): halve until the culprit stands alone.
-                half = len(actions) // 2
-                log.warning("bulk request refused with HTTP %d; splitting %d actions", exc.meta.status,
-                            len(actions))
-                self._send_splitting(actions[:half], result)
-                self._send_splitting(actions[half:], result)
-            elif exc.meta.status in (413, 400):
-                result.rejected.append(Rejected(actions[0], exc.meta.status, f"HTTP {exc.meta.status}: "
-                                                + _error_text(getattr(exc, "body", None) or str(exc))))
-            else:
+            status = exc.meta.status
+            if status not in (413, 400):
                 raise
+            if len(actions) == 1:
+                result.rejected.append(Rejected(actions[0], status, f"HTTP {status}: "
+                                                + _error_text(getattr(exc, "body", None) or str(exc))))
+                return
+            if status == 413:
+                self._learn_from_413(sum(action.size() for action in actions))
+                parts = self._chunks(actions)
+                if len(parts) == 1:  # a limit learned from a larger request: halve this one
+                    parts = [actions[: len(actions) // 2], actions[len(actions) // 2:]]
+            else:
+                # Unparseable as a whole: halve until the culprit stands alone.
+                log.warning("bulk request refused with HTTP 400; splitting %d actions", len(actions))
+                parts = [actions[: len(actions) // 2], actions[len(actions) // 2:]]
+            for part in parts:
+                self._send_splitting(part, result)
 
     def _send_with_retries(self, actions: list[Action], result: BulkResult) -> None:
         pending = actions

@@ -85,6 +85,39 @@ def es_url() -> Iterator[str]:
     _unavailable("Elasticsearch")
 
 
+@pytest.fixture(scope="session")
+def es_constrained_url() -> Iterator[str]:
+    """URL of a second, small Elasticsearch node that answers 413 and 429 (see
+    ``tests/constrained_es.py``); started on first use, stopped at the end of the session."""
+    from tests import constrained_es
+
+    home = os.environ.get("ESINDEXER_TEST_ES_HOME")
+    java_home = os.environ.get("ESINDEXER_TEST_ES_JAVA_HOME")
+    if home and java_home:
+        with constrained_es.local_node(home, java_home, os.environ.get("ESINDEXER_TEST_ES_USER")) as url:
+            yield url
+        return
+    if _docker_available():
+        with constrained_es.docker_node(ES_IMAGE) as url:
+            yield url
+        return
+    _unavailable("A constrained Elasticsearch node (ESINDEXER_TEST_ES_HOME)")
+
+
+@pytest.fixture
+def es_constrained(es_constrained_url: str):
+    """A client of the constrained node; indices are removed after the test."""
+    from elasticsearch import Elasticsearch
+
+    client = Elasticsearch(es_constrained_url, request_timeout=60, max_retries=0)
+    try:
+        yield client
+    finally:
+        client.options(ignore_status=404).indices.delete(index="*", expand_wildcards="all")
+        client.options(ignore_status=404).indices.delete_index_template(name="*")
+        client.close()
+
+
 @pytest.fixture
 def keep_history() -> bool:
     """History-free by default; override with ``tests.support.both_history_modes``."""

@@ -607,3 +607,41 @@ def test_elasticsearch_down_at_start_is_waited_for(zodb, db_dsn, es, es_url, es_
         conn.close()
     finally:
         proxy.close()
+
+
+def test_a_small_elasticsearch_node_gets_split_requests_and_back_pressure(
+        zodb, db_dsn, es_constrained, es_constrained_url):
+    """Against a real node that refuses bodies over 64 KiB (413) and has one write thread
+    with a queue of one (429 per item and per request): everything that fits is indexed,
+    the one document too large on its own is dead-lettered, and progress reaches the end."""
+    from tests.constrained_es import MAX_CONTENT_BYTES
+
+    conn = zodb.open()
+    root = conn.root()
+    root["pages"] = pages = PersistentMapping()
+    for n in range(300):
+        pages[n] = Page(f"page {n}", body="lorem ipsum " * 30)
+    root["huge"] = huge = Page("too big for one request", body="z" * MAX_CONTENT_BYTES)
+    transaction.commit()
+    metrics = Metrics(process_metrics=False)
+    settings = make_settings(db_dsn, es_constrained_url, "small-", bulk_max_docs=1000,
+                             bulk_concurrency=2, index_shards=8, batch_limit=2000, fetch_size=500,
+                             retry_max_seconds=0.1)
+    indexer = Indexer(settings, metrics)
+    assert indexer.run(until_caught_up=True) == EXIT_OK
+    assert indexer.sender.learned_max_bytes is not None  # the 413s taught it the node's limit
+
+    indexed = docs(es_constrained, settings.index_prefix)
+    page_zoids = {zoid_of(p) for p in pages.values()}
+    assert page_zoids <= set(indexed)
+    assert zoid_of(huge) not in indexed
+    [letter] = dead_letters(db_dsn)
+    assert letter[0] == zoid_of(huge) and letter[3] == "rejected" and letter[5]
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+        cur.execute("SELECT reason FROM esindexer_dead_letters")
+        assert "413" in cur.fetchone()[0]
+    pg.close()
+    assert progress(db_dsn) == latest_tid(db_dsn)
+    retries = "\n".join(_metric_lines(metrics, "esindexer_retries_total"))
+    print("retries seen on the small node:\n" + retries)
+    conn.close()

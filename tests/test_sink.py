@@ -110,3 +110,80 @@ def test_action_size_is_the_bytes_it_adds_to_a_bulk_body():
                    Action("delete", "p-content", 7, TID, TID + 1)):
         body = b"\n".join(iter_lines([action])) + b"\n"
         assert action.size() == len(body)
+
+
+# --- against the constrained node (tests/constrained_es.py): real 413 and real 429 ---
+
+from tests.constrained_es import MAX_CONTENT_BYTES  # noqa: E402
+
+
+def _constrained_setup(es_constrained, shards: int = 1):
+    settings = load_settings(env={"ESINDEXER_PG_DSN": "postgresql://x@localhost/x",
+                                  "ESINDEXER_INDEX_PREFIX": "small", "ESINDEXER_INDEX_REPLICAS": "0",
+                                  "ESINDEXER_INDEX_SHARDS": str(shards)})
+    ensure_indices(es_constrained, settings)
+    return DocumentBuilder(settings)
+
+
+def test_request_too_large_is_split_and_only_the_oversized_document_is_rejected(es_constrained):
+    builder = _constrained_setup(es_constrained)
+    filler = "x" * 400
+    small = [builder.index_action(TID, zoid, "a.A", orjson.dumps({"text": filler}).decode())
+             for zoid in range(1, 501)]
+    huge = builder.index_action(TID, 1000, "a.A", orjson.dumps({"text": "y" * MAX_CONTENT_BYTES}).decode())
+    actions = small[:250] + [huge] + small[250:]
+    assert sum(a.size() for a in actions) > 4 * MAX_CONTENT_BYTES  # one request would be refused
+    outcomes: list[str] = []
+    sender = BulkSender(es_constrained, on_request=lambda outcome, seconds: outcomes.append(outcome))
+
+    result = sender.send(actions)
+
+    assert result.done == {"index": 500}
+    assert [(r.action.zoid, r.status) for r in result.rejected] == [(1000, 413)]
+    assert outcomes.count("failed") >= 2  # the whole request, then (at least) the huge one alone
+    assert sender.learned_max_bytes is not None and sender.learned_max_bytes >= MAX_CONTENT_BYTES // 2
+    es_constrained.indices.refresh(index=builder.indices[0])
+    assert es_constrained.count(index=builder.indices[0])["count"] == 500
+
+    # It remembers: the same amount again is cut to size up front, with no refusal at all.
+    outcomes.clear()
+    again = sender.send([builder.index_action(TID + 1, a.zoid, "a.A", a.source.decode()) for a in small])
+    assert again.done == {"index": 500} and not again.rejected
+    assert "failed" not in outcomes  # (a 429 from the one write thread is "retried", not refused)
+    assert again.requests > 1
+
+
+def test_rejected_execution_429_is_retried_item_by_item_until_all_are_indexed(es_constrained):
+    builder = _constrained_setup(es_constrained, shards=8)
+    reasons: list[str] = []
+    lock = threading.Lock()
+
+    def on_retry(reason: str, exc: BaseException) -> None:
+        with lock:
+            reasons.append(reason)
+
+    def send(first: int) -> tuple[int, int]:
+        actions = [builder.index_action(TID, zoid, "a.A", f'{{"n": {zoid}}}')
+                   for zoid in range(first, first + 80)]  # 80 small items: well under 64 KiB
+        result = BulkSender(es_constrained, retry_max_seconds=0.2, on_retry=on_retry).send(actions)
+        return result.done_total, len(result.rejected)
+
+    sent = 0
+    # One write thread with a queue of one: concurrent 8-shard bulks are rejected per item.
+    # A round almost always meets a 429; a few rounds make sure of it.
+    for _ in range(5):
+        threads_results: list[tuple[int, int]] = []
+        workers = [threading.Thread(target=lambda k=k: threads_results.append(send(sent + k * 80)))
+                   for k in range(6)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(120)
+        assert threads_results == [(80, 0)] * 6  # everything settled, nothing rejected
+        sent += 6 * 80
+        if "item_429" in reasons:
+            break
+    assert "item_429" in reasons, reasons
+    assert set(reasons) <= {"item_429", "es_429"}
+    es_constrained.indices.refresh(index=builder.indices[0])
+    assert es_constrained.count(index=builder.indices[0])["count"] == sent
