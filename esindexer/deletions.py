@@ -179,12 +179,16 @@ def missing_zoids(conn: Any, zoids: list[int]) -> list[int]:
 def indexed_zoids(es: Any, indices: tuple[str, ...], page: int = 5000, low: int | None = None,
                   high: int | None = None) -> Iterator[list[tuple[str, int, int]]]:
     """Pages of ``(index, zoid, tid)`` of the documents (with ``low <= zoid <= high`` when
-    given), in zoid order, read with search_after so no scroll context stays open."""
+    given), in zoid order, read with search_after so no scroll context stays open.
+
+    The sort ends with ``_index`` so that copies of one zoid in two indices (a class
+    re-routed) are both returned even when a page boundary falls between them."""
     bounds = {k: v for k, v in (("gte", low), ("lte", high)) if v is not None}
     after: list[Any] | None = None
     while True:
         kwargs: dict[str, Any] = dict(
-            index=",".join(indices), size=page, sort=[{"zoid": "asc"}, {"tid": "asc"}],
+            index=",".join(indices), size=page,
+            sort=[{"zoid": "asc"}, {"tid": "asc"}, {"_index": "asc"}],
             source=False, docvalue_fields=["zoid", "tid"], ignore_unavailable=True,
             track_total_hits=False, query={"range": {"zoid": bounds}} if bounds else {"match_all": {}},
         )
