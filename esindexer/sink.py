@@ -10,6 +10,9 @@ item answer            outcome
 404 on a delete        nothing to delete: done
 409                    a newer (or the same) version is already there: done
 429, 5xx               retried (only those items), with back-off
+index closed, write-   retried the same way: the index, not the document, is at fault
+blocked or missing     (closed for maintenance, a write block during a shrink, an index
+                       deleted while auto-creation is off); progress waits, lag shows it
 anything else          rejected for good (mapping error, document too large ...):
                        a dead letter; the rest of the request is unaffected
 =====================  ==========================================================
@@ -43,6 +46,15 @@ from esindexer.documents import Action, iter_lines
 log = logging.getLogger(__name__)
 
 _DONE_STATUSES = {200, 201}
+
+#: Item errors that describe the target index, not the document: retried, never
+#: dead-lettered (dead-lettering a whole index's worth of documents would trip the
+#: error budget and leave the operator a table to replay instead of a lag to watch).
+_INDEX_CONDITIONS = {
+    "index_closed_exception": "index_closed",
+    "cluster_block_exception": "index_blocked",
+    "index_not_found_exception": "index_missing",
+}
 
 
 class Abandoned(Exception):
@@ -104,6 +116,13 @@ def retry_reason(exc: BaseException) -> str | None:
         return None
     if isinstance(exc, TransportError):
         return "es_transport"
+    return None
+
+
+def _index_condition(error: Any) -> str | None:
+    """A short label when an item failed because of its index's state, else None."""
+    if isinstance(error, dict):
+        return _INDEX_CONDITIONS.get(error.get("type", ""))
     return None
 
 
@@ -263,6 +282,9 @@ class BulkSender:
             elif status == 429 or status >= 500:
                 again.append(action)
                 reasons.add(str(status))
+            elif (condition := _index_condition(answer.get("error"))) is not None:
+                again.append(action)
+                reasons.add(condition)
             else:
                 result.rejected.append(Rejected(action, status, _error_text(answer.get("error"))))
         if self._on_request:

@@ -12,6 +12,7 @@ from elasticsearch import Elasticsearch
 from esindexer.config import load_settings
 from esindexer.documents import Action, DocumentBuilder, ensure_indices, iter_lines
 from esindexer.sink import Abandoned, BulkBuffer, BulkSender
+from tests.support import wait_for
 
 TID = 291972294502024669
 
@@ -65,6 +66,36 @@ def test_rejected_item_does_not_stop_its_neighbours(es, setup):
     assert len(result.rejected) == 1
     assert result.rejected[0].status == 400
     assert "strict_dynamic_mapping_exception" in result.rejected[0].reason
+
+
+@pytest.mark.parametrize("block", ["closed", "write_block"])
+def test_a_closed_or_write_blocked_index_is_waited_for_not_dead_lettered(es, setup, block):
+    settings, builder, prefix = setup
+    index = builder.indices[0]
+    sender = BulkSender(es)
+    sender.send([builder.index_action(TID, 1, "a.A", '{"v": 0}')])
+    if block == "closed":
+        es.indices.close(index=index)
+    else:
+        es.indices.put_settings(index=index, settings={"index.blocks.write": True})
+    reasons: list[str] = []
+    blocked = BulkSender(es, retry_max_seconds=0.2, on_retry=lambda reason, exc: reasons.append(reason))
+    outcome: dict = {}
+    actions = [builder.index_action(TID + 1, zoid, "a.A", '{"v": 1}') for zoid in (1, 2, 3)]
+    worker = threading.Thread(target=lambda: outcome.setdefault("result", blocked.send(actions)))
+    worker.start()
+    wait_for(lambda: len(reasons) >= 2, timeout=30, message="retries while the index is blocked")
+    assert "result" not in outcome  # still waiting: nothing dead-lettered meanwhile
+    if block == "closed":
+        es.indices.open(index=index, wait_for_active_shards=1)
+    else:
+        es.indices.put_settings(index=index, settings={"index.blocks.write": None})
+    worker.join(30)
+    result = outcome["result"]
+    assert result.done == {"index": 3} and not result.rejected
+    assert set(reasons) == {"item_index_closed" if block == "closed" else "item_index_blocked"}
+    es.indices.refresh(index=index)
+    assert es.count(index=index)["count"] == 3
 
 
 def test_unreachable_elasticsearch_is_retried_until_stopped():
