@@ -5,7 +5,7 @@ or in a TOML file (``--config``); flags win over the environment, which wins
 over the file. ``esindexer config`` shows the result with secrets redacted.
 
 Exit codes: 0 done (stopped by a signal, or caught up with ``--until-caught-up``);
-1 unexpected error (``verify``: differences remain); 2 bad usage or configuration; 3 error budget exhausted (too many
+1 unexpected error (``verify``: differences remain; ``dead-letters --redeliver``: some still fail); 2 bad usage or configuration; 3 error budget exhausted (too many
 dead letters); 4 another indexer with the same client id is running; 5 a server
 could not be reached (``status``, ``install-trigger``).
 """
@@ -42,6 +42,8 @@ examples:
   esindexer run --until-caught-up     # index what is committed now, then exit
   esindexer status                    # progress, lag and dead letters
   esindexer verify --repair           # compare index and database object by object, fix drift
+  esindexer dead-letters              # what could not be indexed, grouped by cause
+  esindexer dead-letters --redeliver  # after fixing the cause: index those objects again
   esindexer alias                     # switch the alias to this prefix (re-index without downtime)
   esindexer config                    # the effective settings, secrets redacted
 
@@ -109,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="index missing and stale documents and delete orphans (versioned, safe while "
                              "the service runs)")
     verify.add_argument("--json", action="store_true", help="print JSON instead of text")
+    letters = sub.add_parser("dead-letters", parents=[settings],
+                             help="summarise dead letters; --redeliver sends them again once fixed",
+                             description="Without options: dead letters grouped by kind, class and reason. "
+                                         "With --redeliver: for every dead-lettered object, convert its "
+                                         "current state with the current settings and index it again "
+                                         "(versioned, safe while the service runs); the letters of what "
+                                         "settles are deleted. Exit 0 when none is left failing, 1 otherwise.")
+    letters.add_argument("--redeliver", action="store_true",
+                         help="index the dead-lettered objects again and clear what succeeds")
+    letters.add_argument("--json", action="store_true", help="print JSON instead of text")
     sub.add_parser("alias", parents=[settings],
                    help="point the alias at this prefix's indices (the switch of a re-index)",
                    description="Atomically make ESINDEXER_ALIAS (default: the prefix) point at exactly "
@@ -281,6 +293,46 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report.clean or (args.repair and not unrepaired) else 1
 
 
+def _cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    from esindexer.redeliver import redeliver, summary
+
+    conn = _connect(settings)
+    try:
+        if not args.redeliver:
+            groups = summary(conn, settings.client_id)
+            if args.json:
+                print(json.dumps(groups, indent=2))
+            elif not groups:
+                print(f"no dead letters for client {settings.client_id}")
+            for group in [] if args.json else groups:
+                print(f"{group['letters']:>7}  {group['kind']:<13} {group['class_name'] or '-'}  "
+                      f"{group['cause']}  (objects {group['objects']}, last {group['last'][:19]})\n"
+                      f"         e.g. {group['example']}")
+            return 0
+        from esindexer.documents import DocumentBuilder
+        from esindexer.service import build_jsonifier, make_es_client
+        from esindexer.sink import BulkSender
+
+        es = make_es_client(settings)
+        try:
+            report = redeliver(conn, DocumentBuilder(settings), build_jsonifier(settings),
+                               BulkSender(es, retry_max_seconds=settings.retry_max_seconds,
+                                          retry_attempts=settings.retry_attempts or 5),
+                               settings.client_id)
+        finally:
+            es.close()
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(f"objects {report.objects}: indexed {report.indexed}, gone {report.gone}, "
+              f"still failing {report.still_failing}; letters cleared {report.letters_cleared}")
+        for zoid, reason in report.failures.items():
+            print(f"  zoid {zoid}: {reason}")
+    return 0 if not report.still_failing else 1
+
+
 def _cmd_alias(settings: Settings, args: argparse.Namespace) -> int:
     from esindexer.documents import ensure_indices, switch_alias
     from esindexer.service import make_es_client
@@ -303,6 +355,7 @@ _COMMANDS = {
     "run": _cmd_run,
     "alias": _cmd_alias,
     "verify": _cmd_verify,
+    "dead-letters": _cmd_dead_letters,
     "status": _cmd_status,
     "install-trigger": _cmd_install_trigger,
     "config": _cmd_config,

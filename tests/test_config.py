@@ -125,7 +125,8 @@ def test_cli_bad_configuration_exits_2_with_clear_message():
 def test_cli_help_teaches():
     done = _cli("--help", env={})
     assert done.returncode == 0
-    for word in ("run", "status", "install-trigger", "config", "ESINDEXER_PG_DSN", "exit codes"):
+    for word in ("run", "status", "install-trigger", "verify", "dead-letters", "alias", "config",
+                 "ESINDEXER_PG_DSN", "exit codes"):
         assert word in done.stdout
     run = _cli("run", "--help", env={})
     assert run.returncode == 0, run.stderr
