@@ -388,6 +388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Unreachable as exc:
         print(f"esindexer: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except Exception:
+    except Exception as exc:
+        from esindexer.documents import SetupError
+
+        if isinstance(exc, SetupError):
+            print(f"esindexer: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         log.exception("esindexer %s failed", args.command)
         return 1

@@ -210,6 +210,9 @@ SETTINGS: tuple[Setting, ...] = (
             "index.refresh_interval of created indices (e.g. 250ms for searches within a quarter "
             "second of a commit); unset = Elasticsearch's 1s. -1 turns refreshes off.",
             group="documents"),
+    Setting("ingest_pipeline", _parse_str, None,
+            "Ingest pipeline every document passes through (index.default_pipeline of esindexer's "
+            "indices, existing ones included); it must exist: checked at start.", group="documents"),
     Setting("index_shards", _parse_int, 1, "Primary shards of each index created.", group="documents"),
     Setting("index_replicas", _parse_int, 1, "Replicas of each index created (0 on a single node).",
             group="documents"),
@@ -274,6 +277,7 @@ class Settings:
     trusted_pickles: bool = False
     state_mapping: str = "flattened"
     index_refresh_interval: str | None = None
+    ingest_pipeline: str | None = None
     index_shards: int = 1
     index_replicas: int = 1
     bulk_max_docs: int = 1_000

@@ -238,6 +238,7 @@ def index_template(settings: Settings) -> dict[str, Any]:
                 "index.gc_deletes": "10m",
                 **({"index.refresh_interval": settings.index_refresh_interval}
                    if settings.index_refresh_interval else {}),
+                **({"index.default_pipeline": settings.ingest_pipeline} if settings.ingest_pipeline else {}),
                 **index_settings,
             },
             "mappings": mappings,
@@ -251,6 +252,11 @@ def template_name(settings: Settings) -> str:
     return f"{settings.index_prefix}-esindexer"
 
 
+class SetupError(Exception):
+    """Elasticsearch is reachable but not set up as the configuration requires; retrying
+    cannot help, so the service stops with the message (exit code 2)."""
+
+
 def ensure_indices(es: Any, settings: Settings) -> tuple[str, ...]:
     """Install the template and create every routed index that does not exist yet.
 
@@ -259,16 +265,26 @@ def ensure_indices(es: Any, settings: Settings) -> tuple[str, ...]:
     are (also) put behind the alias here, since indices created while detached did not
     get it from the template.
     """
+    from elasticsearch import BadRequestError, NotFoundError
+
+    if settings.ingest_pipeline:
+        try:
+            es.ingest.get_pipeline(id=settings.ingest_pipeline)
+        except NotFoundError:
+            raise SetupError(
+                f"the ingest pipeline {settings.ingest_pipeline!r} (ESINDEXER_INGEST_PIPELINE) does not exist; "
+                f"create it with PUT _ingest/pipeline/{settings.ingest_pipeline} or unset the setting") from None
     es.indices.put_index_template(name=template_name(settings), **index_template(settings))
     builder_indices = tuple(settings.index_for_route(r) for r in settings.route_names())
-    from elasticsearch import BadRequestError
-
     for index in builder_indices:
         try:
             es.indices.create(index=index)
         except BadRequestError as exc:  # only "it exists" is fine; a bad setting must be seen
             if exc.error != "resource_already_exists_exception":
                 raise
+    if settings.ingest_pipeline:  # indices created before the setting was given follow it too
+        es.indices.put_settings(index=",".join(builder_indices),
+                                settings={"index.default_pipeline": settings.ingest_pipeline})
     if settings.attach_alias:
         es.indices.put_alias(index=",".join(builder_indices), name=settings.alias_name)
     return builder_indices

@@ -34,7 +34,7 @@ import psycopg2
 from esindexer import deadletters, deletions, follow
 from esindexer.config import Settings, class_filter, load_dotted
 from esindexer.deadletters import DeadLetter
-from esindexer.documents import Action, DocumentBuilder, ensure_indices
+from esindexer.documents import Action, DocumentBuilder, SetupError, ensure_indices
 from esindexer.jsonpickle import Jsonifier
 from esindexer.metrics import Metrics
 from esindexer.sink import Abandoned, BulkBuffer, BulkResult, BulkSender, retry_reason
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_SETUP = 2  # like a configuration error: the setup the settings require is missing
 EXIT_ERROR_BUDGET = 3
 EXIT_LOCKED = 4
 
@@ -249,6 +250,9 @@ class Indexer:
         except AlreadyRunning as exc:
             log.error("%s", exc)
             return EXIT_LOCKED
+        except SetupError as exc:
+            log.error("%s", exc)
+            return EXIT_SETUP
         except ErrorBudgetExhausted as exc:
             self.metrics.set_error_budget_exhausted(True)
             log.critical("%s", exc)

@@ -23,7 +23,7 @@ from persistent.mapping import PersistentMapping
 from esindexer import follow
 from esindexer.config import Settings, load_settings
 from esindexer.metrics import Metrics
-from esindexer.service import EXIT_ERROR_BUDGET, EXIT_LOCKED, EXIT_OK, Indexer
+from esindexer.service import EXIT_ERROR_BUDGET, EXIT_LOCKED, EXIT_OK, EXIT_SETUP, Indexer
 from tests.support import TcpProxy, both_history_modes, esindexer_env, run_esindexer, wait_for
 
 
@@ -644,4 +644,37 @@ def test_a_small_elasticsearch_node_gets_split_requests_and_back_pressure(
     assert progress(db_dsn) == latest_tid(db_dsn)
     retries = "\n".join(_metric_lines(metrics, "esindexer_retries_total"))
     print("retries seen on the small node:\n" + retries)
+    conn.close()
+
+
+def test_ingest_pipeline_is_checked_at_start_and_applied_to_every_index(zodb, db_dsn, es, es_url, es_prefix):
+    conn = zodb.open()
+    commit_pages(conn.root(), 5)
+    plain = make_settings(db_dsn, es_url, es_prefix)
+    assert Indexer(plain, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK  # index exists
+    pipeline = f"{es_prefix}enrich"
+    with_pipeline = make_settings(db_dsn, es_url, es_prefix, ingest_pipeline=pipeline)
+
+    # A pipeline that does not exist is a setup error, said at once: no retry can fix it.
+    assert Indexer(with_pipeline, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_SETUP
+    missing = run_esindexer("run", "--until-caught-up", env={
+        "ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url, "ESINDEXER_INDEX_PREFIX": plain.index_prefix,
+        "ESINDEXER_INGEST_PIPELINE": pipeline, "ESINDEXER_METRICS_PORT": "0"})
+    assert missing.returncode == 2 and f"ingest pipeline '{pipeline}'" in missing.stderr
+
+    # (The test node has no ingest processors; an empty pipeline still runs for every document.)
+    es.ingest.put_pipeline(id=pipeline, processors=[], description="esindexer test")
+    try:
+        commit_pages(conn.root(), 8)  # rewrites pages 0-4, adds 5-7
+        assert Indexer(with_pipeline, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+        index = with_pipeline.index_for_route(with_pipeline.default_route)
+        assert es.indices.get_settings(index=index)[index]["settings"]["index"]["default_pipeline"] == pipeline
+        stats = es.nodes.stats(metric="ingest")["nodes"]
+        ingested = sum(node["ingest"]["pipelines"].get(pipeline, {}).get("ingested_as_first_pipeline_in_bytes", 0)
+                       for node in stats.values())
+        assert ingested > 0  # the documents went through it
+        assert len(docs(es, with_pipeline.index_prefix)) >= 9  # the root and eight pages
+    finally:  # (a pipeline cannot be deleted while it is an index's default)
+        es.options(ignore_status=404).indices.delete(index=f"{es_prefix}*")
+        es.ingest.delete_pipeline(id=pipeline)
     conn.close()
