@@ -15,7 +15,6 @@ import threading
 import time
 
 import psycopg2
-import pytest
 
 from esindexer import follow, notify
 from tests.support import both_history_modes, wait_for
@@ -250,7 +249,7 @@ def test_trigger_install_is_idempotent_and_notifies_once_per_commit(db_dsn, zodb
             listener.poll()
             return len(listener.notifies) >= 2 and listener.notifies
 
-        notes = wait_for(received, message="notifications")
+        wait_for(received, message="notifications")
         time.sleep(0.2)
         listener.poll()
         assert [n.payload for n in listener.notifies] == [str(big), str(small)]

@@ -15,9 +15,8 @@ import pytest
 
 from esindexer.health import HealthServer
 from esindexer.metrics import Metrics
-from tests.observe_support import make_tid, tid_impl  # noqa: F401  (fixture)
+from tests.observe_support import make_tid
 
-pytestmark = pytest.mark.usefixtures("tid_impl")
 
 
 def get(server: HealthServer, path: str, headers: dict[str, str] | None = None):

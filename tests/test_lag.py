@@ -13,10 +13,9 @@ from ZODB.utils import u64
 from esindexer.health import HealthServer
 from esindexer.lag import SourcePoller
 from esindexer.metrics import Metrics
-from tests.observe_support import reference_tid_to_epoch, tid_impl  # noqa: F401  (fixture)
+from tests.observe_support import reference_tid_to_epoch
 from tests.support import both_history_modes, fresh_database, open_zodb, wait_for
 
-pytestmark = pytest.mark.usefixtures("tid_impl")
 
 
 def commit(db, key: str, value: object) -> int:

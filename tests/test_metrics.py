@@ -12,14 +12,8 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from esindexer.metrics import Metrics
-from tests.observe_support import (
-    make_tid,
-    real_tid_module,
-    reference_tid_to_epoch,
-    tid_impl,  # noqa: F401  (fixture)
-)
-
-pytestmark = pytest.mark.usefixtures("tid_impl")
+from esindexer.tid import tid_to_epoch
+from tests.observe_support import make_tid, reference_tid_to_epoch
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -47,10 +41,8 @@ def test_spec_example_tid_decodes_to_documented_time():
     assert reference_tid_to_epoch(291972294502024669) == pytest.approx(1795772235.480215)
 
 
-@pytest.mark.skipif(real_tid_module() is None, reason="esindexer.tid has not landed yet")
 def test_tid_module_agrees_with_zodb():
     """The module the metrics rely on decodes exactly like ZODB's TimeStamp."""
-    tid_to_epoch = real_tid_module().tid_to_epoch
     for tid in (make_tid(2026, 2, 28, 23, 59, 59.5), make_tid(2024, 2, 29, 12),
                 make_tid(1999, 12, 31, 23, 59, 59.999), 291972294502024669):
         assert tid_to_epoch(tid) == pytest.approx(reference_tid_to_epoch(tid), abs=1e-5)
