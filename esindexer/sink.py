@@ -55,6 +55,14 @@ _INDEX_CONDITIONS = {
     "cluster_block_exception": "index_blocked",
     "index_not_found_exception": "index_missing",
 }
+#: What the operator can do about each condition (said in the retry warning).
+_CONDITION_HINTS = {
+    "index_closed": "open it (POST /{index}/_open)",
+    "index_blocked": "lift the block: free disk space if the flood-stage watermark set "
+                     "index.blocks.read_only_allow_delete, or reset index.blocks.write on {index}",
+    "index_missing": "it was deleted and auto-creation is off: restart esindexer to create it again, "
+                     "then run `esindexer verify --repair` to put back what it held",
+}
 
 
 class Abandoned(Exception):
@@ -62,10 +70,10 @@ class Abandoned(Exception):
 
 
 class RetryableItems(Exception):
-    """Some items must be sent again (429/5xx per item)."""
+    """Some items must be sent again (429/5xx per item, or their index is unwritable)."""
 
-    def __init__(self, count: int, reason: str):
-        super().__init__(f"{count} item(s) to retry: {reason}")
+    def __init__(self, count: int, reason: str, hint: str = ""):
+        super().__init__(f"{count} item(s) to retry: {reason}" + (f"; {hint}" if hint else ""))
         self.reason = reason
 
 
@@ -274,6 +282,7 @@ class BulkSender:
             return []
         again: list[Action] = []
         reasons: set[str] = set()
+        hints: dict[str, str] = {}
         for action, item in zip(actions, body_json["items"]):
             answer = next(iter(item.values()))
             status = answer.get("status", 0)
@@ -285,6 +294,8 @@ class BulkSender:
             elif (condition := _index_condition(answer.get("error"))) is not None:
                 again.append(action)
                 reasons.add(condition)
+                hints.setdefault(condition, f"index {action.index} unwritable: "
+                                 + _CONDITION_HINTS[condition].format(index=action.index))
             else:
                 result.rejected.append(Rejected(action, status, _error_text(answer.get("error"))))
         if self._on_request:
@@ -292,7 +303,7 @@ class BulkSender:
         if again:
             pending_reason = "/".join(sorted(reasons))
             actions[:] = again  # the next attempt sends only these
-            raise RetryableItems(len(again), pending_reason)
+            raise RetryableItems(len(again), pending_reason, "; ".join(hints.values()))
         return []
 
 

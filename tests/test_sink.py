@@ -79,7 +79,13 @@ def test_a_closed_or_write_blocked_index_is_waited_for_not_dead_lettered(es, set
     else:
         es.indices.put_settings(index=index, settings={"index.blocks.write": True})
     reasons: list[str] = []
-    blocked = BulkSender(es, retry_max_seconds=0.2, on_retry=lambda reason, exc: reasons.append(reason))
+    messages: list[str] = []
+
+    def on_retry(reason: str, exc: BaseException) -> None:
+        reasons.append(reason)
+        messages.append(str(exc))
+
+    blocked = BulkSender(es, retry_max_seconds=0.2, on_retry=on_retry)
     outcome: dict = {}
     actions = [builder.index_action(TID + 1, zoid, "a.A", '{"v": 1}') for zoid in (1, 2, 3)]
     worker = threading.Thread(target=lambda: outcome.setdefault("result", blocked.send(actions)))
@@ -94,6 +100,8 @@ def test_a_closed_or_write_blocked_index_is_waited_for_not_dead_lettered(es, set
     result = outcome["result"]
     assert result.done == {"index": 3} and not result.rejected
     assert set(reasons) == {"item_index_closed" if block == "closed" else "item_index_blocked"}
+    # the warning says which index and what to do about it
+    assert f"index {index} unwritable: " + ("open it" if block == "closed" else "lift the block") in messages[0]
     es.indices.refresh(index=index)
     assert es.count(index=index)["count"] == 3
 
@@ -218,3 +226,27 @@ def test_rejected_execution_429_is_retried_item_by_item_until_all_are_indexed(es
     assert set(reasons) <= {"item_429", "es_429"}
     es_constrained.indices.refresh(index=builder.indices[0])
     assert es_constrained.count(index=builder.indices[0])["count"] == sent
+
+
+def test_a_deleted_index_without_auto_creation_is_waited_for_with_advice(es_constrained):
+    builder = _constrained_setup(es_constrained)
+    index = builder.indices[0]
+    es_constrained.indices.delete(index=index)
+    es_constrained.cluster.put_settings(persistent={"action.auto_create_index": "false"})
+    try:
+        messages: list[tuple[str, str]] = []
+        sender = BulkSender(es_constrained, retry_max_seconds=0.2,
+                            on_retry=lambda reason, exc: messages.append((reason, str(exc))))
+        outcome: dict = {}
+        worker = threading.Thread(target=lambda: outcome.setdefault(
+            "result", sender.send([builder.index_action(TID, zoid, "a.A", '{"v": 1}') for zoid in (1, 2)])))
+        worker.start()
+        wait_for(lambda: any(reason == "item_index_missing" for reason, _ in messages), timeout=30,
+                 message="a retry because the index is missing")
+        assert "result" not in outcome
+        assert any("restart esindexer to create it again" in text for _, text in messages)
+        _constrained_setup(es_constrained)  # what a restart does: template and indices again
+        worker.join(30)
+        assert outcome["result"].done == {"index": 2} and not outcome["result"].rejected
+    finally:
+        es_constrained.cluster.put_settings(persistent={"action.auto_create_index": None})
