@@ -7,7 +7,7 @@ Usage (servers from ``eval "$(scripts/services env)"``; run from the repository 
 A managed Elasticsearch or a proxy in front of it often accepts less than the 8 MiB
 esindexer sends by default, and answers HTTP 413. The sender splits a refused request
 and remembers half the refused size as its ceiling (``esindexer/sink.py``). This
-starts the small test node of ``tests/constrained_es.py`` (64 KiB
+starts the small test node of ``tests/es_nodes.py`` (64 KiB
 ``http.max_content_length``, one write thread with a queue of one) and sends the same
 batches (``--docs`` documents of ~470 bytes each, ~230 KiB per batch) twice, side by
 side in one run:
@@ -33,7 +33,7 @@ from elasticsearch import Elasticsearch
 from esindexer.config import load_settings
 from esindexer.documents import DocumentBuilder, ensure_indices
 from esindexer.sink import BulkSender
-from tests import constrained_es
+from tests import es_nodes
 
 
 def run(es: Elasticsearch, builder: DocumentBuilder, batches: int, docs: int, remember: bool
@@ -62,7 +62,7 @@ def main() -> None:
     home, java = os.environ.get("ESINDEXER_TEST_ES_HOME"), os.environ.get("ESINDEXER_TEST_ES_JAVA_HOME")
     if not home or not java:
         raise SystemExit('set ESINDEXER_TEST_ES_HOME and ESINDEXER_TEST_ES_JAVA_HOME (eval "$(scripts/services env)")')
-    with constrained_es.local_node(home, java, os.environ.get("ESINDEXER_TEST_ES_USER")) as url:
+    with es_nodes.local_node(home, java, os.environ.get("ESINDEXER_TEST_ES_USER")) as url:
         es = Elasticsearch(url, request_timeout=60)
         settings = load_settings(env={"ESINDEXER_PG_DSN": "postgresql://unused@localhost/unused",
                                       "ESINDEXER_INDEX_PREFIX": "bench", "ESINDEXER_INDEX_REPLICAS": "0"})

@@ -5,9 +5,12 @@ or in a TOML file (``--config``); flags win over the environment, which wins
 over the file. ``esindexer config`` shows the result with secrets redacted.
 
 Exit codes: 0 done (stopped by a signal, or caught up with ``--until-caught-up``);
-1 unexpected error (``verify``: differences remain; ``dead-letters --redeliver``: some still fail); 2 bad usage or configuration; 3 error budget exhausted (too many
-dead letters); 4 another indexer with the same client id is running; 5 a server
-could not be reached (``status``, ``install-trigger``).
+1 unexpected error (``verify``: differences remain; ``dead-letters --redeliver``:
+some still fail); 2 bad usage or configuration, including what Elasticsearch refuses
+for good (credentials, a privilege, the certificate, a missing ingest pipeline);
+3 error budget exhausted (too many dead letters); 4 another indexer with the same
+client id is running; 5 a server could not be reached (``status``,
+``install-trigger``, ``verify``, ``dead-letters``).
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ examples:
   esindexer config                    # the effective settings, secrets redacted
 
 exit codes:
-  0 done   1 unexpected error   2 bad usage or configuration
+  0 done   1 unexpected error   2 bad usage or configuration (including credentials,
+  privileges, certificates or an ingest pipeline Elasticsearch refuses)
   3 error budget exhausted   4 same client id already running   5 server unreachable
 
 documentation: docs/index.md (configuration: docs/configuration.md)
@@ -389,10 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"esindexer: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except Exception as exc:
-        from esindexer.documents import SetupError
+        from esindexer.errors import as_setup_error
 
-        if isinstance(exc, SetupError):
-            print(f"esindexer: {exc}", file=sys.stderr)
+        if (problem := as_setup_error(exc)) is not None:
+            print(f"esindexer: {problem}", file=sys.stderr)
             return EXIT_USAGE
         log.exception("esindexer %s failed", args.command)
         return 1

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Literal
 import orjson
 
 from esindexer.config import Settings
+from esindexer.errors import SetupError
 
 #: Characters of string values collected into the ``text`` field at most; keeps
 #: documents small when an object holds a whole book.
@@ -250,11 +251,6 @@ def index_template(settings: Settings) -> dict[str, Any]:
 
 def template_name(settings: Settings) -> str:
     return f"{settings.index_prefix}-esindexer"
-
-
-class SetupError(Exception):
-    """Elasticsearch is reachable but not set up as the configuration requires; retrying
-    cannot help, so the service stops with the message (exit code 2)."""
 
 
 def ensure_indices(es: Any, settings: Settings) -> tuple[str, ...]:

@@ -116,7 +116,11 @@ class SourcePoller:
                 log.debug("closing the broken poller connection failed", exc_info=True)
 
     def _on_failure(self, exc: BaseException) -> None:
-        reason = f"PostgreSQL unreachable: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        if getattr(exc, "pgcode", None) == "42P01":  # undefined_table: reachable, but not RelStorage's
+            reason = ("no RelStorage table object_state in this database (not created yet, or "
+                      "ESINDEXER_PG_DSN names another database)")
+        else:
+            reason = f"PostgreSQL unreachable: {type(exc).__name__}: {' '.join(str(exc).split())}"
         self._metrics.record_source_unreachable(reason)
         self._failures += 1
         if self._outage_started is None:

@@ -34,7 +34,8 @@ import psycopg2
 from esindexer import deadletters, deletions, follow
 from esindexer.config import Settings, class_filter, load_dotted
 from esindexer.deadletters import DeadLetter
-from esindexer.documents import Action, DocumentBuilder, SetupError, ensure_indices
+from esindexer.documents import Action, DocumentBuilder, ensure_indices
+from esindexer.errors import as_setup_error
 from esindexer.jsonpickle import Jsonifier
 from esindexer.metrics import Metrics
 from esindexer.sink import Abandoned, BulkBuffer, BulkResult, BulkSender, retry_reason
@@ -161,6 +162,9 @@ class Indexer:
             except _PG_ERRORS as exc:
                 reason = "pg_unreachable"
                 error = exc
+            except follow.SchemaError as exc:  # started before the application created its tables?
+                reason = "source_schema_missing"
+                error = exc
             except Exception as exc:
                 reason = retry_reason(exc)
                 if reason is None:
@@ -250,13 +254,16 @@ class Indexer:
         except AlreadyRunning as exc:
             log.error("%s", exc)
             return EXIT_LOCKED
-        except SetupError as exc:
-            log.error("%s", exc)
-            return EXIT_SETUP
         except ErrorBudgetExhausted as exc:
             self.metrics.set_error_budget_exhausted(True)
             log.critical("%s", exc)
             return EXIT_ERROR_BUDGET
+        except Exception as exc:  # a wrong password, a missing privilege, an unverifiable certificate
+            problem = as_setup_error(exc)
+            if problem is None:
+                raise
+            log.error("%s", problem)
+            return EXIT_SETUP
         log.info("esindexer stopped")
         return self.exit_code
 
@@ -268,6 +275,9 @@ class Indexer:
         pool = ThreadPoolExecutor(max_workers=s.bulk_concurrency, thread_name_prefix="esindexer-bulk")
         in_flight = threading.BoundedSemaphore(s.bulk_concurrency)
         try:
+            # A database without RelStorage's tables is waited for, loudly: in a compose stack
+            # the application may create them after esindexer starts; otherwise the DSN is wrong.
+            self._retry_forever("waiting for RelStorage's tables", lambda: _has_relstorage_tables(conn))
             sweep_due = self._prepare_source(conn)
             if first and sweep_due:
                 self.sweep(conn)
@@ -501,3 +511,11 @@ class _Committer:
             self.metrics.record_documents("delete", "ok", len(items))
             total += len(items)
             log.info("applied %d pack deletion(s)", len(items), extra={"count": len(items)})
+
+
+def _has_relstorage_tables(conn: Any) -> None:
+    """Raise :class:`follow.SchemaError` unless ``conn``'s database has RelStorage's tables."""
+    try:
+        follow.latest_tid(conn)
+    finally:
+        conn.rollback()

@@ -42,6 +42,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tenacity.wait import wait_random_exponential
 
 from esindexer.documents import Action, iter_lines
+from esindexer.errors import as_setup_error
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ def retry_reason(exc: BaseException) -> str | None:
     """A short label when ``exc`` is worth retrying, else None."""
     if isinstance(exc, RetryableItems):
         return "item_" + exc.reason
+    if as_setup_error(exc) is not None:  # an unverifiable certificate: retrying cannot help
+        return None
     if isinstance(exc, ConnectionTimeout):
         return "es_timeout"
     if isinstance(exc, ESConnectionError):

@@ -88,20 +88,34 @@ def es_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def es_constrained_url() -> Iterator[str]:
     """URL of a second, small Elasticsearch node that answers 413 and 429 (see
-    ``tests/constrained_es.py``); started on first use, stopped at the end of the session."""
-    from tests import constrained_es
+    ``tests/es_nodes.py``); started on first use, stopped at the end of the session."""
+    from tests import es_nodes
 
     home = os.environ.get("ESINDEXER_TEST_ES_HOME")
     java_home = os.environ.get("ESINDEXER_TEST_ES_JAVA_HOME")
     if home and java_home:
-        with constrained_es.local_node(home, java_home, os.environ.get("ESINDEXER_TEST_ES_USER")) as url:
+        with es_nodes.local_node(home, java_home, os.environ.get("ESINDEXER_TEST_ES_USER")) as url:
             yield url
         return
     if _docker_available():
-        with constrained_es.docker_node(ES_IMAGE) as url:
+        with es_nodes.docker_node(ES_IMAGE) as url:
             yield url
         return
     _unavailable("A constrained Elasticsearch node (ESINDEXER_TEST_ES_HOME)")
+
+
+@pytest.fixture(scope="session")
+def es_secured():
+    """A node with security on: HTTPS with a test CA, a superuser, API keys (see
+    ``tests/es_nodes.py``); a ``SecuredNode`` with url, ca_file, username, password."""
+    from tests import es_nodes
+
+    home = os.environ.get("ESINDEXER_TEST_ES_HOME")
+    java_home = os.environ.get("ESINDEXER_TEST_ES_JAVA_HOME")
+    if not (home and java_home):
+        _unavailable("A secured Elasticsearch node (ESINDEXER_TEST_ES_HOME)")
+    with es_nodes.secured_node(home, java_home, os.environ.get("ESINDEXER_TEST_ES_USER")) as node:
+        yield node
 
 
 @pytest.fixture

@@ -161,3 +161,12 @@ def test_stop_is_prompt_and_closes_the_connection(zodb, db_dsn, pollers):
     poller.stop()
     assert thread is not None and not thread.is_alive()
     assert len(opened) == 1 and opened[0].closed
+
+
+def test_a_database_without_relstorage_tables_is_named_as_such(db_dsn, pollers):
+    m = Metrics(process_metrics=False)
+    poller = pollers(db_dsn, m)
+    assert poller.poll_once() is False
+    reachable, reason = m.source_status()
+    assert reachable is False
+    assert "no RelStorage table object_state" in reason and "ESINDEXER_PG_DSN" in reason

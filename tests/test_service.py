@@ -614,7 +614,7 @@ def test_a_small_elasticsearch_node_gets_split_requests_and_back_pressure(
     """Against a real node that refuses bodies over 64 KiB (413) and has one write thread
     with a queue of one (429 per item and per request): everything that fits is indexed,
     the one document too large on its own is dead-lettered, and progress reaches the end."""
-    from tests.constrained_es import MAX_CONTENT_BYTES
+    from tests.es_nodes import MAX_CONTENT_BYTES
 
     conn = zodb.open()
     root = conn.root()
@@ -678,3 +678,24 @@ def test_ingest_pipeline_is_checked_at_start_and_applied_to_every_index(zodb, db
         es.options(ignore_status=404).indices.delete(index=f"{es_prefix}*")
         es.ingest.delete_pipeline(id=pipeline)
     conn.close()
+
+
+def test_a_database_without_relstorage_tables_yet_is_waited_for(db_dsn, es, es_url, es_prefix):
+    """Started before the application created RelStorage's tables (a compose stack coming
+    up): the service says so and waits, then indexes what the application writes."""
+    from tests.support import open_zodb
+
+    metrics = Metrics(process_metrics=False)
+    with running(make_settings(db_dsn, es_url, es_prefix), metrics):
+        wait_for(lambda: any('reason="source_schema_missing"' in line
+                             for line in _metric_lines(metrics, "esindexer_retries_total")),
+                 timeout=30, message="a retry while the tables are missing")
+        db = open_zodb(db_dsn, keep_history=False)  # the application's first start creates them
+        try:
+            conn = db.open()
+            pages = commit_pages(conn.root(), 3)
+            wait_for(lambda: {zoid_of(p) for p in pages} <= set(docs(es, es_prefix.rstrip("-"))),
+                     timeout=60, message="pages indexed once the tables exist")
+            conn.close()
+        finally:
+            db.close()

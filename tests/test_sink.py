@@ -151,9 +151,9 @@ def test_action_size_is_the_bytes_it_adds_to_a_bulk_body():
         assert action.size() == len(body)
 
 
-# --- against the constrained node (tests/constrained_es.py): real 413 and real 429 ---
+# --- against the constrained node (tests/es_nodes.py): real 413 and real 429 ---
 
-from tests.constrained_es import MAX_CONTENT_BYTES  # noqa: E402
+from tests.es_nodes import MAX_CONTENT_BYTES  # noqa: E402
 
 
 def _constrained_setup(es_constrained, shards: int = 1):

@@ -1,0 +1,228 @@
+"""Extra Elasticsearch nodes for the failure paths the shared test node cannot show.
+
+The shared node (``scripts/services``) accepts everything, without security. Two more
+single-node servers run from the same integ-test-zip install, each started once per
+test session and only when a test asks for it:
+
+* the **constrained** node: ``http.max_content_length`` 64 KiB, so an ordinary bulk
+  gets HTTP 413, and a write thread pool of one thread with a queue of one, so
+  concurrent bulks into a many-shard index are rejected per item with 429;
+* the **secured** node: security on, HTTPS with a certificate from a test CA (made
+  here with openssl), file-realm users (a superuser, one with the least-privilege role
+  the docs recommend, one lacking a privilege), so authentication, authorisation,
+  certificate verification and their failures are exercised for real.
+
+Both come from the install ``scripts/services up`` made (``ESINDEXER_TEST_ES_HOME``,
+``ESINDEXER_TEST_ES_JAVA_HOME``, ``ESINDEXER_TEST_ES_USER``); with a Docker engine,
+testcontainers runs the image with the constrained settings instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+#: The node settings that make it small; tests read MAX_CONTENT_BYTES to size documents.
+MAX_CONTENT_BYTES = 64 * 1024
+CONSTRAINED_SETTINGS = {
+    "http.max_content_length": "64kb",
+    "thread_pool.write.size": "1",
+    "thread_pool.write.queue_size": "1",
+}
+
+#: The secured node's superuser (file realm).
+SECURED_USER, SECURED_PASSWORD = "esindexer-admin", "s3cret-for-tests"
+#: A user with exactly the role docs/configuration.md recommends, for indices named t-*
+#: (every test prefix), and one whose role lacks the cluster privilege for templates.
+WRITER_USER, NO_TEMPLATES_USER = "esindexer-writer", "esindexer-no-templates"
+_ROLES = """\
+esindexer_writer:
+  cluster: [manage_index_templates, monitor, read_pipeline]
+  indices:
+    - names: ["t-*"]
+      privileges: [create_index, write, read, view_index_metadata, manage]
+esindexer_no_templates:
+  cluster: [monitor]
+  indices:
+    - names: ["t-*"]
+      privileges: [create_index, write, read, view_index_metadata, manage]
+"""
+
+
+@dataclass(frozen=True)
+class SecuredNode:
+    url: str  # https://127.0.0.1:<port>
+    ca_file: str  # the test CA that signed the node's certificate
+    username: str = SECURED_USER  # a superuser
+    password: str = SECURED_PASSWORD  # (every user of the node has this password)
+    writer: str = WRITER_USER  # the documented least-privilege role
+    no_templates: str = NO_TEMPLATES_USER  # that role without manage_index_templates
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str, ca_file: str | None = None, auth: tuple[str, str] | None = None) -> bool:
+    request = urllib.request.Request(f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s")
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    try:
+        with urllib.request.urlopen(request, timeout=3, context=context) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _node(es_home: str, java_home: str, user: str | None, settings: dict[str, str], *,
+          prepare_files: Callable[[Path], None] | None = None,
+          prepare_with_tools: Callable[[Callable[..., None]], None] | None = None,
+          healthy: Callable[[str], bool] = _healthy, scheme: str = "http") -> Iterator[str]:
+    """Run one single-node server with ``settings`` from an unpacked integ-test-zip.
+
+    ``prepare_files(config_dir)`` runs first (as this process's user);
+    ``prepare_with_tools(tool)`` then runs the node's ``bin/`` tools as the node's user.
+    """
+    base = Path(tempfile.mkdtemp(prefix="esindexer-node-"))
+    conf = base / "config"
+    shutil.copytree(Path(es_home) / "config", conf)
+    http_port, transport_port = _free_port(), _free_port()
+    lines = {
+        "cluster.name": "esindexer-extra",
+        "node.name": "extra-1",
+        "discovery.type": "single-node",
+        "network.host": "127.0.0.1",
+        "http.port": str(http_port),
+        "transport.port": str(transport_port),
+        "path.data": str(base / "data"),
+        "path.logs": str(base / "logs"),
+        "xpack.security.enabled": "false",
+        "cluster.routing.allocation.disk.threshold_enabled": "false",
+        "node.store.allow_mmap": "false",
+        "indices.breaker.total.use_real_memory": "false",
+        "action.destructive_requires_name": "false",
+        **settings,
+    }
+    (conf / "elasticsearch.yml").write_text("".join(f"{k}: {v}\n" for k, v in lines.items()))
+    env = {**os.environ, "ES_PATH_CONF": str(conf), "ES_JAVA_HOME": java_home,
+           "ES_JAVA_OPTS": "-Xms512m -Xmx512m"}
+    as_user: list[str] = []
+    if user and os.geteuid() == 0:
+        as_user = ["runuser", "-u", user, "--", "env",
+                   *(f"{k}={env[k]}" for k in ("ES_PATH_CONF", "ES_JAVA_HOME", "ES_JAVA_OPTS"))]
+
+    def tool(name: str, *args: str) -> None:
+        subprocess.run([*as_user, str(Path(es_home) / "bin" / name), *args], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+
+    if prepare_files:
+        prepare_files(conf)
+    if as_user:
+        for path in [base, *base.rglob("*")]:
+            shutil.chown(path, user, user)
+    if prepare_with_tools:
+        prepare_with_tools(tool)
+    pidfile = base / "es.pid"
+    url = f"{scheme}://127.0.0.1:{http_port}"
+    try:
+        tool("elasticsearch", "-d", "-p", str(pidfile))
+        deadline = time.monotonic() + 120
+        while not healthy(url):
+            if time.monotonic() > deadline:
+                logs = "\n".join(p.read_text()[-3000:] for p in (base / "logs").glob("*.log"))
+                raise RuntimeError(f"Elasticsearch ({settings}) did not start:\n{logs}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            pid = int(pidfile.read_text())
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_node(es_home: str, java_home: str, user: str | None) -> Iterator[str]:
+    """The constrained node (413 and 429); yields its URL."""
+    with _node(es_home, java_home, user, CONSTRAINED_SETTINGS) as url:
+        yield url
+
+
+def _make_certificates(conf: Path) -> None:
+    """A test CA and a certificate for 127.0.0.1/localhost signed by it, in config/certs."""
+    certs = conf / "certs"
+    certs.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=certs, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=esindexer test CA",
+            "-keyout", "ca.key", "-out", "ca.crt")
+    (certs / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "node.key",
+            "-out", "node.csr")
+    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", "node.crt")
+
+
+SECURED_SETTINGS = {
+    "xpack.security.enabled": "true",
+    "xpack.security.http.ssl.enabled": "true",
+    "xpack.security.http.ssl.key": "certs/node.key",
+    "xpack.security.http.ssl.certificate": "certs/node.crt",
+    "xpack.security.authc.api_key.enabled": "true",
+}
+
+
+@contextlib.contextmanager
+def secured_node(es_home: str, java_home: str, user: str | None) -> Iterator[SecuredNode]:
+    """The secured node (HTTPS with a test CA, a superuser, API keys); yields how to reach it."""
+    ca_file: list[str] = []
+
+    def prepare_files(conf: Path) -> None:
+        _make_certificates(conf)
+        ca_file.append(str(conf / "certs" / "ca.crt"))
+        (conf / "roles.yml").write_text(_ROLES)
+
+    def add_user(tool: Callable[..., None]) -> None:
+        for name, role in ((SECURED_USER, "superuser"), (WRITER_USER, "esindexer_writer"),
+                           (NO_TEMPLATES_USER, "esindexer_no_templates")):
+            tool("elasticsearch-users", "useradd", name, "-p", SECURED_PASSWORD, "-r", role)
+
+    def healthy(url: str) -> bool:
+        return _healthy(url, ca_file[0], (SECURED_USER, SECURED_PASSWORD))
+
+    with _node(es_home, java_home, user, SECURED_SETTINGS, prepare_files=prepare_files,
+               prepare_with_tools=add_user, healthy=healthy, scheme="https") as url:
+        yield SecuredNode(url, ca_file[0])
+
+
+@contextlib.contextmanager
+def docker_node(image: str) -> Iterator[str]:
+    """The constrained node as a container (when a Docker engine answers)."""
+    from testcontainers.elasticsearch import ElasticSearchContainer
+
+    container = ElasticSearchContainer(image, mem_limit="1G")
+    for key, value in CONSTRAINED_SETTINGS.items():
+        container.with_env(key, value)
+    with container as es:
+        yield f"http://{es.get_container_host_ip()}:{es.get_exposed_port(es.port)}"
