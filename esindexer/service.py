@@ -147,6 +147,12 @@ class Indexer:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def wake_reader(self) -> None:
+        """End the current follow iteration early (the committer failed: see its failure)."""
+        updates = self._updates
+        if updates is not None:
+            updates.stop()
+
     def wait_stopped(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` s, waking early when a stop is requested."""
         return self._stop.wait(timeout)
@@ -304,7 +310,7 @@ class Indexer:
                 internal_batch_size=s.fetch_size, poll_timeout=s.poll_timeout,
                 poll_interval=s.poll_interval,
             )
-            if self.stopping:
+            if self.stopping or committer.failed:
                 self._updates.stop()
             for rows in self._updates:
                 batch = self._read_batch(rows, pool, in_flight, committer)
@@ -426,6 +432,10 @@ class _Committer:
             except queue.Full:
                 continue
 
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
+
     def raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
@@ -466,6 +476,9 @@ class _Committer:
                 self.drain_deletions()
         except BaseException as exc:  # handed to the reader thread
             self._failure = exc
+            # The reader may be waiting for the next commit, which can be hours away in a
+            # quiet database: wake it so the failure is seen now (not a silent stall).
+            self.indexer.wake_reader()
 
     def _settle(self, batch: _Batch) -> None:
         dead = list(batch.dead)

@@ -47,6 +47,8 @@ SECURED_USER, SECURED_PASSWORD = "esindexer-admin", "s3cret-for-tests"
 #: A user with exactly the role docs/configuration.md recommends, for indices named t-*
 #: (every test prefix), and one whose role lacks the cluster privilege for templates.
 WRITER_USER, NO_TEMPLATES_USER = "esindexer-writer", "esindexer-no-templates"
+#: A writer whose password a test changes while the service runs.
+ROTATED_USER = "esindexer-rotated"
 _ROLES = """\
 esindexer_writer:
   cluster: [manage_index_templates, monitor, read_pipeline]
@@ -69,6 +71,8 @@ class SecuredNode:
     password: str = SECURED_PASSWORD  # (every user of the node has this password)
     writer: str = WRITER_USER  # the documented least-privilege role
     no_templates: str = NO_TEMPLATES_USER  # that role without manage_index_templates
+    rotated: str = ROTATED_USER  # the writer role, for a test that changes its password
+    set_password: Callable[[str, str], None] = lambda user, password: None
 
 
 def _free_port() -> int:
@@ -197,6 +201,7 @@ SECURED_SETTINGS = {
 def secured_node(es_home: str, java_home: str, user: str | None) -> Iterator[SecuredNode]:
     """The secured node (HTTPS with a test CA, a superuser, API keys); yields how to reach it."""
     ca_file: list[str] = []
+    tools: list[Callable[..., None]] = []
 
     def prepare_files(conf: Path) -> None:
         _make_certificates(conf)
@@ -204,16 +209,21 @@ def secured_node(es_home: str, java_home: str, user: str | None) -> Iterator[Sec
         (conf / "roles.yml").write_text(_ROLES)
 
     def add_user(tool: Callable[..., None]) -> None:
+        tools.append(tool)
         for name, role in ((SECURED_USER, "superuser"), (WRITER_USER, "esindexer_writer"),
-                           (NO_TEMPLATES_USER, "esindexer_no_templates")):
+                           (NO_TEMPLATES_USER, "esindexer_no_templates"), (ROTATED_USER, "esindexer_writer")):
             tool("elasticsearch-users", "useradd", name, "-p", SECURED_PASSWORD, "-r", role)
+
+    def set_password(name: str, password: str) -> None:
+        """Change a user's password; the node reloads its users file within ~5 s."""
+        tools[0]("elasticsearch-users", "passwd", name, "-p", password)
 
     def healthy(url: str) -> bool:
         return _healthy(url, ca_file[0], (SECURED_USER, SECURED_PASSWORD))
 
     with _node(es_home, java_home, user, SECURED_SETTINGS, prepare_files=prepare_files,
                prepare_with_tools=add_user, healthy=healthy, scheme="https") as url:
-        yield SecuredNode(url, ca_file[0])
+        yield SecuredNode(url, ca_file[0], set_password=set_password)
 
 
 @contextlib.contextmanager

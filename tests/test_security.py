@@ -9,6 +9,7 @@ test_config, user/password and certificate handling here, end to end through
 
 from __future__ import annotations
 
+import threading
 import time
 
 import transaction
@@ -75,3 +76,40 @@ def test_unverifiable_certificate_is_a_clear_error(db_dsn, es_prefix, es_secured
                          env=_env(db_dsn, es_prefix, es_secured, ESINDEXER_ES_CA_FILE=""), timeout=60)
     assert done.returncode == 2
     assert "CERTIFICATE_VERIFY_FAILED" in done.stderr and "ESINDEXER_ES_CA_FILE" in done.stderr
+
+
+def test_credentials_revoked_while_running_stop_the_service_and_keep_progress(zodb, db_dsn, es_prefix,
+                                                                              es_secured):
+    from esindexer.metrics import Metrics
+    from esindexer.service import EXIT_SETUP, Indexer
+    from tests.support import wait_for
+    from tests.test_service import dead_letters, latest_tid, make_settings, progress
+
+    settings = make_settings(db_dsn, es_secured.url, es_prefix, es_username=es_secured.rotated,
+                             es_password=es_secured.password, es_ca_file=es_secured.ca_file)
+    indexer = Indexer(settings, Metrics(process_metrics=False))
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("code", indexer.run()), daemon=True)
+    thread.start()
+    es = _client(es_secured)
+    try:
+        conn = zodb.open()
+        first = commit_pages(conn.root(), 3)
+        wait_for(lambda: {zoid_of(p) for p in first} <= set(docs(es, settings.index_prefix)), timeout=60,
+                 message="indexed while the password is right")
+        indexed_up_to = progress(db_dsn)
+        es_secured.set_password(es_secured.rotated, "rotated-elsewhere")  # as if the key was revoked
+        time.sleep(6)  # the node reloads its users file every 5 s
+        for page in first:
+            page.title += " (changed)"
+        transaction.commit()
+        thread.join(60)
+        assert outcome.get("code") == EXIT_SETUP  # stopped, with the reason logged; not retrying for ever
+        assert progress(db_dsn) == indexed_up_to < latest_tid(db_dsn)  # the refused batch is not counted
+        assert dead_letters(db_dsn) == []  # and nothing was dead-lettered for it
+        conn.close()
+    finally:
+        indexer.stop()
+        es_secured.set_password(es_secured.rotated, es_secured.password)
+        es.options(ignore_status=404).indices.delete(index=f"{es_prefix}*")
+        es.close()
