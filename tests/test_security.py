@@ -28,6 +28,19 @@ def _env(db_dsn: str, es_prefix: str, node, user: str | None = None, **extra: st
     return env
 
 
+def _authenticates(node, user: str) -> bool:
+    from elasticsearch import AuthenticationException, Elasticsearch
+
+    client = Elasticsearch(node.url, basic_auth=(user, node.password), ca_certs=node.ca_file)
+    try:
+        client.security.authenticate()
+        return True
+    except AuthenticationException:
+        return False
+    finally:
+        client.close()
+
+
 def _client(node):
     from elasticsearch import Elasticsearch
 
@@ -99,7 +112,8 @@ def test_credentials_revoked_while_running_stop_the_service_and_keep_progress(zo
                  message="indexed while the password is right")
         indexed_up_to = progress(db_dsn)
         es_secured.set_password(es_secured.rotated, "rotated-elsewhere")  # as if the key was revoked
-        time.sleep(6)  # the node reloads its users file every 5 s
+        wait_for(lambda: not _authenticates(es_secured, es_secured.rotated), timeout=60,
+                 message="the node reloading its users file (every 5 s)")
         for page in first:
             page.title += " (changed)"
         transaction.commit()
