@@ -13,6 +13,8 @@ item answer            outcome
 index closed, write-   retried the same way: the index, not the document, is at fault
 blocked or missing     (closed for maintenance, a write block during a shrink, an index
                        deleted while auto-creation is off); progress waits, lag shows it
+403 (security)         the role lost a privilege on the index: the send raises SetupError
+                       (the service stops with exit 2) instead of dead-lettering everything
 anything else          rejected for good (mapping error, document too large ...):
                        a dead letter; the rest of the request is unaffected
 =====================  ==========================================================
@@ -42,7 +44,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tenacity.wait import wait_random_exponential
 
 from esindexer.documents import Action, iter_lines
-from esindexer.errors import as_setup_error
+from esindexer.errors import SetupError, as_setup_error
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,10 @@ def retry_reason(exc: BaseException) -> str | None:
     if isinstance(exc, TransportError):
         return "es_transport"
     return None
+
+
+def _is_security_refusal(error: Any) -> bool:
+    return isinstance(error, dict) and error.get("type") == "security_exception"
 
 
 def _index_condition(error: Any) -> str | None:
@@ -294,6 +300,12 @@ class BulkSender:
             elif status == 429 or status >= 500:
                 again.append(action)
                 reasons.add(str(status))
+            elif _is_security_refusal(answer.get("error")):
+                # A privilege missing for this index (a role changed while running): every
+                # document would follow this one into the dead-letter table. Stop instead.
+                raise SetupError(f"Elasticsearch refused to write to {action.index}: "
+                                 f"{_error_text(answer.get('error'))}; esindexer needs write, create_index, "
+                                 "read, view_index_metadata and manage on its indices (docs/configuration.md)")
             elif (condition := _index_condition(answer.get("error"))) is not None:
                 again.append(action)
                 reasons.add(condition)

@@ -47,8 +47,16 @@ SECURED_USER, SECURED_PASSWORD = "esindexer-admin", "s3cret-for-tests"
 #: A user with exactly the role docs/configuration.md recommends, for indices named t-*
 #: (every test prefix), and one whose role lacks the cluster privilege for templates.
 WRITER_USER, NO_TEMPLATES_USER = "esindexer-writer", "esindexer-no-templates"
-#: A writer whose password a test changes while the service runs.
-ROTATED_USER = "esindexer-rotated"
+#: A writer whose password a test changes while the service runs, and one whose role a
+#: test narrows (DEMOTED_ROLE's index pattern) while the service runs.
+ROTATED_USER, DEMOTED_USER = "esindexer-rotated", "esindexer-demoted"
+DEMOTED_ROLE = """\
+esindexer_demoted:
+  cluster: [manage_index_templates, monitor]
+  indices:
+    - names: ["{names}"]
+      privileges: [create_index, write, read, view_index_metadata, manage]
+"""
 _ROLES = """\
 esindexer_writer:
   cluster: [manage_index_templates, monitor, read_pipeline]
@@ -72,7 +80,15 @@ class SecuredNode:
     writer: str = WRITER_USER  # the documented least-privilege role
     no_templates: str = NO_TEMPLATES_USER  # that role without manage_index_templates
     rotated: str = ROTATED_USER  # the writer role, for a test that changes its password
+    demoted: str = DEMOTED_USER  # a writer on t-*, for a test that narrows its role
     set_password: Callable[[str, str], None] = lambda user, password: None
+    roles_file: str = ""
+
+    def set_demoted_indices(self, pattern: str) -> None:
+        """Give the demoted user's role privileges on ``pattern`` only (reloaded within ~5 s)."""
+        path = Path(self.roles_file)
+        text = path.read_text()
+        path.write_text(text[: text.index("esindexer_demoted:")] + DEMOTED_ROLE.format(names=pattern))
 
 
 def _free_port() -> int:
@@ -206,12 +222,13 @@ def secured_node(es_home: str, java_home: str, user: str | None) -> Iterator[Sec
     def prepare_files(conf: Path) -> None:
         _make_certificates(conf)
         ca_file.append(str(conf / "certs" / "ca.crt"))
-        (conf / "roles.yml").write_text(_ROLES)
+        (conf / "roles.yml").write_text(_ROLES + DEMOTED_ROLE.format(names="t-*"))
 
     def add_user(tool: Callable[..., None]) -> None:
         tools.append(tool)
         for name, role in ((SECURED_USER, "superuser"), (WRITER_USER, "esindexer_writer"),
-                           (NO_TEMPLATES_USER, "esindexer_no_templates"), (ROTATED_USER, "esindexer_writer")):
+                           (NO_TEMPLATES_USER, "esindexer_no_templates"), (ROTATED_USER, "esindexer_writer"),
+                           (DEMOTED_USER, "esindexer_demoted")):
             tool("elasticsearch-users", "useradd", name, "-p", SECURED_PASSWORD, "-r", role)
 
     def set_password(name: str, password: str) -> None:
@@ -223,7 +240,8 @@ def secured_node(es_home: str, java_home: str, user: str | None) -> Iterator[Sec
 
     with _node(es_home, java_home, user, SECURED_SETTINGS, prepare_files=prepare_files,
                prepare_with_tools=add_user, healthy=healthy, scheme="https") as url:
-        yield SecuredNode(url, ca_file[0], set_password=set_password)
+        yield SecuredNode(url, ca_file[0], set_password=set_password,
+                          roles_file=str(Path(ca_file[0]).parent.parent / "roles.yml"))
 
 
 @contextlib.contextmanager

@@ -127,3 +127,53 @@ def test_credentials_revoked_while_running_stop_the_service_and_keep_progress(zo
         es_secured.set_password(es_secured.rotated, es_secured.password)
         es.options(ignore_status=404).indices.delete(index=f"{es_prefix}*")
         es.close()
+
+
+def _may_write(node, user: str, index: str) -> bool:
+    from elasticsearch import Elasticsearch
+
+    client = Elasticsearch(node.url, basic_auth=(user, node.password), ca_certs=node.ca_file)
+    try:
+        return client.security.has_privileges(index=[{"names": [index], "privileges": ["write"]}])["has_all_requested"]
+    finally:
+        client.close()
+
+
+def test_a_privilege_lost_while_running_stops_the_service_instead_of_dead_lettering(zodb, db_dsn, es_prefix,
+                                                                                   es_secured, caplog):
+    from esindexer.metrics import Metrics
+    from esindexer.service import EXIT_SETUP, Indexer
+    from tests.support import wait_for
+    from tests.test_service import dead_letters, latest_tid, make_settings, progress
+
+    settings = make_settings(db_dsn, es_secured.url, es_prefix, es_username=es_secured.demoted,
+                             es_password=es_secured.password, es_ca_file=es_secured.ca_file)
+    index = settings.index_for_route(settings.default_route)
+    indexer = Indexer(settings, Metrics(process_metrics=False))
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("code", indexer.run()), daemon=True)
+    thread.start()
+    es = _client(es_secured)
+    try:
+        conn = zodb.open()
+        first = commit_pages(conn.root(), 3)
+        wait_for(lambda: {zoid_of(p) for p in first} <= set(docs(es, settings.index_prefix)), timeout=60,
+                 message="indexed while the role allows it")
+        indexed_up_to = progress(db_dsn)
+        es_secured.set_demoted_indices("t-some-other-prefix-*")  # an administrator narrows the role
+        wait_for(lambda: not _may_write(es_secured, es_secured.demoted, index), timeout=60,
+                 message="the node reloading roles.yml (every 5 s)")
+        for page in first:
+            page.title += " (changed)"
+        transaction.commit()
+        thread.join(60)
+        assert outcome.get("code") == EXIT_SETUP
+        assert progress(db_dsn) == indexed_up_to < latest_tid(db_dsn)
+        assert dead_letters(db_dsn) == []  # the per-item 403s were not dead-lettered
+        assert f"Elasticsearch refused to write to {index}: security_exception" in caplog.text
+        conn.close()
+    finally:
+        indexer.stop()
+        es_secured.set_demoted_indices("t-*")
+        es.options(ignore_status=404).indices.delete(index=f"{es_prefix}*")
+        es.close()
