@@ -253,6 +253,34 @@ def template_name(settings: Settings) -> str:
     return f"{settings.index_prefix}-esindexer"
 
 
+#: Answers that say nothing about what serves the URL: a proxy's while Elasticsearch
+#: behind it is away (transient), and authentication failures, which Elasticsearch's
+#: security layer sends without the product header (handled as credentials problems).
+_NOT_PRODUCT_EVIDENCE = {401, 403, 429, 502, 503, 504}
+
+
+def check_elasticsearch(es: Any) -> None:
+    """Raise :class:`SetupError` when the URL answers, but not as Elasticsearch does.
+
+    Elasticsearch marks every answer, errors included, with ``X-Elastic-Product``; the
+    client checks it on successes. An error without it (a web server's 404 or 501 at a
+    mistyped port or path) would otherwise be retried for ever as a server error.
+    """
+    from elasticsearch import ApiError, UnsupportedProductError
+
+    try:
+        es.cluster.health(timeout="1s")
+    except UnsupportedProductError as exc:
+        raise SetupError(f"ESINDEXER_ES_URL does not lead to Elasticsearch: {exc}") from None
+    except ApiError as exc:
+        headers = {k.lower() for k in (exc.meta.headers or {})}
+        if "x-elastic-product" not in headers and exc.meta.status not in _NOT_PRODUCT_EVIDENCE:
+            raise SetupError(f"ESINDEXER_ES_URL does not lead to Elasticsearch: the server answered "
+                             f"HTTP {exc.meta.status} without Elasticsearch's X-Elastic-Product header "
+                             "(wrong host, port or path?)") from None
+        raise
+
+
 def ensure_indices(es: Any, settings: Settings) -> tuple[str, ...]:
     """Install the template and create every routed index that does not exist yet.
 
@@ -263,6 +291,7 @@ def ensure_indices(es: Any, settings: Settings) -> tuple[str, ...]:
     """
     from elasticsearch import BadRequestError, NotFoundError
 
+    check_elasticsearch(es)
     if settings.ingest_pipeline:
         try:
             es.ingest.get_pipeline(id=settings.ingest_pipeline)

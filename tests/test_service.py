@@ -699,3 +699,19 @@ def test_a_database_without_relstorage_tables_yet_is_waited_for(db_dsn, es, es_u
             conn.close()
         finally:
             db.close()
+
+
+def test_a_url_that_is_not_elasticsearch_is_a_clear_error(db_dsn, caplog):
+    """A mistyped port that reaches some other web server: said at once, not retried for ever."""
+    import http.server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = make_settings(db_dsn, f"http://127.0.0.1:{server.server_port}", "not-es-")
+        started = time.monotonic()
+        assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_SETUP
+        assert time.monotonic() - started < 10
+        assert "does not lead to Elasticsearch" in caplog.text and "X-Elastic-Product" in caplog.text
+    finally:
+        server.shutdown()
