@@ -147,12 +147,6 @@ class Indexer:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def wake_reader(self) -> None:
-        """End the current follow iteration early (the committer failed: see its failure)."""
-        updates = self._updates
-        if updates is not None:
-            updates.stop()
-
     def wait_stopped(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` s, waking early when a stop is requested."""
         return self._stop.wait(timeout)
@@ -310,7 +304,8 @@ class Indexer:
                 internal_batch_size=s.fetch_size, poll_timeout=s.poll_timeout,
                 poll_interval=s.poll_interval,
             )
-            if self.stopping or committer.failed:
+            committer.watch(self._updates)
+            if self.stopping:
                 self._updates.stop()
             for rows in self._updates:
                 batch = self._read_batch(rows, pool, in_flight, committer)
@@ -418,6 +413,7 @@ class _Committer:
         self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=4)
         self._thread = threading.Thread(target=self._run, name="esindexer-committer", daemon=True)
         self._failure: BaseException | None = None
+        self._updates: Any = None  # the follow iteration to wake on failure (watch())
         self._closed = threading.Event()
 
     def start(self) -> None:
@@ -432,9 +428,11 @@ class _Committer:
             except queue.Full:
                 continue
 
-    @property
-    def failed(self) -> bool:
-        return self._failure is not None
+    def watch(self, updates: Any) -> None:
+        """The follow iteration to end early if this committer fails (see :meth:`_run`)."""
+        self._updates = updates
+        if self._failure is not None:  # failed already, before there was anything to wake
+            updates.stop()
 
     def raise_failure(self) -> None:
         if self._failure is not None:
@@ -478,7 +476,11 @@ class _Committer:
             self._failure = exc
             # The reader may be waiting for the next commit, which can be hours away in a
             # quiet database: wake it so the failure is seen now (not a silent stall).
-            self.indexer.wake_reader()
+            # Only this pipeline's iteration: a late failure of an old committer must not
+            # end a newer one.
+            updates = self._updates
+            if updates is not None:
+                updates.stop()
 
     def _settle(self, batch: _Batch) -> None:
         dead = list(batch.dead)
