@@ -21,10 +21,10 @@ def as_setup_error(exc: BaseException) -> SetupError | None:
     """The :class:`SetupError` ``exc`` amounts to, or None when it is something else."""
     if isinstance(exc, SetupError):
         return exc
-    if isinstance(exc, TlsError) and "certificate" in _first_line(exc).lower():
+    if isinstance(exc, TlsError) and "certificate" in describe_error(exc).lower():
         # (other TLS trouble, such as a handshake cut short by a restarting node, is transient)
         return SetupError(
-            f"TLS with Elasticsearch failed ({_first_line(exc)}): give the CA that signed its certificate "
+            f"TLS with Elasticsearch failed ({describe_error(exc)}): give the CA that signed its certificate "
             "with ESINDEXER_ES_CA_FILE (ESINDEXER_ES_VERIFY_CERTS=false only for a throw-away test server)")
     if isinstance(exc, ApiError) and exc.meta.status == 401:
         return SetupError(
@@ -44,10 +44,16 @@ def _reason(exc: ApiError) -> str:
     error = body.get("error")
     if isinstance(error, dict) and error.get("reason"):
         return str(error["reason"])
-    return _first_line(exc)
+    return describe_error(exc)
 
 
-def _first_line(exc: BaseException) -> str:
-    # elastic_transport's errors keep the underlying reason in .message; str() may be generic
+def describe_error(exc: BaseException) -> str:
+    """The first line of what went wrong, for logs and /readyz.
+
+    elastic_transport's errors keep the underlying reason in ``.message``; their str()
+    can be as bare as "Connection error" or "TLS error".
+    """
     text = str(getattr(exc, "message", "") or exc).strip()
+    if isinstance(exc, ApiError):  # the status and the server's reason are the useful part
+        text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client.exposition import MetricsHandler
 
+from esindexer.errors import describe_error
 from esindexer.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class _CachedCheck:
                     self._check()
                     self._error = None
                 except Exception as exc:  # any failure of the check means: not reachable
-                    self._error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                    self._error = f"{type(exc).__name__}: {' '.join(describe_error(exc).split())}"
                 self._at = time.monotonic()
             return self._error
 
@@ -130,6 +131,10 @@ class HealthServer:
                            f"(limit {self.stall_after:g}s)")
         if m.error_budget_exhausted():
             reasons.append("error budget exhausted: too many dead-lettered documents")
+        last = m.last_retry()
+        if reasons and last is not None and last[0] <= max(self.stall_after, 60.0):
+            # Not a reason by itself (one 429 is normal), but the likeliest explanation.
+            reasons.append(f"last retry {last[0]:.0f}s ago: {last[1]}")
         return not reasons, reasons
 
 

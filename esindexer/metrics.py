@@ -72,6 +72,8 @@ class _State:
     source_poll_wall: float | None = None
     dead_letters: int | None = None
     budget_exhausted: bool = False
+    last_retry_wall: float | None = None
+    last_retry: str | None = None  # "reason: what failed", for /readyz
 
 
 class _StateCollector(Collector):
@@ -188,9 +190,23 @@ class Metrics:
         self.bulk_requests.labels(outcome).inc()
         self.bulk_duration.observe(seconds)
 
-    def record_retry(self, reason: str) -> None:
-        """Count one retry; ``reason`` must come from a small fixed set chosen by the caller."""
+    def record_retry(self, reason: str, detail: str | None = None) -> None:
+        """Count one retry; ``reason`` must come from a small fixed set chosen by the caller.
+
+        ``detail`` (the error's text) is kept, not exported: /readyz shows the last one
+        next to a stall, so ``curl /readyz`` says *why* nothing moves.
+        """
         self.retries.labels(reason).inc()
+        text = reason if not detail else f"{reason}: {' '.join(detail.split())[:400]}"
+        with self._lock:
+            self._state.last_retry_wall = time.time()
+            self._state.last_retry = text
+
+    def last_retry(self) -> tuple[float, str] | None:
+        """``(seconds ago, "reason: detail")`` of the most recent retry, or None."""
+        with self._lock:
+            wall, text = self._state.last_retry_wall, self._state.last_retry
+        return None if wall is None or text is None else (max(0.0, time.time() - wall), text)
 
     def record_batch(self, size: int) -> None:
         """Observe the number of documents in one batch."""

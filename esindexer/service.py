@@ -35,7 +35,7 @@ from esindexer import deadletters, deletions, follow
 from esindexer.config import Settings, class_filter, load_dotted
 from esindexer.deadletters import DeadLetter
 from esindexer.documents import Action, DocumentBuilder, ensure_indices
-from esindexer.errors import as_setup_error
+from esindexer.errors import as_setup_error, describe_error
 from esindexer.jsonpickle import Jsonifier
 from esindexer.metrics import Metrics
 from esindexer.sink import Abandoned, BulkBuffer, BulkResult, BulkSender, retry_reason
@@ -119,7 +119,7 @@ class Indexer:
         self._dead_times: collections.deque[float] = collections.deque()
         self.sender = BulkSender(
             self.es, retry_max_seconds=settings.retry_max_seconds, retry_attempts=settings.retry_attempts,
-            stop=self._abandon, on_retry=lambda reason, exc: self.metrics.record_retry(reason),
+            stop=self._abandon, on_retry=lambda reason, exc: self.metrics.record_retry(reason, describe_error(exc)),
             on_request=self.metrics.record_bulk,
         )
         self.exit_code = EXIT_OK
@@ -170,8 +170,8 @@ class Indexer:
                 if reason is None:
                     raise
                 error = exc
-            self.metrics.record_retry(reason)
-            log.warning("%s failed (%s: %s); retrying in %.1fs", what, reason, str(error).strip()[:300], delay,
+            self.metrics.record_retry(reason, f"{what}: {describe_error(error)}")
+            log.warning("%s failed (%s: %s); retrying in %.1fs", what, reason, describe_error(error), delay,
                         extra={"reason": reason})
             if self._stop.wait(delay):
                 raise Abandoned(what)
@@ -244,7 +244,7 @@ class Indexer:
                 except _PG_ERRORS as exc:
                     if self.stopping:
                         break
-                    self.metrics.record_retry("pg_connection")
+                    self.metrics.record_retry("pg_connection", describe_error(exc))
                     log.warning("PostgreSQL connection lost (%s); resuming from saved progress",
                                 str(exc).strip()[:300])
                     if self._stop.wait(min(2.0, s.retry_max_seconds)):

@@ -44,7 +44,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tenacity.wait import wait_random_exponential
 
 from esindexer.documents import Action, iter_lines
-from esindexer.errors import SetupError, as_setup_error
+from esindexer.errors import SetupError, as_setup_error, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class BulkSender:
         reason = retry_reason(exc) if exc else "unknown"
         wait = state.next_action.sleep if state.next_action else 0
         log.warning("bulk request failed (%s: %s); retry %d in %.1fs, progress frozen", reason,
-                    str(exc)[:300], state.attempt_number, wait,
+                    describe_error(exc) if exc else "", state.attempt_number, wait,
                     extra={"reason": reason, "attempt": state.attempt_number})
         if self._on_retry and exc is not None:
             self._on_retry(reason or "unknown", exc)

@@ -79,6 +79,15 @@ def http_get(url: str, timeout: float = 5.0) -> bytes | None:
         return None
 
 
+def http_status(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 def latest_and_progress(db_dsn: str) -> tuple[int, int]:
     with psycopg2.connect(db_dsn) as conn:
         latest, done = follow.latest_tid(conn), follow.get_progress_tid(conn, "esindexer")
@@ -255,6 +264,10 @@ def test_outage_fires_lag_and_stall_alerts_then_resolves(zodb, db_dsn, es, es_pr
         assert "EsindexerDown" not in firing and prometheus.value("esindexer_source_reachable") == 1
         latest, done = latest_and_progress(db_dsn)
         assert done < latest  # progress frozen while Elasticsearch is away
+        # and /readyz says why, in words, down to the retry behind it
+        status, body = http_status(f"http://127.0.0.1:{metrics_port}/readyz")
+        assert status == 503 and "Elasticsearch unreachable" in body, body
+        assert "last retry" in body and "es_unreachable" in body and "Connection refused" in body, body
 
         es_proxy.resume()
         resumed_at = time.monotonic()

@@ -223,3 +223,18 @@ def test_not_ready_when_elasticsearch_is_unreachable(serve):
     assert status == 503
     assert body.startswith(b"Elasticsearch unreachable: ConnectionError")
     assert get(server, "/healthz")[0] == 200  # alive, just not ready
+
+
+def test_a_stall_shows_the_last_retry_as_its_likely_cause():
+    m = Metrics()
+    old, new = make_tid(2026, 2, 28, 23), make_tid(2026, 3, 1, 1)
+    m.record_source_latest(new)
+    m.record_retry("item_429", "2 item(s) to retry: 429")
+    assert HealthServer(m, stall_after=300).readiness() == (True, [])  # a retry alone is not a reason
+    m.record_progress(old, wall_time=time.time() - 1000)
+    m.record_retry("item_index_closed", "1 item(s) to retry: index_closed; index zodb-objects unwritable: "
+                                        "open it (POST /zodb-objects/_open)")
+    ready, reasons = HealthServer(m, stall_after=300).readiness()
+    assert not ready and reasons[0].startswith("stalled:")
+    assert reasons[1].startswith("last retry 0s ago: item_index_closed: 1 item(s) to retry")
+    assert "POST /zodb-objects/_open" in reasons[1]
