@@ -110,74 +110,98 @@ def _healthy(url: str, ca_file: str | None = None, auth: tuple[str, str] | None 
         return False
 
 
-@contextlib.contextmanager
-def _node(es_home: str, java_home: str, user: str | None, settings: dict[str, str], *,
-          prepare_files: Callable[[Path], None] | None = None,
-          prepare_with_tools: Callable[[Callable[..., None]], None] | None = None,
-          healthy: Callable[[str], bool] = _healthy, scheme: str = "http") -> Iterator[str]:
-    """Run one single-node server with ``settings`` from an unpacked integ-test-zip.
+class LocalNode:
+    """One single-node server with its own settings, run from an unpacked integ-test-zip.
 
+    Its ports, configuration and data directory are fixed when it is made, so it can be
+    killed and started again on the same data (a real crash, not a network cut).
     ``prepare_files(config_dir)`` runs first (as this process's user);
     ``prepare_with_tools(tool)`` then runs the node's ``bin/`` tools as the node's user.
     """
-    base = Path(tempfile.mkdtemp(prefix="esindexer-node-"))
-    conf = base / "config"
-    shutil.copytree(Path(es_home) / "config", conf)
-    http_port, transport_port = _free_port(), _free_port()
-    lines = {
-        "cluster.name": "esindexer-extra",
-        "node.name": "extra-1",
-        "discovery.type": "single-node",
-        "network.host": "127.0.0.1",
-        "http.port": str(http_port),
-        "transport.port": str(transport_port),
-        "path.data": str(base / "data"),
-        "path.logs": str(base / "logs"),
-        "xpack.security.enabled": "false",
-        "cluster.routing.allocation.disk.threshold_enabled": "false",
-        "node.store.allow_mmap": "false",
-        "indices.breaker.total.use_real_memory": "false",
-        "action.destructive_requires_name": "false",
-        **settings,
-    }
-    (conf / "elasticsearch.yml").write_text("".join(f"{k}: {v}\n" for k, v in lines.items()))
-    env = {**os.environ, "ES_PATH_CONF": str(conf), "ES_JAVA_HOME": java_home,
-           "ES_JAVA_OPTS": "-Xms512m -Xmx512m"}
-    as_user: list[str] = []
-    if user and os.geteuid() == 0:
-        as_user = ["runuser", "-u", user, "--", "env",
-                   *(f"{k}={env[k]}" for k in ("ES_PATH_CONF", "ES_JAVA_HOME", "ES_JAVA_OPTS"))]
 
-    def tool(name: str, *args: str) -> None:
-        subprocess.run([*as_user, str(Path(es_home) / "bin" / name), *args], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+    def __init__(self, es_home: str, java_home: str, user: str | None, settings: dict[str, str], *,
+                 prepare_files: Callable[[Path], None] | None = None,
+                 prepare_with_tools: Callable[[Callable[..., None]], None] | None = None,
+                 healthy: Callable[[str], bool] = _healthy, scheme: str = "http"):
+        self.base = Path(tempfile.mkdtemp(prefix="esindexer-node-"))
+        conf = self.base / "config"
+        shutil.copytree(Path(es_home) / "config", conf)
+        http_port, transport_port = _free_port(), _free_port()
+        lines = {
+            "cluster.name": "esindexer-extra",
+            "node.name": "extra-1",
+            "discovery.type": "single-node",
+            "network.host": "127.0.0.1",
+            "http.port": str(http_port),
+            "transport.port": str(transport_port),
+            "path.data": str(self.base / "data"),
+            "path.logs": str(self.base / "logs"),
+            "xpack.security.enabled": "false",
+            "cluster.routing.allocation.disk.threshold_enabled": "false",
+            "node.store.allow_mmap": "false",
+            "indices.breaker.total.use_real_memory": "false",
+            "action.destructive_requires_name": "false",
+            **settings,
+        }
+        (conf / "elasticsearch.yml").write_text("".join(f"{k}: {v}\n" for k, v in lines.items()))
+        self._settings = settings
+        self._es_home = es_home
+        self._env = {**os.environ, "ES_PATH_CONF": str(conf), "ES_JAVA_HOME": java_home,
+                     "ES_JAVA_OPTS": "-Xms512m -Xmx512m"}
+        self._as_user: list[str] = []
+        if user and os.geteuid() == 0:
+            self._as_user = ["runuser", "-u", user, "--", "env",
+                             *(f"{k}={self._env[k]}" for k in ("ES_PATH_CONF", "ES_JAVA_HOME", "ES_JAVA_OPTS"))]
+        if prepare_files:
+            prepare_files(conf)
+        if self._as_user:
+            for path in [self.base, *self.base.rglob("*")]:
+                shutil.chown(path, user, user)
+        if prepare_with_tools:
+            prepare_with_tools(self.tool)
+        self._pidfile = self.base / "es.pid"
+        self._healthy = healthy
+        self.url = f"{scheme}://127.0.0.1:{http_port}"
 
-    if prepare_files:
-        prepare_files(conf)
-    if as_user:
-        for path in [base, *base.rglob("*")]:
-            shutil.chown(path, user, user)
-    if prepare_with_tools:
-        prepare_with_tools(tool)
-    pidfile = base / "es.pid"
-    url = f"{scheme}://127.0.0.1:{http_port}"
-    try:
-        tool("elasticsearch", "-d", "-p", str(pidfile))
+    def tool(self, name: str, *args: str) -> None:
+        """Run ``bin/<name> args`` as the node's user, with its configuration."""
+        subprocess.run([*self._as_user, str(Path(self._es_home) / "bin" / name), *args], env=self._env,
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        """Start the server and wait until it answers healthy (2 minutes at most)."""
+        self.tool("elasticsearch", "-d", "-p", str(self._pidfile))
         deadline = time.monotonic() + 120
-        while not healthy(url):
+        while not self._healthy(self.url):
             if time.monotonic() > deadline:
-                logs = "\n".join(p.read_text()[-3000:] for p in (base / "logs").glob("*.log"))
-                raise RuntimeError(f"Elasticsearch ({settings}) did not start:\n{logs}")
+                logs = "\n".join(p.read_text()[-3000:] for p in (self.base / "logs").glob("*.log"))
+                raise RuntimeError(f"Elasticsearch ({self._settings}) did not start:\n{logs}")
             time.sleep(0.5)
-        yield url
-    finally:
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` (SIGKILL: a crash) and wait for the process to be gone."""
         with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            pid = int(pidfile.read_text())
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
+            pid = int(self._pidfile.read_text())
+            os.kill(pid, sig)
+            for _ in range(200):
                 os.kill(pid, 0)
                 time.sleep(0.1)
-        shutil.rmtree(base, ignore_errors=True)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _node(es_home: str, java_home: str, user: str | None, settings: dict[str, str],
+          **kwargs) -> Iterator[str]:
+    """A started :class:`LocalNode`, removed afterwards; yields its URL."""
+    node = LocalNode(es_home, java_home, user, settings, **kwargs)
+    try:
+        node.start()
+        yield node.url
+    finally:
+        node.close()
 
 
 @contextlib.contextmanager

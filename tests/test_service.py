@@ -715,3 +715,68 @@ def test_a_url_that_is_not_elasticsearch_is_a_clear_error(db_dsn, caplog):
         assert "does not lead to Elasticsearch" in caplog.text and "X-Elastic-Product" in caplog.text
     finally:
         server.shutdown()
+
+
+def test_elasticsearch_killed_while_the_application_commits_loses_nothing(zodb, db_dsn, es_prefix):
+    """A real Elasticsearch crash (SIGKILL of the server, bulks in flight, the application
+    still committing), then the server starts again on its data: the service waits,
+    catches up, and the index is exactly right."""
+    import os
+    import signal as signals
+
+    from elasticsearch import Elasticsearch
+    from tests.es_nodes import LocalNode
+
+    node = LocalNode(os.environ["ESINDEXER_TEST_ES_HOME"], os.environ["ESINDEXER_TEST_ES_JAVA_HOME"],
+                     os.environ.get("ESINDEXER_TEST_ES_USER"), {})
+    try:
+        node.start()
+        conn = zodb.open()
+        root = conn.root()
+        root["pages"] = pages = PersistentMapping()
+        transaction.commit()
+        settings = make_settings(db_dsn, node.url, es_prefix, batch_limit=100, bulk_max_docs=50)
+        stop_writing = threading.Event()
+        written: list[int] = []
+
+        def application() -> None:  # keeps committing small transactions, as a site does
+            db_conn = zodb.open()
+            n = 0
+            while not stop_writing.is_set():
+                container = db_conn.root()["pages"]
+                for _ in range(20):
+                    container[n] = Page(f"page {n}", body="text " * 40)
+                    n += 1
+                transaction.commit()
+                written.append(n)
+                time.sleep(0.02)
+            db_conn.close()
+
+        writer = threading.Thread(target=application, daemon=True)
+        with running(settings):
+            writer.start()
+            wait_for(lambda: progress(db_dsn) > 0 and len(written) > 20, timeout=60, message="indexing under way")
+            node.stop(signals.SIGKILL)  # the crash: whatever is in flight is cut off
+            killed_at = time.monotonic()
+            time.sleep(3)  # the application keeps committing meanwhile
+            frozen = progress(db_dsn)
+            node.start()  # the same data directory: acknowledged writes were fsynced
+            restarted_after = time.monotonic() - killed_at
+            time.sleep(2)
+            stop_writing.set()
+            writer.join(30)
+            wait_for(lambda: progress(db_dsn) == latest_tid(db_dsn), timeout=120, message="caught up")
+        assert frozen < latest_tid(db_dsn)
+        check = run_esindexer("verify", "--json", env={
+            "ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": node.url,
+            "ESINDEXER_INDEX_PREFIX": settings.index_prefix})
+        report = json.loads(check.stdout)
+        assert check.returncode == 0 and report["clean"], report
+        client = Elasticsearch(node.url)
+        client.indices.refresh(index=settings.index_prefix)
+        assert client.count(index=settings.index_prefix)["count"] == written[-1] + 2  # pages, mapping, root
+        client.close()
+        print(f"\n[es crash] {written[-1]} pages committed; server back {restarted_after:.1f}s after SIGKILL")
+        conn.close()
+    finally:
+        node.close()
