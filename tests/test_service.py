@@ -733,7 +733,7 @@ def test_elasticsearch_killed_while_the_application_commits_loses_nothing(zodb, 
         node.start()
         conn = zodb.open()
         root = conn.root()
-        root["pages"] = pages = PersistentMapping()
+        root["pages"] = PersistentMapping()
         transaction.commit()
         settings = make_settings(db_dsn, node.url, es_prefix, batch_limit=100, bulk_max_docs=50)
         stop_writing = threading.Event()
