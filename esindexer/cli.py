@@ -393,6 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"esindexer: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except Exception as exc:
+        from esindexer.follow import SchemaError
+
+        if isinstance(exc, SchemaError):  # reachable, but not a RelStorage database (yet)
+            print(f"esindexer: {exc}; is ESINDEXER_PG_DSN the database RelStorage writes to?", file=sys.stderr)
+            return EXIT_USAGE
         from esindexer.errors import as_setup_error
 
         if (problem := as_setup_error(exc)) is not None:

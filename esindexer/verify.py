@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from esindexer import deadletters
+from esindexer import deadletters, follow
 from esindexer.deletions import indexed_zoids
 from esindexer.documents import Action, DocumentBuilder
 from esindexer.jsonpickle import Jsonifier
@@ -97,6 +97,8 @@ def verify(conn: Any, es: Any, builder: DocumentBuilder, jsonifier: Jsonifier, s
            client_id: str, *, repair: bool = False, page: int = 5000) -> Report:
     """Compare database and index; with ``repair``, fix what differs. Returns the report."""
     report = Report()
+    follow.latest_tid(conn)  # a clear SchemaError when this database has no RelStorage tables
+    conn.rollback()
     # Compare with what has been written, not with what the last scheduled refresh showed.
     es.options(ignore_status=404).indices.refresh(index=",".join(builder.indices), ignore_unavailable=True)
     letters = _dead_lettered(conn, client_id)

@@ -180,3 +180,12 @@ def test_unreachable_postgresql_is_a_clear_error():
     assert done.returncode == 5
     assert "esindexer: cannot reach PostgreSQL" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_database_without_relstorage_tables_is_a_clear_error(db_dsn, es_url):
+    env = {"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url, "ESINDEXER_INDEX_PREFIX": "no-relstorage"}
+    for command in ("status", "verify", "install-trigger"):
+        done = _cli(command, env=env)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "no RelStorage table object_state" in done.stderr and "ESINDEXER_PG_DSN" in done.stderr
+        assert "Traceback" not in done.stderr
