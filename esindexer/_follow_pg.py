@@ -87,3 +87,12 @@ def keeps_history(cur) -> bool:
             "(has RelStorage created its schema in this database?)"
         )
     return has_relation(cur, "current_object")
+
+
+def current_revisions(cur) -> tuple[str, str]:
+    """``(FROM clause, zoid column)`` selecting one row per object, its current revision,
+    as ``s.tid`` and ``s.state`` (history-preserving: joined through ``current_object``).
+    Raises :class:`SchemaError` without a RelStorage schema."""
+    if keeps_history(cur):
+        return "current_object c JOIN object_state s ON s.zoid = c.zoid AND s.tid = c.tid", "c.zoid"
+    return "object_state s", "s.zoid"

@@ -20,6 +20,8 @@ from typing import Any, Iterable
 
 import psycopg2.extras
 
+from esindexer._follow_pg import has_relation
+
 TABLE = "esindexer_dead_letters"
 
 DDL = f"""
@@ -86,8 +88,7 @@ def add(conn: Any, client_id: str, letters: Iterable[DeadLetter]) -> int:
 def count(conn: Any, client_id: str) -> int:
     """Dead letters kept for ``client_id`` (0 when the table does not exist yet)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,))
-        if not cur.fetchone()[0]:
+        if not has_relation(cur, TABLE):
             return 0
         cur.execute(f"SELECT count(*) FROM {TABLE} WHERE client_id = %s", (client_id,))
         return int(cur.fetchone()[0])

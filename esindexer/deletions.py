@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterator
 
+from esindexer._follow_pg import has_relation
+
 log = logging.getLogger(__name__)
 
 LOG_TABLE = "esindexer_deletions"
@@ -54,8 +56,7 @@ $$;
 
 def history_preserving(conn: Any) -> bool:
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('current_object') IS NOT NULL")
-        return bool(cur.fetchone()[0])
+        return has_relation(cur, "current_object")
 
 
 def trigger_installed(conn: Any) -> bool:
@@ -116,8 +117,7 @@ def ensure_tables(conn: Any) -> bool:
 def pending(conn: Any, client_id: str, limit: int = 5000) -> list[tuple[int, int, int]]:
     """Up to ``limit`` captured deletions ``(id, zoid, tid)`` this client has not applied."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (LOG_TABLE,))
-        if not cur.fetchone()[0]:
+        if not has_relation(cur, LOG_TABLE):
             return []
         cur.execute(
             f"SELECT d.id, d.zoid, d.tid FROM {LOG_TABLE} d "
@@ -154,8 +154,7 @@ def advance(conn: Any, client_id: str, last_id: int) -> None:
 def start_cursor_at_end(conn: Any, client_id: str) -> None:
     """A new client starts after the existing log: its first sweep covers what came before."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (LOG_TABLE,))
-        if not cur.fetchone()[0]:
+        if not has_relation(cur, LOG_TABLE):
             return
         cur.execute(
             f"INSERT INTO {CURSOR_TABLE} (client_id, last_id) "

@@ -53,7 +53,8 @@ def describe_error(exc: BaseException) -> str:
     elastic_transport's errors keep the underlying reason in ``.message``; their str()
     can be as bare as "Connection error" or "TLS error".
     """
-    text = str(getattr(exc, "message", "") or exc).strip()
-    if isinstance(exc, ApiError):  # the status and the server's reason are the useful part
+    if isinstance(exc, ApiError):  # its str() has the status and the server's reason
         text = str(exc).strip()
+    else:
+        text = str(getattr(exc, "message", "") or exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__

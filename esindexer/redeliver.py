@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from esindexer import deadletters
+from esindexer._follow_pg import current_revisions, has_relation
 from esindexer.documents import Action, DocumentBuilder
 from esindexer.jsonpickle import Jsonifier
 from esindexer.sink import BulkSender
@@ -60,8 +61,7 @@ def summary(conn: Any, client_id: str) -> list[dict[str, Any]]:
     e.g. ``document_parsing_exception``), most first, each with one full example reason.
     Whole reasons name document ids and values, so they would not group."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (deadletters.TABLE,))
-        if not cur.fetchone()[0]:
+        if not has_relation(cur, deadletters.TABLE):
             conn.rollback()
             return []
         cur.execute(
@@ -93,12 +93,8 @@ def _lettered_zoids(conn: Any, client_id: str, page: int) -> Iterator[list[int]]
 def _current(conn: Any, zoids: list[int]) -> dict[int, tuple[int, bytes | None]]:
     """``zoid -> (tid, state)`` of the current revisions (history-free or -preserving)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('current_object') IS NOT NULL")
-        if cur.fetchone()[0]:
-            cur.execute("SELECT c.zoid, s.tid, s.state FROM current_object c JOIN object_state s "
-                        "ON s.zoid = c.zoid AND s.tid = c.tid WHERE c.zoid = ANY(%s)", (zoids,))
-        else:
-            cur.execute("SELECT zoid, tid, state FROM object_state WHERE zoid = ANY(%s)", (zoids,))
+        source, key = current_revisions(cur)
+        cur.execute(f"SELECT {key}, s.tid, s.state FROM {source} WHERE {key} = ANY(%s)", (zoids,))
         rows = {z: (t, bytes(s) if s is not None else None) for z, t, s in cur.fetchall()}
     conn.rollback()
     return rows
@@ -123,8 +119,7 @@ def redeliver(conn: Any, builder: DocumentBuilder, jsonifier: Jsonifier, sender:
     """Send the current state of every dead-lettered object again; clear what settles."""
     report = RedeliveryReport()
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (deadletters.TABLE,))
-        exists = cur.fetchone()[0]
+        exists = has_relation(cur, deadletters.TABLE)
     conn.rollback()
     if not exists:
         return report

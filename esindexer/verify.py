@@ -27,7 +27,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from esindexer import deadletters, follow
+from esindexer import deadletters
+from esindexer._follow_pg import current_revisions, has_relation
 from esindexer.deletions import indexed_zoids
 from esindexer.documents import Action, DocumentBuilder
 from esindexer.jsonpickle import Jsonifier
@@ -65,12 +66,8 @@ class Report:
 def _source_pages(conn: Any, page: int) -> Iterator[list[tuple[int, int, bytes | None]]]:
     """Current ``(zoid, tid, state)`` rows in zoid order, a short read transaction per page."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('current_object') IS NOT NULL")
-        history = cur.fetchone()[0]
+        source, key = current_revisions(cur)
     conn.rollback()
-    source = ("current_object c JOIN object_state s ON s.zoid = c.zoid AND s.tid = c.tid" if history
-              else "object_state s")
-    key = "c.zoid" if history else "s.zoid"
     after = -1
     while True:
         with conn.cursor() as cur:
@@ -97,8 +94,6 @@ def verify(conn: Any, es: Any, builder: DocumentBuilder, jsonifier: Jsonifier, s
            client_id: str, *, repair: bool = False, page: int = 5000) -> Report:
     """Compare database and index; with ``repair``, fix what differs. Returns the report."""
     report = Report()
-    follow.latest_tid(conn)  # a clear SchemaError when this database has no RelStorage tables
-    conn.rollback()
     # Compare with what has been written, not with what the last scheduled refresh showed.
     es.options(ignore_status=404).indices.refresh(index=",".join(builder.indices), ignore_unavailable=True)
     letters = _dead_lettered(conn, client_id)
@@ -160,8 +155,7 @@ def verify(conn: Any, es: Any, builder: DocumentBuilder, jsonifier: Jsonifier, s
 
 def _dead_lettered(conn: Any, client_id: str) -> set[tuple[int, int]]:
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (deadletters.TABLE,))
-        if not cur.fetchone()[0]:
+        if not has_relation(cur, deadletters.TABLE):
             conn.rollback()
             return set()
         cur.execute(f"SELECT zoid, tid FROM {deadletters.TABLE} WHERE client_id = %s", (client_id,))

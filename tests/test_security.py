@@ -9,6 +9,7 @@ test_config, user/password and certificate handling here, end to end through
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -28,23 +29,33 @@ def _env(db_dsn: str, es_prefix: str, node, user: str | None = None, **extra: st
     return env
 
 
-def _authenticates(node, user: str) -> bool:
-    from elasticsearch import AuthenticationException, Elasticsearch
+@contextlib.contextmanager
+def _as_user(node, user: str | None = None):
+    """A client of the secured node, as ``user`` (default: the superuser)."""
+    from elasticsearch import Elasticsearch
 
-    client = Elasticsearch(node.url, basic_auth=(user, node.password), ca_certs=node.ca_file)
+    client = Elasticsearch(node.url, basic_auth=(user or node.username, node.password), ca_certs=node.ca_file)
     try:
-        client.security.authenticate()
-        return True
-    except AuthenticationException:
-        return False
+        yield client
     finally:
         client.close()
 
 
-def _client(node):
-    from elasticsearch import Elasticsearch
+def _authenticates(node, user: str) -> bool:
+    from elasticsearch import AuthenticationException
 
-    return Elasticsearch(node.url, basic_auth=(node.username, node.password), ca_certs=node.ca_file)
+    with _as_user(node, user) as client:
+        try:
+            client.security.authenticate()
+            return True
+        except AuthenticationException:
+            return False
+
+
+def _may_write(node, user: str, index: str) -> bool:
+    with _as_user(node, user) as client:
+        answer = client.security.has_privileges(index=[{"names": [index], "privileges": ["write"]}])
+        return answer["has_all_requested"]
 
 
 def test_the_documented_role_over_verified_https_indexes_and_verifies(zodb, db_dsn, es_prefix, es_secured):
@@ -57,14 +68,13 @@ def test_the_documented_role_over_verified_https_indexes_and_verifies(zodb, db_d
     assert done.returncode == 0, done.stderr[-2000:]
     check = run_esindexer("verify", env=env)
     assert check.returncode == 0, check.stdout + check.stderr[-2000:]
-    es = _client(es_secured)
-    try:
-        assert {zoid_of(p) for p in pages} <= set(docs(es, es_prefix.rstrip("-")))
-        assert es_secured.password not in done.stderr  # secrets are never logged
-    finally:
-        es.options(ignore_status=404).indices.delete(index=f"{es_prefix}*")
-        es.options(ignore_status=404).indices.delete_index_template(name=f"{es_prefix}*")
-        es.close()
+    with _as_user(es_secured) as es:
+        try:
+            assert {zoid_of(p) for p in pages} <= set(docs(es, es_prefix.rstrip("-")))
+            assert es_secured.password not in done.stderr  # secrets are never logged
+        finally:
+            es.options(ignore_status=404).indices.delete(index=f"{es_prefix}*")
+            es.options(ignore_status=404).indices.delete_index_template(name=f"{es_prefix}*")
     conn.close()
 
 
@@ -91,89 +101,62 @@ def test_unverifiable_certificate_is_a_clear_error(db_dsn, es_prefix, es_secured
     assert "CERTIFICATE_VERIFY_FAILED" in done.stderr and "ESINDEXER_ES_CA_FILE" in done.stderr
 
 
-def test_credentials_revoked_while_running_stop_the_service_and_keep_progress(zodb, db_dsn, es_prefix,
-                                                                              es_secured):
+def _refused_while_running(zodb, db_dsn, es_prefix, node, user: str, take_away, taken_away, give_back):
+    """Index as ``user``; then ``take_away()`` its right to write and wait for ``taken_away()``
+    (the node reloads its security files every 5 s) and commit again. The service must
+    stop with exit code 2, keep its progress at the last acknowledged batch and dead-letter
+    nothing."""
     from esindexer.metrics import Metrics
     from esindexer.service import EXIT_SETUP, Indexer
     from tests.support import wait_for
     from tests.test_service import dead_letters, latest_tid, make_settings, progress
 
-    settings = make_settings(db_dsn, es_secured.url, es_prefix, es_username=es_secured.rotated,
-                             es_password=es_secured.password, es_ca_file=es_secured.ca_file)
+    settings = make_settings(db_dsn, node.url, es_prefix, es_username=user, es_password=node.password,
+                             es_ca_file=node.ca_file)
     indexer = Indexer(settings, Metrics(process_metrics=False))
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("code", indexer.run()), daemon=True)
     thread.start()
-    es = _client(es_secured)
     try:
-        conn = zodb.open()
-        first = commit_pages(conn.root(), 3)
-        wait_for(lambda: {zoid_of(p) for p in first} <= set(docs(es, settings.index_prefix)), timeout=60,
-                 message="indexed while the password is right")
-        indexed_up_to = progress(db_dsn)
-        es_secured.set_password(es_secured.rotated, "rotated-elsewhere")  # as if the key was revoked
-        wait_for(lambda: not _authenticates(es_secured, es_secured.rotated), timeout=60,
-                 message="the node reloading its users file (every 5 s)")
-        for page in first:
-            page.title += " (changed)"
-        transaction.commit()
-        thread.join(60)
-        assert outcome.get("code") == EXIT_SETUP  # stopped, with the reason logged; not retrying for ever
-        assert progress(db_dsn) == indexed_up_to < latest_tid(db_dsn)  # the refused batch is not counted
-        assert dead_letters(db_dsn) == []  # and nothing was dead-lettered for it
-        conn.close()
+        with _as_user(node) as es:
+            conn = zodb.open()
+            first = commit_pages(conn.root(), 3)
+            wait_for(lambda: {zoid_of(p) for p in first} <= set(docs(es, settings.index_prefix)), timeout=60,
+                     message="indexed while the right is there")
+            indexed_up_to = progress(db_dsn)
+            take_away()
+            wait_for(taken_away, timeout=60, message="the node reloading its security files (every 5 s)")
+            for page in first:
+                page.title += " (changed)"
+            transaction.commit()
+            thread.join(60)
+            assert outcome.get("code") == EXIT_SETUP  # stopped, with the reason logged; not retrying for ever
+            assert progress(db_dsn) == indexed_up_to < latest_tid(db_dsn)  # the refused batch is not counted
+            assert dead_letters(db_dsn) == []  # and nothing was dead-lettered for it
+            conn.close()
     finally:
         indexer.stop()
-        es_secured.set_password(es_secured.rotated, es_secured.password)
-        es.options(ignore_status=404).indices.delete(index=f"{es_prefix}*")
-        es.close()
+        give_back()
+        with _as_user(node) as es:
+            es.options(ignore_status=404).indices.delete(index=f"{es_prefix}*")
 
 
-def _may_write(node, user: str, index: str) -> bool:
-    from elasticsearch import Elasticsearch
-
-    client = Elasticsearch(node.url, basic_auth=(user, node.password), ca_certs=node.ca_file)
-    try:
-        return client.security.has_privileges(index=[{"names": [index], "privileges": ["write"]}])["has_all_requested"]
-    finally:
-        client.close()
+def test_credentials_revoked_while_running_stop_the_service_and_keep_progress(zodb, db_dsn, es_prefix,
+                                                                              es_secured):
+    node, user = es_secured, es_secured.rotated
+    _refused_while_running(zodb, db_dsn, es_prefix, node, user,
+                           take_away=lambda: node.set_password(user, "rotated-elsewhere"),  # as if revoked
+                           taken_away=lambda: not _authenticates(node, user),
+                           give_back=lambda: node.set_password(user, node.password))
 
 
 def test_a_privilege_lost_while_running_stops_the_service_instead_of_dead_lettering(zodb, db_dsn, es_prefix,
                                                                                    es_secured, caplog):
-    from esindexer.metrics import Metrics
-    from esindexer.service import EXIT_SETUP, Indexer
-    from tests.support import wait_for
-    from tests.test_service import dead_letters, latest_tid, make_settings, progress
-
-    settings = make_settings(db_dsn, es_secured.url, es_prefix, es_username=es_secured.demoted,
-                             es_password=es_secured.password, es_ca_file=es_secured.ca_file)
-    index = settings.index_for_route(settings.default_route)
-    indexer = Indexer(settings, Metrics(process_metrics=False))
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault("code", indexer.run()), daemon=True)
-    thread.start()
-    es = _client(es_secured)
-    try:
-        conn = zodb.open()
-        first = commit_pages(conn.root(), 3)
-        wait_for(lambda: {zoid_of(p) for p in first} <= set(docs(es, settings.index_prefix)), timeout=60,
-                 message="indexed while the role allows it")
-        indexed_up_to = progress(db_dsn)
-        es_secured.set_demoted_indices("t-some-other-prefix-*")  # an administrator narrows the role
-        wait_for(lambda: not _may_write(es_secured, es_secured.demoted, index), timeout=60,
-                 message="the node reloading roles.yml (every 5 s)")
-        for page in first:
-            page.title += " (changed)"
-        transaction.commit()
-        thread.join(60)
-        assert outcome.get("code") == EXIT_SETUP
-        assert progress(db_dsn) == indexed_up_to < latest_tid(db_dsn)
-        assert dead_letters(db_dsn) == []  # the per-item 403s were not dead-lettered
-        assert f"Elasticsearch refused to write to {index}: security_exception" in caplog.text
-        conn.close()
-    finally:
-        indexer.stop()
-        es_secured.set_demoted_indices("t-*")
-        es.options(ignore_status=404).indices.delete(index=f"{es_prefix}*")
-        es.close()
+    node, user = es_secured, es_secured.demoted
+    index = f"{es_prefix}objects"
+    _refused_while_running(zodb, db_dsn, es_prefix, node, user,
+                           take_away=lambda: node.set_demoted_indices("t-some-other-prefix-*"),  # role narrowed
+                           taken_away=lambda: not _may_write(node, user, index),
+                           give_back=lambda: node.set_demoted_indices("t-*"))
+    # the per-item 403s stopped it, they were not dead-lettered
+    assert f"Elasticsearch refused to write to {index}: security_exception" in caplog.text
