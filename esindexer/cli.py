@@ -163,7 +163,9 @@ def _connect(settings: Settings) -> Any:
     import psycopg2
 
     try:
-        return psycopg2.connect(settings.pg_dsn, connect_timeout=10)
+        from esindexer.service import pg_dsn
+
+        return psycopg2.connect(pg_dsn(settings, "cli"))
     except psycopg2.OperationalError as exc:
         raise _Unreachable(f"cannot reach PostgreSQL: {str(exc).strip()}") from None
 
@@ -177,7 +179,7 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         progress = follow.get_progress_tid(conn, settings.client_id)
         latest = follow.latest_tid(conn)
         dead = deadletters.count(conn, settings.client_id)
-        pending = len(deletions.pending(conn, settings.client_id, limit=100_000))
+        pending = deletions.count_unapplied(conn, settings.client_id)
         conn.rollback()
     finally:
         conn.close()
@@ -196,7 +198,9 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         "latest_tid": latest,
         "latest_committed_at": when(latest),
         "lag_seconds": round(lag, 3) if lag is not None else None,
-        "caught_up": progress >= latest,
+        # Caught up means nothing committed is unapplied: no newer transaction and no
+        # captured deletion (a pack writes no new tid, so tids alone cannot tell).
+        "caught_up": progress >= latest and pending == 0,
         "dead_letters": dead,
         "pending_pack_deletions": pending,
     }
@@ -245,7 +249,7 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         # Short timeout: /readyz must answer quickly even when Elasticsearch hangs.
         indexer.es.options(request_timeout=3).cluster.health(timeout="2s")
 
-    poller = SourcePoller(lambda: connect_pg(settings), metrics, interval=settings.lag_poll_interval)
+    poller = SourcePoller(lambda: connect_pg(settings, "lag poller"), metrics, interval=settings.lag_poll_interval)
     server = None
     if settings.metrics_port:
         server = HealthServer(metrics, settings.metrics_host, settings.metrics_port, es_check=es_check,

@@ -36,13 +36,26 @@ CREATE TABLE IF NOT EXISTS {LOG_TABLE} (
     id          bigserial   PRIMARY KEY,
     zoid        bigint      NOT NULL,
     tid         bigint      NOT NULL,
-    deleted_at  timestamptz NOT NULL DEFAULT now()
+    deleted_at  timestamptz NOT NULL DEFAULT now(),
+    xid         xid8        NOT NULL DEFAULT pg_current_xact_id()
 );
 CREATE TABLE IF NOT EXISTS {CURSOR_TABLE} (
     client_id   text   PRIMARY KEY,
-    last_id     bigint NOT NULL
+    last_id     bigint NOT NULL,
+    last_xid    xid8   NOT NULL DEFAULT '0'
 );
 """
+
+# Tables created before the transaction-ordered cursor: every existing row gets this
+# transaction's id, and every cursor (last_xid, last_id) = (that id, its old last_id),
+# which selects exactly the rows the old id-only cursor had not passed yet.
+_MIGRATE = f"""
+ALTER TABLE {LOG_TABLE} ADD COLUMN xid xid8 NOT NULL DEFAULT pg_current_xact_id();
+ALTER TABLE {CURSOR_TABLE} ADD COLUMN last_xid xid8 NOT NULL DEFAULT '0';
+UPDATE {CURSOR_TABLE} SET last_xid = pg_current_xact_id();
+"""
+
+_INDEX = f"CREATE INDEX IF NOT EXISTS {LOG_TABLE}_order ON {LOG_TABLE} (xid, id)"
 
 _FUNCTION = f"""
 CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -65,6 +78,17 @@ def trigger_installed(conn: Any) -> bool:
         return cur.fetchone()[0] > 0
 
 
+def _create_tables(cur: Any) -> None:
+    """Create (or bring up to date) the log and cursor tables in the caller's transaction."""
+    cur.execute(_TABLES)
+    cur.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = %s "
+                "AND column_name = 'xid' AND table_schema = current_schema()", (LOG_TABLE,))
+    if cur.fetchone()[0] == 0:
+        cur.execute(_MIGRATE)
+        log.info("deletion log upgraded to the transaction-ordered cursor")
+    cur.execute(_INDEX)
+
+
 def install(conn: Any) -> bool:
     """Create the log, the cursor table and the capture trigger; commit. Idempotent.
 
@@ -81,7 +105,7 @@ def install(conn: Any) -> bool:
     try:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL lock_timeout = '10s'")
-            cur.execute(_TABLES)
+            _create_tables(cur)
             cur.execute(_FUNCTION)
             cur.execute("SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
                         (table, TRIGGER))
@@ -106,59 +130,116 @@ def ensure_tables(conn: Any) -> bool:
     conn.commit()
     try:
         with conn.cursor() as cur:
-            cur.execute(_TABLES)
+            cur.execute("SET LOCAL lock_timeout = '10s'")
+            _create_tables(cur)
         conn.commit()
         return True
-    except psycopg2.errors.InsufficientPrivilege:
+    except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.LockNotAvailable):
         conn.rollback()
         return False
 
 
-def pending(conn: Any, client_id: str, limit: int = 5000) -> list[tuple[int, int, int]]:
-    """Up to ``limit`` captured deletions ``(id, zoid, tid)`` this client has not applied."""
+def _usable(cur: Any) -> bool:
+    """Whether the log exists in its current form (an old one not yet upgraded is not)."""
+    if not has_relation(cur, LOG_TABLE):
+        return False
+    cur.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = %s "
+                "AND column_name = 'xid' AND table_schema = current_schema()", (LOG_TABLE,))
+    return bool(cur.fetchone()[0])
+
+
+# The cursor is a position in (xid, id) order, and only rows of transactions older than
+# the snapshot's xmin are read: every such transaction has ended, so each of its rows is
+# visible now or never will be, and any row that becomes visible later belongs to a
+# transaction that is running now or has not started, whose xid is >= that xmin and so
+# sorts after the cursor. A row can therefore never appear behind the cursor, whatever
+# order concurrent deleting transactions commit in (ids are taken at insert time, which
+# is why an id-only cursor lost deletions).
+_CURSOR = (
+    f"(SELECT COALESCE((SELECT last_xid FROM {CURSOR_TABLE} WHERE client_id = %(client)s), '0'::xid8) AS xid, "
+    f"COALESCE((SELECT last_id FROM {CURSOR_TABLE} WHERE client_id = %(client)s), 0) AS id) AS cur"
+)
+
+
+def pending(conn: Any, client_id: str, limit: int = 5000) -> list[tuple[int, int, int, int]]:
+    """Up to ``limit`` captured deletions ``(xid, id, zoid, tid)`` this client may apply now,
+    in cursor order: those of transactions that have all ended (see the comment above)."""
     with conn.cursor() as cur:
-        if not has_relation(cur, LOG_TABLE):
+        if not _usable(cur):
             return []
         cur.execute(
-            f"SELECT d.id, d.zoid, d.tid FROM {LOG_TABLE} d "
-            f"WHERE d.id > COALESCE((SELECT last_id FROM {CURSOR_TABLE} WHERE client_id = %s), 0) "
-            "ORDER BY d.id LIMIT %s",
-            (client_id, limit),
+            f"SELECT d.xid::text::bigint, d.id, d.zoid, d.tid FROM {LOG_TABLE} d, {_CURSOR} "
+            "WHERE (d.xid, d.id) > (cur.xid, cur.id) AND d.xid < pg_snapshot_xmin(pg_current_snapshot()) "
+            "ORDER BY d.xid, d.id LIMIT %(limit)s",
+            {"client": client_id, "limit": limit},
         )
         return [tuple(row) for row in cur.fetchall()]
 
 
-def advance(conn: Any, client_id: str, last_id: int) -> None:
-    """Move this client's cursor and drop log rows every client has applied (the caller commits).
+def count_unapplied(conn: Any, client_id: str) -> int:
+    """Every visible deletion this client has not applied, including those of transactions
+    committed so recently that :func:`pending` does not hand them out yet."""
+    with conn.cursor() as cur:
+        if not has_relation(cur, LOG_TABLE):
+            return 0
+        if not _usable(cur):  # not upgraded yet: count the old way
+            cur.execute(f"SELECT count(*) FROM {LOG_TABLE} WHERE id > COALESCE((SELECT last_id FROM "
+                        f"{CURSOR_TABLE} WHERE client_id = %s), 0)", (client_id,))
+            return int(cur.fetchone()[0])
+        cur.execute(f"SELECT count(*) FROM {LOG_TABLE} d, {_CURSOR} WHERE (d.xid, d.id) > (cur.xid, cur.id)",
+                    {"client": client_id})
+        return int(cur.fetchone()[0])
 
-    Pruning runs in a savepoint: a role that may not delete from the log (an
-    administrator created it) still advances, and the log is merely kept.
+
+def advance(conn: Any, client_id: str, xid: int, last_id: int) -> None:
+    """Move this client's cursor to ``(xid, last_id)`` (the caller commits, then calls
+    :func:`prune` in a transaction of its own)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {CURSOR_TABLE} AS c (client_id, last_xid, last_id) "
+            "VALUES (%s, %s::text::xid8, %s) ON CONFLICT (client_id) DO UPDATE SET "
+            "last_xid = EXCLUDED.last_xid, last_id = EXCLUDED.last_id "
+            "WHERE (EXCLUDED.last_xid, EXCLUDED.last_id) > (c.last_xid, c.last_id)",
+            (client_id, str(xid), last_id),
+        )
+
+
+def prune(conn: Any) -> int:
+    """Drop log rows every client has applied; commit. Returns how many.
+
+    Run after the cursor's own commit: of two clients advancing at once, the one that
+    prunes last then sees both cursors (an in-transaction prune saw only its own, and
+    rows stayed behind). A role that may not delete from the log (an administrator
+    created it) merely keeps it.
     """
     import psycopg2
 
-    with conn.cursor() as cur:
-        cur.execute(
-            f"INSERT INTO {CURSOR_TABLE} (client_id, last_id) VALUES (%s, %s) "
-            "ON CONFLICT (client_id) DO UPDATE SET last_id = GREATEST(EXCLUDED.last_id, "
-            f"{CURSOR_TABLE}.last_id)",
-            (client_id, last_id),
-        )
-        cur.execute("SAVEPOINT esindexer_prune")
-        try:
-            cur.execute(f"DELETE FROM {LOG_TABLE} WHERE id <= (SELECT min(last_id) FROM {CURSOR_TABLE})")
-            cur.execute("RELEASE SAVEPOINT esindexer_prune")
-        except psycopg2.errors.InsufficientPrivilege:
-            cur.execute("ROLLBACK TO SAVEPOINT esindexer_prune")
+    try:
+        with conn.cursor() as cur:
+            if not _usable(cur):
+                conn.rollback()
+                return 0
+            cur.execute(
+                f"DELETE FROM {LOG_TABLE} d WHERE (d.xid, d.id) <= (SELECT c.last_xid, c.last_id FROM "
+                f"{CURSOR_TABLE} c ORDER BY c.last_xid, c.last_id LIMIT 1)")
+            removed = cur.rowcount
+        conn.commit()
+        return max(removed, 0)
+    except psycopg2.errors.InsufficientPrivilege:
+        conn.rollback()
+        return 0
 
 
 def start_cursor_at_end(conn: Any, client_id: str) -> None:
-    """A new client starts after the existing log: its first sweep covers what came before."""
+    """A new client starts after the deletions of every ended transaction: its first sweep
+    (or its backfill, which never sees those objects) covers what came before. Deletions of
+    transactions still running are after this cursor and are applied."""
     with conn.cursor() as cur:
-        if not has_relation(cur, LOG_TABLE):
+        if not _usable(cur):
             return
         cur.execute(
-            f"INSERT INTO {CURSOR_TABLE} (client_id, last_id) "
-            f"SELECT %s, COALESCE(max(id), 0) FROM {LOG_TABLE} ON CONFLICT (client_id) DO NOTHING",
+            f"INSERT INTO {CURSOR_TABLE} (client_id, last_xid, last_id) "
+            "VALUES (%s, pg_snapshot_xmin(pg_current_snapshot()), 0) ON CONFLICT (client_id) DO NOTHING",
             (client_id,),
         )
 
@@ -173,6 +254,32 @@ def missing_zoids(conn: Any, zoids: list[int]) -> list[int]:
         present = {row[0] for row in cur.fetchall()}
     conn.rollback()  # end the read transaction at once
     return [z for z in zoids if z not in present]
+
+
+def delete_if_gone(conn: Any, builder: Any, sender: Any, written: list[Any]) -> int:
+    """After ``written`` index actions were acknowledged, delete the documents of those
+    objects that have left the database meanwhile; returns how many were deleted.
+
+    ``verify --repair`` and ``dead-letters --redeliver`` write states they read earlier,
+    outside the service's ordering (a pack deletion is applied only once every earlier
+    write of the object is settled). If the object was packed between their read and
+    their write, only the delete's tombstone would refuse the late write, and Elasticsearch
+    forgets tombstones after ``index.gc_deletes`` and on a crash. Checking the database
+    *after* the write settled closes that: a deletion committed before the check is seen
+    here, one committed after it is applied by the service after this write.
+    """
+    written = [action for action in written if action.op == "index"]
+    if not written:
+        return 0
+    gone = set(missing_zoids(conn, sorted({action.zoid for action in written})))
+    actions = [delete for action in written if action.zoid in gone
+               for delete in builder.delete_actions(action.tid, action.zoid, version=action.tid + 1)]
+    if not actions:
+        return 0
+    result = sender.send(actions)
+    log.info("deleted %d document(s) written for objects that left the database meanwhile",
+             result.done_total, extra={"count": result.done_total})
+    return int(result.done_total)
 
 
 def indexed_zoids(es: Any, indices: tuple[str, ...], page: int = 5000, low: int | None = None,

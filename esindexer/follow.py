@@ -119,7 +119,7 @@ import collections
 import logging
 import select
 import socket
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import psycopg2
 import psycopg2.errors
@@ -187,6 +187,7 @@ def updates(
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     listen: bool = True,
+    on_idle: Optional[Callable[[], None]] = None,
 ) -> "Updates":
     """Batches of committed rows after ``start_tid`` (see the module docstring).
 
@@ -202,6 +203,11 @@ def updates(
     :param chunk_bytes: state bytes per read (memory bound for large records).
     :param listen: use LISTEN/NOTIFY (installing the trigger if missing and
         permitted); ``False`` polls every ``poll_interval`` seconds.
+    :param on_idle: called from the iterating thread whenever every row read so far
+        has been handed out and the follower is about to wait for new commits: a
+        moment when no read is in progress and none starts until it returns (the
+        service applies pack deletions there). :meth:`Updates.wake` makes a waiting
+        follower read again, and so call it again.
     """
     return Updates(
         conn,
@@ -213,6 +219,7 @@ def updates(
         poll_interval=poll_interval,
         chunk_bytes=chunk_bytes,
         listen=listen,
+        on_idle=on_idle,
     )
 
 
@@ -356,7 +363,8 @@ class Updates:
 
     def __init__(self, conn: ConnOrDsn, *, start_tid: int, end_tid: Optional[int],
                  batch_limit: int, internal_batch_size: int, poll_timeout: Optional[float],
-                 poll_interval: float, chunk_bytes: int, listen: bool):
+                 poll_interval: float, chunk_bytes: int, listen: bool,
+                 on_idle: Optional[Callable[[], None]] = None):
         if internal_batch_size < 1:
             raise ValueError("internal_batch_size must be at least 1")
         if chunk_bytes < 1:
@@ -374,6 +382,7 @@ class Updates:
         self.poll_interval = poll_interval
         self.chunk_bytes = chunk_bytes
         self.listen = listen and end_tid is None
+        self.on_idle = on_idle
         #: tid of the last row handed out (``start_tid`` before the first).
         self.last_tid = start_tid
         #: True when woken by notifications, False when polling, None before/without waiting.
@@ -406,6 +415,13 @@ class Updates:
         try:
             self._wake_send.send(b"\0")
         except OSError:  # closed, or the buffer is full of earlier wake-ups: either is fine
+            pass
+
+    def wake(self) -> None:
+        """Make a waiting follower read now (and call ``on_idle`` again). Thread-safe."""
+        try:
+            self._wake_send.send(b"\0")
+        except OSError:
             pass
 
     @property
@@ -477,6 +493,10 @@ class Updates:
                     continue
                 if self.end_tid is not None:
                     return
+                if self.on_idle is not None:
+                    self.on_idle()
+                    if self._stop_requested:
+                        break
                 self._wait(conn, listening)
         finally:
             self._reader = None

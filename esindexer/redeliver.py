@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from esindexer import deadletters
+from esindexer import deadletters, deletions
 from esindexer._follow_pg import current_revisions, has_relation
 from esindexer.documents import Action, DocumentBuilder
 from esindexer.jsonpickle import Jsonifier
@@ -143,6 +143,7 @@ def redeliver(conn: Any, builder: DocumentBuilder, jsonifier: Jsonifier, sender:
                 actions.extend(builder.delete_actions(tid, zoid))
                 settles[zoid] = ("gone", tid)
         result = sender.send(actions)
+        deletions.delete_if_gone(conn, builder, sender, actions)
         for rejected in result.rejected:
             zoid = rejected.action.zoid
             if settles.pop(zoid, None) is not None:

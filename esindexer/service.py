@@ -21,6 +21,7 @@ from the saved progress (replays are harmless: writes are versioned by tid).
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import queue
 import threading
@@ -61,6 +62,13 @@ class AlreadyRunning(RuntimeError):
 
 
 @dataclass
+class _Drain:
+    """A marker in the committer's queue: apply all pending deletions, then set ``done``."""
+
+    done: threading.Event
+
+
+@dataclass
 class _Batch:
     """One follow batch on its way to progress."""
 
@@ -90,11 +98,23 @@ def make_es_client(settings: Settings) -> Any:
     return Elasticsearch(**kwargs)
 
 
-def connect_pg(settings: Settings, **extra: Any) -> Any:
-    """A psycopg2 connection with a connect timeout and keepalives, so outages are noticed."""
-    return psycopg2.connect(settings.pg_dsn, connect_timeout=10, keepalives=1, keepalives_idle=30,
-                            keepalives_interval=10, keepalives_count=3,
-                            application_name=f"esindexer:{settings.client_id}", **extra)
+def pg_dsn(settings: Settings, role: str) -> str:
+    """The configured DSN with a connect timeout, keepalives (so outages are noticed) and an
+    ``application_name`` naming esindexer, the client id and the connection's role, so an
+    operator finds each connection in ``pg_stat_activity``. A name set in the DSN wins."""
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    extra: dict[str, Any] = dict(connect_timeout=10, keepalives=1, keepalives_idle=30,
+                                 keepalives_interval=10, keepalives_count=3)
+    given = parse_dsn(settings.pg_dsn)
+    if "application_name" not in given:
+        extra["application_name"] = f"esindexer {role} ({settings.client_id})"[:63]
+    return make_dsn(settings.pg_dsn, **{k: v for k, v in extra.items() if k not in given})
+
+
+def connect_pg(settings: Settings, role: str = "writer") -> Any:
+    """A psycopg2 connection made from :func:`pg_dsn`."""
+    return psycopg2.connect(pg_dsn(settings, role))
 
 
 def build_jsonifier(settings: Settings) -> Jsonifier:
@@ -233,7 +253,6 @@ class Indexer:
         s = self.settings
         log.info("esindexer starting", extra={"config": s.redacted()})
         try:
-            self._retry_forever("creating index template and indices", lambda: ensure_indices(self.es, s))
             first = True
             while not self.stopping:
                 try:
@@ -271,6 +290,12 @@ class Indexer:
         """One life of the pipeline, from the saved progress. True when finished for good."""
         s = self.settings
         conn = self._retry_forever("connecting to PostgreSQL", lambda: self._open_writer())
+        if first:  # only once the lock is ours: a refused second instance changes nothing
+            try:
+                self._retry_forever("creating index template and indices", lambda: ensure_indices(self.es, s))
+            except BaseException:
+                conn.close()
+                raise
         committer: _Committer | None = None
         pool = ThreadPoolExecutor(max_workers=s.bulk_concurrency, thread_name_prefix="esindexer-bulk")
         in_flight = threading.BoundedSemaphore(s.bulk_concurrency)
@@ -293,16 +318,17 @@ class Indexer:
                 conn.rollback()
                 if end_tid <= start_tid:
                     committer = _Committer(self, conn)
-                    committer.drain_deletions()
+                    committer.drain_deletions(all_settled=True)  # nothing read, nothing in flight
                     return True
             log.info("following from tid %d%s", start_tid,
                      f" to {end_tid}" if end_tid is not None else "", extra={"tid": start_tid})
             committer = _Committer(self, conn)
+            committer.progress_tid = start_tid
             committer.start()
             self._updates = follow.updates(
-                s.pg_dsn, start_tid=start_tid, end_tid=end_tid, batch_limit=s.batch_limit,
+                pg_dsn(s, "follower"), start_tid=start_tid, end_tid=end_tid, batch_limit=s.batch_limit,
                 internal_batch_size=s.fetch_size, poll_timeout=s.poll_timeout,
-                poll_interval=s.poll_interval,
+                poll_interval=s.poll_interval, on_idle=committer.drain_when_idle,
             )
             committer.watch(self._updates)
             if self.stopping:
@@ -322,7 +348,7 @@ class Indexer:
                 self._abandon.set()
             committer.raise_failure()
             if finished and until_caught_up:
-                committer.drain_deletions()
+                committer.drain_deletions(all_settled=True)  # the reader is done, every batch settled
             return finished or self.stopping
         finally:
             self._updates = None
@@ -410,7 +436,11 @@ class _Committer:
         self.conn = conn
         self.settings = indexer.settings
         self.metrics = indexer.metrics
-        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=4)
+        self._queue: queue.Queue[_Batch | _Drain | None] = queue.Queue(maxsize=4)
+        #: the last tid whose batch is settled (set by the pipeline before start()).
+        self.progress_tid = -1
+        #: a captured deletion waits for progress or for the reader's next idle moment.
+        self.deletions_waiting = False
         self._thread = threading.Thread(target=self._run, name="esindexer-committer", daemon=True)
         self._failure: BaseException | None = None
         self._updates: Any = None  # the follow iteration to wake on failure (watch())
@@ -419,7 +449,7 @@ class _Committer:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, batch: _Batch) -> None:
+    def put(self, batch: _Batch | _Drain) -> None:
         while True:
             self.raise_failure()
             try:
@@ -470,6 +500,11 @@ class _Committer:
                     continue
                 if batch is None:
                     return
+                if isinstance(batch, _Drain):  # every earlier batch is settled: all may go
+                    self.deletions_waiting = False
+                    self.drain_deletions(all_settled=True)
+                    batch.done.set()
+                    continue
                 self._settle(batch)
                 self.drain_deletions()
         except BaseException as exc:  # handed to the reader thread
@@ -498,6 +533,7 @@ class _Committer:
         deadletters.add(self.conn, s.client_id, dead)
         follow.set_progress_tid(self.conn, s.client_id, batch.last_tid)
         self.conn.commit()
+        self.progress_tid = batch.last_tid
         self.metrics.record_progress(batch.last_tid)
         self.metrics.record_batch(batch.rows)
         if dead:
@@ -506,26 +542,62 @@ class _Committer:
         log.debug("progress saved", extra={"tid": batch.last_tid, "rows": batch.rows, "dead": len(dead)})
         self.indexer.note_dead_letters(len(dead))
 
-    def drain_deletions(self) -> int:
-        """Apply captured pack deletions; returns how many documents were deleted."""
+    def drain_deletions(self, all_settled: bool = False) -> int:
+        """Apply captured pack deletions; returns how many documents were deleted.
+
+        A deletion of an object whose last state has tid T is sent only when no write of
+        that object can still be unsettled: when progress has reached T (everything read
+        up to T is acknowledged, and later reads cannot return the object: it is gone),
+        or with ``all_settled`` (the reader is idle and every batch it read is settled;
+        see :meth:`drain_when_idle`). So the delete is always the object's last write to
+        reach Elasticsearch, and nothing rests on its tombstone, which does not survive
+        an Elasticsearch crash. The log is read in cursor order and stops at the first
+        deletion that must wait; :attr:`deletions_waiting` then asks the reader to drain
+        at its next idle moment (a quiet database may never move progress to T).
+        """
         s = self.settings
         total = 0
         while True:
             items = deletions.pending(self.conn, s.client_id)
             self.conn.rollback()
-            if not items:
+            ready = items if all_settled else list(itertools.takewhile(
+                lambda item: item[3] <= self.progress_tid, items))
+            if len(ready) < len(items) and not self.deletions_waiting:
+                self.deletions_waiting = True
+                updates = self._updates
+                if updates is not None:
+                    updates.wake()
+            if not ready:
                 return total
             actions: list[Action] = []
-            for _id, zoid, tid in items:
+            for _xid, _id, zoid, tid in ready:
                 actions.extend(self.indexer.builder.delete_actions(tid, zoid, version=tid + 1))
             result = self.indexer.sender.send(actions)
             for rejected in result.rejected:  # a delete is only refused when the index is broken
                 log.error("delete of packed zoid %d refused: %s", rejected.action.zoid, rejected.reason)
-            deletions.advance(self.conn, s.client_id, items[-1][0])
+            last_xid, last_id = ready[-1][0], ready[-1][1]
+            deletions.advance(self.conn, s.client_id, last_xid, last_id)
             self.conn.commit()
-            self.metrics.record_documents("delete", "ok", len(items))
-            total += len(items)
-            log.info("applied %d pack deletion(s)", len(items), extra={"count": len(items)})
+            deletions.prune(self.conn)
+            self.metrics.record_documents("delete", "ok", len(ready))
+            total += len(ready)
+            log.info("applied %d pack deletion(s)", len(ready), extra={"count": len(ready)})
+            if len(ready) < len(items):
+                return total
+
+    def drain_when_idle(self) -> None:
+        """Called by the reader when it has read everything and is about to wait: settle
+        every batch queued so far, then apply every pending deletion, before the reader
+        reads again. Does nothing unless a deletion was found waiting for progress."""
+        if not self.deletions_waiting or not self._thread.is_alive():
+            return
+        done = threading.Event()
+        self.put(_Drain(done))
+        while not done.wait(0.5):
+            self.raise_failure()
+            if self.indexer._abandon.is_set():
+                raise Abandoned("shutdown while applying pack deletions")
+        self.raise_failure()
 
 
 def _has_relstorage_tables(conn: Any) -> None:

@@ -75,9 +75,18 @@ class Abandoned(Exception):
 class RetryableItems(Exception):
     """Some items must be sent again (429/5xx per item, or their index is unwritable)."""
 
-    def __init__(self, count: int, reason: str, hint: str = ""):
+    def __init__(self, count: int, reason: str, hint: str = "", index_conditions_only: bool = False):
         super().__init__(f"{count} item(s) to retry: {reason}" + (f"; {hint}" if hint else ""))
         self.reason = reason
+        #: every item waits for its index (closed, blocked, missing), none for load:
+        #: re-checked every few seconds, so writes resume soon after the block is lifted.
+        self.index_conditions_only = index_conditions_only
+
+
+#: Longest wait between two tries of items whose index is unwritable. Such a retry costs
+#: Elasticsearch nothing (it refuses at once), and a block is lifted by an operator who
+#: expects writes to resume within seconds, not after the load back-off's minute.
+INDEX_CONDITION_RECHECK_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -169,6 +178,7 @@ class BulkSender:
         self._on_retry = on_retry
         self._on_request = on_request
         self._retry_max = retry_max_seconds
+        self._backoff = wait_random_exponential(multiplier=0.5, max=retry_max_seconds)
         self._attempts = retry_attempts
         self._learned_max_bytes: int | None = None
         self._limit_lock = threading.Lock()
@@ -259,7 +269,7 @@ class BulkSender:
         pending = actions
         retrying = Retrying(
             retry=retry_if_exception(lambda e: retry_reason(e) is not None),
-            wait=wait_random_exponential(multiplier=0.5, max=self._retry_max),
+            wait=self._wait,
             stop=stop_never if self._attempts <= 0 else stop_after_attempt(self._attempts),
             sleep=self._sleep,
             before_sleep=self._before_sleep,
@@ -268,6 +278,14 @@ class BulkSender:
         for attempt in retrying:
             with attempt:
                 pending = self._send_once(pending, result)
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Capped exponential back-off with jitter; unwritable indices are re-checked sooner."""
+        delay = float(self._backoff(state))
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, RetryableItems) and exc.index_conditions_only:
+            return min(delay, INDEX_CONDITION_RECHECK_SECONDS)
+        return delay
 
     def _send_once(self, actions: list[Action], result: BulkResult) -> list[Action]:
         """One request; returns [] or raises RetryableItems after settling what it could."""
@@ -297,6 +315,13 @@ class BulkSender:
             status = answer.get("status", 0)
             if status in _DONE_STATUSES or status == 409 or (status == 404 and action.op == "delete"):
                 result.done[action.op] += 1
+            elif (condition := _index_condition(answer.get("error"))) is not None:
+                # Before the 429 test: a flood-stage block answers 429 with a
+                # cluster_block_exception, and it is the index that must change.
+                again.append(action)
+                reasons.add(condition)
+                hints.setdefault(condition, f"index {action.index} unwritable: "
+                                 + _CONDITION_HINTS[condition].format(index=action.index))
             elif status == 429 or status >= 500:
                 again.append(action)
                 reasons.add(str(status))
@@ -306,11 +331,6 @@ class BulkSender:
                 raise SetupError(f"Elasticsearch refused to write to {action.index}: "
                                  f"{_error_text(answer.get('error'))}; esindexer needs write, create_index, "
                                  "read, view_index_metadata and manage on its indices (docs/configuration.md)")
-            elif (condition := _index_condition(answer.get("error"))) is not None:
-                again.append(action)
-                reasons.add(condition)
-                hints.setdefault(condition, f"index {action.index} unwritable: "
-                                 + _CONDITION_HINTS[condition].format(index=action.index))
             else:
                 result.rejected.append(Rejected(action, status, _error_text(answer.get("error"))))
         if self._on_request:
@@ -318,7 +338,8 @@ class BulkSender:
         if again:
             pending_reason = "/".join(sorted(reasons))
             actions[:] = again  # the next attempt sends only these
-            raise RetryableItems(len(again), pending_reason, "; ".join(hints.values()))
+            raise RetryableItems(len(again), pending_reason, "; ".join(hints.values()),
+                                 index_conditions_only=reasons <= set(_INDEX_CONDITIONS.values()))
         return []
 
 

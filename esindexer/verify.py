@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from esindexer import deadletters
+from esindexer import deadletters, deletions
 from esindexer._follow_pg import current_revisions, has_relation
 from esindexer.deletions import indexed_zoids
 from esindexer.documents import Action, DocumentBuilder
@@ -136,6 +136,7 @@ def verify(conn: Any, es: Any, builder: DocumentBuilder, jsonifier: Jsonifier, s
             fixes.extend(Action("delete", index, zoid, doc_tid, doc_tid + 1) for index, doc_tid in have)
         if repair and fixes:
             result = sender.send(fixes)
+            deletions.delete_if_gone(conn, builder, sender, fixes)
             report.repaired += result.done_total
             for rejected in result.rejected:
                 log.error("repair of zoid %d refused: %s", rejected.action.zoid, rejected.reason,

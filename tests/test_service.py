@@ -319,6 +319,13 @@ def test_one_indexer_per_client_id(zodb, db_dsn, es, es_url, es_prefix):
     with running(settings):
         wait_for(lambda: progress(db_dsn) > 0, message="first indexer running")
         assert Indexer(settings, Metrics(process_metrics=False)).run() == EXIT_LOCKED
+        # The lock is checked before anything is created: a refused instance with another
+        # index prefix (a mistyped one, say) leaves Elasticsearch as it was.
+        other = make_settings(db_dsn, es_url, es_prefix + "other-")
+        assert Indexer(other, Metrics(process_metrics=False)).run() == EXIT_LOCKED
+        assert not es.indices.get(index=f"{es_prefix}other*", allow_no_indices=True, expand_wildcards="all")
+        templates = es.indices.get_index_template()["index_templates"]
+        assert not [t["name"] for t in templates if t["name"].startswith(f"{es_prefix}other")]
 
 
 def test_sigterm_stops_gracefully(zodb, db_dsn, es, es_url, es_prefix):

@@ -68,16 +68,19 @@ def test_rejected_item_does_not_stop_its_neighbours(es, setup):
     assert "strict_dynamic_mapping_exception" in result.rejected[0].reason
 
 
-@pytest.mark.parametrize("block", ["closed", "write_block"])
+@pytest.mark.parametrize("block", ["closed", "write_block", "flood_stage"])
 def test_a_closed_or_write_blocked_index_is_waited_for_not_dead_lettered(es, setup, block):
     settings, builder, prefix = setup
     index = builder.indices[0]
     sender = BulkSender(es)
     sender.send([builder.index_action(TID, 1, "a.A", '{"v": 0}')])
+    # The flood-stage disk watermark sets read_only_allow_delete, whose refusal is an
+    # item 429 (TOO_MANY_REQUESTS/12): it is a block all the same, not load.
+    setting = "index.blocks.read_only_allow_delete" if block == "flood_stage" else "index.blocks.write"
     if block == "closed":
         es.indices.close(index=index)
     else:
-        es.indices.put_settings(index=index, settings={"index.blocks.write": True})
+        es.indices.put_settings(index=index, settings={setting: True})
     reasons: list[str] = []
     messages: list[str] = []
 
@@ -85,7 +88,7 @@ def test_a_closed_or_write_blocked_index_is_waited_for_not_dead_lettered(es, set
         reasons.append(reason)
         messages.append(str(exc))
 
-    blocked = BulkSender(es, retry_max_seconds=0.2, on_retry=on_retry)
+    blocked = BulkSender(es, retry_max_seconds=60 if block == "flood_stage" else 0.2, on_retry=on_retry)
     outcome: dict = {}
     actions = [builder.index_action(TID + 1, zoid, "a.A", '{"v": 1}') for zoid in (1, 2, 3)]
     worker = threading.Thread(target=lambda: outcome.setdefault("result", blocked.send(actions)))
@@ -95,7 +98,7 @@ def test_a_closed_or_write_blocked_index_is_waited_for_not_dead_lettered(es, set
     if block == "closed":
         es.indices.open(index=index, wait_for_active_shards=1)
     else:
-        es.indices.put_settings(index=index, settings={"index.blocks.write": None})
+        es.indices.put_settings(index=index, settings={setting: None})
     worker.join(30)
     result = outcome["result"]
     assert result.done == {"index": 3} and not result.rejected
@@ -250,3 +253,22 @@ def test_a_deleted_index_without_auto_creation_is_waited_for_with_advice(es_cons
         assert outcome["result"].done == {"index": 2} and not outcome["result"].rejected
     finally:
         es_constrained.cluster.put_settings(persistent={"action.auto_create_index": None})
+
+
+def test_items_waiting_for_their_index_are_rechecked_within_seconds_not_the_load_backoff():
+    from tenacity import RetryCallState, Retrying
+
+    from esindexer.sink import INDEX_CONDITION_RECHECK_SECONDS, RetryableItems
+
+    sender = BulkSender(None, retry_max_seconds=60)
+
+    def wait_after(exc: BaseException, attempt: int) -> float:
+        state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
+        state.attempt_number = attempt
+        state.set_exception((type(exc), exc, None))
+        return max(sender._wait(state) for _ in range(50))  # jitter: the largest of many
+
+    blocked = RetryableItems(3, "index_blocked", index_conditions_only=True)
+    loaded = RetryableItems(3, "429", index_conditions_only=False)
+    assert wait_after(blocked, 12) <= INDEX_CONDITION_RECHECK_SECONDS
+    assert wait_after(loaded, 12) > INDEX_CONDITION_RECHECK_SECONDS  # load keeps its long back-off
