@@ -1,7 +1,7 @@
 """Only the optional C extension; everything else is in pyproject.toml.
 
-``esindexer._pickle_scan_c`` is the C version of the pickle pre-scan
-(esindexer/_pickle_scan.py). ``optional=True``: when it cannot be compiled (no compiler
+``esindexer.convert._scan_c`` is the C version of the pickle pre-scan
+(esindexer/convert/scan.py). ``optional=True``: when it cannot be compiled (no compiler
 or no Python headers), setuptools warns and installs without it, and the pure-Python
 scan is used instead.
 """
@@ -11,8 +11,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "esindexer._pickle_scan_c",
-            sources=["esindexer/_pickle_scan_c.c"],
+            "esindexer.convert._scan_c",
+            sources=["esindexer/convert/_scan_c.c"],
             optional=True,
         )
     ]

@@ -5,7 +5,7 @@ Usage (servers from ``eval "$(scripts/services env)"``)::
     .venv/bin/python bench/backfill.py [--objects 200000] [--per-txn 1000] [--rounds 2]
                                        [--variants baseline,dynamic,...] [--no-warm-up] [--keep]
 
-It creates a scratch history-free database on ESINDEXER_TEST_PG_DSN and writes a
+It creates a scratch history-free database on ESIT_PG_DSN and writes a
 corpus with real ZODB + RelStorage: content objects with ~10 attributes (strings,
 ints, a float, a bool, datetimes, lists, a dict, references), PersistentMappings,
 people, folders whose children live in an OOBTree (the tree and its buckets are
@@ -57,11 +57,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import persistent  # noqa: E402
 
-from esindexer import follow  # noqa: E402
+from esindexer.source import follow  # noqa: E402
 from esindexer.config import Settings, load_settings  # noqa: E402
 from esindexer.documents import DocumentBuilder, iter_lines  # noqa: E402
-from esindexer.metrics import Metrics  # noqa: E402
-from esindexer.service import Indexer, build_jsonifier  # noqa: E402
+from esindexer.observe.metrics import Metrics  # noqa: E402
+from esindexer.pipeline.indexer import Indexer, build_jsonifier  # noqa: E402
 from tests.support import servers_from_env, fresh_database, open_zodb  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Benchmark esindexer.follow: catch-up throughput and commit -> batch latency.
+"""Benchmark esindexer.source.follow: catch-up throughput and commit -> batch latency.
 
 Usage (servers from ``eval "$(scripts/services env)"``)::
 
@@ -32,7 +32,7 @@ import psycopg2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from esindexer import follow  # noqa: E402
+from esindexer.source import follow  # noqa: E402
 from tests.support import fresh_database, open_zodb  # noqa: E402
 
 
@@ -111,15 +111,15 @@ def latency(dsn: str, db, commits: int) -> list[tuple[float, float, float]]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dsn", default=os.environ.get("ESINDEXER_TEST_PG_DSN"),
-                        help="admin DSN that may create databases (default $ESINDEXER_TEST_PG_DSN)")
+    parser.add_argument("--dsn", default=os.environ.get("ESIT_PG_DSN"),
+                        help="admin DSN that may create databases (default $ESIT_PG_DSN)")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--sizes", default="500,1000,2000,5000,10000")
     parser.add_argument("--history", choices=["both", "free", "preserving"], default="both")
     parser.add_argument("--commits", type=int, default=50)
     args = parser.parse_args(argv)
     if not args.dsn:
-        parser.error("no --dsn and no ESINDEXER_TEST_PG_DSN")
+        parser.error("no --dsn and no ESIT_PG_DSN")
     modes = {"both": [False, True], "free": [False], "preserving": [True]}[args.history]
     sizes = [int(s) for s in args.sizes.split(",")]
     for keep_history in modes:

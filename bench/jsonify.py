@@ -1,10 +1,10 @@
-"""Benchmark esindexer.jsonpickle against newt.db's Jsonifier on the same records.
+"""Benchmark esindexer.convert.jsonifier against newt.db's Jsonifier on the same records.
 
 Usage (servers from ``eval "$(scripts/services env)"``)::
 
     .venv/bin/python bench/jsonify.py [--objects 20000] [--repeat 3] [--no-pin]
 
-It creates a scratch database on ESINDEXER_TEST_PG_DSN, writes a corpus with real ZODB
+It creates a scratch database on ESIT_PG_DSN, writes a corpus with real ZODB
 + RelStorage (custom classes with ~10 attributes, persistent mappings and lists, nested
 references, BTrees, which both converters skip, and a few large records), reads every
 ``object_state`` row, then converts all rows with esindexer and with newt.db in the same
@@ -30,7 +30,7 @@ import psycopg2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from esindexer.jsonpickle import Jsonifier  # noqa: E402
+from esindexer.convert.jsonifier import Jsonifier  # noqa: E402
 from tests.support import fresh_database, open_zodb  # noqa: E402
 
 
@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
     args = parser.parse_args(argv)
-    dsn = os.environ.get("ESINDEXER_TEST_PG_DSN")
+    dsn = os.environ.get("ESIT_PG_DSN")
     if not dsn:
-        print("set ESINDEXER_TEST_PG_DSN (eval \"$(scripts/services env)\")", file=sys.stderr)
+        print("set ESIT_PG_DSN (eval \"$(scripts/services env)\")", file=sys.stderr)
         return 2
     from newt.db.jsonpickle import Jsonifier as NewtJsonifier
 

@@ -5,8 +5,8 @@ Usage (servers from ``eval "$(scripts/services env)"``)::
     .venv/bin/python bench/latency.py [--commits 50] [--spacing 0.2]
                                       [--refresh-intervals default,250ms]
 
-It creates a scratch history-free database on ESINDEXER_TEST_PG_DSN and, for each
-refresh interval, runs an :class:`esindexer.service.Indexer` in a thread (as
+It creates a scratch history-free database on ESIT_PG_DSN and, for each
+refresh interval, runs an :class:`esindexer.pipeline.indexer.Indexer` in a thread (as
 tests/test_service.py's ``running()`` does) with the default settings (replicas 0),
 into a fresh index prefix with its own client id. Once the service is idle it commits
 ``--commits`` small objects through ZODB, one per transaction, one every
@@ -47,10 +47,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import persistent  # noqa: E402
 
-from esindexer import follow  # noqa: E402
+from esindexer.source import follow  # noqa: E402
 from esindexer.config import Settings, load_settings  # noqa: E402
-from esindexer.metrics import Metrics  # noqa: E402
-from esindexer.service import EXIT_OK, Indexer  # noqa: E402
+from esindexer.observe.metrics import Metrics  # noqa: E402
+from esindexer.pipeline.indexer import EXIT_OK, Indexer  # noqa: E402
 from tests.support import servers_from_env, fresh_database, open_zodb, wait_for  # noqa: E402
 
 

@@ -32,7 +32,7 @@ from elasticsearch import Elasticsearch
 
 from esindexer.config import load_settings
 from esindexer.documents import DocumentBuilder, ensure_indices
-from esindexer.sink import BulkSender
+from esindexer.es.bulk import BulkSender
 from tests import es_nodes
 
 
@@ -59,10 +59,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--docs", type=int, default=500)
     args = parser.parse_args()
-    home, java = os.environ.get("ESINDEXER_TEST_ES_HOME"), os.environ.get("ESINDEXER_TEST_ES_JAVA_HOME")
+    home, java = os.environ.get("ESIT_ES_HOME"), os.environ.get("ESIT_ES_JAVA_HOME")
     if not home or not java:
-        raise SystemExit('set ESINDEXER_TEST_ES_HOME and ESINDEXER_TEST_ES_JAVA_HOME (eval "$(scripts/services env)")')
-    with es_nodes.local_node(home, java, os.environ.get("ESINDEXER_TEST_ES_USER")) as url:
+        raise SystemExit('set ESIT_ES_HOME and ESIT_ES_JAVA_HOME (eval "$(scripts/services env)")')
+    with es_nodes.local_node(home, java, os.environ.get("ESIT_ES_USER")) as url:
         es = Elasticsearch(url, request_timeout=60)
         settings = load_settings(env={"ESINDEXER_PG_DSN": "postgresql://unused@localhost/unused",
                                       "ESINDEXER_INDEX_PREFIX": "bench", "ESINDEXER_INDEX_REPLICAS": "0"})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import json
 import logging
 import signal
@@ -24,12 +25,10 @@ import sys
 from typing import Any, Sequence
 
 from esindexer import __version__
-from esindexer.config import SETTINGS, ConfigError, Settings, describe_settings, load_settings
+from esindexer.config import SETTINGS, Settings, describe_settings, load_settings
+from esindexer.errors import EXIT_CODES_HELP, ConfigError, ExitCode, SchemaError, Unreachable
 
 log = logging.getLogger("esindexer")
-
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 5
 _BUDGET_GRACE_SECONDS = 20.0
 
 _EPILOG = """\
@@ -51,9 +50,7 @@ examples:
   esindexer config                    # the effective settings, secrets redacted
 
 exit codes:
-  0 done   1 unexpected error   2 bad usage or configuration (including credentials,
-  privileges, certificates or an ingest pipeline Elasticsearch refuses)
-  3 error budget exhausted   4 same client id already running   5 server unreachable
+{exit_codes}
 
 documentation: docs/index.md (configuration: docs/configuration.md)
 """
@@ -85,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
             "write versioned bulk upserts and deletes, save progress only after "
             "Elasticsearch accepted them, and export lag metrics for Prometheus."
         ),
-        epilog=_EPILOG,
+        epilog=_EPILOG.format(exit_codes=EXIT_CODES_HELP),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"esindexer {__version__}")
@@ -155,70 +152,42 @@ def _cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-class _Unreachable(Exception):
-    """A server the command needs did not answer; the message says which and why."""
-
-
 def _connect(settings: Settings) -> Any:
     import psycopg2
 
-    try:
-        from esindexer.service import pg_dsn
+    from esindexer.source import pg
 
-        return psycopg2.connect(pg_dsn(settings, "cli"))
+    try:
+        return pg.connect(settings, "cli")
     except psycopg2.OperationalError as exc:
-        raise _Unreachable(f"cannot reach PostgreSQL: {str(exc).strip()}") from None
+        raise Unreachable(f"cannot reach PostgreSQL: {str(exc).strip()}") from None
+
+
+def _sink(settings: Settings) -> Any:
+    """The sink for a one-shot command: a few retries, not the service's "for ever"."""
+    from esindexer.es.sink import ElasticsearchSink
+
+    return ElasticsearchSink(dataclasses.replace(settings, retry_attempts=settings.retry_attempts or 5))
 
 
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from esindexer import deadletters, deletions, follow
-    from esindexer.tid import tid_to_datetime, tid_to_epoch
+    from esindexer.ops.status import status_lines, status_report
 
     conn = _connect(settings)
     try:
-        progress = follow.get_progress_tid(conn, settings.client_id)
-        latest = follow.latest_tid(conn)
-        dead = deadletters.count(conn, settings.client_id)
-        pending = deletions.count_unapplied(conn, settings.client_id)
-        conn.rollback()
+        report = status_report(conn, settings)
     finally:
         conn.close()
-
-    def when(tid: int) -> str | None:
-        return tid_to_datetime(tid).isoformat() if tid > 0 else None
-
-    # Lag from tid timestamps (never by subtracting raw tids); unknown before the first batch.
-    lag: float | None = None
-    if progress > 0:
-        lag = max(tid_to_epoch(latest) - tid_to_epoch(progress), 0.0) if latest > progress else 0.0
-    report = {
-        "client_id": settings.client_id,
-        "progress_tid": progress,
-        "progress_committed_at": when(progress),
-        "latest_tid": latest,
-        "latest_committed_at": when(latest),
-        "lag_seconds": round(lag, 3) if lag is not None else None,
-        # Caught up means nothing committed is unapplied: no newer transaction and no
-        # captured deletion (a pack writes no new tid, so tids alone cannot tell).
-        "caught_up": progress >= latest and pending == 0,
-        "dead_letters": dead,
-        "pending_pack_deletions": pending,
-    }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        width = max(map(len, report))
-        for key, value in report.items():
-            print(f"{key.replace('_', ' '):<{width}}  {value if value is not None else '-'}")
+    print(json.dumps(report, indent=2) if args.json else "\n".join(status_lines(report)))
     return 0
 
 
 def _cmd_install_trigger(settings: Settings, args: argparse.Namespace) -> int:
-    from esindexer import deletions, follow
+    from esindexer.source import deletions, notify as notification
 
     conn = _connect(settings)
     try:
-        notify = follow.install_trigger(conn)
+        notify = notification.install_trigger(conn)
         conn.commit()
         capture = deletions.install(conn)
     finally:
@@ -229,13 +198,20 @@ def _cmd_install_trigger(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from esindexer.health import HealthServer
-    from esindexer.lag import SourcePoller
-    from esindexer.metrics import Metrics
-    from esindexer.service import EXIT_ERROR_BUDGET, Indexer, connect_pg
+    from esindexer.observe.http import HealthServer
+    from esindexer.observe.poller import SourcePoller
+    from esindexer.observe.metrics import Metrics
+    from esindexer.es.sink import ElasticsearchSink
+    from esindexer.pipeline.indexer import Indexer
+    from esindexer.source import pg
 
+    # A native crash (SIGSEGV, SIGABRT) otherwise ends the process without a word: print the
+    # Python stack of every thread to stderr first (the crash guard handles the loop).
+    faulthandler.enable()
     metrics = Metrics()
     indexer = Indexer(settings, metrics)
+    sink = indexer.sink
+    assert isinstance(sink, ElasticsearchSink)
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -247,9 +223,9 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
     def es_check() -> None:
         # Short timeout: /readyz must answer quickly even when Elasticsearch hangs.
-        indexer.es.options(request_timeout=3).cluster.health(timeout="2s")
+        sink.es.options(request_timeout=3).cluster.health(timeout="2s")
 
-    poller = SourcePoller(lambda: connect_pg(settings, "lag poller"), metrics, interval=settings.lag_poll_interval)
+    poller = SourcePoller(lambda: pg.connect(settings, "lag poller"), metrics, interval=settings.lag_poll_interval)
     server = None
     if settings.metrics_port:
         server = HealthServer(metrics, settings.metrics_host, settings.metrics_port, es_check=es_check,
@@ -261,7 +237,7 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     poller.start()
     try:
         code = indexer.run(until_caught_up=args.until_caught_up)
-        if code == EXIT_ERROR_BUDGET and server is not None:
+        if code == ExitCode.ERROR_BUDGET and server is not None:
             # Stay scrapeable for a moment so Prometheus sees the exhausted budget
             # (and /readyz says why) before the process is gone.
             log.info("keeping /metrics up for %.0fs before exiting", _BUDGET_GRACE_SECONDS)
@@ -274,21 +250,18 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from esindexer.convert.configure import build_jsonifier
     from esindexer.documents import DocumentBuilder
-    from esindexer.service import build_jsonifier, make_es_client
-    from esindexer.sink import BulkSender
-    from esindexer.verify import verify
+    from esindexer.ops.verify import verify
 
     conn = _connect(settings)
-    es = make_es_client(settings)
+    sink = _sink(settings)
     try:
-        report = verify(conn, es, DocumentBuilder(settings), build_jsonifier(settings),
-                        BulkSender(es, retry_max_seconds=settings.retry_max_seconds,
-                                   retry_attempts=settings.retry_attempts or 5),
+        report = verify(conn, sink, DocumentBuilder(settings), build_jsonifier(settings),
                         settings.client_id, repair=args.repair)
     finally:
         conn.close()
-        es.close()
+        sink.es.close()
     result = report.as_dict()
     if args.json:
         print(json.dumps(result, indent=2))
@@ -302,7 +275,8 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
-    from esindexer.redeliver import redeliver, summary
+    from esindexer.ops.redeliver import redeliver
+    from esindexer.source.deadletters import summary
 
     conn = _connect(settings)
     try:
@@ -317,18 +291,20 @@ def _cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
                       f"{group['cause']}  (objects {group['objects']}, last {group['last'][:19]})\n"
                       f"         e.g. {group['example']}")
             return 0
+        from esindexer.convert.configure import build_jsonifier
         from esindexer.documents import DocumentBuilder
-        from esindexer.service import build_jsonifier, make_es_client
-        from esindexer.sink import BulkSender
+        from esindexer.pipeline.isolate import IsolatedConverter
 
-        es = make_es_client(settings)
+        sink = _sink(settings)
+        # Objects whose letters say "crashed" are converted in a child process: a record that
+        # still kills the converter must not kill this command.
+        isolated = IsolatedConverter(settings)
         try:
-            report = redeliver(conn, DocumentBuilder(settings), build_jsonifier(settings),
-                               BulkSender(es, retry_max_seconds=settings.retry_max_seconds,
-                                          retry_attempts=settings.retry_attempts or 5),
-                               settings.client_id)
+            report = redeliver(conn, DocumentBuilder(settings), build_jsonifier(settings), sink,
+                               settings.client_id, isolated=isolated)
         finally:
-            es.close()
+            isolated.close()
+            sink.es.close()
     finally:
         conn.close()
     if args.json:
@@ -342,8 +318,8 @@ def _cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_alias(settings: Settings, args: argparse.Namespace) -> int:
-    from esindexer.documents import ensure_indices, switch_alias
-    from esindexer.service import make_es_client
+    from esindexer.es.admin import ensure_indices, switch_alias
+    from esindexer.es.client import make_es_client
 
     es = make_es_client(settings)
     try:
@@ -375,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.SETUP
     if args.command == "config" and args.reference:
         from esindexer.config import render_reference
 
@@ -385,27 +361,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _load(args)
     except ConfigError as exc:
         print(f"esindexer: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    from esindexer.logs import configure_logging
+        return ExitCode.SETUP
+    from esindexer.observe.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     try:
         return _COMMANDS[args.command](settings, args)
     except KeyboardInterrupt:
         return 0
-    except _Unreachable as exc:
+    except Unreachable as exc:
         print(f"esindexer: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return ExitCode.UNREACHABLE
     except Exception as exc:
-        from esindexer.follow import SchemaError
-
         if isinstance(exc, SchemaError):  # reachable, but not a RelStorage database (yet)
             print(f"esindexer: {exc}; is ESINDEXER_PG_DSN the database RelStorage writes to?", file=sys.stderr)
-            return EXIT_USAGE
-        from esindexer.errors import as_setup_error
+            return ExitCode.SETUP
+        from esindexer.es.client import as_setup_error
 
         if (problem := as_setup_error(exc)) is not None:
             print(f"esindexer: {problem}", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.SETUP
         log.exception("esindexer %s failed", args.command)
         return 1

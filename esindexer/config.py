@@ -13,7 +13,6 @@ collected and reported together, so a wrong deployment is fixed in one round.
 
 from __future__ import annotations
 
-import fnmatch
 import importlib
 import os
 import re
@@ -22,16 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+from esindexer.errors import ConfigError
+
 ENV_PREFIX = "ESINDEXER_"
 REDACTED = "***"
-
-
-class ConfigError(ValueError):
-    """One or more settings are wrong; ``problems`` lists each one in plain words."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 # --- value parsers: str (env, CLI) or TOML value -> typed value, ValueError on junk -----------
@@ -231,6 +224,10 @@ SETTINGS: tuple[Setting, ...] = (
             group="flow"),
     Setting("shutdown_timeout", _parse_float, 30.0,
             "Seconds to wait for in-flight bulks on SIGTERM before abandoning them.", group="flow"),
+    Setting("crash_guard_after", _parse_int, 2,
+            "Process deaths without a clean exit (a native crash, an OOM kill) at the same saved progress "
+            "after which the next start converts the records up to the newest tid in a child process, "
+            "dead-lettering as crashed each record that kills it; 0 = never.", group="flow"),
     # Observe
     Setting("metrics_host", _parse_str, "127.0.0.1", "Address of the /metrics, /healthz, /readyz server.",
             group="observe"),
@@ -249,51 +246,56 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
 @dataclass(frozen=True)
 class Settings:
-    """The validated configuration of one esindexer process."""
+    """The validated configuration of one esindexer process.
+
+    Built by :func:`load_settings` only: every field's default, parser and meaning is
+    declared once, in :data:`SETTINGS` (tests check the two list the same names).
+    """
 
     pg_dsn: str
-    client_id: str = "esindexer"
-    batch_limit: int = 10_000
-    fetch_size: int = 2_000
-    poll_timeout: float = 30.0
-    poll_interval: float = 2.0
-    install_triggers: bool = True
-    sweep_on_start: str = "auto"
-    es_url: tuple[str, ...] = ("http://localhost:9200",)
-    es_api_key: str | None = None
-    es_username: str | None = None
-    es_password: str | None = None
-    es_ca_file: str | None = None
-    es_verify_certs: bool = True
-    es_request_timeout: float = 60.0
-    index_prefix: str = "zodb"
-    alias: str | None = None
-    attach_alias: bool = True
-    default_route: str = "objects"
-    class_routes: tuple[tuple[str, str], ...] = ()
-    class_include: tuple[str, ...] = ("*",)
-    class_exclude: tuple[str, ...] = ()
-    transform: str | None = None
-    trusted_pickles: bool = False
-    state_mapping: str = "flattened"
-    index_refresh_interval: str | None = None
-    ingest_pipeline: str | None = None
-    index_shards: int = 1
-    index_replicas: int = 1
-    bulk_max_docs: int = 1_000
-    bulk_max_bytes: int = 8 * 1024 * 1024
-    bulk_concurrency: int = 2
-    retry_max_seconds: float = 60.0
-    retry_attempts: int = 0
-    dead_letter_budget: int = 1_000
-    dead_letter_window: float = 300.0
-    shutdown_timeout: float = 30.0
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9650
-    stall_seconds: float = 300.0
-    lag_poll_interval: float = 5.0
-    log_format: str = "text"
-    log_level: str = "info"
+    client_id: str
+    batch_limit: int
+    fetch_size: int
+    poll_timeout: float
+    poll_interval: float
+    install_triggers: bool
+    sweep_on_start: str
+    es_url: tuple[str, ...]
+    es_api_key: str | None
+    es_username: str | None
+    es_password: str | None
+    es_ca_file: str | None
+    es_verify_certs: bool
+    es_request_timeout: float
+    index_prefix: str
+    alias: str | None
+    attach_alias: bool
+    default_route: str
+    class_routes: tuple[tuple[str, str], ...]
+    class_include: tuple[str, ...]
+    class_exclude: tuple[str, ...]
+    transform: str | None
+    trusted_pickles: bool
+    state_mapping: str
+    index_refresh_interval: str | None
+    ingest_pipeline: str | None
+    index_shards: int
+    index_replicas: int
+    bulk_max_docs: int
+    bulk_max_bytes: int
+    bulk_concurrency: int
+    retry_max_seconds: float
+    retry_attempts: int
+    dead_letter_budget: int
+    dead_letter_window: float
+    shutdown_timeout: float
+    crash_guard_after: int
+    metrics_host: str
+    metrics_port: int
+    stall_seconds: float
+    lag_poll_interval: float
+    log_format: str
+    log_level: str
 
     def route_names(self) -> tuple[str, ...]:
         """Every route an object may be indexed under (deletes go to all of them)."""
@@ -347,7 +349,8 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
     for name in ("poll_timeout", "poll_interval", "retry_max_seconds", "dead_letter_window", "stall_seconds",
                  "lag_poll_interval", "es_request_timeout"):
         positive(name, 0.1)
-    for name in ("index_replicas", "retry_attempts", "dead_letter_budget", "shutdown_timeout"):
+    for name in ("index_replicas", "retry_attempts", "dead_letter_budget", "shutdown_timeout",
+                 "crash_guard_after"):
         positive(name, 0)
     if values["bulk_max_bytes"] < 1024:
         problems.append(f"ESINDEXER_BULK_MAX_BYTES: must be at least 1KiB, got {values['bulk_max_bytes']}")
@@ -411,19 +414,6 @@ def load_dotted(name: str) -> Callable[..., Any]:
     return obj
 
 
-def class_filter(settings: Settings) -> Callable[[str], bool]:
-    """A predicate telling whether a class is NOT to be indexed (the Jsonifier's skip_class)."""
-    include = tuple(settings.class_include)
-    exclude = ("BTrees.*", "ZODB.blob*") + tuple(settings.class_exclude)
-
-    def skip(class_name: str) -> bool:
-        if any(fnmatch.fnmatchcase(class_name, p) for p in exclude):
-            return True
-        return not any(fnmatch.fnmatchcase(class_name, p) for p in include)
-
-    return skip
-
-
 def load_settings(
     env: Mapping[str, str] | None = None,
     cli: Mapping[str, Any] | None = None,
@@ -458,8 +448,7 @@ def load_settings(
 
     known_env = {s.env for s in SETTINGS} | {ENV_PREFIX + "CONFIG_FILE"}
     for key in env:
-        if key.startswith(ENV_PREFIX) and key not in known_env and not key.startswith(ENV_PREFIX + "TEST_") \
-                and key != ENV_PREFIX + "REQUIRE_SERVICES":
+        if key.startswith(ENV_PREFIX) and key not in known_env:
             problems.append(f"{key}: unknown setting" + _suggest(key, known_env))
     for spec in SETTINGS:
         if spec.env in env and env[spec.env] != "":
@@ -505,7 +494,6 @@ def describe_settings() -> list[dict[str, Any]]:
                          group=spec.group, secret=spec.secret, required=spec.required,
                          choices=getattr(spec.parse, "choices", None)))
     return rows
-
 
 
 _GROUP_TITLES = {

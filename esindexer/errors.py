@@ -1,60 +1,85 @@
-"""Setup errors: Elasticsearch answers, but not as the configuration needs, and no retry can help.
+"""Every exception esindexer raises on purpose, and the exit codes they end a command with.
 
-Transient trouble (unreachable, timeouts, 429, 5xx) is retried for ever with the
-progress frozen; that is right for outages and wrong for a wrong password, a missing
-privilege or a certificate nobody vouches for: retrying those only hides them behind
-a growing lag. They stop the command with exit code 2 and one line that says what to
-change.
+One place, so that the command line, the service and the docs agree on what each code
+means (``esindexer --help`` prints the same table, and tests check the docs' copy).
+Interpreting a *foreign* exception (an Elasticsearch or PostgreSQL error) as one of
+these lives beside the client that raises it (:mod:`esindexer.es.client`,
+:mod:`esindexer.source.pg`).
 """
 
 from __future__ import annotations
 
-from elastic_transport import TlsError
-from elasticsearch import ApiError
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """What a command's exit status means."""
+
+    OK = 0  #: done: stopped by a signal, or caught up with ``--until-caught-up``
+    ERROR = 1  #: unexpected error; ``verify``: differences remain; ``--redeliver``: some still fail
+    SETUP = 2  #: bad usage or configuration, or a setup the servers refuse for good
+    ERROR_BUDGET = 3  #: too many dead letters within the window
+    LOCKED = 4  #: another indexer with the same client id holds the lock
+    UNREACHABLE = 5  #: a server could not be reached (one-shot commands)
+
+
+EXIT_CODES_HELP = """\
+  0 done   1 unexpected error   2 bad usage or configuration (including credentials,
+  privileges, certificates or an ingest pipeline Elasticsearch refuses)
+  3 error budget exhausted   4 same client id already running   5 server unreachable"""
+
+
+class ConfigError(ValueError):
+    """One or more settings are wrong; ``problems`` lists each one in plain words."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 class SetupError(Exception):
-    """Elasticsearch is reachable but not set up as the configuration requires."""
+    """A server is reachable but not set up as the configuration requires; no retry helps."""
 
 
-def as_setup_error(exc: BaseException) -> SetupError | None:
-    """The :class:`SetupError` ``exc`` amounts to, or None when it is something else."""
-    if isinstance(exc, SetupError):
-        return exc
-    if isinstance(exc, TlsError) and "certificate" in describe_error(exc).lower():
-        # (other TLS trouble, such as a handshake cut short by a restarting node, is transient)
-        return SetupError(
-            f"TLS with Elasticsearch failed ({describe_error(exc)}): give the CA that signed its certificate "
-            "with ESINDEXER_ES_CA_FILE (ESINDEXER_ES_VERIFY_CERTS=false only for a throw-away test server)")
-    if isinstance(exc, ApiError) and exc.meta.status == 401:
-        return SetupError(
-            f"Elasticsearch refused the credentials (HTTP 401: {_reason(exc)}): check ESINDEXER_ES_API_KEY, "
-            "or ESINDEXER_ES_USERNAME and ESINDEXER_ES_PASSWORD")
-    if isinstance(exc, ApiError) and exc.meta.status == 403:
-        return SetupError(
-            f"the Elasticsearch user lacks a privilege (HTTP 403: {_reason(exc)}); esindexer needs the cluster "
-            "privileges manage_index_templates and monitor (and read_pipeline with ESINDEXER_INGEST_PIPELINE) "
-            "and, on <prefix>*, create_index, write, read, view_index_metadata and manage "
-            "(docs/configuration.md)")
-    return None
+class Unreachable(Exception):
+    """A one-shot command could not reach a server (the service retries instead)."""
 
 
-def _reason(exc: ApiError) -> str:
-    body = exc.body if isinstance(exc.body, dict) else {}
-    error = body.get("error")
-    if isinstance(error, dict) and error.get("reason"):
-        return str(error["reason"])
-    return describe_error(exc)
+class SchemaError(RuntimeError):
+    """The database does not hold a RelStorage schema where the follower looks for it."""
 
 
-def describe_error(exc: BaseException) -> str:
-    """The first line of what went wrong, for logs and /readyz.
+class ConnectionBusy(RuntimeError):
+    """A connection handed to the follower has a transaction in progress."""
 
-    elastic_transport's errors keep the underlying reason in ``.message``; their str()
-    can be as bare as "Connection error" or "TLS error".
-    """
-    if isinstance(exc, ApiError):  # its str() has the status and the server's reason
-        text = str(exc).strip()
-    else:
-        text = str(getattr(exc, "message", "") or exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+class UnsafePickle(ValueError):
+    """The record is malformed or asks for resources far beyond its own size."""
+
+
+class TooLarge(ValueError):
+    """A record's JSON would exceed the output budget (shared structure expanding)."""
+
+
+class Abandoned(Exception):
+    """Raised out of a wait or retry loop when the service is shutting down."""
+
+
+class RetryableItems(Exception):
+    """Some items of a bulk request must be sent again (per-item 429/5xx, or their index
+    is unwritable); raised inside the sender's retry loop, never out of it."""
+
+    def __init__(self, count: int, reason: str, hint: str = "", index_conditions_only: bool = False):
+        super().__init__(f"{count} item(s) to retry: {reason}" + (f"; {hint}" if hint else ""))
+        self.reason = reason
+        #: every item waits for its index (closed, blocked, missing), none for load:
+        #: re-checked every few seconds, so writes resume soon after the block is lifted.
+        self.index_conditions_only = index_conditions_only
+
+
+class ErrorBudgetExhausted(RuntimeError):
+    """More dead letters within the window than the budget allows: stop, do not drop everything."""
+
+
+class AlreadyRunning(RuntimeError):
+    """Another indexer with the same client id holds the advisory lock."""

@@ -1,97 +1,34 @@
-"""Sink: send bulk requests and account for every item.
+"""The seam between the pipeline and the search engine: the :class:`Sink` protocol.
 
-Elasticsearch answers a bulk request with HTTP 200 even when items fail, so each
-item is classified on its own:
+The pipeline (:mod:`esindexer.pipeline`) and the operator commands (:mod:`esindexer.ops`)
+speak to a sink only through this protocol, in sink-neutral terms: versioned
+:class:`~esindexer.documents.Action` s go in, a :class:`SendResult` says what became of
+each, and :meth:`Sink.indexed` reads back what the sink holds. Elasticsearch is the
+implementation (:class:`esindexer.es.sink.ElasticsearchSink`); another search engine
+would be one more package beside ``es/``, with nothing else to edit.
 
-=====================  ==========================================================
-item answer            outcome
-=====================  ==========================================================
-200/201                written
-404 on a delete        nothing to delete: done
-409                    a newer (or the same) version is already there: done
-429, 5xx               retried (only those items), with back-off
-index closed, write-   retried the same way: the index, not the document, is at fault
-blocked or missing     (closed for maintenance, a write block during a shrink, an index
-                       deleted while auto-creation is off); progress waits, lag shows it
-403 (security)         the role lost a privilege on the index: the send raises SetupError
-                       (the service stops with exit 2) instead of dead-lettering everything
-anything else          rejected for good (mapping error, document too large ...):
-                       a dead letter; the rest of the request is unaffected
-=====================  ==========================================================
+A sink's contract, which the pipeline's guarantees rest on:
 
-Whole-request failures (connection refused, timeouts, HTTP 429/5xx) are retried
-with capped exponential back-off and jitter, forever by default. While a request
-retries, the service's progress stays where it is.
-
-HTTP 413 (request too large: the server's or a proxy's ``http.max_content_length``
-is below ``bulk_max_bytes``) splits the request, and the sender *remembers*: from
-then on it sends at most half the refused size, so a misjudged limit costs one
-refused request per process, not one per batch. A single action that is refused on
-its own is a dead letter.
+- ``send`` returns only when every action is *settled*: written (or already there at
+  that or a newer version), or refused for good (a :class:`Rejected`, which becomes a
+  dead letter). Transient trouble is retried inside ``send``; it raises
+  :class:`~esindexer.errors.Abandoned` when the service stops meanwhile and
+  :class:`~esindexer.errors.SetupError` when no retry can help.
+- writes are versioned: an action older than what the sink holds changes nothing.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
-import threading
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Iterator, Protocol, Sequence
 
-from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, TransportError
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_never
-from tenacity.wait import wait_random_exponential
-
-from esindexer.documents import Action, iter_lines
-from esindexer.errors import SetupError, as_setup_error, describe_error
-
-log = logging.getLogger(__name__)
-
-_DONE_STATUSES = {200, 201}
-
-#: Item errors that describe the target index, not the document: retried, never
-#: dead-lettered (dead-lettering a whole index's worth of documents would trip the
-#: error budget and leave the operator a table to replay instead of a lag to watch).
-_INDEX_CONDITIONS = {
-    "index_closed_exception": "index_closed",
-    "cluster_block_exception": "index_blocked",
-    "index_not_found_exception": "index_missing",
-}
-#: What the operator can do about each condition (said in the retry warning).
-_CONDITION_HINTS = {
-    "index_closed": "open it (POST /{index}/_open)",
-    "index_blocked": "lift the block: free disk space if the flood-stage watermark set "
-                     "index.blocks.read_only_allow_delete, or reset index.blocks.write on {index}",
-    "index_missing": "it was deleted and auto-creation is off: restart esindexer to create it again, "
-                     "then run `esindexer verify --repair` to put back what it held",
-}
-
-
-class Abandoned(Exception):
-    """Raised out of a retry loop when the service is shutting down."""
-
-
-class RetryableItems(Exception):
-    """Some items must be sent again (429/5xx per item, or their index is unwritable)."""
-
-    def __init__(self, count: int, reason: str, hint: str = "", index_conditions_only: bool = False):
-        super().__init__(f"{count} item(s) to retry: {reason}" + (f"; {hint}" if hint else ""))
-        self.reason = reason
-        #: every item waits for its index (closed, blocked, missing), none for load:
-        #: re-checked every few seconds, so writes resume soon after the block is lifted.
-        self.index_conditions_only = index_conditions_only
-
-
-#: Longest wait between two tries of items whose index is unwritable. Such a retry costs
-#: Elasticsearch nothing (it refuses at once), and a block is lifted by an operator who
-#: expects writes to resume within seconds, not after the load back-off's minute.
-INDEX_CONDITION_RECHECK_SECONDS = 5.0
+from esindexer.documents import Action
 
 
 @dataclass(slots=True)
 class Rejected:
-    """An item Elasticsearch refused for good."""
+    """An action the sink refused for good (a dead letter)."""
 
     action: Action
     status: int
@@ -99,14 +36,14 @@ class Rejected:
 
 
 @dataclass
-class BulkResult:
-    """What became of the actions given to :meth:`BulkSender.send`.
+class SendResult:
+    """What became of the actions given to :meth:`Sink.send`.
 
     Settled actions are only counted (by operation), not kept: a batch of one huge
     transaction must not pin every document it sent in memory until it is settled.
     """
 
-    done: collections.Counter = field(default_factory=collections.Counter)
+    done: collections.Counter[str] = field(default_factory=collections.Counter)
     rejected: list[Rejected] = field(default_factory=list)
     requests: int = 0
     seconds: float = 0.0
@@ -120,252 +57,35 @@ class BulkResult:
             self.done[action.op] += 1
 
 
-def retry_reason(exc: BaseException) -> str | None:
-    """A short label when ``exc`` is worth retrying, else None."""
-    if isinstance(exc, RetryableItems):
-        return "item_" + exc.reason
-    if as_setup_error(exc) is not None:  # an unverifiable certificate: retrying cannot help
-        return None
-    if isinstance(exc, ConnectionTimeout):
-        return "es_timeout"
-    if isinstance(exc, ESConnectionError):
-        return "es_unreachable"
-    if isinstance(exc, ApiError):
-        if exc.meta.status == 429:
-            return "es_429"
-        if exc.meta.status >= 500:
-            return f"es_{exc.meta.status}"
-        return None
-    if isinstance(exc, TransportError):
-        return "es_transport"
-    return None
+@dataclass(frozen=True, slots=True)
+class Indexed:
+    """One document the sink holds: where, for which object, at which version (tid)."""
+
+    index: str
+    zoid: int
+    tid: int
 
 
-def _is_security_refusal(error: Any) -> bool:
-    return isinstance(error, dict) and error.get("type") == "security_exception"
-
-
-def _index_condition(error: Any) -> str | None:
-    """A short label when an item failed because of its index's state, else None."""
-    if isinstance(error, dict):
-        return _INDEX_CONDITIONS.get(error.get("type", ""))
-    return None
-
-
-def _error_text(error: Any) -> str:
-    if isinstance(error, dict):
-        text = f"{error.get('type', 'error')}: {error.get('reason', '')}"
-        cause = error.get("caused_by")
-        if isinstance(cause, dict):
-            text += f" (caused by {cause.get('type')}: {cause.get('reason')})"
-        return text
-    return str(error)
-
-
-class BulkSender:
-    """Sends actions as bulk requests, retrying what is transient, until each is settled.
-
-    ``stop`` is an event the service sets on shutdown: back-off sleeps wake up and the
-    send raises :class:`Abandoned`, leaving progress where it was.
-    """
-
-    def __init__(self, es: Any, *, retry_max_seconds: float = 60.0, retry_attempts: int = 0,
-                 stop: threading.Event | None = None,
-                 on_retry: Callable[[str, BaseException], None] | None = None,
-                 on_request: Callable[[str, float], None] | None = None):
-        self._es = es
-        self._stop = stop or threading.Event()
-        self._on_retry = on_retry
-        self._on_request = on_request
-        self._retry_max = retry_max_seconds
-        self._backoff = wait_random_exponential(multiplier=0.5, max=retry_max_seconds)
-        self._attempts = retry_attempts
-        self._learned_max_bytes: int | None = None
-        self._limit_lock = threading.Lock()
+class Sink(Protocol):
+    """Where documents go. See the module docstring for the contract."""
 
     @property
-    def learned_max_bytes(self) -> int | None:
-        """The request size a 413 taught us to stay under (None: no 413 seen yet)."""
-        return self._learned_max_bytes
+    def indices(self) -> tuple[str, ...]:
+        """Every index (or collection) this configuration may write to."""
+        ...
 
-    def _learn_from_413(self, refused_bytes: int) -> None:
-        limit = max(1, refused_bytes // 2)
-        with self._limit_lock:
-            if self._learned_max_bytes is not None and self._learned_max_bytes <= limit:
-                return
-            self._learned_max_bytes = limit
-        log.warning("Elasticsearch refused a %d-byte bulk request (HTTP 413); sending at most %d "
-                    "bytes per request from now on. Set ESINDEXER_BULK_MAX_BYTES below the server's "
-                    "(or proxy's) request size limit to avoid this.", refused_bytes, limit,
-                    extra={"refused_bytes": refused_bytes, "max_bytes": limit})
+    def ensure_indices(self) -> tuple[str, ...]:
+        """Create what is missing (idempotent; at every start); return the indices."""
+        ...
 
-    def _chunks(self, actions: list[Action]) -> list[list[Action]]:
-        """``actions`` cut into requests under the learned size limit (one if none)."""
-        limit = self._learned_max_bytes
-        if limit is None:
-            return [actions]
-        chunks: list[list[Action]] = []
-        current: list[Action] = []
-        size = 0
-        for action in actions:
-            action_size = action.size()
-            if current and size + action_size > limit:
-                chunks.append(current)
-                current, size = [], 0
-            current.append(action)
-            size += action_size
-        if current:
-            chunks.append(current)
-        return chunks
+    def send(self, actions: Sequence[Action]) -> SendResult:
+        """Write the actions; return when every one is settled."""
+        ...
 
-    def _sleep(self, seconds: float) -> None:
-        if self._stop.wait(seconds):
-            raise Abandoned("shutting down during back-off")
+    def indexed(self, low: int | None = None, high: int | None = None) -> Iterator[list[Indexed]]:
+        """Pages of the documents held (with ``low <= zoid <= high``), in zoid order."""
+        ...
 
-    def _before_sleep(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        reason = retry_reason(exc) if exc else "unknown"
-        wait = state.next_action.sleep if state.next_action else 0
-        log.warning("bulk request failed (%s: %s); retry %d in %.1fs, progress frozen", reason,
-                    describe_error(exc) if exc else "", state.attempt_number, wait,
-                    extra={"reason": reason, "attempt": state.attempt_number})
-        if self._on_retry and exc is not None:
-            self._on_retry(reason or "unknown", exc)
-
-    def send(self, actions: Sequence[Action]) -> BulkResult:
-        result = BulkResult()
-        if not actions:
-            return result
-        started = time.monotonic()
-        for chunk in self._chunks(list(actions)):
-            self._send_splitting(chunk, result)
-        result.seconds = time.monotonic() - started
-        return result
-
-    def _send_splitting(self, actions: list[Action], result: BulkResult) -> None:
-        try:
-            self._send_with_retries(actions, result)
-        except ApiError as exc:
-            status = exc.meta.status
-            if status not in (413, 400):
-                raise
-            if len(actions) == 1:
-                result.rejected.append(Rejected(actions[0], status, f"HTTP {status}: "
-                                                + _error_text(getattr(exc, "body", None) or str(exc))))
-                return
-            if status == 413:
-                self._learn_from_413(sum(action.size() for action in actions))
-                parts = self._chunks(actions)
-                if len(parts) == 1:  # a limit learned from a larger request: halve this one
-                    parts = [actions[: len(actions) // 2], actions[len(actions) // 2:]]
-            else:
-                # Unparseable as a whole: halve until the culprit stands alone.
-                log.warning("bulk request refused with HTTP 400; splitting %d actions", len(actions))
-                parts = [actions[: len(actions) // 2], actions[len(actions) // 2:]]
-            for part in parts:
-                self._send_splitting(part, result)
-
-    def _send_with_retries(self, actions: list[Action], result: BulkResult) -> None:
-        pending = actions
-        retrying = Retrying(
-            retry=retry_if_exception(lambda e: retry_reason(e) is not None),
-            wait=self._wait,
-            stop=stop_never if self._attempts <= 0 else stop_after_attempt(self._attempts),
-            sleep=self._sleep,
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
-        for attempt in retrying:
-            with attempt:
-                pending = self._send_once(pending, result)
-
-    def _wait(self, state: RetryCallState) -> float:
-        """Capped exponential back-off with jitter; unwritable indices are re-checked sooner."""
-        delay = float(self._backoff(state))
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, RetryableItems) and exc.index_conditions_only:
-            return min(delay, INDEX_CONDITION_RECHECK_SECONDS)
-        return delay
-
-    def _send_once(self, actions: list[Action], result: BulkResult) -> list[Action]:
-        """One request; returns [] or raises RetryableItems after settling what it could."""
-        body = b"\n".join(iter_lines(actions)) + b"\n"
-        started = time.monotonic()
-        try:
-            response = self._es.bulk(
-                operations=body,
-                filter_path="errors,items.*.status,items.*.error",
-            )
-        except Exception as exc:
-            if self._on_request:
-                self._on_request("retried" if retry_reason(exc) else "failed", time.monotonic() - started)
-            raise
-        result.requests += 1
-        body_json = response.body if hasattr(response, "body") else response
-        if not body_json.get("errors"):
-            result.settle(actions)
-            if self._on_request:
-                self._on_request("ok", time.monotonic() - started)
-            return []
-        again: list[Action] = []
-        reasons: set[str] = set()
-        hints: dict[str, str] = {}
-        for action, item in zip(actions, body_json["items"]):
-            answer = next(iter(item.values()))
-            status = answer.get("status", 0)
-            if status in _DONE_STATUSES or status == 409 or (status == 404 and action.op == "delete"):
-                result.done[action.op] += 1
-            elif (condition := _index_condition(answer.get("error"))) is not None:
-                # Before the 429 test: a flood-stage block answers 429 with a
-                # cluster_block_exception, and it is the index that must change.
-                again.append(action)
-                reasons.add(condition)
-                hints.setdefault(condition, f"index {action.index} unwritable: "
-                                 + _CONDITION_HINTS[condition].format(index=action.index))
-            elif status == 429 or status >= 500:
-                again.append(action)
-                reasons.add(str(status))
-            elif _is_security_refusal(answer.get("error")):
-                # A privilege missing for this index (a role changed while running): every
-                # document would follow this one into the dead-letter table. Stop instead.
-                raise SetupError(f"Elasticsearch refused to write to {action.index}: "
-                                 f"{_error_text(answer.get('error'))}; esindexer needs write, create_index, "
-                                 "read, view_index_metadata and manage on its indices (docs/configuration.md)")
-            else:
-                result.rejected.append(Rejected(action, status, _error_text(answer.get("error"))))
-        if self._on_request:
-            self._on_request("retried" if again else "ok", time.monotonic() - started)
-        if again:
-            pending_reason = "/".join(sorted(reasons))
-            actions[:] = again  # the next attempt sends only these
-            raise RetryableItems(len(again), pending_reason, "; ".join(hints.values()),
-                                 index_conditions_only=reasons <= set(_INDEX_CONDITIONS.values()))
-        return []
-
-
-class BulkBuffer:
-    """Collects actions into one bulk request bounded by count and bytes.
-
-    ``add`` says when the request is full; ``take`` hands it over and starts a new one.
-    An action larger than the byte bound still goes, alone: Elasticsearch decides
-    (HTTP 413 is split down to it and then dead-lettered).
-    """
-
-    def __init__(self, max_docs: int, max_bytes: int):
-        self.max_docs = max_docs
-        self.max_bytes = max_bytes
-        self._actions: list[Action] = []
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._actions)
-
-    def add(self, action: Action) -> bool:
-        """Append; True when the request has reached a bound and should be sent."""
-        self._actions.append(action)
-        self._bytes += action.size()
-        return len(self._actions) >= self.max_docs or self._bytes >= self.max_bytes
-
-    def take(self) -> list[Action]:
-        actions, self._actions, self._bytes = self._actions, [], 0
-        return actions
+    def refresh(self) -> None:
+        """Make everything written so far visible to :meth:`indexed` (before a comparison)."""
+        ...

@@ -2,10 +2,10 @@
 
 Where the servers come from, in order:
 
-1. the environment (``ESINDEXER_TEST_PG_DSN``, ``ESINDEXER_TEST_ES_URL``), as printed by
+1. the environment (``ESIT_PG_DSN``, ``ESIT_ES_URL``), as printed by
    ``scripts/services up`` and set by ``scripts/test``;
 2. testcontainers, when a Docker engine answers;
-3. otherwise the test is skipped, or fails when ``ESINDEXER_REQUIRE_SERVICES=1`` (CI),
+3. otherwise the test is skipped, or fails when ``ESIT_REQUIRE_SERVICES=1`` (CI),
    with a message naming the command that starts the servers.
 
 Each test gets a fresh PostgreSQL database (RelStorage creates its schema on first
@@ -58,7 +58,7 @@ def _unavailable(what: str) -> None:
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
     """DSN (URI form) of a PostgreSQL role that may create databases."""
-    if dsn := os.environ.get("ESINDEXER_TEST_PG_DSN"):
+    if dsn := os.environ.get("ESIT_PG_DSN"):
         yield dsn
         return
     if _docker_available():
@@ -73,7 +73,7 @@ def pg_dsn() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def es_url() -> Iterator[str]:
     """URL of a real Elasticsearch node with security off."""
-    if url := os.environ.get("ESINDEXER_TEST_ES_URL"):
+    if url := os.environ.get("ESIT_ES_URL"):
         yield url
         return
     if _docker_available():
@@ -91,17 +91,17 @@ def es_constrained_url() -> Iterator[str]:
     ``tests/es_nodes.py``); started on first use, stopped at the end of the session."""
     from tests import es_nodes
 
-    home = os.environ.get("ESINDEXER_TEST_ES_HOME")
-    java_home = os.environ.get("ESINDEXER_TEST_ES_JAVA_HOME")
+    home = os.environ.get("ESIT_ES_HOME")
+    java_home = os.environ.get("ESIT_ES_JAVA_HOME")
     if home and java_home:
-        with es_nodes.local_node(home, java_home, os.environ.get("ESINDEXER_TEST_ES_USER")) as url:
+        with es_nodes.local_node(home, java_home, os.environ.get("ESIT_ES_USER")) as url:
             yield url
         return
     if _docker_available():
         with es_nodes.docker_node(ES_IMAGE) as url:
             yield url
         return
-    _unavailable("A constrained Elasticsearch node (ESINDEXER_TEST_ES_HOME)")
+    _unavailable("A constrained Elasticsearch node (ESIT_ES_HOME)")
 
 
 @pytest.fixture(scope="session")
@@ -110,11 +110,11 @@ def es_secured():
     ``tests/es_nodes.py``); a ``SecuredNode`` with url, ca_file, username, password."""
     from tests import es_nodes
 
-    home = os.environ.get("ESINDEXER_TEST_ES_HOME")
-    java_home = os.environ.get("ESINDEXER_TEST_ES_JAVA_HOME")
+    home = os.environ.get("ESIT_ES_HOME")
+    java_home = os.environ.get("ESIT_ES_JAVA_HOME")
     if not (home and java_home):
-        _unavailable("A secured Elasticsearch node (ESINDEXER_TEST_ES_HOME)")
-    with es_nodes.secured_node(home, java_home, os.environ.get("ESINDEXER_TEST_ES_USER")) as node:
+        _unavailable("A secured Elasticsearch node (ESIT_ES_HOME)")
+    with es_nodes.secured_node(home, java_home, os.environ.get("ESIT_ES_USER")) as node:
         yield node
 
 
@@ -198,7 +198,7 @@ def es(es_session_client, es_prefix):
 def pytest_report_header(config) -> list[str]:
     """Name the real server versions in the test run's header (CI output shows them)."""
     lines = []
-    if dsn := os.environ.get("ESINDEXER_TEST_PG_DSN"):
+    if dsn := os.environ.get("ESIT_PG_DSN"):
         try:
             with psycopg2.connect(dsn, connect_timeout=3) as conn, conn.cursor() as cur:
                 cur.execute("show server_version")
@@ -206,7 +206,7 @@ def pytest_report_header(config) -> list[str]:
             conn.close()
         except Exception as exc:  # header only: the fixtures report the real failure
             lines.append(f"PostgreSQL server: unreachable ({exc.__class__.__name__})")
-    if url := os.environ.get("ESINDEXER_TEST_ES_URL"):
+    if url := os.environ.get("ESIT_ES_URL"):
         try:
             from elasticsearch import Elasticsearch
 

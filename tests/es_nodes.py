@@ -12,8 +12,8 @@ test session and only when a test asks for it:
   the docs recommend, one lacking a privilege), so authentication, authorisation,
   certificate verification and their failures are exercised for real.
 
-Both come from the install ``scripts/services up`` made (``ESINDEXER_TEST_ES_HOME``,
-``ESINDEXER_TEST_ES_JAVA_HOME``, ``ESINDEXER_TEST_ES_USER``); with a Docker engine,
+Both come from the install ``scripts/services up`` made (``ESIT_ES_HOME``,
+``ESIT_ES_JAVA_HOME``, ``ESIT_ES_USER``); with a Docker engine,
 testcontainers runs the image with the constrained settings instead.
 """
 

@@ -1,7 +1,7 @@
 """Helpers for the observe tests (metrics, health, lag): tids built by ZODB itself.
 
 ``persistent.TimeStamp`` is ZODB's own implementation of the tid encoding, so it is an
-independent oracle for ``esindexer.tid`` (:func:`test_tid_module_agrees_with_zodb` in
+independent oracle for ``esindexer.source.tid`` (:func:`test_tid_module_agrees_with_zodb` in
 test_metrics checks the two agree).
 """
 

@@ -75,7 +75,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float 
 
 
 def require_services() -> bool:
-    return os.environ.get("ESINDEXER_REQUIRE_SERVICES") == "1"
+    return os.environ.get("ESIT_REQUIRE_SERVICES") == "1"
 
 
 class TcpProxy:
@@ -180,10 +180,10 @@ def servers_from_env() -> tuple[str, str]:
     """(admin PostgreSQL DSN, Elasticsearch URL) for benchmarks; exit 2 with a hint if unset."""
     import sys
 
-    pg = os.environ.get("ESINDEXER_TEST_PG_DSN")
-    es_url = os.environ.get("ESINDEXER_TEST_ES_URL")
+    pg = os.environ.get("ESIT_PG_DSN")
+    es_url = os.environ.get("ESIT_ES_URL")
     if not pg or not es_url:
-        print('set ESINDEXER_TEST_PG_DSN and ESINDEXER_TEST_ES_URL (eval "$(scripts/services env)")',
+        print('set ESIT_PG_DSN and ESIT_ES_URL (eval "$(scripts/services env)")',
               file=sys.stderr)
         raise SystemExit(2)
     return pg, es_url

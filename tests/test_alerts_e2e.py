@@ -7,7 +7,7 @@ Elasticsearch outage and resolve once it is over, and a healthy indexer raises n
 
 The outage is simulated with ``tests.support.TcpProxy`` between esindexer and the shared
 Elasticsearch node, which itself keeps running. Prometheus is the Debian 2.x binary
-(``ESINDEXER_TEST_PROMETHEUS``), on loopback, with a copy of deploy/prometheus/rules.yml
+(``ESIT_PROMETHEUS``), on loopback, with a copy of deploy/prometheus/rules.yml
 whose ``for:`` durations and duration thresholds are shortened by ``fast_rules()``; the
 alert expressions are otherwise the shipped ones.
 
@@ -37,7 +37,8 @@ import transaction
 import yaml
 from persistent import Persistent
 
-from esindexer import follow
+from esindexer.source import follow
+from esindexer.source.progress import get_progress_tid
 from tests.support import TcpProxy, require_services, wait_for
 from tests.test_deploy import RULES, fast_rules
 
@@ -61,7 +62,7 @@ def free_port() -> int:
 
 
 def prometheus_binary() -> str:
-    path = os.environ.get("ESINDEXER_TEST_PROMETHEUS") or shutil.which("prometheus")
+    path = os.environ.get("ESIT_PROMETHEUS") or shutil.which("prometheus")
     if not path or not os.access(path, os.X_OK):
         message = "prometheus is not available; start the servers with `eval \"$(scripts/services up)\"`"
         if require_services():
@@ -90,7 +91,7 @@ def http_status(url: str, timeout: float = 5.0) -> tuple[int, str]:
 
 def latest_and_progress(db_dsn: str) -> tuple[int, int]:
     with psycopg2.connect(db_dsn) as conn:
-        latest, done = follow.latest_tid(conn), follow.get_progress_tid(conn, "esindexer")
+        latest, done = follow.latest_tid(conn), get_progress_tid(conn, "esindexer")
     conn.close()
     return latest, done
 

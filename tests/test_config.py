@@ -7,7 +7,9 @@ import os
 
 import pytest
 
-from esindexer.config import SETTINGS, ConfigError, Settings, class_filter, load_settings, redact_dsn
+from esindexer.config import SETTINGS, Settings, load_settings, redact_dsn
+from esindexer.convert.configure import class_filter
+from esindexer.errors import ConfigError
 
 DSN = "postgresql://zodb:s3cret@db.example/zodb"
 
@@ -158,7 +160,7 @@ def test_configuration_reference_is_generated_from_the_declarations():
 def test_elasticsearch_client_auth_and_tls(tmp_path):
     import base64
 
-    from esindexer.service import make_es_client
+    from esindexer.es.client import make_es_client
 
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")

@@ -1,4 +1,4 @@
-"""Reading back what the index holds (``esindexer.deletions.indexed_zoids``), on a real node.
+"""Reading back what the index holds (``esindexer.source.deletions.indexed_zoids``), on a real node.
 
 The capture trigger and the draining of pack deletions are exercised end to end in
 ``test_service.py``; this covers the paging the start-up sweep and ``verify`` rely on.
@@ -6,7 +6,7 @@ The capture trigger and the draining of pack deletions are exercised end to end 
 
 from __future__ import annotations
 
-from esindexer.deletions import indexed_zoids
+from esindexer.es.scan import indexed_zoids
 
 
 def test_copies_of_a_zoid_in_two_indices_are_all_returned_across_page_boundaries(es, es_prefix):

@@ -90,7 +90,7 @@ def depends_on(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def promtool() -> str:
-    path = os.environ.get("ESINDEXER_TEST_PROMTOOL") or shutil.which("promtool")
+    path = os.environ.get("ESIT_PROMTOOL") or shutil.which("promtool")
     if not path:
         message = "promtool is not available; start the servers with `eval \"$(scripts/services up)\"`"
         if require_services():

@@ -8,9 +8,10 @@ import orjson
 import pytest
 
 from esindexer.config import load_settings
-from esindexer.documents import DocumentBuilder, commit_time_iso, ensure_indices, index_template
-from esindexer.sink import BulkSender
-from esindexer.tid import datetime_to_tid
+from esindexer.documents import DocumentBuilder, commit_time_iso
+from esindexer.es.admin import ensure_indices, index_template
+from esindexer.es.bulk import BulkSender, metadata_line
+from esindexer.source.tid import datetime_to_tid
 
 TID = 291972294502024669  # 2026-11-27 09:37:15.480215 UTC (newt-spec §6)
 
@@ -31,7 +32,7 @@ def test_index_action_shape_and_version():
             '"id": [7, "myapp.User"], "::=>": 7}, "count": 3}'
     action = builder.index_action(TID, 42, "myapp.content.Document", state)
     assert action.op == "index" and action.index == "zodb-objects" and action.version == TID
-    meta = orjson.loads(action.metadata_line())
+    meta = orjson.loads(metadata_line(action))
     assert meta == {"index": {"_index": "zodb-objects", "_id": "42", "version": TID,
                               "version_type": "external_gte"}}
     doc = orjson.loads(action.source)

@@ -1,4 +1,4 @@
-"""esindexer.follow over a range (end_tid): order, batching, boundaries, history modes.
+"""esindexer.source.follow over a range (end_tid): order, batching, boundaries, history modes.
 
 Data is written by real ZODB + RelStorage; the expected rows are read back with one
 independent SQL query per test.
@@ -14,8 +14,10 @@ import pytest
 import transaction
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from esindexer import follow
-from esindexer._follow_pg import SchemaError
+from esindexer.errors import ConnectionBusy
+from esindexer.source import follow, notify
+from esindexer.source.pages import Pages
+from esindexer.errors import SchemaError
 from tests.support import both_history_modes
 from tests.test_follow_support import collect, expected_rows, flat, tids_of, with_params, writer
 
@@ -180,7 +182,7 @@ def test_a_database_without_relstorage_is_a_clear_error(db_dsn):
     with pytest.raises(SchemaError):
         list(follow.updates(db_dsn))
     with pytest.raises(SchemaError):
-        follow.install_trigger(db_dsn)
+        notify.install_trigger(db_dsn)
 
 
 def test_history_mode_is_detected_in_the_search_path_only(db_dsn, zodb):
@@ -208,7 +210,7 @@ def test_a_caller_connection_is_read_with_short_transactions(db_dsn, zodb, keep_
     # The follower refuses to end, or read inside, a transaction it did not start.
     with pg_conn.cursor() as cur:
         cur.execute("SELECT 1")
-    with pytest.raises(follow.ConnectionBusy):
+    with pytest.raises(ConnectionBusy):
         collect(pg_conn, end_tid=end)
     pg_conn.rollback()
 
@@ -239,14 +241,14 @@ def test_memory_per_read_is_bounded_by_rows_and_bytes(db_dsn, zodb, keep_history
             w.add(f"k{i}", blob="x" * 50_000)
         w.commit()
     reads = []
-    original = follow._Reader.read
+    original = Pages.read
 
     def spy(self):
         rows = original(self)
         reads.append((len(rows), sum(len(d) for _, _, d in rows if d)))
         return rows
 
-    monkeypatch.setattr(follow._Reader, "read", spy)
+    monkeypatch.setattr(Pages, "read", spy)
     batches = collect(db_dsn, internal_batch_size=5, chunk_bytes=120_000)
     assert flat(batches) == expected_rows(db_dsn, keep_history)
     assert len(batches) == 1  # still one transaction, one batch
@@ -271,7 +273,7 @@ def test_bad_parameters_are_refused(bad):
 
 
 def test_tids_returned_are_zodb_tids(db_dsn, zodb):
-    from esindexer.tid import tid_to_epoch
+    from esindexer.source.tid import tid_to_epoch
     import time
 
     with writer(zodb) as w:

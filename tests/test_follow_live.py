@@ -1,4 +1,4 @@
-"""esindexer.follow without end_tid: waiting for commits, notifications, polling, stopping.
+"""esindexer.source.follow without end_tid: waiting for commits, notifications, polling, stopping.
 
 Latency (commit returned -> batch yielded) is measured and reported, never asserted.
 """
@@ -16,7 +16,8 @@ import time
 
 import psycopg2
 
-from esindexer import follow, notify
+from esindexer.source import follow
+from esindexer.source import notify
 from tests.support import both_history_modes, wait_for
 from tests.test_follow_support import (
     Follower,

@@ -8,8 +8,8 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from esindexer import follow
-from esindexer.progress import PROGRESS_TABLE
+from esindexer.source import follow, progress
+from esindexer.source.progress import PROGRESS_TABLE
 from tests.test_follow_support import select_only_role
 
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
@@ -22,15 +22,15 @@ def _table_exists(dsn) -> bool:
 
 
 def test_round_trip_with_a_dsn(db_dsn):
-    assert follow.get_progress_tid(db_dsn, "a.client") == -1
+    assert progress.get_progress_tid(db_dsn, "a.client") == -1
     assert not _table_exists(db_dsn)  # a lookup creates nothing
-    follow.set_progress_tid(db_dsn, "a.client", 1234)  # commits: it opened the connection
-    assert follow.get_progress_tid(db_dsn, "a.client") == 1234
-    follow.set_progress_tid(db_dsn, "a.client", 5678)  # upsert
-    follow.set_progress_tid(db_dsn, "b.client", 42)
-    assert follow.get_progress_tid(db_dsn, "a.client") == 5678
-    assert follow.get_progress_tid(db_dsn, "b.client") == 42
-    assert follow.get_progress_tid(db_dsn, "c.client") == -1
+    progress.set_progress_tid(db_dsn, "a.client", 1234)  # commits: it opened the connection
+    assert progress.get_progress_tid(db_dsn, "a.client") == 1234
+    progress.set_progress_tid(db_dsn, "a.client", 5678)  # upsert
+    progress.set_progress_tid(db_dsn, "b.client", 42)
+    assert progress.get_progress_tid(db_dsn, "a.client") == 5678
+    assert progress.get_progress_tid(db_dsn, "b.client") == 42
+    assert progress.get_progress_tid(db_dsn, "c.client") == -1
     with contextlib.closing(psycopg2.connect(db_dsn)) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT client_id, tid, updated_at IS NOT NULL FROM {PROGRESS_TABLE} ORDER BY 1")
         assert cur.fetchall() == [("a.client", 5678, True), ("b.client", 42, True)]
@@ -39,34 +39,34 @@ def test_round_trip_with_a_dsn(db_dsn):
 def test_set_on_a_connection_is_committed_by_the_caller(db_dsn, pg_conn):
     with pg_conn.cursor() as cur:  # the caller's own pending work
         cur.execute("CREATE TABLE caller_work (x int); INSERT INTO caller_work VALUES (1)")
-    follow.set_progress_tid(pg_conn, "c", 7)  # creates the table inside a savepoint
+    progress.set_progress_tid(pg_conn, "c", 7)  # creates the table inside a savepoint
     assert pg_conn.info.transaction_status != IDLE  # not committed by set_progress_tid
-    assert follow.get_progress_tid(pg_conn, "c") == 7  # visible in the caller's transaction
-    assert follow.get_progress_tid(db_dsn, "c") == -1  # not outside it
+    assert progress.get_progress_tid(pg_conn, "c") == 7  # visible in the caller's transaction
+    assert progress.get_progress_tid(db_dsn, "c") == -1  # not outside it
     assert not _table_exists(db_dsn)  # the DDL is part of the caller's transaction
     pg_conn.commit()
-    assert follow.get_progress_tid(db_dsn, "c") == 7
+    assert progress.get_progress_tid(db_dsn, "c") == 7
     with pg_conn.cursor() as cur:
         cur.execute("SELECT x FROM caller_work")
         assert cur.fetchall() == [(1,)]  # the caller's work was not rolled back
     pg_conn.rollback()
 
     # Rolled back with the caller's transaction, too.
-    follow.set_progress_tid(pg_conn, "c", 8)
+    progress.set_progress_tid(pg_conn, "c", 8)
     pg_conn.rollback()
-    assert follow.get_progress_tid(db_dsn, "c") == 7
+    assert progress.get_progress_tid(db_dsn, "c") == 7
 
 
 def test_get_on_an_idle_connection_leaves_it_idle(db_dsn, pg_conn):
-    follow.set_progress_tid(db_dsn, "d", 9)
-    assert follow.get_progress_tid(pg_conn, "d") == 9
+    progress.set_progress_tid(db_dsn, "d", 9)
+    assert progress.get_progress_tid(pg_conn, "d") == 9
     assert pg_conn.info.transaction_status == IDLE
 
 
 def test_autocommit_connections_commit_each_statement(db_dsn, pg_conn):
     pg_conn.autocommit = True
-    follow.set_progress_tid(pg_conn, "e", 10)
-    assert follow.get_progress_tid(db_dsn, "e") == 10
+    progress.set_progress_tid(pg_conn, "e", 10)
+    assert progress.get_progress_tid(db_dsn, "e") == 10
 
 
 def test_a_failed_table_creation_keeps_the_callers_pending_work(pg_dsn, db_dsn, zodb):
@@ -75,11 +75,11 @@ def test_a_failed_table_creation_keeps_the_callers_pending_work(pg_dsn, db_dsn, 
             with conn.cursor() as cur:
                 cur.execute("CREATE TEMP TABLE pending (x int); INSERT INTO pending VALUES (1)")
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-                follow.set_progress_tid(conn, "ro", 1)
+                progress.set_progress_tid(conn, "ro", 1)
             with conn.cursor() as cur:  # the transaction is still alive, with its work
                 cur.execute("SELECT x FROM pending")
                 assert cur.fetchall() == [(1,)]
-            assert follow.get_progress_tid(conn, "ro") == -1
+            assert progress.get_progress_tid(conn, "ro") == -1
             conn.rollback()
 
 
@@ -88,10 +88,10 @@ def test_progress_feeds_start_tid(db_dsn, zodb):
     from tests.test_follow_support import writer
 
     first = [list(b) for b in follow.updates(db_dsn, end_tid=follow.latest_tid(db_dsn))]
-    follow.set_progress_tid(db_dsn, "loop", first[-1][-1][0])
+    progress.set_progress_tid(db_dsn, "loop", first[-1][-1][0])
     with writer(zodb) as w:
         w.add("new", x=1)
         tid = w.commit()
-    start = follow.get_progress_tid(db_dsn, "loop")
+    start = progress.get_progress_tid(db_dsn, "loop")
     resumed = [list(b) for b in follow.updates(db_dsn, start_tid=start, end_tid=follow.latest_tid(db_dsn))]
     assert {row[0] for batch in resumed for row in batch} == {tid}

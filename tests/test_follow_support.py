@@ -14,7 +14,7 @@ from persistent.mapping import PersistentMapping
 from psycopg2.extensions import make_dsn, parse_dsn
 from ZODB.utils import u64
 
-from esindexer import follow
+from esindexer.source import follow
 
 
 class Writer:

@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 
-from esindexer.health import HealthServer
-from esindexer.metrics import Metrics
+from esindexer.observe.http import HealthServer
+from esindexer.observe.metrics import Metrics
 from tests.observe_support import make_tid
 
 
@@ -127,7 +127,7 @@ def test_readyz_reports_reasons_as_plain_text(serve):
 
 
 def test_scraped_metrics_pass_promtool(serve):
-    promtool = os.environ.get("ESINDEXER_TEST_PROMTOOL") or shutil.which("promtool") \
+    promtool = os.environ.get("ESIT_PROMTOOL") or shutil.which("promtool") \
         or "/usr/bin/promtool"
     if not os.path.exists(promtool):
         pytest.skip("promtool not installed")

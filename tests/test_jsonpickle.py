@@ -18,7 +18,7 @@ import pytest
 from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 
-from esindexer.jsonpickle import Conversion, Jsonifier
+from esindexer.convert.jsonifier import Conversion, Jsonifier
 from tests.test_jsonpickle_support import (
     MyDict, MyList, PRef, Slotted, Thing, newt_jsonifier, newt_loads, record, strict_loads,
 )
@@ -112,7 +112,7 @@ def test_transform_errors_and_non_json_output_are_errors():
 def test_errors_are_reported_not_raised_and_logged_once_by_the_call(caplog):
     j = Jsonifier()
     garbage = b"\x80\x03cfoo\nBar\nq\x00.\x80\x03}q\x01(X\x01\x00\x00"  # truncated state
-    with caplog.at_level(logging.DEBUG, logger="esindexer.jsonpickle"):
+    with caplog.at_level(logging.DEBUG, logger="esindexer.convert.jsonifier"):
         c = j.convert(("tid", 7), garbage)
         assert caplog.records == []  # convert does not log
         assert j(("tid", 7), garbage) == (None, None, None)

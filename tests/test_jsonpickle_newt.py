@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 
-from esindexer.jsonpickle import Jsonifier
+from esindexer.convert.jsonifier import Jsonifier
 from tests.test_jsonpickle_support import (
     Doc, Folder, MyDict, PRef, Thing, newt_jsonifier, newt_loads, record, same_json, strict_loads,
 )

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esindexer._pickle_values import standin
-from esindexer.jsonpickle import Jsonifier
+from esindexer.convert.values import standin
+from esindexer.convert.jsonifier import Jsonifier
 from tests.test_jsonpickle_support import PRef, Thing, record, strict_loads
 
 CLASS = b"\x80\x03ctests.test_jsonpickle_support\nThing\nq\x00N\x86q\x01."

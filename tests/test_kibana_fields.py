@@ -25,8 +25,9 @@ from persistent import Persistent
 from persistent.mapping import PersistentMapping
 
 from esindexer.config import SETTINGS_BY_NAME
-from esindexer.metrics import Metrics
-from esindexer.service import EXIT_OK, Indexer
+from esindexer.observe.metrics import Metrics
+from esindexer.errors import ExitCode
+from esindexer.pipeline.indexer import Indexer
 from tests.test_service import dead_letters, make_settings
 
 OBJECTS = Path(__file__).resolve().parent.parent / "deploy" / "kibana" / "objects.ndjson"
@@ -104,7 +105,7 @@ def test_kibana_objects_match_the_real_indices(zodb, db_dsn, es, es_url, es_pref
     conn.close()
     settings = make_settings(db_dsn, es_url, es_prefix, state_mapping=state_mapping,
                              class_routes=f"{__name__}.Folder=folders")
-    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
 
     view, uses = field_uses()
     assert view["title"] == "zodb"  # the default prefix; this test's alias stands in for it

@@ -10,9 +10,9 @@ import pytest
 import transaction
 from ZODB.utils import u64
 
-from esindexer.health import HealthServer
-from esindexer.lag import SourcePoller
-from esindexer.metrics import Metrics
+from esindexer.observe.http import HealthServer
+from esindexer.observe.poller import SourcePoller
+from esindexer.observe.metrics import Metrics
 from tests.observe_support import reference_tid_to_epoch
 from tests.support import both_history_modes, fresh_database, open_zodb, wait_for
 
@@ -108,7 +108,7 @@ def test_lag_grows_while_last_indexed_stays(zodb, db_dsn, pollers):
 def test_readiness_flips_when_postgresql_goes_away_and_back(pg_dsn, zodb, db_dsn, pollers,
                                                              caplog):
     """Drop the polled database: not ready, one warning; point it back: ready again."""
-    caplog.set_level(logging.DEBUG, logger="esindexer.lag")
+    caplog.set_level(logging.DEBUG, logger="esindexer.observe.poller")
     m = Metrics(process_metrics=False)
     health = HealthServer(m, stall_after=3600)
     target: dict[str, str] = {}
@@ -132,7 +132,7 @@ def test_readiness_flips_when_postgresql_goes_away_and_back(pg_dsn, zodb, db_dsn
     ready, reasons = health.readiness()
     assert reasons[0].startswith("PostgreSQL unreachable: ")
     wait_for(lambda: poller._failures >= 3, timeout=20, message="several failed attempts")
-    warnings = [r for r in caplog.records if r.name == "esindexer.lag" and r.levelno >= logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "esindexer.observe.poller" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1  # one per outage, not one per attempt
 
     # The database "comes back" (at another name: the dropped one is gone for good).

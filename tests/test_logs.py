@@ -6,7 +6,7 @@ import json
 import logging
 
 from esindexer.config import load_settings
-from esindexer.logs import JsonFormatter, TextFormatter
+from esindexer.observe.logs import JsonFormatter, TextFormatter
 
 
 def _record(message: str, **extra) -> logging.LogRecord:

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from esindexer.metrics import Metrics
-from esindexer.tid import tid_to_epoch
+from esindexer.observe.metrics import Metrics
+from esindexer.source.tid import tid_to_epoch
 from tests.observe_support import make_tid, reference_tid_to_epoch
 
 
@@ -220,9 +220,9 @@ def test_registries_are_private():
 
 
 def promtool() -> str:
-    path = os.environ.get("ESINDEXER_TEST_PROMTOOL") or shutil.which("promtool") or "/usr/bin/promtool"
+    path = os.environ.get("ESIT_PROMTOOL") or shutil.which("promtool") or "/usr/bin/promtool"
     if not os.path.exists(path):
-        pytest.skip("promtool not installed (set ESINDEXER_TEST_PROMTOOL)")
+        pytest.skip("promtool not installed (set ESIT_PROMTOOL)")
     return path
 
 

@@ -17,7 +17,8 @@ import psycopg2
 import transaction
 from persistent.mapping import PersistentMapping
 
-from esindexer import deletions
+from esindexer.es.scan import indexed_zoids
+from esindexer.source import deletions
 from tests.support import both_history_modes, run_esindexer, wait_for
 from tests.test_service import Page, make_settings, progress, running, latest_tid
 
@@ -25,7 +26,7 @@ from tests.test_service import Page, make_settings, progress, running, latest_ti
 def indexed(es, alias: str) -> set[int]:
     """Every zoid that has a document (paged: any number of documents)."""
     es.indices.refresh(index=alias)
-    return {zoid for page in deletions.indexed_zoids(es, (alias,)) for _, zoid, _ in page}
+    return {zoid for page in indexed_zoids(es, (alias,)) for _, zoid, _ in page}
 
 
 def live_zoids(db_dsn: str) -> set[int]:
@@ -218,7 +219,7 @@ def test_a_pack_deletion_is_sent_only_after_every_earlier_write_of_the_object_se
     held = threading.Event()
     with running(settings) as indexer:
         wait_for(lambda: progress(db_dsn) == latest_tid(db_dsn), message="indexed")
-        real_send = indexer.sender.send
+        real_send = indexer.sink.send
 
         def send(actions):
             ops = [(a.op, a.zoid) for a in actions]
@@ -232,7 +233,7 @@ def test_a_pack_deletion_is_sent_only_after_every_earlier_write_of_the_object_se
                 timeline.append(("end", op, zoid, time.monotonic()))
             return result
 
-        indexer.sender.send = send
+        indexer.sink.send = send  # type: ignore[method-assign]
         # The doomed object shares its transaction with 200 others, so the reader is still
         # working on that batch (more bulks) while the doomed one's bulk is held: the
         # committer has nothing to settle and polls the deletion log meanwhile.
@@ -312,17 +313,16 @@ def test_a_repair_written_for_an_object_packed_meanwhile_is_deleted_after_it_set
     """``verify --repair`` and ``--redeliver`` write states they read earlier; the object
     may have been packed since. After the write settles they check the database again."""
     from esindexer.documents import DocumentBuilder
-    from esindexer.service import make_es_client
-    from esindexer.sink import BulkSender
-    from esindexer.documents import ensure_indices
+    from esindexer.es.sink import ElasticsearchSink
+    from esindexer.ops.recheck import delete_if_gone
 
     conn = zodb.open()
     root = conn.root()
     root["a"], root["b"] = Page("a"), Page("b")
     transaction.commit()
     settings = make_settings(db_dsn, es_url, es_prefix)
-    client = make_es_client(settings)
-    ensure_indices(client, settings)
+    sink = ElasticsearchSink(settings)
+    sink.ensure_indices()
     builder = DocumentBuilder(settings)
     written = [builder.index_action(root[key]._p_serial and int.from_bytes(root[key]._p_serial, "big"),
                                     zoid_of(root[key]), "tests.test_service.Page", '{"title": "x"}')
@@ -330,10 +330,9 @@ def test_a_repair_written_for_an_object_packed_meanwhile_is_deleted_after_it_set
     gone = zoid_of(root["b"])
     with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:  # b is packed between read and write
         cur.execute("DELETE FROM object_state WHERE zoid = %s", (gone,))
-    sender = BulkSender(client)
-    assert sender.send(written).done_total == 2
+    assert sink.send(written).done_total == 2
     pg = psycopg2.connect(db_dsn)
-    assert deletions.delete_if_gone(pg, builder, sender, written) == 1
+    assert delete_if_gone(pg, builder, sink, written) == 1
     pg.close()
     assert indexed(es, settings.index_prefix) == {zoid_of(root["a"])}
     conn.close()

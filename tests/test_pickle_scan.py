@@ -1,4 +1,4 @@
-"""The C pickle pre-scan (esindexer/_pickle_scan_c.c) against the Python reference.
+"""The C pickle pre-scan (esindexer/convert/_scan_c.c) against the Python reference.
 
 Differential: for every input, ``scan_c`` and ``scan_py`` must return the same offset,
 leave the same ``kinds`` dict and ``state`` list, and raise ``UnsafePickle`` in the same
@@ -22,14 +22,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esindexer import _pickle_scan
-from esindexer._pickle_scan import UnsafePickle, scan, scan_py
+from esindexer.convert import scan as _pickle_scan
+from esindexer.convert.scan import UnsafePickle, scan, scan_py
 from tests.test_jsonpickle_support import PRef, Thing, record
 
-scan_c = getattr(_pickle_scan._pickle_scan_c, "scan", None)
+scan_c = getattr(_pickle_scan._scan_c, "scan", None)
 needs_c = pytest.mark.skipif(
     scan_c is None,
-    reason="esindexer._pickle_scan_c is not built (no C compiler at install time); "
+    reason="esindexer.convert._scan_c is not built (no C compiler at install time); "
     "the pure-Python scan is in use",
 )
 

@@ -14,8 +14,9 @@ import pickle
 import psycopg2
 import transaction
 
-from esindexer.metrics import Metrics
-from esindexer.service import EXIT_OK, Indexer
+from esindexer.observe.metrics import Metrics
+from esindexer.errors import ExitCode
+from esindexer.pipeline.indexer import Indexer
 from tests.support import run_esindexer
 from tests.test_service import Folderish, Page, dead_letters, docs, make_settings, zoid_of
 
@@ -47,7 +48,7 @@ def test_dead_letters_are_summarised_then_redelivered_once_the_cause_is_fixed(zo
         cur.execute("UPDATE object_state SET state = %s WHERE zoid = %s", (psycopg2.Binary(_UNCONVERTIBLE), broken_zoid))
     pg.close()
     settings = make_settings(db_dsn, es_url, es_prefix, state_mapping="dynamic", class_routes="")
-    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     assert {row[0] for row in dead_letters(db_dsn)} == {folder_zoid, doomed_zoid, broken_zoid}
     env = _cli_env(settings, es_url)
 

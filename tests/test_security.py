@@ -106,8 +106,9 @@ def _refused_while_running(zodb, db_dsn, es_prefix, node, user: str, take_away, 
     (the node reloads its security files every 5 s) and commit again. The service must
     stop with exit code 2, keep its progress at the last acknowledged batch and dead-letter
     nothing."""
-    from esindexer.metrics import Metrics
-    from esindexer.service import EXIT_SETUP, Indexer
+    from esindexer.observe.metrics import Metrics
+    from esindexer.errors import ExitCode
+    from esindexer.pipeline.indexer import Indexer
     from tests.support import wait_for
     from tests.test_service import dead_letters, latest_tid, make_settings, progress
 
@@ -130,7 +131,7 @@ def _refused_while_running(zodb, db_dsn, es_prefix, node, user: str, take_away, 
                 page.title += " (changed)"
             transaction.commit()
             thread.join(60)
-            assert outcome.get("code") == EXIT_SETUP  # stopped, with the reason logged; not retrying for ever
+            assert outcome.get("code") == ExitCode.SETUP  # stopped, with the reason logged; not retrying for ever
             assert progress(db_dsn) == indexed_up_to < latest_tid(db_dsn)  # the refused batch is not counted
             assert dead_letters(db_dsn) == []  # and nothing was dead-lettered for it
             conn.close()

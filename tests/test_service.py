@@ -20,10 +20,12 @@ import transaction
 from persistent import Persistent
 from persistent.mapping import PersistentMapping
 
-from esindexer import follow
+from esindexer.source import follow
+from esindexer.source.progress import get_progress_tid as progress_tid, set_progress_tid
 from esindexer.config import Settings, load_settings
-from esindexer.metrics import Metrics
-from esindexer.service import EXIT_ERROR_BUDGET, EXIT_LOCKED, EXIT_OK, EXIT_SETUP, Indexer
+from esindexer.observe.metrics import Metrics
+from esindexer.errors import ExitCode
+from esindexer.pipeline.indexer import Indexer
 from tests.support import TcpProxy, both_history_modes, esindexer_env, run_esindexer, wait_for
 
 
@@ -69,9 +71,9 @@ def make_settings(db_dsn: str, es_url: str, es_prefix: str, **overrides) -> Sett
 
 
 @contextlib.contextmanager
-def running(settings, metrics: Metrics | None = None, es=None):
+def running(settings, metrics: Metrics | None = None):
     """Run an Indexer in a thread; stop it (gracefully) on exit and check it ended well."""
-    indexer = Indexer(settings, metrics or Metrics(process_metrics=False), es=es)
+    indexer = Indexer(settings, metrics or Metrics(process_metrics=False))
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("code", indexer.run()), daemon=True)
     thread.start()
@@ -81,7 +83,7 @@ def running(settings, metrics: Metrics | None = None, es=None):
         indexer.stop()
         thread.join(60)
         assert not thread.is_alive(), "indexer did not stop"
-    assert outcome.get("code") == EXIT_OK
+    assert outcome.get("code") == ExitCode.OK
 
 
 def docs(es, alias: str) -> dict[int, dict]:
@@ -108,7 +110,7 @@ def latest_tid(db_dsn: str) -> int:
 
 def progress(db_dsn: str, client_id: str = "esindexer") -> int:
     with psycopg2.connect(db_dsn) as conn:
-        tid = follow.get_progress_tid(conn, client_id)
+        tid = progress_tid(conn, client_id)
     conn.close()
     return tid
 
@@ -189,7 +191,7 @@ def test_backfill_restart_and_replay(zodb, db_dsn, es, es_url, es_prefix, keep_h
         if n % 40 == 39:
             transaction.commit()
     settings = make_settings(db_dsn, es_url, es_prefix, metrics_port=0)
-    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     first = docs(es, settings.index_prefix)
     assert len(first) == 121  # root + 120 pages
     assert progress(db_dsn) == latest_tid(db_dsn)
@@ -198,16 +200,16 @@ def test_backfill_restart_and_replay(zodb, db_dsn, es, es_url, es_prefix, keep_h
     for n in range(120, 150):
         root[f"p{n}"] = Page(f"page {n}")
     transaction.commit()
-    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     second = docs(es, settings.index_prefix)
     assert len(second) == 151
     assert all(second[z]["_version"] == second[z]["tid"] for z in second)
 
     # replaying everything from the start changes nothing
     with psycopg2.connect(db_dsn) as pg:
-        follow.set_progress_tid(pg, settings.client_id, -1)
+        set_progress_tid(pg, settings.client_id, -1)
     pg.close()
-    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     assert docs(es, settings.index_prefix) == second
     conn.close()
 
@@ -228,7 +230,7 @@ def test_rejected_and_unconvertible_records_are_dead_lettered(zodb, db_dsn, es, 
                     (psycopg2.Binary(b"\x80\x03corrupt pickle"), broken_zoid))
     pg.close()
     settings = make_settings(db_dsn, es_url, es_prefix, state_mapping="dynamic", class_routes="")
-    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     indexed = docs(es, settings.index_prefix)
     assert good_zoid in indexed and after_zoid in indexed
     assert broken_zoid not in indexed
@@ -251,7 +253,7 @@ def test_error_budget_stops_the_service(zodb, db_dsn, es, es_url, es_prefix):
     pg.close()
     metrics = Metrics(process_metrics=False)
     settings = make_settings(db_dsn, es_url, es_prefix, dead_letter_budget=2)
-    assert Indexer(settings, metrics).run(until_caught_up=True) == EXIT_ERROR_BUDGET
+    assert Indexer(settings, metrics).run(until_caught_up=True) == ExitCode.ERROR_BUDGET
     assert metrics.error_budget_exhausted()
     assert len(dead_letters(db_dsn)) == 5  # recorded, never silently dropped
     conn.close()
@@ -318,11 +320,11 @@ def test_one_indexer_per_client_id(zodb, db_dsn, es, es_url, es_prefix):
     settings = make_settings(db_dsn, es_url, es_prefix)
     with running(settings):
         wait_for(lambda: progress(db_dsn) > 0, message="first indexer running")
-        assert Indexer(settings, Metrics(process_metrics=False)).run() == EXIT_LOCKED
+        assert Indexer(settings, Metrics(process_metrics=False)).run() == ExitCode.LOCKED
         # The lock is checked before anything is created: a refused instance with another
         # index prefix (a mistyped one, say) leaves Elasticsearch as it was.
         other = make_settings(db_dsn, es_url, es_prefix + "other-")
-        assert Indexer(other, Metrics(process_metrics=False)).run() == EXIT_LOCKED
+        assert Indexer(other, Metrics(process_metrics=False)).run() == ExitCode.LOCKED
         assert not es.indices.get(index=f"{es_prefix}other*", allow_no_indices=True, expand_wildcards="all")
         templates = es.indices.get_index_template()["index_templates"]
         assert not [t["name"] for t in templates if t["name"].startswith(f"{es_prefix}other")]
@@ -356,7 +358,7 @@ def test_status_command(zodb, db_dsn, es, es_url, es_prefix):
     conn.root()["x"] = Page("x")
     transaction.commit()
     settings = make_settings(db_dsn, es_url, es_prefix)
-    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     done = run_esindexer("status", "--json", env={"ESINDEXER_PG_DSN": db_dsn})
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -388,7 +390,7 @@ def test_shutdown_during_outage_keeps_progress_and_exits(zodb, db_dsn, es, es_ur
         indexer.stop()
         thread.join(30)
         assert not thread.is_alive(), "indexer hung on shutdown during an outage"
-        assert outcome["code"] == EXIT_OK
+        assert outcome["code"] == ExitCode.OK
         assert progress(db_dsn) == done_tid
         conn.close()
     finally:
@@ -402,7 +404,7 @@ def test_startup_sweep_removes_objects_packed_without_the_trigger(zodb, db_dsn, 
     root = conn.root()
     zoids = [zoid_of(p) for p in commit_pages(root, 30)]
     plain = make_settings(db_dsn, es_url, es_prefix, install_triggers="false", sweep_on_start="never")
-    assert Indexer(plain, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(plain, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     assert set(zoids) <= set(docs(es, plain.index_prefix))
 
     for n in range(0, 30, 3):  # a third of them become garbage and are packed away
@@ -412,7 +414,7 @@ def test_startup_sweep_removes_objects_packed_without_the_trigger(zodb, db_dsn, 
     gone = set(zoids[0::3])
 
     swept = make_settings(db_dsn, es_url, es_prefix)  # installs the trigger; it was missing: sweep
-    assert Indexer(swept, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(swept, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     remaining = set(docs(es, swept.index_prefix))
     assert not (gone & remaining)
     assert set(zoids) - gone <= remaining
@@ -485,7 +487,7 @@ def test_memory_stays_flat_on_one_huge_transaction(zodb, db_dsn, es, es_url, es_
                              bulk_max_docs=200)
     tracemalloc.start()
     try:
-        assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+        assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -565,13 +567,13 @@ def test_reindex_without_downtime(zodb, db_dsn, es, es_url, es_prefix):
     commit_pages(root, 30)
     alias = es_prefix.rstrip("-")
     old = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen1", alias=alias)
-    assert Indexer(old, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(old, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     assert len(docs(es, alias)) == 31
 
     # The new generation (say, with the dynamic mapping), under its own client id, detached.
     new = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2", alias=alias,
                         attach_alias="false", client_id="esindexer-gen2", state_mapping="dynamic")
-    assert Indexer(new, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(new, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     es.indices.refresh(index=f"{alias}-gen2-objects")
     assert es.count(index=f"{alias}-gen2-objects")["count"] == 31
     assert sorted(es.indices.get_alias(name=alias)) == [f"{alias}-gen1-objects"]  # searches see gen1 only
@@ -591,7 +593,7 @@ def test_reindex_without_downtime(zodb, db_dsn, es, es_url, es_prefix):
                          client_id="esindexer-gen2", state_mapping="dynamic")
     root["late"] = late = Page("after the switch")
     transaction.commit()
-    assert Indexer(live, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(live, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     assert zoid_of(late) in docs(es, alias)
     conn.close()
 
@@ -635,8 +637,8 @@ def test_a_small_elasticsearch_node_gets_split_requests_and_back_pressure(
                              bulk_concurrency=2, index_shards=8, batch_limit=2000, fetch_size=500,
                              retry_max_seconds=0.1)
     indexer = Indexer(settings, metrics)
-    assert indexer.run(until_caught_up=True) == EXIT_OK
-    assert indexer.sender.learned_max_bytes is not None  # the 413s taught it the node's limit
+    assert indexer.run(until_caught_up=True) == ExitCode.OK
+    assert indexer.sink.sender.learned_max_bytes is not None  # the 413s taught it the node's limit
 
     indexed = docs(es_constrained, settings.index_prefix)
     page_zoids = {zoid_of(p) for p in pages.values()}
@@ -658,12 +660,12 @@ def test_ingest_pipeline_is_checked_at_start_and_applied_to_every_index(zodb, db
     conn = zodb.open()
     commit_pages(conn.root(), 5)
     plain = make_settings(db_dsn, es_url, es_prefix)
-    assert Indexer(plain, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK  # index exists
+    assert Indexer(plain, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK  # index exists
     pipeline = f"{es_prefix}enrich"
     with_pipeline = make_settings(db_dsn, es_url, es_prefix, ingest_pipeline=pipeline)
 
     # A pipeline that does not exist is a setup error, said at once: no retry can fix it.
-    assert Indexer(with_pipeline, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_SETUP
+    assert Indexer(with_pipeline, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.SETUP
     missing = run_esindexer("run", "--until-caught-up", env={
         "ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url, "ESINDEXER_INDEX_PREFIX": plain.index_prefix,
         "ESINDEXER_INGEST_PIPELINE": pipeline, "ESINDEXER_METRICS_PORT": "0"})
@@ -673,7 +675,7 @@ def test_ingest_pipeline_is_checked_at_start_and_applied_to_every_index(zodb, db
     es.ingest.put_pipeline(id=pipeline, processors=[], description="esindexer test")
     try:
         commit_pages(conn.root(), 8)  # rewrites pages 0-4, adds 5-7
-        assert Indexer(with_pipeline, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+        assert Indexer(with_pipeline, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
         index = with_pipeline.index_for_route(with_pipeline.default_route)
         assert es.indices.get_settings(index=index)[index]["settings"]["index"]["default_pipeline"] == pipeline
         stats = es.nodes.stats(metric="ingest")["nodes"]
@@ -717,7 +719,7 @@ def test_a_url_that_is_not_elasticsearch_is_a_clear_error(db_dsn, caplog):
     try:
         settings = make_settings(db_dsn, f"http://127.0.0.1:{server.server_port}", "not-es-")
         started = time.monotonic()
-        assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_SETUP
+        assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.SETUP
         assert time.monotonic() - started < 10
         assert "does not lead to Elasticsearch" in caplog.text and "X-Elastic-Product" in caplog.text
     finally:
@@ -734,8 +736,8 @@ def test_elasticsearch_killed_while_the_application_commits_loses_nothing(zodb, 
     from elasticsearch import Elasticsearch
     from tests.es_nodes import LocalNode
 
-    node = LocalNode(os.environ["ESINDEXER_TEST_ES_HOME"], os.environ["ESINDEXER_TEST_ES_JAVA_HOME"],
-                     os.environ.get("ESINDEXER_TEST_ES_USER"), {})
+    node = LocalNode(os.environ["ESIT_ES_HOME"], os.environ["ESIT_ES_JAVA_HOME"],
+                     os.environ.get("ESIT_ES_USER"), {})
     try:
         node.start()
         conn = zodb.open()

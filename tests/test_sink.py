@@ -10,8 +10,11 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from esindexer.config import load_settings
-from esindexer.documents import Action, DocumentBuilder, ensure_indices, iter_lines
-from esindexer.sink import Abandoned, BulkBuffer, BulkSender
+from esindexer.documents import Action, DocumentBuilder
+from esindexer.errors import Abandoned, RetryableItems
+from esindexer.es.admin import ensure_indices
+from esindexer.es.bulk import BulkSender, iter_lines
+from esindexer.pipeline.reader import RequestBuffer as BulkBuffer
 from tests.support import wait_for
 
 TID = 291972294502024669
@@ -258,7 +261,7 @@ def test_a_deleted_index_without_auto_creation_is_waited_for_with_advice(es_cons
 def test_items_waiting_for_their_index_are_rechecked_within_seconds_not_the_load_backoff():
     from tenacity import RetryCallState, Retrying
 
-    from esindexer.sink import INDEX_CONDITION_RECHECK_SECONDS, RetryableItems
+    from esindexer.es.bulk import INDEX_CONDITION_RECHECK_SECONDS
 
     sender = BulkSender(None, retry_max_seconds=60)
 

@@ -1,4 +1,4 @@
-"""esindexer.tid against persistent.TimeStamp, the encoding ZODB itself uses."""
+"""esindexer.source.tid against persistent.TimeStamp, the encoding ZODB itself uses."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from persistent.timestamp import TimeStamp, TimeStampPy
 
-from esindexer import tid as tids
+from esindexer.source import tid as tids
 
 # Tids from 1900 to about 2200 (the full range is checked separately where TimeStamp
 # itself can represent it).

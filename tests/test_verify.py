@@ -8,8 +8,9 @@ import orjson
 import transaction
 
 from esindexer.documents import DocumentBuilder
-from esindexer.metrics import Metrics
-from esindexer.service import EXIT_OK, Indexer
+from esindexer.observe.metrics import Metrics
+from esindexer.errors import ExitCode
+from esindexer.pipeline.indexer import Indexer
 from tests.support import run_esindexer
 from tests.test_service import commit_pages, docs, make_settings, zoid_of
 
@@ -27,7 +28,7 @@ def test_verify_finds_and_repairs_drift(zodb, db_dsn, es, es_url, es_prefix):
     root = conn.root()
     pages = commit_pages(root, 20)
     settings = make_settings(db_dsn, es_url, es_prefix)
-    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == EXIT_OK
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     code, report = _verify(settings)
     assert code == 0 and report["clean"] and report["objects"] == 21, report
     assert report["objects"] == 21 and report["documents"] == 21

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 from prometheus_client.exposition import MetricsHandler
 
-from esindexer.errors import describe_error
-from esindexer.metrics import Metrics
+from esindexer.es.client import describe_error
+from esindexer.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ every few seconds.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from esindexer.metrics import Metrics
+from esindexer.backoff import Backoff
+from esindexer.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ class SourcePoller:
         """Interval while healthy; capped exponential back-off with jitter while not."""
         if self._failures == 0:
             return self.interval
-        base = min(self.interval, 1.0) * 2 ** min(self._failures - 1, 30)
-        return min(self.max_backoff, base) * random.uniform(0.8, 1.0)
+        policy = Backoff(first=min(self.interval, 1.0), maximum=self.max_backoff, jitter=True, jitter_floor=0.8)
+        return policy.delay(self._failures)
 
     def _run(self) -> None:
         try:

@@ -12,7 +12,7 @@ exposed next to it, and the lag keeps growing between progress commits without a
 having to "tick" it.
 
 Tids become times through their ZODB ``TimeStamp`` encoding (31-day months, so tids
-must never be subtracted directly); see :func:`esindexer.tid.tid_to_epoch`.
+must never be subtracted directly); see :func:`esindexer.source.tid.tid_to_epoch`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _tid_epoch(tid: int) -> float:
     The import is deferred so importing this module stays free of work and of
     ordering constraints between the modules.
     """
-    from esindexer.tid import tid_to_epoch
+    from esindexer.source.tid import tid_to_epoch
 
     return tid_to_epoch(max(tid, 0))
 
@@ -72,6 +72,8 @@ class _State:
     source_poll_wall: float | None = None
     dead_letters: int | None = None
     budget_exhausted: bool = False
+    crash_guard_active: bool | None = None
+    crash_guard_unclean_exits: int | None = None
     last_retry_wall: float | None = None
     last_retry: str | None = None  # "reason: what failed", for /readyz
 
@@ -106,6 +108,8 @@ class _StateCollector(Collector):
         put("source_last_poll_timestamp_seconds", state.source_poll_wall)
         put("dead_letters", state.dead_letters)
         put("error_budget_exhausted", int(state.budget_exhausted))
+        put("crash_guard_active", None if state.crash_guard_active is None else int(state.crash_guard_active))
+        put("crash_guard_unclean_exits", state.crash_guard_unclean_exits)
         return families.values()
 
     @staticmethod
@@ -125,6 +129,10 @@ class _StateCollector(Collector):
                                                   "source poll.",
             "dead_letters": "Documents currently held in the dead-letter table.",
             "error_budget_exhausted": "1 once the dead-letter error budget is exhausted.",
+            "crash_guard_active": "1 while records are converted in a child process because the "
+                                  "service kept dying at the same position (the crash guard).",
+            "crash_guard_unclean_exits": "Deaths without a clean exit in a row at the saved progress, "
+                                         "counted at this start.",
         }
         return {name: GaugeMetricFamily(f"esindexer_{name}", text) for name, text in docs.items()}
 
@@ -159,6 +167,10 @@ class Metrics:
         self.bulk_duration = Histogram(
             "esindexer_bulk_duration_seconds", "Wall time of one Elasticsearch bulk request.",
             buckets=BULK_DURATION_BUCKETS, registry=reg)
+        self.crashed_records = Counter(
+            "esindexer_crash_guard_isolated_records_total",
+            "Records that crashed the converter's child process in guarded mode (dead-lettered as crashed).",
+            registry=reg)
         self.batch_size = Histogram(
             "esindexer_batch_size", "Documents per indexed batch.",
             buckets=BATCH_SIZE_BUCKETS, registry=reg)
@@ -258,6 +270,17 @@ class Metrics:
         """Set the current number of rows in the dead-letter table."""
         with self._lock:
             self._state.dead_letters = count
+
+    def set_crash_guard(self, active: bool, unclean_exits: int | None) -> None:
+        """Whether guarded mode is on, and (unless None: unchanged) the count it was judged on."""
+        with self._lock:
+            self._state.crash_guard_active = bool(active)
+            if unclean_exits is not None:
+                self._state.crash_guard_unclean_exits = unclean_exits
+
+    def record_crashed_record(self) -> None:
+        """Count one record isolated by the crash guard."""
+        self.crashed_records.inc()
 
     def set_error_budget_exhausted(self, flag: bool) -> None:
         """Set whether the dead-letter error budget is used up (readiness fails if so)."""

@@ -345,7 +345,7 @@ def sorted_items(items: Any) -> tuple:
         return tuple(sorted(items))
     except TypeError:
         pass
-    from esindexer._pickle_walk import json_ready  # late: the walker imports this module
+    from esindexer.convert.walk import json_ready  # late: the walker imports this module
 
     converted = [json_ready(item) for item in items]
     converted.sort(key=lambda v: orjson.dumps(v, option=orjson.OPT_SORT_KEYS))

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import orjson
 
-from esindexer._pickle_values import Obj, Ref, StandInType, bytes_json, global_json, sorted_items
+from esindexer.convert.values import Obj, Ref, StandInType, bytes_json, global_json, sorted_items
 
 __all__ = ["MAX_DEPTH", "TooLarge", "json_ready", "walk"]
 

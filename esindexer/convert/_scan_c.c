@@ -1,4 +1,4 @@
-/* C version of esindexer._pickle_scan.scan_py: the pre-flight walk over a pickle's opcodes.
+/* C version of esindexer.convert.scan.scan_py: the pre-flight walk over a pickle's opcodes.
  *
  * Why this exists: the pure-Python scan costs about as much as unpickling plus orjson
  * together (docs/performance.md, "Pickle to JSON"); the same walk in C is ~20x cheaper.
@@ -24,7 +24,7 @@
  *   scan_py would have given from the start.
  *
  * No global state: the UnsafePickle class and scan_py live in the module state, set by
- * configure() when esindexer._pickle_scan imports this module.
+ * configure() when esindexer.convert.scan imports this module.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -34,8 +34,8 @@
 #include <string.h>
 
 typedef struct {
-    PyObject *unsafe;   /* esindexer._pickle_scan.UnsafePickle */
-    PyObject *fallback; /* esindexer._pickle_scan.scan_py */
+    PyObject *unsafe;   /* esindexer.convert.scan.UnsafePickle */
+    PyObject *fallback; /* esindexer.convert.scan.scan_py */
 } module_state;
 
 /* Same constant as _SMALL in _pickle_scan.py. */
@@ -179,7 +179,7 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnam
     module_state *st = (module_state *)PyModule_GetState(module);
     if (st->fallback == NULL || st->unsafe == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "esindexer._pickle_scan_c used before configure()");
+                        "esindexer.convert._scan_c used before configure()");
         return NULL;
     }
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
@@ -428,7 +428,7 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL | METH_KEYWORDS,
      "scan(data, start, kinds, state) -> offset after STOP; the C version of "
-     "esindexer._pickle_scan.scan_py, with identical results."},
+     "esindexer.convert.scan.scan_py, with identical results."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(UnsafePickle, scan_py): the exception to raise and the reference scan "
      "to delegate rare cases to."},
@@ -465,8 +465,8 @@ m_free(void *module)
 
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT,
-    "esindexer._pickle_scan_c",
-    "C version of esindexer._pickle_scan.scan_py (see that module).",
+    "esindexer.convert._scan_c",
+    "C version of esindexer.convert.scan.scan_py (see that module).",
     sizeof(module_state),
     methods,
     NULL,
@@ -476,7 +476,7 @@ static struct PyModuleDef moduledef = {
 };
 
 PyMODINIT_FUNC
-PyInit__pickle_scan_c(void)
+PyInit__scan_c(void)
 {
     /* PyModule_Create zero-fills the module state. */
     return PyModule_Create(&moduledef);

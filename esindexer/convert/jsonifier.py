@@ -9,22 +9,24 @@ every deliberate difference from newt.db.
 
 How it stays safe and fast:
 
-1. :func:`esindexer._pickle_scan.scan` walks the opcodes once (in C when the optional
-   extension ``_pickle_scan_c`` is built, else in Python) and rejects malformed input and memo indexes that would make the C unpickler
+1. :func:`esindexer.convert.scan.scan` walks the opcodes once (in C when the optional
+   extension ``_scan_c`` is built, else in Python) and rejects malformed input and memo indexes that would make the C unpickler
    allocate far more than the record's size; it also notes whether the value can share
    structure.
 2. CPython's C unpickler decodes the record with ``find_class`` returning inert stand-in
    types and ``persistent_load`` returning reference descriptions
-   (:mod:`esindexer._pickle_values`): nothing is imported, nothing named is called. One
+   (:mod:`esindexer.convert.values`): nothing is imported, nothing named is called. One
    unpickler reads both pickles, so the state pickle's GETs see the class pickle's memo.
 3. A plain tree goes straight to orjson (strict JSON by construction). Anything orjson
    refuses (non-string keys, integers beyond 53 bits, lone surrogates, deep nesting)
    and every record with shared structure goes through the walker
-   (:mod:`esindexer._pickle_walk`), which implements newt.db's shared/cyclic output with
+   (:mod:`esindexer.convert.walk`), which implements newt.db's shared/cyclic output with
    an expansion budget.
 """
 
 from __future__ import annotations
+
+import enum
 
 import logging
 import re
@@ -33,11 +35,11 @@ from typing import Any, Callable, NamedTuple
 
 import orjson
 
-from esindexer._pickle_scan import UnsafePickle, scan
-from esindexer._pickle_values import (
+from esindexer.convert.scan import UnsafePickle, scan
+from esindexer.convert.values import (
     StandInType, fast_default, hashable_persistent_ref, persistent_ref, standin,
 )
-from esindexer._pickle_walk import walk
+from esindexer.convert.walk import walk
 
 __all__ = ["Conversion", "Jsonifier", "UnsafePickle", "default_skip_class"]
 
@@ -54,23 +56,31 @@ _REUSE_MAX_BYTES = 1 << 16  # bigger records may have grown the memo: don't keep
 _BASE_BUDGET = 250_000  # JSON values (strings count 1 per 16 chars) beyond 16 per record byte
 
 
-class Conversion(NamedTuple):
-    """The outcome of converting one record.
+class Kind(enum.StrEnum):
+    """What a record converted to (a ``str``: ``Kind.OK == "ok"``)."""
 
-    ``kind`` is ``'ok'`` (``json_text`` set), ``'deleted'`` (empty or NULL data),
-    ``'skipped'`` (``skip_class`` matched, or ``transform`` returned ``''``) or
-    ``'error'`` (``error`` holds a one-line reason). ``class_name`` is known for ok and
-    skipped records, and for errors once the class pickle has decoded.
+    OK = "ok"  #: ``json_text`` is set
+    DELETED = "deleted"  #: empty or NULL data: the object is gone
+    SKIPPED = "skipped"  #: ``skip_class`` matched, or ``transform`` returned ``''``
+    ERROR = "error"  #: not convertible; ``error`` holds a one-line reason
+    #: converting it killed the converter's process (only from a conversion in a child
+    #: process, :mod:`esindexer.pipeline.isolate`); ``error`` says how
+    CRASHED = "crashed"
+
+
+class Conversion(NamedTuple):
+    """The outcome of converting one record (see :class:`Kind`). ``class_name`` is known
+    for ok and skipped records, and for errors once the class pickle has decoded.
     """
 
-    kind: str
+    kind: Kind
     class_name: str | None = None
     json_text: str | None = None
     ghost_pickle: bytes | None = None
     error: str | None = None
 
 
-_DELETED = Conversion("deleted")
+_DELETED = Conversion(Kind.DELETED)
 _tuple_new = tuple.__new__  # Conversion(...) without NamedTuple's Python-level __new__
 
 
@@ -189,9 +199,9 @@ class Jsonifier:
     def __call__(self, label: Any, data: bytes | memoryview | None) -> tuple[Any, Any, Any]:
         """newt.db's contract: ``(class_name, ghost_pickle, json_text)`` or three Nones."""
         c = self.convert(label, data)
-        if c.kind == "ok":
+        if c.kind is Kind.OK:
             return c.class_name, c.ghost_pickle, c.json_text
-        if c.kind == "error":
+        if c.kind is Kind.ERROR:
             log.error(
                 "cannot convert record %r to JSON: %s",
                 label,
@@ -225,7 +235,7 @@ class Jsonifier:
                 class_end = source.pos
             ghost = data[:class_end]
             if self.skip_class(class_name):
-                return Conversion("skipped", class_name, None, ghost)
+                return Conversion(Kind.SKIPPED, class_name, None, ghost)
             if prescan:
                 end = scan(data, class_end, kinds, scan_state)
             try:
@@ -254,16 +264,16 @@ class Jsonifier:
                 new = self.transform(class_name, text)
                 if new is not None:
                     if new == "":
-                        return Conversion("skipped", class_name, None, ghost)
+                        return Conversion(Kind.SKIPPED, class_name, None, ghost)
                     if not isinstance(new, str):
                         raise TypeError(f"transform returned {type(new).__name__}, not str")
                     orjson.loads(new)  # the transform must keep the text strict JSON
                     text = new
-            return _tuple_new(Conversion, ("ok", class_name, text, ghost, None))
+            return _tuple_new(Conversion, (Kind.OK, class_name, text, ghost, None))
         except RecursionError:
-            return Conversion("error", class_name, None, None, "RecursionError: nesting too deep")
+            return Conversion(Kind.ERROR, class_name, None, None, "RecursionError: nesting too deep")
         except Exception as exc:
-            return Conversion("error", class_name, None, None, _reason(exc))
+            return Conversion(Kind.ERROR, class_name, None, None, _reason(exc))
         finally:
             source.data = b""
             if reusable and type(unpickler) is _Unpickler and len(self._pool) < _POOL_MAX:

@@ -11,7 +11,7 @@ sees them (newt-spec §5). Two mechanisms catch them:
    ``tid + 1``: higher than any state of that object ever written, so no older
    write still in flight can bring it back (oids are never reused). Each client id
    keeps its own cursor into the log, so several indexers can share a database.
-2. **Sweep.** When the trigger was missing (a pack ran before esindexer was
+2. **Sweep** (:mod:`esindexer.pipeline.sweep`). When the trigger was missing (a pack ran before esindexer was
    installed, or the role may not create triggers), the start-up sweep walks the
    index in zoid order and deletes documents whose zoid is no longer in the
    database.
@@ -20,9 +20,9 @@ sees them (newt-spec §5). Two mechanisms catch them:
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any
 
-from esindexer._follow_pg import has_relation
+from esindexer.source.pg import NOT_PERMITTED, has_relation, keeps_history
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ $$;
 
 def history_preserving(conn: Any) -> bool:
     with conn.cursor() as cur:
-        return has_relation(cur, "current_object")
+        return keeps_history(cur)
 
 
 def trigger_installed(conn: Any) -> bool:
@@ -98,8 +98,6 @@ def install(conn: Any) -> bool:
     Returns False (after rolling back only its own work) when the role lacks the rights
     or the lock could not be had.
     """
-    import psycopg2
-
     table = "current_object" if history_preserving(conn) else "object_state"
     conn.commit()
     try:
@@ -115,8 +113,7 @@ def install(conn: Any) -> bool:
                 log.info("installed the pack-deletion capture trigger on %s", table)
         conn.commit()
         return True
-    except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.LockNotAvailable,
-            psycopg2.errors.ReadOnlySqlTransaction) as exc:
+    except NOT_PERMITTED as exc:
         conn.rollback()
         log.warning("cannot install the pack-deletion trigger (%s); packed objects are removed by the "
                     "start-up sweep instead", str(exc).strip())
@@ -125,8 +122,6 @@ def install(conn: Any) -> bool:
 
 def ensure_tables(conn: Any) -> bool:
     """Create the log tables if possible (no trigger). False when not permitted."""
-    import psycopg2
-
     conn.commit()
     try:
         with conn.cursor() as cur:
@@ -134,7 +129,7 @@ def ensure_tables(conn: Any) -> bool:
             _create_tables(cur)
         conn.commit()
         return True
-    except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.LockNotAvailable):
+    except NOT_PERMITTED:
         conn.rollback()
         return False
 
@@ -212,8 +207,6 @@ def prune(conn: Any) -> int:
     rows stayed behind). A role that may not delete from the log (an administrator
     created it) merely keeps it.
     """
-    import psycopg2
-
     try:
         with conn.cursor() as cur:
             if not _usable(cur):
@@ -225,7 +218,7 @@ def prune(conn: Any) -> int:
             removed = cur.rowcount
         conn.commit()
         return max(removed, 0)
-    except psycopg2.errors.InsufficientPrivilege:
+    except NOT_PERMITTED:
         conn.rollback()
         return 0
 
@@ -256,52 +249,3 @@ def missing_zoids(conn: Any, zoids: list[int]) -> list[int]:
     return [z for z in zoids if z not in present]
 
 
-def delete_if_gone(conn: Any, builder: Any, sender: Any, written: list[Any]) -> int:
-    """After ``written`` index actions were acknowledged, delete the documents of those
-    objects that have left the database meanwhile; returns how many were deleted.
-
-    ``verify --repair`` and ``dead-letters --redeliver`` write states they read earlier,
-    outside the service's ordering (a pack deletion is applied only once every earlier
-    write of the object is settled). If the object was packed between their read and
-    their write, only the delete's tombstone would refuse the late write, and Elasticsearch
-    forgets tombstones after ``index.gc_deletes`` and on a crash. Checking the database
-    *after* the write settled closes that: a deletion committed before the check is seen
-    here, one committed after it is applied by the service after this write.
-    """
-    written = [action for action in written if action.op == "index"]
-    if not written:
-        return 0
-    gone = set(missing_zoids(conn, sorted({action.zoid for action in written})))
-    actions = [delete for action in written if action.zoid in gone
-               for delete in builder.delete_actions(action.tid, action.zoid, version=action.tid + 1)]
-    if not actions:
-        return 0
-    result = sender.send(actions)
-    log.info("deleted %d document(s) written for objects that left the database meanwhile",
-             result.done_total, extra={"count": result.done_total})
-    return int(result.done_total)
-
-
-def indexed_zoids(es: Any, indices: tuple[str, ...], page: int = 5000, low: int | None = None,
-                  high: int | None = None) -> Iterator[list[tuple[str, int, int]]]:
-    """Pages of ``(index, zoid, tid)`` of the documents (with ``low <= zoid <= high`` when
-    given), in zoid order, read with search_after so no scroll context stays open.
-
-    The sort ends with ``_index`` so that copies of one zoid in two indices (a class
-    re-routed) are both returned even when a page boundary falls between them."""
-    bounds = {k: v for k, v in (("gte", low), ("lte", high)) if v is not None}
-    after: list[Any] | None = None
-    while True:
-        kwargs: dict[str, Any] = dict(
-            index=",".join(indices), size=page,
-            sort=[{"zoid": "asc"}, {"tid": "asc"}, {"_index": "asc"}],
-            source=False, docvalue_fields=["zoid", "tid"], ignore_unavailable=True,
-            track_total_hits=False, query={"range": {"zoid": bounds}} if bounds else {"match_all": {}},
-        )
-        if after is not None:
-            kwargs["search_after"] = after
-        hits = es.search(**kwargs)["hits"]["hits"]
-        if not hits:
-            return
-        yield [(h["_index"], int(h["fields"]["zoid"][0]), int(h["fields"]["tid"][0])) for h in hits]
-        after = hits[-1]["sort"]

@@ -1,6 +1,6 @@
 """Change notification: a trigger on ``object_state`` that NOTIFYs a channel on commit.
 
-The follower (:mod:`esindexer.follow`) wakes on these notifications instead of polling
+The follower (:mod:`esindexer.source.follow`) wakes on these notifications instead of polling
 the database; polling remains as a backstop and as the only mode where the trigger
 cannot exist (a role without DDL rights, a hot-standby replica).
 
@@ -23,7 +23,7 @@ Why these choices:
   one transaction, so a listener gets one notification per commit, after the rows
   are visible. Rolled-back transactions notify nobody.
 - No DELETE trigger: deletions by packing do not go through the follower (see
-  :mod:`esindexer.follow`).
+  :mod:`esindexer.source.follow`).
 
 Installing is idempotent and safe to race: it takes a transaction-scoped advisory lock,
 does nothing if the trigger is already there with the current function body (so a
@@ -36,11 +36,9 @@ one transaction. Lack of privilege (SQLSTATE 42501) and read-only servers (25006
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-import psycopg2
-import psycopg2.errors
-
-from esindexer._follow_pg import ConnOrDsn, connection, keeps_history
+from esindexer.source.pg import NOT_PERMITTED, ConnOrDsn, connection, keeps_history
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +68,8 @@ BEGIN
 END
 """
 
-# SQLSTATEs that mean "not allowed here", as opposed to "something is broken".
-_NOT_PERMITTED = (
-    psycopg2.errors.InsufficientPrivilege,  # 42501: not the owner, no CREATE on schema
-    psycopg2.errors.ReadOnlySqlTransaction,  # 25006: hot standby, default_transaction_read_only
-    psycopg2.errors.LockNotAvailable,  # 55P03: lock_timeout; the application is busy, poll instead
-)
-
-
-def _installed(cur) -> bool:
+def installed_in(cur: Any) -> bool:
+    """Whether the trigger is on ``object_state`` with the current body (on ``cur``'s connection)."""
     cur.execute(
         """
         SELECT p.prosrc = %s
@@ -96,14 +87,14 @@ def trigger_installed(conn: ConnOrDsn) -> bool:
     """Whether the notification trigger is on ``object_state`` with the current body."""
     with connection(conn, commit=False) as pg:
         with pg.cursor() as cur:
-            return _installed(cur)
+            return installed_in(cur)
 
 
 def _install_statements(cur) -> None:
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK,))
     # Never wedge the application: give up on the table lock after a while.
     cur.execute("SET LOCAL lock_timeout = '10s'")
-    if _installed(cur):
+    if installed_in(cur):
         return
     # The function goes where object_state is, so both resolve the same way.
     cur.execute(
@@ -112,7 +103,7 @@ def _install_statements(cur) -> None:
     )
     schema = cur.fetchone()[0]
     qualified = f'"{schema}".{FUNCTION}'
-    # prosrc keeps the text between the dollar quotes verbatim: _installed() compares it.
+    # prosrc keeps the text between the dollar quotes verbatim: installed_in() compares it.
     cur.execute(
         f"CREATE OR REPLACE FUNCTION {qualified}() RETURNS trigger "
         f"LANGUAGE plpgsql AS $esindexer${_BODY}$esindexer$"
@@ -141,7 +132,7 @@ def _refused(exc: Exception, warn: bool) -> bool:
     return False
 
 
-def install_trigger(conn: ConnOrDsn) -> bool:
+def install_trigger(conn: ConnOrDsn, *, warn: bool = True) -> bool:
     """Install (or confirm) the notification trigger; True if present, False if refused.
 
     Transactions:
@@ -154,14 +145,11 @@ def install_trigger(conn: ConnOrDsn) -> bool:
       exists for everyone once the caller commits. A refusal rolls back to the
       savepoint only, so the caller's other pending work survives.
 
-    Raises :class:`esindexer._follow_pg.SchemaError` if there is no ``object_state``
-    table, and re-raises any database error other than "not permitted".
+    Raises :class:`esindexer.source.pg.SchemaError` if there is no ``object_state``
+    table, and re-raises any database error other than "not permitted". ``warn=False``
+    logs a refusal at info level (the follower logs its own warning, with its poll
+    interval).
     """
-    return _install_trigger(conn, warn=True)
-
-
-def _install_trigger(conn: ConnOrDsn, *, warn: bool) -> bool:
-    # `warn=False`: the follower logs its own single warning (with its poll interval).
     with connection(conn, commit=True) as pg:
         with pg.cursor() as cur:
             keeps_history(cur)  # raises SchemaError without object_state
@@ -169,7 +157,7 @@ def _install_trigger(conn: ConnOrDsn, *, warn: bool) -> bool:
                 cur.execute("BEGIN")
                 try:
                     _install_statements(cur)
-                except _NOT_PERMITTED as exc:
+                except NOT_PERMITTED as exc:
                     cur.execute("ROLLBACK")
                     return _refused(exc, warn)
                 except BaseException:
@@ -180,7 +168,7 @@ def _install_trigger(conn: ConnOrDsn, *, warn: bool) -> bool:
             cur.execute("SAVEPOINT esindexer_install_trigger")
             try:
                 _install_statements(cur)
-            except _NOT_PERMITTED as exc:
+            except NOT_PERMITTED as exc:
                 cur.execute("ROLLBACK TO SAVEPOINT esindexer_install_trigger")
                 cur.execute("RELEASE SAVEPOINT esindexer_install_trigger")
                 return _refused(exc, warn)

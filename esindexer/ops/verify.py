@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-from esindexer import deadletters, deletions
-from esindexer._follow_pg import current_revisions, has_relation
-from esindexer.deletions import indexed_zoids
+from esindexer.convert.jsonifier import Jsonifier, Kind
 from esindexer.documents import Action, DocumentBuilder
-from esindexer.jsonpickle import Jsonifier
-from esindexer.sink import BulkSender
+from esindexer.ops.recheck import delete_if_gone
+from esindexer.sink import Sink
+from esindexer.source import deadletters
+from esindexer.source.pg import current_pages
 
 log = logging.getLogger(__name__)
 
@@ -63,53 +63,34 @@ class Report:
                 "examples": self.examples, "repaired": self.repaired, "clean": self.clean}
 
 
-def _source_pages(conn: Any, page: int) -> Iterator[list[tuple[int, int, bytes | None]]]:
-    """Current ``(zoid, tid, state)`` rows in zoid order, a short read transaction per page."""
-    with conn.cursor() as cur:
-        source, key = current_revisions(cur)
-    conn.rollback()
-    after = -1
-    while True:
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT {key}, s.tid, s.state FROM {source} WHERE {key} > %s ORDER BY {key} LIMIT %s",
-                        (after, page))
-            rows = [(z, t, bytes(s) if s is not None else None) for z, t, s in cur.fetchall()]
-        conn.rollback()
-        if not rows:
-            return
-        yield rows
-        after = rows[-1][0]
-
-
-def _documents(es: Any, indices: tuple[str, ...], low: int, high: int | None) -> dict[int, list[tuple[str, int]]]:
+def _documents(sink: Sink, low: int, high: int | None) -> dict[int, list[tuple[str, int]]]:
     """``zoid -> [(index, tid)]`` for documents with ``low <= zoid`` (``<= high`` when given)."""
     found: dict[int, list[tuple[str, int]]] = {}
-    for page in indexed_zoids(es, indices, low=low, high=high):
-        for index, zoid, tid in page:
-            found.setdefault(zoid, []).append((index, tid))
+    for page in sink.indexed(low=low, high=high):
+        for doc in page:
+            found.setdefault(doc.zoid, []).append((doc.index, doc.tid))
     return found
 
 
-def verify(conn: Any, es: Any, builder: DocumentBuilder, jsonifier: Jsonifier, sender: BulkSender,
+def verify(conn: Any, sink: Sink, builder: DocumentBuilder, jsonifier: Jsonifier,
            client_id: str, *, repair: bool = False, page: int = 5000) -> Report:
     """Compare database and index; with ``repair``, fix what differs. Returns the report."""
     report = Report()
     # Compare with what has been written, not with what the last scheduled refresh showed.
-    es.options(ignore_status=404).indices.refresh(index=",".join(builder.indices), ignore_unavailable=True)
-    letters = _dead_lettered(conn, client_id)
+    sink.refresh()
+    letters = deadletters.lettered_records(conn, client_id)
     low = 0
-    pages = _source_pages(conn, page)
-    for rows in pages:
+    for rows in current_pages(conn, page):
         high = rows[-1][0]
-        docs = _documents(es, builder.indices, low, high)
+        docs = _documents(sink, low, high)
         fixes: list[Action] = []
         for zoid, tid, state in rows:
             report.objects += 1
             have = docs.pop(zoid, [])
             report.documents += len(have)
             conversion = jsonifier.convert((tid, zoid), state)
-            if conversion.kind == "ok":
-                expected = builder.index_action(tid, zoid, conversion.class_name, conversion.json_text)
+            if conversion.kind is Kind.OK:
+                expected = builder.actions_for(tid, zoid, conversion)[0]
                 mine = [doc_tid for index, doc_tid in have if index == expected.index]
                 elsewhere = [(index, doc_tid) for index, doc_tid in have if index != expected.index]
                 if elsewhere:  # a copy in an index this class no longer routes to
@@ -123,9 +104,9 @@ def verify(conn: Any, es: Any, builder: DocumentBuilder, jsonifier: Jsonifier, s
                     fixes.append(expected)
                 elif mine[0] > tid:
                     report.note("ahead", zoid)  # not repaired: versions refuse going back
-            elif conversion.kind == "error" and (zoid, tid) in letters:
+            elif conversion.kind is Kind.ERROR and (zoid, tid) in letters:
                 continue  # known: it is in the dead-letter table
-            elif conversion.kind == "error":
+            elif conversion.kind is Kind.ERROR:
                 report.note("missing", zoid)  # cannot be repaired here: the service dead-letters it
             elif have:  # deleted or skipped, yet indexed
                 report.note("orphan", zoid)
@@ -135,31 +116,22 @@ def verify(conn: Any, es: Any, builder: DocumentBuilder, jsonifier: Jsonifier, s
             report.note("orphan", zoid)
             fixes.extend(Action("delete", index, zoid, doc_tid, doc_tid + 1) for index, doc_tid in have)
         if repair and fixes:
-            result = sender.send(fixes)
-            deletions.delete_if_gone(conn, builder, sender, fixes)
+            result = sink.send(fixes)
+            delete_if_gone(conn, builder, sink, fixes)
             report.repaired += result.done_total
             for rejected in result.rejected:
                 log.error("repair of zoid %d refused: %s", rejected.action.zoid, rejected.reason,
                           extra={"zoid": rejected.action.zoid})
         low = high + 1
     # documents beyond the last object
-    tail = _documents(es, builder.indices, low, None)
+    tail = _documents(sink, low, None)
     tail_fixes = []
     for zoid, have in tail.items():
         report.documents += len(have)
         report.note("orphan", zoid)
         tail_fixes.extend(Action("delete", index, zoid, doc_tid, doc_tid + 1) for index, doc_tid in have)
     if repair and tail_fixes:
-        report.repaired += sender.send(tail_fixes).done_total
+        report.repaired += sink.send(tail_fixes).done_total
     return report
 
 
-def _dead_lettered(conn: Any, client_id: str) -> set[tuple[int, int]]:
-    with conn.cursor() as cur:
-        if not has_relation(cur, deadletters.TABLE):
-            conn.rollback()
-            return set()
-        cur.execute(f"SELECT zoid, tid FROM {deadletters.TABLE} WHERE client_id = %s", (client_id,))
-        rows = {(z, t) for z, t in cur.fetchall()}
-    conn.rollback()
-    return rows

@@ -44,27 +44,8 @@ Bounded memory, short snapshots
     no transaction stays open while the consumer works on rows: a slow consumer never
     pins a snapshot on the source database or holds back its vacuum.
 
-Why keyset pagination cannot miss or repeat a row
--------------------------------------------------
-The follower remembers the position ``(tid, zoid)`` of the last row it read and asks
-for rows after it. RelStorage serializes commits under one lock and gives each commit a
-tid larger than every tid already in ``object_state``; a transaction's rows all become
-visible at once, at its commit, before the next commit can choose its tid. So a row
-can never *appear* at or before a position the follower has passed: new rows always
-land after every existing position. What can happen between two chunks:
-
-- an object the follower has not reached yet is changed again: in a history-free
-  database its row moves to the new tid (in a history-preserving one,
-  ``current_object`` moves). The follower sees it later, once, at the new tid, with the
-  newest state: exactly what an indexer needs;
-- an object the follower already passed is changed again: it is seen again at its new
-  tid, as it should be.
-
-Within one large transaction the follower pages by ``zoid`` (``tid = t AND zoid > z``,
-which PostgreSQL serves from the zoid index), and moves to the next transactions with
-``tid > t ORDER BY tid, zoid LIMIT n``. A single ``(tid, zoid) > (t, z)`` row comparison
-would re-scan the whole remaining transaction for every chunk, which is quadratic on
-a large transaction.
+How the rows are read (keyset pagination, and why it cannot miss or repeat a row): see
+:mod:`esindexer.source.pages`.
 
 Deletions and packs
 -------------------
@@ -77,21 +58,8 @@ any more".
 
 Waiting for commits
 ===================
-Without ``end_tid`` the follower LISTENs on :data:`esindexer.notify.CHANNEL`. The
-notification trigger is installed on first use if the role may (idempotent; see
-:func:`esindexer.notify.install_trigger`, also available as ``esindexer
-install-trigger``). The follower starts listening **before** its first read, so a
-commit made while it catches up is either in what it reads or wakes it afterwards;
-notifications received before a read are discarded at that read, because the read
-sees their commits. ``conn.notifies`` is emptied at every read, so nothing grows with
-the number of notifications.
-
-``poll_timeout`` (default 300 s) is a backstop: the follower reads anyway when no
-notification came for that long. Where the trigger cannot be installed (a role without
-DDL rights) or LISTEN is refused (a hot-standby replica), it logs a warning once and
-polls every ``poll_interval`` seconds (default 5 s, never longer than
-``poll_timeout``); in that mode it re-checks at each poll whether an administrator has
-installed the trigger since, and then switches to notifications.
+Without ``end_tid`` the follower waits for commits with LISTEN/NOTIFY, or polls where
+that is not possible: see :mod:`esindexer.source.wakeup`.
 
 Stopping
 ========
@@ -117,56 +85,34 @@ from __future__ import annotations
 
 import collections
 import logging
-import select
-import socket
 from typing import Callable, Iterator, Optional
 
 import psycopg2
-import psycopg2.errors
 
-from esindexer import notify
-from esindexer._follow_pg import ConnOrDsn, SchemaError, is_idle, keeps_history, reading
-from esindexer.notify import install_trigger, trigger_installed, uninstall_trigger
-from esindexer.progress import get_progress_tid, set_progress_tid
+from esindexer.config import SETTINGS_BY_NAME
+from esindexer.source.pages import Pages, Row
+from esindexer.source.pg import ConnOrDsn, keeps_history, reading
+from esindexer.source.wakeup import CommitWaiter
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "Batch",
-    "ConnectionBusy",
-    "Row",
-    "SchemaError",
-    "Updates",
-    "get_progress_tid",
-    "install_trigger",
-    "latest_tid",
-    "set_progress_tid",
-    "trigger_installed",
-    "uninstall_trigger",
-    "updates",
-]
+__all__ = ["Batch", "Row", "Updates", "latest_tid", "updates"]
 
-#: ``(tid, zoid, data)``; ``data`` is None for a NULL state.
-Row = tuple[int, int, Optional[bytes]]
-
-DEFAULT_BATCH_LIMIT = 100_000
+# The library's defaults are the service's: declared once, in the settings table.
+DEFAULT_BATCH_LIMIT: int = SETTINGS_BY_NAME["batch_limit"].default
 #: Rows per read; see docs/performance.md ("Following") for the measurements behind it.
-DEFAULT_INTERNAL_BATCH_SIZE = 2_000
+DEFAULT_INTERNAL_BATCH_SIZE: int = SETTINGS_BY_NAME["fetch_size"].default
+DEFAULT_POLL_TIMEOUT: float = SETTINGS_BY_NAME["poll_timeout"].default
+DEFAULT_POLL_INTERVAL: float = SETTINGS_BY_NAME["poll_interval"].default
 #: State bytes per read: a read stops after the record that crosses this.
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
-DEFAULT_POLL_TIMEOUT = 300.0
-DEFAULT_POLL_INTERVAL = 5.0
-
-
-class ConnectionBusy(RuntimeError):
-    """The caller's connection has a transaction in progress when the follower must read."""
 
 
 def latest_tid(conn: ConnOrDsn) -> int:
     """The newest committed tid in ``object_state``, or ``-1`` if it is empty.
 
     Read-only (an idle non-autocommit connection is left idle). Served by the tid index
-    in both history modes. Used for lag: convert with :mod:`esindexer.tid` before
+    in both history modes. Used for lag: convert with :mod:`esindexer.source.tid` before
     subtracting.
     """
     with reading(conn) as cur:
@@ -221,102 +167,6 @@ def updates(
         listen=listen,
         on_idle=on_idle,
     )
-
-
-class _Reader:
-    """Keyset-paginated reads of current rows, each in its own short transaction."""
-
-    def __init__(self, conn, keep_history: bool, start_tid: int, end_tid: Optional[int],
-                 size: int, budget: int):
-        self.conn = conn
-        self.size = size
-        self.budget = budget
-        self.tid = start_tid  # position: the last row read...
-        self.zoid = -1  # ...(zoid -1: before any zoid of self.tid)
-        self.mid_transaction = False  # whether rows of self.tid may remain after self.zoid
-        self.caught_up = False
-        upper = "" if end_tid is None else f" AND {{t}}.tid <= {int(end_tid)}"
-        within = "{t}.tid = %(tid)s AND {t}.zoid > %(zoid)s"
-        after = "{t}.tid > %(tid)s" + upper
-        if keep_history:
-            # current_object drives (it lists current revisions, with indexes on zoid
-            # and tid). The conditions are repeated for object_state because the planner
-            # does not carry inequalities across the join: without them a merge join
-            # scans object_state's primary key from its first zoid.
-            source = "current_object c JOIN object_state s ON s.zoid = c.zoid AND s.tid = c.tid"
-            within = within.format(t="c") + " AND " + within.format(t="s")
-            after = after.format(t="c") + " AND " + after.format(t="s")
-            t = "c"
-        else:
-            source = "object_state s"
-            within, after, t = within.format(t="s"), after.format(t="s"), "s"
-        columns = f"{t}.tid AS tid, {t}.zoid AS zoid, s.state, s.state_size"
-        self._within = self._sized(
-            f"SELECT {columns} FROM {source} WHERE {within} ORDER BY {t}.zoid LIMIT %(limit)s"
-        )
-        self._after = self._sized(
-            f"SELECT {columns} FROM {source} WHERE {after} ORDER BY {t}.tid, {t}.zoid LIMIT %(limit)s"
-        )
-
-    @staticmethod
-    def _sized(page: str) -> str:
-        # Keep rows while the state bytes *before* each row are under the budget: at
-        # most `limit` rows and about `budget` bytes, and always at least one row.
-        return (
-            "SELECT tid, zoid, state FROM ("
-            " SELECT tid, zoid, state, sum(state_size) OVER"
-            " (ORDER BY tid, zoid ROWS UNBOUNDED PRECEDING) - state_size AS before"
-            f" FROM ({page}) AS page) AS sized "
-            "WHERE before < %(budget)s ORDER BY tid, zoid"
-        )
-
-    def _query(self, sql: str, limit: int, budget: int) -> tuple[list[Row], bool]:
-        """Rows, and whether the query returned everything there was (not cut by a limit)."""
-        conn = self.conn
-        if not is_idle(conn):
-            raise ConnectionBusy(
-                "the connection given to esindexer.follow.updates() has a transaction in "
-                "progress; commit or roll back before the follower reads, use an autocommit "
-                "connection, or pass a DSN"
-            )
-        if conn.notifies:
-            # Every commit notified so far is visible to this read: drop the backlog.
-            del conn.notifies[:]
-        params = {"tid": self.tid, "zoid": self.zoid, "limit": limit, "budget": budget}
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                fetched = cur.fetchall()
-        finally:
-            if not conn.autocommit and not conn.closed:
-                conn.rollback()  # our own read-only transaction
-        rows: list[Row] = []
-        nbytes = 0
-        for tid, zoid, state in fetched:
-            data = None if state is None else bytes(state)
-            nbytes += 0 if data is None else len(data)
-            rows.append((tid, zoid, data))
-        return rows, len(rows) < limit and nbytes < budget
-
-    def read(self) -> list[Row]:
-        """The next chunk (possibly empty); sets :attr:`caught_up`."""
-        rows: list[Row] = []
-        complete = True
-        if self.mid_transaction:
-            rows, complete = self._query(self._within, self.size, self.budget)
-        if complete:
-            used = sum(len(data) for _, _, data in rows if data is not None)
-            room = self.size - len(rows)
-            if room > 0 and (used < self.budget or not rows):
-                more, complete = self._query(self._after, room, max(self.budget - used, 1))
-                rows.extend(more)
-            else:
-                complete = False
-        if rows:
-            self.tid, self.zoid = rows[-1][0], rows[-1][1]
-        self.mid_transaction = not complete
-        self.caught_up = complete
-        return rows
 
 
 class Batch:
@@ -385,19 +235,15 @@ class Updates:
         self.on_idle = on_idle
         #: tid of the last row handed out (``start_tid`` before the first).
         self.last_tid = start_tid
-        #: True when woken by notifications, False when polling, None before/without waiting.
-        self.notifying: Optional[bool] = None
         self.keep_history: Optional[bool] = None
         # A plain attribute, not a threading.Event: Event.set() takes a lock, which a
         # signal handler must not do (it could interrupt the same thread inside set()).
         self._stop_requested = False
-        self._wake_recv, self._wake_send = socket.socketpair()
-        self._wake_recv.setblocking(False)
-        self._wake_send.setblocking(False)
+        self._waiter = CommitWaiter(poll_timeout, poll_interval)
         self._started = False
         self._generator: Optional[Iterator[Batch]] = None
         self._pending: collections.deque[Row] = collections.deque()
-        self._reader: Optional[_Reader] = None
+        self._reader: Optional[Pages] = None
         self._closed = False
 
     # -- public -------------------------------------------------------------------
@@ -412,17 +258,16 @@ class Updates:
     def stop(self) -> None:
         """End the iteration after the current batch. Thread- and signal-handler-safe."""
         self._stop_requested = True
-        try:
-            self._wake_send.send(b"\0")
-        except OSError:  # closed, or the buffer is full of earlier wake-ups: either is fine
-            pass
+        self._waiter.signal()
 
     def wake(self) -> None:
         """Make a waiting follower read now (and call ``on_idle`` again). Thread-safe."""
-        try:
-            self._wake_send.send(b"\0")
-        except OSError:
-            pass
+        self._waiter.signal()
+
+    @property
+    def notifying(self) -> Optional[bool]:
+        """True when woken by notifications, False when polling, None before/without waiting."""
+        return self._waiter.notifying
 
     @property
     def stopping(self) -> bool:
@@ -434,13 +279,12 @@ class Updates:
         if self._generator is not None:
             self._generator.close()
         self._closed = True
-        self._wake_recv.close()
-        self._wake_send.close()
+        self._waiter.close()
 
     def __enter__(self) -> "Updates":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- batches ------------------------------------------------------------------
@@ -475,8 +319,8 @@ class Updates:
             with reading(conn) as cur:
                 self.keep_history = keeps_history(cur)
             if self.listen:
-                listening = self._start_listening(conn)
-            self._reader = _Reader(conn, self.keep_history, self.start_tid, self.end_tid,
+                listening = self._waiter.start_listening(conn)
+            self._reader = Pages(conn, self.keep_history, self.start_tid, self.end_tid,
                                    self.internal_batch_size, self.chunk_bytes)
             log.info(
                 "following",
@@ -497,96 +341,11 @@ class Updates:
                     self.on_idle()
                     if self._stop_requested:
                         break
-                self._wait(conn, listening)
+                self._waiter.wait(conn, listening)
         finally:
             self._reader = None
             if not conn.closed:
                 if owned:
                     conn.close()
                 elif listening:
-                    self._unlisten(conn)
-
-    # -- waiting ------------------------------------------------------------------
-
-    def _start_listening(self, conn) -> bool:
-        """Install the trigger if possible, then LISTEN; False if LISTEN is refused."""
-        if not is_idle(conn):
-            raise ConnectionBusy("the connection has a transaction in progress; cannot LISTEN")
-        try:
-            installed = notify._install_trigger(conn, warn=False)  # one warning below
-            with conn.cursor() as cur:
-                cur.execute(f"LISTEN {notify.CHANNEL}")
-            if not conn.autocommit:
-                conn.commit()  # the connection was idle: this transaction is ours
-        except (psycopg2.errors.FeatureNotSupported, psycopg2.errors.ReadOnlySqlTransaction,
-                psycopg2.errors.InsufficientPrivilege) as exc:
-            if not conn.autocommit:
-                conn.rollback()
-            log.warning("LISTEN refused (%s); polling every %s s", str(exc).strip(),
-                        self._polling_timeout(), extra={"sqlstate": exc.pgcode})
-            self.notifying = False
-            return False
-        except BaseException:
-            if not conn.autocommit and not conn.closed:
-                conn.rollback()  # ours: the connection was idle when we started
-            raise
-        self.notifying = installed
-        if not installed:
-            log.warning(
-                "no change-notification trigger, and this role may not install it; polling "
-                "every %s s. An administrator can run `esindexer install-trigger`.",
-                self._polling_timeout())
-        return True
-
-    def _unlisten(self, conn) -> None:
-        try:
-            if is_idle(conn):
-                with conn.cursor() as cur:
-                    cur.execute(f"UNLISTEN {notify.CHANNEL}")
-                if not conn.autocommit:
-                    conn.commit()
-                del conn.notifies[:]
-        except psycopg2.Error:
-            log.debug("UNLISTEN failed on the caller's connection", exc_info=True)
-
-    def _polling_timeout(self) -> float:
-        if self.poll_timeout is None:
-            return self.poll_interval
-        return min(self.poll_interval, self.poll_timeout)
-
-    def _wait(self, conn, listening: bool) -> None:
-        """Block until a notification, a stop, or the timeout; then the caller reads."""
-        timeout = self.poll_timeout if self.notifying else self._polling_timeout()
-        watched: list = [self._wake_recv]
-        if listening:
-            conn.poll()  # collect what already arrived while we were reading
-            if conn.notifies:
-                self._consume_notifies(conn)
-                return
-            watched.append(conn)
-        ready, _, _ = select.select(watched, [], [], timeout)
-        if self._wake_recv in ready:
-            self._drain_wakeups()
-        if listening and conn in ready:
-            conn.poll()
-            self._consume_notifies(conn)
-        elif not ready and listening and not self.notifying:
-            # Polling: has an administrator installed the trigger since?
-            with reading(conn) as cur:
-                if notify._installed(cur):
-                    log.info("change-notification trigger found; switching to notifications")
-                    self.notifying = True
-
-    @staticmethod
-    def _consume_notifies(conn) -> None:
-        if conn.notifies:
-            last = conn.notifies[-1]
-            log.debug("notified", extra={"payload": last.payload, "count": len(conn.notifies)})
-            del conn.notifies[:]
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while self._wake_recv.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
+                    self._waiter.unlisten(conn)

@@ -9,7 +9,7 @@ connection's ``search_path``)::
         updated_at timestamptz NOT NULL DEFAULT now()
     )
 
-Commit semantics (see also :mod:`esindexer._follow_pg`):
+Commit semantics (see also :mod:`esindexer.source.pg`):
 
 - :func:`get_progress_tid` only reads, and returns ``-1`` when there is no row or no
   table (it never creates the table, so a lookup has no side effect). On an idle
@@ -33,7 +33,7 @@ import logging
 
 import psycopg2.errors
 
-from esindexer._follow_pg import ConnOrDsn, connection, has_relation, reading
+from esindexer.source.pg import ConnOrDsn, connection, has_relation, reading
 
 log = logging.getLogger(__name__)
 

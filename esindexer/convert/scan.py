@@ -19,7 +19,7 @@ with as little work per opcode as possible, and answers:
 The scanner parses argument lengths exactly as ``_pickle.c`` does, so both agree on where
 every opcode starts; it does not interpret values.
 
-:func:`scan_py` below is the reference implementation. ``esindexer/_pickle_scan_c.c`` is
+:func:`scan_py` below is the reference implementation. ``esindexer/convert/_scan_c.c`` is
 a C port of it with identical results (tests/test_pickle_scan.py checks this), about 20x
 faster; it is an optional extension, built when a C compiler is available at install
 time. :func:`scan` is the C version when it was built, else :func:`scan_py`.
@@ -224,10 +224,10 @@ def _line_int(data: bytes, i: int, j: int) -> int:
 # exception class to raise and scan_py itself, to which it hands the rare cases it does
 # not port (text PUT/GET of protocols 0-1, arguments of unexpected types).
 try:
-    from esindexer import _pickle_scan_c
+    from esindexer.convert import _scan_c
 except ImportError:  # no compiler at install time: the pure-Python scan
-    _pickle_scan_c = None
+    _scan_c = None
     scan = scan_py
 else:
-    _pickle_scan_c.configure(UnsafePickle, scan_py)
-    scan = _pickle_scan_c.scan
+    _scan_c.configure(UnsafePickle, scan_py)
+    scan = _scan_c.scan

@@ -1,0 +1,32 @@
+"""The converter as the settings configure it: which classes to skip, which transform."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable
+
+from esindexer.config import Settings, load_dotted
+from esindexer.convert.jsonifier import Jsonifier
+
+#: Classes never indexed: a BTree's content lives in its buckets' rows, and blobs are files.
+ALWAYS_SKIPPED = ("BTrees.*", "ZODB.blob*")
+
+
+def class_filter(settings: Settings) -> Callable[[str], bool]:
+    """A predicate telling whether a class is NOT to be indexed (the Jsonifier's skip_class)."""
+    include = tuple(settings.class_include)
+    exclude = ALWAYS_SKIPPED + tuple(settings.class_exclude)
+
+    def skip(class_name: str) -> bool:
+        if any(fnmatch.fnmatchcase(class_name, p) for p in exclude):
+            return True
+        return not any(fnmatch.fnmatchcase(class_name, p) for p in include)
+
+    return skip
+
+
+def build_jsonifier(settings: Settings) -> Jsonifier:
+    """The converter for the service, ``verify`` and ``--redeliver`` alike."""
+    transform = load_dotted(settings.transform) if settings.transform else None
+    return Jsonifier(skip_class=class_filter(settings), transform=transform,
+                     prescan=not settings.trusted_pickles)

@@ -1,0 +1,242 @@
+"""The committer: settle batches strictly in order, then save progress; apply pack deletions.
+
+It takes batches from the reader through a short queue, waits until every request of
+a batch is settled (written, or refused for good), then writes the batch's dead letters
+and its last tid as progress in **one** PostgreSQL transaction. Progress therefore only
+moves to a transaction boundary whose every write the sink acknowledged, and strictly
+in order, although several requests are in flight.
+
+Between batches, and every few seconds when idle, it applies deletions captured from
+packs (:mod:`esindexer.source.deletions`), in the order that keeps a deleted object
+from coming back (:func:`ready_deletions`; docs/architecture.md, "Guarantees about
+deletions").
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from esindexer.config import Settings
+from esindexer.documents import Action, DocumentBuilder
+from esindexer.errors import Abandoned
+from esindexer.observe.metrics import Metrics
+from esindexer.pipeline.budget import ErrorBudget
+from esindexer.sink import SendResult, Sink
+from esindexer.source import deadletters, deletions, progress
+from esindexer.source.deadletters import DeadLetter
+
+log = logging.getLogger(__name__)
+
+#: A captured deletion: ``(xid, log id, zoid, tid of the object's last state)``.
+Deletion = tuple[int, int, int, int]
+
+
+@dataclass
+class Batch:
+    """One follow batch on its way to progress: its requests and its dead letters."""
+
+    last_tid: int
+    rows: int = 0
+    futures: list[Future[SendResult]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass
+class Drain:
+    """A marker in the committer's queue: apply all pending deletions, then set ``done``."""
+
+    done: threading.Event
+
+
+class Stoppable(Protocol):
+    """What the committer wakes when it fails or finds deletions waiting (the follower)."""
+
+    def stop(self) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+def ready_deletions(items: list[Deletion], progress_tid: int, all_settled: bool) -> list[Deletion]:
+    """The leading deletions that may be sent now, in log order.
+
+    A deletion of an object whose last state has tid T may go when no write of that
+    object can still be unsettled: when progress has reached T (everything read up to
+    T is acknowledged, and later reads cannot return the object: it is gone), or when
+    ``all_settled`` (nothing read is unsettled and no read is running). The first one
+    that must wait stops the rest, so the cursor never passes it.
+    """
+    if all_settled:
+        return list(items)
+    return list(itertools.takewhile(lambda item: item[3] <= progress_tid, items))
+
+
+class Committer:
+    """Settles batches in order and moves progress; owns the writer connection."""
+
+    def __init__(self, conn: Any, *, settings: Settings, sink: Sink, builder: DocumentBuilder,
+                 metrics: Metrics, budget: ErrorBudget, abandon: threading.Event, progress_tid: int):
+        self.conn = conn
+        self.settings = settings
+        self.sink = sink
+        self.builder = builder
+        self.metrics = metrics
+        self.budget = budget
+        self._abandon = abandon
+        self._queue: queue.Queue[Batch | Drain | None] = queue.Queue(maxsize=4)
+        #: the last tid whose batch is settled.
+        self.progress_tid = progress_tid
+        #: a captured deletion waits for progress or for the reader's next idle moment.
+        self.deletions_waiting = False
+        self._thread = threading.Thread(target=self._run, name="esindexer-committer", daemon=True)
+        self._failure: BaseException | None = None
+        self._follower: Stoppable | None = None  # woken on failure (watch())
+        self._closed = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, item: Batch | Drain) -> None:
+        while True:
+            self.raise_failure()
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def watch(self, follower: Stoppable) -> None:
+        """The follow iteration to end early if this committer fails (see :meth:`_run`)."""
+        self._follower = follower
+        if self._failure is not None:  # failed already, before there was anything to wake
+            follower.stop()
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def finish(self, timeout: float | None) -> None:
+        """Let queued batches settle (up to ``timeout`` s), then stop the thread."""
+        if not self._thread.is_alive():
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("in-flight bulks did not finish within %.0fs; abandoning them (progress stays at the "
+                        "last acknowledged batch)", timeout or 0)
+            self._abandon.set()
+            self._closed.set()
+            self._thread.join(10)
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread.is_alive():
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        try:
+            while not self._closed.is_set():
+                try:
+                    item = self._queue.get(timeout=self.settings.lag_poll_interval)
+                except queue.Empty:
+                    self.drain_deletions()
+                    continue
+                if item is None:
+                    return
+                if isinstance(item, Drain):  # every earlier batch is settled: all may go
+                    self.deletions_waiting = False
+                    self.drain_deletions(all_settled=True)
+                    item.done.set()
+                    continue
+                self._settle(item)
+                self.drain_deletions()
+        except BaseException as exc:  # handed to the reader thread
+            self._failure = exc
+            # The reader may be waiting for the next commit, which can be hours away in a
+            # quiet database: wake it so the failure is seen now (not a silent stall).
+            # Only this pipeline's iteration: a late failure of an old committer must not
+            # end a newer one.
+            follower = self._follower
+            if follower is not None:
+                follower.stop()
+
+    def _settle(self, batch: Batch) -> None:
+        dead = list(batch.dead)
+        for future in batch.futures:
+            result = future.result()  # Abandoned propagates: no progress for this batch
+            for rejected in result.rejected:
+                action = rejected.action
+                dead.append(DeadLetter(action.zoid, action.tid, "rejected", rejected.reason,
+                                       class_name=action.class_name, index_name=action.index,
+                                       document=action.source))
+                self.metrics.record_documents(action.op, "dead_lettered")
+                log.warning("Elasticsearch rejected %s of zoid %d: %s", action.op, action.zoid, rejected.reason,
+                            extra={"zoid": action.zoid, "tid": action.tid, "index": action.index})
+        client_id = self.settings.client_id
+        deadletters.add(self.conn, client_id, dead)
+        progress.set_progress_tid(self.conn, client_id, batch.last_tid)
+        self.conn.commit()
+        self.progress_tid = batch.last_tid
+        self.metrics.record_progress(batch.last_tid)
+        self.metrics.record_batch(batch.rows)
+        if dead:
+            self.metrics.set_dead_letters(deadletters.count(self.conn, client_id))
+            self.conn.rollback()
+        log.debug("progress saved", extra={"tid": batch.last_tid, "rows": batch.rows, "dead": len(dead)})
+        self.budget.spend(len(dead))
+
+    def drain_deletions(self, all_settled: bool = False) -> int:
+        """Apply captured pack deletions that may go now (:func:`ready_deletions`); returns
+        how many. When one must wait, :attr:`deletions_waiting` asks the reader to drain at
+        its next idle moment (a quiet database may never move progress to its tid)."""
+        client_id = self.settings.client_id
+        total = 0
+        while True:
+            items = deletions.pending(self.conn, client_id)
+            self.conn.rollback()
+            ready = ready_deletions(items, self.progress_tid, all_settled)
+            if len(ready) < len(items) and not self.deletions_waiting:
+                self.deletions_waiting = True
+                follower = self._follower
+                if follower is not None:
+                    follower.wake()
+            if not ready:
+                return total
+            actions: list[Action] = []
+            for _xid, _id, zoid, tid in ready:
+                actions.extend(self.builder.delete_actions(tid, zoid, version=tid + 1))
+            result = self.sink.send(actions)
+            for rejected in result.rejected:  # a delete is only refused when the index is broken
+                log.error("delete of packed zoid %d refused: %s", rejected.action.zoid, rejected.reason)
+            last_xid, last_id = ready[-1][0], ready[-1][1]
+            deletions.advance(self.conn, client_id, last_xid, last_id)
+            self.conn.commit()
+            deletions.prune(self.conn)
+            self.metrics.record_documents("delete", "ok", len(ready))
+            total += len(ready)
+            log.info("applied %d pack deletion(s)", len(ready), extra={"count": len(ready)})
+            if len(ready) < len(items):
+                return total
+
+    def drain_when_idle(self) -> None:
+        """Called by the reader when it has read everything and is about to wait: settle
+        every batch queued so far, then apply every pending deletion, before the reader
+        reads again. Does nothing unless a deletion was found waiting for progress."""
+        if not self.deletions_waiting or not self._thread.is_alive():
+            return
+        done = threading.Event()
+        self.put(Drain(done))
+        while not done.wait(0.5):
+            self.raise_failure()
+            if self._abandon.is_set():
+                raise Abandoned("shutdown while applying pack deletions")
+        self.raise_failure()

@@ -1,0 +1,267 @@
+"""The service: follow → convert → send → progress, with reconnects and shutdown.
+
+:class:`Indexer` wires the steps together and owns their lifecycle; each step is its
+own module and is handed its collaborators:
+
+- the **reader** (the thread that calls :meth:`Indexer.run`) follows batches of
+  committed rows and turns them into requests (:mod:`esindexer.pipeline.reader`);
+- the **committer** settles batches strictly in order and saves progress, and applies
+  pack deletions (:mod:`esindexer.pipeline.committer`);
+- the **sink** (:mod:`esindexer.sink`; Elasticsearch by default) sends the requests,
+  retrying transient trouble itself.
+
+Failures: sink trouble is retried inside the senders (progress freezes meanwhile); a
+lost PostgreSQL connection tears the pipeline down and restarts it from the saved
+progress (replays are harmless: writes are versioned by tid); a setup the servers
+refuse for good ends :meth:`Indexer.run` with :attr:`ExitCode.SETUP`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, TypeVar
+
+from esindexer.backoff import Backoff
+from esindexer.config import Settings
+from esindexer.convert.configure import build_jsonifier
+from esindexer.documents import DocumentBuilder
+from esindexer.errors import Abandoned, AlreadyRunning, ErrorBudgetExhausted, ExitCode, SchemaError
+from esindexer.es.client import as_setup_error, describe_error, retry_reason
+from esindexer.es.sink import ElasticsearchSink
+from esindexer.observe.metrics import Metrics
+from esindexer.pipeline.budget import ErrorBudget
+from esindexer.pipeline.committer import Committer
+from esindexer.pipeline.crashguard import CrashGuard
+from esindexer.pipeline.reader import BatchReader
+from esindexer.pipeline.sweep import sweep
+from esindexer.sink import Sink
+from esindexer.source import deadletters, deletions, follow, notify, pg, progress
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Indexer:
+    """Keeps the configured indices equal to the database's current objects."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, sink: Sink | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._stop = threading.Event()
+        self._abandon = threading.Event()
+        self.sink: Sink = sink if sink is not None else ElasticsearchSink(
+            settings, stop=self._abandon,
+            on_retry=lambda reason, exc: self.metrics.record_retry(reason, describe_error(exc)),
+            on_request=self.metrics.record_bulk)
+        self.builder = DocumentBuilder(settings)
+        self.jsonifier = build_jsonifier(settings)
+        self.budget = ErrorBudget(settings.dead_letter_budget, settings.dead_letter_window, settings.client_id)
+        self.crash_guard = CrashGuard(settings, self.metrics, connect=lambda: pg.connect(settings, "writer"),
+                                      cancel=self._abandon)
+        self._updates: follow.Updates | None = None
+        self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
+        self.exit_code = ExitCode.OK
+
+    # -- control -------------------------------------------------------------------------
+
+    def stop(self, abandon: bool = False) -> None:
+        """Ask the service to stop; safe from signal handlers and other threads.
+
+        The reader stops taking rows; in-flight requests may finish within
+        ``shutdown_timeout`` (or at once with ``abandon``); progress never moves past
+        unacknowledged work.
+        """
+        self._stop.set()
+        if abandon:
+            self._abandon.set()
+        updates = self._updates
+        if updates is not None:
+            try:
+                updates.stop()
+            except Exception:  # pragma: no cover - best effort from a signal handler
+                pass
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` s, waking early when a stop is requested."""
+        return self._stop.wait(timeout)
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _retry_forever(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` until it works or the service stops, backing off on transient errors."""
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except pg.CONNECTION_ERRORS as exc:
+                reason, error = "pg_unreachable", exc
+            except SchemaError as exc:  # started before the application created its tables?
+                reason, error = "source_schema_missing", exc
+            except Exception as exc:
+                found = retry_reason(exc)
+                if found is None:
+                    raise
+                reason, error = found, exc
+            attempt += 1
+            delay = self._backoff.delay(attempt)
+            self.metrics.record_retry(reason, f"{what}: {describe_error(error)}")
+            log.warning("%s failed (%s: %s); retrying in %.1fs", what, reason, describe_error(error), delay,
+                        extra={"reason": reason})
+            if self._stop.wait(delay):
+                raise Abandoned(what)
+
+    def _open_writer(self) -> Any:
+        """The committer's connection: holds the per-client advisory lock for its lifetime."""
+        conn = pg.connect(self.settings, "writer")
+        try:
+            pg.lock_client(conn, self.settings.client_id)
+            deadletters.ensure_table(conn)
+            self.crash_guard.ensure_table(conn)
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare_source(self, conn: Any) -> bool:
+        """Install triggers if allowed. Returns True when a sweep is due.
+
+        A sweep is due when the deletion trigger was missing at start: packs may have
+        run unseen before now (or, without the right to install it, at any time).
+        """
+        had_trigger = deletions.trigger_installed(conn)
+        conn.rollback()
+        if self.settings.install_triggers:
+            notify.install_trigger(conn)
+            conn.commit()
+            deletions.install(conn)
+        else:
+            deletions.ensure_tables(conn)
+        deletions.start_cursor_at_end(conn, self.settings.client_id)
+        conn.commit()
+        mode = self.settings.sweep_on_start
+        return mode == "always" or (mode == "auto" and not had_trigger)
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def run(self, until_caught_up: bool = False) -> ExitCode:
+        """Index until stopped (or, with ``until_caught_up``, until the current end)."""
+        try:
+            return self._run(until_caught_up)
+        finally:  # any Python-level exit: not a crash (esindexer.pipeline.crashguard)
+            self.crash_guard.finish()
+
+    def _run(self, until_caught_up: bool) -> ExitCode:
+        s = self.settings
+        log.info("esindexer starting", extra={"config": s.redacted()})
+        try:
+            first = True
+            while not self.stopping:
+                try:
+                    done = self._run_pipeline(until_caught_up, first)
+                    first = False
+                    if done:
+                        break
+                except pg.CONNECTION_ERRORS as exc:
+                    if self.stopping:
+                        break
+                    self.metrics.record_retry("pg_connection", describe_error(exc))
+                    log.warning("PostgreSQL connection lost (%s); resuming from saved progress",
+                                str(exc).strip()[:300])
+                    if self._stop.wait(min(2.0, s.retry_max_seconds)):
+                        break
+        except Abandoned:
+            log.info("abandoned work in progress on shutdown")
+        except AlreadyRunning as exc:
+            log.error("%s", exc)
+            return ExitCode.LOCKED
+        except ErrorBudgetExhausted as exc:
+            self.metrics.set_error_budget_exhausted(True)
+            log.critical("%s", exc)
+            return ExitCode.ERROR_BUDGET
+        except Exception as exc:  # a wrong password, a missing privilege, an unverifiable certificate
+            problem = as_setup_error(exc)
+            if problem is None:
+                raise
+            log.error("%s", problem)
+            return ExitCode.SETUP
+        log.info("esindexer stopped")
+        return self.exit_code
+
+    def _run_pipeline(self, until_caught_up: bool, first: bool) -> bool:
+        """One life of the pipeline, from the saved progress. True when finished for good."""
+        s = self.settings
+        conn = self._retry_forever("connecting to PostgreSQL", self._open_writer)
+        committer: Committer | None = None
+        reader: BatchReader | None = None
+        try:
+            if first:  # only once the lock is ours: a refused second instance changes nothing
+                self._retry_forever("creating index template and indices", self.sink.ensure_indices)
+            # A database without RelStorage's tables is waited for, loudly: in a compose stack
+            # the application may create them after esindexer starts; otherwise the DSN is wrong.
+            self._retry_forever("waiting for RelStorage's tables", lambda: pg.require_relstorage(conn))
+            sweep_due = self._prepare_source(conn)
+            if first and sweep_due:
+                sweep(conn, self.sink, self.metrics)
+            start_tid = progress.get_progress_tid(conn, s.client_id)
+            conn.commit()
+            self.crash_guard.begin(conn, start_tid)
+            if first:  # after a reconnect, keep the time of the last real progress (stall detection)
+                self.metrics.record_progress(start_tid)
+            self.metrics.set_dead_letters(deadletters.count(conn, s.client_id))
+            conn.rollback()
+            committer = Committer(conn, settings=s, sink=self.sink, builder=self.builder, metrics=self.metrics,
+                                  budget=self.budget, abandon=self._abandon, progress_tid=start_tid)
+            end_tid = None
+            if until_caught_up:
+                end_tid = follow.latest_tid(conn)
+                conn.rollback()
+                if end_tid <= start_tid:
+                    committer.drain_deletions(all_settled=True)  # nothing read, nothing in flight
+                    return True
+            log.info("following from tid %d%s", start_tid,
+                     f" to {end_tid}" if end_tid is not None else "", extra={"tid": start_tid})
+            committer.start()
+            reader = BatchReader(s, self.jsonifier, self.builder, self.sink, self.metrics,
+                                 abandon=self._abandon, stopping=lambda: self.stopping, guard=self.crash_guard)
+            updates = self._updates = follow.updates(
+                pg.dsn(s, "follower"), start_tid=start_tid, end_tid=end_tid, batch_limit=s.batch_limit,
+                internal_batch_size=s.fetch_size, poll_timeout=s.poll_timeout,
+                poll_interval=s.poll_interval, on_idle=committer.drain_when_idle,
+            )
+            committer.watch(updates)
+            if self.stopping:
+                updates.stop()
+            for rows in updates:
+                batch = reader.read(rows, committer.raise_failure)
+                if batch is None:  # stopped part-way: this batch must not count as done
+                    break
+                if batch.rows:
+                    committer.put(batch)
+                committer.raise_failure()
+            finished = not self.stopping
+            committer.finish(timeout=None if finished else s.shutdown_timeout)
+            if not finished:
+                # Requests of a batch cut short by the stop are not waited for: their batch
+                # will not count as done, and the sink may be the reason we stop.
+                self._abandon.set()
+            committer.raise_failure()
+            if finished and until_caught_up:
+                committer.drain_deletions(all_settled=True)  # the reader is done, every batch settled
+            return finished or self.stopping
+        finally:
+            self._updates = None
+            if committer is not None:
+                committer.close()
+            if reader is not None:
+                reader.close()
+            try:
+                conn.close()
+            except Exception:
+                pass

@@ -1,0 +1,131 @@
+"""Reading committed rows in pages: short transactions, bounded memory, nothing missed.
+
+Why keyset pagination cannot miss or repeat a row
+=================================================
+The follower remembers the position ``(tid, zoid)`` of the last row it read and asks
+for rows after it. RelStorage serializes commits under one lock and gives each commit a
+tid larger than every tid already in ``object_state``; a transaction's rows all become
+visible at once, at its commit, before the next commit can choose its tid. So a row
+can never *appear* at or before a position the follower has passed: new rows always
+land after every existing position. What can happen between two chunks:
+
+- an object the follower has not reached yet is changed again: in a history-free
+  database its row moves to the new tid (in a history-preserving one,
+  ``current_object`` moves). The follower sees it later, once, at the new tid, with the
+  newest state: exactly what an indexer needs;
+- an object the follower already passed is changed again: it is seen again at its new
+  tid, as it should be.
+
+Within one large transaction the follower pages by ``zoid`` (``tid = t AND zoid > z``,
+which PostgreSQL serves from the zoid index), and moves to the next transactions with
+``tid > t ORDER BY tid, zoid LIMIT n``. A single ``(tid, zoid) > (t, z)`` row comparison
+would re-scan the whole remaining transaction for every chunk, which is quadratic on
+a large transaction.
+
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from esindexer.errors import ConnectionBusy
+from esindexer.source.pg import is_idle
+
+#: ``(tid, zoid, data)``; ``data`` is None for a NULL state.
+Row = tuple[int, int, Optional[bytes]]
+
+
+class Pages:
+    """Keyset-paginated reads of current rows, each in its own short transaction."""
+
+    def __init__(self, conn: Any, keep_history: bool, start_tid: int, end_tid: Optional[int],
+                 size: int, budget: int):
+        self.conn = conn
+        self.size = size
+        self.budget = budget
+        self.tid = start_tid  # position: the last row read...
+        self.zoid = -1  # ...(zoid -1: before any zoid of self.tid)
+        self.mid_transaction = False  # whether rows of self.tid may remain after self.zoid
+        self.caught_up = False
+        upper = "" if end_tid is None else f" AND {{t}}.tid <= {int(end_tid)}"
+        within = "{t}.tid = %(tid)s AND {t}.zoid > %(zoid)s"
+        after = "{t}.tid > %(tid)s" + upper
+        if keep_history:
+            # current_object drives (it lists current revisions, with indexes on zoid
+            # and tid). The conditions are repeated for object_state because the planner
+            # does not carry inequalities across the join: without them a merge join
+            # scans object_state's primary key from its first zoid.
+            source = "current_object c JOIN object_state s ON s.zoid = c.zoid AND s.tid = c.tid"
+            within = within.format(t="c") + " AND " + within.format(t="s")
+            after = after.format(t="c") + " AND " + after.format(t="s")
+            t = "c"
+        else:
+            source = "object_state s"
+            within, after, t = within.format(t="s"), after.format(t="s"), "s"
+        columns = f"{t}.tid AS tid, {t}.zoid AS zoid, s.state, s.state_size"
+        self._within = self._sized(
+            f"SELECT {columns} FROM {source} WHERE {within} ORDER BY {t}.zoid LIMIT %(limit)s"
+        )
+        self._after = self._sized(
+            f"SELECT {columns} FROM {source} WHERE {after} ORDER BY {t}.tid, {t}.zoid LIMIT %(limit)s"
+        )
+
+    @staticmethod
+    def _sized(page: str) -> str:
+        # Keep rows while the state bytes *before* each row are under the budget: at
+        # most `limit` rows and about `budget` bytes, and always at least one row.
+        return (
+            "SELECT tid, zoid, state FROM ("
+            " SELECT tid, zoid, state, sum(state_size) OVER"
+            " (ORDER BY tid, zoid ROWS UNBOUNDED PRECEDING) - state_size AS before"
+            f" FROM ({page}) AS page) AS sized "
+            "WHERE before < %(budget)s ORDER BY tid, zoid"
+        )
+
+    def _query(self, sql: str, limit: int, budget: int) -> tuple[list[Row], bool]:
+        """Rows, and whether the query returned everything there was (not cut by a limit)."""
+        conn = self.conn
+        if not is_idle(conn):
+            raise ConnectionBusy(
+                "the connection given to esindexer.source.follow.updates() has a transaction in "
+                "progress; commit or roll back before the follower reads, use an autocommit "
+                "connection, or pass a DSN"
+            )
+        if conn.notifies:
+            # Every commit notified so far is visible to this read: drop the backlog.
+            del conn.notifies[:]
+        params = {"tid": self.tid, "zoid": self.zoid, "limit": limit, "budget": budget}
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                fetched = cur.fetchall()
+        finally:
+            if not conn.autocommit and not conn.closed:
+                conn.rollback()  # our own read-only transaction
+        rows: list[Row] = []
+        nbytes = 0
+        for tid, zoid, state in fetched:
+            data = None if state is None else bytes(state)
+            nbytes += 0 if data is None else len(data)
+            rows.append((tid, zoid, data))
+        return rows, len(rows) < limit and nbytes < budget
+
+    def read(self) -> list[Row]:
+        """The next chunk (possibly empty); sets :attr:`caught_up`."""
+        rows: list[Row] = []
+        complete = True
+        if self.mid_transaction:
+            rows, complete = self._query(self._within, self.size, self.budget)
+        if complete:
+            used = sum(len(data) for _, _, data in rows if data is not None)
+            room = self.size - len(rows)
+            if room > 0 and (used < self.budget or not rows):
+                more, complete = self._query(self._after, room, max(self.budget - used, 1))
+                rows.extend(more)
+            else:
+                complete = False
+        if rows:
+            self.tid, self.zoid = rows[-1][0], rows[-1][1]
+        self.mid_transaction = not complete
+        self.caught_up = complete
+        return rows

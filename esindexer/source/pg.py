@@ -1,0 +1,184 @@
+"""PostgreSQL access for everything esindexer reads or writes there: one place.
+
+How a connection is opened (:func:`connect`: a connect timeout, TCP keepalives so a
+dead server is noticed, and an ``application_name`` so an operator finds esindexer in
+``pg_stat_activity``), which errors mean "unreachable" (:data:`CONNECTION_ERRORS`) or
+"not permitted" (:data:`NOT_PERMITTED`), the per-client advisory lock, and how
+RelStorage's tables are found.
+
+Every public function of :mod:`esindexer.source.follow` accepts either a psycopg2 connection
+or a DSN string. The rules for whose transaction is whose live here so they are the
+same everywhere:
+
+- **A DSN** means the function owns the connection: it opens it, commits its own work
+  and closes it.
+- **A connection** means the caller owns the transaction. A function that writes never
+  commits or rolls back the caller's transaction; it may roll back to a savepoint of
+  its own. A function that only reads and finds the connection *idle* (no transaction
+  in progress) ends the short read transaction it started, so that a plain
+  non-autocommit connection is not left "idle in transaction" by a lookup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Iterator, Union
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from psycopg2.extensions import make_dsn, parse_dsn
+
+from esindexer.errors import AlreadyRunning, SchemaError
+
+if TYPE_CHECKING:
+    from esindexer.config import Settings
+
+ConnOrDsn = Union[str, "psycopg2.extensions.connection"]
+
+_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+#: The connection is gone or could not be made: retried by the service.
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+#: The role may not do this here (DDL rights, a read-only replica, a lock not had in
+#: time): the caller falls back (polling, the sweep) instead of failing.
+NOT_PERMITTED = (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.LockNotAvailable,
+                 psycopg2.errors.ReadOnlySqlTransaction, psycopg2.errors.FeatureNotSupported)
+
+LOCK_CLASS = 0x65730001  # advisory lock namespace: "es" + 1
+
+
+def dsn(settings: Settings, role: str) -> str:
+    """The configured DSN with a connect timeout, keepalives and an ``application_name``
+    naming esindexer, the connection's role and the client id. A name set in the DSN wins."""
+    extra: dict[str, Any] = dict(connect_timeout=10, keepalives=1, keepalives_idle=30,
+                                 keepalives_interval=10, keepalives_count=3)
+    given = parse_dsn(settings.pg_dsn)
+    if "application_name" not in given:
+        extra["application_name"] = f"esindexer {role} ({settings.client_id})"[:63]
+    return str(make_dsn(settings.pg_dsn, **{k: v for k, v in extra.items() if k not in given}))
+
+
+def connect(settings: Settings, role: str) -> Any:
+    """A new connection made from :func:`dsn`."""
+    return psycopg2.connect(dsn(settings, role))
+
+
+def lock_client(conn: Any, client_id: str) -> None:
+    """Take the session-level advisory lock of ``client_id`` (held while ``conn`` lives),
+    or raise :class:`AlreadyRunning`: two processes on one progress row would race."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, client_id))
+        locked = cur.fetchone()[0]
+    conn.commit()
+    if not locked:
+        raise AlreadyRunning(
+            f"another esindexer with client id {client_id!r} is running against this "
+            "database; give each indexer its own ESINDEXER_CLIENT_ID")
+
+
+def is_idle(conn) -> bool:
+    """True if no transaction is in progress on ``conn`` (always true in autocommit)."""
+    return conn.autocommit or conn.info.transaction_status == _IDLE
+
+
+@contextlib.contextmanager
+def connection(conn_or_dsn: ConnOrDsn, *, commit: bool) -> Iterator[object]:
+    """Yield a connection; open, commit (if ``commit``) and close it when given a DSN."""
+    if not isinstance(conn_or_dsn, str):
+        yield conn_or_dsn
+        return
+    conn = psycopg2.connect(conn_or_dsn)
+    try:
+        yield conn
+        if commit:
+            conn.commit()
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def reading(conn_or_dsn: ConnOrDsn) -> Iterator[object]:
+    """A cursor for read-only statements that leaves the caller's transaction state alone.
+
+    If the connection was idle on entry (and is not autocommit), the transaction the
+    reads start is ours and is rolled back at the end: nothing was written, and this
+    keeps a lookup from leaving the connection idle in transaction.
+    """
+    with connection(conn_or_dsn, commit=False) as conn:
+        ours = not conn.autocommit and is_idle(conn)
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        finally:
+            if ours and not conn.closed:
+                conn.rollback()
+
+
+def has_relation(cur, name: str) -> bool:
+    """Whether ``name`` resolves through the connection's ``search_path``.
+
+    ``to_regclass`` honours the search_path, so a table of the same name in an
+    unrelated schema (another RelStorage database in the same PostgreSQL database,
+    say) does not count, unlike a name match on ``pg_class``.
+    """
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
+    return bool(cur.fetchone()[0])
+
+
+def keeps_history(cur) -> bool:
+    """Detect the RelStorage layout once: history-preserving iff ``current_object`` exists."""
+    if not has_relation(cur, "object_state"):
+        raise SchemaError(
+            "no RelStorage table object_state in the connection's search_path "
+            "(has RelStorage created its schema in this database?)"
+        )
+    return has_relation(cur, "current_object")
+
+
+def require_relstorage(conn: Any) -> None:
+    """Raise :class:`SchemaError` unless ``conn``'s database has RelStorage's tables."""
+    try:
+        with conn.cursor() as cur:
+            keeps_history(cur)
+    finally:
+        conn.rollback()
+
+
+def current_revisions(cur) -> tuple[str, str]:
+    """``(FROM clause, zoid column)`` selecting one row per object, its current revision,
+    as ``s.tid`` and ``s.state`` (history-preserving: joined through ``current_object``).
+    Raises :class:`SchemaError` without a RelStorage schema."""
+    if keeps_history(cur):
+        return "current_object c JOIN object_state s ON s.zoid = c.zoid AND s.tid = c.tid", "c.zoid"
+    return "object_state s", "s.zoid"
+
+
+def current_states(conn: Any, zoids: list[int]) -> dict[int, tuple[int, bytes | None]]:
+    """``zoid -> (tid, state)`` of the current revisions (history-free or -preserving)."""
+    with conn.cursor() as cur:
+        source, key = current_revisions(cur)
+        cur.execute(f"SELECT {key}, s.tid, s.state FROM {source} WHERE {key} = ANY(%s)", (zoids,))
+        rows = {z: (t, bytes(s) if s is not None else None) for z, t, s in cur.fetchall()}
+    conn.rollback()
+    return rows
+
+
+def current_pages(conn: Any, page: int) -> Iterator[list[tuple[int, int, bytes | None]]]:
+    """Current ``(zoid, tid, state)`` rows in zoid order, a short read transaction per page."""
+    with conn.cursor() as cur:
+        source, key = current_revisions(cur)
+    conn.rollback()
+    after = -1
+    while True:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT {key}, s.tid, s.state FROM {source} WHERE {key} > %s ORDER BY {key} LIMIT %s",
+                        (after, page))
+            rows = [(z, t, bytes(s) if s is not None else None) for z, t, s in cur.fetchall()]
+        conn.rollback()
+        if not rows:
+            return
+        yield rows
+        after = rows[-1][0]
+
