@@ -57,12 +57,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import persistent  # noqa: E402
 
-from esindexer.source import follow  # noqa: E402
 from esindexer.config import Settings, load_settings  # noqa: E402
 from esindexer.documents import DocumentBuilder, iter_lines  # noqa: E402
 from esindexer.observe.metrics import Metrics  # noqa: E402
 from esindexer.pipeline.indexer import Indexer, build_jsonifier  # noqa: E402
-from tests.support import servers_from_env, fresh_database, open_zodb  # noqa: E402
+from esindexer.source import follow  # noqa: E402
+from tests.support import fresh_database, open_zodb, servers_from_env  # noqa: E402
 
 
 class Document(persistent.Persistent):
@@ -77,9 +77,7 @@ class Person(persistent.Persistent):
     """Referenced by documents (author)."""
 
 
-WORDS = ("alpha beta gamma delta report budget meeting review draft final customer order "
-         "invoice shipping status priority team project release notes summary quarterly "
-         "north south east west contract renewal policy update").split()
+WORDS = ["alpha", "beta", "gamma", "delta", "report", "budget", "meeting", "review", "draft", "final", "customer", "order", "invoice", "shipping", "status", "priority", "team", "project", "release", "notes", "summary", "quarterly", "north", "south", "east", "west", "contract", "renewal", "policy", "update"]
 
 #: Variant name -> settings that differ from the defaults of esindexer.config.
 VARIANTS: dict[str, dict[str, str]] = {

@@ -46,8 +46,7 @@ class Person(persistent.Persistent):
     pass
 
 
-WORDS = ("alpha beta gamma delta report budget meeting review draft final customer order "
-         "invoice shipping status priority team project release notes summary").split()
+WORDS = ["alpha", "beta", "gamma", "delta", "report", "budget", "meeting", "review", "draft", "final", "customer", "order", "invoice", "shipping", "status", "priority", "team", "project", "release", "notes", "summary"]
 
 
 def sentence(rng: random.Random, n: int) -> str:

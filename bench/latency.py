@@ -7,7 +7,7 @@ Usage (servers from ``eval "$(scripts/services env)"``)::
 
 It creates a scratch history-free database on ESIT_PG_DSN and, for each
 refresh interval, runs an :class:`esindexer.pipeline.indexer.Indexer` in a thread (as
-tests/test_service.py's ``running()`` does) with the default settings (replicas 0),
+tests/pipeline/test_indexer.py's ``running()`` does) with the default settings (replicas 0),
 into a fresh index prefix with its own client id. Once the service is idle it commits
 ``--commits`` small objects through ZODB, one per transaction, one every
 ``--spacing`` seconds, each into an OOBTree container (so every commit also writes a
@@ -47,11 +47,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import persistent  # noqa: E402
 
-from esindexer.source import follow  # noqa: E402
 from esindexer.config import Settings, load_settings  # noqa: E402
 from esindexer.observe.metrics import Metrics  # noqa: E402
 from esindexer.pipeline.indexer import EXIT_OK, Indexer  # noqa: E402
-from tests.support import servers_from_env, fresh_database, open_zodb, wait_for  # noqa: E402
+from esindexer.source import follow  # noqa: E402
+from tests.support import fresh_database, open_zodb, servers_from_env, wait_for  # noqa: E402
 
 
 class Note(persistent.Persistent):

@@ -22,10 +22,12 @@ import json
 import logging
 import signal
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from esindexer import __version__
-from esindexer.config import SETTINGS, Settings, describe_settings, load_settings
+from esindexer.config import Settings, load_settings
+from esindexer.config_table import SETTINGS, describe_settings
 from esindexer.errors import EXIT_CODES_HELP, ConfigError, ExitCode, SchemaError, Unreachable
 
 log = logging.getLogger("esindexer")
@@ -183,7 +185,8 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_install_trigger(settings: Settings, args: argparse.Namespace) -> int:
-    from esindexer.source import deletions, notify as notification
+    from esindexer.source import deletions
+    from esindexer.source import notify as notification
 
     conn = _connect(settings)
     try:
@@ -198,10 +201,10 @@ def _cmd_install_trigger(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from esindexer.observe.http import HealthServer
-    from esindexer.observe.poller import SourcePoller
-    from esindexer.observe.metrics import Metrics
     from esindexer.es.sink import ElasticsearchSink
+    from esindexer.observe.http import HealthServer
+    from esindexer.observe.metrics import Metrics
+    from esindexer.observe.poller import SourcePoller
     from esindexer.pipeline.indexer import Indexer
     from esindexer.source import pg
 
@@ -353,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return ExitCode.SETUP
     if args.command == "config" and args.reference:
-        from esindexer.config import render_reference
+        from esindexer.config_table import render_reference
 
         print(render_reference())
         return 0

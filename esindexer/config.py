@@ -1,10 +1,8 @@
 """Settings: parsed and validated once, then passed down as one typed object.
 
-Every setting is declared once, in :data:`SETTINGS`. That one declaration drives
-the environment variable (``ESINDEXER_<NAME>``), the TOML key (``name``), the CLI
-flag (``--name-with-dashes``), the default, the validation, the redaction of
-secrets and the configuration reference in ``docs/configuration.md`` (a test
-checks the document against this table, so the two cannot drift).
+Every setting is declared once, in :data:`esindexer.config_table.SETTINGS` (name,
+parser, default, meaning); this module turns flags, environment and a TOML file into
+one validated :class:`Settings`.
 
 Precedence, lowest first: defaults, the TOML file (``--config`` or
 ``ESINDEXER_CONFIG_FILE``), environment variables, CLI flags. All problems are
@@ -17,231 +15,18 @@ import importlib
 import os
 import re
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from esindexer.config_table import ENV_PREFIX, SETTINGS, SETTINGS_BY_NAME
 from esindexer.errors import ConfigError
 
-ENV_PREFIX = "ESINDEXER_"
 REDACTED = "***"
 
 
 # --- value parsers: str (env, CLI) or TOML value -> typed value, ValueError on junk -----------
-
-
-def _parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _parse_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip().replace("_", ""))
-    except ValueError:
-        raise ValueError(f"expected an integer, got {value!r}") from None
-
-
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
-
-
-def _parse_size(value: Any) -> int:
-    """Bytes, accepting ``8MiB``, ``5mb``, ``100000``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"expected a size such as 8MiB or 5000000, got {value!r}")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-
-
-def _parse_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {value!r}") from None
-
-
-def _parse_list(value: Any) -> tuple[str, ...]:
-    """A comma-separated string (env, CLI) or a TOML array of strings."""
-    if isinstance(value, (list, tuple)):
-        items = [str(v).strip() for v in value]
-    else:
-        items = [v.strip() for v in str(value).split(",")]
-    return tuple(v for v in items if v)
-
-
-def _parse_routes(value: Any) -> tuple[tuple[str, str], ...]:
-    """``pattern=route`` pairs: ``"myapp.content.*=content, *.User=users"`` or a TOML table."""
-    if isinstance(value, Mapping):
-        pairs = [(str(k), str(v)) for k, v in value.items()]
-    else:
-        pairs = []
-        for item in _parse_list(value):
-            pattern, sep, route = item.partition("=")
-            if not sep:
-                raise ValueError(f"expected pattern=route, got {item!r}")
-            pairs.append((pattern.strip(), route.strip()))
-    return tuple(pairs)
-
-
-def _parse_str(value: Any) -> str:
-    return str(value).strip()
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = str(value).strip().lower()
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
-        return text
-
-    parse.choices = choices  # type: ignore[attr-defined]
-    return parse
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One declared setting: its name, type, default and meaning."""
-
-    name: str
-    parse: Callable[[Any], Any]
-    default: Any
-    help: str
-    secret: bool = False
-    required: bool = False
-    group: str = "general"
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
-SETTINGS: tuple[Setting, ...] = (
-    # Source
-    Setting("pg_dsn", _parse_str, None, "PostgreSQL DSN of the RelStorage database (libpq URI or key=value).",
-            secret=True, required=True, group="source"),
-    Setting("client_id", _parse_str, "esindexer",
-            "Name under which progress, deletion cursor and dead letters are kept; one running indexer per id.",
-            group="source"),
-    Setting("batch_limit", _parse_int, 10_000,
-            "Soft number of rows per follow batch; batches end on transaction boundaries and progress is "
-            "saved after each.", group="source"),
-    Setting("fetch_size", _parse_int, 2_000, "Rows fetched per query while reading a batch.", group="source"),
-    Setting("poll_timeout", _parse_float, 30.0,
-            "Seconds between polls when no notification arrives (backstop for LISTEN/NOTIFY).",
-            group="source"),
-    Setting("poll_interval", _parse_float, 2.0,
-            "Seconds between polls when the notify trigger is absent (a role without DDL rights, "
-            "a replica): the latency of that mode.", group="source"),
-    Setting("install_triggers", _parse_bool, True,
-            "Install the notify and pack-deletion triggers at start (needs DDL rights; polling and the "
-            "start-up sweep are used without them).", group="source"),
-    Setting("sweep_on_start", _choice("auto", "always", "never"), "auto",
-            "Remove documents whose objects are gone from the database (packed while no deletion trigger "
-            "was installed): auto = when the trigger was missing at start.", group="source"),
-    # Elasticsearch
-    Setting("es_url", _parse_list, ("http://localhost:9200",),
-            "Elasticsearch URL(s), comma-separated.", group="elasticsearch"),
-    Setting("es_api_key", _parse_str, None, "Elasticsearch API key (base64 id:key).", secret=True,
-            group="elasticsearch"),
-    Setting("es_username", _parse_str, None, "Elasticsearch user for basic auth.", group="elasticsearch"),
-    Setting("es_password", _parse_str, None, "Elasticsearch password for basic auth.", secret=True,
-            group="elasticsearch"),
-    Setting("es_ca_file", _parse_str, None, "CA certificate file (PEM) for HTTPS.", group="elasticsearch"),
-    Setting("es_verify_certs", _parse_bool, True, "Verify the server's TLS certificate.",
-            group="elasticsearch"),
-    Setting("es_request_timeout", _parse_float, 60.0, "Seconds before one Elasticsearch request times out.",
-            group="elasticsearch"),
-    # Documents
-    Setting("index_prefix", _parse_str, "zodb",
-            "Alias users query; concrete indices are <prefix>-<route>.", group="documents"),
-    Setting("alias", _parse_str, None,
-            "Alias users and Kibana query; unset = the index prefix. Several generations of "
-            "indices (prefixes) can serve one alias, one at a time.", group="documents"),
-    Setting("attach_alias", _parse_bool, True,
-            "Put this prefix's indices behind the alias. false while building a new generation "
-            "for a re-index without downtime; `esindexer alias` then switches the alias over.",
-            group="documents"),
-    Setting("default_route", _parse_str, "objects", "Route (index suffix) of classes no route matches.",
-            group="documents"),
-    Setting("class_routes", _parse_routes, (),
-            "Class to index routing: 'glob=route' pairs, first match wins (e.g. 'myapp.content.*=content').",
-            group="documents"),
-    Setting("class_include", _parse_list, ("*",), "Glob patterns of class names to index.",
-            group="documents"),
-    Setting("class_exclude", _parse_list, (),
-            "Glob patterns of class names not to index (BTrees.* and ZODB.blob* are always skipped).",
-            group="documents"),
-    Setting("transform", _parse_str, None,
-            "Dotted name of a function transform(class_name, json_text) -> json_text | None | '' .",
-            group="documents"),
-    Setting("trusted_pickles", _parse_bool, False,
-            "Skip the opcode pre-scan that bounds memory on hostile pickles (~10% faster "
-            "conversion with the C pre-scan, ~2x without it); only when every writer of the "
-            "database is trusted. Code from pickles never runs either way.", group="documents"),
-    Setting("state_mapping", _choice("flattened", "dynamic"), "flattened",
-            "How the object state is mapped: flattened (one field, never conflicts) or dynamic "
-            "(typed fields; conflicting documents are dead-lettered).", group="documents"),
-    Setting("index_refresh_interval", _parse_str, None,
-            "index.refresh_interval of created indices (e.g. 250ms for searches within a quarter "
-            "second of a commit); unset = Elasticsearch's 1s. -1 turns refreshes off.",
-            group="documents"),
-    Setting("ingest_pipeline", _parse_str, None,
-            "Ingest pipeline every document passes through (index.default_pipeline of esindexer's "
-            "indices, existing ones included); it must exist: checked at start.", group="documents"),
-    Setting("index_shards", _parse_int, 1, "Primary shards of each index created.", group="documents"),
-    Setting("index_replicas", _parse_int, 1, "Replicas of each index created (0 on a single node).",
-            group="documents"),
-    # Flow control
-    Setting("bulk_max_docs", _parse_int, 1_000, "Most documents in one bulk request.", group="flow"),
-    Setting("bulk_max_bytes", _parse_size, 8 * 1024 * 1024, "Most bytes in one bulk request (e.g. 8MiB).",
-            group="flow"),
-    Setting("bulk_concurrency", _parse_int, 2, "Bulk requests in flight at once.", group="flow"),
-    Setting("retry_max_seconds", _parse_float, 60.0, "Cap of the exponential retry back-off.", group="flow"),
-    Setting("retry_attempts", _parse_int, 0, "Attempts before giving up on Elasticsearch; 0 = forever.",
-            group="flow"),
-    Setting("dead_letter_budget", _parse_int, 1_000,
-            "Dead letters allowed within the window before the service stops unhealthy; 0 = unlimited.",
-            group="flow"),
-    Setting("dead_letter_window", _parse_float, 300.0, "Window of the dead-letter budget, in seconds.",
-            group="flow"),
-    Setting("shutdown_timeout", _parse_float, 30.0,
-            "Seconds to wait for in-flight bulks on SIGTERM before abandoning them.", group="flow"),
-    Setting("crash_guard_after", _parse_int, 2,
-            "Process deaths without a clean exit (a native crash, an OOM kill) at the same saved progress "
-            "after which the next start converts the records up to the newest tid in a child process, "
-            "dead-lettering as crashed each record that kills it; 0 = never.", group="flow"),
-    # Observe
-    Setting("metrics_host", _parse_str, "127.0.0.1", "Address of the /metrics, /healthz, /readyz server.",
-            group="observe"),
-    Setting("metrics_port", _parse_int, 9650, "Port of that server; 0 disables it.", group="observe"),
-    Setting("stall_seconds", _parse_float, 300.0,
-            "Not ready when lag > 0 and no progress for this long.", group="observe"),
-    Setting("lag_poll_interval", _parse_float, 5.0, "Seconds between polls of the newest source tid.",
-            group="observe"),
-    Setting("log_format", _choice("text", "json"), "text", "Log format.", group="observe"),
-    Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "Log level.",
-            group="observe"),
-)
-
-SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -408,7 +193,7 @@ def load_dotted(name: str) -> Callable[..., Any]:
     module_name, sep, attr = name.replace(":", ".").rpartition(".")
     if not sep or not module_name:
         raise ValueError("expected a dotted name such as mypackage.transforms.to_search")
-    obj = getattr(importlib.import_module(module_name), attr)
+    obj: object = getattr(importlib.import_module(module_name), attr)
     if not callable(obj):
         raise ValueError(f"{name} is not callable")
     return obj
@@ -483,43 +268,3 @@ def _suggest(key: str, known: Any) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def describe_settings() -> list[dict[str, Any]]:
-    """Rows of the configuration reference: name, env, flag, default, help, group."""
-    rows = []
-    for spec in SETTINGS:
-        default = spec.default
-        if isinstance(default, tuple):
-            default = ",".join("=".join(x) if isinstance(x, tuple) else x for x in default)
-        rows.append(dict(name=spec.name, env=spec.env, flag=spec.flag, default=default, help=spec.help,
-                         group=spec.group, secret=spec.secret, required=spec.required,
-                         choices=getattr(spec.parse, "choices", None)))
-    return rows
-
-
-_GROUP_TITLES = {
-    "source": "Source (PostgreSQL / RelStorage)",
-    "elasticsearch": "Elasticsearch connection",
-    "documents": "Documents, routing and mapping",
-    "flow": "Flow control, retries and the error budget",
-    "observe": "Metrics, health and logs",
-}
-
-
-def render_reference() -> str:
-    """The settings tables of docs/configuration.md (``esindexer config --reference``)."""
-    lines: list[str] = []
-    for group, title in _GROUP_TITLES.items():
-        lines += [f"### {title}", "", "| environment variable | flag | default | meaning |", "|---|---|---|---|"]
-        for row in describe_settings():
-            if row["group"] != group:
-                continue
-            default = "*required*" if row["required"] else (
-                "*none*" if row["default"] in (None, "") else f"`{row['default']}`")
-            meaning = row["help"].replace("|", "\\|")
-            if row["choices"]:
-                meaning += " One of: " + ", ".join(f"`{c}`" for c in row["choices"]) + "."
-            if row["secret"]:
-                meaning += " Secret: redacted in output and logs."
-            lines.append(f"| `{row['env']}` | `{row['flag']}` | {default} | {meaning} |")
-        lines.append("")
-    return "\n".join(lines)

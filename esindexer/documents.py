@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -79,7 +79,7 @@ def commit_time_iso(tid: int) -> str:
     """The commit time a tid encodes, as ISO 8601 UTC with a ``Z`` (what ``date`` fields want)."""
     from esindexer.source.tid import tid_to_datetime
 
-    return tid_to_datetime(tid).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return tid_to_datetime(tid).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _walk(value: Any, texts: list[str], refs: list[int], budget: list[int]) -> None:

@@ -20,8 +20,9 @@ A sink's contract, which the pipeline's guarantees rest on:
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 from esindexer.documents import Action
 

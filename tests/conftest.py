@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import psycopg2
 import pytest

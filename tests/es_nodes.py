@@ -30,9 +30,9 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 #: The node settings that make it small; tests read MAX_CONTENT_BYTES to size documents.
 MAX_CONTENT_BYTES = 64 * 1024

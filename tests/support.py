@@ -9,7 +9,8 @@ import contextlib
 import os
 import time
 import uuid
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -48,11 +49,10 @@ def fresh_database(admin_dsn: str, prefix: str = "esit") -> Iterator[str]:
 def open_zodb(dsn: str, keep_history: bool):
     """A ``ZODB.DB`` on RelStorage over ``dsn``, creating the schema on first use."""
     import ZODB
+    from psycopg2.extensions import make_dsn, parse_dsn
     from relstorage.adapters.postgresql import PostgreSQLAdapter
     from relstorage.options import Options
     from relstorage.storage import RelStorage
-
-    from psycopg2.extensions import make_dsn, parse_dsn
 
     options = Options(keep_history=keep_history, cache_local_mb=0)
     # RelStorage appends "application_name=..." to the DSN: it needs the keyword form.

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from esindexer.config import SETTINGS, Settings, load_settings, redact_dsn
+from esindexer.config import Settings, load_settings, redact_dsn
+from esindexer.config_table import SETTINGS
 from esindexer.convert.configure import class_filter
 from esindexer.errors import ConfigError
 
@@ -139,7 +140,7 @@ def test_cli_help_teaches():
 def test_configuration_reference_lists_every_setting():
     path = os.path.join(os.path.dirname(__file__), "..", "docs", "configuration.md")
     text = open(path).read()
-    from esindexer.config import describe_settings
+    from esindexer.config_table import describe_settings
 
     for row in describe_settings():
         assert f"`{row['env']}`" in text, f"{row['env']} missing from docs/configuration.md"
@@ -147,7 +148,7 @@ def test_configuration_reference_lists_every_setting():
 
 
 def test_configuration_reference_is_generated_from_the_declarations():
-    from esindexer.config import render_reference
+    from esindexer.config_table import render_reference
 
     path = os.path.join(os.path.dirname(__file__), "..", "docs", "configuration.md")
     text = open(path).read()

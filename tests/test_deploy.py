@@ -22,8 +22,9 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg2
 import pytest
@@ -319,7 +320,7 @@ def test_env_example_documents_every_variable_compose_reads() -> None:
 
 def test_compose_passes_only_settings_esindexer_knows() -> None:
     """esindexer refuses unknown ESINDEXER_* variables, so a typo here would crash-loop."""
-    from esindexer.config import SETTINGS
+    from esindexer.config_table import SETTINGS
 
     known = {s.env for s in SETTINGS}
     environment = compose()["services"]["esindexer"]["environment"]
@@ -428,7 +429,7 @@ def test_kibana_objects_are_well_formed() -> None:
 
 
 def test_kibana_data_view_targets_the_alias_and_commit_time() -> None:
-    from esindexer.config import SETTINGS_BY_NAME
+    from esindexer.config_table import SETTINGS_BY_NAME
 
     views = [o for o in kibana_objects() if o["type"] == "index-pattern"]
     assert len(views) == 1

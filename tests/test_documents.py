@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -84,7 +84,7 @@ def test_conflicting_shapes_never_stall_indexing(es, es_prefix, mapping):
     indices = ensure_indices(es, s)
     assert indices == (f"{prefix}-objects",)
     builder = DocumentBuilder(s)
-    t1, t2 = datetime_to_tid(datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)), TID
+    t1, t2 = datetime_to_tid(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)), TID
     actions = [
         builder.index_action(t1, 1, "a.A", '{"title": "plain", "when": "2026-01-01"}'),
         builder.index_action(t1, 2, "b.B", '{"title": {"nested": "object"}, "when": "not a date"}'),
@@ -142,3 +142,19 @@ def test_a_bad_index_setting_is_an_error_not_ignored(es, es_prefix):
     prefix = es_prefix.rstrip("-")
     with pytest.raises(BadRequestError):
         ensure_indices(es, settings(index_prefix=prefix, index_replicas="0", index_shards="2000"))
+
+
+def test_one_rule_decides_what_each_kind_of_conversion_asks_of_the_index():
+    """DocumentBuilder.actions_for, shared by the service, verify and --redeliver."""
+    from esindexer.convert.jsonifier import Conversion, Kind
+
+    settings = load_settings(env={"ESINDEXER_PG_DSN": "postgresql://x@y/z", "ESINDEXER_INDEX_PREFIX": "p",
+                                  "ESINDEXER_CLASS_ROUTES": "app.Doc=docs"})
+    builder = DocumentBuilder(settings)
+    ok = builder.actions_for(7, 42, Conversion(Kind.OK, "app.Doc", '{"title": "t"}'))
+    assert [(a.op, a.index, a.zoid, a.version) for a in ok] == [("index", "p-docs", 42, 7)]
+    for kind in (Kind.DELETED, Kind.SKIPPED):  # the class may be unknown: every routed index
+        gone = builder.actions_for(7, 42, Conversion(kind, None))
+        assert sorted((a.op, a.index, a.version) for a in gone) == [("delete", "p-docs", 7), ("delete", "p-objects", 7)]
+    for kind in (Kind.ERROR, Kind.CRASHED):  # nothing to write: the caller keeps a dead letter
+        assert builder.actions_for(7, 42, Conversion(kind, None, error="bad")) == []

@@ -27,17 +27,21 @@ How it stays safe and fast:
 from __future__ import annotations
 
 import enum
-
 import logging
 import re
 from _pickle import Unpickler as _CUnpickler
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import orjson
 
 from esindexer.convert.scan import UnsafePickle, scan
 from esindexer.convert.values import (
-    StandInType, fast_default, hashable_persistent_ref, persistent_ref, standin,
+    StandInType,
+    fast_default,
+    hashable_persistent_ref,
+    persistent_ref,
+    standin,
 )
 from esindexer.convert.walk import walk
 

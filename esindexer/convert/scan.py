@@ -20,7 +20,7 @@ The scanner parses argument lengths exactly as ``_pickle.c`` does, so both agree
 every opcode starts; it does not interpret values.
 
 :func:`scan_py` below is the reference implementation. ``esindexer/convert/_scan_c.c`` is
-a C port of it with identical results (tests/test_pickle_scan.py checks this), about 20x
+a C port of it with identical results (tests/convert/test_scan.py checks this), about 20x
 faster; it is an optional extension, built when a C compiler is available at install
 time. :func:`scan` is the C version when it was built, else :func:`scan_py`.
 """

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal as _decimal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 

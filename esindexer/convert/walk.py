@@ -22,7 +22,8 @@ walker handles everything else, with newt.db's semantics where newt.db has them:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 

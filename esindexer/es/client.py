@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from elastic_transport import TlsError
-from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, TransportError
+from elasticsearch import ApiError, ConnectionTimeout, TransportError
+from elasticsearch import ConnectionError as ESConnectionError
 
 from esindexer.errors import RetryableItems, SetupError
 

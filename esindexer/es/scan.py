@@ -7,7 +7,8 @@ context stays open on the cluster and memory is one page.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 def indexed_zoids(es: Any, indices: tuple[str, ...], page: int = 5000, low: int | None = None,

@@ -5,7 +5,8 @@ index scans together for one configuration."""
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from esindexer.config import Settings
 from esindexer.documents import Action

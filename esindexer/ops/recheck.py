@@ -9,7 +9,8 @@ from bringing a packed object back.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from esindexer.documents import Action, DocumentBuilder
 from esindexer.sink import Sink

@@ -125,7 +125,7 @@ def verify(conn: Any, sink: Sink, builder: DocumentBuilder, jsonifier: Jsonifier
         low = high + 1
     # documents beyond the last object
     tail = _documents(sink, low, None)
-    tail_fixes = []
+    tail_fixes: list[Action] = []
     for zoid, have in tail.items():
         report.documents += len(have)
         report.note("orphan", zoid)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from esindexer.errors import ErrorBudgetExhausted
 from esindexer.source.deadletters import TABLE

@@ -38,8 +38,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from esindexer.config import Settings
 from esindexer.observe.metrics import Metrics

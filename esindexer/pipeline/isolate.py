@@ -40,7 +40,8 @@ import collections
 import logging
 import signal
 import threading
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from esindexer.config import Settings
 from esindexer.convert.jsonifier import Conversion, Jsonifier, Kind
@@ -48,11 +49,21 @@ from esindexer.documents import Action, DocumentBuilder
 from esindexer.errors import Abandoned
 from esindexer.source.pages import Row
 
+if TYPE_CHECKING:
+    import subprocess
+    from multiprocessing.connection import Connection
+
 log = logging.getLogger(__name__)
 
 #: What the row loop consumes: the row, its conversion and, for ``ok``, the index action.
 #: A record that killed the converter's process has kind ``crashed`` (``error`` says how).
 Record = tuple[int, int, "bytes | None", Conversion, "Action | None"]
+#: A child's answer for one row: ``(kind, class_name, error, index, source)``; the index
+#: and the document source are set for kind ``ok`` only, the error for the others.
+Result = tuple[str, "str | None", "str | None", "str | None", "bytes | None"]
+#: A message from the child: ``("ready", None)``, ``("failed", reason)``,
+#: ``("raise", reason)`` or ``("done", [Result, ...])``.
+Message = tuple[str, Any]
 
 #: Rows per message to the child, and the bytes of record data after which a chunk ends early.
 CHUNK_ROWS = 200
@@ -74,8 +85,11 @@ def convert_in_process(jsonifier: Jsonifier, builder: DocumentBuilder, rows: Ite
     index_action = builder.index_action
     for tid, zoid, data in rows:
         conversion = convert((tid, zoid), data)
-        action = index_action(tid, zoid, conversion.class_name, conversion.json_text) \
-            if conversion.kind is Kind.OK else None  # type: ignore[arg-type]
+        if conversion.kind is Kind.OK:  # an ok conversion names its class and has its JSON
+            assert conversion.class_name is not None and conversion.json_text is not None
+            action: Action | None = index_action(tid, zoid, conversion.class_name, conversion.json_text)
+        else:
+            action = None
         yield tid, zoid, data, conversion, action
 
 
@@ -151,7 +165,7 @@ class IsolatedConverter:
             if in_chunk:  # left part-way (an exception, or the caller stopped): unread answers
                 self.close()  # would be taken for the next rows' answers
 
-    def _running_child(self) -> "_Child":
+    def _running_child(self) -> _Child:
         if self._child is None:
             self._child = _Child.start(self.settings, self.cancel)
         return self._child
@@ -204,6 +218,7 @@ def _take(unsent: collections.deque[Row], source: Iterator[Row], limit: int) -> 
     about :data:`CHUNK_BYTES`."""
     chunk: list[Row] = []
     size = 0
+    row: Row | None
     while len(chunk) < limit and size < CHUNK_BYTES:
         if unsent:
             row = unsent.popleft()
@@ -216,23 +231,27 @@ def _take(unsent: collections.deque[Row], source: Iterator[Row], limit: int) -> 
     return chunk
 
 
-def _record(row: Row, result: tuple) -> Record:
+def _record(row: Row, result: Result) -> Record:
     """A child's answer for ``row`` as a :data:`Record`."""
     tid, zoid, data = row
     kind, class_name, error, index, source = result
-    action = Action("index", index, zoid, tid, tid, class_name, source) if kind == "ok" else None
+    if kind == "ok":
+        assert index is not None  # the child sends the index of every ok result
+        action: Action | None = Action("index", index, zoid, tid, tid, class_name, source)
+    else:
+        action = None
     return tid, zoid, data, Conversion(Kind(kind), class_name, None, None, error), action
 
 
 class _Child:
     """One child process and the parent's end of its socket."""
 
-    def __init__(self, process: Any, conn: Any) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], conn: Connection[object, Message]) -> None:
         self.process = process
         self.conn = conn
 
     @classmethod
-    def start(cls, settings: Settings, cancel: threading.Event | None) -> "_Child":
+    def start(cls, settings: Settings, cancel: threading.Event | None) -> _Child:
         """Start ``python -c`` with one end of a socket pair.
 
         A plain subprocess rather than multiprocessing's spawn: spawn runs the parent's
@@ -267,7 +286,7 @@ class _Child:
             raise ChildFailed(f"the conversion child process could not start: {detail}")
         return child
 
-    def convert(self, chunk: list[Row], group: int, cancel: threading.Event | None) -> Iterator[tuple]:
+    def convert(self, chunk: list[Row], group: int, cancel: threading.Event | None) -> Iterator[Result]:
         """The child's results for ``chunk``, in order, ``group`` per message; fewer than
         sent when the child dies."""
         try:
@@ -285,7 +304,7 @@ class _Child:
             left -= len(message[1])
             yield from message[1]
 
-    def _receive(self, cancel: threading.Event | None, timeout: float | None = None) -> tuple | None:
+    def _receive(self, cancel: threading.Event | None, timeout: float | None = None) -> Message | None:
         """The next message, or None when the child has gone."""
         waited = 0.0
         while True:
@@ -349,11 +368,13 @@ def _child_main(conn: Any, settings: Settings) -> None:
             chunk, group = conn.recv()
         except (EOFError, OSError):
             return
-        done: list[tuple] = []
+        done: list[Result] = []
         for tid, zoid, data in chunk:
             try:
                 c = convert((tid, zoid), data)
+                result: Result
                 if c.kind == "ok":
+                    assert c.class_name is not None and c.json_text is not None  # as in convert_in_process
                     action = builder.index_action(tid, zoid, c.class_name, c.json_text)
                     result = ("ok", c.class_name, None, action.index, action.source)
                 else:

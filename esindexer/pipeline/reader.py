@@ -12,8 +12,8 @@ whatever the size of one transaction.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable
 
 from esindexer.config import Settings
 from esindexer.convert.jsonifier import Jsonifier, Kind

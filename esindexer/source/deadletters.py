@@ -18,8 +18,9 @@ database, so the people who own the data can query it with SQL.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import psycopg2.extras
 
@@ -150,7 +151,7 @@ def clear(conn: Any, client_id: str, settled: dict[int, int | None]) -> int:
     with conn.cursor() as cur:
         cur.execute(f"DELETE FROM {TABLE} d USING unnest(%s::bigint[], %s::bigint[]) AS s(zoid, tid) "
                     "WHERE d.client_id = %s AND d.zoid = s.zoid AND d.tid <= s.tid", (zoids, tids, client_id))
-        cleared = cur.rowcount
+        cleared: int = cur.rowcount
     conn.commit()
     return cleared
 

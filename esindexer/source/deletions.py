@@ -75,7 +75,8 @@ def history_preserving(conn: Any) -> bool:
 def trigger_installed(conn: Any) -> bool:
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM pg_trigger WHERE tgname = %s AND NOT tgisinternal", (TRIGGER,))
-        return cur.fetchone()[0] > 0
+        count: int = cur.fetchone()[0]
+        return count > 0
 
 
 def _create_tables(cur: Any) -> None:
@@ -215,7 +216,7 @@ def prune(conn: Any) -> int:
             cur.execute(
                 f"DELETE FROM {LOG_TABLE} d WHERE (d.xid, d.id) <= (SELECT c.last_xid, c.last_id FROM "
                 f"{CURSOR_TABLE} c ORDER BY c.last_xid, c.last_id LIMIT 1)")
-            removed = cur.rowcount
+            removed: int = cur.rowcount
         conn.commit()
         return max(removed, 0)
     except NOT_PERMITTED:

@@ -85,11 +85,12 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Generator, Iterator
+from typing import Optional
 
 import psycopg2
 
-from esindexer.config import SETTINGS_BY_NAME
+from esindexer.config_table import SETTINGS_BY_NAME
 from esindexer.source.pages import Pages, Row
 from esindexer.source.pg import ConnOrDsn, keeps_history, reading
 from esindexer.source.wakeup import CommitWaiter
@@ -134,7 +135,7 @@ def updates(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     listen: bool = True,
     on_idle: Optional[Callable[[], None]] = None,
-) -> "Updates":
+) -> Updates:
     """Batches of committed rows after ``start_tid`` (see the module docstring).
 
     :param conn: a DSN string, or a psycopg2 connection (see "Connections").
@@ -177,14 +178,14 @@ class Batch:
     progress after processing the batch.
     """
 
-    def __init__(self, updates: "Updates"):
+    def __init__(self, updates: Updates):
         self._updates = updates
         self.first_tid: Optional[int] = None
         self.last_tid: Optional[int] = None
         self.row_count = 0
         self.done = False
 
-    def __iter__(self) -> "Batch":
+    def __iter__(self) -> Batch:
         return self
 
     def __next__(self) -> Row:
@@ -241,7 +242,7 @@ class Updates:
         self._stop_requested = False
         self._waiter = CommitWaiter(poll_timeout, poll_interval)
         self._started = False
-        self._generator: Optional[Iterator[Batch]] = None
+        self._generator: Optional[Generator[Batch, None, None]] = None
         self._pending: collections.deque[Row] = collections.deque()
         self._reader: Optional[Pages] = None
         self._closed = False
@@ -281,7 +282,7 @@ class Updates:
         self._closed = True
         self._waiter.close()
 
-    def __enter__(self) -> "Updates":
+    def __enter__(self) -> Updates:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -309,9 +310,13 @@ class Updates:
         self.last_tid = row[0]
         return row
 
-    def _run(self) -> Iterator[Batch]:
+    def _run(self) -> Generator[Batch, None, None]:
         owned = isinstance(self._conn_arg, str)
-        conn = psycopg2.connect(self._conn_arg) if owned else self._conn_arg
+        conn: psycopg2.extensions.connection
+        if isinstance(self._conn_arg, str):
+            conn = psycopg2.connect(self._conn_arg)
+        else:
+            conn = self._conn_arg
         listening = False
         try:
             if owned:

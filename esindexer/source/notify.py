@@ -36,9 +36,13 @@ one transaction. Lack of privilege (SQLSTATE 42501) and read-only servers (25006
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esindexer.source.pg import NOT_PERMITTED, ConnOrDsn, connection, keeps_history
+
+if TYPE_CHECKING:
+    import psycopg2
+    import psycopg2.extensions
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +89,11 @@ def installed_in(cur: Any) -> bool:
 
 def trigger_installed(conn: ConnOrDsn) -> bool:
     """Whether the notification trigger is on ``object_state`` with the current body."""
-    with connection(conn, commit=False) as pg:
-        with pg.cursor() as cur:
-            return installed_in(cur)
+    with connection(conn, commit=False) as pg, pg.cursor() as cur:
+        return installed_in(cur)
 
 
-def _install_statements(cur) -> None:
+def _install_statements(cur: psycopg2.extensions.cursor) -> None:
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK,))
     # Never wedge the application: give up on the table lock after a while.
     cur.execute("SET LOCAL lock_timeout = '10s'")
@@ -122,7 +125,7 @@ def _install_statements(cur) -> None:
     log.info("installed the change-notification trigger", extra={"schema": schema})
 
 
-def _refused(exc: Exception, warn: bool) -> bool:
+def _refused(exc: psycopg2.Error, warn: bool) -> bool:
     (log.warning if warn else log.info)(
         "cannot install the change-notification trigger (%s); followers will poll. "
         "An administrator can run `esindexer install-trigger`.",
@@ -150,30 +153,29 @@ def install_trigger(conn: ConnOrDsn, *, warn: bool = True) -> bool:
     logs a refusal at info level (the follower logs its own warning, with its poll
     interval).
     """
-    with connection(conn, commit=True) as pg:
-        with pg.cursor() as cur:
-            keeps_history(cur)  # raises SchemaError without object_state
-            if pg.autocommit:
-                cur.execute("BEGIN")
-                try:
-                    _install_statements(cur)
-                except NOT_PERMITTED as exc:
-                    cur.execute("ROLLBACK")
-                    return _refused(exc, warn)
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-                cur.execute("COMMIT")
-                return True
-            cur.execute("SAVEPOINT esindexer_install_trigger")
+    with connection(conn, commit=True) as pg, pg.cursor() as cur:
+        keeps_history(cur)  # raises SchemaError without object_state
+        if pg.autocommit:
+            cur.execute("BEGIN")
             try:
                 _install_statements(cur)
             except NOT_PERMITTED as exc:
-                cur.execute("ROLLBACK TO SAVEPOINT esindexer_install_trigger")
-                cur.execute("RELEASE SAVEPOINT esindexer_install_trigger")
+                cur.execute("ROLLBACK")
                 return _refused(exc, warn)
-            cur.execute("RELEASE SAVEPOINT esindexer_install_trigger")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
             return True
+        cur.execute("SAVEPOINT esindexer_install_trigger")
+        try:
+            _install_statements(cur)
+        except NOT_PERMITTED as exc:
+            cur.execute("ROLLBACK TO SAVEPOINT esindexer_install_trigger")
+            cur.execute("RELEASE SAVEPOINT esindexer_install_trigger")
+            return _refused(exc, warn)
+        cur.execute("RELEASE SAVEPOINT esindexer_install_trigger")
+        return True
 
 
 def uninstall_trigger(conn: ConnOrDsn) -> None:
@@ -181,13 +183,12 @@ def uninstall_trigger(conn: ConnOrDsn) -> None:
 
     Followers keep working after this: they fall back to polling at their next wake-up.
     """
-    with connection(conn, commit=True) as pg:
-        with pg.cursor() as cur:
-            statements = [
-                f"DROP TRIGGER IF EXISTS {TRIGGER} ON object_state",
-                f"DROP FUNCTION IF EXISTS {FUNCTION}()",
-            ]
-            if pg.autocommit:
-                statements = ["BEGIN", *statements, "COMMIT"]
-            for statement in statements:
-                cur.execute(statement)
+    with connection(conn, commit=True) as pg, pg.cursor() as cur:
+        statements = [
+            f"DROP TRIGGER IF EXISTS {TRIGGER} ON object_state",
+            f"DROP FUNCTION IF EXISTS {FUNCTION}()",
+        ]
+        if pg.autocommit:
+            statements = ["BEGIN", *statements, "COMMIT"]
+        for statement in statements:
+            cur.execute(statement)

@@ -22,7 +22,8 @@ same everywhere:
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterator, Union
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Union
 
 import psycopg2
 import psycopg2.errors
@@ -78,13 +79,14 @@ def lock_client(conn: Any, client_id: str) -> None:
             "database; give each indexer its own ESINDEXER_CLIENT_ID")
 
 
-def is_idle(conn) -> bool:
+def is_idle(conn: psycopg2.extensions.connection) -> bool:
     """True if no transaction is in progress on ``conn`` (always true in autocommit)."""
-    return conn.autocommit or conn.info.transaction_status == _IDLE
+    idle: bool = conn.autocommit or conn.info.transaction_status == _IDLE
+    return idle
 
 
 @contextlib.contextmanager
-def connection(conn_or_dsn: ConnOrDsn, *, commit: bool) -> Iterator[object]:
+def connection(conn_or_dsn: ConnOrDsn, *, commit: bool) -> Iterator[psycopg2.extensions.connection]:
     """Yield a connection; open, commit (if ``commit``) and close it when given a DSN."""
     if not isinstance(conn_or_dsn, str):
         yield conn_or_dsn
@@ -99,7 +101,7 @@ def connection(conn_or_dsn: ConnOrDsn, *, commit: bool) -> Iterator[object]:
 
 
 @contextlib.contextmanager
-def reading(conn_or_dsn: ConnOrDsn) -> Iterator[object]:
+def reading(conn_or_dsn: ConnOrDsn) -> Iterator[psycopg2.extensions.cursor]:
     """A cursor for read-only statements that leaves the caller's transaction state alone.
 
     If the connection was idle on entry (and is not autocommit), the transaction the
@@ -116,7 +118,7 @@ def reading(conn_or_dsn: ConnOrDsn) -> Iterator[object]:
                 conn.rollback()
 
 
-def has_relation(cur, name: str) -> bool:
+def has_relation(cur: psycopg2.extensions.cursor, name: str) -> bool:
     """Whether ``name`` resolves through the connection's ``search_path``.
 
     ``to_regclass`` honours the search_path, so a table of the same name in an
@@ -127,7 +129,7 @@ def has_relation(cur, name: str) -> bool:
     return bool(cur.fetchone()[0])
 
 
-def keeps_history(cur) -> bool:
+def keeps_history(cur: psycopg2.extensions.cursor) -> bool:
     """Detect the RelStorage layout once: history-preserving iff ``current_object`` exists."""
     if not has_relation(cur, "object_state"):
         raise SchemaError(
@@ -146,7 +148,7 @@ def require_relstorage(conn: Any) -> None:
         conn.rollback()
 
 
-def current_revisions(cur) -> tuple[str, str]:
+def current_revisions(cur: psycopg2.extensions.cursor) -> tuple[str, str]:
     """``(FROM clause, zoid column)`` selecting one row per object, its current revision,
     as ``s.tid`` and ``s.state`` (history-preserving: joined through ``current_object``).
     Raises :class:`SchemaError` without a RelStorage schema."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 
 import psycopg2.errors
+import psycopg2.extensions
 
 from esindexer.source.pg import ConnOrDsn, connection, has_relation, reading
 
@@ -68,7 +69,7 @@ def get_progress_tid(conn: ConnOrDsn, client_id: str) -> int:
     return -1 if row is None else int(row[0])
 
 
-def _in_savepoint(cur, statement: str, args=None) -> None:
+def _in_savepoint(cur: psycopg2.extensions.cursor, statement: str, args: tuple[object, ...] | None = None) -> None:
     cur.execute("SAVEPOINT esindexer_progress")
     try:
         cur.execute(statement, args)

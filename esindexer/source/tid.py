@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 __all__ = [
     "MAX_TID",
@@ -59,7 +59,7 @@ _SECOND_UNIT = 60.0 / (1 << 16) / (1 << 16)
 _MINUTES_PER_DAY = 24 * 60
 _MINUTES_PER_MONTH = 31 * _MINUTES_PER_DAY
 _MINUTES_PER_YEAR = 12 * _MINUTES_PER_MONTH
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # persistent's C TimeStamp counts seconds from its own base near 1900 and subtracts
 # this offset (its value of 1970-01-01) at the end; the float rounding depends on it.
 _C_EPOCH_OFFSET = 2177452800
@@ -80,7 +80,7 @@ def _split(tid: int) -> tuple[int, int]:
     minute_of_day = minutes % _MINUTES_PER_DAY
     # Count days from the first of the month so that a "31st" of a shorter month
     # carries into the next month instead of raising.
-    first = datetime(year, month, 1, tzinfo=timezone.utc)
+    first = datetime(year, month, 1, tzinfo=UTC)
     start = (first - _EPOCH).days * 86400 + (day - 1) * 86400 + minute_of_day * 60
     return start, fraction
 
@@ -110,7 +110,7 @@ def tid_to_epoch(tid: int) -> float:
 
 
 def _encode(year: int, month: int, day: int, hour: int, minute: int, seconds: float) -> int:
-    if not 1900 <= year:
+    if not year >= 1900:
         raise ValueError(f"tids cannot encode years before 1900: {year}")
     minutes = ((((year - 1900) * 12 + month - 1) * 31 + day - 1) * 24 + hour) * 60 + minute
     tid = (minutes << 32) | int(seconds / _SECOND_UNIT)
@@ -128,7 +128,7 @@ def datetime_to_tid(dt: datetime) -> int:
     """
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError("datetime_to_tid needs a timezone-aware datetime (tids are UTC)")
-    utc = dt.astimezone(timezone.utc)
+    utc = dt.astimezone(UTC)
     return _encode(utc.year, utc.month, utc.day, utc.hour, utc.minute,
                    utc.second + utc.microsecond / 1e6)
 

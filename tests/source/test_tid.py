@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +17,7 @@ from esindexer.source import tid as tids
 tid_values = st.integers(min_value=0, max_value=(0x0A000000 << 32) | 0xFFFFFFFF)
 aware = st.datetimes(
     min_value=datetime(1900, 1, 1), max_value=datetime(2999, 12, 31, 23, 59, 59, 999999),
-    timezones=st.just(timezone.utc),
+    timezones=st.just(UTC),
 )
 
 
@@ -38,7 +38,7 @@ def _valid_calendar_day(tid: int) -> bool:
 def test_observed_example_from_the_spec():
     # newt-spec §6: 0x040d4b41420c85dd is 2026-11-27 09:37:15.480215 UTC.
     tid = 291972294502024669
-    assert tids.tid_to_datetime(tid) == datetime(2026, 11, 27, 9, 37, 15, 480215, tzinfo=timezone.utc)
+    assert tids.tid_to_datetime(tid) == datetime(2026, 11, 27, 9, 37, 15, 480215, tzinfo=UTC)
     assert tids.tid_to_epoch(tid) == 1795772235.480215
     assert tids.tid_to_str(tid) == "2026-11-27 09:37:15.480215"
     assert tids.tid_to_bytes(tid) == bytes.fromhex("040d4b41420c85dd")
@@ -57,8 +57,8 @@ def test_epoch_matches_timestamp_timetime_bit_for_bit(tid):
 def test_datetime_matches_timestamp_fields(tid):
     ts = TimeStamp(_raw(tid))
     dt = tids.tid_to_datetime(tid)
-    assert dt.tzinfo is timezone.utc
-    start = datetime(ts.year(), ts.month(), 1, ts.hour(), ts.minute(), tzinfo=timezone.utc)
+    assert dt.tzinfo is UTC
+    start = datetime(ts.year(), ts.month(), 1, ts.hour(), ts.minute(), tzinfo=UTC)
     start += timedelta(days=ts.day() - 1)
     expected = start + timedelta(microseconds=round(ts.second() * 1e6))
     assert abs(dt - expected) <= timedelta(microseconds=1)
@@ -88,17 +88,17 @@ def test_epoch_to_tid_is_zodbs_new_tid(seconds):
 
 def test_day_31_of_a_short_month_carries_forward():
     # February 31st 2026 00:00 is March 3rd in the encoding's 31-day months.
-    tid = tids.datetime_to_tid(datetime(2026, 2, 28, tzinfo=timezone.utc)) + (3 * 1440 << 32)
-    assert tids.tid_to_datetime(tid) == datetime(2026, 3, 3, tzinfo=timezone.utc)
+    tid = tids.datetime_to_tid(datetime(2026, 2, 28, tzinfo=UTC)) + (3 * 1440 << 32)
+    assert tids.tid_to_datetime(tid) == datetime(2026, 3, 3, tzinfo=UTC)
     assert tids.tid_to_epoch(tid) == TimeStamp(_raw(tid)).timeTime()
 
 
 def test_tids_are_not_linear_in_time():
     """Why one must never subtract tids: a month end jumps."""
-    jan31 = tids.datetime_to_tid(datetime(2026, 1, 31, 23, 59, tzinfo=timezone.utc))
-    feb1 = tids.datetime_to_tid(datetime(2026, 2, 1, 0, 1, tzinfo=timezone.utc))
-    feb28 = tids.datetime_to_tid(datetime(2026, 2, 28, 23, 59, tzinfo=timezone.utc))
-    mar1 = tids.datetime_to_tid(datetime(2026, 3, 1, 0, 1, tzinfo=timezone.utc))
+    jan31 = tids.datetime_to_tid(datetime(2026, 1, 31, 23, 59, tzinfo=UTC))
+    feb1 = tids.datetime_to_tid(datetime(2026, 2, 1, 0, 1, tzinfo=UTC))
+    feb28 = tids.datetime_to_tid(datetime(2026, 2, 28, 23, 59, tzinfo=UTC))
+    mar1 = tids.datetime_to_tid(datetime(2026, 3, 1, 0, 1, tzinfo=UTC))
     assert tids.seconds_between(jan31, feb1) == tids.seconds_between(feb28, mar1) == 120.0
     assert mar1 - feb28 != feb1 - jan31
     assert tids.seconds_between(feb1, jan31) == -120.0
@@ -107,7 +107,7 @@ def test_tids_are_not_linear_in_time():
 def test_other_time_zones_are_converted():
     plus2 = timezone(timedelta(hours=2))
     dt = datetime(2026, 11, 27, 11, 37, 15, 480215, tzinfo=plus2)
-    utc = datetime(2026, 11, 27, 9, 37, 15, 480215, tzinfo=timezone.utc)
+    utc = datetime(2026, 11, 27, 9, 37, 15, 480215, tzinfo=UTC)
     assert tids.datetime_to_tid(dt) == tids.datetime_to_tid(utc)
     # A microsecond datetime lands within one microsecond of the tid it came from.
     assert 0 <= 291972294502024669 - tids.datetime_to_tid(utc) < 2**32 // 60_000_000 + 1
@@ -128,7 +128,7 @@ def test_out_of_range_times_are_refused():
     with pytest.raises(ValueError):
         tids.epoch_to_tid(float("nan"))
     with pytest.raises(ValueError):
-        tids.datetime_to_tid(datetime(1899, 12, 31, tzinfo=timezone.utc))
+        tids.datetime_to_tid(datetime(1899, 12, 31, tzinfo=UTC))
     with pytest.raises(ValueError):
         tids.bytes_to_tid(b"\0" * 7)
 

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esindexer.convert.values import standin
 from esindexer.convert.jsonifier import Jsonifier
-from tests.test_jsonpickle_support import PRef, Thing, record, strict_loads
+from esindexer.convert.values import standin
+from tests.convert.records import PRef, Thing, record, strict_loads
 
-CLASS = b"\x80\x03ctests.test_jsonpickle_support\nThing\nq\x00N\x86q\x01."
+CLASS = b"\x80\x03ctests.convert.records\nThing\nq\x00N\x86q\x01."
 
 
 def reduce_call(module: str, name: str, *args: str) -> bytes:

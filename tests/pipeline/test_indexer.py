@@ -6,7 +6,6 @@ the index would see (documents, their versions, the dead-letter table, progress)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import subprocess
@@ -17,111 +16,25 @@ from urllib.parse import urlsplit
 
 import psycopg2
 import transaction
-from persistent import Persistent
 from persistent.mapping import PersistentMapping
 
-from esindexer.source import follow
-from esindexer.source.progress import get_progress_tid as progress_tid, set_progress_tid
-from esindexer.config import Settings, load_settings
-from esindexer.observe.metrics import Metrics
 from esindexer.errors import ExitCode
+from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
+from esindexer.source.progress import set_progress_tid
+from tests.indexing import (
+    Folderish,
+    Page,
+    commit_pages,
+    dead_letters,
+    docs,
+    latest_tid,
+    make_settings,
+    progress,
+    running,
+    zoid_of,
+)
 from tests.support import TcpProxy, both_history_modes, esindexer_env, run_esindexer, wait_for
-
-
-class Page(Persistent):
-    """A content class as applications define them (pickled by module and name)."""
-
-    def __init__(self, title, body="", tags=()):
-        self.title = title
-        self.body = body
-        self.tags = list(tags)
-
-
-class Folderish(Persistent):
-    def __init__(self, title):
-        self.title = {"text": title}  # the same attribute name, another shape than Page's
-
-
-def commit_pages(container, count: int) -> list[Page]:
-    """Put ``count`` pages into ``container`` (keys 0..count-1) and commit; return them."""
-    pages = [Page(f"page {n}") for n in range(count)]
-    for n, page in enumerate(pages):
-        container[n] = page
-    transaction.commit()
-    return pages
-
-
-def make_settings(db_dsn: str, es_url: str, es_prefix: str, **overrides) -> Settings:
-    env = {
-        "ESINDEXER_PG_DSN": db_dsn,
-        "ESINDEXER_ES_URL": es_url,
-        "ESINDEXER_INDEX_PREFIX": es_prefix.rstrip("-"),
-        "ESINDEXER_INDEX_REPLICAS": "0",
-        "ESINDEXER_POLL_TIMEOUT": "1",
-        "ESINDEXER_LAG_POLL_INTERVAL": "0.3",
-        "ESINDEXER_RETRY_MAX_SECONDS": "0.5",
-        "ESINDEXER_BATCH_LIMIT": "50",
-        "ESINDEXER_FETCH_SIZE": "20",
-        "ESINDEXER_BULK_MAX_DOCS": "25",
-        "ESINDEXER_METRICS_PORT": "0",
-    }
-    env.update({f"ESINDEXER_{k.upper()}": str(v) for k, v in overrides.items()})
-    return load_settings(env=env)
-
-
-@contextlib.contextmanager
-def running(settings, metrics: Metrics | None = None):
-    """Run an Indexer in a thread; stop it (gracefully) on exit and check it ended well."""
-    indexer = Indexer(settings, metrics or Metrics(process_metrics=False))
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault("code", indexer.run()), daemon=True)
-    thread.start()
-    try:
-        yield indexer
-    finally:
-        indexer.stop()
-        thread.join(60)
-        assert not thread.is_alive(), "indexer did not stop"
-    assert outcome.get("code") == ExitCode.OK
-
-
-def docs(es, alias: str) -> dict[int, dict]:
-    from elasticsearch import NotFoundError
-
-    try:
-        es.indices.refresh(index=alias)
-    except NotFoundError:  # the indexer has not created its indices yet
-        return {}
-    hits = es.search(index=alias, size=1000, query={"match_all": {}}, version=True)["hits"]["hits"]
-    return {int(h["_id"]): {**h["_source"], "_version": h["_version"]} for h in hits}
-
-
-def zoid_of(obj) -> int:
-    return int.from_bytes(obj._p_oid, "big")
-
-
-def latest_tid(db_dsn: str) -> int:
-    with psycopg2.connect(db_dsn) as conn:
-        tid = follow.latest_tid(conn)
-    conn.close()
-    return tid
-
-
-def progress(db_dsn: str, client_id: str = "esindexer") -> int:
-    with psycopg2.connect(db_dsn) as conn:
-        tid = progress_tid(conn, client_id)
-    conn.close()
-    return tid
-
-
-def dead_letters(db_dsn: str) -> list[tuple]:
-    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT zoid, tid, class_name, kind, reason, document IS NOT NULL, record IS NOT NULL "
-                    "FROM esindexer_dead_letters ORDER BY id")
-        rows = cur.fetchall()
-    conn.close()
-    return rows
 
 
 @both_history_modes
@@ -141,7 +54,7 @@ def test_objects_appear_change_and_disappear(zodb, db_dsn, es, es_url, es_prefix
         found = wait_for(lambda: (d := docs(es, alias)) and all(z in d for z in zoids) and d,
                          message="pages indexed")
         doc = found[zoids[0]]
-        assert doc["class"] == "tests.test_service.Page"
+        assert doc["class"] == "tests.indexing.Page"
         assert doc["state"]["title"] == "page 0"
         assert doc["_version"] == doc["tid"]
         assert doc["committed_at"].endswith("Z")
@@ -238,7 +151,7 @@ def test_rejected_and_unconvertible_records_are_dead_lettered(zodb, db_dsn, es, 
     assert letters[broken_zoid][3] == "unconvertible" and letters[broken_zoid][6]  # raw record kept
     assert folder_zoid not in indexed
     assert letters[folder_zoid][3] == "rejected" and letters[folder_zoid][5]  # document kept
-    assert "tests.test_service.Folderish" == letters[folder_zoid][2]
+    assert letters[folder_zoid][2] == "tests.indexing.Folderish"
     assert progress(db_dsn) == latest_tid(db_dsn)  # progress advanced past the bad records
     conn.close()
 
@@ -427,7 +340,7 @@ def test_a_role_without_ddl_rights_indexes_by_polling_and_sweeping(zodb, db_dsn,
     It follows by polling, cannot install the triggers (so it sweeps at every start),
     and `esindexer install-trigger` run by the owner switches it to notifications.
     """
-    from tests.test_follow_support import select_only_role
+    from tests.source.follow_support import select_only_role
 
     conn = zodb.open()
     conn.root()["a"] = page = Page("a")
@@ -548,7 +461,7 @@ def test_killed_mid_backfill_loses_nothing(zodb, db_dsn, es, es_url, es_prefix):
         if proc.poll() is None:
             proc.kill()
     killed_at = progress(db_dsn)
-    assert 0 < killed_at  # (it may or may not have finished: the restart must be right either way)
+    assert killed_at > 0  # (it may or may not have finished: the restart must be right either way)
     done = run_esindexer("run", "--until-caught-up", env={**env, "ESINDEXER_METRICS_PORT": "0"})
     assert done.returncode == 0, done.stderr
     assert progress(db_dsn) == latest_tid(db_dsn)
@@ -734,6 +647,7 @@ def test_elasticsearch_killed_while_the_application_commits_loses_nothing(zodb, 
     import signal as signals
 
     from elasticsearch import Elasticsearch
+
     from tests.es_nodes import LocalNode
 
     node = LocalNode(os.environ["ESIT_ES_HOME"], os.environ["ESIT_ES_JAVA_HOME"],

@@ -1,7 +1,7 @@
 """Reading back what the index holds (``esindexer.source.deletions.indexed_zoids``), on a real node.
 
 The capture trigger and the draining of pack deletions are exercised end to end in
-``test_service.py``; this covers the paging the start-up sweep and ``verify`` rely on.
+``tests/pipeline/test_indexer.py``; this covers the paging the start-up sweep and ``verify`` rely on.
 """
 
 from __future__ import annotations

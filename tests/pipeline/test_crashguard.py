@@ -20,14 +20,14 @@ import psycopg2
 import transaction
 
 from esindexer.config import load_settings
-from esindexer.pipeline.crashguard import Assessment, assess
-from esindexer.source.runs import GuardRow
-from esindexer.pipeline.isolate import IsolatedConverter, convert_in_process, death_reason
-from esindexer.documents import DocumentBuilder
 from esindexer.convert.configure import build_jsonifier
-from tests.crash_transform import MARKER
+from esindexer.documents import DocumentBuilder
+from esindexer.pipeline.crashguard import Assessment, assess
+from esindexer.pipeline.isolate import IsolatedConverter, convert_in_process, death_reason
+from esindexer.source.runs import GuardRow
+from tests.indexing import Page, dead_letters, docs, latest_tid, progress, zoid_of
+from tests.pipeline.crash_transform import MARKER
 from tests.support import esindexer_env, run_esindexer, wait_for
-from tests.test_service import Page, dead_letters, docs, latest_tid, progress, zoid_of
 
 
 def _settings(transform: str):
@@ -48,7 +48,7 @@ def _rows(count: int, poison: set[int] = frozenset()) -> list[tuple[int, int, by
 
 
 def test_records_that_kill_the_child_are_isolated_and_the_others_converted_as_in_process():
-    settings = _settings("tests.crash_transform.abort_on_marker")
+    settings = _settings("tests.pipeline.crash_transform.abort_on_marker")
     rows = _rows(12, poison={4, 9})
     crashes: list[tuple[int, int, str]] = []
     isolated = IsolatedConverter(settings, on_crash=lambda tid, zoid, reason: crashes.append((tid, zoid, reason)))
@@ -58,7 +58,7 @@ def test_records_that_kill_the_child_are_isolated_and_the_others_converted_as_in
         isolated.close()
     assert [r[:3] for r in got] == rows  # every row, once, in order
     assert [r[1] for r in got if r[3].kind == "crashed"] == [4, 9]
-    assert {r[3].class_name for r in got if r[3].kind == "crashed"} == {"tests.test_service.Page"}
+    assert {r[3].class_name for r in got if r[3].kind == "crashed"} == {"tests.indexing.Page"}
     assert [(tid, zoid) for tid, zoid, _ in crashes] == [(1004, 4), (1009, 9)]
     assert all("killed by SIGABRT" in reason for _, _, reason in crashes)
     assert isolated.crashed == 2
@@ -72,7 +72,7 @@ def test_records_that_kill_the_child_are_isolated_and_the_others_converted_as_in
 def test_a_crash_no_single_record_causes_dead_letters_nothing():
     """Every fifth record kills whichever process converts it: the suspect converts on its
     own, so nothing is called crashed and everything is converted."""
-    isolated = IsolatedConverter(_settings("tests.crash_transform.abort_every_fifth"))
+    isolated = IsolatedConverter(_settings("tests.pipeline.crash_transform.abort_every_fifth"))
     try:
         got = list(isolated.records(_rows(13)))
     finally:
@@ -139,7 +139,7 @@ def test_a_record_that_crashes_the_process_is_isolated_after_the_crash_loop(zodb
     env = {"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url, "ESINDEXER_INDEX_PREFIX": alias,
            "ESINDEXER_INDEX_REPLICAS": "0", "ESINDEXER_METRICS_PORT": "0", "ESINDEXER_LOG_FORMAT": "json",
            "ESINDEXER_BATCH_LIMIT": "50", "ESINDEXER_FETCH_SIZE": "20", "ESINDEXER_BULK_MAX_DOCS": "25",
-           "ESINDEXER_POLL_TIMEOUT": "1", "ESINDEXER_TRANSFORM": "tests.crash_transform.abort_on_marker"}
+           "ESINDEXER_POLL_TIMEOUT": "1", "ESINDEXER_TRANSFORM": "tests.pipeline.crash_transform.abort_on_marker"}
 
     # 1. The crash loop: each start dies by SIGABRT at the poison record. Progress may creep
     #    up to its batch in the first runs; then the deaths repeat at one position until
@@ -175,7 +175,7 @@ def test_a_record_that_crashes_the_process_is_isolated_after_the_crash_loop(zodb
     assert set(docs(es, alias)) == expected - {poison}
     [letter] = dead_letters(db_dsn)
     zoid, _tid, class_name, kind, reason, _document, has_record = letter
-    assert (zoid, kind, has_record, class_name) == (poison, "crashed", True, "tests.test_service.Page")
+    assert (zoid, kind, has_record, class_name) == (poison, "crashed", True, "tests.indexing.Page")
     assert "killed by SIGABRT" in reason
     lines = _messages(err)
     said = [line["message"] for line in lines]
@@ -223,10 +223,10 @@ def test_without_rights_on_its_table_the_guard_is_off_and_says_so(db_dsn, pg_dsn
     """The permission fallback of esindexer's other tables: no right to create the table
     (and nobody created it), or a table the role may only read: a warning, no guard; a
     table an administrator created and granted: the guard works."""
+    from esindexer.observe.metrics import Metrics
     from esindexer.pipeline import crashguard
     from esindexer.source import runs
-    from esindexer.observe.metrics import Metrics
-    from tests.test_follow_support import select_only_role
+    from tests.source.follow_support import select_only_role
 
     owner = psycopg2.connect(db_dsn)
     with owner.cursor() as cur:

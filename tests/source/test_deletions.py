@@ -19,8 +19,8 @@ from persistent.mapping import PersistentMapping
 
 from esindexer.es.scan import indexed_zoids
 from esindexer.source import deletions
+from tests.indexing import Page, latest_tid, make_settings, progress, running
 from tests.support import both_history_modes, run_esindexer, wait_for
-from tests.test_service import Page, make_settings, progress, running, latest_tid
 
 
 def indexed(es, alias: str) -> set[int]:
@@ -325,7 +325,7 @@ def test_a_repair_written_for_an_object_packed_meanwhile_is_deleted_after_it_set
     sink.ensure_indices()
     builder = DocumentBuilder(settings)
     written = [builder.index_action(root[key]._p_serial and int.from_bytes(root[key]._p_serial, "big"),
-                                    zoid_of(root[key]), "tests.test_service.Page", '{"title": "x"}')
+                                    zoid_of(root[key]), "tests.indexing.Page", '{"title": "x"}')
                for key in ("a", "b")]
     gone = zoid_of(root["b"])
     with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:  # b is packed between read and write

@@ -14,12 +14,11 @@ import pytest
 import transaction
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from esindexer.errors import ConnectionBusy
+from esindexer.errors import ConnectionBusy, SchemaError
 from esindexer.source import follow, notify
 from esindexer.source.pages import Pages
-from esindexer.errors import SchemaError
+from tests.source.follow_support import collect, expected_rows, flat, tids_of, with_params, writer
 from tests.support import both_history_modes
-from tests.test_follow_support import collect, expected_rows, flat, tids_of, with_params, writer
 
 
 def _history(db_dsn, zodb):
@@ -273,8 +272,9 @@ def test_bad_parameters_are_refused(bad):
 
 
 def test_tids_returned_are_zodb_tids(db_dsn, zodb):
-    from esindexer.source.tid import tid_to_epoch
     import time
+
+    from esindexer.source.tid import tid_to_epoch
 
     with writer(zodb) as w:
         w.add("x", i=1)

@@ -1,9 +1,9 @@
 """The Jsonifier's contract (seed + Conversion) and every documented deviation from newt.db.
 
 Pure unit tests: records are built with zodbpickle's pickler the way ZODB writes them
-(tests/test_jsonpickle_support.py). Differential tests against newt.db on real ZODB +
-RelStorage records are in tests/test_jsonpickle_newt.py; hostile input in
-tests/test_jsonpickle_security.py.
+(tests/convert/records.py). Differential tests against newt.db on real ZODB +
+RelStorage records are in tests/convert/test_jsonifier_newt.py; hostile input in
+tests/convert/test_jsonifier_security.py.
 """
 
 from __future__ import annotations
@@ -19,11 +19,19 @@ from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 
 from esindexer.convert.jsonifier import Conversion, Jsonifier
-from tests.test_jsonpickle_support import (
-    MyDict, MyList, PRef, Slotted, Thing, newt_jsonifier, newt_loads, record, strict_loads,
+from tests.convert.records import (
+    MyDict,
+    MyList,
+    PRef,
+    Slotted,
+    Thing,
+    newt_jsonifier,
+    newt_loads,
+    record,
+    strict_loads,
 )
 
-THING = "tests.test_jsonpickle_support.Thing"
+THING = "tests.convert.records.Thing"
 
 
 def ok(state, klass=Thing, **kw):
@@ -172,7 +180,7 @@ def test_values_in_newt_shape():
         "cx": {"::": "builtins.complex", "::()": [1.0, 2.0]},
         "ba": {"::": "builtins.bytearray", "::()": ["ab"]},
         "obj": {"x": 1, "::": THING},
-        "slots": {"state": [None, {"a": 1, "b": 2}], "::": "tests.test_jsonpickle_support.Slotted"},
+        "slots": {"state": [None, {"a": 1, "b": 2}], "::": "tests.convert.records.Slotted"},
         "cls": {"::": "global", "name": THING}, "fn": {"::": "global", "name": "builtins.len"},
         "ref": {"::": "persistent", "id": [5, "persistent.mapping.PersistentMapping"], "::=>": 5},
         "bare": {"::": "persistent", "id": 6, "::=>": 6},
@@ -224,8 +232,8 @@ def test_dict_and_list_subclasses_ordereddict_defaultdict():
     dd = collections.defaultdict(list, {"k": [1]})
     got = ok({"d": d, "l": lst, "od": od, "dd": dd})
     assert got == {
-        "d": {"::": "tests.test_jsonpickle_support.MyDict", "data": {"a": 1}, "attr": "x"},
-        "l": {"::": "tests.test_jsonpickle_support.MyList", "data": [1, 2]},
+        "d": {"::": "tests.convert.records.MyDict", "data": {"a": 1}, "attr": "x"},
+        "l": {"::": "tests.convert.records.MyList", "data": [1, 2]},
         "od": {"::": "collections.OrderedDict", "data": {"z": 1, "a": 2}},
         "dd": {"::": "collections.defaultdict", "::()": [{"::": "global", "name": "builtins.list"}],
                "data": {"k": [1]}},
@@ -236,7 +244,7 @@ def test_dict_and_list_subclasses_ordereddict_defaultdict():
 def test_items_and_a_data_attribute_do_not_collide():
     d = MyDict(a=1)
     d.data = "attribute"
-    assert ok({"d": d})["d"] == {"::": "tests.test_jsonpickle_support.MyDict", "::data": {"a": 1},
+    assert ok({"d": d})["d"] == {"::": "tests.convert.records.MyDict", "::data": {"a": 1},
                                  "data": "attribute"}
 
 
@@ -289,7 +297,7 @@ def test_time_is_readable():
 def test_aware_datetimes_carry_their_offset():
     tz = datetime.timezone(datetime.timedelta(hours=-5))
     got = ok({"dt": datetime.datetime(2020, 6, 1, 12, 0, tzinfo=tz),
-              "utc": datetime.datetime(2020, 6, 1, tzinfo=datetime.timezone.utc)})
+              "utc": datetime.datetime(2020, 6, 1, tzinfo=datetime.UTC)})
     assert got["dt"] == {"value": "2020-06-01T12:00:00-05:00", "::": "datetime",
                          "tz": {"::": "datetime.timezone",
                                 "::()": [{"::": "datetime.timedelta", "::()": [-1, 68400, 0]}]}}

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from esindexer.convert import scan as _pickle_scan
 from esindexer.convert.scan import UnsafePickle, scan, scan_py
-from tests.test_jsonpickle_support import PRef, Thing, record
+from tests.convert.records import PRef, Thing, record
 
 scan_c = getattr(_pickle_scan._scan_c, "scan", None)
 needs_c = pytest.mark.skipif(
@@ -155,7 +155,7 @@ def _corpus(zodb):
     from persistent.list import PersistentList
     from persistent.mapping import PersistentMapping
 
-    from tests.test_jsonpickle_support import Doc, Folder
+    from tests.convert.records import Doc, Folder
 
     rng = random.Random(7)
     conn = zodb.open()
@@ -234,9 +234,9 @@ def test_real_zodb_records_and_their_mutations(zodb, pg_conn):
     mutated()
 
 
-_OPCODE_BYTES = st.sampled_from(sorted(set(pickle.__dict__[n] for n in dir(pickle) if n.isupper()
+_OPCODE_BYTES = st.sampled_from(sorted({pickle.__dict__[n] for n in dir(pickle) if n.isupper()
                                            and isinstance(pickle.__dict__[n], bytes)
-                                           and len(pickle.__dict__[n]) == 1)))
+                                           and len(pickle.__dict__[n]) == 1}))
 
 
 @needs_c

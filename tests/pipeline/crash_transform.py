@@ -1,6 +1,6 @@
 """Transforms that crash the process, the test-only trigger of the crash guard.
 
-``ESINDEXER_TRANSFORM=tests.crash_transform.abort_on_marker`` makes the converter call
+``ESINDEXER_TRANSFORM=tests.pipeline.crash_transform.abort_on_marker`` makes the converter call
 ``os.abort()`` (SIGABRT, as a failing C assertion would) for every object whose JSON holds
 :data:`MARKER`, and leaves every other text as it is. The guard under test is the
 production path; only the crash is staged.

@@ -16,10 +16,8 @@ import time
 
 import psycopg2
 
-from esindexer.source import follow
-from esindexer.source import notify
-from tests.support import both_history_modes, wait_for
-from tests.test_follow_support import (
+from esindexer.source import follow, notify
+from tests.source.follow_support import (
     Follower,
     expected_rows,
     select_only_role,
@@ -27,6 +25,7 @@ from tests.test_follow_support import (
     with_params,
     writer,
 )
+from tests.support import both_history_modes, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -271,15 +270,14 @@ def test_trigger_install_on_a_caller_connection_waits_for_its_commit(db_dsn, zod
 
 
 def test_a_refused_install_keeps_the_callers_pending_work(pg_dsn, db_dsn, zodb):
-    with select_only_role(pg_dsn, db_dsn) as ro_dsn:
-        with contextlib.closing(psycopg2.connect(ro_dsn)) as conn:
-            with conn.cursor() as cur:
-                cur.execute("CREATE TEMP TABLE pending (x int); INSERT INTO pending VALUES (1)")
-            assert notify.install_trigger(conn) is False
-            with conn.cursor() as cur:
-                cur.execute("SELECT x FROM pending")
-                assert cur.fetchall() == [(1,)]
-            conn.rollback()
+    with select_only_role(pg_dsn, db_dsn) as ro_dsn, contextlib.closing(psycopg2.connect(ro_dsn)) as conn:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE pending (x int); INSERT INTO pending VALUES (1)")
+        assert notify.install_trigger(conn) is False
+        with conn.cursor() as cur:
+            cur.execute("SELECT x FROM pending")
+            assert cur.fetchall() == [(1,)]
+        conn.rollback()
 
 
 def test_notifications_do_not_accumulate_on_the_connection(db_dsn, zodb):
@@ -320,12 +318,11 @@ def test_notifications_do_not_accumulate_on_the_connection(db_dsn, zodb):
 
 
 def test_following_an_empty_database_waits_for_the_first_commit(db_dsn):
+    import ZODB
+    from psycopg2.extensions import make_dsn, parse_dsn
     from relstorage.adapters.postgresql import PostgreSQLAdapter
     from relstorage.options import Options
     from relstorage.storage import RelStorage
-    from psycopg2.extensions import make_dsn, parse_dsn
-
-    import ZODB
 
     options = Options(keep_history=False, cache_local_mb=0)
     adapter = PostgreSQLAdapter(dsn=make_dsn(**parse_dsn(db_dsn)), options=options)

@@ -21,8 +21,17 @@ from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 
 from esindexer.convert.jsonifier import Jsonifier
-from tests.test_jsonpickle_support import (
-    Doc, Folder, MyDict, PRef, Thing, newt_jsonifier, newt_loads, record, same_json, strict_loads,
+from tests.convert.records import (
+    Doc,
+    Folder,
+    MyDict,
+    PRef,
+    Thing,
+    newt_jsonifier,
+    newt_loads,
+    record,
+    same_json,
+    strict_loads,
 )
 
 
@@ -99,7 +108,7 @@ def test_records_written_by_zodb_and_relstorage(zodb, pg_conn):
 # --------------------------------------------------------------------------------------
 
 # newt.db turns NUL and non-BMP characters into spaces and mangles backslash-u text, and
-# writes NaN/Infinity tokens: those are deliberate deviations, tested in test_jsonpickle.
+# writes NaN/Infinity tokens: those are deliberate deviations, tested in tests/convert/test_jsonifier.py.
 _text = st.text(st.characters(max_codepoint=0xFFFF, blacklist_categories=("Cs",),
                               blacklist_characters="\x00\\"), max_size=20)
 _bytes = st.binary(max_size=12).filter(lambda b: b"\x00" not in b and b"\\" not in b)

@@ -24,13 +24,13 @@ import transaction
 from persistent import Persistent
 from persistent.mapping import PersistentMapping
 
-from esindexer.config import SETTINGS_BY_NAME
-from esindexer.observe.metrics import Metrics
+from esindexer.config_table import SETTINGS_BY_NAME
 from esindexer.errors import ExitCode
+from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
-from tests.test_service import dead_letters, make_settings
+from tests.indexing import dead_letters, make_settings
 
-OBJECTS = Path(__file__).resolve().parent.parent / "deploy" / "kibana" / "objects.ndjson"
+OBJECTS = Path(__file__).resolve().parents[2] / "deploy" / "kibana" / "objects.ndjson"
 
 #: The types the saved objects are designed for (their labels, sorting and aggregations
 #: assume them); see the mapping in esindexer.documents.index_template.

@@ -8,11 +8,11 @@ import orjson
 import transaction
 
 from esindexer.documents import DocumentBuilder
-from esindexer.observe.metrics import Metrics
 from esindexer.errors import ExitCode
+from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
+from tests.indexing import commit_pages, docs, make_settings, zoid_of
 from tests.support import run_esindexer
-from tests.test_service import commit_pages, docs, make_settings, zoid_of
 
 
 def _verify(settings, *args: str) -> tuple[int, dict]:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from esindexer.observe.metrics import Metrics
 from esindexer.source.tid import tid_to_epoch
-from tests.observe_support import make_tid, reference_tid_to_epoch
+from tests.observe.support import make_tid, reference_tid_to_epoch
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -243,7 +243,7 @@ def test_exposition_passes_promtool_lint():
 
 def test_every_metric_is_documented():
     """docs/metrics.md is the reference: a new metric without a row there fails here."""
-    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "metrics.md")).read()
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "metrics.md")).read()
     m = Metrics(process_metrics=False)
     # The client names families without the "_total" / "_info" suffix it adds on output.
     suffix = {"counter": "_total", "info": "_info"}

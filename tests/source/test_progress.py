@@ -10,7 +10,7 @@ import pytest
 
 from esindexer.source import follow, progress
 from esindexer.source.progress import PROGRESS_TABLE
-from tests.test_follow_support import select_only_role
+from tests.source.follow_support import select_only_role
 
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
@@ -70,22 +70,21 @@ def test_autocommit_connections_commit_each_statement(db_dsn, pg_conn):
 
 
 def test_a_failed_table_creation_keeps_the_callers_pending_work(pg_dsn, db_dsn, zodb):
-    with select_only_role(pg_dsn, db_dsn) as ro_dsn:
-        with contextlib.closing(psycopg2.connect(ro_dsn)) as conn:
-            with conn.cursor() as cur:
-                cur.execute("CREATE TEMP TABLE pending (x int); INSERT INTO pending VALUES (1)")
-            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-                progress.set_progress_tid(conn, "ro", 1)
-            with conn.cursor() as cur:  # the transaction is still alive, with its work
-                cur.execute("SELECT x FROM pending")
-                assert cur.fetchall() == [(1,)]
-            assert progress.get_progress_tid(conn, "ro") == -1
-            conn.rollback()
+    with select_only_role(pg_dsn, db_dsn) as ro_dsn, contextlib.closing(psycopg2.connect(ro_dsn)) as conn:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE pending (x int); INSERT INTO pending VALUES (1)")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            progress.set_progress_tid(conn, "ro", 1)
+        with conn.cursor() as cur:  # the transaction is still alive, with its work
+            cur.execute("SELECT x FROM pending")
+            assert cur.fetchall() == [(1,)]
+        assert progress.get_progress_tid(conn, "ro") == -1
+        conn.rollback()
 
 
 def test_progress_feeds_start_tid(db_dsn, zodb):
     """The documented loop: follow to the end, save the last tid, resume after it."""
-    from tests.test_follow_support import writer
+    from tests.source.follow_support import writer
 
     first = [list(b) for b in follow.updates(db_dsn, end_tid=follow.latest_tid(db_dsn))]
     progress.set_progress_tid(db_dsn, "loop", first[-1][-1][0])

@@ -11,11 +11,10 @@ import transaction
 from ZODB.utils import u64
 
 from esindexer.observe.http import HealthServer
-from esindexer.observe.poller import SourcePoller
 from esindexer.observe.metrics import Metrics
-from tests.observe_support import reference_tid_to_epoch
+from esindexer.observe.poller import SourcePoller
+from tests.observe.support import reference_tid_to_epoch
 from tests.support import both_history_modes, fresh_database, open_zodb, wait_for
-
 
 
 def commit(db, key: str, value: object) -> int:

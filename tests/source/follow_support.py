@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import psycopg2
 import transaction

@@ -15,8 +15,7 @@ import pytest
 
 from esindexer.observe.http import HealthServer
 from esindexer.observe.metrics import Metrics
-from tests.observe_support import make_tid
-
+from tests.observe.support import make_tid
 
 
 def get(server: HealthServer, path: str, headers: dict[str, str] | None = None):

@@ -15,8 +15,8 @@ import time
 
 import transaction
 
+from tests.indexing import commit_pages, docs, zoid_of
 from tests.support import run_esindexer
-from tests.test_service import commit_pages, docs, zoid_of
 
 
 def _env(db_dsn: str, es_prefix: str, node, user: str | None = None, **extra: str) -> dict[str, str]:
@@ -106,11 +106,11 @@ def _refused_while_running(zodb, db_dsn, es_prefix, node, user: str, take_away, 
     (the node reloads its security files every 5 s) and commit again. The service must
     stop with exit code 2, keep its progress at the last acknowledged batch and dead-letter
     nothing."""
-    from esindexer.observe.metrics import Metrics
     from esindexer.errors import ExitCode
+    from esindexer.observe.metrics import Metrics
     from esindexer.pipeline.indexer import Indexer
+    from tests.indexing import dead_letters, latest_tid, make_settings, progress
     from tests.support import wait_for
-    from tests.test_service import dead_letters, latest_tid, make_settings, progress
 
     settings = make_settings(db_dsn, node.url, es_prefix, es_username=user, es_password=node.password,
                              es_ca_file=node.ca_file)

@@ -14,12 +14,11 @@ import pickle
 import psycopg2
 import transaction
 
-from esindexer.observe.metrics import Metrics
 from esindexer.errors import ExitCode
+from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
+from tests.indexing import Folderish, Page, dead_letters, docs, make_settings, zoid_of
 from tests.support import run_esindexer
-from tests.test_service import Folderish, Page, dead_letters, docs, make_settings, zoid_of
-
 
 #: A well-formed record the converter refuses (60 levels of shared pairs would expand to
 #: 2**60 values: over its work budget) while ZODB's own reference scan at pack time
@@ -55,16 +54,16 @@ def test_dead_letters_are_summarised_then_redelivered_once_the_cause_is_fixed(zo
     listed = run_esindexer("dead-letters", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     groups = {(g["kind"], g["class_name"]): g for g in json.loads(listed.stdout)}
-    assert groups[("rejected", "tests.test_service.Folderish")]["letters"] == 2
-    assert groups[("rejected", "tests.test_service.Folderish")]["cause"] == "document_parsing_exception"
-    assert groups[("unconvertible", "tests.test_service.Page")]["letters"] == 1
+    assert groups[("rejected", "tests.indexing.Folderish")]["letters"] == 2
+    assert groups[("rejected", "tests.indexing.Folderish")]["cause"] == "document_parsing_exception"
+    assert groups[("unconvertible", "tests.indexing.Page")]["letters"] == 1
 
     # Fix two of the three causes: route Folderish to an index of its own, and remove one
     # of the refused objects altogether. The unconvertible record stays.
     del root["doomed"]
     transaction.commit()
     zodb.pack()  # garbage collection removes the unreachable object's row
-    env["ESINDEXER_CLASS_ROUTES"] = "tests.test_service.Folderish=folders"
+    env["ESINDEXER_CLASS_ROUTES"] = "tests.indexing.Folderish=folders"
     first = run_esindexer("dead-letters", "--redeliver", "--json", env=env)
     assert first.returncode == 1, first.stderr  # one object still fails
     report = json.loads(first.stdout)
@@ -72,7 +71,7 @@ def test_dead_letters_are_summarised_then_redelivered_once_the_cause_is_fixed(zo
     assert list(report["failures"]) == [str(broken_zoid)]
     assert "unconvertible" in report["failures"][str(broken_zoid)]
     indexed = docs(es, settings.index_prefix)
-    assert indexed[folder_zoid]["class"] == "tests.test_service.Folderish"
+    assert indexed[folder_zoid]["class"] == "tests.indexing.Folderish"
     assert indexed[folder_zoid]["state"]["title"] == {"text": "a folder"}
     assert {row[0] for row in dead_letters(db_dsn)} == {broken_zoid}
 

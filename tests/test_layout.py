@@ -1,0 +1,117 @@
+"""The package's shape, checked: data flows one way, no cycles, small modules, a true map.
+
+The layers, lowest first (a module may import its own package and anything lower;
+packages of one layer do not import each other):
+
+    0  errors, backoff, config, config_table         what everything may use
+    1  source/   convert/                            the two inputs: rows, and records -> JSON
+    2  documents                                     converted records -> actions
+    3  sink                                          the protocol actions go through
+    4  es/                                           Elasticsearch as the sink
+    5  observe/                                      metrics, poller, HTTP endpoints
+    6  pipeline/                                     the service
+    7  ops/                                          operator commands
+    8  cli, __main__, the package root               entry points
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "esindexer"
+
+LAYERS = {
+    "errors": 0, "backoff": 0, "config": 0, "config_table": 0,
+    "source": 1, "convert": 1,
+    "documents": 2, "sink": 3, "es": 4, "observe": 5, "pipeline": 6, "ops": 7,
+    "cli": 8, "__main__": 8, "": 8,
+}
+MAX_LINES = 400
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(("esindexer", *parts)).removesuffix(".__init__")
+        found[name] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """esindexer modules imported by ``path`` (at any depth of the file)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "esindexer":
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                out.add(candidate if candidate in MODULES else node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "esindexer")
+    return {name for name in out if name in MODULES}
+
+
+def _part(module: str) -> str:
+    """The layer key of a module: its subpackage or top-level module name."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_module_has_a_layer():
+    assert {_part(m) for m in MODULES} <= set(LAYERS), {_part(m) for m in MODULES} - set(LAYERS)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_nothing_imports_upwards_or_sideways(module):
+    mine = _part(module)
+    for target in _imports(MODULES[module]):
+        theirs = _part(target)
+        if theirs == mine or target == "esindexer" and module == "esindexer.observe.metrics":
+            continue  # its own package; metrics reads __version__ from the root
+        if LAYERS[theirs] == LAYERS[mine] in (0, 8):
+            continue  # the base modules use each other, and so do the entry points
+        assert LAYERS[theirs] < LAYERS[mine], f"{module} (layer {LAYERS[mine]}) imports {target} (layer {LAYERS[theirs]})"
+
+
+def test_no_import_cycles():
+    graph = {m: _imports(p) - {m} for m, p in MODULES.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state and module != "esindexer":  # the root only names, lazily
+            visit(module, [module])
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_modules_stay_small(module):
+    lines = len(MODULES[module].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{module} has {lines} lines; split it by job"
+
+
+def test_the_architecture_table_maps_one_to_one_onto_the_package():
+    """docs/architecture.md's table names each folder and top-level module exactly once."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text[text.index("| step |"):]
+    table = table[: table.index("\n\n")]
+    named = re.findall(r"`esindexer/([a-z_]+/?)`", table)
+    actual = sorted({p.name + "/" for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+                    | {p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")})
+    assert sorted(named) == actual
