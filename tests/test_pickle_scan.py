@@ -46,7 +46,7 @@ def _run(fn, data, start, kinds, state):
 def same(data, start=0, kinds=None, state=None):
     """Run both scans on copies of the inputs; assert identical outcomes; return it."""
     kp, kc = dict(kinds or {}), dict(kinds or {})
-    sp, sc = list(state or [0, 0]), list(state or [0, 0])
+    sp, sc = list(state or [0, 0, 0]), list(state or [0, 0, 0])
     rp = _run(scan_py, data, start, kp, sp)
     rc = _run(scan_c, data, start, kc, sc)
     assert rc == rp, (data, start)
@@ -80,7 +80,7 @@ def test_bad_input_raises_unsafe_pickle():
                  b"\x80\x03g12345678901234567890123456\n.",
                  b"\x80\x03\x8d" + b"\xff" * 8 + b".", b"\x80\x03K"]:
         with pytest.raises(UnsafePickle):
-            scan_c(data, 0, k, [0, 0])
+            scan_c(data, 0, k, [0, 0, 0])
         same(data)
 
 
@@ -136,14 +136,14 @@ def test_rare_paths_resume_the_python_scan():
     data = b"\x80\x03]q\x00h\x00h\x01h\x02j\x03\x00\x00\x00."
     for kinds in [{0: 2**70}, {1: -(2**70)}, {2: 1.5}, {3: True}, {0: 10, 1: 10**18}]:
         same(data, 0, kinds)
-    same(data, 0, {}, [0, 2**63 - 100])
-    same(data, 0, {}, [2, 0])
-    same(data, 0, {}, [2**64, 0])
+    same(data, 0, {}, [0, 2**63 - 100, 0])
+    same(data, 0, {}, [2, 0, 0])
+    same(data, 0, {}, [2**64, 0, 0])
     # Unusual argument types or positions go to scan_py entirely.
     same(bytearray(data))
     same(data, -5)
     same(data, len(data) + 3)
-    assert scan_c(data, start=0, kinds={}, state=[0, 0]) == len(data)
+    assert scan_c(data, start=0, kinds={}, state=[0, 0, 0]) == len(data)
 
 
 def _corpus(zodb):
@@ -246,12 +246,13 @@ _OPCODE_BYTES = st.sampled_from(sorted(set(pickle.__dict__[n] for n in dir(pickl
                           st.sampled_from([b"\n", b"q\x00", b"h\x00", b"r\x00\x01\x00\x00",
                                            b"X\x50\x00\x00\x00", b"\x94", b"."])),
                 max_size=40).map(b"".join),
-       st.dictionaries(st.integers(0, 300), st.sampled_from([-1, 0, 64, 65, 1000]), max_size=4),
-       st.integers(0, 3), st.integers(0, 10**6))
-def test_fuzzed_bytes(data, kinds, flags, expansion):
+       st.dictionaries(st.integers(0, 300), st.sampled_from([-1, -2, -201, -202, 0, 64, 65, 1000]),
+                       max_size=4),
+       st.integers(0, 3), st.integers(0, 10**6), st.integers(-1, 3))
+def test_fuzzed_bytes(data, kinds, flags, expansion, memos):
     data = b"\x80\x03" + data
-    same(data, 0, kinds, [flags, expansion])
-    same(data + b".", 0, kinds, [flags, expansion])
+    same(data, 0, kinds, [flags, expansion, memos])
+    same(data + b".", 0, kinds, [flags, expansion, memos])
 
 
 @needs_c
