@@ -23,8 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esindexer import _pickle_scan
-from esindexer._pickle_scan import UnsafePickle, scan, scan_py
-from tests.test_jsonpickle_support import PRef, Thing, record
+from esindexer._pickle_scan import MAX_DEPTH, UnsafePickle, scan, scan_py
+from esindexer.jsonpickle import Jsonifier
+from tests.test_jsonpickle_support import (
+    DEEP_KINDS, PRef, Thing, deep_record, deep_value, record, scan_depth,
+)
 
 scan_c = getattr(_pickle_scan._pickle_scan_c, "scan", None)
 needs_c = pytest.mark.skipif(
@@ -261,3 +264,227 @@ def test_fuzzed_bytes(data, kinds, flags, expansion, memos):
 def test_random_bytes(data):
     same(data)
     same(data + b".")
+
+
+# --------------------------------------------------------------------------------------
+# nesting depth
+# --------------------------------------------------------------------------------------
+
+
+def scan_record(data):
+    """Scan a record as the Jsonifier does (class pickle, then state) with scan_py, and
+    check the C scan agrees (when built); return "ok" or the UnsafePickle message."""
+    def run(fn):
+        kinds, state = {}, [0, 0, 0]
+        try:
+            end = fn(data, 0, kinds, state)
+            if end < len(data):
+                fn(data, end, kinds, state)
+            return "ok"
+        except UnsafePickle as exc:
+            return str(exc)
+
+    outcome = run(scan_py)
+    if scan_c is not None:
+        same_record(data)
+        c_outcome = run(scan_c)
+        if outcome.startswith(("nesting", "stack", "MEMOIZE")):
+            assert c_outcome == outcome
+    return outcome
+
+
+TOO_DEEP = f"nesting deeper than {MAX_DEPTH} levels at offset"
+
+
+@pytest.mark.parametrize("kind", DEEP_KINDS)
+@pytest.mark.parametrize("protocol", range(0, 6))
+def test_depth_limit_for_every_kind_and_protocol(kind, protocol):
+    """Written by ZODB's pickler (0-3) or the stdlib's (4-5): accepted exactly up to the
+    depth the documented rules give (tests/test_jsonpickle_support.scan_depth)."""
+    levels = 1
+    while scan_depth(deep_value(kind, levels + 1), protocol) <= MAX_DEPTH:
+        levels += 1
+    assert scan_record(record(Thing, deep_value(kind, levels), protocol)) == "ok"
+    for depth in (levels + 1, 1_000, 5_000):
+        assert scan_record(deep_record(kind, depth, protocol)).startswith(TOO_DEEP)
+
+
+@pytest.mark.parametrize("ops", [
+    b"N" + b"\x85" * 100_000,                        # TUPLE1: constant stack depth
+    b"N" + b"N\x86" * 100_000,                       # TUPLE2 with a sibling
+    b"(" * 100_000 + b"N" + b"t" * 100_000,          # MARK ... TUPLE
+    b"]" * 100_000 + b"a" * 99_999,                  # EMPTY_LIST ... APPEND
+    b"}" + b"K\x01}" * 99_999 + b"s" * 99_999,       # EMPTY_DICT ... SETITEM
+    b"\x8f" + b"(\x8f" * 50_000 + b"\x90" * 50_000,  # EMPTY_SET ... ADDITEMS
+    b"(" * 100_000 + b"N" + b"\x91" * 100_000,       # FROZENSET
+    b"cm\nC\n)\x81" * 50_000 + b"b" * 49_999,        # NEWOBJ ... BUILD of the next instance
+    b"cm\nC\n" + b"N\x85R" * 50_000,                 # REDUCE of REDUCE of ...
+    b"N\x85q\x00" + b"h\x00\x85q\x00" * 50_000,      # GET of the memoized level
+    b"N\x85\x94" + b"".join(b"j" + struct.pack("<I", k) + b"\x85\x94" for k in range(50_000)),
+    # ^ MEMOIZE writes index 0, 1, 2, ...: GET of the level just memoized
+])
+def test_hand_made_deep_opcode_streams(ops):
+    outcome = scan_record(b"\x80\x02" + ops + b".")
+    assert outcome.startswith(TOO_DEEP), outcome
+
+
+def test_memo_carries_depth_from_the_class_pickle_to_the_state_pickle():
+    # The class pickle memoizes a 150-deep tuple; the state GETs it and nests 50 more.
+    first = b"\x80\x02N" + b"\x85" * 150 + b"q\x07."
+    for more, outcome in ((50, "ok"), (51, TOO_DEEP)):
+        data = first + b"\x80\x02h\x07" + b"\x85" * more + b"."
+        assert scan_record(data).startswith(outcome)
+        kinds, state = {}, [0, 0, 0]
+        scan_py(data, 0, kinds, state)
+        assert kinds == {7: -1 - 150}
+    # The same with MEMOIZE (protocol 4): its index is the number of earlier MEMOIZEs.
+    first = b"\x80\x04N\x94" + b"\x85" * 150 + b"\x94."
+    assert scan_record(first + b"\x80\x04h\x01" + b"\x85" * 50 + b".") == "ok"
+    assert scan_record(first + b"\x80\x04h\x01" + b"\x85" * 51 + b".").startswith(TOO_DEEP)
+    assert scan_record(first + b"\x80\x04h\x00" + b"\x85" * 199 + b".") == "ok"  # the None
+
+
+def test_memoize_after_put_is_refused():
+    assert scan_record(b"\x80\x04]q\x00\x94.").startswith("MEMOIZE after PUT")
+    assert scan_record(b"\x80\x04]\x94q\x00.") == "ok"  # PUT after MEMOIZE breaks nothing
+    assert scan_record(b"\x80\x04]\x94q\x00\x94.").startswith("MEMOIZE after PUT")
+
+
+def test_stack_underflow_follows_the_unpicklers_marks():
+    for ops in (b"\x85", b"(\x85", b"N(\x85", b"Na", b"](Na", b"]N(s", b"(e", b"]0\x85",
+                b"N(b", b"(N1\x85", b"NN(R", b"", b"(", b"N(", b"N((1", b"N\x94(\x94"):
+        assert scan_record(b"\x80\x02" + ops + b".").startswith("stack underflow"), ops
+    # POP of a MARK right above it, SETITEMS/APPENDS/ADDITEMS without items are fine
+    for ops in (b"N(0", b"](e", b"}(u", b"\x8f(\x90", b"N(1", b"(N1N"):
+        assert scan_record(b"\x80\x02" + ops + b".") == "ok", ops
+
+
+def test_container_filled_after_it_was_memoized_takes_the_walker():
+    """The scan counts a GET'd list at the depth it had when memoized (empty, here): the
+    record is then not a plain tree, so the Jsonifier uses the walker, which refuses the
+    real depth. Tuples cannot hide depth this way: they are complete when memoized."""
+    shared = [deep_value("list", 100)]  # memoized while empty, then filled
+    chain: object = shared  # a GET of it, 150 levels down
+    for _ in range(150):
+        chain = [chain]
+    data = record(Thing, [shared, chain], 3)
+    kinds, state = {}, [0, 0, 0]
+    scan_py(data, scan_py(data, 0, kinds, state), kinds, state)
+    assert state[0] & 1  # not a plain tree
+    c = Jsonifier().convert("deep", data)
+    assert c.kind == "error" and f"ValueError: nesting deeper than {MAX_DEPTH} levels" in c.error
+
+
+_MIXED = st.sampled_from(["tuple", "list", "dict", "set", "frozenset", "instance"])
+_SIBLINGS = st.sampled_from([None, 1, "s" * 70, 2.5, True, (1, ("x",)), ("shared",)])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_MIXED, _SIBLINGS), min_size=40, max_size=230), st.integers(0, 5))
+def test_depth_of_random_mixtures_matches_the_rules(levels, protocol):
+    """Random nestings written by the real picklers, with scalar and tuple siblings (some
+    shared, so pickled once and then GET): the scan accepts exactly those whose depth by
+    the documented rules is at most MAX_DEPTH, in C and in Python."""
+    shared = ("shared", ("t",))
+    v: object = 0
+    for kind, sibling in levels:
+        if sibling == ("shared",):
+            sibling = shared
+        if kind == "tuple":
+            v = (sibling, v)
+        elif kind == "list":
+            v = [v, sibling]
+        elif kind == "dict":
+            v = {"k": v, "s": sibling}
+        elif kind in ("set", "frozenset"):
+            try:
+                hash(v)
+            except TypeError:
+                v = Thing(inside=v)
+            v = (set if kind == "set" else frozenset)([v, sibling])
+        else:
+            v = Thing(next=v, other=sibling)
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)  # the pickler recurses several times per level
+    try:
+        data = record(Thing, v, protocol)
+        expected = scan_depth(v, protocol)
+    finally:
+        sys.setrecursionlimit(limit)
+    outcome = scan_record(data)
+    assert (outcome == "ok") == (expected <= MAX_DEPTH), (expected, outcome)
+    if outcome != "ok":
+        assert outcome.startswith(TOO_DEEP)
+
+
+@needs_c
+def test_c_scan_handles_binary_pickles_without_delegating():
+    """The differential tests would pass trivially if the C scan handed everything to
+    scan_py: check it does not, for every binary protocol."""
+    calls = []
+
+    def spy(*args):
+        calls.append(len(args))
+        return scan_py(*args)
+
+    _pickle_scan._pickle_scan_c.configure(UnsafePickle, spy, MAX_DEPTH)
+    try:
+        for protocol in range(1, 6):
+            for value in ({"a": [1, (2, 3)], "t": Thing(x={1, 2})}, deep_value("mixed", 100)):
+                data = record(Thing, value, protocol)
+                kinds, state = {}, [0, 0, 0]
+                scan_c(data, scan_c(data, 0, kinds, state), kinds, state)
+            assert scan_record(deep_record("tuple", 1000, protocol)).startswith(TOO_DEEP)
+        assert calls == []
+        scan_c(b"(lp0\n.", 0, {}, [0, 0, 0])  # text PUT: resumed in scan_py, stack included
+        assert calls == [6]
+    finally:
+        _pickle_scan._pickle_scan_c.configure(UnsafePickle, scan_py, MAX_DEPTH)
+
+
+_STACK_OPS = st.sampled_from([
+    b"(", b"0", b"1", b"2", b"N", b"K\x01", b"\x8c\x01a", b"]", b"}", b")", b"\x8f",
+    b"a", b"e", b"s", b"u", b"\x90", b"t", b"\x85", b"\x86", b"\x87", b"l", b"d", b"\x91",
+    b"b", b"R", b"\x81", b"\x92", b"o", b"\x93", b"Q", b"q\x00", b"h\x00", b"r\x01\x00\x00\x00",
+    b"j\x01\x00\x00\x00", b"\x94", b"cbuiltins\nlist\n", b"ibuiltins\nlist\n", b"\x98", b".",
+])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_STACK_OPS, max_size=30).map(b"".join))
+def test_stack_model_agrees_with_the_c_unpickler(ops):
+    """Where the scan reports a stack underflow, the C unpickler (the Jsonifier's, with
+    inert stand-ins) fails too, at that opcode or before; and where the scan accepts a
+    pickle, the unpickler never fails for a reason of stack or MARK."""
+    import pickletools
+
+    from esindexer.jsonpickle import _new_unpickler
+
+    data = b"\x80\x04" + ops + b"."
+    try:
+        end = scan_py(data, 0, {}, [0, 0, 0])
+    except UnsafePickle as exc:
+        if not str(exc).startswith("stack underflow"):
+            return
+        at = int(str(exc).rsplit(" ", 1)[1])
+        # the pickle up to and including the opcode the scan refused, then STOP
+        nxt = next((pos for _, _, pos in pickletools.genops(data[at:]) if pos), None)
+        data = data[:at + nxt] + b"." if nxt else data[:at + 1] + b"."
+        end = None
+    if scan_c is not None:
+        same(b"\x80\x04" + ops + b".")
+    unpickler, source = _new_unpickler()
+    source.data = data
+    try:
+        unpickler.load()
+    except Exception as exc:
+        message = str(exc)
+    else:
+        message = None
+    stack_errors = ("unpickling stack underflow", "could not find MARK", "unexpected MARK found")
+    if end is None:
+        assert message is not None, ops
+    else:
+        assert message is None or not message.startswith(stack_errors), (ops, message)
