@@ -48,7 +48,7 @@ typedef struct {
 
 /* Total size of the fixed-size opcodes that push a scalar (scan_py's _PUSH); 0 = handled
  * in the switch below. Read-only, so not "state". */
-static const unsigned char PUSH[256] = {
+static const unsigned char PUSH_SIZE[256] = {
     ['N'] = 1, [0x88] = 1, [0x89] = 1, [0x97] = 1,
     ['K'] = 2, [0x82] = 2,
     ['M'] = 3, [0x83] = 3,
@@ -138,15 +138,6 @@ stack_grow(Stack *s)
     return 0;
 }
 
-static inline int
-push(Stack *s, int depth)
-{
-    if (s->len == s->cap && stack_grow(s) < 0)
-        return -1;
-    s->d[s->len++] = (unsigned char)depth;
-    return 0;
-}
-
 static int
 push_mark(Stack *s)
 {
@@ -176,21 +167,14 @@ push_mark(Stack *s)
     return 0;
 }
 
-/* The last MARK, or 0: the C unpickler never pops below it. */
-static inline Py_ssize_t
-fence(const Stack *s)
-{
-    return s->nmarks ? s->marks[s->nmarks - 1] : 0;
-}
-
-/* The deepest of slots [from, len), or 0 when there are none. */
+/* The deepest of d[from:len], or 0 when it is empty. */
 static inline int
-max_from(const Stack *s, Py_ssize_t from)
+max_from(const unsigned char *d, Py_ssize_t from, Py_ssize_t len)
 {
     int m = 0;
-    for (Py_ssize_t x = from; x < s->len; x++)
-        if (s->d[x] > m)
-            m = s->d[x];
+    for (Py_ssize_t x = from; x < len; x++)
+        if (d[x] > m)
+            m = d[x];
     return m;
 }
 
@@ -326,7 +310,10 @@ finish(PyObject *state, Py_ssize_t end, long long flags, long long expansion,
     return PyLong_FromSsize_t(end);
 }
 
-/* The scan proper; `s` is the caller's (empty) depth stack, freed by the caller. */
+/* The scan proper; `s` is the caller's (empty) depth stack, freed by the caller. The
+ * hot part of the stack lives in locals: `dep` (s->d), `len` (s->len), `cap` (s->cap) and
+ * `fence` (the last MARK, or 0: the C unpickler never pops below it); s->len is synced
+ * before anything that reads or grows *s. */
 static PyObject *
 scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
           PyObject *state, long long flags, long long expansion, long long memos,
@@ -337,6 +324,9 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
     /* a pickle cannot hold more memo entries than it has bytes */
     const uint64_t limit = (uint64_t)n + 256;
     const int max_depth = st->max_depth;
+    unsigned char *dep = s->d;
+    Py_ssize_t len = s->len, cap = s->cap;
+    Py_ssize_t fence = s->nmarks ? s->marks[s->nmarks - 1] : 0;
     uint64_t size = 0; /* of the scalar that just ended, for the `scalar:` block */
     uint64_t idx;
     const unsigned char *q, *q2;
@@ -345,23 +335,40 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
     long long gd;
     Py_ssize_t mark;
 
+#define PUSH(v)                                                                         \
+    do {                                                                                \
+        if (len == cap) {                                                               \
+            s->len = len;                                                               \
+            if (stack_grow(s) < 0)                                                      \
+                return NULL;                                                            \
+            dep = s->d;                                                                 \
+            cap = s->cap;                                                               \
+        }                                                                               \
+        dep[len++] = (unsigned char)(v);                                                \
+    } while (0)
+#define POP_MARK()                                                                      \
+    do {                                                                                \
+        mark = s->marks[--s->nmarks];                                                   \
+        fence = s->nmarks ? s->marks[s->nmarks - 1] : 0;                                \
+    } while (0)
+#define RESUME() (s->len = len, resume(st, data, i, kinds, state, flags, expansion, memos, s))
+
     for (;;) {
         if (i >= n)
             goto truncated;
         op = p[i];
-        if (PUSH[op]) {
-            if (push(s, 0) < 0)
-                return NULL;
-            i += PUSH[op];
+        if (PUSH_SIZE[op]) {
+            PUSH(0);
+            i += PUSH_SIZE[op];
             continue;
         }
         switch (op) {
         case 0x71: /* BINPUT not right after a scalar: assume a container */
             if (n - i < 2)
                 goto truncated;
-            if (s->len <= fence(s))
+            if (len <= fence)
                 goto underflow;
-            if (kinds_set(kinds, p[i + 1], -1 - (long long)s->d[s->len - 1]) < 0)
+            if (kinds_set(kinds, p[i + 1], -1 - (long long)dep[len - 1]) < 0)
                 return NULL;
             memos = -1;
             i += 2;
@@ -389,24 +396,24 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
             if (r < 0)
                 return NULL;
             if (r > 0)
-                return resume(st, data, i, kinds, state, flags, expansion, memos, s);
+                return RESUME();
             if (gd > max_depth)
                 goto too_deep;
-            if (push(s, (int)gd) < 0)
-                return NULL;
+            PUSH(gd);
             i += 2;
             continue;
         case 0x7D: /* EMPTY_DICT */
         case 0x5D: /* EMPTY_LIST */
         case 0x29: /* EMPTY_TUPLE */
         case 0x8F: /* EMPTY_SET */
-            if (push(s, 1) < 0)
-                return NULL;
+            PUSH(1);
             i += 1;
             continue;
         case 0x28: /* MARK */
+            s->len = len;
             if (push_mark(s) < 0)
                 return NULL;
+            fence = len;
             i += 1;
             continue;
         case 0x75: /* SETITEMS */
@@ -414,44 +421,44 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
         case 0x90: /* ADDITEMS */
             if (s->nmarks == 0)
                 goto underflow;
-            mark = s->marks[--s->nmarks];
-            if (mark <= fence(s))
+            POP_MARK();
+            if (mark <= fence)
                 goto underflow;
-            if (s->len > mark) {
-                d = max_from(s, mark) + 1;
-                s->len = mark;
-                if (d > s->d[mark - 1]) {
+            if (len > mark) {
+                d = max_from(dep, mark, len) + 1;
+                len = mark;
+                if (d > dep[mark - 1]) {
                     if (d > max_depth)
                         goto too_deep;
-                    s->d[mark - 1] = (unsigned char)d;
+                    dep[mark - 1] = (unsigned char)d;
                 }
             }
             i += 1;
             continue;
         case 0x73: /* SETITEM */
-            if (s->len - 2 <= fence(s))
+            if (len - 2 <= fence)
                 goto underflow;
-            a = s->d[s->len - 1];
-            c = s->d[s->len - 2];
+            a = dep[len - 1];
+            c = dep[len - 2];
             d = (a > c ? a : c) + 1;
-            s->len -= 2;
-            if (d > s->d[s->len - 1]) {
+            len -= 2;
+            if (d > dep[len - 1]) {
                 if (d > max_depth)
                     goto too_deep;
-                s->d[s->len - 1] = (unsigned char)d;
+                dep[len - 1] = (unsigned char)d;
             }
             i += 1;
             continue;
         case 0x61: /* APPEND */
         case 0x62: /* BUILD */
             /* APPEND needs an item above its list; BUILD fails like the unpickler */
-            if (op == 0x61 ? s->len - 1 <= fence(s) : s->len - 2 < fence(s))
+            if (op == 0x61 ? len - 1 <= fence : len - 2 < fence)
                 goto underflow;
-            d = s->d[--s->len] + 1;
-            if (d > s->d[s->len - 1]) {
+            d = dep[--len] + 1;
+            if (d > dep[len - 1]) {
                 if (d > max_depth)
                     goto too_deep;
-                s->d[s->len - 1] = (unsigned char)d;
+                dep[len - 1] = (unsigned char)d;
             }
             i += 1;
             continue;
@@ -460,13 +467,13 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
         case 0x87: /* TUPLE3 */
         {
             Py_ssize_t count = op - 0x84;
-            if (s->len - count < fence(s))
+            if (len - count < fence)
                 goto underflow;
-            d = max_from(s, s->len - count) + 1;
+            d = max_from(dep, len - count, len) + 1;
             if (d > max_depth)
                 goto too_deep;
-            s->len -= count;
-            s->d[s->len++] = (unsigned char)d;
+            len -= count;
+            dep[len++] = (unsigned char)d;
             i += 1;
             continue;
         }
@@ -476,34 +483,33 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
         case 0x91: /* FROZENSET */
             if (s->nmarks == 0)
                 goto underflow;
-            mark = s->marks[--s->nmarks];
-            d = max_from(s, mark) + 1;
+            POP_MARK();
+            d = max_from(dep, mark, len) + 1;
             if (d > max_depth)
                 goto too_deep;
-            s->len = mark;
-            if (push(s, d) < 0)
-                return NULL;
+            len = mark;
+            PUSH(d);
             i += 1;
             continue;
         case 0x52: /* REDUCE */
         case 0x81: /* NEWOBJ */
-            if (s->len - 2 < fence(s))
+            if (len - 2 < fence)
                 goto underflow;
-            a = s->d[--s->len];
-            c = s->d[s->len - 1];
+            a = dep[--len];
+            c = dep[len - 1];
             d = (a > c ? a : c) + 1;
             if (d > max_depth)
                 goto too_deep;
-            s->d[s->len - 1] = (unsigned char)d;
+            dep[len - 1] = (unsigned char)d;
             i += 1;
             continue;
         case 0x51: /* BINPERSID */
-            if (s->len <= fence(s))
+            if (len <= fence)
                 goto underflow;
-            d = s->d[s->len - 1] + 1;
+            d = dep[len - 1] + 1;
             if (d > max_depth)
                 goto too_deep;
-            s->d[s->len - 1] = (unsigned char)d;
+            dep[len - 1] = (unsigned char)d;
             i += 1;
             continue;
         case 0x63: /* GLOBAL: two lines; counted as a scalar of its whole length */
@@ -521,12 +527,12 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
             if (n - i < 5)
                 goto truncated;
             {
-                int32_t len = (int32_t)rd_u32(p + i + 1);
-                if (len < 0) {
+                int32_t slen = (int32_t)rd_u32(p + i + 1);
+                if (slen < 0) {
                     PyErr_Format(st->unsafe, "negative length at offset %zd", i);
                     return NULL;
                 }
-                size = (uint64_t)len;
+                size = (uint64_t)slen;
             }
             i = advance(i, n, 5, size);
             goto scalar;
@@ -559,8 +565,7 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
             q = memchr(p + i + 1, '\n', (size_t)(n - i - 1));
             if (q == NULL)
                 goto no_newline;
-            if (push(s, 1) < 0)
-                return NULL;
+            PUSH(1);
             i = q + 1 - p;
             continue;
         case 0x69: /* INST: two lines, then the arguments above the MARK */
@@ -578,45 +583,44 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
             }
             if (s->nmarks == 0)
                 goto underflow;
-            mark = s->marks[--s->nmarks];
+            POP_MARK();
             if (op == 0x69) {
-                d = max_from(s, mark) + 2;
+                d = max_from(dep, mark, len) + 2;
             }
             else {
-                if (s->len <= mark)
+                if (len <= mark)
                     goto underflow;
-                c = s->d[mark];
-                d = max_from(s, mark + 1) + 1;
+                c = dep[mark];
+                d = max_from(dep, mark + 1, len) + 1;
                 d = (c > d ? c : d) + 1;
             }
             if (d > max_depth)
                 goto too_deep;
-            s->len = mark;
-            if (push(s, d) < 0)
-                return NULL;
+            len = mark;
+            PUSH(d);
             i = j;
             continue;
         }
         case 0x92: /* NEWOBJ_EX: class, args, kwargs; (args, kwargs) is a level */
         {
-            if (s->len - 3 < fence(s))
+            if (len - 3 < fence)
                 goto underflow;
-            int kw = s->d[--s->len];
-            a = s->d[--s->len];
-            c = s->d[s->len - 1];
+            int kw = dep[--len];
+            a = dep[--len];
+            c = dep[len - 1];
             d = (a > kw ? a : kw) + 1;
             d = (c > d ? c : d) + 1;
             if (d > max_depth)
                 goto too_deep;
-            s->d[s->len - 1] = (unsigned char)d;
+            dep[len - 1] = (unsigned char)d;
             i += 1;
             continue;
         }
         case 0x93: /* STACK_GLOBAL: module and name -> a global */
-            if (s->len - 2 < fence(s))
+            if (len - 2 < fence)
                 goto underflow;
-            s->len -= 1;
-            s->d[s->len - 1] = 0;
+            len -= 1;
+            dep[len - 1] = 0;
             i += 1;
             continue;
         case 0x72: /* LONG_BINPUT not right after a scalar */
@@ -625,23 +629,22 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
             idx = rd_u32(p + i + 1);
             if (idx > limit)
                 goto memo_too_big;
-            if (s->len <= fence(s))
+            if (len <= fence)
                 goto underflow;
-            if (kinds_set(kinds, idx, -1 - (long long)s->d[s->len - 1]) < 0)
+            if (kinds_set(kinds, idx, -1 - (long long)dep[len - 1]) < 0)
                 return NULL;
             memos = -1;
             i += 5;
             continue;
         case 0x70: /* PUT (text) */
         case 0x67: /* GET (text): int() syntax, protocol 0/1 only -> scan_py */
-            return resume(st, data, i, kinds, state, flags, expansion, memos, s);
+            return RESUME();
         case 0x94: /* MEMOIZE not right after a scalar: the next index */
-            if (s->len <= fence(s))
+            if (len <= fence)
                 goto underflow;
             if (memos < 0)
                 goto mixed;
-            if (kinds_set(kinds, (unsigned long long)memos,
-                          -1 - (long long)s->d[s->len - 1]) < 0)
+            if (kinds_set(kinds, (unsigned long long)memos, -1 - (long long)dep[len - 1]) < 0)
                 return NULL;
             memos += 1;
             flags |= 2;
@@ -654,43 +657,43 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
             if (r < 0)
                 return NULL;
             if (r > 0)
-                return resume(st, data, i, kinds, state, flags, expansion, memos, s);
+                return RESUME();
             if (gd > max_depth)
                 goto too_deep;
-            if (push(s, (int)gd) < 0)
-                return NULL;
+            PUSH(gd);
             i += 5;
             continue;
         case 0x30: /* POP: the top item, or the MARK right above it */
-            if (s->nmarks > 0 && s->marks[s->nmarks - 1] == s->len)
-                s->nmarks--;
-            else if (s->len <= fence(s))
+            if (s->nmarks > 0 && fence == len)
+                POP_MARK();
+            else if (len <= fence)
                 goto underflow;
             else
-                s->len--;
+                len--;
             i += 1;
             continue;
         case 0x31: /* POP_MARK */
             if (s->nmarks == 0)
                 goto underflow;
-            s->len = s->marks[--s->nmarks];
+            POP_MARK();
+            len = mark;
             i += 1;
             continue;
         case 0x32: /* DUP */
-            if (s->len <= fence(s))
+            if (len <= fence)
                 goto underflow;
-            if (push(s, s->d[s->len - 1]) < 0)
-                return NULL;
+            d = dep[len - 1];
+            PUSH(d);
             flags |= 1;
             i += 1;
             continue;
         case 0x98: /* READONLY_BUFFER */
-            if (s->len <= fence(s))
+            if (len <= fence)
                 goto underflow;
             i += 1;
             continue;
         case 0x2E: /* STOP */
-            if (s->len <= fence(s))
+            if (len <= fence)
                 goto underflow;
             return finish(state, i + 1, flags, expansion, memos);
         default:
@@ -705,8 +708,7 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
          * repetition is counted. */
         if (i >= n)
             goto truncated;
-        if (push(s, 0) < 0)
-            return NULL;
+        PUSH(0);
         op = p[i];
         if (op == 0x71) {
             if (n - i < 2)
@@ -736,6 +738,9 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
             i += 1;
         }
     }
+#undef PUSH
+#undef POP_MARK
+#undef RESUME
 
 truncated:
     PyErr_SetString(st->unsafe, "pickle data was truncated");
