@@ -132,7 +132,7 @@ def scan_py(
     """
     n = len(data)
     limit = n + 256  # a pickle cannot hold more memo entries than it has bytes
-    push = _PUSH_T
+    fixed = _PUSH_T
     u32 = _U32
     i = start
     flags, expansion, memos = state
@@ -141,12 +141,13 @@ def scan_py(
     if marks is None:
         marks = []
     fence = marks[-1] if marks else 0  # the C unpickler never pops below the last MARK
+    push = stack.append
     try:
         while True:
             op = data[i]
-            s = push[op]
+            s = fixed[op]
             if s:
-                stack.append(0)
+                push(0)
                 i += s
                 continue
             if op == 0x71:  # BINPUT not right after a scalar: assume a container
@@ -161,7 +162,7 @@ def scan_py(
                 size = u32(data, i + 1)[0]
                 i += 5 + size
                 if data[i] == 0x71:  # ... memoized right away (the usual case)
-                    stack.append(0)
+                    push(0)
                     if size > _SMALL:
                         kinds[data[i + 1]] = size
                     memos = -1
@@ -172,12 +173,50 @@ def scan_py(
                 size = data[i + 1]
                 i += 2 + size
                 if data[i] == 0x71:
-                    stack.append(0)
+                    push(0)
                     if size > _SMALL:
                         kinds[data[i + 1]] = size
                     memos = -1
                     i += 2
                     continue
+            elif op == 0x86 or op == 0x85 or op == 0x87:  # TUPLE2, TUPLE1, TUPLE3
+                if op == 0x86:
+                    if len(stack) - 2 < fence:
+                        raise _underflow(i)
+                    a = stack.pop()
+                    d = stack[-1]
+                    d = (a if a > d else d) + 1
+                elif op == 0x85:
+                    if len(stack) <= fence:
+                        raise _underflow(i)
+                    d = stack[-1] + 1
+                else:
+                    if len(stack) - 3 < fence:
+                        raise _underflow(i)
+                    d = max(stack.pop(), stack.pop(), stack[-1]) + 1
+                if d > MAX_DEPTH:
+                    raise _too_deep(i)
+                stack[-1] = d
+                i += 1
+                continue
+            elif op == 0x51:  # BINPERSID: the reference describes its id one level down
+                if len(stack) <= fence:
+                    raise _underflow(i)
+                d = stack[-1] + 1
+                if d > MAX_DEPTH:
+                    raise _too_deep(i)
+                stack[-1] = d
+                i += 1
+                continue
+            elif op == 0x63:  # GLOBAL: two lines
+                j = data.index(b"\n", data.index(b"\n", i + 1) + 1) + 1
+                size = j - i
+                i = j
+            elif op == 0x28:  # MARK
+                fence = len(stack)
+                marks.append(fence)
+                i += 1
+                continue
             elif op == 0x68:  # BINGET
                 k = kinds.get(data[i + 1], _SMALL)
                 if k < 0 or flags & 2:
@@ -187,19 +226,14 @@ def scan_py(
                 if k < 0:
                     if -1 - k > MAX_DEPTH:
                         raise _too_deep(i)
-                    stack.append(-1 - k)
+                    push(-1 - k)
                 else:
-                    stack.append(0)
+                    push(0)
                 i += 2
                 continue
             elif op == 0x7D or op == 0x5D or op == 0x29 or op == 0x8F:
                 # EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, EMPTY_SET: one level
-                stack.append(1)
-                i += 1
-                continue
-            elif op == 0x28:  # MARK
-                fence = len(stack)
-                marks.append(fence)
+                push(1)
                 i += 1
                 continue
             elif op == 0x75 or op == 0x65 or op == 0x90:
@@ -218,6 +252,46 @@ def scan_py(
                         if d > MAX_DEPTH:
                             raise _too_deep(i)
                         stack[-1] = d
+                i += 1
+                continue
+            elif op == 0x52 or op == 0x81:
+                # REDUCE, NEWOBJ: callable/class and argument tuple -> one level above both
+                if len(stack) - 2 < fence:
+                    raise _underflow(i)
+                a = stack.pop()
+                c = stack[-1]
+                d = (a if a > c else c) + 1
+                if d > MAX_DEPTH:
+                    raise _too_deep(i)
+                stack[-1] = d
+                i += 1
+                continue
+            elif op == 0x80:  # PROTO
+                i += 2
+                continue
+            elif op == 0x2E:  # STOP
+                if len(stack) <= fence:
+                    raise _underflow(i)
+                state[0], state[1], state[2] = flags, expansion, memos
+                return i + 1
+            elif op == 0x72:  # LONG_BINPUT not right after a scalar
+                idx = u32(data, i + 1)[0]
+                if idx > limit:
+                    raise UnsafePickle(f"memo index {idx} at offset {i} exceeds the record size")
+                if len(stack) <= fence:
+                    raise _underflow(i)
+                kinds[idx] = -1 - stack[-1]
+                memos = -1
+                i += 5
+                continue
+            elif op == 0x62:  # BUILD: the state goes into the instance below it
+                if len(stack) - 2 < fence:
+                    raise _underflow(i)
+                d = stack.pop() + 1
+                if d > stack[-1]:
+                    if d > MAX_DEPTH:
+                        raise _too_deep(i)
+                    stack[-1] = d
                 i += 1
                 continue
             elif op == 0x73:  # SETITEM: key and value into the container below them
@@ -242,17 +316,6 @@ def scan_py(
                     stack[-1] = d
                 i += 1
                 continue
-            elif op == 0x85 or op == 0x86 or op == 0x87:  # TUPLE1, TUPLE2, TUPLE3
-                count = op - 0x84
-                if len(stack) - count < fence:
-                    raise _underflow(i)
-                d = max(stack[-count:]) + 1
-                if d > MAX_DEPTH:
-                    raise _too_deep(i)
-                del stack[-count:]
-                stack.append(d)
-                i += 1
-                continue
             elif op == 0x74 or op == 0x6C or op == 0x64 or op == 0x91:
                 # TUPLE, LIST, DICT, FROZENSET: a container of the items above the MARK
                 if not marks:
@@ -263,44 +326,9 @@ def scan_py(
                 if d > MAX_DEPTH:
                     raise _too_deep(i)
                 del stack[mark:]
-                stack.append(d)
+                push(d)
                 i += 1
                 continue
-            elif op == 0x52 or op == 0x81:
-                # REDUCE, NEWOBJ: callable/class and argument tuple -> one level above both
-                if len(stack) - 2 < fence:
-                    raise _underflow(i)
-                a = stack.pop()
-                c = stack[-1]
-                d = (a if a > c else c) + 1
-                if d > MAX_DEPTH:
-                    raise _too_deep(i)
-                stack[-1] = d
-                i += 1
-                continue
-            elif op == 0x62:  # BUILD: the state goes into the instance below it
-                if len(stack) - 2 < fence:
-                    raise _underflow(i)
-                d = stack.pop() + 1
-                if d > stack[-1]:
-                    if d > MAX_DEPTH:
-                        raise _too_deep(i)
-                    stack[-1] = d
-                i += 1
-                continue
-            elif op == 0x51:  # BINPERSID: the reference describes its id one level down
-                if len(stack) <= fence:
-                    raise _underflow(i)
-                d = stack[-1] + 1
-                if d > MAX_DEPTH:
-                    raise _too_deep(i)
-                stack[-1] = d
-                i += 1
-                continue
-            elif op == 0x63:  # GLOBAL: two lines
-                j = data.index(b"\n", data.index(b"\n", i + 1) + 1) + 1
-                size = j - i
-                i = j
             elif op == 0x42:  # BINBYTES: 4-byte length
                 size = u32(data, i + 1)[0]
                 i += 5 + size
@@ -317,15 +345,12 @@ def scan_py(
                 j = data.index(b"\n", i + 1) + 1
                 size = j - i
                 i = j
-            elif op == 0x80:  # PROTO
-                i += 2
-                continue
             elif op == 0x95:  # FRAME
                 i += 9
                 continue
             elif op == 0x50:  # PERSID: one line, a reference (one level, like BINPERSID's)
                 i = data.index(b"\n", i + 1) + 1
-                stack.append(1)
+                push(1)
                 continue
             elif op == 0x69 or op == 0x6F:
                 # INST (class in two lines), OBJ (class first above the MARK): an instance
@@ -349,7 +374,7 @@ def scan_py(
                 if d > MAX_DEPTH:
                     raise _too_deep(i)
                 del stack[mark:]
-                stack.append(d)
+                push(d)
                 i = j
                 continue
             elif op == 0x92:  # NEWOBJ_EX: class, args, kwargs; (args, kwargs) is a level
@@ -371,16 +396,6 @@ def scan_py(
                 stack.pop()
                 stack[-1] = 0
                 i += 1
-                continue
-            elif op == 0x72:  # LONG_BINPUT not right after a scalar
-                idx = u32(data, i + 1)[0]
-                if idx > limit:
-                    raise UnsafePickle(f"memo index {idx} at offset {i} exceeds the record size")
-                if len(stack) <= fence:
-                    raise _underflow(i)
-                kinds[idx] = -1 - stack[-1]
-                memos = -1
-                i += 5
                 continue
             elif op == 0x70:  # PUT (text)
                 j = data.index(b"\n", i + 1) + 1
@@ -420,9 +435,9 @@ def scan_py(
                 if k < 0:
                     if -1 - k > MAX_DEPTH:
                         raise _too_deep(at)
-                    stack.append(-1 - k)
+                    push(-1 - k)
                 else:
-                    stack.append(0)
+                    push(0)
                 continue
             elif op == 0x30:  # POP: the top item, or the MARK right above it
                 if marks and marks[-1] == len(stack):
@@ -444,7 +459,7 @@ def scan_py(
             elif op == 0x32:  # DUP
                 if len(stack) <= fence:
                     raise _underflow(i)
-                stack.append(stack[-1])
+                push(stack[-1])
                 flags |= 1
                 i += 1
                 continue
@@ -453,16 +468,11 @@ def scan_py(
                     raise _underflow(i)
                 i += 1
                 continue
-            elif op == 0x2E:  # STOP
-                if len(stack) <= fence:
-                    raise _underflow(i)
-                state[0], state[1], state[2] = flags, expansion, memos
-                return i + 1
             else:
                 raise UnsafePickle(f"invalid pickle opcode 0x{op:02x} at offset {i}")
             # A scalar of `size` bytes ended at i. ZODB's pickler memoizes most scalars
             # right away; remember big ones so their repetition is counted.
-            stack.append(0)
+            push(0)
             nxt = data[i]
             if nxt == 0x71:
                 if size > _SMALL:
