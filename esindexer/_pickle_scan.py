@@ -75,19 +75,23 @@ _U64 = struct.Struct("<Q").unpack_from
 #: what an application stores. The walker (esindexer._pickle_walk) uses the same limit.
 MAX_DEPTH = 200
 
-# Total size (opcode byte + fixed argument) of the opcodes that push a scalar and have a
-# fixed size: NONE, NEWTRUE, NEWFALSE, NEXT_BUFFER, BININT1, BININT2, BININT, BINFLOAT
-# and EXT1/2/4 (whose global is as flat as a scalar). 0 = handled below.
+# Opcodes of a fixed size that just push a value: 2 * their total size (opcode byte +
+# fixed argument) + the depth they push. Scalars (depth 0): NONE, NEWTRUE, NEWFALSE,
+# NEXT_BUFFER, BININT1, BININT2, BININT, BINFLOAT and EXT1/2/4 (whose global is as flat
+# as a scalar); empty containers (depth 1): EMPTY_TUPLE, EMPTY_LIST, EMPTY_DICT,
+# EMPTY_SET. 0 = handled below.
 _PUSH = [0] * 256
 for _code in (ord("N"), 0x88, 0x89, 0x97):
-    _PUSH[_code] = 1
-for _code in (ord("K"), 0x82):
     _PUSH[_code] = 2
+for _code in (ord("K"), 0x82):
+    _PUSH[_code] = 4
 for _code in (ord("M"), 0x83):
-    _PUSH[_code] = 3
+    _PUSH[_code] = 6
 for _code in (ord("J"), 0x84):
-    _PUSH[_code] = 5
-_PUSH[ord("G")] = 9
+    _PUSH[_code] = 10
+_PUSH[ord("G")] = 18
+for _code in (ord(")"), ord("]"), ord("}"), 0x8F):
+    _PUSH[_code] = 3
 _PUSH_T = tuple(_PUSH)
 del _PUSH, _code
 
@@ -147,8 +151,8 @@ def scan_py(
             op = data[i]
             s = fixed[op]
             if s:
-                push(0)
-                i += s
+                push(s & 1)
+                i += s >> 1
                 continue
             if op == 0x71:  # BINPUT not right after a scalar: assume a container
                 idx = data[i + 1]
@@ -230,11 +234,6 @@ def scan_py(
                 else:
                     push(0)
                 i += 2
-                continue
-            elif op == 0x7D or op == 0x5D or op == 0x29 or op == 0x8F:
-                # EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, EMPTY_SET: one level
-                push(1)
-                i += 1
                 continue
             elif op == 0x75 or op == 0x65 or op == 0x90:
                 # SETITEMS, APPENDS, ADDITEMS: the items above the MARK go into the

@@ -46,14 +46,15 @@ typedef struct {
 /* Same constant as _SMALL in _pickle_scan.py. */
 #define SMALL 64
 
-/* Total size of the fixed-size opcodes that push a scalar (scan_py's _PUSH); 0 = handled
- * in the switch below. Read-only, so not "state". */
+/* Fixed-size opcodes that just push a value: 2 * total size + depth pushed (scan_py's
+ * _PUSH); 0 = handled in the switch below. Read-only, so not "state". */
 static const unsigned char PUSH_SIZE[256] = {
-    ['N'] = 1, [0x88] = 1, [0x89] = 1, [0x97] = 1,
-    ['K'] = 2, [0x82] = 2,
-    ['M'] = 3, [0x83] = 3,
-    ['J'] = 5, [0x84] = 5,
-    ['G'] = 9,
+    ['N'] = 2, [0x88] = 2, [0x89] = 2, [0x97] = 2,
+    ['K'] = 4, [0x82] = 4,
+    ['M'] = 6, [0x83] = 6,
+    ['J'] = 10, [0x84] = 10,
+    ['G'] = 18,
+    [')'] = 3, [']'] = 3, ['}'] = 3, [0x8F] = 3,
 };
 
 static inline uint32_t
@@ -358,8 +359,8 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
             goto truncated;
         op = p[i];
         if (PUSH_SIZE[op]) {
-            PUSH(0);
-            i += PUSH_SIZE[op];
+            PUSH(PUSH_SIZE[op] & 1);
+            i += PUSH_SIZE[op] >> 1;
             continue;
         }
         switch (op) {
@@ -401,13 +402,6 @@ scan_impl(module_state *st, PyObject *data, Py_ssize_t i, PyObject *kinds,
                 goto too_deep;
             PUSH(gd);
             i += 2;
-            continue;
-        case 0x7D: /* EMPTY_DICT */
-        case 0x5D: /* EMPTY_LIST */
-        case 0x29: /* EMPTY_TUPLE */
-        case 0x8F: /* EMPTY_SET */
-            PUSH(1);
-            i += 1;
             continue;
         case 0x28: /* MARK */
             s->len = len;
