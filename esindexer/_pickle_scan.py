@@ -516,8 +516,8 @@ def _line_int(data: bytes, i: int, j: int) -> int:
 
 
 # The C version of scan_py, when the optional extension was built (setup.py). It takes the
-# exception class to raise and scan_py itself, to which it hands the rare cases it does
-# not port (text PUT/GET of protocols 0-1, arguments of unexpected types).
+# exception class to raise, scan_py itself, to which it hands the rare cases it does not
+# port (text PUT/GET of protocols 0-1, arguments of unexpected types), and MAX_DEPTH.
 try:
     from esindexer import _pickle_scan_c
 except ImportError:  # no compiler at install time: the pure-Python scan
