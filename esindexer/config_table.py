@@ -180,9 +180,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Dotted name of a function transform(class_name, json_text) -> json_text | None | '' .",
             group="documents"),
     Setting("trusted_pickles", _parse_bool, False,
-            "Skip the opcode pre-scan that bounds memory on hostile pickles (~10% faster "
-            "conversion with the C pre-scan, ~2x without it); only when every writer of the "
-            "database is trusted. Code from pickles never runs either way.", group="documents"),
+            "No effect, kept so that existing configurations load: the opcode pre-scan it "
+            "used to skip also bounds nesting depth, which trusted writers can exceed too "
+            "(docs/json.md). Code from pickles never runs either way.", group="documents"),
     Setting("state_mapping", _choice("flattened", "dynamic"), "flattened",
             "How the object state is mapped: flattened (one field, never conflicts) or dynamic "
             "(typed fields; conflicting documents are dead-lettered).", group="documents"),

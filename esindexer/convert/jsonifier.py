@@ -10,9 +10,11 @@ every deliberate difference from newt.db.
 How it stays safe and fast:
 
 1. :func:`esindexer.convert.scan.scan` walks the opcodes once (in C when the optional
-   extension ``_scan_c`` is built, else in Python) and rejects malformed input and memo indexes that would make the C unpickler
-   allocate far more than the record's size; it also notes whether the value can share
-   structure.
+   extension ``_scan_c`` is built, else in Python) and rejects malformed input,
+   memo indexes that would make the C unpickler allocate far more than the record's
+   size, and nesting deeper than :data:`~esindexer.convert.scan.MAX_DEPTH` levels
+   (which C code would recurse over without a limit); it also notes whether the value
+   can share structure.
 2. CPython's C unpickler decodes the record with ``find_class`` returning inert stand-in
    types and ``persistent_load`` returning reference descriptions
    (:mod:`esindexer.convert.values`): nothing is imported, nothing named is called. One
@@ -179,10 +181,10 @@ class Jsonifier:
     its caller counts and dead-letters errors itself. Neither raises. Instances are
     safe to share between threads.
 
-    ``prescan=False`` skips the opcode pre-scan (about half the cost of a record) and
-    gives the same output, but then memory is no longer bounded on hostile input: a
-    huge memo index or a record of shared structure can make one record cost gigabytes.
-    Only for databases whose records are written by ZODB alone (docs/json.md).
+    ``prescan`` is accepted for compatibility and changes nothing: the opcode pre-scan
+    always runs, because it is also what bounds nesting depth before C code recurses
+    over the value, and ZODB's own pickler writes records nested deeper than orjson
+    survives (docs/json.md, *Safety and limits*).
     """
 
     skip_class: Callable[[str], Any] = staticmethod(default_skip_class)  # type: ignore[assignment]
@@ -197,7 +199,7 @@ class Jsonifier:
         if skip_class is not None:
             self.skip_class = skip_class  # type: ignore[method-assign]
         self.transform = transform
-        self.prescan = prescan
+        self.prescan = prescan  # no effect (see the class docstring)
         self._pool: list[tuple[_Unpickler, _Source]] = []
 
     def __call__(self, label: Any, data: bytes | memoryview | None) -> tuple[Any, Any, Any]:
@@ -226,22 +228,17 @@ class Jsonifier:
             unpickler, source = _new_unpickler()
         reusable = False
         class_name = None
-        prescan = self.prescan
         kinds: dict[int, int] = {}
-        scan_state = [0, 0]
+        scan_state = [0, 0, 0]
         try:
-            if prescan:
-                class_end = scan(data, 0, kinds, scan_state)
+            class_end = scan(data, 0, kinds, scan_state)
             source.data = data
             source.pos = 0
             class_name = _record_class_name(unpickler.load())
-            if not prescan:
-                class_end = source.pos
             ghost = data[:class_end]
             if self.skip_class(class_name):
                 return Conversion(Kind.SKIPPED, class_name, None, ghost)
-            if prescan:
-                end = scan(data, class_end, kinds, scan_state)
+            end = scan(data, class_end, kinds, scan_state)
             try:
                 state = unpickler.load()
             except TypeError:  # e.g. a persistent object used as a dict key: retry
@@ -249,9 +246,7 @@ class Jsonifier:
                 source.data = data
                 unpickler.load()
                 state = unpickler.load()
-            if not prescan:
-                end = source.pos
-            flags, expansion = scan_state
+            flags, expansion, _ = scan_state
             size = len(data)
             budget = _BASE_BUDGET + 16 * size
             if flags or expansion > budget:

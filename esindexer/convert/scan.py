@@ -5,12 +5,17 @@ hostile record controls. A ``LONG_BINPUT`` (or text ``PUT``) index makes it grow
 array to twice that index and zero every new slot, so ``LONG_BINPUT 0x10000000`` costs
 4 GB of touched memory and seconds of CPU before anything fails. And shared structure
 (``GET`` of a list or dict, ``DUP``) lets a few hundred bytes describe a graph whose JSON
-expansion is exponential. This module walks the opcode stream once, in pure Python but
-with as little work per opcode as possible, and answers:
+expansion is exponential. Deep nesting is the third: C code recurses over nested values
+without a limit (orjson corrupts memory on tuples nested a few thousand deep, tuple
+hashing overflows the C stack further down), and a valid ZODB pickle can nest 20,000
+tuples. This module walks the opcode stream once, in pure Python but with as little
+work per opcode as possible, and answers:
 
 - is every memo index small enough (bounded by the record's own size)? If not, or if the
-  stream is truncated or has an unknown opcode, it raises :class:`UnsafePickle` and the
-  C unpickler never runs;
+  stream is truncated, has an unknown opcode, or pops more than the unpickler's stack
+  holds, it raises :class:`UnsafePickle` and the C unpickler never runs;
+- is the value nested at most :data:`MAX_DEPTH` levels deep? If not, it raises
+  :class:`UnsafePickle` ("nesting deeper than 200 levels at offset N");
 - is the decoded value a plain tree (no ``GET`` of a memoized container, no ``DUP``)? If
   so, the fast path (C unpickler + orjson) can serialize it without identity tracking;
   otherwise the caller uses the slower walker, which tracks sharing and cycles and
@@ -18,6 +23,30 @@ with as little work per opcode as possible, and answers:
 
 The scanner parses argument lengths exactly as ``_pickle.c`` does, so both agree on where
 every opcode starts; it does not interpret values.
+
+Nesting. The scan keeps, for every slot of the unpickler's stack, a structural depth
+(stack depth is not nesting depth: ``TUPLE1`` nests with a constant stack). A scalar is
+0; an empty container 1; a container built from items (``TUPLE*``, ``LIST``, ``DICT``,
+``FROZENSET``) one more than its deepest item; ``APPEND(S)``, ``SETITEM(S)``,
+``ADDITEMS`` and ``BUILD`` raise their target to one more than what they add; an
+instance (``REDUCE``, ``NEWOBJ``, ``NEWOBJ_EX``, ``OBJ``, ``INST``) is one more than its
+class and its argument tuple, so a chain of instances whose state holds the next one
+counts two levels per instance; a persistent reference is one more than its id. The memo
+carries depths: ``kinds`` holds ``-1 - depth`` for every memoized container, ``MEMOIZE``
+writes the index the unpickler uses (the number of earlier ``MEMOIZE`` opcodes; a record
+that mixes it with ``PUT`` opcodes, which no pickler writes, is refused), and ``GET``
+pushes the depth the value had when it was memoized. The unpickler's stack fences
+(nothing is popped below the last ``MARK``) are followed exactly, so the scan and the
+unpickler agree on which object every opcode works on.
+
+What this guarantees: a run of tuples nested in each other (the values whose hashing
+and serializing recurse in C without a limit) is never longer than :data:`MAX_DEPTH`,
+because a tuple is complete when it is built or memoized. A list, dict, set or instance
+that receives items *after* being memoized or duplicated can end up deeper than its
+count; such a record is not a plain tree (``GET`` of a container, ``DUP``), so it takes
+the walker, which stops at the same depth, and orjson refuses lists and dicts nested
+beyond its own limit cleanly. No C code recurses more than a few hundred levels on a
+record that passes.
 
 :func:`scan_py` below is the reference implementation. ``esindexer/convert/_scan_c.c`` is
 a C port of it with identical results (tests/convert/test_scan.py checks this), about 20x
@@ -29,7 +58,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["UnsafePickle", "scan", "scan_py"]
+__all__ = ["MAX_DEPTH", "UnsafePickle", "scan", "scan_py"]
 
 
 class UnsafePickle(ValueError):
@@ -40,62 +69,107 @@ _U32 = struct.Struct("<I").unpack_from
 _I32 = struct.Struct("<i").unpack_from
 _U64 = struct.Struct("<Q").unpack_from
 
-# Total size (opcode byte + fixed argument) of opcodes that need no attention: they
-# neither touch the memo nor carry a variable-length argument. 0 = handled below.
-_SKIP = [0] * 256
-for _ch in "(01NRQabdelostu)]}":
-    _SKIP[ord(_ch)] = 1
-for _code in (0x81, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8F, 0x90, 0x91, 0x92, 0x93, 0x97, 0x98):
-    _SKIP[_code] = 1
-for _code in (ord("K"), 0x80, 0x82):
-    _SKIP[_code] = 2
+#: Deepest nesting accepted, in levels of containers (see "Nesting" in the module
+#: docstring). orjson corrupts memory instead of refusing tuples nested a few thousand
+#: deep, and refuses lists and dicts beyond 254; 200 stays well below both and far above
+#: what an application stores. The walker (esindexer.convert.walk) uses the same limit.
+MAX_DEPTH = 200
+
+# Opcodes of a fixed size that just push a value: 2 * their total size (opcode byte +
+# fixed argument) + the depth they push. Scalars (depth 0): NONE, NEWTRUE, NEWFALSE,
+# NEXT_BUFFER, BININT1, BININT2, BININT, BINFLOAT and EXT1/2/4 (whose global is as flat
+# as a scalar); empty containers (depth 1): EMPTY_TUPLE, EMPTY_LIST, EMPTY_DICT,
+# EMPTY_SET. 0 = handled below.
+_PUSH = [0] * 256
+for _code in (ord("N"), 0x88, 0x89, 0x97):
+    _PUSH[_code] = 2
+for _code in (ord("K"), 0x82):
+    _PUSH[_code] = 4
 for _code in (ord("M"), 0x83):
-    _SKIP[_code] = 3
+    _PUSH[_code] = 6
 for _code in (ord("J"), 0x84):
-    _SKIP[_code] = 5
-for _code in (ord("G"), 0x95):
-    _SKIP[_code] = 9
-_SKIP_T = tuple(_SKIP)
-del _SKIP, _ch, _code
+    _PUSH[_code] = 10
+_PUSH[ord("G")] = 18
+for _code in (ord(")"), ord("]"), ord("}"), 0x8F):
+    _PUSH[_code] = 3
+_PUSH_T = tuple(_PUSH)
+del _PUSH, _code
 
 # Memo entries above this size are remembered, so repeated GETs of a big string count
 # fully against the expansion budget; smaller ones count as this many bytes.
 _SMALL = 64
 
 
-def scan_py(data: bytes, start: int, kinds: dict[int, int], state: list[int]) -> int:
+def _too_deep(i: int) -> UnsafePickle:
+    return UnsafePickle(f"nesting deeper than {MAX_DEPTH} levels at offset {i}")
+
+
+def _underflow(i: int) -> UnsafePickle:
+    return UnsafePickle(f"stack underflow at offset {i}")
+
+
+def _mixed(i: int) -> UnsafePickle:
+    return UnsafePickle(f"MEMOIZE after PUT opcodes at offset {i}")
+
+
+def scan_py(
+    data: bytes,
+    start: int,
+    kinds: dict[int, int],
+    state: list[int],
+    stack: list[int] | None = None,
+    marks: list[int] | None = None,
+) -> int:
     """Scan one pickle of ``data`` from ``start`` to its STOP; return the offset after it.
 
-    ``kinds`` maps memo index -> -1 for a memoized container (or anything not known to
-    be a scalar) or the byte size of a big scalar; it carries over between the class
-    pickle and the state pickle, as the memo does. ``state`` is ``[flags, expansion]``:
-    flags bit 1 means "not a plain tree" (shared container, DUP, or an expansion larger
-    than the record allows), expansion sums the bytes that GETs of scalars repeat.
-    Raises :class:`UnsafePickle` for malformed input or an oversized memo index.
+    ``kinds`` maps memo index -> ``-1 - depth`` for a memoized container (or anything
+    not known to be a scalar) of that nesting depth, or the byte size of a big scalar;
+    it carries over between the class pickle and the state pickle, as the memo does.
+    ``state`` is ``[flags, expansion, memos]``: flags bit 1 means "not a plain tree"
+    (shared container, DUP, or an expansion larger than the record allows), expansion
+    sums the bytes that GETs of scalars repeat, memos counts the MEMOIZE opcodes so far
+    (the index the next one writes) or is -1 once a PUT opcode was seen. ``stack`` and
+    ``marks`` (the depth of each stack slot, the stack length at each MARK) are only
+    given when the C version hands over in the middle of a pickle.
+    Raises :class:`UnsafePickle` for malformed input, an oversized memo index or nesting
+    deeper than :data:`MAX_DEPTH`.
     """
     n = len(data)
     limit = n + 256  # a pickle cannot hold more memo entries than it has bytes
-    skip = _SKIP_T
+    fixed = _PUSH_T
     u32 = _U32
     i = start
-    flags, expansion = state
+    flags, expansion, memos = state
+    if stack is None:
+        stack = []
+    if marks is None:
+        marks = []
+    fence = marks[-1] if marks else 0  # the C unpickler never pops below the last MARK
+    push = stack.append
     try:
         while True:
             op = data[i]
-            s = skip[op]
+            s = fixed[op]
             if s:
-                i += s
+                push(s & 1)
+                i += s >> 1
                 continue
             if op == 0x71:  # BINPUT not right after a scalar: assume a container
-                kinds[data[i + 1]] = -1
+                idx = data[i + 1]
+                if len(stack) <= fence:
+                    raise _underflow(i)
+                kinds[idx] = -1 - stack[-1]
+                memos = -1
                 i += 2
                 continue
             if op == 0x58:  # BINUNICODE: 4-byte length (the most common scalar)
                 size = u32(data, i + 1)[0]
                 i += 5 + size
                 if data[i] == 0x71:  # ... memoized right away (the usual case)
+                    push(0)
                     if size > _SMALL:
                         kinds[data[i + 1]] = size
+                    memos = -1
                     i += 2
                     continue
             elif op == 0x43 or op == 0x8C or op == 0x55 or op == 0x8A:
@@ -103,22 +177,157 @@ def scan_py(data: bytes, start: int, kinds: dict[int, int], state: list[int]) ->
                 size = data[i + 1]
                 i += 2 + size
                 if data[i] == 0x71:
+                    push(0)
                     if size > _SMALL:
                         kinds[data[i + 1]] = size
+                    memos = -1
                     i += 2
                     continue
+            elif op == 0x86 or op == 0x85 or op == 0x87:  # TUPLE2, TUPLE1, TUPLE3
+                if op == 0x86:
+                    if len(stack) - 2 < fence:
+                        raise _underflow(i)
+                    a = stack.pop()
+                    d = stack[-1]
+                    d = (a if a > d else d) + 1
+                elif op == 0x85:
+                    if len(stack) <= fence:
+                        raise _underflow(i)
+                    d = stack[-1] + 1
+                else:
+                    if len(stack) - 3 < fence:
+                        raise _underflow(i)
+                    d = max(stack.pop(), stack.pop(), stack[-1]) + 1
+                if d > MAX_DEPTH:
+                    raise _too_deep(i)
+                stack[-1] = d
+                i += 1
+                continue
+            elif op == 0x51:  # BINPERSID: the reference describes its id one level down
+                if len(stack) <= fence:
+                    raise _underflow(i)
+                d = stack[-1] + 1
+                if d > MAX_DEPTH:
+                    raise _too_deep(i)
+                stack[-1] = d
+                i += 1
+                continue
+            elif op == 0x63:  # GLOBAL: two lines
+                j = data.index(b"\n", data.index(b"\n", i + 1) + 1) + 1
+                size = j - i
+                i = j
+            elif op == 0x28:  # MARK
+                fence = len(stack)
+                marks.append(fence)
+                i += 1
+                continue
             elif op == 0x68:  # BINGET
                 k = kinds.get(data[i + 1], _SMALL)
                 if k < 0 or flags & 2:
                     flags |= 1
                 else:
                     expansion += k
+                if k < 0:
+                    if -1 - k > MAX_DEPTH:
+                        raise _too_deep(i)
+                    push(-1 - k)
+                else:
+                    push(0)
                 i += 2
                 continue
-            elif op == 0x63:  # GLOBAL: two lines
-                j = data.index(b"\n", data.index(b"\n", i + 1) + 1) + 1
-                size = j - i
-                i = j
+            elif op == 0x75 or op == 0x65 or op == 0x90:
+                # SETITEMS, APPENDS, ADDITEMS: the items above the MARK go into the
+                # container below it, which becomes one level deeper than the deepest
+                if not marks:
+                    raise _underflow(i)
+                mark = marks.pop()
+                fence = marks[-1] if marks else 0
+                if mark <= fence:
+                    raise _underflow(i)
+                if len(stack) > mark:
+                    d = max(stack[mark:]) + 1
+                    del stack[mark:]
+                    if d > stack[-1]:
+                        if d > MAX_DEPTH:
+                            raise _too_deep(i)
+                        stack[-1] = d
+                i += 1
+                continue
+            elif op == 0x52 or op == 0x81:
+                # REDUCE, NEWOBJ: callable/class and argument tuple -> one level above both
+                if len(stack) - 2 < fence:
+                    raise _underflow(i)
+                a = stack.pop()
+                c = stack[-1]
+                d = (a if a > c else c) + 1
+                if d > MAX_DEPTH:
+                    raise _too_deep(i)
+                stack[-1] = d
+                i += 1
+                continue
+            elif op == 0x80:  # PROTO
+                i += 2
+                continue
+            elif op == 0x2E:  # STOP
+                if len(stack) <= fence:
+                    raise _underflow(i)
+                state[0], state[1], state[2] = flags, expansion, memos
+                return i + 1
+            elif op == 0x72:  # LONG_BINPUT not right after a scalar
+                idx = u32(data, i + 1)[0]
+                if idx > limit:
+                    raise UnsafePickle(f"memo index {idx} at offset {i} exceeds the record size")
+                if len(stack) <= fence:
+                    raise _underflow(i)
+                kinds[idx] = -1 - stack[-1]
+                memos = -1
+                i += 5
+                continue
+            elif op == 0x62:  # BUILD: the state goes into the instance below it
+                if len(stack) - 2 < fence:
+                    raise _underflow(i)
+                d = stack.pop() + 1
+                if d > stack[-1]:
+                    if d > MAX_DEPTH:
+                        raise _too_deep(i)
+                    stack[-1] = d
+                i += 1
+                continue
+            elif op == 0x73:  # SETITEM: key and value into the container below them
+                if len(stack) - 2 <= fence:
+                    raise _underflow(i)
+                v = stack.pop()
+                k = stack.pop()
+                d = (k if k > v else v) + 1
+                if d > stack[-1]:
+                    if d > MAX_DEPTH:
+                        raise _too_deep(i)
+                    stack[-1] = d
+                i += 1
+                continue
+            elif op == 0x61:  # APPEND
+                if len(stack) - 1 <= fence:
+                    raise _underflow(i)
+                d = stack.pop() + 1
+                if d > stack[-1]:
+                    if d > MAX_DEPTH:
+                        raise _too_deep(i)
+                    stack[-1] = d
+                i += 1
+                continue
+            elif op == 0x74 or op == 0x6C or op == 0x64 or op == 0x91:
+                # TUPLE, LIST, DICT, FROZENSET: a container of the items above the MARK
+                if not marks:
+                    raise _underflow(i)
+                mark = marks.pop()
+                fence = marks[-1] if marks else 0
+                d = max(stack[mark:], default=0) + 1
+                if d > MAX_DEPTH:
+                    raise _too_deep(i)
+                del stack[mark:]
+                push(d)
+                i += 1
+                continue
             elif op == 0x42:  # BINBYTES: 4-byte length
                 size = u32(data, i + 1)[0]
                 i += 5 + size
@@ -130,34 +339,86 @@ def scan_py(data: bytes, start: int, kinds: dict[int, int], state: list[int]) ->
             elif op == 0x8D or op == 0x8E or op == 0x96:  # BINUNICODE8, BINBYTES8, BYTEARRAY8
                 size = _U64(data, i + 1)[0]
                 i += 9 + size
-            elif op == 0x46 or op == 0x49 or op == 0x4C or op == 0x53 or op == 0x56 or op == 0x50:
-                # FLOAT, INT, LONG, STRING, UNICODE, PERSID: one line
+            elif op == 0x46 or op == 0x49 or op == 0x4C or op == 0x53 or op == 0x56:
+                # FLOAT, INT, LONG, STRING, UNICODE: one line
                 j = data.index(b"\n", i + 1) + 1
                 size = j - i
                 i = j
-            elif op == 0x69:  # INST: two lines, builds an instance (not a scalar)
-                i = data.index(b"\n", data.index(b"\n", i + 1) + 1) + 1
+            elif op == 0x95:  # FRAME
+                i += 9
                 continue
-            elif op == 0x72:  # LONG_BINPUT not right after a scalar
-                idx = u32(data, i + 1)[0]
-                if idx > limit:
-                    raise UnsafePickle(f"memo index {idx} at offset {i} exceeds the record size")
-                kinds[idx] = -1
-                i += 5
+            elif op == 0x50:  # PERSID: one line, a reference (one level, like BINPERSID's)
+                i = data.index(b"\n", i + 1) + 1
+                push(1)
+                continue
+            elif op == 0x69 or op == 0x6F:
+                # INST (class in two lines), OBJ (class first above the MARK): an instance
+                # is one level above its class and its argument tuple, which is one
+                # level above the arguments
+                j = i + 1
+                if op == 0x69:
+                    j = data.index(b"\n", data.index(b"\n", j) + 1) + 1
+                if not marks:
+                    raise _underflow(i)
+                mark = marks.pop()
+                fence = marks[-1] if marks else 0
+                if op == 0x69:
+                    d = max(stack[mark:], default=0) + 2
+                else:
+                    if len(stack) <= mark:
+                        raise _underflow(i)
+                    c = stack[mark]
+                    d = max(stack[mark + 1:], default=0) + 1
+                    d = (c if c > d else d) + 1
+                if d > MAX_DEPTH:
+                    raise _too_deep(i)
+                del stack[mark:]
+                push(d)
+                i = j
+                continue
+            elif op == 0x92:  # NEWOBJ_EX: class, args, kwargs; (args, kwargs) is a level
+                if len(stack) - 3 < fence:
+                    raise _underflow(i)
+                kw = stack.pop()
+                a = stack.pop()
+                c = stack[-1]
+                d = (a if a > kw else kw) + 1
+                d = (c if c > d else d) + 1
+                if d > MAX_DEPTH:
+                    raise _too_deep(i)
+                stack[-1] = d
+                i += 1
+                continue
+            elif op == 0x93:  # STACK_GLOBAL: module and name -> a global
+                if len(stack) - 2 < fence:
+                    raise _underflow(i)
+                stack.pop()
+                stack[-1] = 0
+                i += 1
                 continue
             elif op == 0x70:  # PUT (text)
                 j = data.index(b"\n", i + 1) + 1
                 idx = _line_int(data, i, j)
                 if idx > limit:
                     raise UnsafePickle(f"memo index {idx} at offset {i} exceeds the record size")
-                kinds[idx] = -1
+                if len(stack) <= fence:
+                    raise _underflow(i)
+                kinds[idx] = -1 - stack[-1]
+                memos = -1
                 i = j
                 continue
-            elif op == 0x94:  # MEMOIZE not right after a scalar: index unknown here
+            elif op == 0x94:  # MEMOIZE not right after a scalar: the next index
+                if len(stack) <= fence:
+                    raise _underflow(i)
+                if memos < 0:
+                    raise _mixed(i)
+                kinds[memos] = -1 - stack[-1]
+                memos += 1
                 flags |= 2
                 i += 1
                 continue
             elif op == 0x6A or op == 0x67:  # LONG_BINGET, GET
+                at = i
                 if op == 0x6A:
                     idx = u32(data, i + 1)[0]
                     i += 5
@@ -170,22 +431,52 @@ def scan_py(data: bytes, start: int, kinds: dict[int, int], state: list[int]) ->
                     flags |= 1
                 else:
                     expansion += k
+                if k < 0:
+                    if -1 - k > MAX_DEPTH:
+                        raise _too_deep(at)
+                    push(-1 - k)
+                else:
+                    push(0)
+                continue
+            elif op == 0x30:  # POP: the top item, or the MARK right above it
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                    fence = marks[-1] if marks else 0
+                elif len(stack) <= fence:
+                    raise _underflow(i)
+                else:
+                    stack.pop()
+                i += 1
+                continue
+            elif op == 0x31:  # POP_MARK
+                if not marks:
+                    raise _underflow(i)
+                del stack[marks.pop():]
+                fence = marks[-1] if marks else 0
+                i += 1
                 continue
             elif op == 0x32:  # DUP
+                if len(stack) <= fence:
+                    raise _underflow(i)
+                push(stack[-1])
                 flags |= 1
                 i += 1
                 continue
-            elif op == 0x2E:  # STOP
-                state[0], state[1] = flags, expansion
-                return i + 1
+            elif op == 0x98:  # READONLY_BUFFER
+                if len(stack) <= fence:
+                    raise _underflow(i)
+                i += 1
+                continue
             else:
                 raise UnsafePickle(f"invalid pickle opcode 0x{op:02x} at offset {i}")
             # A scalar of `size` bytes ended at i. ZODB's pickler memoizes most scalars
             # right away; remember big ones so their repetition is counted.
+            push(0)
             nxt = data[i]
             if nxt == 0x71:
                 if size > _SMALL:
                     kinds[data[i + 1]] = size
+                memos = -1
                 i += 2
             elif nxt == 0x72:
                 idx = u32(data, i + 1)[0]
@@ -193,10 +484,14 @@ def scan_py(data: bytes, start: int, kinds: dict[int, int], state: list[int]) ->
                     raise UnsafePickle(f"memo index {idx} at offset {i} exceeds the record size")
                 if size > _SMALL:
                     kinds[idx] = size
+                memos = -1
                 i += 5
             elif nxt == 0x94:
+                if memos < 0:
+                    raise _mixed(i)
                 if size > _SMALL:
                     flags |= 2  # index not tracked: treat later GETs conservatively
+                memos += 1
                 i += 1
     except (IndexError, struct.error):
         raise UnsafePickle("pickle data was truncated") from None
@@ -221,13 +516,13 @@ def _line_int(data: bytes, i: int, j: int) -> int:
 
 
 # The C version of scan_py, when the optional extension was built (setup.py). It takes the
-# exception class to raise and scan_py itself, to which it hands the rare cases it does
-# not port (text PUT/GET of protocols 0-1, arguments of unexpected types).
+# exception class to raise, scan_py itself, to which it hands the rare cases it does not
+# port (text PUT/GET of protocols 0-1, arguments of unexpected types), and MAX_DEPTH.
 try:
     from esindexer.convert import _scan_c
 except ImportError:  # no compiler at install time: the pure-Python scan
     _scan_c = None
     scan = scan_py
 else:
-    _scan_c.configure(UnsafePickle, scan_py)
+    _scan_c.configure(UnsafePickle, scan_py, MAX_DEPTH)
     scan = _scan_c.scan

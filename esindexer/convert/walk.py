@@ -16,7 +16,15 @@ walker handles everything else, with newt.db's semantics where newt.db has them:
 - integers outside the signed 64-bit range become decimal strings, NaN and infinities
   become ``null``, lone surrogates become U+FFFD (surrogate-escaped bytes of Python 2
   ``str`` become the matching Latin-1 character);
-- nesting deeper than :data:`MAX_DEPTH` is an error rather than a crash.
+- nesting deeper than :data:`MAX_DEPTH` is an error rather than a crash: the walker
+  recurses in Python (about three frames per level, so 200 levels stay far below
+  Python's recursion limit) and refuses the next level with ``ValueError: nesting
+  deeper than 200 levels``, whatever the input; what it hands orjson has no tuples
+  (they become lists), and orjson refuses lists and dicts nested beyond its own limit
+  cleanly. The Jsonifier's pre-scan (:mod:`esindexer.convert.scan`) refuses records
+  nested that deep before anything is unpickled; the walker's check is for what the
+  scan cannot see (a container filled after it was memoized) and for direct callers of
+  :func:`json_ready`.
 """
 
 from __future__ import annotations
@@ -27,13 +35,14 @@ from typing import Any
 
 import orjson
 
+from esindexer.convert.scan import MAX_DEPTH
 from esindexer.convert.values import Obj, Ref, StandInType, bytes_json, global_json, sorted_items
 
 __all__ = ["MAX_DEPTH", "TooLarge", "json_ready", "walk"]
 
-#: Deepest nesting accepted. Elasticsearch refuses objects deeper than 20 by default
-#: (``index.mapping.depth.limit``); this only keeps hostile input from exhausting the stack.
-MAX_DEPTH = 200
+# MAX_DEPTH: the deepest nesting accepted, the pre-scan's limit (esindexer.convert.scan).
+# Elasticsearch refuses objects deeper than 20 by default (``index.mapping.depth.limit``);
+# this only keeps hostile input from exhausting the stack.
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1

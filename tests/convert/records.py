@@ -83,6 +83,99 @@ def record(klass: Any, state: Any, protocol: int = 3, class_record: Any = None) 
     return f.getvalue()
 
 
+#: The container kinds of :func:`deep_value`.
+DEEP_KINDS = ("tuple", "list", "dict", "set", "frozenset", "instance", "mixed")
+
+
+def deep_value(kind: str, depth: int) -> Any:
+    """A value nested ``depth`` containers deep (built without recursion).
+
+    ``set`` is a set of frozensets of frozensets ...; ``instance`` is a chain of
+    :class:`Thing` whose attribute ``next`` holds the next level; ``mixed`` cycles through
+    list, dict, instance, tuple and frozenset (whose member, a tuple of an instance, is
+    hashable).
+    """
+    v: Any = 0
+    for level in range(depth):
+        k = kind if kind != "mixed" else ("list", "dict", "instance", "tuple", "frozenset")[level % 5]
+        if k == "tuple":
+            v = (v,)
+        elif k == "list":
+            v = [v]
+        elif k == "dict":
+            v = {"k": v}
+        elif k == "frozenset" or (k == "set" and level < depth - 1):
+            v = frozenset([v])
+        elif k == "set":
+            v = {v}
+        elif k == "instance":
+            v = Thing(next=v)
+        else:
+            raise ValueError(kind)
+    return v
+
+
+def deep_record(kind: str, depth: int, protocol: int) -> bytes:
+    """``record(Thing, deep_value(kind, depth), protocol)``, pickled in a thread with a
+    big stack and a high recursion limit: the picklers recurse (in C) once per level."""
+    import sys
+    import threading
+
+    out: list = []
+    limit = sys.getrecursionlimit()
+    size = threading.stack_size(1 << 30)
+    sys.setrecursionlimit(max(limit, 10 * depth + 1000))
+    try:
+        worker = threading.Thread(target=lambda: out.append(record(Thing, deep_value(kind, depth), protocol)))
+        worker.start()
+        worker.join()
+    finally:
+        threading.stack_size(size)
+        sys.setrecursionlimit(limit)
+    if not out:
+        raise RuntimeError(f"could not pickle {kind} nested {depth} deep at protocol {protocol}")
+    return out[0]
+
+
+def deep_json(kind: str, depth: int) -> Any:
+    """What the Jsonifier makes of ``deep_value(kind, depth)`` as the state (parsed)."""
+    v: Any = 0
+    for level in range(depth):
+        k = kind if kind != "mixed" else ("list", "dict", "instance", "tuple", "frozenset")[level % 5]
+        if k == "dict":
+            v = {"k": v}
+        elif k == "instance":
+            v = {"next": v, "::": "tests.convert.records.Thing"}
+        else:  # tuples, lists, sets, frozensets: arrays
+            v = [v]
+    return v
+
+
+def scan_depth(value: Any, protocol: int) -> int:
+    """The nesting depth the pre-scan counts for ``value`` as the pickler writes it.
+
+    The rules of esindexer/convert/scan.py ("Nesting") applied to a Python value: a
+    scalar 0; a tuple, list or dict one more than its deepest item (or key); a set or
+    frozenset one more, but three more below protocol 4, which writes
+    ``REDUCE(set, ([items],))``; a :class:`Thing` two (class and argument tuple, then
+    one more) or one more than its ``__dict__``, whichever is deeper.
+    """
+    t = type(value)
+    if t is tuple or t is list:
+        return 1 + max((scan_depth(x, protocol) for x in value), default=0)
+    if t is dict:
+        return 1 + max((max(scan_depth(k, protocol), scan_depth(x, protocol))
+                        for k, x in value.items()), default=0)
+    if t is set or t is frozenset:
+        inner = max((scan_depth(x, protocol) for x in value), default=0)
+        return inner + (1 if protocol >= 4 else 3)
+    if t is Thing:
+        return max(2, 1 + scan_depth(vars(value), protocol))
+    if value is None or t in (bool, int, float, str):
+        return 0
+    raise TypeError(f"no scan depth rule for {t.__name__}")
+
+
 def strict_loads(text: str) -> Any:
     """Parse JSON, refusing NaN/Infinity tokens (the stdlib parser accepts them)."""
 
@@ -116,7 +209,8 @@ def same_json(a: Any, b: Any) -> bool:
 
 __all__ = [
     "Thing", "Slotted", "MyDict", "MyList", "PRef", "record", "strict_loads",
-    "newt_jsonifier", "newt_loads", "same_json", "Doc", "Folder",
+    "newt_jsonifier", "newt_loads", "same_json", "Doc", "Folder", "DEEP_KINDS", "deep_value",
+    "deep_record", "deep_json", "scan_depth",
 ]
 
 

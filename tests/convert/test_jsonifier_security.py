@@ -8,8 +8,10 @@ oversized input gives ``kind == 'error'`` with a reason, within bounded memory a
 
 from __future__ import annotations
 
+import json
 import os
 import struct
+import subprocess
 import sys
 import tracemalloc
 
@@ -18,8 +20,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esindexer.convert.jsonifier import Jsonifier
+from esindexer.convert.scan import MAX_DEPTH
 from esindexer.convert.values import standin
-from tests.convert.records import PRef, Thing, record, strict_loads
+from tests.convert.records import (
+    DEEP_KINDS,
+    PRef,
+    Thing,
+    deep_json,
+    deep_value,
+    record,
+    scan_depth,
+    strict_loads,
+)
 
 CLASS = b"\x80\x03ctests.convert.records\nThing\nq\x00N\x86q\x01."
 
@@ -153,6 +165,100 @@ def test_deep_nesting_is_an_error_not_a_crash():
     c = Jsonifier().convert("deep", CLASS + state)
     assert c.kind == "ok"
     assert c.json_text == "[" * 150 + "]" * 150
+
+
+# Deep nesting, converted in a child process: orjson corrupts memory on tuples nested a
+# few thousand deep and tuple hashing overflows the C stack, so an unbounded conversion
+# kills the process (SIGSEGV/SIGABRT) instead of failing a test.
+
+_DEEP_CHILD = r"""
+import json, sys
+from esindexer.convert.walk import json_ready
+from esindexer.convert.jsonifier import Jsonifier, _new_unpickler
+from tests.convert.records import deep_record
+
+kind, depths, protocols = json.loads(sys.argv[1])
+
+def emit(**fields):
+    print(json.dumps(fields), flush=True)
+
+records = {(d, p): deep_record(kind, d, p) for d in depths for p in protocols}
+emit(built=len(records))  # the conversions run with the default stack and recursion limit
+
+for (depth, protocol), data in sorted(records.items()):
+    emit(start="convert", depth=depth, protocol=protocol, size=len(data))
+    for prescan in (True, False):
+        c = Jsonifier(prescan=prescan).convert("deep", data)
+        emit(depth=depth, protocol=protocol, prescan=prescan, kind=c.kind, error=c.error)
+    emit(depth=depth, protocol=protocol, call=[x is None for x in Jsonifier()("deep", data)])
+for (depth, protocol), data in sorted(records.items()):
+    # the walker alone, on the value as the unpickler builds it (no pre-scan)
+    emit(start="walk", depth=depth, protocol=protocol)
+    unpickler, source = _new_unpickler()
+    source.data = data
+    unpickler.load()
+    state = unpickler.load()
+    try:
+        json_ready(state)
+        emit(depth=depth, protocol=protocol, walk="ok")
+    except ValueError as exc:
+        emit(depth=depth, protocol=protocol, walk=str(exc))
+emit(done=True)
+"""
+
+
+def _deep_in_child(kind: str, depths: list[int], protocols: list[int]) -> list[dict]:
+    """Run _DEEP_CHILD; assert it exited normally; return its report lines."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", _DEEP_CHILD, json.dumps([kind, depths, protocols])],
+                          cwd=root, capture_output=True, text=True, timeout=600)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0, (
+        f"child died with status {proc.returncode} after {lines[-1:]}: {proc.stderr[-3000:]}")
+    assert lines[0] == {"built": len(depths) * len(protocols)} and lines[-1] == {"done": True}
+    return lines
+
+
+@pytest.mark.parametrize("kind", DEEP_KINDS)
+def test_deep_nesting_of_every_kind_is_an_error_in_a_child_process(kind):
+    """1,000 to 100,000 levels, protocols 1-5 (and 0 for some kinds), written by ZODB's
+    pickler (zodbpickle, protocols 0-3) or the stdlib's (4-5): every conversion ends as
+    kind 'error' with the depth reason, the call gives newt.db's three Nones, the walker
+    refuses the unpickled value itself (unpickled without the pre-scan), and the process
+    survives."""
+    protocols = list(range(0 if kind in ("tuple", "list", "dict", "mixed") else 1, 6))
+    depths = [1_000, 5_000, 20_000, 100_000]
+    lines = _deep_in_child(kind, depths, protocols)
+    reason = f"nesting deeper than {MAX_DEPTH} levels"
+    conversions = [line for line in lines if "prescan" in line]
+    assert len(conversions) == 2 * len(depths) * len(protocols)
+    for line in conversions:
+        assert line["kind"] == "error" and reason in line["error"], line
+    calls = [line for line in lines if "call" in line]
+    assert len(calls) == len(depths) * len(protocols)
+    assert all(line["call"] == [True, True, True] for line in calls)
+    walks = [line for line in lines if "walk" in line]
+    assert [line["walk"] for line in walks] == [reason] * len(depths) * len(protocols)
+
+
+@pytest.mark.parametrize("kind", DEEP_KINDS)
+@pytest.mark.parametrize("protocol", range(0, 6))
+def test_nesting_at_the_limit_converts_and_one_more_level_does_not(kind, protocol):
+    """The deepest value of each kind that the pre-scan accepts (200 levels of tuples,
+    lists or dicts; an instance counts two; a set three below protocol 4) converts to the
+    same JSON as ever, with or without prescan; one level more is refused."""
+    levels = 1
+    while scan_depth(deep_value(kind, levels + 1), protocol) <= MAX_DEPTH:
+        levels += 1
+    data = record(Thing, deep_value(kind, levels), protocol)
+    c = Jsonifier().convert("deep", data)
+    assert c.kind == "ok", (levels, c)
+    assert json.loads(c.json_text) == deep_json(kind, levels)
+    assert Jsonifier(prescan=False).convert("deep", data) == c
+    if kind in ("tuple", "list", "dict") or (kind == "frozenset" and protocol >= 4):
+        assert levels == MAX_DEPTH  # counted exactly: one level per container
+    c = Jsonifier().convert("deep", record(Thing, deep_value(kind, levels + 1), protocol))
+    assert c.kind == "error" and f"nesting deeper than {MAX_DEPTH} levels" in c.error, c
 
 
 def test_exponential_sharing_hits_the_budget():
