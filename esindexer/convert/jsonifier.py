@@ -37,14 +37,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from esindexer.convert.model import StandInType
 from esindexer.convert.scan import UnsafePickle, scan
-from esindexer.convert.values import (
-    StandInType,
-    fast_default,
-    hashable_persistent_ref,
-    persistent_ref,
-    standin,
-)
+from esindexer.convert.values import fast_default, hashable_persistent_ref, persistent_ref, standin
 from esindexer.convert.walk import walk
 
 __all__ = ["Conversion", "Jsonifier", "UnsafePickle", "default_skip_class"]
@@ -54,7 +49,7 @@ log = logging.getLogger(__name__)
 #: newt.db's default: every ``BTrees.*`` class and ``ZODB.blob*`` (prefix match).
 default_skip_class: Callable[[str], Any] = re.compile(r"BTrees[.]|ZODB.blob").match
 
-_StandInMeta = type(StandInType)
+StandInMeta = type(StandInType)
 _STRICT = orjson.OPT_STRICT_INTEGER  # ints beyond 2**53 take the walker (64-bit check)
 _MAX_ERROR = 300
 _POOL_MAX = 4
@@ -150,13 +145,13 @@ def _new_unpickler(cls: type = _Unpickler) -> tuple[_Unpickler, _Source]:
 def _record_class_name(klass: Any) -> str:
     """The class name from a class record (newt-spec §4): GLOBAL, ``(class, args)`` or
     ``((module, name), args)``."""
-    if type(klass) is tuple and len(klass) == 2 and type(klass[0]) is _StandInMeta:  # ZODB's
+    if type(klass) is tuple and len(klass) == 2 and type(klass[0]) is StandInMeta:  # ZODB's
         return klass[0].dotted  # type: ignore[attr-defined]
-    if isinstance(klass, _StandInMeta):
+    if isinstance(klass, StandInMeta):
         return klass.dotted  # type: ignore[attr-defined]
     if type(klass) is tuple and len(klass) == 2:
         first = klass[0]
-        if isinstance(first, _StandInMeta):
+        if isinstance(first, StandInMeta):
             return first.dotted  # type: ignore[attr-defined]
         if type(first) is tuple and len(first) == 2 and all(type(x) is str for x in first):
             return f"{first[0]}.{first[1]}"

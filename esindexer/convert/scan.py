@@ -24,29 +24,7 @@ work per opcode as possible, and answers:
 The scanner parses argument lengths exactly as ``_pickle.c`` does, so both agree on where
 every opcode starts; it does not interpret values.
 
-Nesting. The scan keeps, for every slot of the unpickler's stack, a structural depth
-(stack depth is not nesting depth: ``TUPLE1`` nests with a constant stack). A scalar is
-0; an empty container 1; a container built from items (``TUPLE*``, ``LIST``, ``DICT``,
-``FROZENSET``) one more than its deepest item; ``APPEND(S)``, ``SETITEM(S)``,
-``ADDITEMS`` and ``BUILD`` raise their target to one more than what they add; an
-instance (``REDUCE``, ``NEWOBJ``, ``NEWOBJ_EX``, ``OBJ``, ``INST``) is one more than its
-class and its argument tuple, so a chain of instances whose state holds the next one
-counts two levels per instance; a persistent reference is one more than its id. The memo
-carries depths: ``kinds`` holds ``-1 - depth`` for every memoized container, ``MEMOIZE``
-writes the index the unpickler uses (the number of earlier ``MEMOIZE`` opcodes; a record
-that mixes it with ``PUT`` opcodes, which no pickler writes, is refused), and ``GET``
-pushes the depth the value had when it was memoized. The unpickler's stack fences
-(nothing is popped below the last ``MARK``) are followed exactly, so the scan and the
-unpickler agree on which object every opcode works on.
-
-What this guarantees: a run of tuples nested in each other (the values whose hashing
-and serializing recurse in C without a limit) is never longer than :data:`MAX_DEPTH`,
-because a tuple is complete when it is built or memoized. A list, dict, set or instance
-that receives items *after* being memoized or duplicated can end up deeper than its
-count; such a record is not a plain tree (``GET`` of a container, ``DUP``), so it takes
-the walker, which stops at the same depth, and orjson refuses lists and dicts nested
-beyond its own limit cleanly. No C code recurses more than a few hundred levels on a
-record that passes.
+How nesting depth is counted, and what the bound guarantees: docs/json.md ("Nesting depth").
 
 :func:`scan_py` below is the reference implementation. ``esindexer/convert/_scan_c.c`` is
 a C port of it with identical results (tests/convert/test_scan.py checks this), about 20x
@@ -58,16 +36,11 @@ from __future__ import annotations
 
 import struct
 
+from esindexer.convert.opcodes import FIXED_PUSH, I32, SMALL, U32, U64, line_int, mixed, underflow
+from esindexer.errors import UnsafePickle
+
 __all__ = ["MAX_DEPTH", "UnsafePickle", "scan", "scan_py"]
 
-
-class UnsafePickle(ValueError):
-    """The record is malformed or asks for resources far beyond its own size."""
-
-
-_U32 = struct.Struct("<I").unpack_from
-_I32 = struct.Struct("<i").unpack_from
-_U64 = struct.Struct("<Q").unpack_from
 
 #: Deepest nesting accepted, in levels of containers (see "Nesting" in the module
 #: docstring). orjson corrupts memory instead of refusing tuples nested a few thousand
@@ -75,41 +48,10 @@ _U64 = struct.Struct("<Q").unpack_from
 #: what an application stores. The walker (esindexer.convert.walk) uses the same limit.
 MAX_DEPTH = 200
 
-# Opcodes of a fixed size that just push a value: 2 * their total size (opcode byte +
-# fixed argument) + the depth they push. Scalars (depth 0): NONE, NEWTRUE, NEWFALSE,
-# NEXT_BUFFER, BININT1, BININT2, BININT, BINFLOAT and EXT1/2/4 (whose global is as flat
-# as a scalar); empty containers (depth 1): EMPTY_TUPLE, EMPTY_LIST, EMPTY_DICT,
-# EMPTY_SET. 0 = handled below.
-_PUSH = [0] * 256
-for _code in (ord("N"), 0x88, 0x89, 0x97):
-    _PUSH[_code] = 2
-for _code in (ord("K"), 0x82):
-    _PUSH[_code] = 4
-for _code in (ord("M"), 0x83):
-    _PUSH[_code] = 6
-for _code in (ord("J"), 0x84):
-    _PUSH[_code] = 10
-_PUSH[ord("G")] = 18
-for _code in (ord(")"), ord("]"), ord("}"), 0x8F):
-    _PUSH[_code] = 3
-_PUSH_T = tuple(_PUSH)
-del _PUSH, _code
-
-# Memo entries above this size are remembered, so repeated GETs of a big string count
-# fully against the expansion budget; smaller ones count as this many bytes.
-_SMALL = 64
 
 
 def _too_deep(i: int) -> UnsafePickle:
     return UnsafePickle(f"nesting deeper than {MAX_DEPTH} levels at offset {i}")
-
-
-def _underflow(i: int) -> UnsafePickle:
-    return UnsafePickle(f"stack underflow at offset {i}")
-
-
-def _mixed(i: int) -> UnsafePickle:
-    return UnsafePickle(f"MEMOIZE after PUT opcodes at offset {i}")
 
 
 def scan_py(
@@ -136,8 +78,8 @@ def scan_py(
     """
     n = len(data)
     limit = n + 256  # a pickle cannot hold more memo entries than it has bytes
-    fixed = _PUSH_T
-    u32 = _U32
+    fixed = FIXED_PUSH
+    u32 = U32
     i = start
     flags, expansion, memos = state
     if stack is None:
@@ -157,7 +99,7 @@ def scan_py(
             if op == 0x71:  # BINPUT not right after a scalar: assume a container
                 idx = data[i + 1]
                 if len(stack) <= fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 kinds[idx] = -1 - stack[-1]
                 memos = -1
                 i += 2
@@ -167,7 +109,7 @@ def scan_py(
                 i += 5 + size
                 if data[i] == 0x71:  # ... memoized right away (the usual case)
                     push(0)
-                    if size > _SMALL:
+                    if size > SMALL:
                         kinds[data[i + 1]] = size
                     memos = -1
                     i += 2
@@ -178,7 +120,7 @@ def scan_py(
                 i += 2 + size
                 if data[i] == 0x71:
                     push(0)
-                    if size > _SMALL:
+                    if size > SMALL:
                         kinds[data[i + 1]] = size
                     memos = -1
                     i += 2
@@ -186,17 +128,17 @@ def scan_py(
             elif op == 0x86 or op == 0x85 or op == 0x87:  # TUPLE2, TUPLE1, TUPLE3
                 if op == 0x86:
                     if len(stack) - 2 < fence:
-                        raise _underflow(i)
+                        raise underflow(i)
                     a = stack.pop()
                     d = stack[-1]
                     d = (a if a > d else d) + 1
                 elif op == 0x85:
                     if len(stack) <= fence:
-                        raise _underflow(i)
+                        raise underflow(i)
                     d = stack[-1] + 1
                 else:
                     if len(stack) - 3 < fence:
-                        raise _underflow(i)
+                        raise underflow(i)
                     d = max(stack.pop(), stack.pop(), stack[-1]) + 1
                 if d > MAX_DEPTH:
                     raise _too_deep(i)
@@ -205,7 +147,7 @@ def scan_py(
                 continue
             elif op == 0x51:  # BINPERSID: the reference describes its id one level down
                 if len(stack) <= fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 d = stack[-1] + 1
                 if d > MAX_DEPTH:
                     raise _too_deep(i)
@@ -222,7 +164,7 @@ def scan_py(
                 i += 1
                 continue
             elif op == 0x68:  # BINGET
-                k = kinds.get(data[i + 1], _SMALL)
+                k = kinds.get(data[i + 1], SMALL)
                 if k < 0 or flags & 2:
                     flags |= 1
                 else:
@@ -239,11 +181,11 @@ def scan_py(
                 # SETITEMS, APPENDS, ADDITEMS: the items above the MARK go into the
                 # container below it, which becomes one level deeper than the deepest
                 if not marks:
-                    raise _underflow(i)
+                    raise underflow(i)
                 mark = marks.pop()
                 fence = marks[-1] if marks else 0
                 if mark <= fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 if len(stack) > mark:
                     d = max(stack[mark:]) + 1
                     del stack[mark:]
@@ -256,7 +198,7 @@ def scan_py(
             elif op == 0x52 or op == 0x81:
                 # REDUCE, NEWOBJ: callable/class and argument tuple -> one level above both
                 if len(stack) - 2 < fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 a = stack.pop()
                 c = stack[-1]
                 d = (a if a > c else c) + 1
@@ -270,7 +212,7 @@ def scan_py(
                 continue
             elif op == 0x2E:  # STOP
                 if len(stack) <= fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 state[0], state[1], state[2] = flags, expansion, memos
                 return i + 1
             elif op == 0x72:  # LONG_BINPUT not right after a scalar
@@ -278,14 +220,14 @@ def scan_py(
                 if idx > limit:
                     raise UnsafePickle(f"memo index {idx} at offset {i} exceeds the record size")
                 if len(stack) <= fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 kinds[idx] = -1 - stack[-1]
                 memos = -1
                 i += 5
                 continue
             elif op == 0x62:  # BUILD: the state goes into the instance below it
                 if len(stack) - 2 < fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 d = stack.pop() + 1
                 if d > stack[-1]:
                     if d > MAX_DEPTH:
@@ -295,7 +237,7 @@ def scan_py(
                 continue
             elif op == 0x73:  # SETITEM: key and value into the container below them
                 if len(stack) - 2 <= fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 v = stack.pop()
                 k = stack.pop()
                 d = (k if k > v else v) + 1
@@ -307,7 +249,7 @@ def scan_py(
                 continue
             elif op == 0x61:  # APPEND
                 if len(stack) - 1 <= fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 d = stack.pop() + 1
                 if d > stack[-1]:
                     if d > MAX_DEPTH:
@@ -318,7 +260,7 @@ def scan_py(
             elif op == 0x74 or op == 0x6C or op == 0x64 or op == 0x91:
                 # TUPLE, LIST, DICT, FROZENSET: a container of the items above the MARK
                 if not marks:
-                    raise _underflow(i)
+                    raise underflow(i)
                 mark = marks.pop()
                 fence = marks[-1] if marks else 0
                 d = max(stack[mark:], default=0) + 1
@@ -332,12 +274,12 @@ def scan_py(
                 size = u32(data, i + 1)[0]
                 i += 5 + size
             elif op == 0x54 or op == 0x8B:  # BINSTRING, LONG4: signed 4-byte length
-                size = _I32(data, i + 1)[0]
+                size = I32(data, i + 1)[0]
                 if size < 0:
                     raise UnsafePickle(f"negative length at offset {i}")
                 i += 5 + size
             elif op == 0x8D or op == 0x8E or op == 0x96:  # BINUNICODE8, BINBYTES8, BYTEARRAY8
-                size = _U64(data, i + 1)[0]
+                size = U64(data, i + 1)[0]
                 i += 9 + size
             elif op == 0x46 or op == 0x49 or op == 0x4C or op == 0x53 or op == 0x56:
                 # FLOAT, INT, LONG, STRING, UNICODE: one line
@@ -359,14 +301,14 @@ def scan_py(
                 if op == 0x69:
                     j = data.index(b"\n", data.index(b"\n", j) + 1) + 1
                 if not marks:
-                    raise _underflow(i)
+                    raise underflow(i)
                 mark = marks.pop()
                 fence = marks[-1] if marks else 0
                 if op == 0x69:
                     d = max(stack[mark:], default=0) + 2
                 else:
                     if len(stack) <= mark:
-                        raise _underflow(i)
+                        raise underflow(i)
                     c = stack[mark]
                     d = max(stack[mark + 1:], default=0) + 1
                     d = (c if c > d else d) + 1
@@ -378,7 +320,7 @@ def scan_py(
                 continue
             elif op == 0x92:  # NEWOBJ_EX: class, args, kwargs; (args, kwargs) is a level
                 if len(stack) - 3 < fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 kw = stack.pop()
                 a = stack.pop()
                 c = stack[-1]
@@ -391,27 +333,27 @@ def scan_py(
                 continue
             elif op == 0x93:  # STACK_GLOBAL: module and name -> a global
                 if len(stack) - 2 < fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 stack.pop()
                 stack[-1] = 0
                 i += 1
                 continue
             elif op == 0x70:  # PUT (text)
                 j = data.index(b"\n", i + 1) + 1
-                idx = _line_int(data, i, j)
+                idx = line_int(data, i, j)
                 if idx > limit:
                     raise UnsafePickle(f"memo index {idx} at offset {i} exceeds the record size")
                 if len(stack) <= fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 kinds[idx] = -1 - stack[-1]
                 memos = -1
                 i = j
                 continue
             elif op == 0x94:  # MEMOIZE not right after a scalar: the next index
                 if len(stack) <= fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 if memos < 0:
-                    raise _mixed(i)
+                    raise mixed(i)
                 kinds[memos] = -1 - stack[-1]
                 memos += 1
                 flags |= 2
@@ -424,9 +366,9 @@ def scan_py(
                     i += 5
                 else:
                     j = data.index(b"\n", i + 1) + 1
-                    idx = _line_int(data, i, j)
+                    idx = line_int(data, i, j)
                     i = j
-                k = kinds.get(idx, _SMALL)
+                k = kinds.get(idx, SMALL)
                 if k < 0 or flags & 2:
                     flags |= 1
                 else:
@@ -443,28 +385,28 @@ def scan_py(
                     marks.pop()
                     fence = marks[-1] if marks else 0
                 elif len(stack) <= fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 else:
                     stack.pop()
                 i += 1
                 continue
             elif op == 0x31:  # POP_MARK
                 if not marks:
-                    raise _underflow(i)
+                    raise underflow(i)
                 del stack[marks.pop():]
                 fence = marks[-1] if marks else 0
                 i += 1
                 continue
             elif op == 0x32:  # DUP
                 if len(stack) <= fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 push(stack[-1])
                 flags |= 1
                 i += 1
                 continue
             elif op == 0x98:  # READONLY_BUFFER
                 if len(stack) <= fence:
-                    raise _underflow(i)
+                    raise underflow(i)
                 i += 1
                 continue
             else:
@@ -474,7 +416,7 @@ def scan_py(
             push(0)
             nxt = data[i]
             if nxt == 0x71:
-                if size > _SMALL:
+                if size > SMALL:
                     kinds[data[i + 1]] = size
                 memos = -1
                 i += 2
@@ -482,14 +424,14 @@ def scan_py(
                 idx = u32(data, i + 1)[0]
                 if idx > limit:
                     raise UnsafePickle(f"memo index {idx} at offset {i} exceeds the record size")
-                if size > _SMALL:
+                if size > SMALL:
                     kinds[idx] = size
                 memos = -1
                 i += 5
             elif nxt == 0x94:
                 if memos < 0:
-                    raise _mixed(i)
-                if size > _SMALL:
+                    raise mixed(i)
+                if size > SMALL:
                     flags |= 2  # index not tracked: treat later GETs conservatively
                 memos += 1
                 i += 1
@@ -499,20 +441,6 @@ def scan_py(
         if isinstance(exc, UnsafePickle):
             raise
         raise UnsafePickle(f"pickle data was truncated or malformed ({exc})") from None
-
-
-def _line_int(data: bytes, i: int, j: int) -> int:
-    """The integer on a text opcode's line; the C unpickler accepts the same syntax."""
-    line = data[i + 1 : j]
-    if len(line) > 24:
-        raise UnsafePickle(f"memo index line too long at offset {i}")
-    try:
-        value = int(line)
-    except ValueError:
-        raise UnsafePickle(f"bad memo index at offset {i}") from None
-    if value < 0:
-        raise UnsafePickle(f"negative memo index at offset {i}")
-    return value
 
 
 # The C version of scan_py, when the optional extension was built (setup.py). It takes the

@@ -35,8 +35,8 @@ from typing import Any
 
 import orjson
 
+from esindexer.convert.model import Obj, Ref, StandInType, bytes_json, global_json
 from esindexer.convert.scan import MAX_DEPTH
-from esindexer.convert.values import Obj, Ref, StandInType, bytes_json, global_json, sorted_items
 
 __all__ = ["MAX_DEPTH", "TooLarge", "json_ready", "walk"]
 
@@ -46,7 +46,7 @@ __all__ = ["MAX_DEPTH", "TooLarge", "json_ready", "walk"]
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-_StandInMeta = type(StandInType)
+StandInMeta = type(StandInType)
 _DEFAULT_BUDGET = 2_000_000
 
 
@@ -160,7 +160,7 @@ class _Walker:
         if t is orjson.Fragment:
             self._spend(1)
             return v
-        if isinstance(v, _StandInMeta):
+        if isinstance(v, StandInMeta):
             self._spend(1)
             return global_json(v)
         if t is set or t is frozenset:
@@ -240,3 +240,19 @@ def walk(value: Any, budget: int, memo_ids: Callable[[], dict[int, int]]) -> byt
         walker.count(value)
         out = walker.conv(value, 0)
     return orjson.dumps(out)
+
+
+def sorted_items(items: Any) -> tuple:
+    """Set members as a sorted tuple (an array in JSON; hashable, so sets can be keys).
+
+    Sorted by value like newt.db when the members are comparable; otherwise (mixed
+    types, where newt.db fails) by their JSON text, which is deterministic.
+    """
+    try:
+        return tuple(sorted(items))
+    except TypeError:
+        pass
+    converted = [json_ready(item) for item in items]
+    converted.sort(key=lambda v: orjson.dumps(v, option=orjson.OPT_SORT_KEYS))
+    return tuple(converted)
+

@@ -1,0 +1,162 @@
+"""Special classes: the few a pickle names whose value is data, built from their arguments.
+
+Datetimes become ISO strings (aware ones keep their offset), dates and times likewise,
+decimals numbers or strings, sets sorted arrays, ``copy_reg._reconstructor`` an
+instance description. Only data in, data out: nothing is imported or looked up by name.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal as _decimal
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from esindexer.convert.model import PY2_NAMES, Obj, StandInMeta
+from esindexer.convert.walk import sorted_items
+
+
+def _state_bytes(value: Any) -> bytes | None:
+    """A datetime/date/time state as bytes: proto 3 gives bytes, py2 str gives str."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        # py2 str was decoded as UTF-8 with surrogateescape: this restores the bytes.
+        return value.encode("utf-8", "surrogateescape")
+    return None
+
+
+def _utcoffset(tz: Any) -> _dt.timedelta | None:
+    """The fixed UTC offset of a tzinfo description, when the pickle itself carries it."""
+    if not isinstance(tz, Obj):
+        return None
+    name, args = tz._name, tz._args
+    try:
+        if name == "datetime.timezone" and isinstance(args, tuple) and args:
+            td = args[0]
+            if isinstance(td, Obj) and td._name == "datetime.timedelta":
+                d, s, us = (tuple(td._args or ()) + (0, 0, 0))[:3]
+                if all(type(x) is int for x in (d, s, us)):
+                    offset = _dt.timedelta(d, s, us)
+                    if abs(offset) < _dt.timedelta(hours=24):
+                        return offset
+        elif name == "pytz._UTC":
+            return _dt.timedelta(0)
+        elif name == "pytz._p" and isinstance(args, tuple) and len(args) >= 2:
+            if type(args[1]) is int and abs(args[1]) < 86400:
+                return _dt.timedelta(seconds=args[1])
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return None
+
+
+def _aware(value: _dt.datetime | _dt.time, tz: Any) -> Obj:
+    offset = _utcoffset(tz)
+    if offset is not None:
+        text = value.replace(tzinfo=_dt.timezone(offset)).isoformat()
+    else:
+        text = value.isoformat()
+    result = Obj("datetime", None)
+    dict.clear(result)
+    dict.update(result, {"value": text, "tz": tz, "::": "datetime"})
+    return result
+
+
+def _datetime(args: tuple) -> Any:
+    state = args[0] if args else None
+    if type(state) is bytes and len(state) == 10 and len(args) == 1:  # the usual
+        return _dt.datetime(state).isoformat()  # stdlib decoding of the state bytes
+    if not 1 <= len(args) <= 2:
+        return NotImplemented
+    state = _state_bytes(state)
+    if state is None or len(state) != 10:
+        return NotImplemented
+    value = _dt.datetime(state)
+    if len(args) == 2 and args[1] is not None:
+        return _aware(value, args[1])
+    return value.isoformat()
+
+
+def _date(args: tuple) -> Any:
+    if len(args) != 1:
+        return NotImplemented
+    state = _state_bytes(args[0])
+    if state is None or len(state) != 4:
+        return NotImplemented
+    return _dt.date(state).isoformat()
+
+
+def _time(args: tuple) -> Any:
+    if not 1 <= len(args) <= 2:
+        return NotImplemented
+    state = _state_bytes(args[0])
+    if state is None or len(state) != 6:
+        return NotImplemented
+    value = _dt.time(state)
+    if len(args) == 2 and args[1] is not None:
+        result = _aware(value, args[1])
+        dict.__setitem__(result, "::", "time")
+        return result
+    return value.isoformat()
+
+
+_DOUBLE_MAX_EXP = 308
+
+
+def _decimal_(args: tuple) -> Any:
+    if len(args) != 1 or not isinstance(args[0], str) or len(args[0]) > 10_000:
+        return NotImplemented
+    value = _decimal.Decimal(args[0])  # exact; raises InvalidOperation on junk
+    if not value.is_finite():
+        return None  # like float NaN/Infinity: strict JSON has no such number
+    if value.adjusted() > _DOUBLE_MAX_EXP:
+        return str(value)  # Elasticsearch would read it as an infinite double
+    return orjson.Fragment(str(value))  # the exact digits as a JSON number
+
+
+_LATIN1 = frozenset({"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "iso_8859_1", "l1"})
+
+
+def _codecs_encode(args: tuple) -> Any:
+    # Protocol-2 bytes: _codecs.encode(text, 'latin1'). Any other codec stays inert.
+    if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        if args[1].lower() in _LATIN1:
+            return args[0].encode("latin-1")
+    return NotImplemented
+
+
+def _set(args: tuple) -> Any:
+    if len(args) != 1 or not isinstance(args[0], (list, tuple)):
+        return NotImplemented
+    return sorted_items(args[0])
+
+
+def _reconstructor(args: tuple) -> Any:
+    # copy_reg._reconstructor(cls, base, state): how Python 2 pickled new-style objects.
+    if len(args) != 3 or not isinstance(args[0], StandInMeta):
+        return NotImplemented
+    cls, base, state = args
+    result = Obj(cls.dotted, None)
+    if state is not None:
+        if isinstance(base, StandInMeta) and PY2_NAMES.get(base.dotted, base.dotted) == "builtins.object":
+            result.__setstate__(state)
+        else:  # a dict/list/... subclass: the base value is the object's content
+            result._items = state if isinstance(state, (dict, list)) else None
+            dict.__setitem__(result, "data", state)
+    return result
+
+
+#: dotted name -> the function that builds data for it (a stand-in type's ``special``).
+SPECIAL: dict[str, Callable[[tuple], Any]] = {
+    "datetime.datetime": _datetime,
+    "datetime.date": _date,
+    "datetime.time": _time,
+    "decimal.Decimal": _decimal_,
+    "_codecs.encode": _codecs_encode,
+    "builtins.set": _set,
+    "builtins.frozenset": _set,
+    "copyreg._reconstructor": _reconstructor,
+}
+
