@@ -58,9 +58,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import persistent  # noqa: E402
 
 from esindexer.config import Settings, load_settings  # noqa: E402
-from esindexer.documents import DocumentBuilder, iter_lines  # noqa: E402
+from esindexer.convert.configure import build_jsonifier  # noqa: E402
+from esindexer.documents import DocumentBuilder  # noqa: E402
+from esindexer.es.bulk import iter_lines  # noqa: E402
 from esindexer.observe.metrics import Metrics  # noqa: E402
-from esindexer.pipeline.indexer import Indexer, build_jsonifier  # noqa: E402
+from esindexer.pipeline.indexer import Indexer  # noqa: E402
 from esindexer.source import follow  # noqa: E402
 from tests.support import fresh_database, open_zodb, servers_from_env  # noqa: E402
 
@@ -402,7 +404,7 @@ def precreate_index(es: Any, settings: Settings, ignore_above: int) -> None:
     The template uses 256: flattened leaves are keywords with doc values, and long prose
     (bodies) indexed whole as one keyword serves no query that the ``text`` field does not.
     """
-    from esindexer.documents import index_template
+    from esindexer.es.admin import index_template
 
     body = index_template(settings)["template"]
     body["mappings"]["properties"]["state"]["ignore_above"] = ignore_above

@@ -49,7 +49,8 @@ import persistent  # noqa: E402
 
 from esindexer.config import Settings, load_settings  # noqa: E402
 from esindexer.observe.metrics import Metrics  # noqa: E402
-from esindexer.pipeline.indexer import EXIT_OK, Indexer  # noqa: E402
+from esindexer.errors import ExitCode  # noqa: E402
+from esindexer.pipeline.indexer import Indexer  # noqa: E402
 from esindexer.source import follow  # noqa: E402
 from tests.support import fresh_database, open_zodb, servers_from_env, wait_for  # noqa: E402
 
@@ -196,7 +197,7 @@ def measure(db: Any, db_dsn: str, es: Any, es_url: str, prefix: str, refresh: st
         indexer.stop()
         thread.join(60)
         conn.close()
-    if outcome.get("code") != EXIT_OK:
+    if outcome.get("code") != ExitCode.OK:
         print(f"WARNING: indexer exited with {outcome.get('code')}")
     ids = list(watcher.committed)
     start = {z: watcher.committed[z][0] for z in ids}

@@ -31,7 +31,8 @@ import orjson
 from elasticsearch import Elasticsearch
 
 from esindexer.config import load_settings
-from esindexer.documents import DocumentBuilder, ensure_indices
+from esindexer.documents import DocumentBuilder
+from esindexer.es.admin import ensure_indices
 from esindexer.es.bulk import BulkSender
 from tests import es_nodes
 

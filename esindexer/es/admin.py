@@ -7,6 +7,11 @@ an operator's command (:func:`switch_alias`). The template fixes the mapping of 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from elasticsearch import Elasticsearch
+
 import dataclasses
 from typing import Any
 
@@ -91,7 +96,7 @@ def template_name(settings: Settings) -> str:
     return f"{settings.index_prefix}-esindexer"
 
 
-def ensure_indices(es: Any, settings: Settings) -> tuple[str, ...]:
+def ensure_indices(es: Elasticsearch, settings: Settings) -> tuple[str, ...]:
     """Install the template and create every routed index that does not exist yet.
 
     Idempotent; run at every start. Existing indices keep their mapping (a template
@@ -125,7 +130,7 @@ def ensure_indices(es: Any, settings: Settings) -> tuple[str, ...]:
     return builder_indices
 
 
-def switch_alias(es: Any, settings: Settings) -> tuple[list[str], list[str]]:
+def switch_alias(es: Elasticsearch, settings: Settings) -> tuple[list[str], list[str]]:
     """Point the alias at exactly this prefix's indices, atomically; returns (removed, added).
 
     The last step of a re-index without downtime: searches see the old generation until

@@ -32,6 +32,11 @@ its own is a dead letter.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from elasticsearch import Elasticsearch
+
 import logging
 import threading
 import time
@@ -104,7 +109,7 @@ class BulkSender:
     send raises :class:`Abandoned`, leaving progress where it was.
     """
 
-    def __init__(self, es: Any, *, retry_max_seconds: float = 60.0, retry_attempts: int = 0,
+    def __init__(self, es: Elasticsearch, *, retry_max_seconds: float = 60.0, retry_attempts: int = 0,
                  stop: threading.Event | None = None,
                  on_retry: Callable[[str, BaseException], None] | None = None,
                  on_request: Callable[[str, float], None] | None = None):
@@ -228,7 +233,7 @@ class BulkSender:
         started = time.monotonic()
         try:
             response = self._es.bulk(
-                operations=body,
+                operations=body,  # type: ignore[arg-type]  # a pre-serialised NDJSON body is sent as is
                 filter_path="errors,items.*.status,items.*.error",
             )
         except Exception as exc:

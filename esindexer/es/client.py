@@ -51,7 +51,7 @@ def make_es_client(settings: Settings) -> Elasticsearch:
 _NOT_PRODUCT_EVIDENCE = {401, 403, 429, 502, 503, 504}
 
 
-def check_elasticsearch(es: Any) -> None:
+def check_elasticsearch(es: Elasticsearch) -> None:
     """Raise :class:`SetupError` when the URL answers, but not as Elasticsearch does.
 
     Elasticsearch marks every answer, errors included, with ``X-Elastic-Product``; the

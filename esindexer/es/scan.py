@@ -7,11 +7,16 @@ context stays open on the cluster and memory is one page.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from elasticsearch import Elasticsearch
+
 from collections.abc import Iterator
 from typing import Any
 
 
-def indexed_zoids(es: Any, indices: tuple[str, ...], page: int = 5000, low: int | None = None,
+def indexed_zoids(es: Elasticsearch, indices: tuple[str, ...], page: int = 5000, low: int | None = None,
                   high: int | None = None) -> Iterator[list[tuple[str, int, int]]]:
     """Pages of ``(index, zoid, tid)`` of the documents (with ``low <= zoid <= high`` when
     given), in zoid order, read with search_after so no scroll context stays open.

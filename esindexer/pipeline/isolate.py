@@ -40,7 +40,7 @@ import collections
 import logging
 import signal
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from esindexer.config import Settings
@@ -118,7 +118,7 @@ class IsolatedConverter:
     """
 
     def __init__(self, settings: Settings, cancel: threading.Event | None = None,
-                 on_crash: Any = None) -> None:
+                 on_crash: Callable[[int, int, str], None] | None = None) -> None:
         self.settings = settings
         self.cancel = cancel
         self.on_crash = on_crash
