@@ -2,8 +2,14 @@
 
 Usage (servers from ``eval "$(scripts/services env)"``)::
 
-    .venv/bin/python bench/latency.py [--commits 50] [--spacing 0.2]
-                                      [--refresh-intervals default,250ms]
+    .venv/bin/python bench/latency.py [--rates 5,20,100] [--seconds 60] [--policies live,off]
+                                      [--refresh-intervals default]
+
+Each (refresh interval, policy, rate) runs for ``--seconds``, side by side in one run:
+``live`` is the default refresh policy (``ESINDEXER_LIVE_REFRESH_INTERVAL`` 0.1 s: the
+touched indices are refreshed explicitly while caught up), ``off`` sets it to 0 (the
+behaviour before the policy: only the index's own refresh publishes writes). After each
+run it reports Elasticsearch's CPU seconds during the run and the index's segment count.
 
 It creates a scratch history-free database on ESIT_PG_DSN and, for each
 refresh interval, runs an :class:`esindexer.pipeline.indexer.Indexer` in a thread (as
@@ -48,10 +54,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import persistent  # noqa: E402
 
 from esindexer.config import Settings, load_settings  # noqa: E402
-from esindexer.observe.metrics import Metrics  # noqa: E402
 from esindexer.errors import ExitCode  # noqa: E402
+from esindexer.observe.metrics import Metrics  # noqa: E402
 from esindexer.pipeline.indexer import Indexer  # noqa: E402
-from esindexer.source import follow  # noqa: E402
+from esindexer.source import follow, progress  # noqa: E402
 from tests.support import fresh_database, open_zodb, servers_from_env, wait_for  # noqa: E402
 
 
@@ -124,7 +130,7 @@ def caught_up(db_dsn: str, client_id: str) -> bool:
     import psycopg2
 
     try:
-        return follow.get_progress_tid(db_dsn, client_id) >= follow.latest_tid(db_dsn)
+        return progress.get_progress_tid(db_dsn, client_id) >= follow.latest_tid(db_dsn)
     except psycopg2.Error:
         return False
 
@@ -138,9 +144,19 @@ def summary(values: list[float]) -> str:
             f"max {ms[-1]:.0f} ms")
 
 
+def es_cpu_seconds(es: Any) -> float:
+    """CPU seconds of the local Elasticsearch process (user + system), from /proc."""
+    info = es.nodes.info(node_id="_local", metric="process")["nodes"]
+    pid = next(iter(info.values()))["process"]["id"]
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(db: Any, db_dsn: str, es: Any, es_url: str, prefix: str, refresh: str, commits: int,
-            spacing: float) -> dict[str, Any]:
-    """Run the service into ``prefix`` with ``refresh``; commit and watch ``commits`` objects."""
+            spacing: float, policy: str = "live") -> dict[str, Any]:
+    """Run the service into ``prefix`` with ``refresh`` and the refresh ``policy``; commit
+    and watch ``commits`` objects, one every ``spacing`` seconds."""
     import transaction
     from BTrees.OOBTree import OOBTree
 
@@ -151,6 +167,7 @@ def measure(db: Any, db_dsn: str, es: Any, es_url: str, prefix: str, refresh: st
         "ESINDEXER_CLIENT_ID": prefix,
         "ESINDEXER_INDEX_REPLICAS": "0",
         "ESINDEXER_METRICS_PORT": "0",
+        "ESINDEXER_LIVE_REFRESH_INTERVAL": "0.1" if policy == "live" else "0",
     })
     tm = transaction.TransactionManager(explicit=True)
     conn = db.open(tm)
@@ -159,7 +176,8 @@ def measure(db: Any, db_dsn: str, es: Any, es_url: str, prefix: str, refresh: st
     container = root.setdefault("notes", OOBTree())
     tm.commit()
 
-    indexer = Indexer(settings, Metrics(process_metrics=False))
+    metrics = Metrics(process_metrics=False)
+    indexer = Indexer(settings, metrics)
     outcome: dict[str, int] = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("code", indexer.run()), daemon=True,
                               name="esindexer-reader")
@@ -173,6 +191,8 @@ def measure(db: Any, db_dsn: str, es: Any, es_url: str, prefix: str, refresh: st
             es.indices.put_settings(index=index, settings={"index": {"refresh_interval": refresh}})
         wait_for(lambda: caught_up(db_dsn, settings.client_id), timeout=120, message="service caught up")
         time.sleep(1.0)
+        cpu_start = es_cpu_seconds(es)
+        refreshes_start = metrics.refreshes._value.get()
         watch_start = time.perf_counter()
         watcher.start()
         commit_times: list[float] = []
@@ -192,6 +212,10 @@ def measure(db: Any, db_dsn: str, es: Any, es_url: str, prefix: str, refresh: st
             time.sleep(max(0.0, began + spacing - time.perf_counter()))
         wait_for(watcher.done, timeout=60, message="every note searchable")
         watched = time.perf_counter() - watch_start
+        es_cpu = es_cpu_seconds(es) - cpu_start
+        refreshes = metrics.refreshes._value.get() - refreshes_start
+        segments = sum(len(shard["segments"]) for shards in es.indices.segments(index=index)["indices"][index]
+                       ["shards"].values() for shard in shards)
     finally:
         watcher.stop()
         indexer.stop()
@@ -204,6 +228,12 @@ def measure(db: Any, db_dsn: str, es: Any, es_url: str, prefix: str, refresh: st
     ret = {z: watcher.committed[z][1] for z in ids}
     return dict(
         refresh=refresh,
+        policy=policy,
+        rate=1 / spacing,
+        es_cpu=es_cpu,
+        refreshes=refreshes,
+        segments=segments,
+        seconds=watched,
         commit=commit_times,
         indexed=[watcher.indexed[z] - ret[z] for z in ids],
         searchable=[watcher.searchable[z] - ret[z] for z in ids],
@@ -216,11 +246,19 @@ def measure(db: Any, db_dsn: str, es: Any, es_url: str, prefix: str, refresh: st
     )
 
 
+def cells(values: list[float]) -> str:
+    """p50 / p90 / p99 / max in milliseconds (nearest rank)."""
+    ms = sorted(1000 * v for v in values)
+    pick = lambda q: ms[min(len(ms) - 1, int(q * (len(ms) - 1) + 0.5))]  # noqa: E731
+    return f"{statistics.median(ms):.0f} / {pick(0.9):.0f} / {pick(0.99):.0f} / {ms[-1]:.0f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--commits", type=int, default=50)
-    parser.add_argument("--spacing", type=float, default=0.2, help="seconds between commit starts")
-    parser.add_argument("--refresh-intervals", default="default,250ms",
+    parser.add_argument("--rates", default="5,20,100", help="commits per second, comma-separated")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each run")
+    parser.add_argument("--policies", default="live,off", help="live (the default policy) and/or off")
+    parser.add_argument("--refresh-intervals", default="default",
                         help="comma-separated index.refresh_interval values; 'default' = as created (1s)")
     args = parser.parse_args(argv)
     pg, es_url = servers_from_env()
@@ -231,41 +269,41 @@ def main(argv: list[str] | None = None) -> int:
     root = f"bench-{uuid.uuid4().hex[:6]}"
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; index prefix {root}-*")
     results = []
+    runs = [(refresh.strip(), policy.strip(), float(rate))
+            for refresh in args.refresh_intervals.split(",") if refresh.strip()
+            for rate in args.rates.split(",") if rate.strip()
+            for policy in args.policies.split(",") if policy.strip()]
     with fresh_database(pg, prefix="esbench") as db_dsn:
         db = open_zodb(db_dsn, keep_history=False)
         try:
-            for refresh in [r.strip() for r in args.refresh_intervals.split(",") if r.strip()]:
-                prefix = f"{root}-r{refresh.replace('.', '')}".lower()
+            for n, (refresh, policy, rate) in enumerate(runs):
+                prefix = f"{root}-{n}"
+                commits = max(1, int(rate * args.seconds))
                 try:
-                    r = measure(db, db_dsn, es, es_url, prefix, refresh, args.commits, args.spacing)
+                    r = measure(db, db_dsn, es, es_url, prefix, refresh, commits, 1 / rate, policy)
                 finally:
                     es.options(ignore_status=404).indices.delete(index=f"{prefix}-*", expand_wildcards="all",
                                                                  allow_no_indices=True)
                     es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-esindexer")
                 results.append(r)
                 label = "1s (default)" if refresh == "default" else refresh
-                print(f"refresh {label}: {len(r['indexed'])} commits every {args.spacing:g} s, "
-                      f"{r['polls']} polls (one every {1000 * r['poll_period']:.0f} ms: the resolution); "
-                      f"load {os.getloadavg()[0]:.2f}")
-                print(f"  transaction.commit() itself:       {summary(r['commit'])}")
-                print(f"  commit -> indexed (GET finds it):   {summary(r['indexed'])}  "
-                      f"[from commit start: {summary(r['indexed_from_start'])}]")
-                print(f"  commit -> searchable (search hits): {summary(r['searchable'])}  "
-                      f"[from commit start: {summary(r['searchable_from_start'])}]")
-                print(f"  indexed -> searchable (refresh):    {summary(r['after_indexed'])}", flush=True)
+                print(f"refresh {label}, policy {policy}, {rate:g} commits/s: {len(r['indexed'])} commits in "
+                      f"{r['seconds']:.0f} s, {r['polls']} polls (one every {1000 * r['poll_period']:.0f} ms: "
+                      f"the resolution); load {os.getloadavg()[0]:.2f}")
+                print(f"  commit -> indexed (GET finds it), p50/p90/p99/max ms:    {cells(r['indexed'])}")
+                print(f"  commit -> searchable (search hits), p50/p90/p99/max ms: {cells(r['searchable'])}")
+                print(f"  explicit refreshes {r['refreshes']:.0f}, Elasticsearch CPU {r['es_cpu']:.1f} s, "
+                      f"segments at the end {r['segments']}", flush=True)
         finally:
             db.close()
     print()
-    print("| refresh_interval | commit -> indexed p50 / p90 / max (ms) "
-          "| commit -> searchable p50 / p90 / max (ms) |")
-    print("|---|---|---|")
+    print("| refresh_interval | policy | commits/s | commit -> searchable p50 / p90 / p99 / max (ms) "
+          "| commit -> indexed p50 / p90 / p99 / max (ms) | explicit refreshes | ES CPU (s) | segments |")
+    print("|---|---|---:|---|---|---:|---:|---:|")
     for r in results:
-        def cells(values: list[float]) -> str:
-            ms = sorted(1000 * v for v in values)
-            return f"{statistics.median(ms):.0f} / {ms[int(0.9 * (len(ms) - 1))]:.0f} / {ms[-1]:.0f}"
-
         label = "1s (default)" if r["refresh"] == "default" else r["refresh"]
-        print(f"| {label} | {cells(r['indexed'])} | {cells(r['searchable'])} |")
+        print(f"| {label} | {r['policy']} | {r['rate']:g} | {cells(r['searchable'])} | {cells(r['indexed'])} "
+              f"| {r['refreshes']:.0f} | {r['es_cpu']:.1f} | {r['segments']} |")
     return 0
 
 

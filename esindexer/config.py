@@ -63,6 +63,7 @@ class Settings:
     trusted_pickles: bool
     state_mapping: str
     index_refresh_interval: str | None
+    live_refresh_interval: float
     ingest_pipeline: str | None
     index_shards: int
     index_replicas: int
@@ -135,7 +136,7 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
                  "lag_poll_interval", "es_request_timeout"):
         positive(name, 0.1)
     for name in ("index_replicas", "retry_attempts", "dead_letter_budget", "shutdown_timeout",
-                 "crash_guard_after"):
+                 "crash_guard_after", "live_refresh_interval"):
         positive(name, 0)
     if values["bulk_max_bytes"] < 1024:
         problems.append(f"ESINDEXER_BULK_MAX_BYTES: must be at least 1KiB, got {values['bulk_max_bytes']}")

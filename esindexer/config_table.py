@@ -190,6 +190,11 @@ SETTINGS: tuple[Setting, ...] = (
             "index.refresh_interval of created indices (e.g. 250ms for searches within a quarter "
             "second of a commit); unset = Elasticsearch's 1s. -1 turns refreshes off.",
             group="documents"),
+    Setting("live_refresh_interval", _parse_float, 0.1,
+            "While caught up, make written changes searchable within about this many seconds by "
+            "refreshing the touched indices explicitly (at most once per interval, coalesced); "
+            "while behind, no explicit refresh. 0 = only the index's own refresh_interval.",
+            group="documents"),
     Setting("ingest_pipeline", _parse_str, None,
             "Ingest pipeline every document passes through (index.default_pipeline of esindexer's "
             "indices, existing ones included); it must exist: checked at start.", group="documents"),

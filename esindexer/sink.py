@@ -20,7 +20,7 @@ A sink's contract, which the pipeline's guarantees rest on:
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -46,6 +46,8 @@ class SendResult:
 
     done: collections.Counter[str] = field(default_factory=collections.Counter)
     rejected: list[Rejected] = field(default_factory=list)
+    #: indices that received a settled write (what a refresh would have to publish)
+    touched: set[str] = field(default_factory=set)
     requests: int = 0
     seconds: float = 0.0
 
@@ -56,6 +58,7 @@ class SendResult:
     def settle(self, actions: Sequence[Action]) -> None:
         for action in actions:
             self.done[action.op] += 1
+            self.touched.add(action.index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,7 @@ class Sink(Protocol):
         """Pages of the documents held (with ``low <= zoid <= high``), in zoid order."""
         ...
 
-    def refresh(self) -> None:
-        """Make everything written so far visible to :meth:`indexed` (before a comparison)."""
+    def refresh(self, indices: Collection[str] | None = None) -> None:
+        """Make everything written so far to ``indices`` (default: all of this sink's)
+        visible to searches and to :meth:`indexed`."""
         ...

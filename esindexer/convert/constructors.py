@@ -64,37 +64,38 @@ def _aware(value: _dt.datetime | _dt.time, tz: Any) -> Obj:
     return result
 
 
-def _datetime(args: tuple) -> Any:
+def _datetime(args: tuple[Any, ...]) -> Any:
     state = args[0] if args else None
     if type(state) is bytes and len(state) == 10 and len(args) == 1:  # the usual
-        return _dt.datetime(state).isoformat()  # stdlib decoding of the state bytes
+        # stdlib decoding of the state bytes (datetime accepts its pickled state bytes)
+        return _dt.datetime(state).isoformat()  # type: ignore[call-arg, arg-type]  # see above
     if not 1 <= len(args) <= 2:
         return NotImplemented
     state = _state_bytes(state)
     if state is None or len(state) != 10:
         return NotImplemented
-    value = _dt.datetime(state)
+    value = _dt.datetime(state)  # type: ignore[call-arg, arg-type]  # datetime accepts its pickled state bytes
     if len(args) == 2 and args[1] is not None:
         return _aware(value, args[1])
     return value.isoformat()
 
 
-def _date(args: tuple) -> Any:
+def _date(args: tuple[Any, ...]) -> Any:
     if len(args) != 1:
         return NotImplemented
     state = _state_bytes(args[0])
     if state is None or len(state) != 4:
         return NotImplemented
-    return _dt.date(state).isoformat()
+    return _dt.date(state).isoformat()  # type: ignore[call-arg, arg-type]  # date accepts its pickled state bytes
 
 
-def _time(args: tuple) -> Any:
+def _time(args: tuple[Any, ...]) -> Any:
     if not 1 <= len(args) <= 2:
         return NotImplemented
     state = _state_bytes(args[0])
     if state is None or len(state) != 6:
         return NotImplemented
-    value = _dt.time(state)
+    value = _dt.time(state)  # type: ignore[arg-type]  # time accepts its pickled state bytes
     if len(args) == 2 and args[1] is not None:
         result = _aware(value, args[1])
         dict.__setitem__(result, "::", "time")
@@ -105,7 +106,7 @@ def _time(args: tuple) -> Any:
 _DOUBLE_MAX_EXP = 308
 
 
-def _decimal_(args: tuple) -> Any:
+def _decimal_(args: tuple[Any, ...]) -> Any:
     if len(args) != 1 or not isinstance(args[0], str) or len(args[0]) > 10_000:
         return NotImplemented
     value = _decimal.Decimal(args[0])  # exact; raises InvalidOperation on junk
@@ -119,7 +120,7 @@ def _decimal_(args: tuple) -> Any:
 _LATIN1 = frozenset({"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "iso_8859_1", "l1"})
 
 
-def _codecs_encode(args: tuple) -> Any:
+def _codecs_encode(args: tuple[Any, ...]) -> Any:
     # Protocol-2 bytes: _codecs.encode(text, 'latin1'). Any other codec stays inert.
     if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str):
         if args[1].lower() in _LATIN1:
@@ -127,13 +128,13 @@ def _codecs_encode(args: tuple) -> Any:
     return NotImplemented
 
 
-def _set(args: tuple) -> Any:
+def _set(args: tuple[Any, ...]) -> Any:
     if len(args) != 1 or not isinstance(args[0], (list, tuple)):
         return NotImplemented
     return sorted_items(args[0])
 
 
-def _reconstructor(args: tuple) -> Any:
+def _reconstructor(args: tuple[Any, ...]) -> Any:
     # copy_reg._reconstructor(cls, base, state): how Python 2 pickled new-style objects.
     if len(args) != 3 or not isinstance(args[0], StandInMeta):
         return NotImplemented
@@ -149,7 +150,7 @@ def _reconstructor(args: tuple) -> Any:
 
 
 #: dotted name -> the function that builds data for it (a stand-in type's ``special``).
-SPECIAL: dict[str, Callable[[tuple], Any]] = {
+SPECIAL: dict[str, Callable[[tuple[Any, ...]], Any]] = {
     "datetime.datetime": _datetime,
     "datetime.date": _date,
     "datetime.time": _time,

@@ -146,13 +146,13 @@ def _record_class_name(klass: Any) -> str:
     """The class name from a class record (newt-spec §4): GLOBAL, ``(class, args)`` or
     ``((module, name), args)``."""
     if type(klass) is tuple and len(klass) == 2 and type(klass[0]) is StandInMeta:  # ZODB's
-        return klass[0].dotted  # type: ignore[attr-defined]
+        return klass[0].dotted
     if isinstance(klass, StandInMeta):
-        return klass.dotted  # type: ignore[attr-defined]
+        return klass.dotted
     if type(klass) is tuple and len(klass) == 2:
         first = klass[0]
         if isinstance(first, StandInMeta):
-            return first.dotted  # type: ignore[attr-defined]
+            return first.dotted
         if type(first) is tuple and len(first) == 2 and all(type(x) is str for x in first):
             return f"{first[0]}.{first[1]}"
     raise ValueError(f"unsupported class record: {type(klass).__name__}")
@@ -182,7 +182,7 @@ class Jsonifier:
     survives (docs/json.md, *Safety and limits*).
     """
 
-    skip_class: Callable[[str], Any] = staticmethod(default_skip_class)  # type: ignore[assignment]
+    skip_class: Callable[[str], Any] = staticmethod(default_skip_class)
 
     def __init__(
         self,
@@ -192,7 +192,7 @@ class Jsonifier:
         prescan: bool = True,
     ) -> None:
         if skip_class is not None:
-            self.skip_class = skip_class  # type: ignore[method-assign]
+            self.skip_class = skip_class
         self.transform = transform
         self.prescan = prescan  # no effect (see the class docstring)
         self._pool: list[tuple[_Unpickler, _Source]] = []

@@ -9,10 +9,10 @@ other data (datetimes, sets, decimals) are in :mod:`esindexer.convert.constructo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 
-class Obj(dict):
+class Obj(dict[str, Any]):
     """An instance description: ``{**state, "::": "module.Class", "::()": [args]}``.
 
     A ``dict`` subclass so orjson writes it natively. ``__setstate__`` takes BUILD's state
@@ -26,13 +26,13 @@ class Obj(dict):
 
     __slots__ = ("_name", "_args", "_items")
 
-    def __init__(self, name: str, args: tuple | dict | None) -> None:
+    def __init__(self, name: str, args: tuple[Any, ...] | dict[str, Any] | None) -> None:
         dict.__setitem__(self, "::", name)
         if args:
             dict.__setitem__(self, "::()", args)
         self._name = name
         self._args = args
-        self._items: dict | list | None = None
+        self._items: dict[Any, Any] | list[Any] | None = None
 
     __hash__ = object.__hash__  # type: ignore[assignment]
 
@@ -53,7 +53,7 @@ class Obj(dict):
         elif state:
             dict.__setitem__(self, "state", state)
 
-    def _item_dict(self) -> dict:
+    def _item_dict(self) -> dict[Any, Any]:
         items = self._items
         if not isinstance(items, dict):
             if items is not None:
@@ -62,7 +62,7 @@ class Obj(dict):
             dict.__setitem__(self, "data", items)
         return items
 
-    def _item_list(self) -> list:
+    def _item_list(self) -> list[Any]:
         items = self._items
         if not isinstance(items, list):
             if items is not None:
@@ -74,17 +74,17 @@ class Obj(dict):
     def __setitem__(self, key: Any, value: Any) -> None:  # SETITEM(S) on the instance
         self._item_dict()[key] = value
 
-    def extend(self, values: list) -> None:  # APPENDS on the instance
+    def extend(self, values: list[Any]) -> None:  # APPENDS on the instance
         self._item_list().extend(values)
 
     def append(self, value: Any) -> None:  # APPEND on the instance
         self._item_list().append(value)
 
-    def __reduce__(self):  # never pickle a stand-in back
+    def __reduce__(self) -> NoReturn:  # never pickle a stand-in back
         raise TypeError("stand-in instances cannot be pickled")
 
 
-class Ref(dict):
+class Ref(dict[str, Any]):
     """A persistent reference as JSON; hashable by identity so it can be a dict key."""
 
     __slots__ = ()
@@ -103,6 +103,12 @@ class StandInMeta(type):
     Read-only matters because the types are cached and shared between records: a hostile
     BUILD on a global (``GLOBAL x; {...}; BUILD``) must not be able to change one.
     """
+
+    # Set per stand-in type (class attributes of StandInType and of the types that
+    # esindexer.convert.values.standin builds); declared here so that type checkers know
+    # every instance of this metaclass has them. Annotations only: nothing at runtime.
+    dotted: str
+    special: Callable[[tuple[Any, ...]], Any] | None
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:  # REDUCE, OBJ, INST
         special = cls.special
@@ -127,13 +133,15 @@ class StandInType(metaclass=StandInMeta):
 
     __slots__ = ()
     dotted = "?"
-    special: Callable | None = None
+    special: Callable[[tuple[Any, ...]], Any] | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # NEWOBJ, NEWOBJ_EX
         return _make(cls.dotted, cls.special, args, kwargs)
 
 
-def _make(dotted: str, special: Callable | None, args: tuple, kwargs: dict) -> Any:
+def _make(
+    dotted: str, special: Callable[[tuple[Any, ...]], Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     if special is not None and not kwargs:
         result = special(args)
         if result is not NotImplemented:
@@ -143,9 +151,9 @@ def _make(dotted: str, special: Callable | None, args: tuple, kwargs: dict) -> A
     return Obj(dotted, args)
 
 
-def global_json(t: type) -> dict:
+def global_json(t: StandInMeta) -> dict[str, str]:
     """A class or function used as a value: newt.db's ``{"::": "global", "name": ...}``."""
-    return {"::": "global", "name": t.dotted}  # type: ignore[attr-defined]
+    return {"::": "global", "name": t.dotted}
 
 
 #: Python 2 spellings that ZODB 3/4 (and Python 3 pickles at protocol < 3) write.
@@ -157,7 +165,7 @@ PY2_NAMES = {
 }
 
 
-def bytes_json(value: bytes | bytearray) -> str | dict:
+def bytes_json(value: bytes | bytearray) -> str | dict[str, str]:
     """ASCII bytes as a string (as newt.db does); anything else as lowercase hex."""
     if value.isascii():
         return value.decode("ascii")

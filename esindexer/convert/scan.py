@@ -449,7 +449,7 @@ def scan_py(
 try:
     from esindexer.convert import _scan_c
 except ImportError:  # no compiler at install time: the pure-Python scan
-    _scan_c = None
+    _scan_c = None  # type: ignore[assignment]  # optional extension: None when it was not built
     scan = scan_py
 else:
     _scan_c.configure(UnsafePickle, scan_py, MAX_DEPTH)

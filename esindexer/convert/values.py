@@ -72,7 +72,7 @@ def _class_name(klass: Any) -> str:
     raise ValueError(f"persistent reference with a bad class: {klass!r:.60}")
 
 
-def persistent_ref(pid: Any) -> dict:
+def persistent_ref(pid: Any) -> dict[str, Any]:
     """ZODB's persistent ids (newt-spec §4) as JSON (a plain dict: cheapest to build).
 
     ``(oid, class)`` and bare ``oid`` give newt.db's shapes. Weak (``['w', ...]``) and

@@ -242,7 +242,7 @@ def walk(value: Any, budget: int, memo_ids: Callable[[], dict[int, int]]) -> byt
     return orjson.dumps(out)
 
 
-def sorted_items(items: Any) -> tuple:
+def sorted_items(items: Any) -> tuple[Any, ...]:
     """Set members as a sorted tuple (an array in JSON; hashable, so sets can be keys).
 
     Sorted by value like newt.db when the members are comparable; otherwise (mixed

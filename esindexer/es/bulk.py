@@ -255,6 +255,7 @@ class BulkSender:
             status = answer.get("status", 0)
             if status in _DONE_STATUSES or status == 409 or (status == 404 and action.op == "delete"):
                 result.done[action.op] += 1
+                result.touched.add(action.index)
             elif (condition := _index_condition(answer.get("error"))) is not None:
                 # Before the 429 test: a flood-stage block answers 429 with a
                 # cluster_block_exception, and it is the index that must change.

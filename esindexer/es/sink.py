@@ -5,7 +5,7 @@ index scans together for one configuration."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from esindexer.config import Settings
@@ -52,6 +52,6 @@ class ElasticsearchSink:
         for page in indexed_zoids(self.es, self._indices, low=low, high=high):
             yield [Indexed(index, zoid, tid) for index, zoid, tid in page]
 
-    def refresh(self) -> None:
-        self.es.options(ignore_status=404).indices.refresh(index=",".join(self._indices),
+    def refresh(self, indices: Collection[str] | None = None) -> None:
+        self.es.options(ignore_status=404).indices.refresh(index=",".join(sorted(indices or self._indices)),
                                                            ignore_unavailable=True)

@@ -73,6 +73,7 @@ class _State:
     dead_letters: int | None = None
     budget_exhausted: bool = False
     crash_guard_active: bool | None = None
+    live: bool | None = None
     crash_guard_unclean_exits: int | None = None
     last_retry_wall: float | None = None
     last_retry: str | None = None  # "reason: what failed", for /readyz
@@ -108,6 +109,7 @@ class _StateCollector(Collector):
         put("source_last_poll_timestamp_seconds", state.source_poll_wall)
         put("dead_letters", state.dead_letters)
         put("error_budget_exhausted", int(state.budget_exhausted))
+        put("live", None if state.live is None else int(state.live))
         put("crash_guard_active", None if state.crash_guard_active is None else int(state.crash_guard_active))
         put("crash_guard_unclean_exits", state.crash_guard_unclean_exits)
         return families.values()
@@ -129,6 +131,8 @@ class _StateCollector(Collector):
                                                   "source poll.",
             "dead_letters": "Documents currently held in the dead-letter table.",
             "error_budget_exhausted": "1 once the dead-letter error budget is exhausted.",
+            "live": "1 while the service is caught up and refreshes touched indices explicitly "
+                    "(live_refresh_interval); 0 while it works through a backlog (no explicit refresh).",
             "crash_guard_active": "1 while records are converted in a child process because the "
                                   "service kept dying at the same position (the crash guard).",
             "crash_guard_unclean_exits": "Deaths without a clean exit in a row at the saved progress, "
@@ -170,6 +174,10 @@ class Metrics:
         self.crashed_records = Counter(
             "esindexer_crash_guard_isolated_records_total",
             "Records that crashed the converter's child process in guarded mode (dead-lettered as crashed).",
+            registry=reg)
+        self.refreshes = Counter(
+            "esindexer_refreshes_total",
+            "Explicit index refreshes made so that changes written while caught up are searchable at once.",
             registry=reg)
         self.batch_size = Histogram(
             "esindexer_batch_size", "Documents per indexed batch.",
@@ -277,6 +285,15 @@ class Metrics:
             self._state.crash_guard_active = bool(active)
             if unclean_exits is not None:
                 self._state.crash_guard_unclean_exits = unclean_exits
+
+    def record_refresh(self) -> None:
+        """Count one explicit refresh (the refresh policy)."""
+        self.refreshes.inc()
+
+    def set_live(self, live: bool) -> None:
+        """Whether the last settled batch was read while caught up."""
+        with self._lock:
+            self._state.live = live
 
     def record_crashed_record(self) -> None:
         """Count one record isolated by the crash guard."""

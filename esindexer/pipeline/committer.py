@@ -27,6 +27,7 @@ from esindexer.documents import Action, DocumentBuilder
 from esindexer.errors import Abandoned
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.budget import ErrorBudget
+from esindexer.pipeline.refresher import Refresher
 from esindexer.sink import SendResult, Sink
 from esindexer.source import deadletters, deletions, progress
 from esindexer.source.deadletters import DeadLetter
@@ -43,6 +44,8 @@ class Batch:
 
     last_tid: int
     rows: int = 0
+    #: read while the follower was caught up: its writes are refreshed at once (refresher)
+    live: bool = False
     futures: list[Future[SendResult]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
 
@@ -80,7 +83,8 @@ class Committer:
     """Settles batches in order and moves progress; owns the writer connection."""
 
     def __init__(self, conn: Any, *, settings: Settings, sink: Sink, builder: DocumentBuilder,
-                 metrics: Metrics, budget: ErrorBudget, abandon: threading.Event, progress_tid: int):
+                 metrics: Metrics, budget: ErrorBudget, abandon: threading.Event, progress_tid: int,
+                 refresher: Refresher | None = None):
         self.conn = conn
         self.settings = settings
         self.sink = sink
@@ -88,6 +92,7 @@ class Committer:
         self.metrics = metrics
         self.budget = budget
         self._abandon = abandon
+        self.refresher = refresher
         self._queue: queue.Queue[Batch | Drain | None] = queue.Queue(maxsize=4)
         #: the last tid whose batch is settled.
         self.progress_tid = progress_tid
@@ -171,8 +176,10 @@ class Committer:
 
     def _settle(self, batch: Batch) -> None:
         dead = list(batch.dead)
+        touched: set[str] = set()
         for future in batch.futures:
             result = future.result()  # Abandoned propagates: no progress for this batch
+            touched |= result.touched
             for rejected in result.rejected:
                 action = rejected.action
                 dead.append(DeadLetter(action.zoid, action.tid, "rejected", rejected.reason,
@@ -186,6 +193,9 @@ class Committer:
         progress.set_progress_tid(self.conn, client_id, batch.last_tid)
         self.conn.commit()
         self.progress_tid = batch.last_tid
+        if self.refresher is not None and batch.live and touched:
+            self.refresher.touched(touched)
+        self.metrics.set_live(batch.live)
         self.metrics.record_progress(batch.last_tid)
         self.metrics.record_batch(batch.rows)
         if dead:

@@ -35,6 +35,7 @@ from esindexer.pipeline.budget import ErrorBudget
 from esindexer.pipeline.committer import Committer
 from esindexer.pipeline.crashguard import CrashGuard
 from esindexer.pipeline.reader import BatchReader
+from esindexer.pipeline.refresher import Refresher
 from esindexer.pipeline.sweep import sweep
 from esindexer.sink import Sink
 from esindexer.source import deadletters, deletions, follow, notify, pg, progress
@@ -201,6 +202,7 @@ class Indexer:
         conn = self._retry_forever("connecting to PostgreSQL", self._open_writer)
         committer: Committer | None = None
         reader: BatchReader | None = None
+        refresher: Refresher | None = None
         try:
             if first:  # only once the lock is ours: a refused second instance changes nothing
                 self._retry_forever("creating index template and indices", self.sink.ensure_indices)
@@ -217,8 +219,12 @@ class Indexer:
                 self.metrics.record_progress(start_tid)
             self.metrics.set_dead_letters(deadletters.count(conn, s.client_id))
             conn.rollback()
+            if s.live_refresh_interval > 0 and not until_caught_up:  # a backfill never refreshes
+                refresher = Refresher(self.sink, s.live_refresh_interval, self.metrics)
+                refresher.start()
             committer = Committer(conn, settings=s, sink=self.sink, builder=self.builder, metrics=self.metrics,
-                                  budget=self.budget, abandon=self._abandon, progress_tid=start_tid)
+                                  budget=self.budget, abandon=self._abandon, progress_tid=start_tid,
+                                  refresher=refresher)
             end_tid = None
             if until_caught_up:
                 end_tid = follow.latest_tid(conn)
@@ -243,6 +249,7 @@ class Indexer:
                 batch = reader.read(rows, committer.raise_failure)
                 if batch is None:  # stopped part-way: this batch must not count as done
                     break
+                batch.live = updates.caught_up
                 if batch.rows:
                     committer.put(batch)
                 committer.raise_failure()
@@ -262,6 +269,8 @@ class Indexer:
                 committer.close()
             if reader is not None:
                 reader.close()
+            if refresher is not None:
+                refresher.close()
             try:
                 conn.close()
             except Exception:

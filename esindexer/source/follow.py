@@ -266,6 +266,13 @@ class Updates:
         self._waiter.signal()
 
     @property
+    def caught_up(self) -> bool:
+        """Whether everything committed when the follower last read has been handed out
+        (always False with ``end_tid``: a bounded read is a backfill, never "live")."""
+        reader = self._reader
+        return self.end_tid is None and reader is not None and reader.caught_up and not self._pending
+
+    @property
     def notifying(self) -> Optional[bool]:
         """True when woken by notifications, False when polling, None before/without waiting."""
         return self._waiter.notifying
