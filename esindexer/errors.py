@@ -10,6 +10,7 @@ these lives beside the client that raises it (:mod:`esindexer.es.client`,
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 
 class ExitCode(enum.IntEnum):
@@ -58,7 +59,12 @@ class UnsafePickle(ValueError):
 
 
 class TooLarge(ValueError):
-    """A record's JSON would exceed the output budget (shared structure expanding)."""
+    """A record's JSON would be far larger than the record (shared structure repeated)."""
+
+
+class ChildFailed(RuntimeError):
+    """The conversion child process could not start, or raised a Python exception: not a
+    record's crash (the crash guard's isolation, :mod:`esindexer.pipeline.isolate`)."""
 
 
 class Abandoned(Exception):
@@ -69,9 +75,12 @@ class RetryableItems(Exception):
     """Some items of a bulk request must be sent again (per-item 429/5xx, or their index
     is unwritable); raised inside the sender's retry loop, never out of it."""
 
-    def __init__(self, count: int, reason: str, hint: str = "", index_conditions_only: bool = False):
+    def __init__(self, count: int, reason: str, hint: str = "", index_conditions_only: bool = False,
+                 again: list[Any] | None = None):
         super().__init__(f"{count} item(s) to retry: {reason}" + (f"; {hint}" if hint else ""))
         self.reason = reason
+        #: the actions to send again (documents.Action), in order
+        self.again: list[Any] = again or []
         #: every item waits for its index (closed, blocked, missing), none for load:
         #: re-checked every few seconds, so writes resume soon after the block is lifted.
         self.index_conditions_only = index_conditions_only

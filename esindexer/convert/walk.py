@@ -37,8 +37,9 @@ import orjson
 
 from esindexer.convert.model import Obj, Ref, StandInType, bytes_json, global_json
 from esindexer.convert.scan import MAX_DEPTH
+from esindexer.errors import TooLarge
 
-__all__ = ["MAX_DEPTH", "TooLarge", "json_ready", "walk"]
+__all__ = ["MAX_DEPTH", "json_ready", "walk"]
 
 # MAX_DEPTH: the deepest nesting accepted, the pre-scan's limit (esindexer.convert.scan).
 # Elasticsearch refuses objects deeper than 20 by default (``index.mapping.depth.limit``);
@@ -48,10 +49,6 @@ _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 StandInMeta = type(StandInType)
 _DEFAULT_BUDGET = 2_000_000
-
-
-class TooLarge(ValueError):
-    """The JSON would be far larger than the record (shared structure repeated)."""
 
 
 class _Cycle(Exception):

@@ -217,7 +217,11 @@ class BulkSender:
         )
         for attempt in retrying:
             with attempt:
-                pending = self._send_once(pending, result)
+                try:
+                    self._send_once(pending, result)
+                except RetryableItems as exc:
+                    pending = exc.again  # the next attempt sends only these
+                    raise
 
     def _wait(self, state: RetryCallState) -> float:
         """Capped exponential back-off with jitter; unwritable indices are re-checked sooner."""
@@ -227,8 +231,9 @@ class BulkSender:
             return min(delay, INDEX_CONDITION_RECHECK_SECONDS)
         return delay
 
-    def _send_once(self, actions: list[Action], result: SendResult) -> list[Action]:
-        """One request; returns [] or raises RetryableItems after settling what it could."""
+    def _send_once(self, actions: list[Action], result: SendResult) -> None:
+        """One request. Settles into ``result`` what it can; raises :class:`RetryableItems`
+        carrying the actions to send again, or the transport's error for the whole request."""
         body = b"\n".join(iter_lines(actions)) + b"\n"
         started = time.monotonic()
         try:
@@ -246,7 +251,7 @@ class BulkSender:
             result.settle(actions)
             if self._on_request:
                 self._on_request("ok", time.monotonic() - started)
-            return []
+            return
         again: list[Action] = []
         reasons: set[str] = set()
         hints: dict[str, str] = {}
@@ -278,10 +283,8 @@ class BulkSender:
             self._on_request("retried" if again else "ok", time.monotonic() - started)
         if again:
             pending_reason = "/".join(sorted(reasons))
-            actions[:] = again  # the next attempt sends only these
             raise RetryableItems(len(again), pending_reason, "; ".join(hints.values()),
-                                 index_conditions_only=reasons <= set(_INDEX_CONDITIONS.values()))
-        return []
+                                 index_conditions_only=reasons <= set(_INDEX_CONDITIONS.values()), again=again)
 
 
 def metadata_line(action: Action) -> bytes:

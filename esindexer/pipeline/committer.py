@@ -39,7 +39,7 @@ Deletion = tuple[int, int, int, int]
 
 
 @dataclass
-class Batch:
+class BatchInFlight:
     """One follow batch on its way to progress: its requests and its dead letters."""
 
     last_tid: int
@@ -93,7 +93,7 @@ class Committer:
         self.budget = budget
         self._abandon = abandon
         self.refresher = refresher
-        self._queue: queue.Queue[Batch | Drain | None] = queue.Queue(maxsize=4)
+        self._queue: queue.Queue[BatchInFlight | Drain | None] = queue.Queue(maxsize=4)
         #: the last tid whose batch is settled.
         self.progress_tid = progress_tid
         #: a captured deletion waits for progress or for the reader's next idle moment.
@@ -106,7 +106,7 @@ class Committer:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, item: Batch | Drain) -> None:
+    def put(self, item: BatchInFlight | Drain) -> None:
         while True:
             self.raise_failure()
             try:
@@ -174,7 +174,7 @@ class Committer:
             if follower is not None:
                 follower.stop()
 
-    def _settle(self, batch: Batch) -> None:
+    def _settle(self, batch: BatchInFlight) -> None:
         dead = list(batch.dead)
         touched: set[str] = set()
         for future in batch.futures:

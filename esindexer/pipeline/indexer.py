@@ -137,7 +137,7 @@ class Indexer:
         A sweep is due when the deletion trigger was missing at start: packs may have
         run unseen before now (or, without the right to install it, at any time).
         """
-        had_trigger = deletions.trigger_installed(conn)
+        had_trigger = deletions.capture_installed(conn)
         conn.rollback()
         if self.settings.install_triggers:
             notify.install_trigger(conn)

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from esindexer.config import Settings
 from esindexer.convert.jsonifier import Conversion, Jsonifier, Kind
 from esindexer.documents import Action, DocumentBuilder
-from esindexer.errors import Abandoned
+from esindexer.errors import Abandoned, ChildFailed
 from esindexer.source.pages import Row
 
 if TYPE_CHECKING:
@@ -73,10 +73,6 @@ CHUNK_BYTES = 4 * 1024 * 1024
 GROUP_ROWS = 32
 _POLL_SECONDS = 0.5
 _START_TIMEOUT = 120.0
-
-
-class ChildFailed(RuntimeError):
-    """The conversion child could not start, or raised a Python exception: not a record's crash."""
 
 
 def convert_in_process(jsonifier: Jsonifier, builder: DocumentBuilder, rows: Iterable[Row]) -> Iterator[Record]:

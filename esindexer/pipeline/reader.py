@@ -20,7 +20,7 @@ from esindexer.convert.jsonifier import Jsonifier, Kind
 from esindexer.documents import Action, DocumentBuilder
 from esindexer.errors import Abandoned
 from esindexer.observe.metrics import Metrics
-from esindexer.pipeline.committer import Batch
+from esindexer.pipeline.committer import BatchInFlight
 from esindexer.pipeline.crashguard import CrashGuard
 from esindexer.pipeline.isolate import convert_in_process
 from esindexer.sink import SendResult, Sink
@@ -77,11 +77,11 @@ class BatchReader:
         """Stop the senders; wait for them unless the work is being abandoned."""
         self.pool.shutdown(wait=not self._abandon.is_set(), cancel_futures=True)
 
-    def read(self, rows: Iterable[Row], raise_failure: Callable[[], None]) -> Batch | None:
+    def read(self, rows: Iterable[Row], raise_failure: Callable[[], None]) -> BatchInFlight | None:
         """The batch of ``rows`` with its requests submitted, or None when stopped part-way
         (that batch must not count as done). ``raise_failure`` re-raises a committer failure."""
         s = self.settings
-        batch = Batch(last_tid=-1)
+        batch = BatchInFlight(last_tid=-1)
         buffer = RequestBuffer(s.bulk_max_docs, s.bulk_max_bytes)
         actions_for = self.builder.actions_for
         record_documents = self.metrics.record_documents

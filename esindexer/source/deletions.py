@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 LOG_TABLE = "esindexer_deletions"
 CURSOR_TABLE = "esindexer_deletion_cursor"
-FUNCTION = "esindexer_capture_deletion"
-TRIGGER = "esindexer_capture_deletion_trigger"
+CAPTURE_FUNCTION = "esindexer_capture_deletion"
+CAPTURE_TRIGGER = "esindexer_capture_deletion_trigger"
 
 _TABLES = f"""
 CREATE TABLE IF NOT EXISTS {LOG_TABLE} (
@@ -58,7 +58,7 @@ UPDATE {CURSOR_TABLE} SET last_xid = pg_current_xact_id();
 _INDEX = f"CREATE INDEX IF NOT EXISTS {LOG_TABLE}_order ON {LOG_TABLE} (xid, id)"
 
 _FUNCTION = f"""
-CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION {CAPTURE_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO {LOG_TABLE} (zoid, tid) VALUES (OLD.zoid, OLD.tid);
     RETURN OLD;
@@ -72,9 +72,9 @@ def history_preserving(conn: Any) -> bool:
         return keeps_history(cur)
 
 
-def trigger_installed(conn: Any) -> bool:
+def capture_installed(conn: Any) -> bool:
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_trigger WHERE tgname = %s AND NOT tgisinternal", (TRIGGER,))
+        cur.execute("SELECT count(*) FROM pg_trigger WHERE tgname = %s AND NOT tgisinternal", (CAPTURE_TRIGGER,))
         count: int = cur.fetchone()[0]
         return count > 0
 
@@ -107,10 +107,10 @@ def install(conn: Any) -> bool:
             _create_tables(cur)
             cur.execute(_FUNCTION)
             cur.execute("SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
-                        (table, TRIGGER))
+                        (table, CAPTURE_TRIGGER))
             if cur.fetchone() is None:
-                cur.execute(f"CREATE TRIGGER {TRIGGER} AFTER DELETE ON {table} "
-                            f"FOR EACH ROW EXECUTE FUNCTION {FUNCTION}()")
+                cur.execute(f"CREATE TRIGGER {CAPTURE_TRIGGER} AFTER DELETE ON {table} "
+                            f"FOR EACH ROW EXECUTE FUNCTION {CAPTURE_FUNCTION}()")
                 log.info("installed the pack-deletion capture trigger on %s", table)
         conn.commit()
         return True
