@@ -203,3 +203,12 @@ def run_esindexer(*args: str, env: dict[str, str], timeout: float = 120):
 
     return subprocess.run([sys.executable, "-m", "esindexer", *args], env=esindexer_env(**env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def scalar(dsn: str, sql: str, args: tuple = ()):
+    """The one value a query returns, on a connection of its own (closed afterwards)."""
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql, args)
+        value = cur.fetchone()[0]
+    conn.close()
+    return value

@@ -14,7 +14,7 @@ from esindexer.observe.http import HealthServer
 from esindexer.observe.metrics import Metrics
 from esindexer.observe.poller import SourcePoller
 from tests.observe.support import reference_tid_to_epoch
-from tests.support import both_history_modes, fresh_database, open_zodb, wait_for
+from tests.support import both_history_modes, fresh_database, open_zodb, scalar, wait_for
 
 
 def commit(db, key: str, value: object) -> int:
@@ -30,11 +30,7 @@ def commit(db, key: str, value: object) -> int:
 
 
 def max_tid(dsn: str) -> int:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT max(tid) FROM object_state")
-        value = cur.fetchone()[0]
-    conn.close()
-    return value
+    return int(scalar(dsn, "SELECT max(tid) FROM object_state"))
 
 
 @pytest.fixture

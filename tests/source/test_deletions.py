@@ -19,8 +19,8 @@ from persistent.mapping import PersistentMapping
 
 from esindexer.es.scan import indexed_zoids
 from esindexer.source import deletions
-from tests.indexing import Page, latest_tid, make_settings, progress, running
-from tests.support import both_history_modes, run_esindexer, wait_for
+from tests.indexing import Page, latest_tid, make_settings, progress, running, zoid_of
+from tests.support import both_history_modes, run_esindexer, scalar, wait_for
 
 
 def indexed(es, alias: str) -> set[int]:
@@ -48,15 +48,7 @@ def status(db_dsn: str, es_url: str, es_prefix: str) -> dict:
 
 
 def log_rows(db_dsn: str) -> int:
-    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
-        cur.execute("SELECT count(*) FROM esindexer_deletions")
-        count = cur.fetchone()[0]
-    pg.close()
-    return count
-
-
-def zoid_of(obj) -> int:
-    return int.from_bytes(obj._p_oid, "big")
+    return int(scalar(db_dsn, "SELECT count(*) FROM esindexer_deletions"))
 
 
 @both_history_modes
