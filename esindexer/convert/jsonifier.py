@@ -135,6 +135,10 @@ class _CarefulUnpickler(_Unpickler):
     persistent_load = staticmethod(hashable_persistent_ref)
 
 
+#: Stands for the source until a record has one (so clean-up never meets an unset name).
+_NO_SOURCE = _Source()
+
+
 def _new_unpickler(cls: type = _Unpickler) -> tuple[_Unpickler, _Source]:
     source = _Source()
     # Python 2 ``str`` (SHORT_BINSTRING/BINSTRING): UTF-8 when it is UTF-8; other bytes
@@ -217,23 +221,34 @@ class Jsonifier:
             return _DELETED
         if type(data) is not bytes:
             data = bytes(data)
-        try:
-            unpickler, source = self._pool.pop()
-        except IndexError:
-            unpickler, source = _new_unpickler()
         reusable = False
         class_name = None
         kinds: dict[int, int] = {}
         scan_state = [0, 0, 0]
+        # A pooled unpickler only for records without MEMOIZE (protocols 0-3): the C
+        # unpickler numbers MEMOIZE entries from a count that clearing its memo does not
+        # reset, so a reused one would give a protocol-4 record's entries the wrong
+        # indices ("Memo value not found", or a wrong value). The class and state pickles
+        # of one record share one unpickler either way, as ZODB reads them.
+        source = _NO_SOURCE
         try:
             class_end = scan(data, 0, kinds, scan_state)
+            if scan_state[2] > 0 or not self._pool:
+                unpickler, source = _new_unpickler()
+            else:
+                unpickler, source = self._pool.pop()
             source.data = data
             source.pos = 0
             class_name = _record_class_name(unpickler.load())
             ghost = data[:class_end]
             if self.skip_class(class_name):
                 return Conversion(Kind.SKIPPED, class_name, None, ghost)
+            pooled_memo = scan_state[2] <= 0
             end = scan(data, class_end, kinds, scan_state)
+            if pooled_memo and scan_state[2] > 0:  # MEMOIZE only in the state pickle (hand-made)
+                unpickler, source = _new_unpickler()
+                source.data = data
+                unpickler.load()
             try:
                 state = unpickler.load()
             except TypeError:  # e.g. a persistent object used as a dict key: retry
@@ -253,7 +268,7 @@ class Jsonifier:
                     out = walk(state, budget, lambda: _memo_ids(unpickler))
             del state
             text = out.decode()
-            reusable = end == size and size <= _REUSE_MAX_BYTES
+            reusable = end == size and size <= _REUSE_MAX_BYTES and scan_state[2] <= 0
             if self.transform is not None:
                 new = self.transform(class_name, text)
                 if new is not None:
