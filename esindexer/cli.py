@@ -29,6 +29,7 @@ from esindexer import __version__
 from esindexer.config import Settings, load_settings
 from esindexer.config_table import SETTINGS, describe_settings
 from esindexer.errors import EXIT_CODES_HELP, ConfigError, ExitCode, SchemaError, Unreachable
+from esindexer.redact import redact
 
 log = logging.getLogger("esindexer")
 _BUDGET_GRACE_SECONDS = 20.0
@@ -162,7 +163,7 @@ def _connect(settings: Settings) -> Any:
     try:
         return pg.connect(settings, "cli")
     except psycopg2.OperationalError as exc:
-        raise Unreachable(f"cannot reach PostgreSQL: {str(exc).strip()}") from None
+        raise Unreachable(f"cannot reach PostgreSQL: {redact(str(exc).strip())}") from None
 
 
 def _sink(settings: Settings) -> Any:
@@ -363,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _load(args)
     except ConfigError as exc:
-        print(f"esindexer: {exc}", file=sys.stderr)
+        print(f"esindexer: {redact(str(exc))}", file=sys.stderr)
         return ExitCode.SETUP
     from esindexer.observe.logs import configure_logging
 
@@ -373,16 +374,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     except Unreachable as exc:
-        print(f"esindexer: {exc}", file=sys.stderr)
+        print(f"esindexer: {redact(str(exc))}", file=sys.stderr)
         return ExitCode.UNREACHABLE
     except Exception as exc:
         if isinstance(exc, SchemaError):  # reachable, but not a RelStorage database (yet)
-            print(f"esindexer: {exc}; is ESINDEXER_PG_DSN the database RelStorage writes to?", file=sys.stderr)
+            print(f"esindexer: {redact(str(exc))}; is ESINDEXER_PG_DSN the database RelStorage writes to?", file=sys.stderr)
             return ExitCode.SETUP
         from esindexer.es.client import as_setup_error
 
         if (problem := as_setup_error(exc)) is not None:
-            print(f"esindexer: {problem}", file=sys.stderr)
+            print(f"esindexer: {redact(str(problem))}", file=sys.stderr)
             return ExitCode.SETUP
         log.exception("esindexer %s failed", args.command)
         return 1

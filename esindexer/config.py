@@ -18,13 +18,11 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from esindexer.config_table import ENV_PREFIX, SETTINGS, SETTINGS_BY_NAME
 from esindexer.errors import ConfigError
-
-REDACTED = "***"
-
+from esindexer.redact import REDACTED, redact
 
 # --- value parsers: str (env, CLI) or TOML value -> typed value, ValueError on junk -----------
 
@@ -101,23 +99,14 @@ class Settings:
         out: dict[str, Any] = {}
         for spec in SETTINGS:
             value = getattr(self, spec.name)
-            if spec.name == "pg_dsn":
-                value = redact_dsn(value)
-            elif spec.secret and value:
-                value = REDACTED
+            if spec.secret and value and spec.name != "pg_dsn":
+                value = REDACTED  # a key or password as a whole
+            elif isinstance(value, str):
+                value = redact(value)  # a DSN or URL keeps all but its password
+            elif isinstance(value, tuple):
+                value = tuple(redact(v) if isinstance(v, str) else v for v in value)
             out[spec.name] = value
         return out
-
-
-def redact_dsn(dsn: str) -> str:
-    """Hide the password in a URI or key=value DSN."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        if parts.password:
-            netloc = parts.netloc.replace(":" + parts.password + "@", ":" + REDACTED + "@", 1)
-            return urlunsplit(parts._replace(netloc=netloc))
-        return dsn
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1" + REDACTED, dsn)
 
 
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_+-]*$")

@@ -7,10 +7,11 @@ import os
 
 import pytest
 
-from esindexer.config import Settings, load_settings, redact_dsn
+from esindexer.config import Settings, load_settings
 from esindexer.config_table import SETTINGS
 from esindexer.convert.configure import class_filter
 from esindexer.errors import ConfigError
+from esindexer.redact import redact
 
 DSN = "postgresql://zodb:s3cret@db.example/zodb"
 
@@ -85,8 +86,8 @@ def test_broken_toml_file(tmp_path):
 
 
 def test_redaction():
-    assert redact_dsn(DSN) == "postgresql://zodb:***@db.example/zodb"
-    assert redact_dsn("host=db password=s3cret user=zodb") == "host=db password=*** user=zodb"
+    assert redact(DSN) == "postgresql://zodb:***@db.example/zodb"
+    assert redact("host=db password=s3cret user=zodb") == "host=db password=*** user=zodb"
     settings = load_settings(env={"ESINDEXER_PG_DSN": DSN, "ESINDEXER_ES_API_KEY": "abc=="})
     shown = settings.redacted()
     assert "s3cret" not in repr(shown) and "abc==" not in repr(shown)

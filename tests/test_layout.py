@@ -3,7 +3,7 @@
 The layers, lowest first (a module may import its own package and anything lower;
 packages of one layer do not import each other):
 
-    0  errors, backoff, config, config_table         what everything may use
+    0  errors, backoff, config, config_table, redact what everything may use
     1  source/   convert/                            the two inputs: rows, and records -> JSON
     2  documents                                     converted records -> actions
     3  sink                                          the protocol actions go through
@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "esindexer"
 
 LAYERS = {
-    "errors": 0, "backoff": 0, "config": 0, "config_table": 0,
+    "errors": 0, "backoff": 0, "config": 0, "config_table": 0, "redact": 0,
     "source": 1, "convert": 1,
     "documents": 2, "sink": 3, "es": 4, "observe": 5, "pipeline": 6, "ops": 7,
     "cli": 8, "__main__": 8, "": 8,

@@ -17,6 +17,7 @@ from elasticsearch import ApiError, ConnectionTimeout, TransportError
 from elasticsearch import ConnectionError as ESConnectionError
 
 from esindexer.errors import RetryableItems, SetupError
+from esindexer.redact import redact
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
@@ -114,7 +115,7 @@ def describe_error(exc: BaseException) -> str:
         text = str(exc).strip()
     else:
         text = str(getattr(exc, "message", "") or exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return redact(text.splitlines()[0][:300]) if text else type(exc).__name__
 
 
 

@@ -2,7 +2,9 @@
 
 Modules log with ``extra={"tid": ..., "zoid": ..., "index": ...}``; the JSON format
 puts those fields at the top level of each line, so a log pipeline can filter on
-them. Secrets never reach the logs: settings are logged only in redacted form.
+them. Secrets never reach the logs: settings are logged in redacted form, and both
+formatters pass every finished line through :func:`esindexer.redact.redact` (a DSN or
+URL in an exception message, a traceback, an ``extra`` field).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from esindexer.redact import redact
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -30,7 +34,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return redact(json.dumps(entry, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -46,7 +50,7 @@ class TextFormatter(logging.Formatter):
             text += " " + " ".join(f"{k}={v}" for k, v in extras.items())
         elif "config" in extras:
             text += " config=" + json.dumps(extras["config"], default=str)
-        return text
+        return redact(text)
 
 
 def configure_logging(fmt: str = "text", level: str = "info") -> None:

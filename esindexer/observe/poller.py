@@ -21,6 +21,7 @@ from typing import Any
 
 from esindexer.backoff import Backoff
 from esindexer.observe.metrics import Metrics
+from esindexer.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class SourcePoller:
             reason = ("no RelStorage table object_state in this database (not created yet, or "
                       "ESINDEXER_PG_DSN names another database)")
         else:
-            reason = f"PostgreSQL unreachable: {type(exc).__name__}: {' '.join(str(exc).split())}"
+            reason = f"PostgreSQL unreachable: {type(exc).__name__}: {redact(' '.join(str(exc).split()))}"
         self._metrics.record_source_unreachable(reason)
         self._failures += 1
         if self._outage_started is None:
