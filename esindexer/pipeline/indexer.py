@@ -60,7 +60,7 @@ class Indexer:
         self.builder = DocumentBuilder(settings)
         self.jsonifier = build_jsonifier(settings)
         self.budget = ErrorBudget(settings.dead_letter_budget, settings.dead_letter_window, settings.client_id)
-        self.crash_guard = CrashGuard(settings, self.metrics, connect=lambda: pg.connect(settings, "writer"),
+        self.crash_guard = CrashGuard(settings, self.metrics, connect=lambda: pg.connect(settings, "crash guard"),
                                       cancel=self._abandon)
         self._updates: follow.Updates | None = None
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)

@@ -8,6 +8,7 @@ import threading
 import time
 
 import transaction
+from prometheus_client import generate_latest
 
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.refresher import Refresher
@@ -68,6 +69,7 @@ def test_a_change_made_while_caught_up_is_searchable_without_the_index_refresh(z
         wait_for(lambda: _searchable(es, settings.index_prefix, zoid), timeout=10,
                  message="searchable with the index's own refresh off")
         assert metrics.refreshes._value.get() >= 1
+        assert "esindexer_live 1.0" in generate_latest(metrics.registry).decode()  # the policy's state, as scraped
     conn.close()
 
 
@@ -105,4 +107,5 @@ def test_a_backlog_causes_no_explicit_refresh(zodb, db_dsn, es, es_url, es_prefi
         batches = [s.value for f in metrics.batch_size.collect() for s in f.samples if s.name.endswith("_count")]
         assert batches[0] >= 40  # it did work through many batches
         assert metrics.refreshes._value.get() <= 1
+        assert "esindexer_live 1.0" in generate_latest(metrics.registry).decode()  # caught up at the end
     conn.close()
