@@ -23,6 +23,40 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="exit once everything committed at start is indexed (a backfill)")
 
 
+def _progress(settings: Settings, metrics: Any, until_caught_up: bool) -> Any:
+    """A progress reporter for the backlog at start, or None when there is little or none.
+
+    A service run reports only a catch-up of at least one batch (``batch_limit`` rows) and
+    stops reporting once it is caught up; a backfill reports whatever it has to do. The
+    estimate is best effort: without PostgreSQL now, the service's own retries say so.
+    """
+    from esindexer.observe.progress import ProgressReporter, pipeline_counts, pipeline_live
+    from esindexer.source import backlog, follow, pg, progress
+
+    if settings.progress_interval <= 0:
+        return None
+    try:
+        conn = pg.connect(settings, "progress estimate")
+    except pg.CONNECTION_ERRORS:
+        return None
+    try:
+        start, end = progress.get_progress_tid(conn, settings.client_id), follow.latest_tid(conn)
+        ahead = backlog.rows_after(conn, start, end)
+    except Exception:  # no RelStorage tables yet, say: the service waits for them and says so
+        log.debug("no progress estimate", exc_info=True)
+        return None
+    finally:
+        conn.close()
+    if ahead.rows == 0 or (not until_caught_up and ahead.rows < settings.batch_limit):
+        return None
+    reporter = ProgressReporter("backfill" if until_caught_up else "catch-up", ahead.best_guess,
+                                pipeline_counts(metrics), exact=ahead.exact, interval=settings.progress_interval,
+                                finished=None if until_caught_up else pipeline_live(metrics))
+    log.info("%s of %s%s rows after tid %d", reporter.what, "" if ahead.exact else "about ",
+             f"{ahead.best_guess:,}", start, extra={"rows_total": ahead.best_guess, "tid": start})
+    return reporter.start()
+
+
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from esindexer.es.sink import ElasticsearchSink
     from esindexer.observe.http import HealthServer
@@ -62,8 +96,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         log.info("metrics and health on http://%s:%d/", settings.metrics_host, server.port,
                  extra={"port": server.port})
     poller.start()
+    reporter = _progress(settings, metrics, args.until_caught_up)
     try:
         code = indexer.run(until_caught_up=args.until_caught_up)
+        if reporter is not None:
+            # A service's catch-up that ended is summarised already (pipeline_live): a close here is a stop.
+            reporter.close(ended="finished" if indexer.caught_up else "stopped")
         if code == ExitCode.ERROR_BUDGET and server is not None:
             # Stay scrapeable for a moment so Prometheus sees the exhausted budget
             # (and /readyz says why) before the process is gone.
@@ -78,6 +116,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
             return interrupted
         return code
     finally:
+        if reporter is not None:
+            reporter.close()  # after an error: say what was done (does nothing when closed above)
         poller.stop()
         if server is not None:
             server.stop()
