@@ -52,8 +52,8 @@ def _progress(settings: Settings, metrics: Any, until_caught_up: bool) -> Any:
     reporter = ProgressReporter("backfill" if until_caught_up else "catch-up", ahead.best_guess,
                                 pipeline_counts(metrics), exact=ahead.exact, interval=settings.progress_interval,
                                 finished=None if until_caught_up else pipeline_live(metrics))
-    log.info("%s of %s%s rows after tid %d", reporter.what, "" if ahead.exact else "about ",
-             f"{ahead.best_guess:,}", start, extra={"rows_total": ahead.best_guess, "tid": start})
+    log.info("%s of %s%s rows %s", reporter.what, "" if ahead.exact else "about ", f"{ahead.best_guess:,}",
+             f"after tid {start}" if start > 0 else "from the start", extra={"rows_total": ahead.best_guess, "tid": start})
     return reporter.start()
 
 

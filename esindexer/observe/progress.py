@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -181,8 +182,15 @@ class ProgressReporter:
 
         # Log lines from other threads are printed above the bar instead of through it.
         self._redirect.enter_context(logging_redirect_tqdm())
-        self._bar = tqdm(total=self.total, desc=self.what, unit="rows", file=self._stream, dynamic_ncols=True,
-                         unit_scale=True, smoothing=0.05, mininterval=BAR_TICK)
+        try:  # a pseudo-terminal without a size says 0 x 0, and tqdm then draws nothing
+            size = os.get_terminal_size(self._stream.fileno())
+            columns, lines = size.columns, size.lines
+        except (AttributeError, OSError, ValueError):
+            columns = lines = 0
+        self._bar = tqdm(total=self.total, desc=self.what, unit="rows", file=self._stream,
+                         dynamic_ncols=columns > 0 and lines > 0, ncols=None if columns > 0 else 100,
+                         nrows=None if lines > 0 else 20,
+                         unit_scale=(self.total or 0) >= 100_000, smoothing=0.05, mininterval=BAR_TICK)
 
     def _loop(self) -> None:
         tick = BAR_TICK if self._bar is not None else self.interval
@@ -201,8 +209,8 @@ class ProgressReporter:
     def _draw(self) -> None:
         figures = self.figures()
         bar = self._bar
+        bar.set_postfix({k: f"{v:,}" for k, v in figures.items() if k != "rows" and v}, refresh=False)
         bar.update(max(figures["rows"] - bar.n, 0))
-        bar.set_postfix({k: v for k, v in figures.items() if k != "rows" and v}, refresh=False)
 
     def line(self) -> tuple[str, dict[str, Any]]:
         """The periodic progress line: its message and its structured fields."""
