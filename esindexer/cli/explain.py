@@ -46,7 +46,7 @@ def _lines(report: dict[str, Any]) -> list[str]:
                      f"{state}")
     refs = report["referenced_by"]
     shown = ", ".join(f"{r['zoid']} ({r['class']})" for r in refs["shown"])
-    lines.append(f"referenced  by {refs['total']} document(s)" + (f": {shown}" if shown else "")
+    lines.append(f"referenced  by {refs['total']} indexed document(s)" + (f": {shown}" if shown else "")
                  + (" ..." if refs["total"] > len(refs["shown"]) else ""))
     lines.append(f"progress    tid {report['progress_tid'] or '-'} (client id {report['client_id']})")
     return lines

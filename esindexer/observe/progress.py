@@ -193,15 +193,18 @@ class ProgressReporter:
                          unit_scale=(self.total or 0) >= 100_000, smoothing=0.05, mininterval=BAR_TICK)
 
     def _loop(self) -> None:
-        tick = BAR_TICK if self._bar is not None else self.interval
-        while not self._stop.wait(tick):
+        # The end of a catch-up is looked for every tick, so that its summary's time is right
+        # within a tick; a line is logged every ``interval``.
+        last_line = time.monotonic()
+        while not self._stop.wait(min(BAR_TICK, self.interval)):
             try:
                 if self._finished is not None and self._finished():
                     self._end(True, "finished")
                     return
                 if self._bar is not None:
                     self._draw()
-                else:
+                elif time.monotonic() - last_line >= self.interval:
+                    last_line = time.monotonic()
                     self._log_line()
             except Exception:  # reporting must never end the work it reports on
                 log.debug("progress report failed", exc_info=True)

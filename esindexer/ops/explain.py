@@ -188,7 +188,7 @@ def verdict(report: dict[str, Any]) -> str:
     elsewhere = sorted(set(documents) - {routed}) if documents else []
     if not record["exists"]:
         if not documents:
-            return "not in the database (packed or deleted) and not in the index"
+            return "not in the database (packed, deleted or never created) and not in the index"
         if pending_deletion:
             return "deleted from the database (a pack); the deletion is captured and not applied yet"
         return ("deleted from the database but still indexed in " + ", ".join(sorted(documents))

@@ -131,3 +131,15 @@ def test_a_backfill_with_nothing_to_do_is_quiet(zodb, db_dsn, es, es_url, es_pre
     assert again.returncode == 0, again.stderr
     for said in ("rows done", "backfill of", "backfill finished"):  # (the index prefix holds "backfill")
         assert said not in again.stderr, again.stderr
+
+
+def test_at_debug_level_the_batch_lines_are_not_drowned_by_the_http_client(zodb, db_dsn, es, es_url, es_prefix):
+    _fill(zodb, 300, 100)
+    env = dict(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url, ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"),
+               ESINDEXER_INDEX_REPLICAS="0", ESINDEXER_METRICS_PORT="0", ESINDEXER_BATCH_LIMIT="100",
+               ESINDEXER_BULK_MAX_DOCS="50", ESINDEXER_LOG_LEVEL="debug", ESINDEXER_LOG_FORMAT="json")
+    done = run_esindexer("run", "--until-caught-up", env=env)
+    assert done.returncode == 0, done.stderr
+    loggers = [json.loads(line)["logger"] for line in done.stderr.splitlines() if line.startswith("{")]
+    assert loggers.count("esindexer.pipeline.committer") >= 3  # "progress saved", once per batch
+    assert not [name for name in loggers if name.split(".")[0] in ("urllib3", "elastic_transport", "elasticsearch")]

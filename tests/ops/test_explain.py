@@ -107,7 +107,7 @@ def test_explain_tells_where_each_object_is_and_why(zodb, db_dsn, es, es_url, es
     _index(settings)
     gone = _explain(settings, str(doomed_zoid))
     assert gone["documents"] == {} and gone["pending_pack_deletion"] is False
-    assert gone["verdict"] == "not in the database (packed or deleted) and not in the index"
+    assert gone["verdict"] == "not in the database (packed, deleted or never created) and not in the index"
     assert _explain(settings, str(zoid_of(page)))["verdict"] == f"indexed in {index} at its current tid"
     conn.close()
 
