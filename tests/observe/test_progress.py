@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
+import subprocess
+import sys
+import time
 
 import psycopg2
 import pytest
@@ -14,7 +18,7 @@ from BTrees.OOBTree import OOBTree
 from esindexer.observe.metrics import Metrics
 from esindexer.observe.progress import ProgressReporter, eta_seconds, pipeline_counts
 from tests.indexing import Page, latest_tid, progress
-from tests.support import both_history_modes, run_esindexer
+from tests.support import both_history_modes, esindexer_env, run_esindexer, wait_for
 
 
 def test_eta_is_the_rest_at_the_average_rate_and_unknown_without_one():
@@ -143,3 +147,25 @@ def test_at_debug_level_the_batch_lines_are_not_drowned_by_the_http_client(zodb,
     loggers = [json.loads(line)["logger"] for line in done.stderr.splitlines() if line.startswith("{")]
     assert loggers.count("esindexer.pipeline.committer") >= 3  # "progress saved", once per batch
     assert not [name for name in loggers if name.split(".")[0] in ("urllib3", "elastic_transport", "elasticsearch")]
+
+
+def test_a_service_summarises_its_catch_up_once_caught_up_and_goes_on_quietly(zodb, db_dsn, es, es_url, es_prefix):
+    _fill(zodb, 3000, 500)
+    env = dict(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url, ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"),
+               ESINDEXER_INDEX_REPLICAS="0", ESINDEXER_METRICS_PORT="0", ESINDEXER_BATCH_LIMIT="200",
+               ESINDEXER_PROGRESS_INTERVAL="0.2", ESINDEXER_LOG_FORMAT="json")
+    proc = subprocess.Popen([sys.executable, "-m", "esindexer", "run"], env=esindexer_env(**env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: progress(db_dsn) == latest_tid(db_dsn), timeout=60, message="caught up")
+        time.sleep(1.5)  # the reporter looks every 0.5 s
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    summaries = [x for x in lines if x.get("event") == "progress_summary"]
+    assert len(summaries) == 1 and summaries[0]["work"] == "catch-up" and summaries[0]["ended"] == "finished"
+    assert summaries[0]["rows"] == _rows(db_dsn)
+    after = lines[lines.index(summaries[0]) + 1:]
+    assert not [x for x in after if x.get("event") == "progress"]  # quiet once caught up
