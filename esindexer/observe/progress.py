@@ -41,6 +41,9 @@ log = logging.getLogger("esindexer.progress")
 #: Named counts; ``rows`` is what the total counts.
 Counts = dict[str, int]
 
+#: Counts left out of the bar (it has one line; the summary has them all).
+BAR_HIDDEN = frozenset({"rows", "deletes", "skipped"})
+
 #: How often a bar is redrawn (a log line goes every ``interval`` instead).
 BAR_TICK = 0.5
 
@@ -212,7 +215,7 @@ class ProgressReporter:
     def _draw(self) -> None:
         figures = self.figures()
         bar = self._bar
-        bar.set_postfix({k: f"{v:,}" for k, v in figures.items() if k != "rows" and v}, refresh=False)
+        bar.set_postfix({k: f"{v:,}" for k, v in figures.items() if k not in BAR_HIDDEN and v}, refresh=False)
         bar.update(max(figures["rows"] - bar.n, 0))
 
     def line(self) -> tuple[str, dict[str, Any]]:
