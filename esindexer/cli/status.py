@@ -15,8 +15,8 @@ from esindexer.redact import redact
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--all", action="store_true",
-                        help="every client id with saved progress, not only ESINDEXER_CLIENT_ID "
-                             "(--json then prints a list)")
+                        help="every client id that has run against this database, not only "
+                             "ESINDEXER_CLIENT_ID (--json then prints a list)")
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
@@ -47,8 +47,8 @@ COMMAND = Command(
                 "time, when it was saved), rows committed after it, lag, dead letters by kind, pack "
                 "deletions not yet applied and the crash guard, from PostgreSQL; the documents in its "
                 "indices and the alias, from Elasticsearch (shown as unavailable when it cannot be "
-                "reached). Exit 2 when the client id has no saved progress and is not running "
-                "(the message names the client ids that have).",
+                "reached). Exit 2 for a client id that never ran against this database (the message "
+                "names the client ids that have).",
     groups=("elasticsearch",),
     settings=("pg_dsn", "client_id", "index_prefix", "alias", "class_routes", "default_route",
               "crash_guard_after"),

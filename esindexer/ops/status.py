@@ -22,15 +22,16 @@ from esindexer.source.tid import tid_to_datetime, tid_to_epoch
 
 
 class UnknownClient(LookupError):
-    """No progress saved for the client id asked about, and no indexer of it runs."""
+    """No indexer of the client id asked about ever ran here: no saved progress, no crash
+    guard row, and none runs now."""
 
     def __init__(self, client_id: str, known: list[str]):
         self.client_id = client_id
         self.known = known
         names = ", ".join(repr(name) for name in known)
-        super().__init__(f"no progress saved for client id {client_id!r} and no indexer of it is running; "
-                         + (f"client ids with saved progress: {names}" if known
-                            else "no client has saved progress in this database yet")
+        super().__init__(f"no indexer with client id {client_id!r} has run against this database; "
+                         + (f"client ids that have: {names}" if known
+                            else "no indexer has run against it yet")
                          + " (set ESINDEXER_CLIENT_ID, or use --all)")
 
 
@@ -46,6 +47,19 @@ def saved_progress(conn: Any) -> dict[str, tuple[int, str]]:
                 return {}
             cur.execute(f"SELECT client_id, tid, updated_at FROM {progress.PROGRESS_TABLE} ORDER BY client_id")
             return {client: (int(tid), saved.isoformat()) for client, tid, saved in cur.fetchall()}
+    finally:
+        conn.rollback()
+
+
+def clients_that_ran(conn: Any) -> set[str]:
+    """Client ids that started an indexer in this database (the crash guard's rows), also
+    those that never saved progress (a first batch that did not settle, a crash loop)."""
+    try:
+        with conn.cursor() as cur:
+            if not has_relation(cur, runs.TABLE):
+                return set()
+            cur.execute(f"SELECT client_id FROM {runs.TABLE}")
+            return {row[0] for row in cur.fetchall()}
     finally:
         conn.rollback()
 
@@ -120,18 +134,18 @@ def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[in
 
 
 def status_reports(conn: Any, settings: Settings, es: Any | None, every_client: bool = False) -> list[dict[str, Any]]:
-    """One report per client id: the configured one, or (``every_client``) each with saved
-    progress and the configured one. Raises :class:`UnknownClient` when the configured
-    client id has no saved progress and is not running (unless ``every_client``)."""
+    """One report per client id: the configured one, or (``every_client``) each that has
+    run here. Raises :class:`UnknownClient` when the configured client id never ran here
+    (unless ``every_client``)."""
     known = saved_progress(conn)
     latest = follow.latest_tid(conn)
     conn.rollback()
+    ran = clients_that_ran(conn)
     client_id = settings.client_id
-    if not every_client and client_id not in known and not runs.client_running(conn, client_id):
-        raise UnknownClient(client_id, sorted(known))
-    ids = sorted(set(known) | {client_id}) if every_client else [client_id]
-    if every_client and client_id not in known and not runs.client_running(conn, client_id):
-        ids.remove(client_id)
+    exists = client_id in known or client_id in ran or runs.client_running(conn, client_id)
+    if not every_client and not exists:
+        raise UnknownClient(client_id, sorted(set(known) | ran))
+    ids = sorted(set(known) | ran | ({client_id} if exists else set())) if every_client else [client_id]
     return [client_report(conn, settings, name, known.get(name), latest, es if name == client_id else None)
             for name in ids]
 

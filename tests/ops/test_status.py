@@ -109,12 +109,30 @@ def test_status_of_every_client_id_and_of_an_unknown_one(zodb, db_dsn, es, es_ur
     assert len(unknown.stderr.strip().splitlines()) == 1
 
 
-def test_status_of_a_fresh_database_names_no_client_and_exits_2(db_dsn, zodb, es_url, es_prefix):
-    _pages(zodb, 1)
+def test_status_of_a_fresh_database_names_no_client_and_exits_2(db_dsn, zodb, es, es_url, es_prefix):
+    conn = zodb.open()  # RelStorage's tables, and no object but the root
     settings = make_settings(db_dsn, es_url, es_prefix)
     done = run_esindexer("status", env=_env(settings))
     assert done.returncode == ExitCode.SETUP
-    assert "no client has saved progress in this database yet" in done.stderr
+    assert "no indexer has run against it yet" in done.stderr
+    conn.close()
+
+
+def test_a_client_that_ran_without_saving_progress_is_reported_not_refused(zodb, db_dsn, es, es_url, es_prefix):
+    zodb.open().close()
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+        cur.execute("DELETE FROM object_state")  # nothing to index: no batch, so no progress row
+    pg.close()
+    settings = make_settings(db_dsn, es_url, es_prefix)
+    def started() -> bool:  # before it takes its lock, the client id is unknown (exit 2)
+        done = run_esindexer("status", "--json", env=_env(settings))
+        return done.returncode == 0 and json.loads(done.stdout)["running"]
+
+    with running(settings):
+        wait_for(started, message="running")
+    report = _status(settings)
+    assert (report["running"], report["progress_tid"], report["progress_saved_at"]) == (False, None, None)
+    assert report["crash_guard"]["last_run"] == "exited cleanly" and report["documents"] == 0
 
 
 def test_status_without_elasticsearch_still_reports_postgresql(zodb, db_dsn, es, es_url, es_prefix):
