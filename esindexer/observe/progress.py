@@ -165,8 +165,8 @@ class ProgressReporter:
     def __enter__(self) -> ProgressReporter:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(ended="stopped" if exc_type is not None else "finished")
 
     def close(self, summary: bool = True, ended: str = "finished") -> dict[str, Any] | None:
         """Stop reporting; log the summary line (once) unless ``summary`` is False.

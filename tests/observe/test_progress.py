@@ -44,6 +44,13 @@ def test_a_line_carries_the_figures_and_the_summary_counts_what_was_added(caplog
     assert len(lines) == 1 and lines[0].getMessage().startswith("verify finished: 400 rows in ")
 
 
+def test_work_that_fails_inside_the_block_is_summarised_as_stopped():
+    with pytest.raises(RuntimeError), ProgressReporter("verify", total=10, interval=0, bar=False) as reporter:
+        reporter.add(rows=3)
+        raise RuntimeError("lost the connection")
+    assert reporter.summary is not None and (reporter.summary["ended"], reporter.summary["rows"]) == ("stopped", 3)
+
+
 def test_counts_from_the_metrics_start_at_zero_when_the_reporter_starts():
     metrics = Metrics(process_metrics=False)
     metrics.record_documents("index", "ok", 7)
