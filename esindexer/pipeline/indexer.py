@@ -28,7 +28,7 @@ from esindexer.config import Settings
 from esindexer.convert.configure import build_jsonifier
 from esindexer.documents import DocumentBuilder
 from esindexer.errors import Abandoned, AlreadyRunning, ErrorBudgetExhausted, ExitCode, SchemaError
-from esindexer.es.client import as_setup_error, describe_error, retry_reason
+from esindexer.es.client import as_setup_error, connection_hint, describe_error, retry_reason
 from esindexer.es.sink import ElasticsearchSink
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.budget import ErrorBudget
@@ -106,6 +106,8 @@ class Indexer:
             try:
                 return fn()
             except pg.CONNECTION_ERRORS as exc:
+                if (problem := pg.refused_for_good(exc)) is not None:
+                    raise problem from None  # a wrong password: retrying cannot help
                 reason, error = "pg_unreachable", exc
             except SchemaError as exc:  # started before the application created its tables?
                 reason, error = "source_schema_missing", exc
@@ -117,7 +119,9 @@ class Indexer:
             attempt += 1
             delay = self._backoff.delay(attempt)
             self.metrics.record_retry(reason, f"{what}: {describe_error(error)}")
-            log.warning("%s failed (%s: %s); retrying in %.1fs", what, reason, describe_error(error), delay,
+            hint = connection_hint(error)
+            log.warning("%s failed (%s: %s); retrying in %.1fs%s", what, reason, describe_error(error), delay,
+                        f"; {hint}" if hint else "",
                         extra={"reason": reason})
             if self._stop.wait(delay):
                 raise Abandoned(what)

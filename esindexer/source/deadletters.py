@@ -89,6 +89,12 @@ def add(conn: Any, client_id: str, letters: Iterable[DeadLetter]) -> int:
     return len(rows)
 
 
+def table_exists(conn: Any) -> bool:
+    """Whether esindexer has created its dead-letter table in this database (it has run here)."""
+    with conn.cursor() as cur:
+        return has_relation(cur, TABLE)
+
+
 def count(conn: Any, client_id: str) -> int:
     """Dead letters kept for ``client_id`` (0 when the table does not exist yet)."""
     with conn.cursor() as cur:
