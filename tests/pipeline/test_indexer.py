@@ -493,7 +493,8 @@ def test_reindex_without_downtime(zodb, db_dsn, es, es_url, es_prefix):
     assert len(docs(es, alias)) == 31
 
     done = run_esindexer("alias", env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url,
-                                       "ESINDEXER_INDEX_PREFIX": f"{alias}-gen2", "ESINDEXER_ALIAS": alias})
+                                       "ESINDEXER_INDEX_PREFIX": f"{alias}-gen2", "ESINDEXER_ALIAS": alias,
+                                       "ESINDEXER_CLIENT_ID": "esindexer-gen2"})
     assert done.returncode == 0, done.stderr
     assert f"removed from {alias}-gen1-objects" in done.stdout
     assert sorted(es.indices.get_alias(name=alias)) == [f"{alias}-gen2-objects"]
