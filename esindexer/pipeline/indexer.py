@@ -39,6 +39,7 @@ from esindexer.pipeline.refresher import Refresher
 from esindexer.pipeline.sweep import sweep
 from esindexer.sink import Sink
 from esindexer.source import deadletters, deletions, follow, notify, pg, progress
+from esindexer.source.tid import tid_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,20 @@ class Indexer:
             raise
         return conn
 
+    def _warn_vanished(self, start_tid: int) -> None:
+        """None of the routed indices existed, yet progress says they were filled: they were
+        deleted (or this is another cluster). Following on from the saved progress would
+        index only what changes from now on, so say so, loudly, with the way back."""
+        self.metrics.set_indices_vanished(True)
+        log.error(
+            "none of the indices %s existed at start, although client id %r has indexed up to %s: "
+            "the documents written before were lost (indices deleted, or another Elasticsearch). Only "
+            "changes from now on will be indexed. Rebuild the rest with `esindexer verify --repair` "
+            "(writes every missing document) or build a new generation with `esindexer reindex`",
+            ", ".join(self.sink.indices), self.settings.client_id,
+            tid_to_datetime(start_tid).isoformat(timespec="seconds"),
+            extra={"indices": list(self.sink.indices), "progress_tid": start_tid})
+
     def _prepare_source(self, conn: Any) -> bool:
         """Install triggers if allowed. Returns True when a sweep is due.
 
@@ -212,7 +227,9 @@ class Indexer:
         reader: BatchReader | None = None
         refresher: Refresher | None = None
         try:
+            missing: tuple[str, ...] = ()
             if first:  # only once the lock is ours: a refused second instance changes nothing
+                missing = self._retry_forever("looking for the indices", self.sink.missing_indices)
                 self._retry_forever("creating index template and indices", self.sink.ensure_indices)
             # A database without RelStorage's tables is waited for, loudly: in a compose stack
             # the application may create them after esindexer starts; otherwise the DSN is wrong.
@@ -222,6 +239,8 @@ class Indexer:
                 sweep(conn, self.sink, self.metrics)
             start_tid = progress.get_progress_tid(conn, s.client_id)
             conn.commit()
+            if start_tid > 0 and missing and len(missing) == len(self.sink.indices):
+                self._warn_vanished(start_tid)
             self.crash_guard.begin(conn, start_tid)
             if first:  # after a reconnect, keep the time of the last real progress (stall detection)
                 self.metrics.record_progress(start_tid)
