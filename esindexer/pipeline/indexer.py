@@ -135,6 +135,9 @@ class Indexer:
             deadletters.ensure_table(conn)
             self.crash_guard.ensure_table(conn)
             conn.commit()
+        except pg.NOT_PERMITTED as exc:
+            conn.close()
+            raise pg.privilege_problem(exc) from None
         except BaseException:
             conn.close()
             raise

@@ -64,6 +64,13 @@ _REFUSED_FOR_GOOD = (
 )
 
 
+def privilege_problem(exc: BaseException) -> SetupError:
+    """The one line for a statement this role may not run: what was refused, and the fix."""
+    text = " ".join(str(getattr(exc, "pgerror", None) or exc).split())
+    return SetupError(f"PostgreSQL refused: {text[:300]}; an administrator sets esindexer up once with "
+                      "`esindexer setup --grant-to <this role>` (docs/configuration.md, least privilege)")
+
+
 def refused_for_good(exc: BaseException) -> SetupError | None:
     """The :class:`SetupError` a failed connection amounts to, when no retry can help.
 
