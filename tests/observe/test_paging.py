@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -220,10 +220,10 @@ def paging(tmp_path: Path) -> Iterator[tuple[Alertmanager, WebhookLog]]:
         hook.stop()
 
 
-def alert(name: str, instance: str, severity: str, *, ended: bool = False) -> dict[str, Any]:
-    """An alert as Prometheus posts it (``endsAt`` in the past resolves it)."""
-    now = datetime.now(timezone.utc)
-    ends = now - timedelta(seconds=1) if ended else now + timedelta(minutes=5)
+def alert(name: str, instance: str, severity: str) -> dict[str, Any]:
+    """A firing alert as Prometheus posts it (posting it again with ``endsAt`` now resolves it)."""
+    now = datetime.now(UTC)
+    ends = now + timedelta(minutes=5)
     return {"labels": {"alertname": name, "job": "esindexer", "instance": instance, "severity": severity},
             "annotations": {"summary": f"{name} on {instance}"},
             "startsAt": (now - timedelta(minutes=1)).isoformat(), "endsAt": ends.isoformat()}
@@ -247,7 +247,7 @@ def test_down_pages_and_inhibits_the_lag_alert_of_the_same_indexer(paging) -> No
     assert not hook.matching(r'EsindexerLagHigh instance="a:9650"'), hook.lines
 
     # The indexer is back but still behind: the resolution is paged, the lag now reported.
-    manager.post({**down_a, "endsAt": datetime.now(timezone.utc).isoformat()})
+    manager.post({**down_a, "endsAt": datetime.now(UTC).isoformat()})
     wait_for(lambda: hook.matching(r'^/page resolved EsindexerDown instance="a:9650"'), timeout=30,
              message="EsindexerDown resolved")
     wait_for(lambda: hook.matching(r'^/ticket firing EsindexerLagHigh instance="a:9650"'), timeout=30,
