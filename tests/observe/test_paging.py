@@ -110,11 +110,18 @@ def paging_examples() -> list[str]:
 
 
 def test_documented_receiver_examples_pass_amtool(tmp_path: Path) -> None:
+    """Each example replaces the shipped file's ``receivers`` (and may add ``global``), as
+    the docs say to use them; the result must pass amtool and keep every route's receiver."""
+    shipped = yaml.safe_load(AM_CONFIG.read_text())
+    names = {receiver["name"] for receiver in shipped["receivers"]}
     examples = paging_examples()
     assert len(examples) >= 3  # webhook, e-mail, Slack
     for n, block in enumerate(examples):
+        example = yaml.safe_load(block)
+        assert set(example) <= {"global", "receivers"}, block
+        assert {receiver["name"] for receiver in example["receivers"]} == names, block
         path = tmp_path / f"example{n}.yml"
-        path.write_text(block)
+        path.write_text(yaml.safe_dump({**shipped, **example}, sort_keys=False))
         result = amtool("check-config", str(path))
         assert result.returncode == 0, f"example {n}:\n{block}\n{result.stdout}{result.stderr}"
 
