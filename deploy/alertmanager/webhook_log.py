@@ -31,9 +31,9 @@ def format_alerts(path: str, payload: dict[str, Any]) -> list[str]:
     for alert in payload.get("alerts", []):
         labels = dict(alert.get("labels", {}))
         name = labels.pop("alertname", "?")
-        pairs = " ".join(f"{key}={json.dumps(value)}" for key, value in sorted(labels.items()))
+        pairs = [f"{key}={json.dumps(value)}" for key, value in sorted(labels.items())]
         summary = alert.get("annotations", {}).get("summary", "")
-        lines.append(f"{path} {alert.get('status', '?')} {name} {pairs} summary={json.dumps(summary)}")
+        lines.append(" ".join([path, alert.get("status", "?"), name, *pairs, f"summary={json.dumps(summary)}"]))
     return lines
 
 

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -124,6 +125,34 @@ def test_documented_receiver_examples_pass_amtool(tmp_path: Path) -> None:
         path.write_text(yaml.safe_dump({**shipped, **example}, sort_keys=False))
         result = amtool("check-config", str(path))
         assert result.returncode == 0, f"example {n}:\n{block}\n{result.stdout}{result.stderr}"
+
+
+def test_webhook_log_prints_one_line_per_alert() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("webhook_log", WEBHOOK_LOG)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    payload = {"version": "4", "status": "firing", "alerts": [
+        {"status": "firing", "labels": {"alertname": "EsindexerDown", "severity": "critical", "instance": "x:1"},
+         "annotations": {"summary": 'esindexer "x" down'}},
+        {"status": "resolved", "labels": {}, "annotations": {}}]}
+    assert module.format_alerts("/page", payload) == [
+        '/page firing EsindexerDown instance="x:1" severity="critical" summary="esindexer \\"x\\" down"',
+        '/page resolved ? summary=""']
+
+
+def test_webhook_log_refuses_bad_json_and_keeps_serving() -> None:
+    hook = WebhookLog()
+    try:
+        request = urllib.request.Request(hook.url + "/page", data=b"{not json", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(request, timeout=5)
+        assert error.value.code == 400
+        assert http_get(hook.url + "/") is not None
+    finally:
+        hook.stop()
 
 
 # --- end to end: a real Alertmanager delivering to the shipped demo receiver ----------------
