@@ -292,6 +292,18 @@ def test_down_pages_and_inhibits_the_lag_alert_of_the_same_indexer(paging) -> No
     print("\n[paging] " + "\n[paging] ".join(hook.lines))
 
 
+def test_a_stalled_indexer_is_paged_for_the_stall_not_its_lag(paging) -> None:
+    manager, hook = paging
+    manager.post(alert("EsindexerStalled", "c:9650", "critical"))
+    wait_for(lambda: hook.matching(r'^/page firing EsindexerStalled instance="c:9650"'), timeout=30,
+             message="EsindexerStalled paged")
+    manager.post(alert("EsindexerLagHigh", "c:9650", "warning"))
+    wait_for(lambda: (manager.state("EsindexerLagHigh", "c:9650") or {}).get("state") == "suppressed",
+             timeout=10, message="the lag alert suppressed")
+    time.sleep(2.5)
+    assert not hook.matching("EsindexerLagHigh"), hook.lines
+
+
 def test_prometheus_with_the_shipped_rules_pages_through_the_shipped_alerting_section(paging, tmp_path) -> None:
     manager, hook = paging
     config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
