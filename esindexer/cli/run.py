@@ -62,6 +62,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from esindexer.observe.http import HealthServer
     from esindexer.observe.metrics import Metrics
     from esindexer.observe.poller import SourcePoller
+    from esindexer.observe.systemd import ServiceNotifier
     from esindexer.pipeline.indexer import Indexer
     from esindexer.source import pg
 
@@ -87,15 +88,20 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         sink.es.options(request_timeout=3).cluster.health(timeout="2s")
 
     poller = SourcePoller(lambda: pg.connect(settings, "lag poller"), metrics, interval=settings.lag_poll_interval)
+    # Built even without a port: its readiness also decides when systemd hears READY=1.
+    health = HealthServer(metrics, settings.metrics_host, settings.metrics_port, es_check=es_check,
+                          stall_after=settings.stall_seconds,
+                          source_stale_after=max(120.0, 3 * settings.lag_poll_interval))
     server = None
     if settings.metrics_port:
-        server = HealthServer(metrics, settings.metrics_host, settings.metrics_port, es_check=es_check,
-                              stall_after=settings.stall_seconds,
-                              source_stale_after=max(120.0, 3 * settings.lag_poll_interval))
+        server = health
         server.start()
         log.info("metrics and health on http://%s:%d/", settings.metrics_host, server.port,
                  extra={"port": server.port})
     poller.start()
+    # Started = the pipeline holds the client lock and loaded its progress (it records it).
+    notifier = ServiceNotifier(health.readiness, started=lambda: metrics.seconds_since_progress() is not None)
+    notifier.start()
     reporter = _progress(settings, metrics, args.until_caught_up)
     try:
         code = indexer.run(until_caught_up=args.until_caught_up)
@@ -118,6 +124,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         if reporter is not None:
             reporter.close()  # after an error: say what was done (does nothing when closed above)
+        notifier.stop()
         poller.stop()
         if server is not None:
             server.stop()

@@ -62,3 +62,22 @@ def test_a_switch_from_the_command_line_wins_over_the_environment(monkeypatch):
     assert _load(args).install_triggers is False
     monkeypatch.setenv("ESINDEXER_INSTALL_TRIGGERS", "false")
     assert _load(build_parser(COMMANDS).parse_args(["run"])).install_triggers is False
+
+
+def test_every_exit_code_is_in_the_help_and_in_the_docs():
+    import pathlib
+    import re
+
+    from esindexer.errors import EXIT_CODES_HELP, ExitCode
+
+    docs = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", docs, flags=re.M)}
+    assert documented == {int(code) for code in ExitCode}
+    helped = {int(code) for code in re.findall(r"(?:^|\s)(\d{1,3})(?= |$)", EXIT_CODES_HELP, flags=re.M)}
+    assert {int(code) for code in ExitCode} <= helped
+    assert EXIT_CODES_HELP in _help_text()
+
+
+def _help_text() -> str:
+    return subprocess.run([sys.executable, "-m", "esindexer", "--help"], capture_output=True, text=True,
+                          check=True).stdout
