@@ -23,45 +23,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="exit once everything committed at start is indexed (a backfill)")
 
 
-def _progress(settings: Settings, metrics: Any, until_caught_up: bool) -> Any:
-    """A progress reporter for the backlog at start, or None when there is little or none.
-
-    A service run reports only a catch-up of at least one batch (``batch_limit`` rows) and
-    stops reporting once it is caught up; a backfill reports whatever it has to do. The
-    estimate is best effort: without PostgreSQL now, the service's own retries say so.
-    """
-    from esindexer.observe.progress import ProgressReporter, pipeline_counts, pipeline_live
-    from esindexer.source import backlog, follow, pg, progress
-
-    if settings.progress_interval <= 0:
-        return None
-    try:
-        conn = pg.connect(settings, "progress estimate")
-    except pg.CONNECTION_ERRORS:
-        return None
-    try:
-        start, end = progress.get_progress_tid(conn, settings.client_id), follow.latest_tid(conn)
-        ahead = backlog.rows_after(conn, start, end)
-    except Exception:  # no RelStorage tables yet, say: the service waits for them and says so
-        log.debug("no progress estimate", exc_info=True)
-        return None
-    finally:
-        conn.close()
-    if ahead.rows == 0 or (not until_caught_up and ahead.rows < settings.batch_limit):
-        return None
-    reporter = ProgressReporter("backfill" if until_caught_up else "catch-up", ahead.best_guess,
-                                pipeline_counts(metrics), exact=ahead.exact, interval=settings.progress_interval,
-                                finished=None if until_caught_up else pipeline_live(metrics))
-    log.info("%s of %s%s rows %s", reporter.what, "" if ahead.exact else "about ", f"{ahead.best_guess:,}",
-             f"after tid {start}" if start > 0 else "from the start", extra={"rows_total": ahead.best_guess, "tid": start})
-    return reporter.start()
-
-
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from esindexer.es.sink import ElasticsearchSink
     from esindexer.observe.http import HealthServer
     from esindexer.observe.metrics import Metrics
     from esindexer.observe.poller import SourcePoller
+    from esindexer.observe.progress import backlog_reporter
     from esindexer.observe.systemd import ServiceNotifier
     from esindexer.pipeline.indexer import Indexer
     from esindexer.source import pg
@@ -102,7 +69,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     # Started = the pipeline holds the client lock and loaded its progress (it records it).
     notifier = ServiceNotifier(health.readiness, started=lambda: metrics.seconds_since_progress() is not None)
     notifier.start()
-    reporter = _progress(settings, metrics, args.until_caught_up)
+    reporter = backlog_reporter(settings, metrics, until_caught_up=args.until_caught_up)
     try:
         code = indexer.run(until_caught_up=args.until_caught_up)
         if reporter is not None:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from esindexer.config import Settings
 from esindexer.observe.metrics import Metrics
 
 log = logging.getLogger("esindexer.progress")
@@ -82,6 +83,47 @@ def pipeline_counts(metrics: Metrics) -> Callable[[], Counts]:
 def pipeline_live(metrics: Metrics) -> Callable[[], bool]:
     """True once the service settled a batch read while caught up: a catch-up has ended."""
     return lambda: metrics.registry.get_sample_value("esindexer_live") == 1.0
+
+
+def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: bool,
+                     what: str | None = None) -> ProgressReporter | None:
+    """A started reporter for the service's backlog at start, or None when there is little
+    or none (quiet when caught up).
+
+    For ``esindexer run`` and any command that runs the pipeline (a re-index's catch-up):
+    call it before :meth:`Indexer.run` with the indexer's metrics and ``close()`` the result
+    after it. A service run (``until_caught_up`` False) reports only a catch-up of at least
+    one batch (``batch_limit`` rows) and ends its report once caught up; a backfill reports
+    whatever it has to do. The estimate is best effort: without PostgreSQL at this moment
+    there is no report (the service's own retries say why).
+    """
+    from esindexer.source import backlog, follow, pg, progress
+
+    if settings.progress_interval <= 0:
+        return None
+    try:
+        conn = pg.connect(settings, "progress estimate")
+    except pg.CONNECTION_ERRORS:
+        return None
+    try:
+        start, end = progress.get_progress_tid(conn, settings.client_id), follow.latest_tid(conn)
+        ahead = backlog.rows_after(conn, start, end)
+    except Exception:  # no RelStorage tables yet, say: the service waits for them and says so
+        log.debug("no progress estimate", exc_info=True)
+        return None
+    finally:
+        conn.close()
+    if ahead.rows == 0 or (not until_caught_up and ahead.rows < settings.batch_limit):
+        return None
+    reporter = ProgressReporter(what or ("backfill" if until_caught_up else "catch-up"), ahead.best_guess,
+                                pipeline_counts(metrics), exact=ahead.exact, interval=settings.progress_interval,
+                                finished=None if until_caught_up else pipeline_live(metrics))
+    # Announced as the command's own line (logger "esindexer", as run's other start-up lines).
+    where = f"after tid {start}" if start > 0 else "from the start"
+    logging.getLogger("esindexer").info("%s of %s%s rows %s", reporter.what, "" if ahead.exact else "about ",
+                                        f"{ahead.best_guess:,}", where,
+                                        extra={"rows_total": ahead.best_guess, "tid": start})
+    return reporter.start()
 
 
 def eta_seconds(done: int, total: int | None, elapsed: float) -> float | None:

@@ -113,6 +113,8 @@ def test_a_backfill_logs_progress_and_a_true_summary(zodb, db_dsn, es, es_url, e
     summaries = [x for x in lines if x.get("event") == "progress_summary"]
     rows = _rows(db_dsn)
     assert ticks, done.stderr[-3000:]
+    announced = [x for x in lines if x["message"].startswith("backfill of ")]
+    assert [(x["logger"], x["message"]) for x in announced] == [("esindexer", f"backfill of {rows:,} rows from the start")]
     for tick in ticks:
         assert tick["work"] == "backfill" and tick["rows_total"] == rows and tick["rows_total_exact"] is True
         assert 0 <= tick["rows"] <= rows and tick["rows_per_second"] >= 0
