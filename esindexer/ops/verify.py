@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 ROUNDS = 3
 #: Zoids listed per kind in the report.
 EXAMPLES = 10
+#: Objects per page with ``deep``: a page of documents is held with their bodies.
+DEEP_PAGE = 1000
 
 
 def _tally() -> dict[str, int]:
@@ -104,6 +106,7 @@ def verify(conn: Any, sink: ElasticsearchSink, builder: DocumentBuilder, jsonifi
 
     Memory is one page of records and one page of documents (bodies too with ``deep``)."""
     report = Report(deep=deep)
+    page = min(page, DEEP_PAGE) if deep else page
     ctx = Context(conn, sink.es, sink.indices, builder, jsonifier, client_id,
                   deadletters.lettered_records(conn, client_id), deep)
     # Compare with what has been written, not with what the last scheduled refresh showed.
