@@ -1,8 +1,11 @@
-"""Reading back what the index holds: ``(index, zoid, tid)`` of documents, in zoid order.
+"""Reading back what the index holds, in zoid order.
 
-Used where the database is compared with the index (the start-up sweep, ``verify``).
-Only doc values are read (no ``_source``), in pages with ``search_after``, so no scroll
-context stays open on the cluster and memory is one page.
+Used where the database is compared with the index: :func:`indexed_zoids` gives
+``(index, zoid, tid)`` (the start-up sweep); :func:`held_pages` adds each document's
+version and sequence number, and its body when asked (``verify``, ``verify --deep``);
+:func:`held_now` re-reads given zoids in real time (``verify``'s confirmation and read
+back). Pages are read with ``search_after``, so no scroll context stays open on the
+cluster and memory is one page.
 """
 
 from __future__ import annotations
