@@ -37,7 +37,8 @@ def _print_text(report: object, repair: bool) -> None:
     lag = sum(report.lagging.values())
     if lag:
         print(f"lagging {lag} (the service has not indexed these commits yet, progress tid "
-              f"{report.progress_tid}, or they changed under every read; not counted, not repaired):")
+              f"{report.progress_tid}, or they changed under every read; left to the service, not in the "
+              "exit code):")
         for kind, count in report.lagging.items():
             if count:
                 print(f"  {kind:<8} {count}" + _examples(report.lagging_examples[kind]))

@@ -18,7 +18,7 @@ from esindexer.errors import ExitCode
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
 from tests.indexing import commit_pages, docs, make_settings, zoid_of
-from tests.support import run_esindexer
+from tests.support import both_history_modes, run_esindexer
 
 
 def verify_cli(settings, *args: str) -> tuple[int, dict]:
@@ -40,6 +40,7 @@ def hand_edit(es, index: str, zoid: int, title: str) -> None:
     es.index(index=index, id=str(zoid), document=body, refresh=True)
 
 
+@both_history_modes
 def test_verify_finds_repairs_and_reads_back_drift(zodb, db_dsn, es, es_url, es_prefix):
     conn = zodb.open()
     root = conn.root()
