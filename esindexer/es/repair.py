@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 Mode = Literal["external", "conditional", "create_on_conflict"]
 
 _RETRIED = {429, 502, 503, 504}
+#: Bounds of one request: a repair after an index was lost writes a whole page at once.
+MAX_ITEMS = 1000
+MAX_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,13 @@ class Outcome:
     write: Write
     status: int
     error: str = ""
+    #: written as ``op_type=create`` over a tombstone: the version is Elasticsearch's count
+    created: bool = False
+
+    @property
+    def at_tid(self) -> bool:
+        """Written with the action's own version (externally), so a delete at tid + 1 beats it."""
+        return self.written and self.write.mode != "conditional" and not self.created
 
     @property
     def written(self) -> bool:
@@ -75,20 +85,35 @@ def _meta(write: Write, create: bool) -> dict[str, Any]:
     return {action.op: target}
 
 
-def _bulk(es: Elasticsearch, writes: Sequence[Write], create: bool) -> list[tuple[int, str]]:
-    lines: list[bytes] = []
+def _requests(writes: Sequence[Write]) -> list[list[Write]]:
+    """``writes`` cut into requests of at most :data:`MAX_ITEMS` items and about :data:`MAX_BYTES`."""
+    requests: list[list[Write]] = []
+    current: list[Write] = []
+    size = 0
     for write in writes:
-        lines.append(orjson.dumps(_meta(write, create)))
-        if write.action.source is not None:
-            lines.append(write.action.source)
-    answer = es.bulk(operations=b"\n".join(lines) + b"\n",  # type: ignore[arg-type]
-                     filter_path="items.*.status,items.*.error")
+        if current and (len(current) >= MAX_ITEMS or size + write.action.size() > MAX_BYTES):
+            requests.append(current)
+            current, size = [], 0
+        current.append(write)
+        size += write.action.size()
+    return requests + [current] if current else requests
+
+
+def _bulk(es: Elasticsearch, writes: Sequence[Write], create: bool) -> list[tuple[int, str]]:
     out: list[tuple[int, str]] = []
-    for item in answer["items"]:
-        result = next(iter(item.values()))
-        error = result.get("error")
-        reason = f"{error.get('type')}: {error.get('reason')}" if isinstance(error, dict) else ""
-        out.append((int(result.get("status", 0)), reason))
+    for request in _requests(writes):
+        lines: list[bytes] = []
+        for write in request:
+            lines.append(orjson.dumps(_meta(write, create)))
+            if write.action.source is not None:
+                lines.append(write.action.source)
+        answer = es.bulk(operations=b"\n".join(lines) + b"\n",  # type: ignore[arg-type]
+                         filter_path="items.*.status,items.*.error")
+        for item in answer["items"]:
+            result = next(iter(item.values()))
+            error = result.get("error")
+            reason = f"{error.get('type')}: {error.get('reason')}" if isinstance(error, dict) else ""
+            out.append((int(result.get("status", 0)), reason))
     return out
 
 
@@ -102,6 +127,9 @@ def send_writes(es: Elasticsearch, writes: Sequence[Write], attempts: int = 3) -
                if outcome.status == 409 and outcome.write.mode == "create_on_conflict"
                and outcome.write.action.op == "index"]
     outcomes.update(_send(es, refused, True, attempts))
+    for position, _ in refused:
+        outcome = outcomes[position]
+        outcomes[position] = Outcome(outcome.write, outcome.status, outcome.error, created=True)
     return [outcomes[position] for position in range(len(writes))]
 
 

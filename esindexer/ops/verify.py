@@ -168,7 +168,10 @@ def _settle(ctx: Context, sink: ElasticsearchSink, candidates: list[int], report
                 log.log(logging.INFO if outcome.status == 409 else logging.ERROR,
                         "repair of zoid %d not applied (HTTP %d %s)", outcome.write.action.zoid,
                         outcome.status, outcome.error, extra={"zoid": outcome.write.action.zoid})
-        delete_if_gone(ctx.conn, ctx.builder, sink, [o.write.action for o in outcomes if o.written])
+        # Written at the tid: a delete at tid + 1 removes them if their object left meanwhile.
+        # (What a conditional write or a create left has a higher version: the read back
+        # below finds such an object gone and the next round deletes the document.)
+        delete_if_gone(ctx.conn, ctx.builder, sink, [o.write.action for o in outcomes if o.at_tid])
         again = confirmed(ctx, list(pending))
         for zoid, diffs in again.lagging.items():  # overtaken by a newer commit: the service's now
             report._note(report.lagging, report.lagging_examples, diffs)

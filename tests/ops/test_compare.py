@@ -74,3 +74,14 @@ def test_deleted_gone_and_unconvertible_objects():
 ])
 def test_lag_is_told_from_drift(expected, kind, progress, unapplied, lag):
     assert lagging(expected, Difference(7, kind), progress, set(unapplied)) is lag
+
+
+def test_repair_requests_are_bounded():
+    from esindexer.es import repair
+    from esindexer.es.repair import Write
+
+    small = [Write(ACTION)] * 2500
+    assert [len(r) for r in repair._requests(small)] == [1000, 1000, 500]
+    big = Action("index", "p-objects", 7, T, T, "a.B", b"x" * (4 * 1024 * 1024))
+    assert [len(r) for r in repair._requests([Write(big)] * 5)] == [2, 2, 1]
+    assert repair._requests([]) == []
