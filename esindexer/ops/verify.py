@@ -39,6 +39,7 @@ from esindexer.ops.compare import KINDS, Difference, differences, expect
 from esindexer.ops.recheck import Context, confirmed, delete_if_gone
 from esindexer.source import deadletters
 from esindexer.source.pg import current_pages
+from esindexer.source.progress import get_progress_tid
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def verify(conn: Any, sink: ElasticsearchSink, builder: DocumentBuilder, jsonifi
     page = min(page, DEEP_PAGE) if deep else page
     ctx = Context(conn, sink.es, sink.indices, builder, jsonifier, client_id,
                   deadletters.lettered_records(conn, client_id), deep)
+    report.progress_tid = get_progress_tid(conn, client_id)
     # Compare with what has been written, not with what the last scheduled refresh showed.
     sink.refresh()
     low = 0

@@ -17,7 +17,7 @@ from esindexer.documents import DocumentBuilder
 from esindexer.errors import ExitCode
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
-from tests.indexing import commit_pages, docs, make_settings, zoid_of
+from tests.indexing import commit_pages, docs, make_settings, progress, zoid_of
 from tests.support import both_history_modes, run_esindexer
 
 
@@ -49,6 +49,7 @@ def test_verify_finds_repairs_and_reads_back_drift(zodb, db_dsn, es, es_url, es_
     catch_up(settings)
     code, report = verify_cli(settings)
     assert code == 0 and report["clean"] and report["objects"] == 21 and report["documents"] == 21, report
+    assert report["progress_tid"] == progress(db_dsn) > 0
 
     builder = DocumentBuilder(settings)
     index = builder.indices[0]
