@@ -131,3 +131,35 @@ def test_deep_is_refused_with_an_ingest_pipeline(db_dsn, es_url, es_prefix):
         "ESINDEXER_INGEST_PIPELINE": "enrich"})
     assert done.returncode == 2 and "run verify without --deep" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def upper_titles(class_name: str, json_text: str) -> str | None:
+    """A transform given after the documents were written (see the test below)."""
+    if not class_name.endswith(".Page"):
+        return None
+    state = json.loads(json_text)
+    state["title"] = state["title"].upper()
+    return json.dumps(state)
+
+
+def test_deep_finds_and_repairs_documents_a_changed_transform_would_write_otherwise(
+        zodb, db_dsn, es, es_url, es_prefix):
+    conn = zodb.open()
+    pages = commit_pages(conn.root(), 5)
+    settings = make_settings(db_dsn, es_url, es_prefix)
+    catch_up(settings)
+    env = {"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url, "ESINDEXER_INDEX_PREFIX": settings.index_prefix,
+           "ESINDEXER_TRANSFORM": f"{__name__}.upper_titles"}  # given after the documents were written
+    done = run_esindexer("verify", "--json", env=env)
+    assert done.returncode == 0 and json.loads(done.stdout)["clean"]  # bodies are not read without --deep
+    found = run_esindexer("verify", "--json", "--deep", env=env)
+    report = json.loads(found.stdout)
+    assert found.returncode == 1 and report["differences"]["changed"] == 5, report
+    assert sorted(report["examples"]["changed"]) == sorted(zoid_of(page) for page in pages)
+    repaired = run_esindexer("verify", "--json", "--deep", "--repair", env=env)
+    assert repaired.returncode == 0 and json.loads(repaired.stdout)["repaired"] == 5, repaired.stdout
+    again = run_esindexer("verify", "--json", "--deep", env=env)
+    assert again.returncode == 0 and json.loads(again.stdout)["clean"]
+    assert {doc["state"]["title"] for zoid, doc in docs(es, settings.index_prefix).items() if zoid} == {
+        f"PAGE {n}" for n in range(5)}
+    conn.close()
