@@ -93,10 +93,14 @@ def test_a_create_that_brought_back_a_deleted_object_is_deleted_by_the_read_back
     try:
         ctx = _context(settings, pg_conn, sink)
         writes = [d.fix for d in confirmed(ctx, [lost]).real[lost] if d.fix is not None]
-        with pg_conn.cursor() as cur:  # a garbage collection removes the object meanwhile,
-            cur.execute("DELETE FROM object_state WHERE zoid = %s", (lost,))
+        kept = zoid_of(pages[1])  # (and another one, whose document is still there)
+        with pg_conn.cursor() as cur:  # a garbage collection removes the objects meanwhile,
+            cur.execute("DELETE FROM object_state WHERE zoid = ANY(%s)", ([lost, kept],))
         pg_conn.commit()
-        catch_up(settings)  # and the service applies the deletion (a tombstone at its tid + 1)
+        lag = confirmed(ctx, [lost, kept])
+        assert lag.real == {} and [d.kind for d in lag.lagging[kept]] == ["orphan"]  # not applied yet: lag
+        catch_up(settings)  # and the service applies the deletions (tombstones at their tid + 1)
+        assert confirmed(ctx, [lost, kept]).lagging == {}
         outcomes = send_writes(sink.es, writes)
         assert [(o.written, o.created, o.at_tid) for o in outcomes] == [(True, True, False)]  # over the tombstone
         again = confirmed(ctx, [lost])
