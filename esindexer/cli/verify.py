@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
 from esindexer.cli.common import Command, connect, one_shot_sink
@@ -59,11 +60,21 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         raise SetupError("verify --deep compares bodies with what esindexer sends, and "
                          f"ESINDEXER_INGEST_PIPELINE ({settings.ingest_pipeline}) changes them on the way in; "
                          "run verify without --deep")
+    from esindexer.observe.progress import ProgressReporter
+    from esindexer.source.backlog import rows_after
+
     conn = connect(settings)
     sink = one_shot_sink(settings)
     try:
-        report = verify(conn, sink, DocumentBuilder(settings), build_jsonifier(settings),
-                        settings.client_id, repair=args.repair, deep=args.deep)
+        objects = rows_after(conn, 0)  # every current object: what verify walks
+        conn.rollback()
+        reporter = ProgressReporter("verify", objects.best_guess, exact=objects.exact,
+                                    interval=settings.progress_interval) \
+            if settings.progress_interval > 0 else None
+        with reporter if reporter is not None else contextlib.nullcontext():
+            report = verify(conn, sink, DocumentBuilder(settings), build_jsonifier(settings),
+                            settings.client_id, repair=args.repair, deep=args.deep,
+                            progress=(lambda n: reporter.add(rows=n)) if reporter is not None else None)
     finally:
         conn.close()
         sink.es.close()

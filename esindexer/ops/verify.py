@@ -27,6 +27,7 @@ found gone.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,10 +103,12 @@ class Report:
 
 
 def verify(conn: Any, sink: ElasticsearchSink, builder: DocumentBuilder, jsonifier: Jsonifier,
-           client_id: str, *, repair: bool = False, deep: bool = False, page: int = 5000) -> Report:
+           client_id: str, *, repair: bool = False, deep: bool = False, page: int = 5000,
+           progress: Callable[[int], None] | None = None) -> Report:
     """Compare database and index; with ``repair``, fix what differs. Returns the report.
 
-    Memory is one page of records and one page of documents (bodies too with ``deep``)."""
+    Memory is one page of records and one page of documents (bodies too with ``deep``).
+    ``progress(n)`` is told each page's object count once it is settled (a progress bar)."""
     report = Report(deep=deep)
     page = min(page, DEEP_PAGE) if deep else page
     ctx = Context(conn, sink.es, sink.indices, builder, jsonifier, client_id,
@@ -127,6 +130,8 @@ def verify(conn: Any, sink: ElasticsearchSink, builder: DocumentBuilder, jsonifi
         candidates.extend(held)  # documents in this range without an object in the page
         report.documents += sum(map(len, held.values()))
         _settle(ctx, sink, candidates, report, repair)
+        if progress is not None:
+            progress(len(rows))
         low = high + 1
     tail = _grouped(held_pages(ctx.es, ctx.indices, page, low, None, deep))  # beyond the last object
     report.documents += sum(map(len, tail.values()))

@@ -120,6 +120,7 @@ def test_differences_left_after_a_repair_are_reported_and_fail(zodb, db_dsn, es,
     lines = done.stdout.splitlines()
     assert "repaired 1 (read back: now as the database says)" in lines, done.stdout
     assert "still different 1:" in lines and f"  ahead    1  (zoids {ahead})" in lines, done.stdout
+    assert "verify finished: 4 rows in" in done.stderr  # the progress summary: the root and 3 pages walked
     code, report = verify_cli(settings)
     assert code == 1 and report["differences"]["ahead"] == 1 and report["differences"]["missing"] == 0
     conn.close()
