@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from esindexer.convert.cyclic import dumps_marked, plan
 from esindexer.convert.model import StandInType
 from esindexer.convert.scan import UnsafePickle, scan
 from esindexer.convert.values import fast_default, hashable_persistent_ref, persistent_ref, standin
@@ -54,6 +55,7 @@ _STRICT = orjson.OPT_STRICT_INTEGER  # ints beyond 2**53 take the walker (64-bit
 _MAX_ERROR = 300
 _POOL_MAX = 4
 _REUSE_MAX_BYTES = 1 << 16  # bigger records may have grown the memo: don't keep it
+_MARK_MAX_BYTES = 1 << 22  # the walker's own graph limit cannot be reached below this
 _BASE_BUDGET = 250_000  # JSON values (strings count 1 per 16 chars) beyond 16 per record byte
 
 
@@ -260,7 +262,17 @@ class Jsonifier:
             size = len(data)
             budget = _BASE_BUDGET + 16 * size
             if flags or expansion > budget:
-                out = walk(state, budget, lambda: _memo_ids(unpickler))
+                out: bytes | None = None
+                got = plan(state) if flags < 2 and expansion <= budget >> 1 and size <= _MARK_MAX_BYTES else None
+                if got is not None:  # a cycle: mark it in place (the walker's output, faster)
+                    out = dumps_marked(state, got, lambda: _memo_ids(unpickler, got))
+                    if out is None:  # spoiled: decode again for the walker
+                        unpickler, source = _new_unpickler(type(unpickler))
+                        source.data = data
+                        unpickler.load()
+                        state = unpickler.load()
+                if out is None:
+                    out = walk(state, budget, lambda: _memo_ids(unpickler))
             else:
                 try:
                     out = orjson.dumps(state, default=fast_default, option=_STRICT)
@@ -290,9 +302,17 @@ class Jsonifier:
                 self._pool.append((unpickler, source))
 
 
-def _memo_ids(unpickler: _Unpickler) -> dict[int, int]:
-    """``{id(object): memo index}`` for the cyclic output (lowest index wins)."""
+def _memo_ids(unpickler: _Unpickler, only: set[int] | None = None) -> dict[int, int]:
+    """``{id(object): memo index}`` for the cyclic output (lowest index wins), for the
+    objects whose ids are in ``only`` when it is given."""
     ids: dict[int, int] = {}
-    for idx, value in sorted(unpickler.memo.copy().items()):
+    items = unpickler.memo.copy().items()
+    if only is not None:
+        for idx, value in items:
+            i = id(value)
+            if i in only and idx < ids.get(i, idx + 1):
+                ids[i] = idx
+        return ids
+    for idx, value in sorted(items):
         ids.setdefault(id(value), idx)
     return ids
