@@ -241,7 +241,11 @@ class Jsonifier:
                 unpickler, source = self._pool.pop()
             source.data = data
             source.pos = 0
-            class_name = _record_class_name(unpickler.load())
+            klass = unpickler.load()
+            if type(klass) is tuple and len(klass) == 2 and type(klass[0]) is StandInMeta:  # ZODB's
+                class_name = klass[0].dotted
+            else:
+                class_name = _record_class_name(klass)
             ghost = data[:class_end]
             if self.skip_class(class_name):
                 return Conversion(Kind.SKIPPED, class_name, None, ghost)

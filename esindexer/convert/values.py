@@ -83,6 +83,10 @@ def persistent_ref(pid: Any) -> dict[str, Any]:
     """
     if type(pid) is tuple and len(pid) == 2:
         oid, klass = pid
+        if type(oid) is str:  # a Python 2 str oid (ZODB 3), read with surrogateescape
+            raw = oid.encode("utf-8", "surrogateescape")
+            if len(raw) == 8:
+                oid = raw
         if type(oid) is bytes and len(oid) == 8 and type(klass) is StandInMeta:  # the usual
             zoid = int.from_bytes(oid, "big")
             return {"::": "persistent", "id": [zoid, klass.dotted], "::=>": zoid}
