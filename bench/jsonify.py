@@ -17,8 +17,8 @@ bounds nesting depth, docs/json.md.)
 Then, unless ``--per-kind 0``, the per-kind table: ``--per-kind`` records (2,000 by
 default) of each kind that once converted far slower than the typical record (issue 13;
 tests/convert/kinds.py): Python-2-era records (assembled opcode by opcode as ZODB 3
-wrote them), cyclic structures, dates and times, non-persistent instances and
-collections, records naming classes that no longer exist; all but the first written
+wrote them; once with text as unicode, once as Latin-1 py2 str), cyclic structures, dates and times, non-persistent instances and
+collections, records naming classes that no longer exist; all but the first two written
 with real ZODB + RelStorage into a second scratch database. Each kind (and the typical
 corpus again) is converted by esindexer and newt.db alternately, ``--repeat`` times
 each, and the table gives the median rates and the median of the per-pass ratios. The
@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import esindexer.convert.scan  # noqa: E402
 from esindexer.convert.jsonifier import Jsonifier  # noqa: E402
-from tests.convert.kinds import KINDS, py2_records, write_kinds  # noqa: E402
+from tests.convert.kinds import ASSEMBLED, KINDS, py2_records, write_kinds  # noqa: E402
 from tests.support import fresh_database, open_zodb  # noqa: E402
 
 #: Top-level attributes compared without: deliberate differences (docs/json.md 14, 15).
@@ -146,9 +146,8 @@ def read_kinds(admin_dsn: str, per_kind: int) -> dict[str, list[tuple[int, bytes
         finally:
             db.close()
         rows = dict(read_rows(db_dsn))
-    kinds = {"py2": py2_records(per_kind)}
-    kinds.update({kind: [(z, rows[z]) for z in zoids[kind]] for kind in KINDS if kind != "py2"})
-    return kinds
+    assembled = {kind: py2_records(per_kind, latin1=latin1) for kind, latin1 in ASSEMBLED.items()}
+    return {kind: assembled[kind] if kind in ASSEMBLED else [(z, rows[z]) for z in zoids[kind]] for kind in KINDS}
 
 
 def parity(mine, newt, kind: str, rows) -> tuple[int, int]:

@@ -21,9 +21,11 @@ import persistent
 
 from tests.convert.py2records import Inst, Ref2, Str, py2_record
 
-__all__ = ["KINDS", "py2_records", "write_kinds"]
+__all__ = ["ASSEMBLED", "KINDS", "py2_records", "write_kinds"]
 
-KINDS = ("py2", "cyclic", "dates", "instances", "removed")
+KINDS = ("py2", "py2-latin1", "cyclic", "dates", "instances", "removed")
+#: The kinds assembled opcode by opcode as ZODB 3 wrote them -> py2_records' ``latin1``.
+ASSEMBLED = {"py2": False, "py2-latin1": True}
 WORDS = ["alpha", "beta", "gamma", "delta", "report", "budget", "meeting", "review", "draft",
          "final", "customer", "order", "invoice", "status", "priority", "team", "release"]
 
@@ -153,7 +155,7 @@ def write_kinds(db: Any, per_kind: int, seed: int = 13) -> dict[str, list[int]]:
         others = [Item() for _ in range(20)]
         olds = [mod.OldItem() for _ in range(20)]
         root["kinds_others"], root["kinds_olds"] = others, olds
-        made: dict[str, list[Any]] = {k: [] for k in KINDS if k != "py2"}
+        made: dict[str, list[Any]] = {k: [] for k in KINDS if k not in ASSEMBLED}
         for kind, objs in made.items():
             for i in range(per_kind):
                 obj = mod.OldItem() if kind == "removed" else Item()
@@ -177,18 +179,21 @@ def write_kinds(db: Any, per_kind: int, seed: int = 13) -> dict[str, list[int]]:
     return zoids
 
 
-def py2_records(count: int, seed: int = 13) -> list[tuple[int, bytes]]:
+def py2_records(count: int, seed: int = 13, latin1: bool = False) -> list[tuple[int, bytes]]:
     """``count`` Python-2-era records (zoids from 1,000,000,000): content objects with
     py2 ``str`` ids and names, ``unicode`` text, datetimes, a set, a non-persistent
-    instance and persistent references; half with ZODB 3.2's class metadata tuple."""
+    instance and persistent references; half with ZODB 3.2's class metadata tuple.
+    ``latin1``: the title and description are py2 ``str`` in Latin-1 (not UTF-8), as
+    sites whose default encoding was Latin-1 stored them."""
     rng = random.Random(seed)
     rows = []
     for i in range(count):
         start = datetime.datetime(2005, 1, 1) + datetime.timedelta(minutes=rng.randint(0, 10**7))
+        title, description = _text(rng, 5) + " \u00e9t\u00e9", _text(rng, 15) + " d\u00e9j\u00e0 vu"
         state = {
             Str(b"id"): Str(f"item-{i}".encode()),
-            Str(b"title"): _text(rng, 5) + " \u00e9t\u00e9",
-            Str(b"description"): _text(rng, 15),
+            Str(b"title"): Str(title.encode("latin-1")) if latin1 else title,
+            Str(b"description"): Str(description.encode("latin-1")) if latin1 else description,
             Str(b"portal_type"): Str(b"Document"),
             Str(b"creation_date"): start,
             Str(b"modification_date"): start + datetime.timedelta(hours=3),

@@ -129,7 +129,7 @@ class _Writer:
             self.put()
         elif type(v) is set:
             self.glob("__builtin__", "set")
-            self.save((sorted(v),))
+            self.save((sorted(v, key=lambda x: (type(x).__name__, repr(x))),))
             out += b"R"
             self.put()
         elif type(v) is Inst:
