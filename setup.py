@@ -35,6 +35,12 @@ setup(
             "esindexer.convert._scan_c",
             sources=["esindexer/convert/_scan_c.c"],
             optional=True,
-        )
+        ),
+        # the unpickler's source and global lookup (esindexer/convert/reader.py); optional too
+        Extension(
+            "esindexer.convert._reader_c",
+            sources=["esindexer/convert/_reader_c.c"],
+            optional=True,
+        ),
     ],
 )

@@ -2,7 +2,7 @@
 
 Usage (servers from ``eval "$(scripts/services env)"``)::
 
-    .venv/bin/python bench/jsonify.py [--objects 20000] [--repeat 3] [--no-pin]
+    .venv/bin/python bench/jsonify.py [--objects 20000] [--repeat 3] [--no-pin] [--per-kind 2000] [--only-kinds]
 
 It creates a scratch database on ESIT_PG_DSN, writes a corpus with real ZODB
 + RelStorage (custom classes with ~10 attributes, persistent mappings and lists, nested
@@ -13,6 +13,19 @@ process, pinned to one CPU. It prints records/s and MB/s of state for each (best
 and parsed JSON wherever newt.db converts a record. The database is dropped at the end.
 (``prescan=False`` is no longer measured: it changes nothing since the pre-scan also
 bounds nesting depth, docs/json.md.)
+
+Then, unless ``--per-kind 0``, the per-kind table: ``--per-kind`` records (2,000 by
+default) of each kind that once converted far slower than the typical record (issue 13;
+tests/convert/kinds.py): Python-2-era records (assembled opcode by opcode as ZODB 3
+wrote them; once with text as unicode, once as Latin-1 py2 str), cyclic structures, dates and times, non-persistent instances and
+collections, records naming classes that no longer exist; all but the first two written
+with real ZODB + RelStorage into a second scratch database. Each kind (and the typical
+corpus again) is converted by esindexer and newt.db alternately, ``--repeat`` times
+each, and the table gives the median rates and the median of the per-pass ratios, timed
+in CPU time of the converting thread (``time.thread_time``): on a shared machine, wall
+time also counts the time other processes hold the core. The
+dates kind is compared without the attributes that hold deliberate differences (an
+aware datetime's offset and a time: docs/json.md, 14 and 15).
 Nothing is asserted about speed: the figures go into docs/performance.md.
 """
 
@@ -24,6 +37,7 @@ import datetime
 import json
 import os
 import random
+import statistics
 import sys
 import time
 
@@ -32,8 +46,13 @@ import psycopg2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import esindexer.convert.scan  # noqa: E402
 from esindexer.convert.jsonifier import Jsonifier  # noqa: E402
+from tests.convert.kinds import ASSEMBLED, KINDS, py2_records, write_kinds  # noqa: E402
 from tests.support import fresh_database, open_zodb  # noqa: E402
+
+#: Top-level attributes compared without: deliberate differences (docs/json.md 14, 15).
+DEVIATING = {"dates": ("opens", "effective", "expires")}
 
 
 class Article(persistent.Persistent):
@@ -120,13 +139,83 @@ def read_rows(dsn: str) -> list[tuple[int, bytes]]:
         conn.close()
 
 
-def timed(convert, rows, repeat: int) -> float:
+def read_kinds(admin_dsn: str, per_kind: int) -> dict[str, list[tuple[int, bytes]]]:
+    """The per-kind corpora: written with ZODB + RelStorage (py2: assembled)."""
+    with fresh_database(admin_dsn, prefix="esbench") as db_dsn:
+        db = open_zodb(db_dsn, keep_history=False)
+        try:
+            zoids = write_kinds(db, per_kind)
+        finally:
+            db.close()
+        rows = dict(read_rows(db_dsn))
+    assembled = {kind: py2_records(per_kind, latin1=latin1) for kind, latin1 in ASSEMBLED.items()}
+    return {kind: assembled[kind] if kind in ASSEMBLED else [(z, rows[z]) for z in zoids[kind]] for kind in KINDS}
+
+
+def parity(mine, newt, kind: str, rows) -> tuple[int, int]:
+    """(records compared, records that differ) where newt.db gives JSON."""
+    compared = differ = 0
+    drop = DEVIATING.get(kind, ())
+    for zoid, state in rows:
+        expected = newt(zoid, state)
+        if expected[2] is None:
+            continue
+        got = mine.convert(zoid, state)
+        compared += 1
+        a, b = json.loads(got.json_text), json.loads(expected[2])
+        for key in drop:
+            a.pop(key, None), b.pop(key, None)
+        if got.class_name != expected[0] or a != b:
+            differ += 1
+    return compared, differ
+
+
+def per_kind_table(corpora: dict[str, list[tuple[int, bytes]]], repeat: int) -> int:
+    """Print the per-kind table (esindexer and newt.db alternately); return the number
+    of records that differ."""
+    from newt.db.jsonpickle import Jsonifier as NewtJsonifier
+
+    print(f"\nper kind (CPU time of the converting thread, one core; {repeat} alternating passes each, "
+          f"medians; pre-scan: {scan_kind()})")
+    print("| kind of record | records | mean bytes | esindexer records/s | newt.db records/s | vs newt.db | parity |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    total_differ = 0
+    for kind, rows in corpora.items():
+        mine, newt = Jsonifier(), NewtJsonifier()
+        compared, differ = parity(mine, newt, kind, rows)
+        total_differ += differ
+        t_mine, t_newt, ratios = [], [], []
+        for _ in range(repeat):
+            a, b = timed(mine.convert, rows, 1, time.thread_time), timed(newt, rows, 1, time.thread_time)
+            t_mine.append(a)
+            t_newt.append(b)
+            ratios.append(b / a)
+        n = len(rows)
+        mean = sum(len(s) for _, s in rows) / n
+        print(f"| {kind} | {n:,} | {mean:,.0f} | {n / statistics.median(t_mine):,.0f} | "
+              f"{n / statistics.median(t_newt):,.0f} | **{statistics.median(ratios):.1f}x** "
+              f"({min(ratios):.1f}-{max(ratios):.1f}) | {compared:,} compared, {differ} differ |")
+    return total_differ
+
+
+def scan_kind() -> str:
+    """Which pre-scan and unpickler source run: the C extensions or the Python fallbacks."""
+    scan = "C extension" if esindexer.convert.scan.scan is not esindexer.convert.scan.scan_py else "pure Python"
+    try:
+        import esindexer.convert.reader as reader
+    except ImportError:  # before the reader module existed
+        return scan
+    source = "C extension" if reader.Source is not reader.PySource else "pure Python"
+    return f"{scan}; source and find_class: {source}"
+
+
+def timed(convert, rows, repeat: int, clock=time.perf_counter) -> float:
     best = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         for zoid, state in rows:
             convert(zoid, state)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -135,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
+    parser.add_argument("--per-kind", type=int, default=2000, metavar="N",
+                        help="records of each kind in the per-kind table (0: no table)")
+    parser.add_argument("--only-kinds", action="store_true",
+                        help="only the per-kind table (the typical corpus is --objects objects)")
     args = parser.parse_args(argv)
     dsn = os.environ.get("ESIT_PG_DSN")
     if not dsn:
@@ -149,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             db.close()
         rows = read_rows(db_dsn)
+    corpora = read_kinds(dsn, args.per_kind) if args.per_kind > 0 else {}
     if not args.no_pin and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
+    if args.only_kinds:
+        return 1 if per_kind_table({"typical": rows, **corpora}, max(args.repeat, 3)) else 0
     mine, newt = Jsonifier(), NewtJsonifier()
     total_bytes = sum(len(s) for _, s in rows)
     kinds = collections.Counter(mine.convert(z, s).kind for z, s in rows)
@@ -184,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| esindexer `__call__` | {n / t_call:,.0f} | {mb / t_call:.1f} |")
     print(f"| newt.db 0.9.0 | {n / t_newt:,.0f} | {mb / t_newt:.1f} |")
     print(f"ratio vs newt.db: convert {t_newt / t_mine:.1f}x")
+    if corpora:
+        differ = per_kind_table({"typical": rows, **corpora}, max(args.repeat, 3))
+        mismatched += differ
     return 1 if mismatched else 0
 
 

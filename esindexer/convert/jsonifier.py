@@ -37,9 +37,13 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from esindexer.convert.cyclic import dumps_marked, plan
 from esindexer.convert.model import StandInType
+from esindexer.convert.reader import Source
+from esindexer.convert.reader import find_class as _find_class
 from esindexer.convert.scan import UnsafePickle, scan
-from esindexer.convert.values import fast_default, hashable_persistent_ref, persistent_ref, standin
+from esindexer.convert.surrogates import fix_in_place, refused_for_surrogates
+from esindexer.convert.values import fast_default, hashable_persistent_ref, persistent_ref
 from esindexer.convert.walk import walk
 
 __all__ = ["Conversion", "Jsonifier", "UnsafePickle", "default_skip_class"]
@@ -54,6 +58,7 @@ _STRICT = orjson.OPT_STRICT_INTEGER  # ints beyond 2**53 take the walker (64-bit
 _MAX_ERROR = 300
 _POOL_MAX = 4
 _REUSE_MAX_BYTES = 1 << 16  # bigger records may have grown the memo: don't keep it
+_MARK_MAX_BYTES = 1 << 22  # the walker's own graph limit cannot be reached below this
 _BASE_BUDGET = 250_000  # JSON values (strings count 1 per 16 chars) beyond 16 per record byte
 
 
@@ -85,45 +90,10 @@ _DELETED = Conversion(Kind.DELETED)
 _tuple_new = tuple.__new__  # Conversion(...) without NamedTuple's Python-level __new__
 
 
-class _Source:
-    """The file object the C unpickler reads. ``peek`` hands over everything at once,
-    so the unpickler parses from memory and calls back only at the end of each load
-    (``read(consumed)`` to advance, whose result it ignores)."""
-
-    __slots__ = ("data", "pos")
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.pos = 0
-
-    def peek(self, n: int = 0) -> bytes:
-        pos = self.pos
-        return self.data[pos:] if pos else self.data
-
-    def read(self, n: int = -1) -> bytes:
-        start = self.pos
-        end = len(self.data) if n is None or n < 0 else min(start + n, len(self.data))
-        self.pos = end
-        return self.data[start:end]
-
-    def readinto(self, buffer: Any) -> int:
-        chunk = self.read(len(memoryview(buffer)))
-        size = len(chunk)
-        memoryview(buffer).cast("B")[:size] = chunk
-        return size
-
-    def readline(self, size: int = -1) -> bytes:
-        start = self.pos
-        j = self.data.find(b"\n", start)
-        end = len(self.data) if j < 0 else j + 1
-        self.pos = end
-        return self.data[start:end]
-
-
 class _Unpickler(_CUnpickler):
     """C unpickler whose globals and persistent ids become inert data."""
 
-    find_class = staticmethod(standin)
+    find_class = staticmethod(_find_class)
     persistent_load = staticmethod(persistent_ref)
 
 
@@ -136,11 +106,11 @@ class _CarefulUnpickler(_Unpickler):
 
 
 #: Stands for the source until a record has one (so clean-up never meets an unset name).
-_NO_SOURCE = _Source()
+_NO_SOURCE = Source()
 
 
-def _new_unpickler(cls: type = _Unpickler) -> tuple[_Unpickler, _Source]:
-    source = _Source()
+def _new_unpickler(cls: type = _Unpickler) -> tuple[_Unpickler, Any]:
+    source = Source()
     # Python 2 ``str`` (SHORT_BINSTRING/BINSTRING): UTF-8 when it is UTF-8; other bytes
     # survive as surrogate escapes, which the walker maps to Latin-1 like newt.db.
     return cls(source, encoding="utf-8", errors="surrogateescape"), source
@@ -157,7 +127,7 @@ def _record_class_name(klass: Any) -> str:
         first = klass[0]
         if isinstance(first, StandInMeta):
             return first.dotted
-        if type(first) is tuple and len(first) == 2 and all(type(x) is str for x in first):
+        if type(first) is tuple and len(first) == 2 and type(first[0]) is str and type(first[1]) is str:
             return f"{first[0]}.{first[1]}"
     raise ValueError(f"unsupported class record: {type(klass).__name__}")
 
@@ -199,7 +169,7 @@ class Jsonifier:
             self.skip_class = skip_class
         self.transform = transform
         self.prescan = prescan  # no effect (see the class docstring)
-        self._pool: list[tuple[_Unpickler, _Source]] = []
+        self._pool: list[tuple[_Unpickler, Any]] = []
 
     def __call__(self, label: Any, data: bytes | memoryview | None) -> tuple[Any, Any, Any]:
         """newt.db's contract: ``(class_name, ghost_pickle, json_text)`` or three Nones."""
@@ -239,7 +209,11 @@ class Jsonifier:
                 unpickler, source = self._pool.pop()
             source.data = data
             source.pos = 0
-            class_name = _record_class_name(unpickler.load())
+            klass = unpickler.load()
+            if type(klass) is tuple and len(klass) == 2 and type(klass[0]) is StandInMeta:  # ZODB's
+                class_name = klass[0].dotted
+            else:
+                class_name = _record_class_name(klass)
             ghost = data[:class_end]
             if self.skip_class(class_name):
                 return Conversion(Kind.SKIPPED, class_name, None, ghost)
@@ -260,12 +234,36 @@ class Jsonifier:
             size = len(data)
             budget = _BASE_BUDGET + 16 * size
             if flags or expansion > budget:
-                out = walk(state, budget, lambda: _memo_ids(unpickler))
+                out: bytes | None = None
+                got = plan(state) if flags < 2 and expansion <= budget >> 1 and size <= _MARK_MAX_BYTES else None
+                if got is not None:  # a cycle: mark it in place (the walker's output, faster)
+                    out = dumps_marked(state, got, lambda: _memo_ids(unpickler, got))
+                    if out is None:  # spoiled: decode again for the walker
+                        unpickler, source = _new_unpickler(type(unpickler))
+                        source.data = data
+                        unpickler.load()
+                        state = unpickler.load()
+                if out is None:
+                    out = walk(state, budget, lambda: _memo_ids(unpickler))
             else:
                 try:
                     out = orjson.dumps(state, default=fast_default, option=_STRICT)
-                except orjson.JSONEncodeError:
-                    out = walk(state, budget, lambda: _memo_ids(unpickler))
+                except orjson.JSONEncodeError as exc:
+                    out = None
+                    if expansion <= budget >> 1 and refused_for_surrogates(exc):  # py2 Latin-1 text
+                        state, fixed, spoiled = fix_in_place(state)
+                        if fixed:
+                            try:
+                                out = orjson.dumps(state, default=fast_default, option=_STRICT)
+                            except orjson.JSONEncodeError:
+                                spoiled = True
+                        if out is None and spoiled:  # decode again for the walker
+                            unpickler, source = _new_unpickler(type(unpickler))
+                            source.data = data
+                            unpickler.load()
+                            state = unpickler.load()
+                    if out is None:
+                        out = walk(state, budget, lambda: _memo_ids(unpickler))
             del state
             text = out.decode()
             reusable = end == size and size <= _REUSE_MAX_BYTES and scan_state[2] <= 0
@@ -290,9 +288,17 @@ class Jsonifier:
                 self._pool.append((unpickler, source))
 
 
-def _memo_ids(unpickler: _Unpickler) -> dict[int, int]:
-    """``{id(object): memo index}`` for the cyclic output (lowest index wins)."""
+def _memo_ids(unpickler: _Unpickler, only: set[int] | None = None) -> dict[int, int]:
+    """``{id(object): memo index}`` for the cyclic output (lowest index wins), for the
+    objects whose ids are in ``only`` when it is given."""
     ids: dict[int, int] = {}
-    for idx, value in sorted(unpickler.memo.copy().items()):
+    items = unpickler.memo.copy().items()
+    if only is not None:
+        for idx, value in items:
+            i = id(value)
+            if i in only and idx < ids.get(i, idx + 1):
+                ids[i] = idx
+        return ids
+    for idx, value in sorted(items):
         ids.setdefault(id(value), idx)
     return ids

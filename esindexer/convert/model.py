@@ -116,7 +116,9 @@ class StandInMeta(type):
             result = special(args)
             if result is not NotImplemented:
                 return result
-        return _make(cls.dotted, None, args, kwargs)
+        if kwargs:
+            return _make(cls.dotted, None, args, kwargs)
+        return Obj(cls.dotted, args)  # the usual (one Python call fewer than via _make)
 
     def __setattr__(cls, name: str, value: Any) -> None:
         raise TypeError(f"stand-in for {cls.dotted} is read-only")
@@ -136,7 +138,10 @@ class StandInType(metaclass=StandInMeta):
     special: Callable[[tuple[Any, ...]], Any] | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # NEWOBJ, NEWOBJ_EX
-        return _make(cls.dotted, cls.special, args, kwargs)
+        special = cls.special
+        if special is None and not kwargs:  # the usual
+            return Obj(cls.dotted, args)
+        return _make(cls.dotted, special, args, kwargs)
 
 
 def _make(

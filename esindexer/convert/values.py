@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from esindexer.convert.constructors import SPECIAL
+from esindexer.convert.constructors import SPECIAL, SPECIAL_META
 from esindexer.convert.model import PY2_NAMES, Ref, StandInMeta, StandInType, bytes_json, global_json
 from esindexer.convert.walk import sorted_items
 
@@ -35,9 +35,10 @@ def standin(module: str, name: str) -> type:
     t = _CACHE.get((module, name))
     if t is None:
         dotted = f"{module}.{name}"
-        special = SPECIAL.get(PY2_NAMES.get(dotted, dotted))
+        canonical = PY2_NAMES.get(dotted, dotted)
+        special = SPECIAL.get(canonical)
         t = type.__new__(
-            StandInMeta, name if name.isidentifier() else "StandIn", (StandInType,),
+            SPECIAL_META.get(canonical, StandInMeta), name if name.isidentifier() else "StandIn", (StandInType,),
             {"__slots__": (), "dotted": dotted, "special": special, "__module__": __name__},
         )
         if len(_CACHE) >= _CACHE_MAX:  # hostile streams of distinct names: stay bounded
@@ -82,6 +83,10 @@ def persistent_ref(pid: Any) -> dict[str, Any]:
     """
     if type(pid) is tuple and len(pid) == 2:
         oid, klass = pid
+        if type(oid) is str:  # a Python 2 str oid (ZODB 3), read with surrogateescape
+            raw = oid.encode("utf-8", "surrogateescape")
+            if len(raw) == 8:
+                oid = raw
         if type(oid) is bytes and len(oid) == 8 and type(klass) is StandInMeta:  # the usual
             zoid = int.from_bytes(oid, "big")
             return {"::": "persistent", "id": [zoid, klass.dotted], "::=>": zoid}
