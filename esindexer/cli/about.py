@@ -1,4 +1,4 @@
-"""What is installed: versions, the C extension, and the guides shipped with the package."""
+"""What is installed: versions, the C extensions, and the guides shipped with the package."""
 
 from __future__ import annotations
 
@@ -7,18 +7,24 @@ from importlib import metadata
 
 
 def version_text() -> str:
-    """``esindexer --version``: esindexer, its Elasticsearch client, and which pre-scan runs."""
-    from esindexer.convert import scan
+    """``esindexer --version``: esindexer, its Elasticsearch client, and which C extensions run."""
+    from esindexer.convert import reader, scan
 
     try:
         client = metadata.version("elasticsearch")
     except metadata.PackageNotFoundError:  # pragma: no cover - a dependency of the package
         client = "not installed"
-    # scan._scan_c is None when the optional extension was not built (esindexer/convert/scan.py)
-    native = "C extension" if getattr(scan, "_scan_c", None) is not None else "pure Python (the C extension is not built)"
+
+    def native(module: object, extension: str) -> str:
+        # the module's extension attribute is None when the optional extension was not built
+        if getattr(module, extension, None) is not None:
+            return "C extension"
+        return "pure Python (the C extension is not built)"
+
     return (f"esindexer {metadata.version('esindexer')}\n"
             f"elasticsearch client {client}\n"
-            f"pickle pre-scan: {native}")
+            f"pickle pre-scan: {native(scan, '_scan_c')}\n"
+            f"pickle reader: {native(reader, '_reader_c')}")
 
 
 def docs_dir() -> pathlib.Path | None:

@@ -23,6 +23,10 @@ def test_version_names_the_client_and_the_pre_scan_in_use():
     assert f"elasticsearch client {metadata.version('elasticsearch')}" in out
     expected = "C extension" if scan.scan is not scan.scan_py else "pure Python"
     assert f"pickle pre-scan: {expected}" in out
+    from esindexer.convert import reader
+
+    native = getattr(reader, "_reader_c", None) is not None
+    assert f"pickle reader: {'C extension' if native else 'pure Python'}" in out
 
 
 def test_docs_lists_and_prints_the_guides():
