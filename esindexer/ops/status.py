@@ -74,6 +74,9 @@ def index_figures(settings: Settings, es: Any) -> dict[str, Any]:
                                "alias": {"name": alias, "indices": None}}
     try:
         lenient = es.options(ignore_status=404)
+        # Count what has been written, not what the last scheduled refresh made visible
+        # (right after a backfill those differ); a refresh is cheap and changes no document.
+        lenient.indices.refresh(index=",".join(indices), ignore_unavailable=True)
         for name in indices:  # _count: what a search finds (nested documents not counted)
             answer = lenient.count(index=name)
             figures["indices"][name] = int(answer["count"]) if answer.meta.status == 200 else None
