@@ -19,6 +19,53 @@ from esindexer.config import Settings
 from esindexer.errors import SetupError
 from esindexer.es.client import check_elasticsearch
 
+#: The flattened field: one field, keyword leaves, for a whole state or what the typed model sets aside.
+FLATTENED: dict[str, Any] = {"type": "flattened", "depth_limit": 30, "ignore_above": 256}
+
+#: Fields per typed index at most (Elasticsearch's default, stated so that it is a decision).
+TYPED_FIELDS_LIMIT = 1000
+
+#: The dynamic paths of the typed model: attributes and transform-added fields.
+_TYPED_PATHS = ["state.*", "fields.*"]
+
+
+def typed_properties() -> dict[str, Any]:
+    """The typed model's containers: flat paths (no subobjects, so a path is never an object
+    and "a dict here, a string there" cannot conflict), the flattened rest, the catch-all."""
+    flat = {"type": "object", "dynamic": True, "subobjects": False}
+    return {
+        "state": dict(flat),
+        "fields": dict(flat),
+        "more": dict(FLATTENED),
+        # Every number, date and boolean is copied here as a keyword, also when its typed
+        # field dropped it as malformed (a conflicting kind): it stays findable.
+        "values": {"type": "keyword", "ignore_above": 256},
+    }
+
+
+def typed_dynamic_templates() -> list[dict[str, Any]]:
+    """One mapping per kind of leaf (esindexer/documents/typed.py makes a path one kind per document).
+
+    ``ignore_malformed`` keeps a document whose value has another kind than the field
+    (a word where numbers were mapped); ``copy_to`` keeps that value findable in ``values``.
+    Numbers are ``double`` whatever the first one was, so 3.5 is never cut to 3 by a
+    ``long`` mapped from an int. Booleans are keywords: true/false, and any later kind fits.
+    """
+    copy = {"copy_to": "values"}
+    return [
+        {"typed_dates": {"path_match": _TYPED_PATHS, "match_mapping_type": "date",
+                         "mapping": {"type": "date", "ignore_malformed": True, **copy}}},
+        {"typed_strings": {"path_match": _TYPED_PATHS, "match_mapping_type": "string",
+                           "mapping": {"type": "text",
+                                       "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}}},
+        {"typed_longs": {"path_match": _TYPED_PATHS, "match_mapping_type": "long",
+                         "mapping": {"type": "double", "ignore_malformed": True, **copy}}},
+        {"typed_doubles": {"path_match": _TYPED_PATHS, "match_mapping_type": "double",
+                           "mapping": {"type": "double", "ignore_malformed": True, **copy}}},
+        {"typed_booleans": {"path_match": _TYPED_PATHS, "match_mapping_type": "boolean",
+                            "mapping": {"type": "keyword", **copy}}},
+    ]
+
 
 def index_template(settings: Settings) -> dict[str, Any]:
     """The composable index template covering every ``<prefix>-*`` index.
@@ -26,24 +73,6 @@ def index_template(settings: Settings) -> dict[str, Any]:
     The alias ``<prefix>`` is part of the template, so every routed index joins it
     when created and users (and Kibana) query one name.
     """
-    if settings.state_mapping == "flattened":
-        # One field for the whole state: no mapping conflict and no field explosion is
-        # possible, whatever the classes store. Leaves are keywords (exact and prefix
-        # search); ``text`` gives full-text search over the same strings, so long
-        # strings (bodies) need no keyword: ignore_above 256 makes the index ~18 %
-        # smaller at the same speed (docs/performance.md).
-        state_mapping: dict[str, Any] = {"type": "flattened", "depth_limit": 30, "ignore_above": 256}
-        index_settings: dict[str, Any] = {}
-    else:
-        state_mapping = {"type": "object", "dynamic": True}
-        index_settings = {
-            # A leaf of the wrong type is dropped from the index instead of rejecting the
-            # document; fields past the limit are stored unindexed instead of failing.
-            "index.mapping.ignore_malformed": True,
-            "index.mapping.total_fields.limit": 5000,
-            "index.mapping.total_fields.ignore_dynamic_beyond_limit": True,
-            "index.mapping.depth.limit": 30,
-        }
     mappings: dict[str, Any] = {
         "dynamic": "strict",
         "date_detection": False,
@@ -55,15 +84,47 @@ def index_template(settings: Settings) -> dict[str, Any]:
             "oid": {"type": "keyword"},
             "tid": {"type": "long"},
             "committed_at": {"type": "date"},
-            "state": state_mapping,
             "text": {"type": "text"},
             "refs": {"type": "long"},
         },
     }
-    if settings.state_mapping == "dynamic":
+    index_settings: dict[str, Any] = {}
+    props = mappings["properties"]
+    if settings.state_mapping == "typed":
+        props.update(typed_properties())
+        mappings["dynamic_templates"] = typed_dynamic_templates()
+        # Dates are recognised by one exact form only, the form the builder writes every
+        # date in (esindexer/documents/dates.py); no other string can become a date field.
+        mappings["date_detection"] = True
+        mappings["dynamic_date_formats"] = ["strict_date_time"]
+        index_settings = {
+            # The field count stays bounded whatever the corpus: past the limit, new fields
+            # are kept in _source unindexed (listed in _ignored) instead of failing.
+            "index.mapping.total_fields.limit": TYPED_FIELDS_LIMIT,
+            "index.mapping.total_fields.ignore_dynamic_beyond_limit": True,
+        }
+    elif settings.state_mapping == "flattened":
+        # One field for the whole state: no mapping conflict and no field explosion is
+        # possible, whatever the classes store. Leaves are keywords (exact and prefix
+        # search); ``text`` gives full-text search over the same strings, so long
+        # strings (bodies) need no keyword: ignore_above 256 makes the index ~18 %
+        # smaller at the same speed (docs/performance.md).
+        props["state"] = dict(FLATTENED)
+        props["fields"] = dict(FLATTENED)
+    else:
+        props["state"] = {"type": "object", "dynamic": True}
+        props["fields"] = {"type": "object", "dynamic": True}
+        index_settings = {
+            # A leaf of the wrong type is dropped from the index instead of rejecting the
+            # document; fields past the limit are stored unindexed instead of failing.
+            "index.mapping.ignore_malformed": True,
+            "index.mapping.total_fields.limit": 5000,
+            "index.mapping.total_fields.ignore_dynamic_beyond_limit": True,
+            "index.mapping.depth.limit": 30,
+        }
         mappings["dynamic_templates"] = [
             {"state_strings": {
-                "path_match": "state.*",
+                "path_match": ["state.*", "fields.*"],
                 "match_mapping_type": "string",
                 "mapping": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}},
             }},
