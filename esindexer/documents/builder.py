@@ -151,13 +151,16 @@ class DocumentBuilder:
             "committed_at": commit_time_iso(tid),
         }
         if self._mode == "typed":
-            typed, more = shape(state)
+            typed, more, values = shape(state)
             doc["state"] = typed
             if fields:
-                doc["fields"], aside = shape(fields)
+                doc["fields"], aside, field_values = shape(fields)
                 more.update((f"fields.{path}", value) for path, value in aside.items())
+                values += field_values
             if more:
                 doc["more"] = more
+            if values:
+                doc["values"] = values
         else:
             if not isinstance(state, dict):
                 # flattened (and object) fields need an object; keep non-dict states findable.

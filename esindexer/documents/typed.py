@@ -15,8 +15,8 @@ module makes conflicts harmless *by construction* (the mapping side is in
   Elasticsearch cannot map a new field from two kinds (``[7, "x"]``), so a path whose
   values differ in kind in one document goes to ``more`` instead.
 - Across documents, a value of another kind than the field's is dropped from that field
-  by ``ignore_malformed`` (the document is kept) and copied to the keyword catch-all
-  ``values`` (``copy_to``); every string is also in ``text``.
+  by ``ignore_malformed`` (the document is kept); every number, date and boolean is also
+  in the keyword catch-all ``values``, every string in ``text``, so it stays findable.
 - **Bounded width and depth.** Mappings are data, not schema: a dict with more than
   :data:`MAX_KEYS` keys, or a key that is not an identifier, goes whole into the
   ``flattened`` field ``more`` (one field however many keys), as do values deeper than
@@ -50,15 +50,18 @@ STRING, NUMBER, DATE, BOOLEAN = "s", "n", "d", "b"
 class _Shaper:
     """One document's walk: ``typed`` maps a dotted path to a value or list, ``more`` the rest."""
 
-    __slots__ = ("typed", "kinds", "more", "mixed")
+    __slots__ = ("typed", "kinds", "more", "mixed", "values")
 
     def __init__(self) -> None:
         self.typed: dict[str, Any] = {}
         self.kinds: dict[str, str] = {}
         self.more: dict[str, Any] = {}
         self.mixed: set[str] = set()
+        self.values: list[Any] = []
 
     def leaf(self, path: str, kind: str, value: Any) -> None:
+        if kind is not STRING:
+            self.values.append(value)
         have = self.kinds.get(path)
         if have is None:
             self.kinds[path] = kind
@@ -175,8 +178,9 @@ class _Many(list[Any]):
     """Values collected under one path (told apart from a value that is itself a list)."""
 
 
-def shape(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(typed, more)`` for a converted state: flat typed paths, and what goes to ``more``.
+def shape(state: Any) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    """``(typed, more, values)`` for a converted state: flat typed paths, what goes to
+    ``more``, and every number, date and boolean among the typed leaves (for ``values``).
 
     A non-dict state (a list, a string) is the attribute ``value``. Paths whose values
     differ in kind within this document move to ``more``.
@@ -196,4 +200,4 @@ def shape(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     if "" in more:  # a whole state too wide to type
         whole = more.pop("")
         more.update(whole)
-    return typed, more
+    return typed, more, shaper.values

@@ -37,8 +37,10 @@ def typed_properties() -> dict[str, Any]:
         "state": dict(flat),
         "fields": dict(flat),
         "more": dict(FLATTENED),
-        # Every number, date and boolean is copied here as a keyword, also when its typed
-        # field dropped it as malformed (a conflicting kind): it stays findable.
+        # The builder writes every number, date and boolean here too, as a keyword: when
+        # its typed field drops it as malformed (a conflicting kind) it stays findable.
+        # (Not copy_to: Elasticsearch refuses copy_to from a path like state.a.x once
+        # state.a exists, taking it for a multi-field.)
         "values": {"type": "keyword", "ignore_above": 256},
     }
 
@@ -47,23 +49,22 @@ def typed_dynamic_templates() -> list[dict[str, Any]]:
     """One mapping per kind of leaf (esindexer/documents/typed.py makes a path one kind per document).
 
     ``ignore_malformed`` keeps a document whose value has another kind than the field
-    (a word where numbers were mapped); ``copy_to`` keeps that value findable in ``values``.
+    (a word where numbers were mapped); the value stays findable in ``values`` or ``text``.
     Numbers are ``double`` whatever the first one was, so 3.5 is never cut to 3 by a
     ``long`` mapped from an int. Booleans are keywords: true/false, and any later kind fits.
     """
-    copy = {"copy_to": "values"}
     return [
         {"typed_dates": {"path_match": _TYPED_PATHS, "match_mapping_type": "date",
-                         "mapping": {"type": "date", "ignore_malformed": True, **copy}}},
+                         "mapping": {"type": "date", "ignore_malformed": True}}},
         {"typed_strings": {"path_match": _TYPED_PATHS, "match_mapping_type": "string",
                            "mapping": {"type": "text",
                                        "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}}},
         {"typed_longs": {"path_match": _TYPED_PATHS, "match_mapping_type": "long",
-                         "mapping": {"type": "double", "ignore_malformed": True, **copy}}},
+                         "mapping": {"type": "double", "ignore_malformed": True}}},
         {"typed_doubles": {"path_match": _TYPED_PATHS, "match_mapping_type": "double",
-                           "mapping": {"type": "double", "ignore_malformed": True, **copy}}},
+                           "mapping": {"type": "double", "ignore_malformed": True}}},
         {"typed_booleans": {"path_match": _TYPED_PATHS, "match_mapping_type": "boolean",
-                            "mapping": {"type": "keyword", **copy}}},
+                            "mapping": {"type": "keyword"}}},
     ]
 
 
