@@ -55,7 +55,9 @@ def typed_dynamic_templates() -> list[dict[str, Any]]:
     """
     return [
         {"typed_dates": {"path_match": _TYPED_PATHS, "match_mapping_type": "date",
-                         "mapping": {"type": "date", "ignore_malformed": True}}},
+                         # queried with any ISO form ("2026-06-01" in KQL), written in one
+                         "mapping": {"type": "date", "format": "strict_date_optional_time",
+                                     "ignore_malformed": True}}},
         {"typed_strings": {"path_match": _TYPED_PATHS, "match_mapping_type": "string",
                            "mapping": {"type": "text",
                                        "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}}},
