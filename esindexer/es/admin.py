@@ -186,12 +186,41 @@ def ensure_indices(es: Elasticsearch, settings: Settings) -> tuple[str, ...]:
         except BadRequestError as exc:  # only "it exists" is fine; a bad setting must be seen
             if exc.error != "resource_already_exists_exception":
                 raise
+    check_state_mapping(es, settings, builder_indices)
     if settings.ingest_pipeline:  # indices created before the setting was given follow it too
         es.indices.put_settings(index=",".join(builder_indices),
                                 settings={"index.default_pipeline": settings.ingest_pipeline})
     if settings.attach_alias:
         es.indices.put_alias(index=",".join(builder_indices), name=settings.alias_name)
     return builder_indices
+
+
+def mapping_mode(mapping: dict[str, Any]) -> str:
+    """The ``state_mapping`` an existing index was created with, read from its mapping."""
+    state = mapping.get("properties", {}).get("state", {})
+    if state.get("type") == "flattened":
+        return "flattened"
+    if state.get("subobjects") is False:
+        return "typed"
+    return "dynamic"
+
+
+def check_state_mapping(es: Elasticsearch, settings: Settings, indices: tuple[str, ...]) -> None:
+    """Refuse to write one model's documents into an index mapped for another.
+
+    A template change applies only to indices created afterwards, so after an upgrade
+    (the default became ``typed``) the existing indices keep their mapping, and typed
+    documents (with ``more``/``values`` fields) would be refused by a flattened index one
+    by one, as dead letters. Stopping at start with the two ways out is kinder.
+    """
+    mappings = es.indices.get_mapping(index=",".join(indices))
+    for index in indices:
+        have = mapping_mode(mappings[index]["mappings"])
+        if have != settings.state_mapping:
+            raise SetupError(
+                f"the index {index} was created with state_mapping={have}, but ESINDEXER_STATE_MAPPING is "
+                f"{settings.state_mapping}: set ESINDEXER_STATE_MAPPING={have} to keep using it, or build a new "
+                f"generation with the new model and switch the alias (docs/documents.md#migration)")
 
 
 def switch_alias(es: Elasticsearch, settings: Settings) -> tuple[list[str], list[str]]:

@@ -158,3 +158,38 @@ def test_kibana_queries_on_typed_plone_like_content(zodb, db_dsn, es, es_url, es
     index = f"{alias}-objects"
     mapping = es.indices.get_mapping(index=index)[index]["mappings"]
     assert len(mapping["properties"]["state"]["properties"]) < TYPED_FIELDS_LIMIT
+
+
+def test_flattened_index_moves_to_typed_without_downtime(zodb, db_dsn, es, es_url, es_prefix):
+    """The migration of docs/documents.md: an index of the former default is not written with
+    typed documents (start refused, with the way out), and a typed generation built beside it
+    takes over the alias in one step."""
+    import pytest
+
+    from esindexer.errors import SetupError
+    from esindexer.es.admin import ensure_indices, switch_alias
+
+    conn = zodb.open()
+    conn.root()["minutes"] = Item("minutes", "Minutes of June", effective=DateTime("2026/06/01 GMT"),
+                                  modified=DateTime("2026/06/15 GMT"), rating=3.5)
+    transaction.commit()
+    conn.close()
+    alias = es_prefix.rstrip("-")
+    old = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen1", alias=alias,
+                        state_mapping="flattened")
+    assert Indexer(old, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
+    # upgrading in place (the typed default on the flattened index) stops at start, saying how
+    upgraded = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen1", alias=alias)
+    with pytest.raises(SetupError, match="created with state_mapping=flattened.*ESINDEXER_STATE_MAPPING=flattened"):
+        ensure_indices(es, upgraded)
+    new = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2", alias=alias,
+                        attach_alias="false", client_id="esindexer-gen2")
+    assert Indexer(new, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
+    query = {"range": {"state.modification_date": {"gte": "2026-06-01"}}}
+    es.indices.refresh(index=alias)
+    with pytest.raises(Exception, match="queries on keyed \\[flattened\\] fields must include both"):
+        es.search(index=alias, query=query)  # the old generation: the issue's HTTP 400
+    removed, added = switch_alias(es, new)
+    assert (removed, added) == ([f"{alias}-gen1-objects"], [f"{alias}-gen2-objects"])
+    assert es.count(index=alias, query=query)["count"] == 1
+    assert dead_letters(db_dsn) == []
