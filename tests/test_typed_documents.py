@@ -154,10 +154,10 @@ def test_wide_deep_and_odd_keyed_mappings_go_to_more():
 
 def test_typed_paths_per_document_are_bounded():
     """However many keys a state has, it adds at most MAX_KEYS-bounded typed paths per dict."""
-    typed, more, _values = shape({"data": {str(n): n for n in range(5000)}})
-    assert typed == {} and len(more["data"]) == 5000
-    typed, more, _values = shape({f"a{n}": n for n in range(5000)})  # an instance with 5000 attributes
-    assert typed == {} and len(more) == 5000
+    shaped = shape({"data": {str(n): n for n in range(5000)}})
+    assert shaped.typed == {} and len(shaped.more["data"]) == 5000
+    shaped = shape({f"a{n}": n for n in range(5000)})  # an instance with 5000 attributes
+    assert shaped.typed == {} and len(shaped.more) == 5000
 
 
 def test_text_and_refs_as_before():

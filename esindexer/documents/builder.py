@@ -140,9 +140,6 @@ class DocumentBuilder:
             record = ObjectRecord(class_name, zoid, tid, state)
             fields = apply(self._transform, record)
             state = record.state
-        texts: list[str] = []
-        refs: list[int] = []
-        collect(state, texts, refs, [TEXT_LIMIT])
         doc: dict[str, Any] = {
             "class": class_name,
             "zoid": zoid,
@@ -151,17 +148,21 @@ class DocumentBuilder:
             "committed_at": commit_time_iso(tid),
         }
         if self._mode == "typed":
-            typed, more, values = shape(state)
-            doc["state"] = typed
+            shaped = shape(state, TEXT_LIMIT)
+            texts, refs, more, values = shaped.texts, shaped.refs, shaped.more, shaped.values
+            doc["state"] = shaped.typed
             if fields:
-                doc["fields"], aside, field_values = shape(fields)
-                more.update((f"fields.{path}", value) for path, value in aside.items())
-                values += field_values
+                extra = shape(fields, 0)  # their words are the state's: no second copy in text
+                doc["fields"] = extra.typed
+                more.update((f"fields.{path}", value) for path, value in extra.more.items())
+                values += extra.values
             if more:
                 doc["more"] = more
             if values:
                 doc["values"] = values
         else:
+            texts, refs = [], []
+            collect(state, texts, refs, [TEXT_LIMIT])
             if not isinstance(state, dict):
                 # flattened (and object) fields need an object; keep non-dict states findable.
                 state = {"value": state}

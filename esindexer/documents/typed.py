@@ -28,10 +28,11 @@ module makes conflicts harmless *by construction* (the mapping side is in
 from __future__ import annotations
 
 import math
-import re
+from dataclasses import dataclass
 from typing import Any
 
 from esindexer.documents.dates import DATETIME_CLASSES, aware_datetime, date_string, zope_datetime
+from esindexer.documents.walk import collect
 
 #: A plain dict with more keys than this is data (key per entry): it goes to ``more``.
 MAX_KEYS = 16
@@ -40,7 +41,6 @@ MAX_ATTRS = 200
 #: Path segments below ``state`` typed at most (``a.b.c.d``); deeper values go to ``more``.
 MAX_DEPTH = 4
 
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _INT64 = 2**63
 
 # Kinds of leaves: one mapping type each (es/admin.py's dynamic templates).
@@ -48,16 +48,24 @@ STRING, NUMBER, DATE, BOOLEAN = "s", "n", "d", "b"
 
 
 class _Shaper:
-    """One document's walk: ``typed`` maps a dotted path to a value or list, ``more`` the rest."""
+    """One document's walk: ``typed`` maps a dotted path to a value or list, ``more`` the rest.
 
-    __slots__ = ("typed", "kinds", "more", "mixed", "values")
+    The same walk collects the strings for ``text`` (up to ``budget`` characters) and the
+    referenced zoids for ``refs``, so a document is walked once (what ``walk.collect``
+    does for the other mapping modes; values set aside are walked by it).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("typed", "kinds", "more", "mixed", "values", "texts", "refs", "budget")
+
+    def __init__(self, budget: int) -> None:
         self.typed: dict[str, Any] = {}
         self.kinds: dict[str, str] = {}
         self.more: dict[str, Any] = {}
         self.mixed: set[str] = set()
         self.values: list[Any] = []
+        self.texts: list[str] = []
+        self.refs: list[int] = []
+        self.budget = [budget]
 
     def leaf(self, path: str, kind: str, value: Any) -> None:
         if kind is not STRING:
@@ -75,8 +83,22 @@ class _Shaper:
         else:
             self.typed[path] = _Many((old, value))
 
+    def string(self, path: str, value: str) -> None:
+        if self.budget[0] > 0:
+            self.texts.append(value[: self.budget[0]])
+            self.budget[0] -= len(value) + 1
+        as_date = date_string(value) if "0" <= value[:1] <= "9" else None
+        if as_date is None:
+            self.leaf(path, STRING, value)
+        else:
+            self.leaf(path, DATE, as_date)
+
     def aside(self, path: str, value: Any) -> None:
         """Keep ``value`` in ``more`` (flattened: keyword semantics, no conflicts, one field)."""
+        collect(value, self.texts, self.refs, self.budget)
+        self.put_more(path, value)
+
+    def put_more(self, path: str, value: Any) -> None:
         have = self.more.get(path)
         if have is None:
             self.more[path] = value
@@ -86,36 +108,31 @@ class _Shaper:
             self.more[path] = _Many((have, value))
 
     def value(self, path: str, value: Any, depth: int) -> None:
-        if value is None:
-            return
         kind = type(value)
         if kind is str:
-            as_date = date_string(value)
-            if as_date is None:
-                self.leaf(path, STRING, value)
-            else:
-                self.leaf(path, DATE, as_date)
-        elif kind is bool:
-            self.leaf(path, BOOLEAN, value)
+            self.string(path, value)
         elif kind is int:
             self.leaf(path, NUMBER, value if -_INT64 <= value < _INT64 else float(value))
         elif kind is float:
             if math.isfinite(value):
                 self.leaf(path, NUMBER, value)
-        elif kind is list:
-            for item in value:
-                self.value(path, item, depth)
+        elif kind is bool:
+            self.leaf(path, BOOLEAN, value)
         elif kind is dict:
             self.mapping(path, value, depth)
-        else:  # transforms may hand in other Python values: their text
-            self.leaf(path, STRING, str(value))
+        elif kind is list or kind is _Many:
+            for item in value:
+                if item is not None:
+                    self.value(path, item, depth)
+        elif value is not None:  # transforms may hand in other Python values: their text
+            self.string(path, str(value))
 
     def mapping(self, path: str, value: dict[str, Any], depth: int) -> None:
         marker = value.get("::")
         if marker is None:
             if "::->" in value or "::id" in value:
                 self.aside(path, value)
-            elif len(value) <= MAX_KEYS and depth < MAX_DEPTH and all(_KEY.fullmatch(k) for k in value):
+            elif len(value) <= MAX_KEYS and depth < MAX_DEPTH and all(_PLAIN.get(k) or _remember_plain(k) for k in value):
                 self.attributes(path, value, depth)
             else:
                 self.aside(path, value)
@@ -134,7 +151,7 @@ class _Shaper:
                 self.aside(path, value)
         elif marker == "global":
             name = value.get("name")
-            self.leaf(path, STRING, name) if isinstance(name, str) else self.aside(path, value)
+            self.string(path, name) if isinstance(name, str) else self.aside(path, value)
         elif marker == "shared" or depth >= MAX_DEPTH or len(value) > MAX_ATTRS or not isinstance(marker, str):
             self.aside(path, value)
         else:  # an instance of some class: its attributes, and its class at <path>._class
@@ -158,6 +175,8 @@ class _Shaper:
             zoid = ident
         if type(zoid) is int:
             self.leaf(f"{path}._ref", NUMBER, zoid)
+        if type(value.get("::=>")) is int:
+            self.refs.append(value["::=>"])  # a zoid of this database (not a cross-database one)
         database = value.get("database")
         if isinstance(database, str):
             self.leaf(f"{path}._db", STRING, database)
@@ -165,39 +184,68 @@ class _Shaper:
     def attributes(self, path: str, value: dict[str, Any], depth: int) -> None:
         prefix = f"{path}." if path else ""
         depth += 1
+        plain = _PLAIN
         for key, child in value.items():
-            if key.startswith("::"):
-                continue  # markers of the converter's form (class names are handled above)
-            if not _KEY.fullmatch(key):
-                self.aside(f"{prefix}{key}" if key else f"{prefix}_", child)
-            else:
+            ok = plain.get(key)
+            if ok is None:
+                ok = _remember_plain(key)
+            if not ok:
+                if key[:2] != "::":  # markers of the converter's form (class names are handled above)
+                    self.aside(f"{prefix}{key}" if key else f"{prefix}_", child)
+            elif type(child) is str:
+                self.string(prefix + key, child)
+            elif child is not None:
                 self.value(prefix + key, child, depth)
+
+
+#: Keys seen, and whether each can be a path segment (keys repeat across objects: a
+#: dict lookup is cheaper than the checks). Cleared when it grows past _PLAIN_MAX.
+_PLAIN: dict[str, bool] = {}
+_PLAIN_MAX = 100_000
+
+
+def _remember_plain(key: str) -> bool:
+    """A key that can be a path segment: an ASCII identifier of at most 64 characters."""
+    ok = len(key) <= 64 and key.isidentifier() and key.isascii()
+    if len(_PLAIN) >= _PLAIN_MAX:
+        _PLAIN.clear()
+    _PLAIN[key] = ok
+    return ok
 
 
 class _Many(list[Any]):
     """Values collected under one path (told apart from a value that is itself a list)."""
 
 
-def shape(state: Any) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
-    """``(typed, more, values)`` for a converted state: flat typed paths, what goes to
-    ``more``, and every number, date and boolean among the typed leaves (for ``values``).
+@dataclass(slots=True)
+class Shaped:
+    """A state shaped for the typed model, and its text and references."""
+
+    typed: dict[str, Any]
+    more: dict[str, Any]
+    values: list[Any]
+    texts: list[str]
+    refs: list[int]
+
+
+def shape(state: Any, text_limit: int = 32_000) -> Shaped:
+    """A converted state shaped: flat typed paths, what goes to ``more``, every number, date
+    and boolean among the typed leaves (for ``values``), the strings (for ``text``, at most
+    ``text_limit`` characters) and the referenced zoids.
 
     A non-dict state (a list, a string) is the attribute ``value``. Paths whose values
     differ in kind within this document move to ``more``.
     """
-    shaper = _Shaper()
+    shaper = _Shaper(text_limit)
     if isinstance(state, dict):
         if len(state) > MAX_ATTRS:
-            shaper.aside("", state)
+            for key, child in state.items():
+                shaper.aside(key or "_", child)
         else:
             shaper.attributes("", state, 0)
-    else:
+    elif state is not None:
         shaper.value("value", state, 1)
     typed = shaper.typed
     for path in shaper.mixed:
-        shaper.aside(path, typed.pop(path))
-    more = shaper.more
-    if "" in more:  # a whole state too wide to type
-        whole = more.pop("")
-        more.update(whole)
-    return typed, more, shaper.values
+        shaper.put_more(path, typed.pop(path))  # its strings are in the text already
+    return Shaped(typed, shaper.more, shaper.values, shaper.texts, shaper.refs)
