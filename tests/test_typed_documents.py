@@ -218,3 +218,39 @@ def test_plone_transform_on_dexterity_like_state():
     assert doc["state"]["workflow_history.plone_workflow.review_state"] == ["private", "published"]
     assert plone_transform(ObjectRecord("x.Y", 1, 1, {"title": "no portal_type"})) is None
     assert review_state(None) is None and review_state({"wf": "junk"}) is None
+
+
+def failing(obj: ObjectRecord):
+    obj.state["title"] = "changed before failing"
+    raise KeyError("portal_type")
+
+
+def odd_numbers(obj: ObjectRecord):
+    return {"big": 2**70, "nan": float("nan"), "ok": Decimal("2.5")}
+
+
+def test_a_failing_transform_logs_and_indexes_the_object_as_converted(caplog):
+    builder = DocumentBuilder(settings(transform=f"{__name__}.failing"))
+    with caplog.at_level("ERROR", logger="esindexer.documents.builder"):
+        doc = orjson.loads(builder.index_action(TID, 9, "m.T", converted({"title": "hi"})).source)
+    assert doc["state"] == {"title": "hi"} and "fields" not in doc
+    (line,) = caplog.records
+    assert line.getMessage() == ("transform failed for m.T (zoid 9, tid %d): KeyError: 'portal_type'; "
+                                 "indexed without its fields" % TID)
+
+
+@pytest.mark.parametrize("mode", ["typed", "flattened", "dynamic"])
+def test_transform_fields_beyond_json_never_break_the_document(mode):
+    builder = DocumentBuilder(settings(transform=f"{__name__}.odd_numbers", state_mapping=mode))
+    doc = orjson.loads(builder.index_action(TID, 9, "m.T", converted({"a": 1})).source)
+    assert doc["fields"]["big"] == str(2**70) and doc["fields"]["ok"] == 2.5
+    assert doc["fields"].get("nan") is None
+
+
+def three(a, b, c):
+    return None
+
+
+def test_a_transform_of_another_shape_is_a_configuration_error():
+    with pytest.raises(Exception, match=r"ESINDEXER_TRANSFORM: cannot load .*takes 3 required arguments"):
+        settings(transform=f"{__name__}.three")

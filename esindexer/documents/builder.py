@@ -36,6 +36,7 @@ what an object transform added (:mod:`esindexer.documents.transform`).
 from __future__ import annotations
 
 import fnmatch
+import logging
 from dataclasses import dataclass
 from datetime import UTC
 from functools import lru_cache
@@ -48,6 +49,8 @@ from esindexer.convert.jsonifier import Conversion, Kind
 from esindexer.documents.transform import ObjectRecord, ObjectTransform, apply
 from esindexer.documents.typed import shape
 from esindexer.documents.walk import collect, harmonise_lists
+
+log = logging.getLogger(__name__)
 
 #: Characters of string values collected into the ``text`` field at most; keeps
 #: documents small when an object holds a whole book.
@@ -138,8 +141,17 @@ class DocumentBuilder:
         fields: dict[str, Any] = {}
         if self._transform is not None:
             record = ObjectRecord(class_name, zoid, tid, state)
-            fields = apply(self._transform, record)
-            state = record.state
+            try:
+                fields = apply(self._transform, record)
+                state = record.state
+            except Exception as exc:
+                # The object is still indexed (as converted, without the transform's fields)
+                # rather than stopping the service on every start at this record.
+                reason = f"{type(exc).__name__}: {exc}"
+                log.error("transform failed for %s (zoid %d, tid %d): %s; indexed without its fields",
+                          class_name, zoid, tid, reason,
+                          extra={"class_name": class_name, "zoid": zoid, "tid": tid, "error": reason})
+                state = orjson.loads(json_text)
         doc: dict[str, Any] = {
             "class": class_name,
             "zoid": zoid,

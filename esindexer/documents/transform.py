@@ -11,12 +11,14 @@ returns (or puts in ``obj.fields``) is written under the document's ``fields`` o
 shaped by the same typed rules as ``state`` (so ``fields.effective`` given a converter
 date marker, a ``datetime`` or an ISO string is a ``date``): a mapping-safe place,
 since nothing else writes there and kinds that conflict are made harmless as in
-``state``. The old two-argument form ``transform(class_name, json_text)`` keeps working
+``state``. A transform that raises is logged (ERROR, with class, zoid, tid and reason) and
+the object is indexed as converted, without fields. The old two-argument form ``transform(class_name, json_text)`` keeps working
 in the converter (docs/json.md); :func:`esindexer.config.transform_style` tells them apart.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -52,6 +54,12 @@ def plain(value: Any) -> Any:
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [plain(v) for v in value]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return str(value)  # as the converter writes such ints; JSON serialisers refuse them
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # Elasticsearch refuses NaN and infinities
     return value
 
 
