@@ -130,3 +130,16 @@ def test_field_count_stays_bounded(es, es_prefix):
     assert es.count(index=prefix, query={"term": {"more._data.17": "17"}})["count"] == 1
     # past the limit a class's attributes are kept, unindexed but in _source and text
     assert es.count(index=prefix, query={"match": {"text": "v399"}})["count"] == 1
+
+
+def test_the_kql_of_the_docs_for_dropped_values_and_big_mappings(es, es_prefix):
+    """docs/documents.md: `_ignored : state.rating` finds what a typed field dropped, and
+    `more.data.doc-17 : *` (an exists query on a key of the flattened rest) works."""
+    prefix = es_prefix.rstrip("-")
+    states = [{"rating": 3.5}, {"rating": "n/a"},
+              {"data": {f"doc-{n}": n for n in range(40)}}]
+    assert index_states(es, prefix, states) == []
+    hits = es.search(index=prefix, query={"term": {"_ignored": "state.rating"}})["hits"]["hits"]
+    assert [h["_id"] for h in hits] == ["2"]
+    assert es.count(index=prefix, query={"exists": {"field": "more.data.doc-17"}})["count"] == 1
+    assert es.count(index=prefix, query={"range": {"state.rating": {"gte": 3}}})["count"] == 1
