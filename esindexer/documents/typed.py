@@ -17,6 +17,8 @@ module makes conflicts harmless *by construction* (the mapping side is in
 - Across documents, a value of another kind than the field's is dropped from that field
   by ``ignore_malformed`` (the document is kept); every number, date and boolean is also
   in the keyword catch-all ``values``, every string in ``text``, so it stays findable.
+- **No path ends in ``.keyword``** below an attribute (a key ``keyword`` is written as
+  ``keyword_``): that is the sub-field of a string at the path above it.
 - **Bounded width and depth.** Mappings are data, not schema: a dict with more than
   :data:`MAX_KEYS` keys, or a key that is not an identifier, goes whole into the
   ``flattened`` field ``more`` (one field however many keys), as do values deeper than
@@ -31,6 +33,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from esindexer.documents.dates import DATETIME_CLASSES, aware_datetime, date_string, zope_datetime
 from esindexer.documents.walk import collect
 
@@ -40,6 +44,9 @@ MAX_KEYS = 16
 MAX_ATTRS = 200
 #: Path segments below ``state`` typed at most (``a.b.c.d``); deeper values go to ``more``.
 MAX_DEPTH = 4
+
+#: Levels a value set aside may have (the ``more`` field's depth_limit is 30, its key is one).
+MORE_DEPTH = 28
 
 _INT64 = 2**63
 
@@ -96,6 +103,10 @@ class _Shaper:
     def aside(self, path: str, value: Any) -> None:
         """Keep ``value`` in ``more`` (flattened: keyword semantics, no conflicts, one field)."""
         collect(value, self.texts, self.refs, self.budget)
+        if isinstance(value, (dict, list)) and _deeper_than(value, MORE_DEPTH):
+            # ``more`` is flattened with depth_limit 30: a deeper value would reject the
+            # document, so it is kept as its JSON text (in _source; its words are in text)
+            value = orjson.dumps(value).decode()
         self.put_more(path, value)
 
     def put_more(self, path: str, value: Any) -> None:
@@ -192,10 +203,27 @@ class _Shaper:
             if not ok:
                 if key[:2] != "::":  # markers of the converter's form (class names are handled above)
                     self.aside(f"{prefix}{key}" if key else f"{prefix}_", child)
-            elif type(child) is str:
-                self.string(prefix + key, child)
-            elif child is not None:
-                self.value(prefix + key, child, depth)
+            else:
+                if key == "keyword" and prefix:
+                    # <path>.keyword is the sub-field of a string at <path>: a key of that name
+                    # would define the field twice (Elasticsearch then rejects the document)
+                    key = "keyword_"
+                if type(child) is str:
+                    self.string(prefix + key, child)
+                elif child is not None:
+                    self.value(prefix + key, child, depth)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests dicts and lists more than ``limit`` levels (stops early)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [child for item in level
+                 for child in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(child, (dict, list))]
+        if not level:
+            return False
+    return True
 
 
 #: Keys seen, and whether each can be a path segment (keys repeat across objects: a

@@ -61,6 +61,8 @@ CONFLICTS = {
     "bool-number": ({"a": True}, {"a": 2.5}, [(True, "a"), (2.5, "a")]),
     "number-date": ({"a": 5}, {"a": "2026-06-01"}, [(5, "a"), ("2026-06-01T00:00:00.000000Z", "a")]),
     # 2**64 as the converter writes it (a decimal string: docs/json.md #16)
+    # a key named like the strings' sub-field: written as keyword_ (else "defined more than once")
+    "keyword-key": ({"a": {"keyword": 5}}, {"a": "some text"}, [(5, "a.keyword_"), ("some", "a")]),
     "bigint-int": ({"a": "18446744073709551616"}, {"a": 1}, [("18446744073709551616", "a"), (1, "a")]),
 }
 
@@ -143,3 +145,21 @@ def test_the_kql_of_the_docs_for_dropped_values_and_big_mappings(es, es_prefix):
     assert [h["_id"] for h in hits] == ["2"]
     assert es.count(index=prefix, query={"exists": {"field": "more.data.doc-17"}})["count"] == 1
     assert es.count(index=prefix, query={"range": {"state.rating": {"gte": 3}}})["count"] == 1
+
+
+def test_odd_shapes_never_reject(es, es_prefix):
+    """Deep nesting (the flattened rest allows 30 levels, the converter 200), odd and empty
+    keys, a key named like the strings' sub-field, a huge int and a non-dict state."""
+    deep: Any = {"x": "bottom"}
+    for _ in range(60):
+        deep = {"k": deep}
+    nested: Any = 1
+    for _ in range(60):
+        nested = [nested]
+    wide = {f"k{n}": n for n in range(20)} | {"": "empty", ".": "dot", "a..b": 1, " ": "space"}
+    prefix = es_prefix.rstrip("-")
+    states = [{"deep": deep}, {"nested": nested}, {"data": wide, "": 1, ".": 2},
+              {"a": {"keyword": {"keyword": "x"}}}, {"n": "1" + "0" * 40}, ["a", "list", "state"]]
+    assert index_states(es, prefix, states) == []
+    assert es.count(index=prefix)["count"] == len(states)
+    assert es.count(index=prefix, query={"match": {"text": "bottom"}})["count"] == 1
