@@ -220,7 +220,7 @@ def check_state_mapping(es: Elasticsearch, settings: Settings, indices: tuple[st
             raise SetupError(
                 f"the index {index} was created with state_mapping={have}, but ESINDEXER_STATE_MAPPING is "
                 f"{settings.state_mapping}: set ESINDEXER_STATE_MAPPING={have} to keep using it, or build a new "
-                f"generation with the new model and switch the alias (docs/documents.md#migration)")
+                f"generation with the new model and switch the alias (docs/documents.md#migration-from-a-flattened-index)")
 
 
 def switch_alias(es: Elasticsearch, settings: Settings) -> tuple[list[str], list[str]]:
