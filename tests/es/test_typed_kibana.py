@@ -191,5 +191,6 @@ def test_flattened_index_moves_to_typed_without_downtime(zodb, db_dsn, es, es_ur
         es.search(index=alias, query=query)  # the old generation: the HTTP 400
     removed, added = switch_alias(es, new)
     assert (removed, added) == ([f"{alias}-gen1-objects"], [f"{alias}-gen2-objects"])
+    es.indices.refresh(index=alias)
     assert es.count(index=alias, query=query)["count"] == 1
     assert dead_letters(db_dsn) == []
