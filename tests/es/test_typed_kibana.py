@@ -182,6 +182,7 @@ def test_flattened_index_moves_to_typed_without_downtime(zodb, db_dsn, es, es_ur
     upgraded = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen1", alias=alias)
     with pytest.raises(SetupError, match="created with state_mapping=flattened.*ESINDEXER_STATE_MAPPING=flattened"):
         ensure_indices(es, upgraded)
+    assert Indexer(upgraded, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.SETUP
     new = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2", alias=alias,
                         attach_alias="false", client_id="esindexer-gen2")
     assert Indexer(new, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
