@@ -8,8 +8,8 @@ an ISO 8601 date shape and Python can read it, and then it is rewritten into the
 
 The converter's date kinds (docs/json.md), and what they become:
 
-- naive ``datetime``: ``"2026-06-01T12:30:00.000005"`` → read as UTC (documented:
-  ZODB applications usually store UTC wall time);
+- naive ``datetime``: ``"2026-06-01T12:30:00.000005"`` → read as UTC (documented: it
+  names no zone, and one rule is needed);
 - ``date``: ``"2026-06-01"`` → midnight UTC of that day;
 - aware ``datetime``: ``{"::": "datetime", "value": "...+02:00", "tz": ...}`` → the value
   with its offset kept (Elasticsearch converts it to UTC for search, ``_source`` keeps the
