@@ -16,14 +16,15 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import transaction
 from DateTime import DateTime
 from persistent import Persistent
 from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 
-from esindexer.errors import ExitCode
-from esindexer.es.admin import TYPED_FIELDS_LIMIT
+from esindexer.errors import ExitCode, SetupError
+from esindexer.es.admin import TYPED_FIELDS_LIMIT, ensure_indices, switch_alias
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
 from tests.indexing import dead_letters, make_settings
@@ -164,11 +165,6 @@ def test_flattened_index_moves_to_typed_without_downtime(zodb, db_dsn, es, es_ur
     """The migration of docs/documents.md: an index of the former default is not written with
     typed documents (start refused, with the way out), and a typed generation built beside it
     takes over the alias in one step."""
-    import pytest
-
-    from esindexer.errors import SetupError
-    from esindexer.es.admin import ensure_indices, switch_alias
-
     conn = zodb.open()
     conn.root()["minutes"] = Item("minutes", "Minutes of June", effective=DateTime("2026/06/01 GMT"),
                                   modified=DateTime("2026/06/15 GMT"), rating=3.5)
