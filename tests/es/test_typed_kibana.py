@@ -1,7 +1,8 @@
 """Plone-like and mixed ZODB content, indexed by the real service, searched as Kibana does.
 
 Real ZODB + RelStorage content in both history modes: Dexterity-style items with Zope
-``DateTime`` attributes and an inline workflow history, news items with naive and aware
+``DateTime`` attributes and an inline workflow history, an object holding ``DateTime``
+values in the pickled shapes of older DateTime releases, news items with naive and aware
 ``datetime``s, ratings as ints, floats and ``Decimal``s, an attribute that is a string in
 one class and a number in another, a ``PersistentMapping`` with 5,000 keys and a
 ``PersistentList`` (both hold ``data``). The service indexes them with the defaults
@@ -53,6 +54,27 @@ class Item(Persistent):
         ]}
 
 
+class OldDateTime:
+    """Pickles as DateTime.DateTime.DateTime with an older DateTime release's state."""
+
+    def __init__(self, state: Any):
+        self.state = state
+
+    def __reduce__(self) -> Any:
+        import copyreg
+
+        return copyreg._reconstructor, (DateTime, object, None), self.state
+
+
+class Legacy(Persistent):
+    """Content written by older DateTime releases: attribute dicts with _micros, or only _t."""
+
+    def __init__(self, title: str, micros: int):
+        self.title = title
+        self.stamped = OldDateTime({"_micros": micros, "_tz": "GMT+2", "_timezone_naive": False})
+        self.touched = OldDateTime({"_t": micros / 1e6, "_tz": "GMT+2"})
+
+
 class News(Persistent):
     """Python datetimes: naive (= UTC) and aware."""
 
@@ -78,6 +100,7 @@ def _content(root) -> dict[str, Persistent]:
         "aware": News("Aware news", dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=2))),
                       code=5),
     }
+    items["legacy"] = Legacy("Legacy dates", 1780309800500000)  # 2026-06-01T10:30:00.5Z
     big = PersistentMapping({f"key-{n}": {"n": n, "label": f"entry {n}"} for n in range(5000)})
     items["big"] = big
     items["list"] = PersistentList(["alpha", "beta"])
@@ -105,7 +128,7 @@ def test_kibana_queries_on_typed_plone_like_content(zodb, db_dsn, es, es_url, es
     assert dead_letters(db_dsn) == []
     alias = settings.index_prefix
     es.indices.refresh(index=alias)
-    assert es.count(index=alias)["count"] == 10  # root, 5 items, 2 news, the mapping, the list
+    assert es.count(index=alias)["count"] == 11  # root, 5 items, 2 news, legacy, the mapping, the list
 
     def search(query: dict[str, Any], **kw: Any) -> dict[str, Any]:
         return es.search(index=alias, query=query, size=50, **kw)
@@ -125,6 +148,10 @@ def test_kibana_queries_on_typed_plone_like_content(zodb, db_dsn, es, es_url, es
         == {"minutes", "archive"}
     # naive = UTC, aware converted: 12:00 naive is 12:00Z, 12:00+02:00 is 10:00Z
     assert _ids(search({"range": {"state.published": {"gte": "2026-06-01T11:00:00Z"}}})) == {"Naive news"}
+    # older DateTime pickles (a dict with _micros, or only _t), read back as dates
+    for name in ("stamped", "touched"):
+        assert _ids(search({"range": {f"state.{name}": {"gte": "2026-06-01T10:30:00.5Z",
+                                                           "lte": "2026-06-01T10:30:00.5Z"}}})) == {"Legacy dates"}
     # one attribute, two kinds (code: a string in Item, a number in News and archive): all indexed,
     # each findable (values holds numbers, text the strings)
     assert _ids(search({"term": {"values": "17"}})) == {"archive"}
@@ -147,7 +174,7 @@ def test_kibana_queries_on_typed_plone_like_content(zodb, db_dsn, es, es_url, es
     expected = {
         "state.modification_date": ["date"], "state.effective_date": ["date"], "state.published": ["date"],
         "state.workflow_history.simple_publication_workflow.time": ["date"],
-        "state.rating": ["double"], "state.title": ["text"], "state.title.keyword": ["keyword"],
+        "state.stamped": ["date"], "state.touched": ["date"], "state.rating": ["double"], "state.title": ["text"], "state.title.keyword": ["keyword"],
         "fields.effective": ["date"], "fields.modified": ["date"], "fields.review_state": ["text"],
         "fields.review_state.keyword": ["keyword"], "fields.portal_type.keyword": ["keyword"],
         "values": ["keyword"], "more": ["flattened"], "committed_at": ["date"],
