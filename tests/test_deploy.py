@@ -262,7 +262,7 @@ def test_compose_dependencies_exist_and_are_waitable() -> None:
 
 
 def test_compose_long_running_services_have_healthchecks() -> None:
-    for name in ("postgres", "elasticsearch", "kibana", "prometheus", "esindexer"):
+    for name in ("postgres", "elasticsearch", "kibana", "prometheus", "esindexer", "alertmanager", "alert-log"):
         test = compose()["services"][name]["healthcheck"]["test"]
         assert test and test[0] in ("CMD", "CMD-SHELL"), name
 
@@ -296,6 +296,34 @@ def test_compose_image_versions_follow_versions_env() -> None:
     example = env_example()
     assert example["ELASTICSEARCH_VERSION"] == pinned["ELASTICSEARCH_VERSION"]
     assert example["POSTGRES_MAJOR"] == pinned["POSTGRES_MAJOR"]
+
+
+def test_compose_alertmanager_is_wired_to_prometheus_and_the_receiver() -> None:
+    services = compose()["services"]
+    manager = services["alertmanager"]
+    assert "./deploy/alertmanager:/etc/alertmanager:ro" in manager["volumes"]
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in manager["command"]
+    assert "--cluster.listen-address=" in manager["command"]  # one instance: no gossip port
+    version = re.fullmatch(r"prom/alertmanager:v0\.(\d+)\.\d+", interpolate_defaults(manager["image"]))
+    assert version and int(version.group(1)) >= 22, manager["image"]  # matchers syntax
+    assert any(port.endswith(":9093") for port in manager["ports"])
+    # Prometheus reaches it by its compose service name and container port.
+    prometheus = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    targets = [target for am in prometheus["alerting"]["alertmanagers"]
+               for static in am["static_configs"] for target in static["targets"]]
+    assert targets == ["alertmanager:9093"]
+    # Every receiver posts to alert-log, on the port its command listens on.
+    alert_log = services["alert-log"]
+    command = alert_log["command"]
+    assert command[:2] == ["python", "/alertmanager/webhook_log.py"]
+    assert "./deploy/alertmanager:/alertmanager:ro" in alert_log["volumes"]
+    port = command[command.index("--port") + 1]
+    receivers = yaml.safe_load((REPO / "deploy" / "alertmanager" / "alertmanager.yml").read_text())["receivers"]
+    urls = [hook["url"] for receiver in receivers for hook in receiver["webhook_configs"]]
+    assert urls and all(url.startswith(f"http://alert-log:{port}/") for url in urls), urls
+    health = alert_log["healthcheck"]["test"]
+    assert health[:3] == ["CMD", "python", "-c"] and f":{port}/" in health[3]
+    compile(health[3], "<alert-log healthcheck>", "exec")
 
 
 def test_compose_builds_existing_dockerfile_targets() -> None:

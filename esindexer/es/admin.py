@@ -231,6 +231,8 @@ def switch_alias(es: Elasticsearch, settings: Settings) -> tuple[list[str], list
     """
     alias = settings.alias_name
     indices = [settings.index_for_route(r) for r in settings.route_names()]
+    # The template is installed again below with these settings' mapping: not over indices of another.
+    check_state_mapping(es, settings, tuple(indices))
     current = sorted(es.indices.get_alias(name=alias)) if es.indices.exists_alias(name=alias) else []
     removed = [index for index in current if index not in indices]
     actions: list[dict[str, Any]] = [{"remove": {"index": index, "alias": alias}} for index in removed]

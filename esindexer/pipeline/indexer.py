@@ -28,7 +28,7 @@ from esindexer.config import Settings
 from esindexer.convert.configure import build_jsonifier
 from esindexer.documents import DocumentBuilder
 from esindexer.errors import Abandoned, AlreadyRunning, ErrorBudgetExhausted, ExitCode, SchemaError
-from esindexer.es.client import as_setup_error, describe_error, retry_reason
+from esindexer.es.client import as_setup_error, connection_hint, describe_error, retry_reason
 from esindexer.es.sink import ElasticsearchSink
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.budget import ErrorBudget
@@ -39,6 +39,7 @@ from esindexer.pipeline.refresher import Refresher
 from esindexer.pipeline.sweep import sweep
 from esindexer.sink import Sink
 from esindexer.source import deadletters, deletions, follow, notify, pg, progress
+from esindexer.source.tid import tid_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ class Indexer:
         self._updates: follow.Updates | None = None
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
         self.exit_code = ExitCode.OK
+        #: With ``until_caught_up``: True once everything committed at start is indexed. A stop
+        #: before that leaves it False, so the command can exit non-zero (a re-index script
+        #: must tell "done" from "interrupted").
+        self.caught_up = False
 
     # -- control -------------------------------------------------------------------------
 
@@ -102,6 +107,8 @@ class Indexer:
             try:
                 return fn()
             except pg.CONNECTION_ERRORS as exc:
+                if (problem := pg.refused_for_good(exc)) is not None:
+                    raise problem from None  # a wrong password: retrying cannot help
                 reason, error = "pg_unreachable", exc
             except SchemaError as exc:  # started before the application created its tables?
                 reason, error = "source_schema_missing", exc
@@ -113,7 +120,9 @@ class Indexer:
             attempt += 1
             delay = self._backoff.delay(attempt)
             self.metrics.record_retry(reason, f"{what}: {describe_error(error)}")
-            log.warning("%s failed (%s: %s); retrying in %.1fs", what, reason, describe_error(error), delay,
+            hint = connection_hint(error)
+            log.warning("%s failed (%s: %s); retrying in %.1fs%s", what, reason, describe_error(error), delay,
+                        f"; {hint}" if hint else "",
                         extra={"reason": reason})
             if self._stop.wait(delay):
                 raise Abandoned(what)
@@ -126,10 +135,27 @@ class Indexer:
             deadletters.ensure_table(conn)
             self.crash_guard.ensure_table(conn)
             conn.commit()
+        except pg.NOT_PERMITTED as exc:
+            conn.close()
+            raise pg.privilege_problem(exc) from None
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _warn_vanished(self, start_tid: int) -> None:
+        """None of the routed indices existed, yet progress says they were filled: they were
+        deleted (or this is another cluster). Following on from the saved progress would
+        index only what changes from now on, so say so, loudly, with the way back."""
+        self.metrics.set_indices_vanished(True)
+        log.error(
+            "none of the indices %s existed at start, although client id %r has indexed up to %s: "
+            "the documents written before were lost (indices deleted, or another Elasticsearch). Only "
+            "changes from now on will be indexed. Rebuild the rest with `esindexer verify --repair` "
+            "(writes every missing document) or build a new generation with `esindexer reindex`",
+            ", ".join(self.sink.indices), self.settings.client_id,
+            tid_to_datetime(start_tid).isoformat(timespec="seconds"),
+            extra={"indices": list(self.sink.indices), "progress_tid": start_tid})
 
     def _prepare_source(self, conn: Any) -> bool:
         """Install triggers if allowed. Returns True when a sweep is due.
@@ -204,7 +230,9 @@ class Indexer:
         reader: BatchReader | None = None
         refresher: Refresher | None = None
         try:
+            missing: tuple[str, ...] = ()
             if first:  # only once the lock is ours: a refused second instance changes nothing
+                missing = self._retry_forever("looking for the indices", self.sink.missing_indices)
                 self._retry_forever("creating index template and indices", self.sink.ensure_indices)
             # A database without RelStorage's tables is waited for, loudly: in a compose stack
             # the application may create them after esindexer starts; otherwise the DSN is wrong.
@@ -214,6 +242,8 @@ class Indexer:
                 sweep(conn, self.sink, self.metrics)
             start_tid = progress.get_progress_tid(conn, s.client_id)
             conn.commit()
+            if start_tid > 0 and missing and len(missing) == len(self.sink.indices):
+                self._warn_vanished(start_tid)
             self.crash_guard.begin(conn, start_tid)
             if first:  # after a reconnect, keep the time of the last real progress (stall detection)
                 self.metrics.record_progress(start_tid)
@@ -231,6 +261,7 @@ class Indexer:
                 conn.rollback()
                 if end_tid <= start_tid:
                     committer.drain_deletions(all_settled=True)  # nothing read, nothing in flight
+                    self.caught_up = True
                     return True
             log.info("following from tid %d%s", start_tid,
                      f" to {end_tid}" if end_tid is not None else "", extra={"tid": start_tid})
@@ -262,6 +293,7 @@ class Indexer:
             committer.raise_failure()
             if finished and until_caught_up:
                 committer.drain_deletions(all_settled=True)  # the reader is done, every batch settled
+                self.caught_up = True
             return finished or self.stopping
         finally:
             self._updates = None

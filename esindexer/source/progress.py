@@ -30,6 +30,7 @@ keeping one writer per client id is the caller's job (e.g. a session advisory lo
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import psycopg2.errors
 import psycopg2.extensions
@@ -67,6 +68,13 @@ def get_progress_tid(conn: ConnOrDsn, client_id: str) -> int:
         cur.execute(f"SELECT tid FROM {PROGRESS_TABLE} WHERE client_id = %s", (client_id,))
         row = cur.fetchone()
     return -1 if row is None else int(row[0])
+
+
+def ensure_table(conn: Any) -> None:
+    """Create the progress table if missing (``esindexer setup``); the caller commits."""
+    with conn.cursor() as cur:
+        if not has_relation(cur, PROGRESS_TABLE):
+            cur.execute(_CREATE)
 
 
 def _in_savepoint(cur: psycopg2.extensions.cursor, statement: str, args: tuple[object, ...] | None = None) -> None:

@@ -25,11 +25,11 @@ from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 
 from esindexer.errors import ExitCode, SetupError
-from esindexer.es.admin import TYPED_FIELDS_LIMIT, ensure_indices, switch_alias
+from esindexer.es.admin import TYPED_FIELDS_LIMIT, ensure_indices
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
 from tests.indexing import dead_letters, make_settings
-from tests.support import both_history_modes
+from tests.support import both_history_modes, run_esindexer
 
 
 class Item(Persistent):
@@ -190,8 +190,8 @@ def test_kibana_queries_on_typed_plone_like_content(zodb, db_dsn, es, es_url, es
 
 def test_flattened_index_moves_to_typed_without_downtime(zodb, db_dsn, es, es_url, es_prefix):
     """The migration of docs/documents.md: an index of the former default is not written with
-    typed documents (start refused, with the way out), and a typed generation built beside it
-    takes over the alias in one step."""
+    typed documents (the service refuses to start, saying how), and ``esindexer reindex``
+    builds, verifies and publishes a typed generation beside it."""
     conn = zodb.open()
     conn.root()["minutes"] = Item("minutes", "Minutes of June", effective=DateTime("2026/06/01 GMT"),
                                   modified=DateTime("2026/06/15 GMT"), rating=3.5)
@@ -206,15 +206,25 @@ def test_flattened_index_moves_to_typed_without_downtime(zodb, db_dsn, es, es_ur
     with pytest.raises(SetupError, match="created with state_mapping=flattened.*ESINDEXER_STATE_MAPPING=flattened"):
         ensure_indices(es, upgraded)
     assert Indexer(upgraded, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.SETUP
-    new = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2", alias=alias,
-                        attach_alias="false", client_id="esindexer-gen2")
-    assert Indexer(new, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
     query = {"range": {"state.modification_date": {"gte": "2026-06-01"}}}
     es.indices.refresh(index=alias)
     with pytest.raises(Exception, match="queries on keyed \\[flattened\\] fields must include both"):
         es.search(index=alias, query=query)  # the old generation: the issue's HTTP 400
-    removed, added = switch_alias(es, new)
-    assert (removed, added) == ([f"{alias}-gen1-objects"], [f"{alias}-gen2-objects"])
+
+    env = {"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url, "ESINDEXER_INDEX_PREFIX": f"{alias}-gen1",
+           "ESINDEXER_ALIAS": alias, "ESINDEXER_INDEX_REPLICAS": "0", "ESINDEXER_METRICS_PORT": "0"}
+    done = run_esindexer("reindex", "--to", f"{alias}-gen2", env={**env, "ESINDEXER_STATE_MAPPING": "typed"},
+                         timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"alias {alias}: {alias}-gen1-objects -> {alias}-gen2-objects" in done.stdout
+    assert es.indices.get_mapping(index=f"{alias}-gen2-objects")[f"{alias}-gen2-objects"]["mappings"][
+        "_meta"]["state_mapping"] == "typed"
     es.indices.refresh(index=alias)
     assert es.count(index=alias, query=query)["count"] == 1
     assert dead_letters(db_dsn) == []
+    # switching back by hand with the typed settings (not the old generation's) is refused:
+    # the switch would install the typed template over the flattened generation
+    done = run_esindexer("alias", env={**env, "ESINDEXER_STATE_MAPPING": "typed", "ESINDEXER_CLIENT_ID": "esindexer"})
+    assert done.returncode == ExitCode.SETUP, done.stdout + done.stderr
+    assert "created with state_mapping=flattened" in done.stderr
+    assert sorted(es.indices.get_alias(name=alias)) == [f"{alias}-gen2-objects"]

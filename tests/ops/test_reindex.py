@@ -1,0 +1,129 @@
+"""``esindexer reindex``: build beside the live generation, verify, publish; resumable."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import psycopg2
+import transaction
+from BTrees.OOBTree import OOBTree
+
+from esindexer.errors import ExitCode
+from esindexer.observe.metrics import Metrics
+from esindexer.pipeline.indexer import Indexer
+from esindexer.source import pg as source_pg
+from tests.indexing import Page, commit_pages, docs, make_settings, progress
+from tests.support import TcpProxy, esindexer_env, run_esindexer, wait_for
+
+
+def _live(db_dsn, es_url, es_prefix):
+    """gen1, built and published the ordinary way, as the running service would have it."""
+    alias = es_prefix.rstrip("-")
+    settings = make_settings(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen1", alias=alias,
+                             client_id="esindexer-gen1")
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
+    env = {"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url, "ESINDEXER_INDEX_PREFIX": f"{alias}-gen1",
+           "ESINDEXER_ALIAS": alias, "ESINDEXER_CLIENT_ID": "esindexer-gen1", "ESINDEXER_INDEX_REPLICAS": "0",
+           "ESINDEXER_METRICS_PORT": "0"}
+    return settings, alias, env
+
+
+def _aliased(es, alias):
+    return sorted(es.indices.get_alias(name=alias))
+
+
+def _index_settings(es, index):
+    return es.indices.get_settings(index=index)[index]["settings"]["index"]
+
+
+def test_reindex_builds_verifies_and_publishes(zodb, db_dsn, es, es_url, es_prefix):
+    conn = zodb.open()
+    commit_pages(conn.root(), 20)
+    settings, alias, env = _live(db_dsn, es_url, es_prefix)
+    done = run_esindexer("reindex", "--to", f"{alias}-gen2", env={**env, "ESINDEXER_STATE_MAPPING": "dynamic"},
+                         timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"alias {alias}: {alias}-gen1-objects -> {alias}-gen2-objects (21 documents)" in done.stdout
+    assert "verified: 21 objects, 21 documents, no difference" in done.stdout
+    assert f"ESINDEXER_INDEX_PREFIX={alias}-gen2 ESINDEXER_CLIENT_ID={alias}-gen2" in done.stdout
+    assert _aliased(es, alias) == [f"{alias}-gen2-objects"]
+    assert len(docs(es, alias)) == 21
+    index = _index_settings(es, f"{alias}-gen2-objects")
+    assert index.get("refresh_interval") in (None, "1s") and index["number_of_replicas"] == "0"
+    mapping = es.indices.get_mapping(index=alias)[f"{alias}-gen2-objects"]["mappings"]
+    assert mapping["_meta"]["state_mapping"] == "dynamic"
+    assert es.indices.exists(index=f"{alias}-gen1-objects")  # kept by default
+    conn.close()
+
+
+def test_an_interrupted_reindex_exits_130_publishes_nothing_and_resumes(zodb, db_dsn, es, es_url, es_prefix):
+    conn = zodb.open()
+    conn.root()["pages"] = tree = OOBTree()
+    for n in range(3000):
+        tree[n] = Page(f"page {n}")
+        if n % 300 == 299:
+            transaction.commit()
+    transaction.commit()
+    settings, alias, env = _live(db_dsn, es_url, es_prefix)
+    es.indices.refresh(index=alias)
+    live_documents = es.count(index=alias)["count"]  # what the live generation holds
+    target = urlsplit(es_url)
+    proxy = TcpProxy(target.hostname, target.port)
+    env = {**env, "ESINDEXER_ES_URL": proxy.url, "ESINDEXER_BATCH_LIMIT": "300", "ESINDEXER_SHUTDOWN_TIMEOUT": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "esindexer", "reindex", "--to", f"{alias}-gen2"],
+                            env=esindexer_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: progress(db_dsn, f"{alias}-gen2") > 0, message="the build under way")
+        proxy.pause()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proxy.resume()
+    assert proc.returncode == ExitCode.INTERRUPTED, err[-3000:]
+    assert "run the same command again to resume" in err
+    assert _aliased(es, alias) == [f"{alias}-gen1-objects"]  # searches never saw the half-built one
+    assert _index_settings(es, f"{alias}-gen2-objects")["refresh_interval"] == "-1"  # still bulk-loading
+
+    done = run_esindexer("reindex", "--to", f"{alias}-gen2", "--delete-old", env=env, timeout=300)
+    proxy.close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _aliased(es, alias) == [f"{alias}-gen2-objects"]
+    assert _index_settings(es, f"{alias}-gen2-objects").get("refresh_interval") in (None, "1s")
+    es.indices.refresh(index=alias)
+    assert es.count(index=alias)["count"] == live_documents > 3000
+    assert not es.indices.exists(index=f"{alias}-gen1-objects")
+    assert progress(db_dsn, "esindexer-gen1") == -1
+    assert f"deleted the old generation: {alias}-gen1-objects" in done.stdout
+    conn.close()
+
+
+def test_the_old_generation_is_kept_while_its_indexer_runs(zodb, db_dsn, es, es_url, es_prefix):
+    conn = zodb.open()
+    commit_pages(conn.root(), 3)
+    settings, alias, env = _live(db_dsn, es_url, es_prefix)
+    holder = psycopg2.connect(db_dsn)
+    try:
+        source_pg.lock_client(holder, "esindexer-gen1")  # as the running service holds it
+        done = run_esindexer("reindex", "--to", f"{alias}-gen2", "--delete-old", env=env, timeout=300)
+    finally:
+        holder.close()
+    assert done.returncode == ExitCode.ERROR, done.stdout + done.stderr
+    assert "an indexer with client id 'esindexer-gen1' still runs" in done.stderr
+    assert _aliased(es, alias) == [f"{alias}-gen2-objects"]  # published all the same
+    assert es.indices.exists(index=f"{alias}-gen1-objects")
+    again = run_esindexer("reindex", "--to", f"{alias}-gen2", "--delete-old", env=env, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not es.indices.exists(index=f"{alias}-gen1-objects")
+    conn.close()
+
+
+def test_the_live_prefix_is_refused_as_the_new_one(db_dsn, es_url, es_prefix):
+    alias = es_prefix.rstrip("-")
+    done = run_esindexer("reindex", "--to", alias, env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url,
+                                                        "ESINDEXER_INDEX_PREFIX": alias})
+    assert done.returncode == ExitCode.SETUP and "must differ" in done.stderr
