@@ -231,6 +231,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Not ready when lag > 0 and no progress for this long.", group="observe"),
     Setting("lag_poll_interval", _parse_float, 5.0, "Seconds between polls of the newest source tid.",
             group="observe"),
+    Setting("progress_interval", _parse_float, 10.0,
+            "Seconds between progress lines (rows done and left, rate, ETA) while a backlog is worked "
+            "through and stderr is not a terminal (a terminal gets a live bar); 0 turns progress off.",
+            group="observe"),
     Setting("log_format", _choice("text", "json"), "text", "Log format.", group="observe"),
     Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "Log level.",
             group="observe"),

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from esindexer.cli import alias, config, docs, letters, reindex, run, setup, status, triggers, verify
+from esindexer.cli import alias, config, docs, explain, letters, reindex, run, setup, status, triggers, verify
 from esindexer.cli.common import Command
 from esindexer.cli.parser import build_parser
 from esindexer.config import Settings, load_settings
@@ -24,8 +24,8 @@ log = logging.getLogger("esindexer")
 
 #: In the order ``--help`` lists them.
 COMMANDS: tuple[Command, ...] = (
-    run.COMMAND, status.COMMAND, verify.COMMAND, letters.COMMAND, reindex.COMMAND, alias.COMMAND,
-    setup.COMMAND, triggers.COMMAND, config.COMMAND, docs.COMMAND,
+    run.COMMAND, status.COMMAND, explain.COMMAND, verify.COMMAND, letters.COMMAND, reindex.COMMAND,
+    alias.COMMAND, setup.COMMAND, triggers.COMMAND, config.COMMAND, docs.COMMAND,
 )
 
 

@@ -27,7 +27,8 @@ examples:
   export ESINDEXER_ES_URL=http://localhost:9200
   esindexer run                       # follow for ever; metrics on 127.0.0.1:9650
   esindexer run --until-caught-up     # index what is committed now, then exit
-  esindexer status                    # progress, lag and dead letters
+  esindexer status                    # running?, rows behind, lag, documents, dead letters
+  esindexer explain 0x2a              # one object: record, conversion, index, document, why
   esindexer verify --repair           # compare index and database object by object, fix drift
   esindexer dead-letters              # what could not be indexed, grouped by cause
   esindexer dead-letters --redeliver  # after fixing the cause: index those objects again

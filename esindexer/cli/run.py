@@ -28,6 +28,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from esindexer.observe.http import HealthServer
     from esindexer.observe.metrics import Metrics
     from esindexer.observe.poller import SourcePoller
+    from esindexer.observe.progress import backlog_reporter
     from esindexer.observe.systemd import ServiceNotifier
     from esindexer.pipeline.indexer import Indexer
     from esindexer.source import pg
@@ -68,8 +69,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     # Started = the pipeline holds the client lock and loaded its progress (it records it).
     notifier = ServiceNotifier(health.readiness, started=lambda: metrics.seconds_since_progress() is not None)
     notifier.start()
+    reporter = backlog_reporter(settings, metrics, until_caught_up=args.until_caught_up)
     try:
         code = indexer.run(until_caught_up=args.until_caught_up)
+        if reporter is not None:
+            # A service's catch-up that ended is summarised already (pipeline_live): a close here is a stop.
+            reporter.close(ended="finished" if indexer.caught_up else "stopped")
         if code == ExitCode.ERROR_BUDGET and server is not None:
             # Stay scrapeable for a moment so Prometheus sees the exhausted budget
             # (and /readyz says why) before the process is gone.
@@ -84,6 +89,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
             return interrupted
         return code
     finally:
+        if reporter is not None:
+            reporter.close()  # after an error: say what was done (does nothing when closed above)
         notifier.stop()
         poller.stop()
         if server is not None:

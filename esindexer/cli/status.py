@@ -1,37 +1,57 @@
-"""``esindexer status``: progress, lag and dead letters, read from PostgreSQL."""
+"""``esindexer status``: whether each indexer runs, how far behind it is, what its index holds."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from esindexer.cli.common import Command, connect
 from esindexer.config import Settings
+from esindexer.errors import ExitCode
+from esindexer.redact import redact
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--all", action="store_true",
+                        help="every client id that has run against this database, not only "
+                             "ESINDEXER_CLIENT_ID (--json then prints a list)")
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
-    from esindexer.ops.status import status_lines, status_report
+    from esindexer.es.client import make_es_client
+    from esindexer.ops.status import UnknownClient, status_lines, status_reports
 
     conn = connect(settings)
+    es = make_es_client(settings).options(request_timeout=min(settings.es_request_timeout, 10.0))
     try:
-        report = status_report(conn, settings)
+        reports = status_reports(conn, settings, es, every_client=args.all)
+    except UnknownClient as exc:
+        print(f"esindexer: {redact(str(exc))}", file=sys.stderr)
+        return ExitCode.SETUP
     finally:
         conn.close()
-    print(json.dumps(report, indent=2) if args.json else "\n".join(status_lines(report)))
-    return 0
+        es.close()
+    if args.json:
+        print(json.dumps(reports if args.all else reports[0], indent=2))
+    else:
+        print("\n\n".join("\n".join(status_lines(report)) for report in reports))
+    return ExitCode.OK
 
 
 COMMAND = Command(
     name="status",
-    help="show progress, lag and dead letters",
-    description="Read progress, the newest commit and the dead-letter count from "
-                "PostgreSQL (Elasticsearch is not contacted).",
-    groups=(),
-    settings=("pg_dsn", "client_id"),
+    help="show whether the indexer runs, its progress, rows behind, documents and dead letters",
+    description="Per client id: whether an indexer holds its lock now, the saved progress (tid, its commit "
+                "time, when it was saved), rows committed after it, lag, dead letters by kind, pack "
+                "deletions not yet applied and the crash guard, from PostgreSQL; the documents in its "
+                "indices and the alias, from Elasticsearch (shown as unavailable when it cannot be "
+                "reached). Exit 2 for a client id that never ran against this database (the message "
+                "names the client ids that have).",
+    groups=("elasticsearch",),
+    settings=("pg_dsn", "client_id", "index_prefix", "alias", "class_routes", "default_route",
+              "crash_guard_after"),
     run=_status,
     add_arguments=_arguments,
 )

@@ -7,13 +7,47 @@ import json
 
 from esindexer.cli.common import Command, connect, one_shot_sink
 from esindexer.config import Settings
+from esindexer.errors import SetupError
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repair", action="store_true",
-                        help="index missing and stale documents and delete orphans (versioned, safe while "
-                             "the service runs)")
+                        help="write what differs (also over changes made by hand, never over a newer "
+                             "commit; safe while the service runs), read it back, and report repaired "
+                             "and still different apart")
+    parser.add_argument("--deep", action="store_true",
+                        help="also compare every document's body with what the current record converts "
+                             "to (finds hand edits and a changed transform or converter; reads every body)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _examples(zoids: list[int]) -> str:
+    return f"  (zoids {', '.join(map(str, zoids))})" if zoids else ""
+
+
+def _print_text(report: object, repair: bool) -> None:
+    from esindexer.ops.verify import Report
+
+    assert isinstance(report, Report)
+    print(f"objects {report.objects}, documents {report.documents}"
+          + (", bodies compared" if report.deep else ""))
+    print("differences" + ("" if report.clean else " (confirmed by a second read)") + ":")
+    for kind, count in report.counts.items():
+        print(f"  {kind:<8} {count}" + _examples(report.examples[kind]))
+    lag = sum(report.lagging.values())
+    if lag:
+        print(f"lagging {lag} (the service has not indexed these commits yet, progress tid "
+              f"{report.progress_tid}, or they changed under every read; left to the service, not in the "
+              "exit code):")
+        for kind, count in report.lagging.items():
+            if count:
+                print(f"  {kind:<8} {count}" + _examples(report.lagging_examples[kind]))
+    if repair:
+        print(f"repaired {report.repaired} (read back: now as the database says)")
+        print(f"still different {report.remaining}" + (":" if report.remaining else ""))
+        for kind, count in report.still.items():
+            if count:
+                print(f"  {kind:<8} {count}" + _examples(report.still_examples[kind]))
 
 
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
@@ -21,24 +55,23 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from esindexer.documents import DocumentBuilder
     from esindexer.ops.verify import verify
 
+    if args.deep and settings.ingest_pipeline:
+        raise SetupError("verify --deep compares bodies with what esindexer sends, and "
+                         f"ESINDEXER_INGEST_PIPELINE ({settings.ingest_pipeline}) changes them on the way in; "
+                         "run verify without --deep")
     conn = connect(settings)
     sink = one_shot_sink(settings)
     try:
         report = verify(conn, sink, DocumentBuilder(settings), build_jsonifier(settings),
-                        settings.client_id, repair=args.repair)
+                        settings.client_id, repair=args.repair, deep=args.deep)
     finally:
         conn.close()
         sink.es.close()
-    result = report.as_dict()
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(report.as_dict(), indent=2))
     else:
-        print(f"objects {report.objects}, documents {report.documents}, repaired {report.repaired}")
-        for kind, count in report.counts.items():
-            examples = ", ".join(map(str, report.examples[kind]))
-            print(f"{kind:<8} {count}" + (f"  (zoids {examples})" if count else ""))
-    unrepaired = report.counts["ahead"] if args.repair else sum(report.counts.values())
-    return 0 if report.clean or (args.repair and not unrepaired) else 1
+        _print_text(report, args.repair)
+    return 1 if report.remaining else 0
 
 
 COMMAND = Command(
@@ -46,8 +79,11 @@ COMMAND = Command(
     help="compare the index with the database; --repair fixes it",
     description="Walk every current object in zoid order, convert it as the service "
                 "would, and compare with the indexed documents: missing, stale, "
-                "ahead (database restored to an earlier point) and orphan documents. "
-                "Exit 0 when clean (or repaired), 1 when differences remain.",
+                "ahead (database restored to an earlier point), orphan and changed "
+                "(--deep: bodies) documents. Each difference is confirmed by a second read; "
+                "those due to the service's lag are listed apart. Exit 0 when no difference "
+                "remains (lag aside), 1 when differences remain (with --repair: still "
+                "different after the repair was read back).",
     groups=("source", "elasticsearch", "documents", "flow"),
     run=_verify,
     add_arguments=_arguments,

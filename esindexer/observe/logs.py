@@ -16,6 +16,9 @@ from datetime import UTC, datetime
 
 from esindexer.redact import redact
 
+#: Loggers of libraries kept at WARNING whatever ``log_level`` says.
+QUIET_LIBRARIES = ("elastic_transport", "urllib3", "elasticsearch")
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
@@ -59,5 +62,7 @@ def configure_logging(fmt: str = "text", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The HTTP client logs every request at INFO; that is noise at our volume.
-    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+    # The HTTP client and its connection pool log every request (at INFO and DEBUG): at our
+    # volume that drowns esindexer's own lines, also at debug level. Their warnings still show.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -77,15 +77,21 @@ class Reindex:
     def _index(self, settings: Settings) -> ExitCode:
         """Run an indexer until caught up; anything but a complete catch-up is returned."""
         from esindexer.observe.metrics import Metrics
+        from esindexer.observe.progress import backlog_reporter
         from esindexer.pipeline.indexer import Indexer
 
         if self._stopped:
             return ExitCode.INTERRUPTED
-        self._indexer = indexer = Indexer(settings, Metrics(process_metrics=False))
+        metrics = Metrics(process_metrics=False)
+        self._indexer = indexer = Indexer(settings, metrics)
+        # rows done/left, rate and ETA while it builds; a summary line at the end
+        reporter = backlog_reporter(settings, metrics, until_caught_up=True, what="reindex")
         try:
             code = indexer.run(until_caught_up=True)
         finally:
             self._indexer = None
+            if reporter is not None:
+                reporter.close(ended="finished" if indexer.caught_up else "stopped")
         if code == ExitCode.OK and not indexer.caught_up:
             return ExitCode.INTERRUPTED
         return code

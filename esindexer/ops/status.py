@@ -1,8 +1,13 @@
-"""``esindexer status``: where one client stands, from PostgreSQL alone.
+"""``esindexer status``: where each client stands, read at the moment of asking.
 
-Every figure is read from the database at the moment of asking; "caught up" is said
-only when nothing committed is unapplied: no newer transaction *and* no captured
-deletion (a pack writes no new tid, so tids alone cannot tell).
+From PostgreSQL: whether an indexer runs now (it holds its client id's advisory lock),
+the saved progress (its tid, the commit time that tid encodes, and when it was saved),
+the rows committed after it (exact up to :data:`~esindexer.source.backlog.DEFAULT_CAP`),
+the lag, dead letters by kind, captured pack deletions not yet applied and the crash
+guard. From Elasticsearch: the documents in the configured indices and where the alias
+points. "Caught up" is said only when nothing committed is unapplied: no newer
+transaction *and* no captured deletion (a pack writes no new tid, so tids alone cannot
+tell).
 """
 
 from __future__ import annotations
@@ -11,49 +16,156 @@ from typing import Any
 
 from esindexer.config import Settings
 from esindexer.pipeline import crashguard
-from esindexer.source import deadletters, deletions, follow, progress
+from esindexer.source import backlog, deadletters, deletions, follow, progress, runs
+from esindexer.source.pg import has_relation
 from esindexer.source.tid import tid_to_datetime, tid_to_epoch
+
+
+class UnknownClient(LookupError):
+    """No indexer of the client id asked about ever ran here: no saved progress, no crash
+    guard row, and none runs now."""
+
+    def __init__(self, client_id: str, known: list[str]):
+        self.client_id = client_id
+        self.known = known
+        names = ", ".join(repr(name) for name in known)
+        super().__init__(f"no indexer with client id {client_id!r} has run against this database; "
+                         + (f"client ids that have: {names}" if known
+                            else "no indexer has run against it yet")
+                         + " (set ESINDEXER_CLIENT_ID, or use --all)")
 
 
 def _when(tid: int) -> str | None:
     return tid_to_datetime(tid).isoformat() if tid > 0 else None
 
 
-def status_report(conn: Any, settings: Settings) -> dict[str, Any]:
-    """The report as printed by ``esindexer status`` (keys are its JSON keys)."""
-    client_id = settings.client_id
+def saved_progress(conn: Any) -> dict[str, tuple[int, str]]:
+    """``client_id -> (tid, saved at as ISO 8601)`` of every client with saved progress."""
     try:
-        saved = progress.get_progress_tid(conn, client_id)
-        latest = follow.latest_tid(conn)
+        with conn.cursor() as cur:
+            if not has_relation(cur, progress.PROGRESS_TABLE):
+                return {}
+            cur.execute(f"SELECT client_id, tid, updated_at FROM {progress.PROGRESS_TABLE} ORDER BY client_id")
+            return {client: (int(tid), saved.isoformat()) for client, tid, saved in cur.fetchall()}
+    finally:
+        conn.rollback()
+
+
+def clients_that_ran(conn: Any) -> set[str]:
+    """Client ids that started an indexer in this database (the crash guard's rows), also
+    those that never saved progress (a first batch that did not settle, a crash loop)."""
+    try:
+        with conn.cursor() as cur:
+            if not has_relation(cur, runs.TABLE):
+                return set()
+            cur.execute(f"SELECT client_id FROM {runs.TABLE}")
+            return {row[0] for row in cur.fetchall()}
+    finally:
+        conn.rollback()
+
+
+def index_figures(settings: Settings, es: Any) -> dict[str, Any]:
+    """Documents per configured index (None: the index does not exist) and the alias's
+    indices, from Elasticsearch; on failure, ``documents`` is None and ``documents_error``
+    says why (status still reports what PostgreSQL knows)."""
+    indices = [settings.index_for_route(route) for route in settings.route_names()]
+    alias = settings.alias_name
+    figures: dict[str, Any] = {"documents": None, "indices": dict.fromkeys(indices),
+                               "alias": {"name": alias, "indices": None}}
+    try:
+        lenient = es.options(ignore_status=404)
+        for name in indices:  # _count: what a search finds (nested documents not counted)
+            answer = lenient.count(index=name)
+            figures["indices"][name] = int(answer["count"]) if answer.meta.status == 200 else None
+        figures["documents"] = sum(n for n in figures["indices"].values() if n is not None)
+        held = lenient.indices.get_alias(name=alias)
+        figures["alias"]["indices"] = sorted(held.body) if held.meta.status == 200 else []
+    except Exception as exc:  # Elasticsearch away or refusing: say so, do not fail the report
+        from esindexer.es.client import describe_error
+
+        figures["documents_error"] = describe_error(exc)
+    return figures
+
+
+def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[int, str] | None,
+                  latest: int, es: Any | None) -> dict[str, Any]:
+    """The report of one client id (keys are the JSON keys of ``status --json``).
+
+    ``es`` is None for a client id other than the configured one: its indices are
+    named by its own settings, which this process does not have.
+    """
+    tid, saved_at = saved if saved is not None else (-1, None)
+    try:
+        running = runs.client_running(conn, client_id)
+        behind = backlog.rows_after(conn, tid)
         by_kind = deadletters.count_by_kind(conn, client_id)
         pending = deletions.count_unapplied(conn, client_id)
     finally:
         conn.rollback()
-    guard = crashguard.describe(conn, client_id, settings.crash_guard_after, saved)
+    guard = crashguard.describe(conn, client_id, settings.crash_guard_after, tid)
     # Lag from tid timestamps (never by subtracting raw tids); unknown before the first batch.
     lag: float | None = None
-    if saved > 0:
-        lag = max(tid_to_epoch(latest) - tid_to_epoch(saved), 0.0) if latest > saved else 0.0
-    return {
+    if tid > 0:
+        lag = max(tid_to_epoch(latest) - tid_to_epoch(tid), 0.0) if latest > tid else 0.0
+    report: dict[str, Any] = {
         "client_id": client_id,
-        "progress_tid": saved,
-        "progress_committed_at": _when(saved),
-        "latest_tid": latest,
+        "running": running,
+        "progress_tid": tid if tid > 0 else None,
+        "progress_committed_at": _when(tid),
+        "progress_saved_at": saved_at,
+        "latest_tid": latest if latest > 0 else None,
         "latest_committed_at": _when(latest),
+        "rows_behind": behind.rows,
+        "rows_behind_exact": behind.exact,
         "lag_seconds": round(lag, 3) if lag is not None else None,
-        "caught_up": saved >= latest and pending == 0,
+        "caught_up": tid >= latest and pending == 0,
         "dead_letters": sum(by_kind.values()),
         "dead_letters_by_kind": by_kind,
         "pending_pack_deletions": pending,
-        "crash_guard": guard,
     }
+    if es is not None:
+        report.update(index_figures(settings, es))
+    else:
+        report.update({"documents": None, "indices": None, "alias": None,
+                       "documents_error": "indices unknown: ask with this client id's settings "
+                                          "(ESINDEXER_CLIENT_ID, ESINDEXER_INDEX_PREFIX)"})
+    report["crash_guard"] = guard
+    return report
+
+
+def status_reports(conn: Any, settings: Settings, es: Any | None, every_client: bool = False) -> list[dict[str, Any]]:
+    """One report per client id: the configured one, or (``every_client``) each that has
+    run here. Raises :class:`UnknownClient` when the configured client id never ran here
+    (unless ``every_client``)."""
+    known = saved_progress(conn)
+    latest = follow.latest_tid(conn)
+    conn.rollback()
+    ran = clients_that_ran(conn)
+    client_id = settings.client_id
+    exists = client_id in known or client_id in ran or runs.client_running(conn, client_id)
+    if not every_client and not exists:
+        raise UnknownClient(client_id, sorted(set(known) | ran))
+    ids = sorted(set(known) | ran | ({client_id} if exists else set())) if every_client else [client_id]
+    return [client_report(conn, settings, name, known.get(name), latest, es if name == client_id else None)
+            for name in ids]
 
 
 def status_lines(report: dict[str, Any]) -> list[str]:
-    """The report as aligned ``key  value`` lines for a terminal."""
+    """One client's report as aligned ``key  value`` lines for a terminal."""
     text = dict(report)
+    text.pop("rows_behind_exact", None)
+    if not report["rows_behind_exact"]:
+        text["rows_behind"] = f"more than {report['rows_behind']:,}"
     text["dead_letters_by_kind"] = ", ".join(f"{kind} {n}" for kind, n in report["dead_letters_by_kind"].items()) \
         or None
+    if report.get("indices") is not None:
+        text["indices"] = ", ".join(f"{name} ({'missing' if n is None else f'{n} docs'})"
+                                    for name, n in report["indices"].items())
+    alias = report.get("alias")
+    if alias is not None:
+        held = alias["indices"]
+        text["alias"] = f"{alias['name']} -> " + (", ".join(held) if held else "nothing") if held is not None \
+            else alias["name"]
     guard = report["crash_guard"]
     text["crash_guard"] = (f"{guard['guard']}; last run {guard['last_run'] or '-'}; unclean exits in a row "
                            f"{guard['unclean_exits']} (guarded from {guard['threshold']})")

@@ -2,23 +2,26 @@
 
 The service keeps the index right by construction; this is the check an operator runs
 after an incident (a restored Elasticsearch snapshot, an index deleted by hand, a pack
-while everything was down) to *know* it is right. It walks the database's current
-objects in zoid order, a page at a time, converts each one as the service would, reads
-the documents of the same zoid range from the alias, and sorts every difference into:
+while everything was down, a document edited by hand) to *know* it is right. It walks the
+database's current objects in zoid order, a page at a time, converts each one as the
+service would, reads the documents of the same zoid range from the index (with their
+bodies under ``deep``), and sorts every difference into the kinds of
+:data:`esindexer.ops.compare.KINDS`: ``missing``, ``stale``, ``ahead`` (the database was
+restored to an earlier point), ``orphan`` and ``changed`` (a body that is not what the
+current record converts to; ``deep`` compares every body).
 
-- ``missing``: the object should be indexed and is not;
-- ``stale``: the document carries an older tid than the object;
-- ``ahead``: the document carries a newer tid than the database (the database was
-  restored to an earlier point: its objects are re-indexed with their current state);
-- ``orphan``: a document whose object is gone, or is now skipped or deleted.
+A difference found by the walk is only a candidate: the page of the database and the
+page of the index were read at different moments. Each is confirmed by fresh reads
+(:func:`esindexer.ops.recheck.confirmed`) before it is reported, and one explained by
+the service's lag (a record newer than its saved progress, a pack deletion it has not
+applied) is reported apart, as ``lagging``, and neither repaired nor counted in the exit
+code: the service writes it.
 
-Objects whose record is in the dead-letter table at their current tid are expected to
-be missing and are not counted. With ``repair``, missing and stale documents are
-written again and orphans deleted, through the same versioned bulk path as the service;
-the service may keep running meanwhile, since versions keep a repair from overwriting
-anything newer. Documents *ahead* of the database are reported, not repaired: their
-higher version refuses an older write by design. After restoring a database to an
-earlier point, re-index into a new prefix (docs/operations.md).
+With ``repair``, each confirmed difference is written (the scheme that beats a hand
+change but never a newer commit is in :mod:`esindexer.ops.compare`), then read back;
+what still differs is written again, up to :data:`ROUNDS` times, and what differs after
+that is reported as still different. ``repaired`` counts only differences the re-read
+found gone.
 """
 
 from __future__ import annotations
@@ -27,111 +30,159 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from esindexer.convert.jsonifier import Jsonifier, Kind
-from esindexer.documents import Action, DocumentBuilder
-from esindexer.ops.recheck import delete_if_gone
-from esindexer.sink import Sink
+from esindexer.convert.jsonifier import Jsonifier
+from esindexer.documents import DocumentBuilder
+from esindexer.es.repair import send_writes
+from esindexer.es.scan import Held, held_pages
+from esindexer.es.sink import ElasticsearchSink
+from esindexer.ops.compare import KINDS, Difference, differences, expect
+from esindexer.ops.recheck import Context, confirmed, delete_if_gone
 from esindexer.source import deadletters
 from esindexer.source.pg import current_pages
+from esindexer.source.progress import get_progress_tid
 
 log = logging.getLogger(__name__)
 
-KINDS = ("missing", "stale", "ahead", "orphan")
+#: Write-and-read-back rounds of a repair before what still differs is reported.
+ROUNDS = 3
+#: Zoids listed per kind in the report.
+EXAMPLES = 10
+#: Objects per page with ``deep``: a page of documents is held with their bodies.
+DEEP_PAGE = 1000
+
+
+def _tally() -> dict[str, int]:
+    return dict.fromkeys(KINDS, 0)
+
+
+def _samples() -> dict[str, list[int]]:
+    return {kind: [] for kind in KINDS}
 
 
 @dataclass
 class Report:
-    """Counts per kind of difference, a few example zoids of each, and what was repaired."""
+    """Differences per kind (confirmed drift, and lag apart), a few zoids of each, and,
+    after a repair, what the re-read found repaired and what still differs."""
 
     objects: int = 0
     documents: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-    examples: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    deep: bool = False
+    counts: dict[str, int] = field(default_factory=_tally)
+    examples: dict[str, list[int]] = field(default_factory=_samples)
+    lagging: dict[str, int] = field(default_factory=_tally)
+    lagging_examples: dict[str, list[int]] = field(default_factory=_samples)
     repaired: int = 0
+    still: dict[str, int] = field(default_factory=_tally)
+    still_examples: dict[str, list[int]] = field(default_factory=_samples)
+    progress_tid: int = -1
 
     @property
     def clean(self) -> bool:
+        """No drift found (lag aside)."""
         return not any(self.counts.values())
 
-    def note(self, kind: str, zoid: int) -> None:
-        self.counts[kind] += 1
-        if len(self.examples[kind]) < 10:
-            self.examples[kind].append(zoid)
+    @property
+    def remaining(self) -> int:
+        """Differences left: after a repair, those still different; else all found."""
+        return sum(self.still.values())
+
+    @staticmethod
+    def _note(counts: dict[str, int], examples: dict[str, list[int]], found: list[Difference]) -> None:
+        for difference in found:
+            counts[difference.kind] += 1
+            if len(examples[difference.kind]) < EXAMPLES and difference.zoid not in examples[difference.kind]:
+                examples[difference.kind].append(difference.zoid)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"objects": self.objects, "documents": self.documents, "differences": self.counts,
-                "examples": self.examples, "repaired": self.repaired, "clean": self.clean}
+        return {"objects": self.objects, "documents": self.documents, "deep": self.deep,
+                "differences": self.counts, "examples": self.examples, "clean": self.clean,
+                "lagging": self.lagging, "lagging_examples": self.lagging_examples,
+                "progress_tid": self.progress_tid, "repaired": self.repaired,
+                "still_different": self.still, "still_different_examples": self.still_examples}
 
 
-def _documents(sink: Sink, low: int, high: int | None) -> dict[int, list[tuple[str, int]]]:
-    """``zoid -> [(index, tid)]`` for documents with ``low <= zoid`` (``<= high`` when given)."""
-    found: dict[int, list[tuple[str, int]]] = {}
-    for page in sink.indexed(low=low, high=high):
-        for doc in page:
-            found.setdefault(doc.zoid, []).append((doc.index, doc.tid))
-    return found
+def verify(conn: Any, sink: ElasticsearchSink, builder: DocumentBuilder, jsonifier: Jsonifier,
+           client_id: str, *, repair: bool = False, deep: bool = False, page: int = 5000) -> Report:
+    """Compare database and index; with ``repair``, fix what differs. Returns the report.
 
-
-def verify(conn: Any, sink: Sink, builder: DocumentBuilder, jsonifier: Jsonifier,
-           client_id: str, *, repair: bool = False, page: int = 5000) -> Report:
-    """Compare database and index; with ``repair``, fix what differs. Returns the report."""
-    report = Report()
+    Memory is one page of records and one page of documents (bodies too with ``deep``)."""
+    report = Report(deep=deep)
+    page = min(page, DEEP_PAGE) if deep else page
+    ctx = Context(conn, sink.es, sink.indices, builder, jsonifier, client_id,
+                  deadletters.lettered_records(conn, client_id), deep)
+    report.progress_tid = get_progress_tid(conn, client_id)
     # Compare with what has been written, not with what the last scheduled refresh showed.
     sink.refresh()
-    letters = deadletters.lettered_records(conn, client_id)
     low = 0
     for rows in current_pages(conn, page):
         high = rows[-1][0]
-        docs = _documents(sink, low, high)
-        fixes: list[Action] = []
+        held = _grouped(held_pages(ctx.es, ctx.indices, page, low, high, deep))
+        candidates: list[int] = []
         for zoid, tid, state in rows:
             report.objects += 1
-            have = docs.pop(zoid, [])
+            have = held.pop(zoid, [])
             report.documents += len(have)
-            conversion = jsonifier.convert((tid, zoid), state)
-            if conversion.kind is Kind.OK:
-                expected = builder.actions_for(tid, zoid, conversion)[0]
-                mine = [doc_tid for index, doc_tid in have if index == expected.index]
-                elsewhere = [(index, doc_tid) for index, doc_tid in have if index != expected.index]
-                if elsewhere:  # a copy in an index this class no longer routes to
-                    report.note("orphan", zoid)
-                    fixes.extend(Action("delete", index, zoid, doc_tid, doc_tid + 1) for index, doc_tid in elsewhere)
-                if not mine:
-                    report.note("missing", zoid)
-                    fixes.append(expected)
-                elif mine[0] < tid:
-                    report.note("stale", zoid)
-                    fixes.append(expected)
-                elif mine[0] > tid:
-                    report.note("ahead", zoid)  # not repaired: versions refuse going back
-            elif conversion.kind is Kind.ERROR and (zoid, tid) in letters:
-                continue  # known: it is in the dead-letter table
-            elif conversion.kind is Kind.ERROR:
-                report.note("missing", zoid)  # cannot be repaired here: the service dead-letters it
-            elif have:  # deleted or skipped, yet indexed
-                report.note("orphan", zoid)
-                fixes.extend(Action("delete", index, zoid, tid, max(tid, doc_tid) + 1) for index, doc_tid in have)
-        for zoid, have in docs.items():  # documents in this range whose object is gone
-            report.documents += len(have)
-            report.note("orphan", zoid)
-            fixes.extend(Action("delete", index, zoid, doc_tid, doc_tid + 1) for index, doc_tid in have)
-        if repair and fixes:
-            result = sink.send(fixes)
-            delete_if_gone(conn, builder, sink, fixes)
-            report.repaired += result.done_total
-            for rejected in result.rejected:
-                log.error("repair of zoid %d refused: %s", rejected.action.zoid, rejected.reason,
-                          extra={"zoid": rejected.action.zoid})
+            if differences(expect(builder, jsonifier, ctx.letters, zoid, (tid, state)), have, deep):
+                candidates.append(zoid)
+        candidates.extend(held)  # documents in this range without an object in the page
+        report.documents += sum(map(len, held.values()))
+        _settle(ctx, sink, candidates, report, repair)
         low = high + 1
-    # documents beyond the last object
-    tail = _documents(sink, low, None)
-    tail_fixes: list[Action] = []
-    for zoid, have in tail.items():
-        report.documents += len(have)
-        report.note("orphan", zoid)
-        tail_fixes.extend(Action("delete", index, zoid, doc_tid, doc_tid + 1) for index, doc_tid in have)
-    if repair and tail_fixes:
-        report.repaired += sink.send(tail_fixes).done_total
+    tail = _grouped(held_pages(ctx.es, ctx.indices, page, low, None, deep))  # beyond the last object
+    report.documents += sum(map(len, tail.values()))
+    _settle(ctx, sink, list(tail), report, repair)
     return report
 
 
+def _grouped(pages: Any) -> dict[int, list[Held]]:
+    found: dict[int, list[Held]] = {}
+    for held_page in pages:
+        for held in held_page:
+            found.setdefault(held.zoid, []).append(held)
+    return found
+
+
+def _settle(ctx: Context, sink: ElasticsearchSink, candidates: list[int], report: Report, repair: bool) -> None:
+    """Confirm the candidates of one page, count them, and repair what is real."""
+    if not candidates:
+        return
+    found = confirmed(ctx, candidates)
+    report.progress_tid = found.progress
+    for diffs in found.lagging.values():
+        report._note(report.lagging, report.lagging_examples, diffs)
+    for diffs in found.real.values():
+        report._note(report.counts, report.examples, diffs)
+    if not found.real:
+        return
+    if not repair:
+        for diffs in found.real.values():
+            report._note(report.still, report.still_examples, diffs)
+        return
+    pending = dict(found.real)
+    for _ in range(ROUNDS):
+        writes = [d.fix for diffs in pending.values() for d in diffs if d.fix is not None]
+        if not writes:
+            break
+        outcomes = send_writes(ctx.es, writes)
+        for outcome in outcomes:
+            if not outcome.written:
+                # 409: the document changed since it was read; the re-read below says how.
+                log.log(logging.INFO if outcome.status == 409 else logging.ERROR,
+                        "repair of zoid %d not applied (HTTP %d %s)", outcome.write.action.zoid,
+                        outcome.status, outcome.error, extra={"zoid": outcome.write.action.zoid})
+        # Written at the tid: a delete at tid + 1 removes them if their object left meanwhile.
+        # (What a conditional write or a create left has a higher version: the read back
+        # below finds such an object gone and the next round deletes the document.)
+        delete_if_gone(ctx.conn, ctx.builder, sink, [o.write.action for o in outcomes if o.at_tid])
+        again = confirmed(ctx, list(pending))
+        for zoid, diffs in again.lagging.items():  # overtaken by a newer commit: the service's now
+            report._note(report.lagging, report.lagging_examples, diffs)
+            pending.pop(zoid, None)
+        for zoid in [zoid for zoid in pending if zoid not in again.real]:
+            report.repaired += len(found.real[zoid])
+            del pending[zoid]
+        pending = {zoid: again.real[zoid] for zoid in pending}
+        if not pending:
+            break
+    for diffs in pending.values():
+        report._note(report.still, report.still_examples, diffs)

@@ -278,3 +278,20 @@ def missing_zoids(conn: Any, zoids: list[int]) -> list[int]:
     return [z for z in zoids if z not in present]
 
 
+
+
+def unapplied_zoids(conn: Any, client_id: str, zoids: list[int]) -> set[int]:
+    """Which of ``zoids`` have a captured deletion this client has not applied yet (a
+    document of theirs still in the index is the service's lag, not drift: ``verify``)."""
+    if not zoids:
+        return set()
+    with conn.cursor() as cur:
+        if not has_relation(cur, LOG_TABLE) or not _usable(cur):
+            conn.rollback()
+            return set()
+        cur.execute(f"SELECT DISTINCT d.zoid FROM {LOG_TABLE} d, {_CURSOR} "
+                    "WHERE (d.xid, d.id) > (cur.xid, cur.id) AND d.zoid = ANY(%(zoids)s)",
+                    {"client": client_id, "zoids": zoids})
+        found = {int(row[0]) for row in cur.fetchall()}
+    conn.rollback()
+    return found

@@ -19,7 +19,9 @@ def _help(*argv: str) -> str:
 def test_status_help_lists_only_what_status_reads():
     text = _help("status")
     assert "--pg-dsn" in text and "--client-id" in text and "--log-level" in text
-    for flag in ("--bulk-max-docs", "--es-url", "--metrics-port", "--class-routes", "--batch-limit"):
+    # the documents in its indices: Elasticsearch, and the settings that name the indices
+    assert "--es-url" in text and "--index-prefix" in text and "--class-routes" in text
+    for flag in ("--bulk-max-docs", "--metrics-port", "--batch-limit", "--class-exclude"):
         assert flag not in text, f"status --help lists {flag}, which status never reads"
 
 

@@ -48,6 +48,7 @@ def test_reindex_builds_verifies_and_publishes(zodb, db_dsn, es, es_url, es_pref
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"alias {alias}: {alias}-gen1-objects -> {alias}-gen2-objects (21 documents)" in done.stdout
     assert "verified: 21 objects, 21 documents, no difference" in done.stdout
+    assert "reindex finished: 21 rows in" in done.stderr  # the progress summary of the build
     assert f"ESINDEXER_INDEX_PREFIX={alias}-gen2 ESINDEXER_CLIENT_ID={alias}-gen2" in done.stdout
     assert _aliased(es, alias) == [f"{alias}-gen2-objects"]
     assert len(docs(es, alias)) == 21

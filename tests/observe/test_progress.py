@@ -1,0 +1,180 @@
+"""Progress of long work: the reporter's figures, its bar, and a real backfill's lines and summary."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg2
+import pytest
+import transaction
+from BTrees.OOBTree import OOBTree
+
+from esindexer.observe.metrics import Metrics
+from esindexer.observe.progress import ProgressReporter, eta_seconds, pipeline_counts
+from tests.indexing import Page, latest_tid, progress
+from tests.support import both_history_modes, esindexer_env, run_esindexer, wait_for
+
+
+def test_eta_is_the_rest_at_the_average_rate_and_unknown_without_one():
+    assert eta_seconds(250, 1000, 10.0) == pytest.approx(30.0)
+    assert eta_seconds(0, 1000, 10.0) is None  # no rate yet
+    assert eta_seconds(10, None, 1.0) is None  # no total
+    assert eta_seconds(1200, 1000, 10.0) is None  # past an estimated total: not "0 s left"
+
+
+def test_a_line_carries_the_figures_and_the_summary_counts_what_was_added(caplog):
+    caplog.set_level(logging.INFO, logger="esindexer.progress")
+    reporter = ProgressReporter("verify", total=1000, exact=False, interval=0, bar=False).start()
+    reporter.add(rows=400, missing=3)
+    message, fields = reporter.line()
+    assert fields["rows"] == 400 and fields["missing"] == 3 and fields["rows_total"] == 1000
+    assert fields["rows_total_exact"] is False and fields["event"] == "progress"
+    assert "400 rows done (40%), about 600 left" in message and "missing 3" in message
+    summary = reporter.close()
+    assert summary is not None and summary["rows"] == 400 and summary["missing"] == 3
+    assert summary["ended"] == "finished" and summary["docs_per_second"] is None  # nothing indexed
+    assert reporter.close() is summary  # once
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "progress_summary"]
+    assert len(lines) == 1 and lines[0].getMessage().startswith("verify finished: 400 rows in ")
+
+
+def test_work_that_fails_inside_the_block_is_summarised_as_stopped():
+    with pytest.raises(RuntimeError), ProgressReporter("verify", total=10, interval=0, bar=False) as reporter:
+        reporter.add(rows=3)
+        raise RuntimeError("lost the connection")
+    assert reporter.summary is not None and (reporter.summary["ended"], reporter.summary["rows"]) == ("stopped", 3)
+
+
+def test_counts_from_the_metrics_start_at_zero_when_the_reporter_starts():
+    metrics = Metrics(process_metrics=False)
+    metrics.record_documents("index", "ok", 7)
+    metrics.record_batch(7)
+    reporter = ProgressReporter("catch-up", total=100, counts=pipeline_counts(metrics), interval=0, bar=False)
+    metrics.record_documents("index", "ok", 5)
+    metrics.record_documents("index", "error", 1)
+    metrics.record_documents("delete", "ok", 2)
+    metrics.record_batch(8)
+    assert reporter.figures() == {"rows": 8, "indexed": 5, "deletes": 2, "skipped": 0, "dead_lettered": 1}
+    reporter.close(summary=False)
+
+
+def test_on_a_terminal_a_bar_is_drawn():
+    stream = io.StringIO()
+    reporter = ProgressReporter("backfill", total=50, interval=10, stream=stream, bar=True).start()
+    reporter.add(rows=20, indexed=20)
+    summary = reporter.close()
+    text = stream.getvalue()
+    assert "backfill:" in text and "20/50" in text and "rows/s" in text and "indexed=20" in text, text
+    assert summary is not None and summary["rows"] == 20
+
+
+def _fill(zodb, count: int, per_commit: int) -> list[int]:
+    conn = zodb.open()
+    conn.root()["pages"] = tree = OOBTree()
+    for n in range(count):
+        tree[n] = Page(f"page {n}", body="words " * 20)
+        if n % per_commit == per_commit - 1:
+            transaction.commit()
+    transaction.commit()
+    zoids = [int.from_bytes(tree[n]._p_oid, "big") for n in (0, 1)]
+    conn.close()
+    return zoids
+
+
+def _rows(db_dsn: str) -> int:
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+        cur.execute("SELECT to_regclass('current_object') IS NOT NULL")
+        cur.execute(f"SELECT count(*) FROM {'current_object' if cur.fetchone()[0] else 'object_state'}")
+        rows = int(cur.fetchone()[0])
+    pg.close()
+    return rows
+
+
+@both_history_modes
+def test_a_backfill_logs_progress_and_a_true_summary(zodb, db_dsn, es, es_url, es_prefix, keep_history):
+    """Not a terminal: structured lines while it works, one summary whose counts are the index's."""
+    broken = _fill(zodb, 12_000, 1_000)[0]
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:  # one record the converter cannot read
+        cur.execute("UPDATE object_state SET state = %s WHERE zoid = %s", (psycopg2.Binary(b"junk"), broken))
+    pg.close()
+    env = dict(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url, ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"),
+               ESINDEXER_INDEX_REPLICAS="0", ESINDEXER_METRICS_PORT="0", ESINDEXER_BATCH_LIMIT="500",
+               ESINDEXER_BULK_CONCURRENCY="1", ESINDEXER_PROGRESS_INTERVAL="0.2", ESINDEXER_LOG_FORMAT="json")
+    done = run_esindexer("run", "--until-caught-up", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    ticks = [x for x in lines if x.get("event") == "progress"]
+    summaries = [x for x in lines if x.get("event") == "progress_summary"]
+    rows = _rows(db_dsn)
+    assert ticks, done.stderr[-3000:]
+    announced = [x for x in lines if x["message"].startswith("backfill of ")]
+    assert [(x["logger"], x["message"]) for x in announced] == [("esindexer", f"backfill of {rows:,} rows from the start")]
+    for tick in ticks:
+        assert tick["work"] == "backfill" and tick["rows_total"] == rows and tick["rows_total_exact"] is True
+        assert 0 <= tick["rows"] <= rows and tick["rows_per_second"] >= 0
+        assert set(tick) >= {"eta_seconds", "indexed", "deletes", "skipped", "dead_lettered", "elapsed_seconds"}
+    assert [t["rows"] for t in ticks] == sorted(t["rows"] for t in ticks)
+    assert len(summaries) == 1, done.stderr[-3000:]
+    summary = summaries[0]
+    es.indices.refresh(index=f"{es_prefix}*")
+    indexed = es.count(index=f"{es_prefix}*")["count"]
+    assert summary["rows"] == rows and summary["ended"] == "finished"
+    assert summary["indexed"] == indexed > 10_000
+    assert summary["dead_lettered"] == 1
+    # every record is indexed, skipped (the tree's nodes) or dead-lettered; each skipped one asks
+    # for a delete in the one routed index
+    assert summary["indexed"] + summary["skipped"] + summary["dead_lettered"] == rows
+    assert summary["deletes"] == summary["skipped"] > 0
+    assert summary["docs_per_second"] > 0 and summary["elapsed_seconds"] > 0
+    assert progress(db_dsn) == latest_tid(db_dsn)
+
+
+def test_a_backfill_with_nothing_to_do_is_quiet(zodb, db_dsn, es, es_url, es_prefix):
+    _fill(zodb, 10, 10)
+    env = dict(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url, ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"),
+               ESINDEXER_INDEX_REPLICAS="0", ESINDEXER_METRICS_PORT="0", ESINDEXER_PROGRESS_INTERVAL="0.2")
+    assert run_esindexer("run", "--until-caught-up", env=env).returncode == 0
+    again = run_esindexer("run", "--until-caught-up", env=env)
+    assert again.returncode == 0, again.stderr
+    for said in ("rows done", "backfill of", "backfill finished"):  # (the index prefix holds "backfill")
+        assert said not in again.stderr, again.stderr
+
+
+def test_at_debug_level_the_batch_lines_are_not_drowned_by_the_http_client(zodb, db_dsn, es, es_url, es_prefix):
+    _fill(zodb, 300, 100)
+    env = dict(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url, ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"),
+               ESINDEXER_INDEX_REPLICAS="0", ESINDEXER_METRICS_PORT="0", ESINDEXER_BATCH_LIMIT="100",
+               ESINDEXER_BULK_MAX_DOCS="50", ESINDEXER_LOG_LEVEL="debug", ESINDEXER_LOG_FORMAT="json")
+    done = run_esindexer("run", "--until-caught-up", env=env)
+    assert done.returncode == 0, done.stderr
+    loggers = [json.loads(line)["logger"] for line in done.stderr.splitlines() if line.startswith("{")]
+    assert loggers.count("esindexer.pipeline.committer") >= 3  # "progress saved", once per batch
+    assert not [name for name in loggers if name.split(".")[0] in ("urllib3", "elastic_transport", "elasticsearch")]
+
+
+def test_a_service_summarises_its_catch_up_once_caught_up_and_goes_on_quietly(zodb, db_dsn, es, es_url, es_prefix):
+    _fill(zodb, 3000, 500)
+    env = dict(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url, ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"),
+               ESINDEXER_INDEX_REPLICAS="0", ESINDEXER_METRICS_PORT="0", ESINDEXER_BATCH_LIMIT="200",
+               ESINDEXER_PROGRESS_INTERVAL="0.2", ESINDEXER_LOG_FORMAT="json")
+    proc = subprocess.Popen([sys.executable, "-m", "esindexer", "run"], env=esindexer_env(**env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: progress(db_dsn) == latest_tid(db_dsn), timeout=60, message="caught up")
+        time.sleep(1.5)  # the reporter looks every 0.5 s
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    summaries = [x for x in lines if x.get("event") == "progress_summary"]
+    assert len(summaries) == 1 and summaries[0]["work"] == "catch-up" and summaries[0]["ended"] == "finished"
+    assert summaries[0]["rows"] == _rows(db_dsn)
+    after = lines[lines.index(summaries[0]) + 1:]
+    assert not [x for x in after if x.get("event") == "progress"]  # quiet once caught up
