@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime
 import gc
 import os
@@ -83,7 +84,9 @@ WORDS = ["alpha", "beta", "gamma", "delta", "report", "budget", "meeting", "revi
 
 #: Variant name -> settings that differ from the defaults of esindexer.config.
 VARIANTS: dict[str, dict[str, str]] = {
-    "baseline": {},
+    "baseline": {},  # the defaults: the typed document model
+    # the former default, side by side with the typed model in one run (docs/performance.md)
+    "flattened": {"ESINDEXER_STATE_MAPPING": "flattened"},
     # dead letters unlimited, so a regression shows as a count instead of a stop
     "dynamic": {"ESINDEXER_STATE_MAPPING": "dynamic", "ESINDEXER_DEAD_LETTER_BUDGET": "0"},
     # refreshes every 30 s instead of every second: what a backfill gains from fewer segments
@@ -97,7 +100,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     # ignore_above at its former 8191 instead of 256 (see precreate_index).
     "flattened-ignore-above-8191": {"_IGNORE_ABOVE": "8191"},
 }
-DEFAULT_ORDER = ("baseline,dynamic,refresh-30s,concurrency-1,concurrency-4,max-docs-500,max-docs-2000,"
+DEFAULT_ORDER = ("baseline,flattened,dynamic,refresh-30s,concurrency-1,concurrency-4,max-docs-500,max-docs-2000,"
                  "max-docs-5000")
 
 
@@ -188,6 +191,8 @@ class Stages:
     read_s: float = 0.0
     convert_s: float = 0.0
     build_s: float = 0.0
+    build_flat_s: float = 0.0
+    doc_bytes_flat: int = 0
     body_s: float = 0.0
 
 
@@ -244,6 +249,15 @@ def _measure_stages(dsn: str, settings: Settings, repeat: int) -> Stages:
         best = min(best, time.perf_counter() - t)
     st.build_s = best
     st.doc_bytes = sum(len(a.source) for a in actions)
+    flat_builder = DocumentBuilder(dataclasses.replace(settings, state_mapping="flattened"))
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        flat = [flat_builder.index_action(tid, zoid, c.class_name, c.json_text) for tid, zoid, c in ok]
+        best = min(best, time.perf_counter() - t)
+    st.build_flat_s = best
+    st.doc_bytes_flat = sum(len(a.source) for a in flat)
+    del flat
     best = float("inf")
     size = settings.bulk_max_docs
     for _ in range(repeat):
@@ -476,14 +490,15 @@ def main(argv: list[str] | None = None) -> int:
         mb = st.state_bytes / 1e6
         print(f"records: {st.rows:,} rows, {mb:.1f} MB of state (mean {st.state_bytes / st.rows:.0f} B); "
               f"kinds {dict(st.kinds)}; classes {dict(st.classes.most_common(8))}")
-        print(f"documents: {ok:,}, {st.doc_bytes / 1e6:.1f} MB of JSON (mean {st.doc_bytes / ok:.0f} B); "
-              f"bulk bodies {st.body_bytes / 1e6:.1f} MB")
+        print(f"documents: {ok:,}, {st.doc_bytes / 1e6:.1f} MB of JSON (mean {st.doc_bytes / ok:.0f} B; "
+              f"flattened: {st.doc_bytes_flat / 1e6:.1f} MB); bulk bodies {st.body_bytes / 1e6:.1f} MB")
         print("stages alone, one thread, best of 2 (no Elasticsearch):")
         print("| stage | seconds | rows or docs/s | µs each |")
         print("|---|---:|---:|---:|")
         for label, secs, n in (("read (follow.updates)", st.read_s, st.rows),
                                ("convert (Jsonifier.convert)", st.convert_s, st.rows),
-                               ("shape (DocumentBuilder.index_action)", st.build_s, ok),
+                               (f"shape (DocumentBuilder.index_action, {defaults.state_mapping})", st.build_s, ok),
+                               ("shape, state_mapping=flattened (for comparison)", st.build_flat_s, ok),
                                (f"bulk body join ({defaults.bulk_max_docs} per body)", st.body_s, ok)):
             print(f"| {label} | {secs:.2f} | {n / secs:,.0f} | {1e6 * secs / n:.1f} |")
         cpu = st.read_s + st.convert_s + st.build_s + st.body_s

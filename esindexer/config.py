@@ -12,6 +12,7 @@ collected and reported together, so a wrong deployment is fixed in one round.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import tomllib
@@ -174,9 +175,27 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"ESINDEXER_PG_DSN: not a valid PostgreSQL DSN ({str(exc).strip()})")
     if values["transform"]:
         try:
-            load_dotted(values["transform"])
+            transform_style(load_dotted(values["transform"]))
         except Exception as exc:
             problems.append(f"ESINDEXER_TRANSFORM: cannot load {values['transform']!r}: {exc}")
+
+
+def transform_style(fn: Callable[..., Any]) -> str:
+    """``"object"`` for a transform taking one argument (the object as Python data, called by
+    the document builder), ``"text"`` for the older ``(class_name, json_text)`` form (called
+    by the converter); anything else is refused, since calling it would fail on every record."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        raise ValueError("cannot read its signature; a transform takes (obj) or (class_name, json_text)") from None
+    positional = [p for p in signature.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    if len(positional) == 1:
+        return "object"
+    if len(positional) == 2:
+        return "text"
+    raise ValueError(f"takes {len(positional)} required arguments; a transform takes (obj) or "
+                     "(class_name, json_text)")
 
 
 def load_dotted(name: str) -> Callable[..., Any]:

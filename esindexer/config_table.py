@@ -177,15 +177,18 @@ SETTINGS: tuple[Setting, ...] = (
             "Glob patterns of class names not to index (BTrees.* and ZODB.blob* are always skipped).",
             group="documents"),
     Setting("transform", _parse_str, None,
-            "Dotted name of a function transform(class_name, json_text) -> json_text | None | '' .",
+            "Dotted name of a transform: transform(obj) -> fields | None sees each object as Python "
+            "data and adds search fields (docs/documents.md); the older transform(class_name, json_text) "
+            "-> json_text | None | '' is still accepted (docs/json.md).",
             group="documents"),
     Setting("trusted_pickles", _parse_bool, False,
             "No effect, kept so that existing configurations load: the opcode pre-scan it "
             "used to skip also bounds nesting depth, which trusted writers can exceed too "
             "(docs/json.md). Code from pickles never runs either way.", group="documents"),
-    Setting("state_mapping", _choice("flattened", "dynamic"), "flattened",
-            "How the object state is mapped: flattened (one field, never conflicts) or dynamic "
-            "(typed fields; conflicting documents are dead-lettered).", group="documents"),
+    Setting("state_mapping", _choice("typed", "flattened", "dynamic"), "typed",
+            "How the object state is mapped: typed (dates, numbers and text typed per attribute, "
+            "conflicts harmless, bounded: docs/documents.md), flattened (one keyword-only field) or "
+            "dynamic (Elasticsearch's own; conflicting documents are dead-lettered).", group="documents"),
     Setting("index_refresh_interval", _parse_str, None,
             "index.refresh_interval of created indices (e.g. 250ms for searches within a quarter "
             "second of a commit); unset = Elasticsearch's 1s. -1 turns refreshes off.",

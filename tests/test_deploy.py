@@ -470,7 +470,8 @@ def test_kibana_data_view_targets_the_alias_and_commit_time() -> None:
 def test_kibana_saved_search_shows_recent_changes() -> None:
     search = next(o for o in kibana_objects() if o["type"] == "search")
     assert search["attributes"]["sort"] == [["committed_at", "desc"]]
-    assert search["attributes"]["columns"] == ["class", "zoid"]
+    # the typed model's title next to the class and commit time (docs/documents.md)
+    assert search["attributes"]["columns"] == ["class", "state.title", "committed_at"]
 
 
 def test_kibana_dashboard_panels_resolve() -> None:

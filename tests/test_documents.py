@@ -72,11 +72,16 @@ def test_template_covers_routes_and_alias():
     assert tpl["template"]["aliases"] == {"app1": {}}
     props = tpl["template"]["mappings"]["properties"]
     assert props["committed_at"] == {"type": "date"}
-    assert props["state"]["type"] == "flattened"
-    assert tpl["template"]["mappings"]["date_detection"] is False
+    # the default is the typed model (docs/documents.md): flat typed paths, the rest in `more`
+    assert props["state"] == {"type": "object", "dynamic": True, "subobjects": False}
+    assert props["more"]["type"] == "flattened" and props["values"]["type"] == "keyword"
+    assert tpl["template"]["mappings"]["dynamic_date_formats"] == ["strict_date_time"]
+    flat = index_template(settings(index_prefix="app1", state_mapping="flattened"))["template"]["mappings"]
+    assert flat["properties"]["state"]["type"] == "flattened"
+    assert flat["date_detection"] is False
 
 
-@pytest.mark.parametrize("mapping", ["flattened", "dynamic"])
+@pytest.mark.parametrize("mapping", ["typed", "flattened", "dynamic"])
 def test_conflicting_shapes_never_stall_indexing(es, es_prefix, mapping):
     """The same attribute as a string in one class and an object in another."""
     prefix = es_prefix.rstrip("-")
@@ -93,7 +98,7 @@ def test_conflicting_shapes_never_stall_indexing(es, es_prefix, mapping):
     result = BulkSender(es).send(actions)
     es.indices.refresh(index=prefix)
     count = es.count(index=prefix)["count"]
-    if mapping == "flattened":
+    if mapping in ("typed", "flattened"):
         assert not result.rejected and count == 3
     else:
         # dynamic: a leaf of the wrong type is ignored (ignore_malformed); an object where a
@@ -124,7 +129,7 @@ def test_dynamic_mapping_harmonises_mixed_lists():
     assert doc["state"]["pair"] == ["en", "1", None]
     assert doc["state"]["n"] == [1, 2]
     assert doc["refs"] == [7]
-    flat = orjson.loads(DocumentBuilder(settings()).index_action(TID, 1, "x.Y", state).source)
+    flat = orjson.loads(DocumentBuilder(settings(state_mapping="flattened")).index_action(TID, 1, "x.Y", state).source)
     assert flat["state"]["ref"]["id"] == [7, "m.User"]  # flattened keeps the JSON as converted
 
 

@@ -6,7 +6,7 @@ packages of one layer do not import each other):
     0  errors, backoff, config, config_table, redact what everything may use
     1  source/   convert/                            the two inputs: rows, and records -> JSON
     2  documents                                     converted records -> actions
-    3  sink                                          the protocol actions go through
+    3  sink, transforms/                             the protocol actions go through; shipped transforms
     4  es/                                           Elasticsearch as the sink
     5  observe/                                      metrics, poller, HTTP endpoints
     6  pipeline/                                     the service
@@ -28,7 +28,7 @@ PACKAGE = ROOT / "esindexer"
 LAYERS = {
     "errors": 0, "backoff": 0, "config": 0, "config_table": 0, "redact": 0,
     "source": 1, "convert": 1,
-    "documents": 2, "sink": 3, "es": 4, "observe": 5, "pipeline": 6, "ops": 7,
+    "documents": 2, "sink": 3, "transforms": 3, "es": 4, "observe": 5, "pipeline": 6, "ops": 7,
     "cli": 8, "__main__": 8, "": 8,
 }
 MAX_LINES = 400

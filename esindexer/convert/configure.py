@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 
-from esindexer.config import Settings, load_dotted
+from esindexer.config import Settings, load_dotted, transform_style
 from esindexer.convert.jsonifier import Jsonifier
 
 #: Classes never indexed: a BTree's content lives in its buckets' rows, and blobs are files.
@@ -28,5 +28,7 @@ def class_filter(settings: Settings) -> Callable[[str], bool]:
 def build_jsonifier(settings: Settings) -> Jsonifier:
     """The converter for the service, ``verify`` and ``--redeliver`` alike."""
     transform = load_dotted(settings.transform) if settings.transform else None
+    if transform is not None and transform_style(transform) == "object":
+        transform = None  # an object transform runs in the document builder
     return Jsonifier(skip_class=class_filter(settings), transform=transform,
                      prescan=not settings.trusted_pickles)

@@ -19,6 +19,56 @@ from esindexer.config import Settings
 from esindexer.errors import SetupError
 from esindexer.es.client import check_elasticsearch
 
+#: The flattened field: one field, keyword leaves, for a whole state or what the typed model sets aside.
+FLATTENED: dict[str, Any] = {"type": "flattened", "depth_limit": 30, "ignore_above": 256}
+
+#: Fields per typed index at most (Elasticsearch's default, stated so that it is a decision).
+TYPED_FIELDS_LIMIT = 1000
+
+#: The dynamic paths of the typed model: attributes and transform-added fields.
+_TYPED_PATHS = ["state.*", "fields.*"]
+
+
+def typed_properties() -> dict[str, Any]:
+    """The typed model's containers: flat paths (no subobjects, so a path is never an object
+    and "a dict here, a string there" cannot conflict), the flattened rest, the catch-all."""
+    flat = {"type": "object", "dynamic": True, "subobjects": False}
+    return {
+        "state": dict(flat),
+        "fields": dict(flat),
+        "more": dict(FLATTENED),
+        # The builder writes every number, date and boolean here too, as a keyword: when
+        # its typed field drops it as malformed (a conflicting kind) it stays findable.
+        # (Not copy_to: Elasticsearch refuses copy_to from a path like state.a.x once
+        # state.a exists, taking it for a multi-field.)
+        "values": {"type": "keyword", "ignore_above": 256},
+    }
+
+
+def typed_dynamic_templates() -> list[dict[str, Any]]:
+    """One mapping per kind of leaf (esindexer/documents/typed.py makes a path one kind per document).
+
+    ``ignore_malformed`` keeps a document whose value has another kind than the field
+    (a word where numbers were mapped); the value stays findable in ``values`` or ``text``.
+    Numbers are ``double`` whatever the first one was, so 3.5 is never cut to 3 by a
+    ``long`` mapped from an int. Booleans are keywords: true/false, and any later kind fits.
+    """
+    return [
+        {"typed_dates": {"path_match": _TYPED_PATHS, "match_mapping_type": "date",
+                         # queried with any ISO form ("2026-06-01" in KQL), written in one
+                         "mapping": {"type": "date", "format": "strict_date_optional_time",
+                                     "ignore_malformed": True}}},
+        {"typed_strings": {"path_match": _TYPED_PATHS, "match_mapping_type": "string",
+                           "mapping": {"type": "text",
+                                       "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}}},
+        {"typed_longs": {"path_match": _TYPED_PATHS, "match_mapping_type": "long",
+                         "mapping": {"type": "double", "ignore_malformed": True}}},
+        {"typed_doubles": {"path_match": _TYPED_PATHS, "match_mapping_type": "double",
+                           "mapping": {"type": "double", "ignore_malformed": True}}},
+        {"typed_booleans": {"path_match": _TYPED_PATHS, "match_mapping_type": "boolean",
+                            "mapping": {"type": "keyword"}}},
+    ]
+
 
 def index_template(settings: Settings) -> dict[str, Any]:
     """The composable index template covering every ``<prefix>-*`` index.
@@ -26,24 +76,6 @@ def index_template(settings: Settings) -> dict[str, Any]:
     The alias ``<prefix>`` is part of the template, so every routed index joins it
     when created and users (and Kibana) query one name.
     """
-    if settings.state_mapping == "flattened":
-        # One field for the whole state: no mapping conflict and no field explosion is
-        # possible, whatever the classes store. Leaves are keywords (exact and prefix
-        # search); ``text`` gives full-text search over the same strings, so long
-        # strings (bodies) need no keyword: ignore_above 256 makes the index ~18 %
-        # smaller at the same speed (docs/performance.md).
-        state_mapping: dict[str, Any] = {"type": "flattened", "depth_limit": 30, "ignore_above": 256}
-        index_settings: dict[str, Any] = {}
-    else:
-        state_mapping = {"type": "object", "dynamic": True}
-        index_settings = {
-            # A leaf of the wrong type is dropped from the index instead of rejecting the
-            # document; fields past the limit are stored unindexed instead of failing.
-            "index.mapping.ignore_malformed": True,
-            "index.mapping.total_fields.limit": 5000,
-            "index.mapping.total_fields.ignore_dynamic_beyond_limit": True,
-            "index.mapping.depth.limit": 30,
-        }
     mappings: dict[str, Any] = {
         "dynamic": "strict",
         "date_detection": False,
@@ -55,15 +87,47 @@ def index_template(settings: Settings) -> dict[str, Any]:
             "oid": {"type": "keyword"},
             "tid": {"type": "long"},
             "committed_at": {"type": "date"},
-            "state": state_mapping,
             "text": {"type": "text"},
             "refs": {"type": "long"},
         },
     }
-    if settings.state_mapping == "dynamic":
+    index_settings: dict[str, Any] = {}
+    props = mappings["properties"]
+    if settings.state_mapping == "typed":
+        props.update(typed_properties())
+        mappings["dynamic_templates"] = typed_dynamic_templates()
+        # Dates are recognised by one exact form only, the form the builder writes every
+        # date in (esindexer/documents/dates.py); no other string can become a date field.
+        mappings["date_detection"] = True
+        mappings["dynamic_date_formats"] = ["strict_date_time"]
+        index_settings = {
+            # The field count stays bounded whatever the corpus: past the limit, new fields
+            # are kept in _source unindexed (listed in _ignored) instead of failing.
+            "index.mapping.total_fields.limit": TYPED_FIELDS_LIMIT,
+            "index.mapping.total_fields.ignore_dynamic_beyond_limit": True,
+        }
+    elif settings.state_mapping == "flattened":
+        # One field for the whole state: no mapping conflict and no field explosion is
+        # possible, whatever the classes store. Leaves are keywords (exact and prefix
+        # search); ``text`` gives full-text search over the same strings, so long
+        # strings (bodies) need no keyword: ignore_above 256 makes the index ~18 %
+        # smaller at the same speed (docs/performance.md).
+        props["state"] = dict(FLATTENED)
+        props["fields"] = dict(FLATTENED)
+    else:
+        props["state"] = {"type": "object", "dynamic": True}
+        props["fields"] = {"type": "object", "dynamic": True}
+        index_settings = {
+            # A leaf of the wrong type is dropped from the index instead of rejecting the
+            # document; fields past the limit are stored unindexed instead of failing.
+            "index.mapping.ignore_malformed": True,
+            "index.mapping.total_fields.limit": 5000,
+            "index.mapping.total_fields.ignore_dynamic_beyond_limit": True,
+            "index.mapping.depth.limit": 30,
+        }
         mappings["dynamic_templates"] = [
             {"state_strings": {
-                "path_match": "state.*",
+                "path_match": ["state.*", "fields.*"],
                 "match_mapping_type": "string",
                 "mapping": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}},
             }},
@@ -122,12 +186,41 @@ def ensure_indices(es: Elasticsearch, settings: Settings) -> tuple[str, ...]:
         except BadRequestError as exc:  # only "it exists" is fine; a bad setting must be seen
             if exc.error != "resource_already_exists_exception":
                 raise
+    check_state_mapping(es, settings, builder_indices)
     if settings.ingest_pipeline:  # indices created before the setting was given follow it too
         es.indices.put_settings(index=",".join(builder_indices),
                                 settings={"index.default_pipeline": settings.ingest_pipeline})
     if settings.attach_alias:
         es.indices.put_alias(index=",".join(builder_indices), name=settings.alias_name)
     return builder_indices
+
+
+def mapping_mode(mapping: dict[str, Any]) -> str:
+    """The ``state_mapping`` an existing index was created with, read from its mapping."""
+    state = mapping.get("properties", {}).get("state", {})
+    if state.get("type") == "flattened":
+        return "flattened"
+    if state.get("subobjects") is False:
+        return "typed"
+    return "dynamic"
+
+
+def check_state_mapping(es: Elasticsearch, settings: Settings, indices: tuple[str, ...]) -> None:
+    """Refuse to write one model's documents into an index mapped for another.
+
+    A template change applies only to indices created afterwards, so after an upgrade
+    (the default became ``typed``) the existing indices keep their mapping, and typed
+    documents (with ``more``/``values`` fields) would be refused by a flattened index one
+    by one, as dead letters. Stopping at start with the two ways out is kinder.
+    """
+    mappings = es.indices.get_mapping(index=",".join(indices))
+    for index in indices:
+        have = mapping_mode(mappings[index]["mappings"])
+        if have != settings.state_mapping:
+            raise SetupError(
+                f"the index {index} was created with state_mapping={have}, but ESINDEXER_STATE_MAPPING is "
+                f"{settings.state_mapping}: set ESINDEXER_STATE_MAPPING={have} to keep using it, or build a new "
+                f"generation with the new model and switch the alias (docs/documents.md#migration-from-a-flattened-index)")
 
 
 def switch_alias(es: Elasticsearch, settings: Settings) -> tuple[list[str], list[str]]:
@@ -138,6 +231,8 @@ def switch_alias(es: Elasticsearch, settings: Settings) -> tuple[list[str], list
     """
     alias = settings.alias_name
     indices = [settings.index_for_route(r) for r in settings.route_names()]
+    # The template is installed again below with these settings' mapping: not over indices of another.
+    check_state_mapping(es, settings, tuple(indices))
     current = sorted(es.indices.get_alias(name=alias)) if es.indices.exists_alias(name=alias) else []
     removed = [index for index in current if index not in indices]
     actions: list[dict[str, Any]] = [{"remove": {"index": index, "alias": alias}} for index in removed]

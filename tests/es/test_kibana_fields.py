@@ -35,6 +35,8 @@ OBJECTS = Path(__file__).resolve().parents[2] / "deploy" / "kibana" / "objects.n
 #: The types the saved objects are designed for (their labels, sorting and aggregations
 #: assume them); see the mapping in esindexer.documents.index_template.
 EXPECTED_TYPES = {"class": "keyword", "zoid": "long", "committed_at": "date"}
+#: ... and with the typed model (the default), the typed fields the saved objects show.
+TYPED_TYPES = {"state.title": "text"}
 
 
 class Article(Persistent):
@@ -93,7 +95,7 @@ def test_saved_objects_use_the_fields_this_test_knows() -> None:
     assert {"column", "terms"} <= uses["class"]
 
 
-@pytest.mark.parametrize("state_mapping", ["flattened", "dynamic"])
+@pytest.mark.parametrize("state_mapping", ["typed", "flattened", "dynamic"])
 def test_kibana_objects_match_the_real_indices(zodb, db_dsn, es, es_url, es_prefix, state_mapping) -> None:
     conn = zodb.open()
     root = conn.root()
@@ -116,6 +118,11 @@ def test_kibana_objects_match_the_real_indices(zodb, db_dsn, es, es_url, es_pref
 
     caps = es.field_caps(index=alias, fields=sorted(uses))["fields"]
     for field, how in sorted(uses.items()):
+        if state_mapping == "flattened" and field in TYPED_TYPES:
+            # keys of a flattened field are not fields of their own: Discover shows the column
+            # from _source, and a query on it still finds the objects
+            assert es.count(index=alias, query={"exists": {"field": field}})["count"] > 0, field
+            continue
         assert field in caps, f"{field} (used as {sorted(how)}) does not exist in {alias}"
         types = caps[field]
         assert len(types) == 1, f"{field} has conflicting types across indices: {sorted(types)}"
@@ -123,6 +130,8 @@ def test_kibana_objects_match_the_real_indices(zodb, db_dsn, es, es_url, es_pref
         assert "indices" not in cap, f"{field} missing or different in some indices: {cap}"
         if field in EXPECTED_TYPES:
             assert kind == EXPECTED_TYPES[field], f"{field} is {kind}, not {EXPECTED_TYPES[field]}"
+        if state_mapping == "typed" and field in TYPED_TYPES:
+            assert kind == TYPED_TYPES[field], f"{field} is {kind}, not {TYPED_TYPES[field]}"
         assert cap["searchable"], f"{field} is not searchable"
         if how & {"time", "sort", "terms", "date_histogram"}:
             assert cap["aggregatable"], f"{field} (used as {sorted(how)}) is not aggregatable"

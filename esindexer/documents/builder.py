@@ -24,13 +24,19 @@ The document shape (documented in docs/documents.md)::
 
     {"class": "myapp.content.Document", "zoid": 42, "oid": "0x2a",
      "tid": 291972294502024669, "committed_at": "2026-11-27T09:37:15.480215Z",
-     "state": {...converted state...}, "text": "all string values ...",
+     "state": {...}, "more": {...}, "fields": {...}, "text": "all string values ...",
      "refs": [7, 12]}
+
+``state`` is the converted state shaped by :mod:`esindexer.documents.typed` (the default
+``typed`` model: flat dotted paths, dates in one UTC form, what cannot be typed safely in
+``more``), or the converted state as it is (``flattened``, ``dynamic``). ``fields`` holds
+what an object transform added (:mod:`esindexer.documents.transform`).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 from dataclasses import dataclass
 from datetime import UTC
 from functools import lru_cache
@@ -38,8 +44,13 @@ from typing import Any, Literal
 
 import orjson
 
-from esindexer.config import Settings
+from esindexer.config import Settings, load_dotted, transform_style
 from esindexer.convert.jsonifier import Conversion, Kind
+from esindexer.documents.transform import ObjectRecord, ObjectTransform, apply
+from esindexer.documents.typed import shape
+from esindexer.documents.walk import collect, harmonise_lists
+
+log = logging.getLogger(__name__)
 
 #: Characters of string values collected into the ``text`` field at most; keeps
 #: documents small when an object holds a whole book.
@@ -82,49 +93,6 @@ def commit_time_iso(tid: int) -> str:
     return tid_to_datetime(tid).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _walk(value: Any, texts: list[str], refs: list[int], budget: list[int]) -> None:
-    """Collect string leaves (for full-text search) and referenced zoids, iteratively-deep."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if budget[0] > 0:
-                texts.append(item[: budget[0]])
-                budget[0] -= len(item) + 1
-        elif isinstance(item, dict):
-            ref = item.get("::=>")
-            if isinstance(ref, int):
-                refs.append(ref)
-                continue
-            for key, child in item.items():
-                if not key.startswith("::"):
-                    stack.append(child)
-        elif isinstance(item, list):
-            stack.extend(reversed(item))
-
-
-def _harmonise_lists(value: Any) -> Any:
-    """For the ``dynamic`` mapping: a list mixing strings with other scalars gets all-string items.
-
-    Elasticsearch maps a field from the first value it sees, and one document whose
-    array holds ``[7, "myapp.User"]`` (every persistent reference's ``id``) asks for two
-    types at once, which it refuses. Strings are what both values can be.
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
-        elif isinstance(item, list):
-            kinds = {type(v) for v in item if v is not None}
-            if str in kinds and kinds - {str, dict, list}:
-                for i, v in enumerate(item):
-                    if isinstance(v, (int, float, bool)):
-                        item[i] = orjson.dumps(v).decode()
-            stack.extend(v for v in item if isinstance(v, (dict, list)))
-    return value
-
-
 class DocumentBuilder:
     """Turns converted records into bulk actions, following the configured routing."""
 
@@ -133,7 +101,12 @@ class DocumentBuilder:
         self._routes = tuple(settings.class_routes)
         self._default_index = settings.index_for_route(settings.default_route)
         self.indices = tuple(settings.index_for_route(r) for r in settings.route_names())
-        self._flattened = settings.state_mapping == "flattened"
+        self._mode = settings.state_mapping
+        self._transform: ObjectTransform | None = None
+        if settings.transform:
+            fn = load_dotted(settings.transform)
+            if transform_style(fn) == "object":
+                self._transform = fn
 
     @lru_cache(maxsize=8192)
     def index_for_class(self, class_name: str) -> str:
@@ -165,26 +138,53 @@ class DocumentBuilder:
 
     def source(self, tid: int, zoid: int, class_name: str, json_text: str) -> bytes:
         state = orjson.loads(json_text)
-        texts: list[str] = []
-        refs: list[int] = []
-        _walk(state, texts, refs, [TEXT_LIMIT])
-        if not isinstance(state, dict):
-            # flattened (and object) fields need an object; keep non-dict states findable.
-            state = {"value": state}
-        if not self._flattened:
-            _harmonise_lists(state)
-        doc = {
+        fields: dict[str, Any] = {}
+        if self._transform is not None:
+            record = ObjectRecord(class_name, zoid, tid, state)
+            try:
+                fields = apply(self._transform, record)
+                state = record.state
+            except Exception as exc:
+                # The object is still indexed (as converted, without the transform's fields)
+                # rather than stopping the service on every start at this record.
+                reason = f"{type(exc).__name__}: {exc}"
+                log.error("transform failed for %s (zoid %d, tid %d): %s; indexed without its fields",
+                          class_name, zoid, tid, reason,
+                          extra={"class_name": class_name, "zoid": zoid, "tid": tid, "error": reason})
+                state = orjson.loads(json_text)
+        doc: dict[str, Any] = {
             "class": class_name,
             "zoid": zoid,
             "oid": hex(zoid),
             "tid": tid,
             "committed_at": commit_time_iso(tid),
-            "state": state,
-            "text": " ".join(texts),
-            "refs": sorted(set(refs)),
         }
+        if self._mode == "typed":
+            shaped = shape(state, TEXT_LIMIT)
+            texts, refs, more, values = shaped.texts, shaped.refs, shaped.more, shaped.values
+            doc["state"] = shaped.typed
+            if fields:
+                extra = shape(fields, 0)  # their words are the state's: no second copy in text
+                doc["fields"] = extra.typed
+                more.update((f"fields.{path}", value) for path, value in extra.more.items())
+                values += extra.values
+            if more:
+                doc["more"] = more
+            if values:
+                doc["values"] = values
+        else:
+            texts, refs = [], []
+            collect(state, texts, refs, [TEXT_LIMIT])
+            if not isinstance(state, dict):
+                # flattened (and object) fields need an object; keep non-dict states findable.
+                state = {"value": state}
+            if self._mode == "dynamic":
+                harmonise_lists(state)
+            doc["state"] = state
+            if fields:
+                doc["fields"] = fields
+        doc["text"] = " ".join(texts)
+        doc["refs"] = sorted(set(refs))
         # orjson's result keeps its whole output buffer (~32 KB for a 2 KB document);
         # a copy holds exactly the document while it waits in a bulk request.
         return bytes(memoryview(orjson.dumps(doc)))
-
-

@@ -1,0 +1,1 @@
+"""Object transforms shipped with esindexer (examples to use as they are or to copy)."""
