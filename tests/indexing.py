@@ -45,6 +45,20 @@ def commit_pages(container, count: int) -> list[Page]:
     return pages
 
 
+def commit_tree(root, count: int, per_transaction: int = 300):
+    """``count`` pages in an OOBTree at ``root["pages"]``, committed ``per_transaction`` at a
+    time: a backfill long enough to interrupt."""
+    from BTrees.OOBTree import OOBTree
+
+    root["pages"] = tree = OOBTree()
+    for n in range(count):
+        tree[n] = Page(f"page {n}")
+        if n % per_transaction == per_transaction - 1:
+            transaction.commit()
+    transaction.commit()
+    return tree
+
+
 def make_settings(db_dsn: str, es_url: str, es_prefix: str, **overrides) -> Settings:
     env = {
         "ESINDEXER_PG_DSN": db_dsn,

@@ -116,6 +116,15 @@ def _new_unpickler(cls: type = _Unpickler) -> tuple[_Unpickler, Any]:
     return cls(source, encoding="utf-8", errors="surrogateescape"), source
 
 
+def _decode_again(cls: type, data: bytes) -> tuple[_Unpickler, Any]:
+    """A fresh unpickler and the record's state read anew: a faster path changed the
+    decoded value in place before giving up, and the walker needs it as it was."""
+    unpickler, source = _new_unpickler(cls)
+    source.data = data
+    unpickler.load()  # the class pickle
+    return unpickler, unpickler.load()
+
+
 def _record_class_name(klass: Any) -> str:
     """The class name from a class record (newt-spec §4): GLOBAL, ``(class, args)`` or
     ``((module, name), args)``."""
@@ -239,10 +248,7 @@ class Jsonifier:
                 if got is not None:  # a cycle: mark it in place (the walker's output, faster)
                     out = dumps_marked(state, got, lambda: _memo_ids(unpickler, got))
                     if out is None:  # spoiled: decode again for the walker
-                        unpickler, source = _new_unpickler(type(unpickler))
-                        source.data = data
-                        unpickler.load()
-                        state = unpickler.load()
+                        unpickler, state = _decode_again(type(unpickler), data)
                 if out is None:
                     out = walk(state, budget, lambda: _memo_ids(unpickler))
             else:
@@ -258,10 +264,7 @@ class Jsonifier:
                             except orjson.JSONEncodeError:
                                 spoiled = True
                         if out is None and spoiled:  # decode again for the walker
-                            unpickler, source = _new_unpickler(type(unpickler))
-                            source.data = data
-                            unpickler.load()
-                            state = unpickler.load()
+                            unpickler, state = _decode_again(type(unpickler), data)
                     if out is None:
                         out = walk(state, budget, lambda: _memo_ids(unpickler))
             del state

@@ -9,10 +9,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import transaction
-from BTrees.OOBTree import OOBTree
 
 from esindexer.errors import ExitCode
-from tests.indexing import Page, latest_tid, progress
+from tests.indexing import Page, commit_tree, latest_tid, progress
 from tests.support import TcpProxy, esindexer_env, run_esindexer, wait_for
 
 
@@ -21,12 +20,7 @@ from tests.support import TcpProxy, esindexer_env, run_esindexer, wait_for
                          ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_backfill_exits_non_zero_and_resumes(zodb, db_dsn, es_url, es_prefix, signum, expected):
     conn = zodb.open()
-    conn.root()["pages"] = tree = OOBTree()
-    for n in range(3000):
-        tree[n] = Page(f"page {n}")
-        if n % 300 == 299:
-            transaction.commit()
-    transaction.commit()
+    commit_tree(conn.root(), 3000)
     conn.close()
     target = urlsplit(es_url)
     proxy = TcpProxy(target.hostname, target.port)

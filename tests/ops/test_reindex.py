@@ -8,14 +8,12 @@ import sys
 from urllib.parse import urlsplit
 
 import psycopg2
-import transaction
-from BTrees.OOBTree import OOBTree
 
 from esindexer.errors import ExitCode
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
 from esindexer.source import pg as source_pg
-from tests.indexing import Page, commit_pages, docs, make_settings, progress
+from tests.indexing import commit_pages, commit_tree, docs, make_settings, progress
 from tests.support import TcpProxy, esindexer_env, run_esindexer, wait_for
 
 
@@ -62,12 +60,7 @@ def test_reindex_builds_verifies_and_publishes(zodb, db_dsn, es, es_url, es_pref
 
 def test_an_interrupted_reindex_exits_130_publishes_nothing_and_resumes(zodb, db_dsn, es, es_url, es_prefix):
     conn = zodb.open()
-    conn.root()["pages"] = tree = OOBTree()
-    for n in range(3000):
-        tree[n] = Page(f"page {n}")
-        if n % 300 == 299:
-            transaction.commit()
-    transaction.commit()
+    commit_tree(conn.root(), 3000)
     settings, alias, env = _live(db_dsn, es_url, es_prefix)
     es.indices.refresh(index=alias)
     live_documents = es.count(index=alias)["count"]  # what the live generation holds
