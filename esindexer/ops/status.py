@@ -11,7 +11,7 @@ from typing import Any
 
 from esindexer.config import Settings
 from esindexer.pipeline import crashguard
-from esindexer.source import deadletters, deletions, follow, progress
+from esindexer.source import deadletters, deletions, follow, partitions, progress
 from esindexer.source.tid import tid_to_datetime, tid_to_epoch
 
 
@@ -21,12 +21,15 @@ def _when(tid: int) -> str | None:
 
 def status_report(conn: Any, settings: Settings) -> dict[str, Any]:
     """The report as printed by ``esindexer status`` (keys are its JSON keys)."""
-    client_id = settings.client_id
+    client_id = settings.worker_id
     try:
         saved = progress.get_progress_tid(conn, client_id)
         latest = follow.latest_tid(conn)
         by_kind = deadletters.count_by_kind(conn, client_id)
         pending = deletions.count_unapplied(conn, client_id)
+        workers = [{"client_id": name, "progress_tid": tid,
+                    "caught_up": tid >= latest and deletions.count_unapplied(conn, name) == 0}
+                   for name, tid in partitions.partition_progress(conn, settings.client_id).items()]
     finally:
         conn.rollback()
     guard = crashguard.describe(conn, client_id, settings.crash_guard_after, saved)
@@ -46,6 +49,8 @@ def status_report(conn: Any, settings: Settings) -> dict[str, Any]:
         "dead_letters_by_kind": by_kind,
         "pending_pack_deletions": pending,
         "crash_guard": guard,
+        "partition": settings.partition,
+        "partitions": workers,
     }
 
 
@@ -57,5 +62,7 @@ def status_lines(report: dict[str, Any]) -> list[str]:
     guard = report["crash_guard"]
     text["crash_guard"] = (f"{guard['guard']}; last run {guard['last_run'] or '-'}; unclean exits in a row "
                            f"{guard['unclean_exits']} (guarded from {guard['threshold']})")
+    text["partitions"] = "; ".join(f"{w['client_id']} {'caught up' if w['caught_up'] else 'behind'} "
+                                   f"(tid {w['progress_tid']})" for w in report["partitions"]) or None
     width = max(map(len, text))
     return [f"{key.replace('_', ' '):<{width}}  {value if value is not None else '-'}" for key, value in text.items()]

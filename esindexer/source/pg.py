@@ -57,7 +57,7 @@ def dsn(settings: Settings, role: str) -> str:
                                  keepalives_interval=10, keepalives_count=3)
     given = parse_dsn(settings.pg_dsn)
     if "application_name" not in given:
-        extra["application_name"] = f"esindexer {role} ({settings.client_id})"[:63]
+        extra["application_name"] = f"esindexer {role} ({settings.worker_id})"[:63]
     return str(make_dsn(settings.pg_dsn, **{k: v for k, v in extra.items() if k not in given}))
 
 
@@ -66,14 +66,22 @@ def connect(settings: Settings, role: str) -> Any:
     return psycopg2.connect(dsn(settings, role))
 
 
+def try_lock_client(conn: Any, client_id: str) -> bool:
+    """Try once to take the session-level advisory lock of ``client_id``; True when taken.
+
+    The lock lives as long as the session: when the process holding it dies, or its
+    connection is lost, PostgreSQL frees it, which is what a standby waits for."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, client_id))
+        locked = bool(cur.fetchone()[0])
+    conn.commit()
+    return locked
+
+
 def lock_client(conn: Any, client_id: str) -> None:
     """Take the session-level advisory lock of ``client_id`` (held while ``conn`` lives),
     or raise :class:`AlreadyRunning`: two processes on one progress row would race."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, client_id))
-        locked = cur.fetchone()[0]
-    conn.commit()
-    if not locked:
+    if not try_lock_client(conn, client_id):
         raise AlreadyRunning(
             f"another esindexer with client id {client_id!r} is running against this "
             "database; give each indexer its own ESINDEXER_CLIENT_ID")
