@@ -126,9 +126,10 @@ class Indexer:
         conn = pg.connect(self.settings, "writer")
         try:
             self.locks.acquire(conn)
-            deadletters.ensure_table(conn)
-            self.crash_guard.ensure_table(conn)
-            conn.commit()
+            with pg.schema_lock(conn):
+                deadletters.ensure_table(conn)
+                self.crash_guard.ensure_table(conn)
+                conn.commit()
         except BaseException:
             conn.close()
             raise
@@ -148,14 +149,15 @@ class Indexer:
         A sweep is due when the deletion trigger was missing at start: packs may have
         run unseen before now (or, without the right to install it, at any time).
         """
-        had_trigger = deletions.capture_installed(conn)
-        conn.rollback()
-        if self.settings.install_triggers:
-            notify.install_trigger(conn)
-            conn.commit()
-            deletions.install(conn)
-        else:
-            deletions.ensure_tables(conn)
+        with pg.schema_lock(conn):  # processes starting at once must not race on CREATE
+            had_trigger = deletions.capture_installed(conn)
+            conn.rollback()
+            if self.settings.install_triggers:
+                notify.install_trigger(conn)
+                conn.commit()
+                deletions.install(conn)
+            else:
+                deletions.ensure_tables(conn)
         # A worker id without progress starts where the clients that covered its objects got to
         # (scaling out to partitions, or back to one process): esindexer.source.partitions.
         partitions.seed(conn, self.settings.client_id, self.settings.worker_id)

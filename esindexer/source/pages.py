@@ -69,8 +69,8 @@ class Pages:
             within, after, t = within.format(t="s"), after.format(t="s"), "s"
         if partition is not None:
             index, count = (int(v) for v in partition)
-            within += f" AND {t}.zoid % {count} = {index}"
-            after += f" AND {t}.zoid % {count} = {index}"
+            within += f" AND mod({t}.zoid, {count}) = {index}"
+            after += f" AND mod({t}.zoid, {count}) = {index}"
         columns = f"{t}.tid AS tid, {t}.zoid AS zoid, s.state, s.state_size"
         self._within = self._sized(
             f"SELECT {columns} FROM {source} WHERE {within} ORDER BY {t}.zoid LIMIT %(limit)s"

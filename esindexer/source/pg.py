@@ -87,6 +87,35 @@ def lock_client(conn: Any, client_id: str) -> None:
             "database; give each indexer its own ESINDEXER_CLIENT_ID")
 
 
+#: Advisory lock namespace of the lock that serialises esindexer's DDL between processes.
+SCHEMA_LOCK_CLASS = 0x65730002  # "es" + 2
+
+
+@contextlib.contextmanager
+def schema_lock(conn: Any) -> Iterator[None]:
+    """Hold, for the block, a session-level advisory lock that every esindexer process takes
+    around creating its tables, functions and triggers.
+
+    ``CREATE TABLE IF NOT EXISTS`` is not safe against itself: two processes starting at
+    once (the partitions of one client, say) both find the table missing, and the second
+    fails with a unique violation on ``pg_type``. A session lock because the block commits
+    several times; PostgreSQL frees it if the connection is lost."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s, %s)", (SCHEMA_LOCK_CLASS, 0))
+    conn.commit()
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            try:
+                conn.rollback()
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(%s, %s)", (SCHEMA_LOCK_CLASS, 0))
+                conn.commit()
+            except CONNECTION_ERRORS:
+                pass  # the session is gone, and its lock with it
+
+
 def is_idle(conn: psycopg2.extensions.connection) -> bool:
     """True if no transaction is in progress on ``conn`` (always true in autocommit)."""
     idle: bool = conn.autocommit or conn.info.transaction_status == _IDLE

@@ -110,7 +110,9 @@ class LiveWriter:
     """A ZODB application committing at about ``rate`` transactions per second from a
     thread: each adds a page and changes an existing one; every ``remove_every`` commits
     a page is dropped from the container (garbage, deleted by the next pack), and
-    :meth:`pack` packs while the writes go on."""
+    :meth:`pack` packs between two of its commits (RelStorage's history-free pack raced
+    with commits that split BTree buckets here: the writer later met a POSKeyError for a
+    page it still referenced, so the writer holds off while the pack runs)."""
 
     def __init__(self, db, rate: float = 20.0, remove_every: int = 5, seed: int = 15) -> None:
         self.db = db
@@ -120,6 +122,7 @@ class LiveWriter:
         self.packs = 0
         self._random = random.Random(seed)
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # held by a commit, or by a pack
         self._error: BaseException | None = None
         conn = db.open()
         root = conn.root()
@@ -143,24 +146,28 @@ class LiveWriter:
             pages = conn.root()["pages"]
             while not self._stop.is_set():
                 started = time.monotonic()
-                pages[self._next] = Page(f"page {self._next}", body="y" * 100)
-                self._next += 1
-                keys = list(pages.keys())
-                changed = pages[self._random.choice(keys)]
-                changed.title = f"changed {self.commits}"
-                if self.remove_every and self.commits % self.remove_every == 0:
-                    del pages[self._random.choice(keys[:-1])]
-                tm.commit()
-                self.commits += 1
+                with self._lock:
+                    tm.begin()
+                    pages[self._next] = Page(f"page {self._next}", body="y" * 100)
+                    self._next += 1
+                    keys = list(pages.keys())
+                    changed = self._random.choice(keys)
+                    pages[changed].title = f"changed {self.commits}"
+                    if self.remove_every and self.commits % self.remove_every == 0:
+                        del pages[self._random.choice([k for k in keys[:-1] if k != changed])]
+                    tm.commit()
+                    self.commits += 1
                 self._stop.wait(max(0.0, 1.0 / self.rate - (time.monotonic() - started)))
         except BaseException as exc:  # reported by stop()
             self._error = exc
         finally:
+            tm.abort()
             conn.close()
 
     def pack(self) -> None:
         """Pack now (history-free: removes the dropped pages; the trigger logs them)."""
-        self.db.pack()
+        with self._lock:
+            self.db.pack()
         self.packs += 1
 
     def stop(self) -> None:
