@@ -21,8 +21,10 @@ RUN apt-get update \
 RUN python -m venv /opt/venv
 WORKDIR /src
 # Only what `pip install .` needs: a change to tests or docs does not rebuild this layer.
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml setup.py README.md MANIFEST.in ./
 COPY esindexer ./esindexer
+# The guides `esindexer docs` prints are shipped inside the package (setup.py).
+COPY docs ./docs
 RUN /opt/venv/bin/pip install .
 
 # --- demo-build: the same virtualenv plus what the demo writer needs ------------------

@@ -266,7 +266,7 @@ def describe_settings() -> list[dict[str, Any]]:
             default = ",".join("=".join(x) if isinstance(x, tuple) else x for x in default)
         rows.append(dict(name=spec.name, env=spec.env, flag=spec.flag, default=default, help=spec.help,
                          group=spec.group, secret=spec.secret, required=spec.required,
-                         choices=getattr(spec.parse, "choices", None)))
+                         choices=getattr(spec.parse, "choices", None), boolean=spec.parse is _parse_bool))
     return rows
 
 
@@ -294,7 +294,8 @@ def render_reference() -> str:
                 meaning += " One of: " + ", ".join(f"`{c}`" for c in row["choices"]) + "."
             if row["secret"]:
                 meaning += " Secret: redacted in output and logs."
-            lines.append(f"| `{row['env']}` | `{row['flag']}` | {default} | {meaning} |")
+            flag = f"`{row['flag']}` / `--no-{row['flag'][2:]}`" if row["boolean"] else f"`{row['flag']}`"
+            lines.append(f"| `{row['env']}` | {flag} | {default} | {meaning} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -22,12 +22,17 @@ class ExitCode(enum.IntEnum):
     ERROR_BUDGET = 3  #: too many dead letters within the window
     LOCKED = 4  #: another indexer with the same client id holds the lock
     UNREACHABLE = 5  #: a server could not be reached (one-shot commands)
+    INTERRUPTED = 130  #: stopped by SIGINT before the work was done (128 + 2, as shells report it)
+    BROKEN_PIPE = 141  #: the reader of the output went away, e.g. ``| head`` (128 + SIGPIPE)
+    TERMINATED = 143  #: stopped by SIGTERM before the work was done (128 + 15)
 
 
 EXIT_CODES_HELP = """\
   0 done   1 unexpected error   2 bad usage or configuration (including credentials,
   privileges, certificates or an ingest pipeline Elasticsearch refuses)
-  3 error budget exhausted   4 same client id already running   5 server unreachable"""
+  3 error budget exhausted   4 same client id already running   5 server unreachable
+  130 / 143 interrupted by SIGINT / SIGTERM before the work was done (run --until-caught-up,
+  one-shot commands; a service stopped by a signal exits 0)   141 output pipe closed early"""
 
 
 class ConfigError(ValueError):

@@ -68,6 +68,10 @@ class Indexer:
         self._claimed: Any = None  # the writer connection, when claim() took the lock ahead of run()
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
         self.exit_code = ExitCode.OK
+        #: With ``until_caught_up``: True once everything committed at start is indexed. A stop
+        #: before that leaves it False, so the command can exit non-zero (a re-index script
+        #: must tell "done" from "interrupted").
+        self.caught_up = False
 
     # -- control -------------------------------------------------------------------------
 
@@ -249,6 +253,7 @@ class Indexer:
                 conn.rollback()
                 if end_tid <= start_tid:
                     committer.drain_deletions(all_settled=True)  # nothing read, nothing in flight
+                    self.caught_up = True
                     return True
             log.info("following from tid %d%s", start_tid,
                      f" to {end_tid}" if end_tid is not None else "", extra={"tid": start_tid})
@@ -293,6 +298,7 @@ class Indexer:
             committer.raise_failure()
             if finished and until_caught_up:
                 committer.drain_deletions(all_settled=True)  # the reader is done, every batch settled
+                self.caught_up = True
             return finished or self.stopping
         finally:
             self._updates = None

@@ -86,14 +86,23 @@ class BatchReader:
         actions_for = self.builder.actions_for
         record_documents = self.metrics.record_documents
 
-        def submit() -> None:
+        def submit() -> bool:
+            """Send the buffer; False when a stop came while every slot was busy.
+
+            Waiting on for a slot after a stop could be for ever (Elasticsearch away, the
+            in-flight requests retrying): the batch is cut short instead, so that the
+            shutdown timeout starts and bounds the wait for what is in flight.
+            """
             while not self._in_flight.acquire(timeout=0.5):
                 raise_failure()
                 if self._abandon.is_set():
                     raise Abandoned("shutdown while waiting for a bulk slot")
+                if self._stopping():
+                    return False
             future = self.pool.submit(self._send, buffer.take())
             future.add_done_callback(lambda _f: self._in_flight.release())
             batch.futures.append(future)
+            return True
 
         # Converted here, or in a child process while the crash guard is active.
         guard = self._guard
@@ -114,12 +123,10 @@ class BatchReader:
                     full = buffer.add(action) or full
             batch.rows += 1
             batch.last_tid = tid
-            if full:
-                submit()
-                if self._stopping():
-                    return None
-        if buffer:
-            submit()
+            if full and (not submit() or self._stopping()):
+                return None
+        if buffer and not submit():
+            return None
         return batch
 
     def _send(self, actions: list[Action]) -> SendResult:

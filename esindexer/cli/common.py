@@ -1,0 +1,57 @@
+"""What the commands share: their declaration, and the connections a one-shot command opens."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from esindexer.config import Settings
+from esindexer.errors import Unreachable
+from esindexer.redact import redact
+
+#: Setting groups of :mod:`esindexer.config_table`, by what a command touches.
+ALL_GROUPS = ("source", "elasticsearch", "documents", "flow", "observe")
+#: Settings every command reads whatever its groups (it logs).
+ALWAYS = ("log_format", "log_level")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: how it is asked for, which settings it reads, and what it does.
+
+    ``groups`` decides which setting flags its ``--help`` lists (environment variables
+    and the config file are read whole either way: a flag a command does not list is
+    one it would ignore).
+    """
+
+    name: str
+    help: str
+    description: str
+    groups: tuple[str, ...]
+    run: Callable[[Settings, argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    settings: tuple[str, ...] = ()  #: single settings of groups not listed, also shown
+    #: Runs before the settings are loaded; a return value other than None is the exit code
+    #: (``config --reference`` needs no configuration at all).
+    early: Callable[[argparse.Namespace], int | None] = lambda args: None
+
+
+def connect(settings: Settings) -> Any:
+    """A PostgreSQL connection for a one-shot command; a failure is one line, not a traceback."""
+    import psycopg2
+
+    from esindexer.source import pg
+
+    try:
+        return pg.connect(settings, "cli")
+    except psycopg2.OperationalError as exc:
+        raise Unreachable(f"cannot reach PostgreSQL: {redact(str(exc).strip())}") from None
+
+
+def one_shot_sink(settings: Settings) -> Any:
+    """The sink for a one-shot command: a few retries, not the service's "for ever"."""
+    from esindexer.es.sink import ElasticsearchSink
+
+    return ElasticsearchSink(dataclasses.replace(settings, retry_attempts=settings.retry_attempts or 5))

@@ -1,0 +1,95 @@
+"""``esindexer run``: the indexing service in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import logging
+import signal
+from typing import Any
+
+from esindexer.cli.common import ALL_GROUPS, Command
+from esindexer.config import Settings
+from esindexer.errors import ExitCode
+
+log = logging.getLogger("esindexer")
+
+#: How long /metrics stays up after the error budget ran out, so Prometheus sees why.
+BUDGET_GRACE_SECONDS = 20.0
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--until-caught-up", action="store_true",
+                        help="exit once everything committed at start is indexed (a backfill)")
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from esindexer.es.sink import ElasticsearchSink
+    from esindexer.observe.http import HealthServer
+    from esindexer.observe.metrics import Metrics
+    from esindexer.observe.poller import SourcePoller
+    from esindexer.pipeline.indexer import Indexer
+    from esindexer.source import pg
+
+    # A native crash (SIGSEGV, SIGABRT) otherwise ends the process without a word: print the
+    # Python stack of every thread to stderr first (the crash guard handles the loop).
+    faulthandler.enable()
+    metrics = Metrics()
+    indexer = Indexer(settings, metrics)
+    sink = indexer.sink
+    assert isinstance(sink, ElasticsearchSink)
+    signals = {"count": 0, "last": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals["count"] += 1
+        signals["last"] = signum
+        indexer.stop(abandon=signals["count"] > 1)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def es_check() -> None:
+        # Short timeout: /readyz must answer quickly even when Elasticsearch hangs.
+        sink.es.options(request_timeout=3).cluster.health(timeout="2s")
+
+    poller = SourcePoller(lambda: pg.connect(settings, "lag poller"), metrics, interval=settings.lag_poll_interval)
+    server = None
+    if settings.metrics_port:
+        server = HealthServer(metrics, settings.metrics_host, settings.metrics_port, es_check=es_check,
+                              stall_after=settings.stall_seconds,
+                              source_stale_after=max(120.0, 3 * settings.lag_poll_interval))
+        server.start()
+        log.info("metrics and health on http://%s:%d/", settings.metrics_host, server.port,
+                 extra={"port": server.port})
+    poller.start()
+    try:
+        code = indexer.run(until_caught_up=args.until_caught_up)
+        if code == ExitCode.ERROR_BUDGET and server is not None:
+            # Stay scrapeable for a moment so Prometheus sees the exhausted budget
+            # (and /readyz says why) before the process is gone.
+            log.info("keeping /metrics up for %.0fs before exiting", BUDGET_GRACE_SECONDS)
+            indexer.wait_stopped(BUDGET_GRACE_SECONDS)
+        if code == ExitCode.OK and args.until_caught_up and not indexer.caught_up:
+            # Stopped before the end: say so in the exit code, or a re-index script would
+            # publish a half-built generation.
+            interrupted = ExitCode.INTERRUPTED if signals["last"] == signal.SIGINT else ExitCode.TERMINATED
+            log.warning("stopped before catching up (exit %d); run again to resume from saved progress",
+                        int(interrupted))
+            return interrupted
+        return code
+    finally:
+        poller.stop()
+        if server is not None:
+            server.stop()
+
+
+COMMAND = Command(
+    name="run",
+    help="run the indexing service in the foreground",
+    description="Follow the database and index every committed change until stopped "
+                "(SIGTERM/SIGINT: finish in-flight bulks, save progress, exit 0; a second "
+                "signal abandons them).",
+    groups=ALL_GROUPS,
+    run=_run,
+    add_arguments=_arguments,
+)
