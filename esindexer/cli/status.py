@@ -31,7 +31,7 @@ COMMAND = Command(
     description="Read progress, the newest commit and the dead-letter count from "
                 "PostgreSQL (Elasticsearch is not contacted).",
     groups=(),
-    settings=("pg_dsn", "client_id"),
+    settings=("pg_dsn", "client_id", "partition"),
     run=_status,
     add_arguments=_arguments,
 )

@@ -25,7 +25,7 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     sink = one_shot_sink(settings)
     try:
         report = verify(conn, sink, DocumentBuilder(settings), build_jsonifier(settings),
-                        settings.client_id, repair=args.repair)
+                        settings.worker_id, repair=args.repair)
     finally:
         conn.close()
         sink.es.close()
