@@ -37,6 +37,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import resource
 import subprocess
 import sys
 import tempfile
@@ -85,9 +86,15 @@ def load() -> str:
 # -- processes and their memory ------------------------------------------------------------------
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_processes(envs: list[dict[str, str]], sample: float = 0.05) -> tuple[float, list[int], list[tuple]]:
     """Start ``python -m esindexer run --until-caught-up`` once per env, together; wait for all.
-    Returns (wall seconds, peak RSS bytes of each, [(t, rss bytes of the first)] samples)."""
+    Returns (wall seconds, peak RSS bytes of each, [(t, rss bytes of the first)] samples); the
+    processes' CPU seconds are in :func:`children_cpu`."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
     base["PYTHONPATH"] = ROOT
     logs = [tempfile.TemporaryFile() for _ in envs]  # noqa: SIM115 (closed below; a pipe nobody reads would block)
@@ -179,6 +186,7 @@ def in_process(db_dsn: str, es_url: str, prefix: str, profile: bool) -> tuple[fl
 
 
 def backfill_part(args: argparse.Namespace, es: Any, es_url: str, db_dsn: str, db: Any, root: str) -> dict[str, Any]:
+    import latency  # bench/latency.py: Elasticsearch's CPU seconds from /proc
     t = time.perf_counter()
     written = corpus.write_corpus(db, args.objects, 1000)
     print(f"corpus: {written} objects written in {time.perf_counter() - t:.0f} s (not measured); {load()}")
@@ -191,10 +199,21 @@ def backfill_part(args: argparse.Namespace, es: Any, es_url: str, db_dsn: str, d
     peaks: list[int] = []
     profile: pstats.Stats | None = None
 
+    cpu: dict[str, tuple[float, float]] = {}  # kind -> (client CPU µs/doc, ES CPU µs/doc) of its best round
+    clock: dict[str, float] = {}
+
+    def begin() -> None:
+        clock.update(es=latency.es_cpu_seconds(es), me=time.process_time(), kids=children_cpu())
+
     def note(kind: str, rate: float) -> None:
+        es_cpu = latency.es_cpu_seconds(es) - clock["es"]
+        client = time.process_time() - clock["me"] + children_cpu() - clock["kids"]
         rounds.setdefault(kind, []).append(rate)
-        best[kind] = max(best.get(kind, 0.0), rate)
-        print(f"  {kind:<44} {rate:>9,.0f} docs/s   {load()}", flush=True)
+        if rate > best.get(kind, 0.0):
+            best[kind] = rate
+            cpu[kind] = (1e6 * client / docs, 1e6 * es_cpu / docs)
+        print(f"  {kind:<44} {rate:>9,.0f} docs/s   CPU µs/doc: client {1e6 * client / docs:5.0f}, "
+              f"Elasticsearch {1e6 * es_cpu / docs:5.0f}   {load()}", flush=True)
 
     n = 0
     for r in range(args.rounds + 1):  # round 0 warms Elasticsearch up and is not kept
@@ -202,11 +221,13 @@ def backfill_part(args: argparse.Namespace, es: Any, es_url: str, db_dsn: str, d
         print(f"{label}:")
         for threads, chunk in grid if r else grid[:1]:
             n += 1
+            begin()
             rate = raw_rate(es, es_url, db_dsn, actions, f"{root}-raw{n}", threads, chunk)
             drop(es, f"{root}-raw{n}")
             if r:
                 note(f"raw parallel_bulk threads {threads} chunk {chunk}", rate)
         n += 1
+        begin()
         wall, peak, _ = run_processes([settings_env(db_dsn, es_url, f"{root}-run{n}")])
         assert count(es, f"{root}-run{n}") == docs
         drop(es, f"{root}-run{n}")
@@ -215,6 +236,7 @@ def backfill_part(args: argparse.Namespace, es: Any, es_url: str, db_dsn: str, d
         peaks += peak
         note("esindexer run --until-caught-up (process)", docs / wall)
         n += 1
+        begin()
         seconds, stats = in_process(db_dsn, es_url, f"{root}-inproc{n}", args.profile and r == 1)
         profile = profile or stats
         drop(es, f"{root}-inproc{n}")
@@ -224,18 +246,19 @@ def backfill_part(args: argparse.Namespace, es: Any, es_url: str, db_dsn: str, d
                 continue
             n += 1
             envs = [settings_env(db_dsn, es_url, f"{root}-part{n}", partition=f"{i}/{parts}") for i in range(parts)]
+            begin()
             wall, _, _ = run_processes(envs)
             assert count(es, f"{root}-part{n}") == docs
             drop(es, f"{root}-part{n}")
             note(f"{parts} partition processes side by side", docs / wall)
     raw = max(v for k, v in best.items() if k.startswith("raw"))
     print(f"\nbackfill of {docs:,} documents ({args.objects:,} objects), best of {args.rounds} round(s):")
-    print("| way | docs/s (best) | per round | vs raw | target |")
-    print("|---|---:|---|---:|---|")
+    print("| way | docs/s (best) | per round | vs raw | target | CPU µs/doc: client / Elasticsearch |")
+    print("|---|---:|---|---:|---|---|")
     for kind, rate in best.items():
         target = "≥ 0.80" if kind.startswith("esindexer run") else ""
         per = " / ".join(f"{v:,.0f}" for v in rounds[kind])
-        print(f"| {kind} | {rate:,.0f} | {per} | {rate / raw:.2f} | {target} |")
+        print(f"| {kind} | {rate:,.0f} | {per} | {rate / raw:.2f} | {target} | {cpu[kind][0]:.0f} / {cpu[kind][1]:.0f} |")
     st = corpus.measure_stages(db_dsn, settings)
     per = lambda s: 1e6 * s / max(docs, 1)  # noqa: E731
     print(f"\nesindexer's side alone, µs per document (one thread, no Elasticsearch): read {per(st.read_s):.1f}, "

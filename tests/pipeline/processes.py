@@ -170,10 +170,13 @@ class LiveWriter:
             self.db.pack()
         self.packs += 1
 
-    def stop(self) -> None:
+    def stop(self, check: bool = True) -> None:
+        """Stop writing; with ``check``, raise what went wrong in the writer (a ``finally``
+        passes False, so the processes are still stopped)."""
         self._stop.set()
-        self._thread.join(30)
-        if self._error is not None:
+        if self._thread.is_alive() or self._thread.ident is not None:
+            self._thread.join(30)
+        if check and self._error is not None:
             raise self._error
 
 

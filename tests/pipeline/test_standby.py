@@ -66,10 +66,10 @@ def test_standby_takes_over_from_a_killed_active_under_a_live_writer(zodb, db_ds
         assert report.objects > 200
         print(f"takeover after SIGKILL: {took:.2f}s; {writer.commits} commits, {report.objects} objects")
     finally:
-        writer.stop()
+        writer.stop(check=False)
         active.stop()
-        if standby is not None:
-            assert standby.stop() == 0, standby.log()
+        code = standby.stop() if standby is not None else 0
+        assert code == 0, standby.log() if standby else ""
 
 
 def test_active_that_loses_postgresql_becomes_the_standby(zodb, db_dsn, es_url, es, es_prefix, tmp_path):
@@ -98,10 +98,9 @@ def test_active_that_loses_postgresql_becomes_the_standby(zodb, db_dsn, es_url, 
         assert report.clean, report.as_dict()
         print(f"takeover after a lost connection: {took:.2f}s")
     finally:
-        writer.stop()
-        assert first.stop() == 0, first.log()
-        if second is not None:
-            assert second.stop() == 0, second.log()
+        writer.stop(check=False)
+        codes = [first.stop(), second.stop() if second is not None else 0]  # both, before any assertion
+        assert codes == [0, 0], first.log()[-3000:] + (second.log()[-3000:] if second else "")
 
 
 def test_without_standby_a_second_instance_exits_4_before_binding_its_port(zodb, db_dsn, es_url, es, es_prefix,
