@@ -82,6 +82,11 @@ class Sink(Protocol):
         """Create what is missing (idempotent; at every start); return the indices."""
         ...
 
+    def missing_indices(self) -> tuple[str, ...]:
+        """The routed indices that do not exist (checked at start, before creating them:
+        all of them gone while progress says they were filled means they were lost)."""
+        ...
+
     def send(self, actions: Sequence[Action]) -> SendResult:
         """Write the actions; return when every one is settled."""
         ...

@@ -47,7 +47,9 @@ def connect(settings: Settings) -> Any:
     try:
         return pg.connect(settings, "cli")
     except psycopg2.OperationalError as exc:
-        raise Unreachable(f"cannot reach PostgreSQL: {redact(str(exc).strip())}") from None
+        if (problem := pg.refused_for_good(exc)) is not None:
+            raise problem from None
+        raise Unreachable(f"cannot reach PostgreSQL: {redact(' '.join(str(exc).split()))}") from None
 
 
 def one_shot_sink(settings: Settings) -> Any:

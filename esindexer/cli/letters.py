@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from esindexer.cli.common import Command, connect, one_shot_sink
 from esindexer.config import Settings
+from esindexer.errors import ExitCode
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,8 +60,17 @@ def _redeliver(conn: object, settings: Settings, as_json: bool) -> int:
 
 
 def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    from esindexer.source import deadletters, pg
+
     conn = connect(settings)
     try:
+        pg.require_relstorage(conn)
+        if not deadletters.table_exists(conn):
+            # "no dead letters" would be untrue: nothing was ever recorded here.
+            print(f"esindexer: no table {deadletters.TABLE} in this database: esindexer has not run against it "
+                  "(is ESINDEXER_PG_DSN the database esindexer indexes?)", file=sys.stderr)
+            return ExitCode.SETUP
+        conn.rollback()
         if args.redeliver:
             return _redeliver(conn, settings, args.json)
         return _summary(conn, settings, args.json)

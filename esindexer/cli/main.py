@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from esindexer.cli import alias, config, docs, letters, run, status, triggers, verify
+from esindexer.cli import alias, config, docs, letters, run, setup, status, triggers, verify
 from esindexer.cli.common import Command
 from esindexer.cli.parser import build_parser
 from esindexer.config import Settings, load_settings
@@ -25,7 +25,7 @@ log = logging.getLogger("esindexer")
 #: In the order ``--help`` lists them.
 COMMANDS: tuple[Command, ...] = (
     run.COMMAND, status.COMMAND, verify.COMMAND, letters.COMMAND, alias.COMMAND,
-    triggers.COMMAND, config.COMMAND, docs.COMMAND,
+    setup.COMMAND, triggers.COMMAND, config.COMMAND, docs.COMMAND,
 )
 
 
@@ -77,9 +77,26 @@ def _main(command: Command, args: argparse.Namespace) -> int:
     except SchemaError as exc:  # reachable, but not a RelStorage database (yet)
         return _fail(f"{exc}; is ESINDEXER_PG_DSN the database RelStorage writes to?", ExitCode.SETUP)
     except Exception as exc:
-        from esindexer.es.client import as_setup_error
+        return _failure(settings, args.command, exc)
 
-        if (problem := as_setup_error(exc)) is not None:
-            return _fail(str(problem), ExitCode.SETUP)
-        log.exception("esindexer %s failed", args.command)
-        return ExitCode.ERROR
+
+def _failure(settings: Settings, command: str, exc: Exception) -> int:
+    """The exit code and one line for what ended ``command``; a traceback only for a bug."""
+    import psycopg2
+    import psycopg2.errors
+
+    from esindexer.es.client import as_setup_error, connection_hint, describe_error, retry_reason
+    from esindexer.source.pg import privilege_problem, refused_for_good
+
+    if (problem := as_setup_error(exc) or refused_for_good(exc)) is not None:
+        return _fail(str(problem), ExitCode.SETUP)
+    if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+        return _fail(str(privilege_problem(exc)), ExitCode.SETUP)
+    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+        return _fail(f"lost PostgreSQL: {' '.join(str(exc).split())}", ExitCode.UNREACHABLE)
+    if retry_reason(exc) is not None:  # unreachable, timed out, 429/5xx: after the command's retries
+        hint = connection_hint(exc)
+        return _fail(f"cannot reach Elasticsearch at {', '.join(settings.es_url)}: {describe_error(exc)}"
+                     + (f" ({hint})" if hint else ""), ExitCode.UNREACHABLE)
+    log.exception("esindexer %s failed", command)
+    return ExitCode.ERROR

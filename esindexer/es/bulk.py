@@ -50,7 +50,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from esindexer.backoff import Backoff
 from esindexer.documents import Action
 from esindexer.errors import Abandoned, RetryableItems, SetupError
-from esindexer.es.client import describe_error, retry_reason
+from esindexer.es.client import connection_hint, describe_error, retry_reason
 from esindexer.sink import Rejected, SendResult
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,9 @@ class BulkSender:
         exc = state.outcome.exception() if state.outcome else None
         reason = retry_reason(exc) if exc else "unknown"
         wait = state.next_action.sleep if state.next_action else 0
-        log.warning("bulk request failed (%s: %s); retry %d in %.1fs, progress frozen", reason,
-                    describe_error(exc) if exc else "", state.attempt_number, wait,
+        hint = connection_hint(exc) if exc else ""
+        log.warning("bulk request failed (%s: %s); retry %d in %.1fs, progress frozen%s", reason,
+                    describe_error(exc) if exc else "", state.attempt_number, wait, f"; {hint}" if hint else "",
                     extra={"reason": reason, "attempt": state.attempt_number})
         if self._on_retry and exc is not None:
             self._on_retry(reason or "unknown", exc)

@@ -79,6 +79,10 @@ def as_setup_error(exc: BaseException) -> SetupError | None:
     """The :class:`SetupError` ``exc`` amounts to, or None when it is something else."""
     if isinstance(exc, SetupError):
         return exc
+    if isinstance(exc, TlsError) and "wrong_version_number" in describe_error(exc).lower():
+        return SetupError(
+            f"TLS with Elasticsearch failed ({describe_error(exc)}): ESINDEXER_ES_URL says https:// but the "
+            "server at that port answers in plain HTTP; use http:// or the port where the node serves HTTPS")
     if isinstance(exc, TlsError) and "certificate" in describe_error(exc).lower():
         # (other TLS trouble, such as a handshake cut short by a restarting node, is transient)
         return SetupError(
@@ -117,6 +121,19 @@ def describe_error(exc: BaseException) -> str:
         text = str(getattr(exc, "message", "") or exc).strip()
     return redact(text.splitlines()[0][:300]) if text else type(exc).__name__
 
+
+
+def connection_hint(exc: BaseException) -> str:
+    """What a connection failure suggests checking, or ''; appended to retry lines and errors."""
+    text = describe_error(exc).lower()
+    if "closed connection without response" in text or "connection reset" in text:
+        return ("the server closed the connection without an HTTP answer: an HTTPS-only node reached with "
+                "http://, or a port that is not Elasticsearch's HTTP port (9200)?")
+    if "connection refused" in text:
+        return "nothing listens at that address: is Elasticsearch running, and are the host and port right?"
+    if isinstance(exc, ConnectionTimeout) or "timed out" in text:
+        return "no answer in time: a firewall, a wrong host, or an overloaded node?"
+    return ""
 
 
 def retry_reason(exc: BaseException) -> str | None:

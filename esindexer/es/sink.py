@@ -45,6 +45,9 @@ class ElasticsearchSink:
     def ensure_indices(self) -> tuple[str, ...]:
         return ensure_indices(self.es, self.settings)
 
+    def missing_indices(self) -> tuple[str, ...]:
+        return tuple(index for index in self._indices if not self.es.indices.exists(index=index))
+
     def send(self, actions: Sequence[Action]) -> SendResult:
         return self.sender.send(actions)
 

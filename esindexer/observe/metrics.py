@@ -72,6 +72,7 @@ class _State:
     source_poll_wall: float | None = None
     dead_letters: int | None = None
     budget_exhausted: bool = False
+    indices_vanished: bool = False
     crash_guard_active: bool | None = None
     live: bool | None = None
     standby: bool = False
@@ -110,6 +111,7 @@ class _StateCollector(Collector):
         put("source_last_poll_timestamp_seconds", state.source_poll_wall)
         put("dead_letters", state.dead_letters)
         put("error_budget_exhausted", int(state.budget_exhausted))
+        put("indices_vanished", int(state.indices_vanished))
         put("live", None if state.live is None else int(state.live))
         put("standby", int(state.standby))
         put("crash_guard_active", None if state.crash_guard_active is None else int(state.crash_guard_active))
@@ -133,6 +135,8 @@ class _StateCollector(Collector):
                                                   "source poll.",
             "dead_letters": "Documents currently held in the dead-letter table.",
             "error_budget_exhausted": "1 once the dead-letter error budget is exhausted.",
+            "indices_vanished": "1 when none of the routed indices existed at start although saved "
+                                "progress says they were filled (documents lost; see the log).",
             "live": "1 while the service is caught up and refreshes touched indices explicitly "
                     "(live_refresh_interval); 0 while it works through a backlog (no explicit refresh).",
             "standby": "1 while this process waits as a hot standby because another esindexer holds "
@@ -312,6 +316,11 @@ class Metrics:
     def record_crashed_record(self) -> None:
         """Count one record isolated by the crash guard."""
         self.crashed_records.inc()
+
+    def set_indices_vanished(self, flag: bool) -> None:
+        """Set whether the indices were found gone at start while progress was saved."""
+        with self._lock:
+            self._state.indices_vanished = bool(flag)
 
     def set_error_budget_exhausted(self, flag: bool) -> None:
         """Set whether the dead-letter error budget is used up (readiness fails if so)."""

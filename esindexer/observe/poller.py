@@ -22,6 +22,7 @@ from typing import Any
 from esindexer.backoff import Backoff
 from esindexer.observe.metrics import Metrics
 from esindexer.redact import redact
+from esindexer.source.pg import refused_for_good
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ class SourcePoller:
         if getattr(exc, "pgcode", None) == "42P01":  # undefined_table: reachable, but not RelStorage's
             reason = ("no RelStorage table object_state in this database (not created yet, or "
                       "ESINDEXER_PG_DSN names another database)")
+        elif (refused := refused_for_good(exc)) is not None:  # the indexer itself exits with code 2
+            reason = redact(str(refused))
         else:
             reason = f"PostgreSQL unreachable: {type(exc).__name__}: {redact(' '.join(str(exc).split()))}"
         self._metrics.record_source_unreachable(reason)

@@ -28,7 +28,7 @@ from esindexer.config import Settings
 from esindexer.convert.configure import build_jsonifier
 from esindexer.documents import DocumentBuilder
 from esindexer.errors import Abandoned, AlreadyRunning, ErrorBudgetExhausted, ExitCode, SchemaError
-from esindexer.es.client import as_setup_error, describe_error, retry_reason
+from esindexer.es.client import as_setup_error, connection_hint, describe_error, retry_reason
 from esindexer.es.sink import ElasticsearchSink
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.budget import ErrorBudget
@@ -40,6 +40,7 @@ from esindexer.pipeline.standby import LockKeeper
 from esindexer.pipeline.sweep import sweep
 from esindexer.sink import Sink
 from esindexer.source import deadletters, deletions, follow, notify, partitions, pg, progress
+from esindexer.source.tid import tid_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class Indexer:
             try:
                 return fn()
             except pg.CONNECTION_ERRORS as exc:
+                if (problem := pg.refused_for_good(exc)) is not None:
+                    raise problem from None  # a wrong password: retrying cannot help
                 reason, error = "pg_unreachable", exc
             except SchemaError as exc:  # started before the application created its tables?
                 reason, error = "source_schema_missing", exc
@@ -120,7 +123,9 @@ class Indexer:
             attempt += 1
             delay = self._backoff.delay(attempt)
             self.metrics.record_retry(reason, f"{what}: {describe_error(error)}")
-            log.warning("%s failed (%s: %s); retrying in %.1fs", what, reason, describe_error(error), delay,
+            hint = connection_hint(error)
+            log.warning("%s failed (%s: %s); retrying in %.1fs%s", what, reason, describe_error(error), delay,
+                        f"; {hint}" if hint else "",
                         extra={"reason": reason})
             if self._stop.wait(delay):
                 raise Abandoned(what)
@@ -134,6 +139,9 @@ class Indexer:
                 deadletters.ensure_table(conn)
                 self.crash_guard.ensure_table(conn)
                 conn.commit()
+        except pg.NOT_PERMITTED as exc:
+            conn.close()
+            raise pg.privilege_problem(exc) from None
         except BaseException:
             conn.close()
             raise
@@ -146,6 +154,20 @@ class Indexer:
         raises :class:`Abandoned` if stopped meanwhile."""
         if self._claimed is None:
             self._claimed = self._retry_forever("connecting to PostgreSQL", self._open_writer)
+
+    def _warn_vanished(self, start_tid: int) -> None:
+        """None of the routed indices existed, yet progress says they were filled: they were
+        deleted (or this is another cluster). Following on from the saved progress would
+        index only what changes from now on, so say so, loudly, with the way back."""
+        self.metrics.set_indices_vanished(True)
+        log.error(
+            "none of the indices %s existed at start, although client id %r has indexed up to %s: "
+            "the documents written before were lost (indices deleted, or another Elasticsearch). Only "
+            "changes from now on will be indexed. Rebuild the rest with `esindexer verify --repair` "
+            "(writes every missing document) or build a new generation with `esindexer reindex`",
+            ", ".join(self.sink.indices), self.settings.worker_id,
+            tid_to_datetime(start_tid).isoformat(timespec="seconds"),
+            extra={"indices": list(self.sink.indices), "progress_tid": start_tid})
 
     def _prepare_source(self, conn: Any) -> bool:
         """Install triggers if allowed. Returns True when a sweep is due.
@@ -226,7 +248,9 @@ class Indexer:
         reader: BatchReader | None = None
         refresher: Refresher | None = None
         try:
+            missing: tuple[str, ...] = ()
             if first:  # only once the lock is ours: a refused second instance changes nothing
+                missing = self._retry_forever("looking for the indices", self.sink.missing_indices)
                 self._retry_forever("creating index template and indices", self.sink.ensure_indices)
             # A database without RelStorage's tables is waited for, loudly: in a compose stack
             # the application may create them after esindexer starts; otherwise the DSN is wrong.
@@ -236,6 +260,8 @@ class Indexer:
                 sweep(conn, self.sink, self.metrics)
             start_tid = progress.get_progress_tid(conn, s.worker_id)
             conn.commit()
+            if start_tid > 0 and missing and len(missing) == len(self.sink.indices):
+                self._warn_vanished(start_tid)
             self.crash_guard.begin(conn, start_tid)
             if first:  # after a reconnect, keep the time of the last real progress (stall detection)
                 self.metrics.record_progress(start_tid)

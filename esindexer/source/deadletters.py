@@ -59,8 +59,13 @@ class DeadLetter:
 
 
 def ensure_table(conn: Any) -> None:
-    """Create the table if missing, inside a savepoint so a caller's work survives a failure."""
+    """Create the table if missing, inside a savepoint so a caller's work survives a failure.
+
+    When it exists nothing is attempted: a role granted only its rows (``esindexer setup
+    --grant-to``) has no right to run even ``CREATE TABLE IF NOT EXISTS``."""
     with conn.cursor() as cur:
+        if has_relation(cur, TABLE):
+            return
         cur.execute("SAVEPOINT esindexer_dead_letters_ddl")
         try:
             cur.execute(DDL)
@@ -87,6 +92,12 @@ def add(conn: Any, client_id: str, letters: Iterable[DeadLetter]) -> int:
                 rows,
             )
     return len(rows)
+
+
+def table_exists(conn: Any) -> bool:
+    """Whether esindexer has created its dead-letter table in this database (it has run here)."""
+    with conn.cursor() as cur:
+        return has_relation(cur, TABLE)
 
 
 def count(conn: Any, client_id: str) -> int:

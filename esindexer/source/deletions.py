@@ -57,14 +57,20 @@ UPDATE {CURSOR_TABLE} SET last_xid = pg_current_xact_id();
 
 _INDEX = f"CREATE INDEX IF NOT EXISTS {LOG_TABLE}_order ON {LOG_TABLE} (xid, id)"
 
-_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION {CAPTURE_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
+_BODY = f"""
 BEGIN
     INSERT INTO {LOG_TABLE} (zoid, tid) VALUES (OLD.zoid, OLD.tid);
     RETURN OLD;
 END
-$$;
 """
+
+# SECURITY DEFINER: the row is written with the rights of the function's owner (who
+# created the log), not of whoever deletes from object_state. RelStorage's role packs;
+# when an administrator set esindexer up (``esindexer setup``) that role has no right on
+# the log, and the pack must not fail for it. The search_path is pinned, as a definer
+# function must, to the schema the log was created in.
+_FUNCTION = (f"CREATE OR REPLACE FUNCTION {CAPTURE_FUNCTION}() RETURNS trigger LANGUAGE plpgsql "
+             f"SECURITY DEFINER SET search_path = %s, pg_temp AS $esindexer${_BODY}$esindexer$")
 
 
 def history_preserving(conn: Any) -> bool:
@@ -79,8 +85,22 @@ def capture_installed(conn: Any) -> bool:
         return count > 0
 
 
+def _tables_current(cur: Any) -> bool:
+    return has_relation(cur, CURSOR_TABLE) and _usable(cur)
+
+
+def _capture_current(cur: Any, table: str) -> bool:
+    """Whether the capture function (this body, definer rights) and its trigger are installed."""
+    cur.execute("SELECT p.prosrc = %s AND p.prosecdef FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+                "WHERE t.tgrelid = to_regclass(%s) AND t.tgname = %s", (_BODY, table, CAPTURE_TRIGGER))
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
 def _create_tables(cur: Any) -> None:
     """Create (or bring up to date) the log and cursor tables in the caller's transaction."""
+    if _tables_current(cur):  # no DDL at all when present: a least-privileged role may run none
+        return
     cur.execute(_TABLES)
     if not _usable(cur):
         cur.execute(_MIGRATE)
@@ -98,12 +118,17 @@ def install(conn: Any) -> bool:
     or the lock could not be had.
     """
     table = "current_object" if history_preserving(conn) else "object_state"
+    with conn.cursor() as cur:
+        present = _tables_current(cur) and _capture_current(cur, table)
     conn.commit()
+    if present:
+        return True
     try:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL lock_timeout = '10s'")
             _create_tables(cur)
-            cur.execute(_FUNCTION)
+            cur.execute("SELECT current_schema()")
+            cur.execute(_FUNCTION, (cur.fetchone()[0],))
             cur.execute("SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
                         (table, CAPTURE_TRIGGER))
             if cur.fetchone() is None:
@@ -121,7 +146,11 @@ def install(conn: Any) -> bool:
 
 def ensure_tables(conn: Any) -> bool:
     """Create the log tables if possible (no trigger). False when not permitted."""
+    with conn.cursor() as cur:
+        present = _tables_current(cur)
     conn.commit()
+    if present:
+        return True
     try:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL lock_timeout = '10s'")

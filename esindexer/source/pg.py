@@ -30,7 +30,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from esindexer.errors import AlreadyRunning, SchemaError
+from esindexer.errors import AlreadyRunning, SchemaError, SetupError
 
 if TYPE_CHECKING:
     from esindexer.config import Settings
@@ -48,6 +48,44 @@ NOT_PERMITTED = (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.LockNotA
                  psycopg2.errors.ReadOnlySqlTransaction, psycopg2.errors.FeatureNotSupported)
 
 LOCK_CLASS = 0x65730001  # advisory lock namespace: "es" + 1
+
+#: What the server says, at connection time, when it will never accept this DSN: the
+#: password, the role, the database or pg_hba.conf is wrong. libpq reports these without
+#: an SQLSTATE, so the (English, as libpq and the server send them by default) text is
+#: all there is to tell them from an outage.
+_REFUSED_FOR_GOOD = (
+    ("password authentication failed", "the password (or the user) in ESINDEXER_PG_DSN is wrong"),
+    ("no password supplied", "the server asks for a password and ESINDEXER_PG_DSN gives none"),
+    ("authentication failed for user", "the server refused the authentication of that user"),
+    ("no pg_hba.conf entry", "the server's pg_hba.conf admits no connection of this user to this database "
+                             "from this host"),
+    ("does not exist", "the database or role named in ESINDEXER_PG_DSN does not exist"),
+    ("server does not support ssl", "ESINDEXER_PG_DSN asks for SSL (sslmode) and the server has none"),
+)
+
+
+def privilege_problem(exc: BaseException) -> SetupError:
+    """The one line for a statement this role may not run: what was refused, and the fix."""
+    text = " ".join(str(getattr(exc, "pgerror", None) or exc).split())
+    return SetupError(f"PostgreSQL refused: {text[:300]}; an administrator sets esindexer up once with "
+                      "`esindexer setup --grant-to <this role>` (docs/configuration.md, least privilege)")
+
+
+def refused_for_good(exc: BaseException) -> SetupError | None:
+    """The :class:`SetupError` a failed connection amounts to, when no retry can help.
+
+    A wrong password used to be retried for ever and reported as "unreachable"; these
+    end a command with exit code 2 and one line saying what to change.
+    """
+    if not isinstance(exc, psycopg2.OperationalError) or getattr(exc, "pgcode", None):
+        return None
+    text = " ".join(str(exc).split())
+    lowered = text.lower()
+    for needle, meaning in _REFUSED_FOR_GOOD:
+        if needle in lowered:
+            first = text.split(" connection to server at ")[0]  # libpq repeats it per address tried
+            return SetupError(f"PostgreSQL refused the connection: {meaning} ({first[:300]})")
+    return None
 
 
 def dsn(settings: Settings, role: str) -> str:

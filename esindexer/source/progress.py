@@ -30,6 +30,7 @@ keeping one writer per client id is the caller's job (e.g. a session advisory lo
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import psycopg2.errors
 import psycopg2.extensions
@@ -79,6 +80,13 @@ def get_progress_row(conn: ConnOrDsn, client_id: str) -> tuple[int, float] | Non
                     (client_id,))
         row = cur.fetchone()
     return None if row is None else (int(row[0]), float(row[1]))
+
+
+def ensure_table(conn: Any) -> None:
+    """Create the progress table if missing (``esindexer setup``); the caller commits."""
+    with conn.cursor() as cur:
+        if not has_relation(cur, PROGRESS_TABLE):
+            cur.execute(_CREATE)
 
 
 def _in_savepoint(cur: psycopg2.extensions.cursor, statement: str, args: tuple[object, ...] | None = None) -> None:

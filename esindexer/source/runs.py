@@ -58,6 +58,8 @@ def ensure_table(conn: Any) -> bool:
     for the dead-letter table.
     """
     with conn.cursor() as cur:
+        if has_relation(cur, TABLE):  # present: no DDL, which a least-privileged role may not run
+            return True
         cur.execute("SAVEPOINT esindexer_crash_guard_ddl")
         try:
             cur.execute(DDL)

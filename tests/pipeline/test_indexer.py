@@ -494,7 +494,8 @@ def test_reindex_without_downtime(zodb, db_dsn, es, es_url, es_prefix):
     assert len(docs(es, alias)) == 31
 
     done = run_esindexer("alias", env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url,
-                                       "ESINDEXER_INDEX_PREFIX": f"{alias}-gen2", "ESINDEXER_ALIAS": alias})
+                                       "ESINDEXER_INDEX_PREFIX": f"{alias}-gen2", "ESINDEXER_ALIAS": alias,
+                                       "ESINDEXER_CLIENT_ID": "esindexer-gen2"})
     assert done.returncode == 0, done.stderr
     assert f"removed from {alias}-gen1-objects" in done.stdout
     assert sorted(es.indices.get_alias(name=alias)) == [f"{alias}-gen2-objects"]
@@ -704,3 +705,32 @@ def test_elasticsearch_killed_while_the_application_commits_loses_nothing(zodb, 
         conn.close()
     finally:
         node.close()
+
+
+def test_indices_deleted_by_hand_are_noticed_at_start(zodb, db_dsn, es, es_url, es_prefix, caplog):
+    """Progress says the indices were filled, but none exists: the start says so, loudly."""
+    from prometheus_client import generate_latest
+
+    conn = zodb.open()
+    commit_pages(conn.root(), 3)
+    settings = make_settings(db_dsn, es_url, es_prefix)
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
+    quiet = Metrics(process_metrics=False)
+    with caplog.at_level("ERROR", logger="esindexer"):
+        assert Indexer(settings, quiet).run(until_caught_up=True) == ExitCode.OK
+    assert "existed at start" not in caplog.text  # the indices are there: nothing to say
+    assert b"esindexer_indices_vanished 0.0" in generate_latest(quiet.registry)
+
+    es.indices.delete(index=",".join(settings.index_for_route(r) for r in settings.route_names()))
+    metrics = Metrics(process_metrics=False)
+    with caplog.at_level("ERROR", logger="esindexer"):
+        assert Indexer(settings, metrics).run(until_caught_up=True) == ExitCode.OK
+    assert f"none of the indices {settings.index_for_route('objects')} existed at start" in caplog.text
+    assert "esindexer verify --repair" in caplog.text
+    assert b"esindexer_indices_vanished 1.0" in generate_latest(metrics.registry)
+
+    done = run_esindexer("verify", "--repair", env={
+        "ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url, "ESINDEXER_INDEX_PREFIX": settings.index_prefix})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(docs(es, settings.alias_name)) == 4  # the root and the three pages, back
+    conn.close()

@@ -271,8 +271,17 @@ def test_a_log_from_before_the_transaction_ordered_cursor_is_upgraded_in_place(z
     assert deletions.ensure_tables(pg)
     _log_row(pg, 6)
     pg.commit()
-    assert [row[2] for row in deletions.pending(pg, "a")] == [4, 5, 6]
-    assert [row[2] for row in deletions.pending(pg, "b")] == [1, 2, 3, 4, 5, 6]
+
+    def pending(client: str) -> list[int]:
+        try:
+            return [row[2] for row in deletions.pending(pg, client)]
+        finally:
+            pg.rollback()
+
+    # Rows become readable once every transaction older than them has ended, in the whole
+    # PostgreSQL cluster (the snapshot's xmin): other work on the server may delay that.
+    wait_for(lambda: pending("a") == [4, 5, 6], message="the upgraded rows readable")
+    assert pending("b") == [1, 2, 3, 4, 5, 6]
     assert deletions.count_unapplied(pg, "a") == 3
     pg.rollback()
     pg.close()
@@ -286,9 +295,15 @@ def test_two_clients_advancing_at_once_leave_no_applied_rows_behind(zodb, db_dsn
     for zoid in range(1, 101):
         _log_row(first, zoid)
     first.commit()
-    rows = {client: deletions.pending(conn, client) for client, conn in (("a", first), ("b", second))}
-    first.rollback(), second.rollback()
-    assert len(rows["a"]) == len(rows["b"]) == 100
+
+    def read() -> dict[str, list]:
+        found = {client: deletions.pending(conn, client) for client, conn in (("a", first), ("b", second))}
+        first.rollback(), second.rollback()
+        return found
+
+    # (readable once older transactions anywhere on the server have ended: the xmin)
+    rows = wait_for(lambda: (found := read()) and len(found["a"]) == len(found["b"]) == 100 and found,
+                    message="the 100 rows readable by both clients")
     # Both move their cursors in overlapping transactions, then each prunes.
     deletions.advance(first, "a", rows["a"][-1][0], rows["a"][-1][1])
     deletions.advance(second, "b", rows["b"][-1][0], rows["b"][-1][1])
