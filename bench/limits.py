@@ -394,11 +394,16 @@ def source_part(args: argparse.Namespace, pg: str) -> None:
         finally:
             db.close()
     off, on = max(rates[False]), max(rates[True])
+    # Each "on" round ran right after an "off" one: their ratios cancel slow drifts of the load.
+    pairs = sorted(b / a for a, b in zip(rates[False], rates[True]))
+    median = pairs[len(pairs) // 2] if len(pairs) % 2 else (pairs[len(pairs) // 2 - 1] + pairs[len(pairs) // 2]) / 2
     print(f"\nZODB commits/s (one new and one changed object each, {args.commits} commits, best of {args.rounds})")
-    print("| without triggers | with esindexer's triggers | slower by | target |")
-    print("|---:|---:|---:|---|")
+    print("| without triggers | with esindexer's triggers | slower by (best vs best) | slower by (median of pairs) "
+          "| target |")
+    print("|---:|---:|---:|---:|---|")
     print(f"| {off:,.0f} ({' / '.join(f'{v:,.0f}' for v in rates[False])}) "
-          f"| {on:,.0f} ({' / '.join(f'{v:,.0f}' for v in rates[True])}) | {100 * (1 - on / off):.1f} % | ≤ 5 % |")
+          f"| {on:,.0f} ({' / '.join(f'{v:,.0f}' for v in rates[True])}) | {100 * (1 - on / off):.1f} % "
+          f"| {100 * (1 - median):.1f} % | ≤ 5 % |")
 
 
 def main(argv: list[str] | None = None) -> int:
