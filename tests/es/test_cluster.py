@@ -3,8 +3,8 @@ each, from the test install) under a backfill with replicas 1: a data node is ki
 (SIGKILL) in the middle of it, then the elected master; the backfill finishes, and the
 index equals the database, object by object.
 
-About three to four minutes on two shared cores (three JVMs start, and a killed node
-is started again twice), so it is not part of the default run: ``scripts/cluster-test``
+Three and a half to ten minutes on two shared cores (three JVMs start, and a killed
+node is started again twice), so it is not part of the default run: ``scripts/cluster-test``
 runs it (``ESIT_CLUSTER=1``); its results are in docs/operations.md, *Elasticsearch
 cluster*.
 """
@@ -88,7 +88,13 @@ def test_a_backfill_loses_nothing_when_a_data_node_dies_and_the_master_changes(c
         wait_for(lambda: progress(db_dsn) > before, timeout=120, interval=0.2, message="progress without the node")
         _step(log, f"progress continues without {victim}; restarting it", started, db_dsn)
         cluster.restart(victim)
-        _step(log, f"{victim} is back; SIGKILL the elected master {master}", started, db_dsn)
+        # One failure at a time: with replicas 1, killing a second node before the first one's
+        # copies are in sync again (green) can leave a shard with no in-sync copy, and writes to
+        # it then wait until a node comes back (seen here when the master was killed 2 s after
+        # the restart: progress stood still for minutes, nothing was lost).
+        es.options(request_timeout=200).cluster.health(index=f"{prefix}-*", wait_for_status="green", timeout="180s")
+        _step(log, f"{victim} is back and the indices are green; SIGKILL the elected master {master}", started,
+              db_dsn)
         assert proc.poll() is None, "the backfill ended before the master could be killed: raise OBJECTS"
         cluster.kill(master)
         new_master = wait_for(lambda: (m := _master(es)) and m != master and m, timeout=120, interval=0.5)
@@ -98,7 +104,8 @@ def test_a_backfill_loses_nothing_when_a_data_node_dies_and_the_master_changes(c
         _step(log, "progress continues under the new master; restarting the old one", started, db_dsn)
         cluster.restart(master)
         assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-5000:]
-        retries = [line for line in (tmp_path / "run.log").read_text().splitlines() if "retrying" in line]
+        retries = [line for line in (tmp_path / "run.log").read_text().splitlines()
+                   if "request failed" in line or "retrying" in line]
         _step(log, f"backfill finished (exit 0) after {len(retries)} retried requests", started, db_dsn)
         for line in retries[:3] + retries[-2:]:
             print(f"    {line[:300]}")
