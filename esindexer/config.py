@@ -38,6 +38,8 @@ class Settings:
 
     pg_dsn: str
     client_id: str
+    standby: bool
+    partition: str | None
     batch_limit: int
     fetch_size: int
     poll_timeout: float
@@ -83,6 +85,22 @@ class Settings:
     log_format: str
     log_level: str
 
+    @property
+    def partition_spec(self) -> tuple[int, int] | None:
+        """``(i, N)`` of ``partition``, or None when this process handles every object."""
+        if not self.partition:
+            return None
+        index, count = self.partition.split("/")
+        return int(index), int(count)
+
+    @property
+    def worker_id(self) -> str:
+        """The id progress, the lock, the deletion cursor, dead letters and the crash guard are
+        kept under: ``client_id``, or per partition its own derived id (each partition
+        advances on its own; see :func:`partition_worker_id`)."""
+        spec = self.partition_spec
+        return self.client_id if spec is None else partition_worker_id(self.client_id, *spec)
+
     def route_names(self) -> tuple[str, ...]:
         """Every route an object may be indexed under (deletes go to all of them)."""
         names = [self.default_route] + [route for _, route in self.class_routes]
@@ -110,6 +128,14 @@ class Settings:
             out[spec.name] = value
         return out
 
+
+def partition_worker_id(client_id: str, index: int, count: int) -> str:
+    """The derived client id of partition ``index`` of ``count``."""
+    return f"{client_id}{PARTITION_INFIX}{index}-of-{count}"
+
+
+#: What separates a client id from its partition in derived ids (``esindexer.partition-0-of-4``).
+PARTITION_INFIX = ".partition-"
 
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_+-]*$")
 

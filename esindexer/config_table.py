@@ -88,6 +88,18 @@ def _parse_str(value: Any) -> str:
     return str(value).strip()
 
 
+def _parse_partition(value: Any) -> str | None:
+    """``i/N`` (0-based): this process handles the objects with ``zoid mod N == i``."""
+    text = str(value).strip()
+    match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", text)
+    if not match:
+        raise ValueError(f"expected i/N such as 0/4 (0-based), got {value!r}")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or index >= count:
+        raise ValueError(f"expected i/N with 0 <= i < N, got {value!r}")
+    return f"{index}/{count}"
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip().lower()
@@ -127,6 +139,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("client_id", _parse_str, "esindexer",
             "Name under which progress, deletion cursor and dead letters are kept; one running indexer per id.",
             group="source"),
+    Setting("standby", _parse_bool, True,
+            "When another esindexer holds this client id's lock: true = wait as a hot standby (/readyz "
+            "503 'standby') and take over within seconds when it stops or loses PostgreSQL; false = "
+            "exit with code 4.", group="source"),
+    Setting("partition", _parse_partition, None,
+            "i/N (0-based): index only the objects with zoid mod N = i, with progress, lock, deletion "
+            "cursor and dead letters kept under <client_id>.partition-<i>-of-<N>; N such processes "
+            "together keep the whole index (docs/operations.md).", group="source"),
     Setting("batch_limit", _parse_int, 10_000,
             "Soft number of rows per follow batch; batches end on transaction boundaries and progress is "
             "saved after each.", group="source"),

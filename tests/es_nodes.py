@@ -119,14 +119,15 @@ class LocalNode:
     ``prepare_with_tools(tool)`` then runs the node's ``bin/`` tools as the node's user.
     """
 
-    def __init__(self, es_home: str, java_home: str, user: str | None, settings: dict[str, str], *,
+    def __init__(self, es_home: str, java_home: str, user: str | None, settings: dict[str, str | None], *,
                  prepare_files: Callable[[Path], None] | None = None,
                  prepare_with_tools: Callable[[Callable[..., None]], None] | None = None,
-                 healthy: Callable[[str], bool] = _healthy, scheme: str = "http"):
+                 healthy: Callable[[str], bool] = _healthy, scheme: str = "http",
+                 ports: tuple[int, int] | None = None):
         self.base = Path(tempfile.mkdtemp(prefix="esindexer-node-"))
         conf = self.base / "config"
         shutil.copytree(Path(es_home) / "config", conf)
-        http_port, transport_port = _free_port(), _free_port()
+        http_port, transport_port = ports or (_free_port(), _free_port())
         lines = {
             "cluster.name": "esindexer-extra",
             "node.name": "extra-1",
@@ -143,7 +144,8 @@ class LocalNode:
             "action.destructive_requires_name": "false",
             **settings,
         }
-        (conf / "elasticsearch.yml").write_text("".join(f"{k}: {v}\n" for k, v in lines.items()))
+        # A value of None removes a default (a cluster node is not "single-node").
+        (conf / "elasticsearch.yml").write_text("".join(f"{k}: {v}\n" for k, v in lines.items() if v is not None))
         self._settings = settings
         self._es_home = es_home
         self._env = {**os.environ, "ES_PATH_CONF": str(conf), "ES_JAVA_HOME": java_home,
@@ -168,10 +170,14 @@ class LocalNode:
         subprocess.run([*self._as_user, str(Path(self._es_home) / "bin" / name), *args], env=self._env,
                        check=True, stdout=subprocess.DEVNULL)
 
-    def start(self) -> None:
-        """Start the server and wait until it answers healthy (2 minutes at most)."""
+    def start(self, wait: bool = True) -> None:
+        """Start the server and wait until it answers healthy (3 minutes at most)."""
         self.tool("elasticsearch", "-d", "-p", str(self._pidfile))
-        deadline = time.monotonic() + 120
+        if wait:
+            self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + 180
         while not self._healthy(self.url):
             if time.monotonic() > deadline:
                 logs = "\n".join(p.read_text()[-3000:] for p in (self.base / "logs").glob("*.log"))
@@ -278,3 +284,59 @@ def docker_node(image: str) -> Iterator[str]:
         container.with_env(key, value)
     with container as es:
         yield f"http://{es.get_container_host_ip()}:{es.get_exposed_port(es.port)}"
+
+
+class LocalCluster:
+    """Three (``size``) nodes of one cluster on loopback, each with its own ports and data
+    path, all master-eligible data nodes, from the same install: the production shape
+    for the failure tests (a data node killed, the elected master killed).
+
+    Nodes are started together (the first election needs a majority of
+    ``cluster.initial_master_nodes``); :meth:`kill` and :meth:`restart` act on one
+    node by name, on the same data directory, as a crash and a reboot would.
+    """
+
+    def __init__(self, es_home: str, java_home: str, user: str | None, size: int = 3) -> None:
+        ports = [(_free_port(), _free_port()) for _ in range(size)]
+        names = [f"node-{i}" for i in range(size)]
+        common: dict[str, str | None] = {
+            "cluster.name": f"esindexer-cluster-{os.getpid()}",
+            "discovery.type": None,
+            "discovery.seed_hosts": "[" + ", ".join(f'"127.0.0.1:{t}"' for _, t in ports) + "]",
+            "cluster.initial_master_nodes": "[" + ", ".join(f'"{n}"' for n in names) + "]",
+        }
+        self.nodes = {name: LocalNode(es_home, java_home, user, {**common, "node.name": name}, ports=port,
+                                      healthy=lambda url: _healthy(url))
+                      for name, port in zip(names, ports)}
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes.values()]
+
+    def start(self) -> None:
+        for node in self.nodes.values():
+            node.start(wait=False)
+        for node in self.nodes.values():
+            node.wait_healthy()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one node: a crash, not a clean leave."""
+        self.nodes[name].stop(signal.SIGKILL)
+
+    def restart(self, name: str) -> None:
+        self.nodes[name].start()
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            node.close()
+
+
+@contextlib.contextmanager
+def local_cluster(es_home: str, java_home: str, user: str | None, size: int = 3) -> Iterator[LocalCluster]:
+    """A started :class:`LocalCluster`, removed afterwards."""
+    cluster = LocalCluster(es_home, java_home, user, size)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()

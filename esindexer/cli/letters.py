@@ -20,12 +20,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def _summary(conn: object, settings: Settings, as_json: bool) -> int:
     from esindexer.source.deadletters import summary
 
-    groups = summary(conn, settings.client_id)
+    groups = summary(conn, settings.worker_id)
     if as_json:
         print(json.dumps(groups, indent=2))
         return 0
     if not groups:
-        print(f"no dead letters for client {settings.client_id}")
+        print(f"no dead letters for client {settings.worker_id}")
     for group in groups:
         print(f"{group['letters']:>7}  {group['kind']:<13} {group['class_name'] or '-'}  "
               f"{group['cause']}  (objects {group['objects']}, last {group['last'][:19]})\n"
@@ -45,7 +45,7 @@ def _redeliver(conn: object, settings: Settings, as_json: bool) -> int:
     isolated = IsolatedConverter(settings)
     try:
         report = redeliver(conn, DocumentBuilder(settings), build_jsonifier(settings), sink,
-                           settings.client_id, isolated=isolated)
+                           settings.worker_id, isolated=isolated)
     finally:
         isolated.close()
         sink.es.close()

@@ -10,7 +10,7 @@ from typing import Any
 
 from esindexer.cli.common import ALL_GROUPS, Command
 from esindexer.config import Settings
-from esindexer.errors import ExitCode
+from esindexer.errors import Abandoned, AlreadyRunning, ExitCode
 
 log = logging.getLogger("esindexer")
 
@@ -54,6 +54,16 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         # Short timeout: /readyz must answer quickly even when Elasticsearch hangs.
         sink.es.options(request_timeout=3).cluster.health(timeout="2s")
 
+    if not settings.standby:
+        # A second instance that will exit on the held lock must do so before it binds the
+        # metrics port (which the first one may be using) or touches anything.
+        try:
+            indexer.claim()
+        except AlreadyRunning as exc:
+            log.error("%s", exc)
+            return ExitCode.LOCKED
+        except Abandoned:
+            return ExitCode.OK
     poller = SourcePoller(lambda: pg.connect(settings, "lag poller"), metrics, interval=settings.lag_poll_interval)
     # Built even without a port: its readiness also decides when systemd hears READY=1.
     health = HealthServer(metrics, settings.metrics_host, settings.metrics_port, es_check=es_check,

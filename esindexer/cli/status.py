@@ -50,7 +50,7 @@ COMMAND = Command(
                 "reached). Exit 2 for a client id that never ran against this database (the message "
                 "names the client ids that have).",
     groups=("elasticsearch",),
-    settings=("pg_dsn", "client_id", "index_prefix", "alias", "class_routes", "default_route",
+    settings=("pg_dsn", "client_id", "partition", "index_prefix", "alias", "class_routes", "default_route",
               "crash_guard_after"),
     run=_status,
     add_arguments=_arguments,

@@ -73,7 +73,7 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
             if settings.progress_interval > 0 else None
         with reporter if reporter is not None else contextlib.nullcontext():
             report = verify(conn, sink, DocumentBuilder(settings), build_jsonifier(settings),
-                            settings.client_id, repair=args.repair, deep=args.deep,
+                            settings.worker_id, repair=args.repair, deep=args.deep,
                             progress=(lambda n: reporter.add(rows=n)) if reporter is not None else None)
     finally:
         conn.close()

@@ -13,7 +13,9 @@ The server is the standard library's ``ThreadingHTTPServer`` in a daemon thread,
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -23,10 +25,15 @@ from urllib.parse import urlsplit
 
 from prometheus_client.exposition import MetricsHandler
 
+from esindexer.errors import SetupError
 from esindexer.es.client import describe_error
 from esindexer.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+#: The /readyz body of a hot standby (load balancers and probes match on "standby").
+STANDBY_REASON = ("standby: another esindexer holds this client id's lock and is indexing; "
+                  "this one takes over when that lock is freed")
 
 
 class _CachedCheck:
@@ -89,7 +96,13 @@ class HealthServer:
         """Bind and serve in a daemon thread; binding errors surface here, in the caller."""
         if self._server is not None:
             raise RuntimeError("HealthServer already started")
-        server = ThreadingHTTPServer((self.host, self._requested_port), _handler_for(self))
+        try:
+            server = ThreadingHTTPServer((self.host, self._requested_port), _handler_for(self))
+        except OSError as exc:
+            problem = _bind_problem(exc, self.host, self._requested_port)
+            if problem is None:
+                raise
+            raise SetupError(problem) from None
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -110,6 +123,10 @@ class HealthServer:
     def readiness(self) -> tuple[bool, list[str]]:
         """``(ready, reasons)``; every failing condition is listed, not just the first."""
         m = self.metrics
+        if m.standby():
+            # Not an error: another process holds the lock and indexes. Nothing else applies
+            # (no progress is expected from this one), so the reason stands alone.
+            return False, [STANDBY_REASON]
         reasons: list[str] = []
         reachable, error = m.source_status()
         if reachable is None:
@@ -136,6 +153,19 @@ class HealthServer:
             # Not a reason by itself (one 429 is normal), but the likeliest explanation.
             reasons.append(f"last retry {last[0]:.0f}s ago: {last[1]}")
         return not reasons, reasons
+
+
+def _bind_problem(exc: OSError, host: str, port: int) -> str | None:
+    """One line saying why the metrics server could not bind, for the errors a setting causes."""
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"metrics port {where} is already in use (another esindexer on this host?): choose another "
+                "with ESINDEXER_METRICS_PORT, or 0 to turn the metrics server off")
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
+        return f"cannot listen on {where} ({exc.strerror}): check ESINDEXER_METRICS_HOST and ESINDEXER_METRICS_PORT"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve ESINDEXER_METRICS_HOST {host!r} ({exc.strerror})"
+    return None
 
 
 def _handler_for(health: HealthServer) -> type[MetricsHandler]:

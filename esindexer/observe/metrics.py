@@ -75,6 +75,7 @@ class _State:
     indices_vanished: bool = False
     crash_guard_active: bool | None = None
     live: bool | None = None
+    standby: bool = False
     crash_guard_unclean_exits: int | None = None
     last_retry_wall: float | None = None
     last_retry: str | None = None  # "reason: what failed", for /readyz
@@ -112,6 +113,7 @@ class _StateCollector(Collector):
         put("error_budget_exhausted", int(state.budget_exhausted))
         put("indices_vanished", int(state.indices_vanished))
         put("live", None if state.live is None else int(state.live))
+        put("standby", int(state.standby))
         put("crash_guard_active", None if state.crash_guard_active is None else int(state.crash_guard_active))
         put("crash_guard_unclean_exits", state.crash_guard_unclean_exits)
         return families.values()
@@ -137,6 +139,8 @@ class _StateCollector(Collector):
                                 "progress says they were filled (documents lost; see the log).",
             "live": "1 while the service is caught up and refreshes touched indices explicitly "
                     "(live_refresh_interval); 0 while it works through a backlog (no explicit refresh).",
+            "standby": "1 while this process waits as a hot standby because another esindexer holds "
+                       "the client id's lock (it takes over when that lock is freed); 0 while it indexes.",
             "crash_guard_active": "1 while records are converted in a child process because the "
                                   "service kept dying at the same position (the crash guard).",
             "crash_guard_unclean_exits": "Deaths without a clean exit in a row at the saved progress, "
@@ -298,6 +302,16 @@ class Metrics:
         """Whether the last settled batch was read while caught up."""
         with self._lock:
             self._state.live = live
+
+    def set_standby(self, standby: bool) -> None:
+        """Whether this process stands by for the client id's lock (readiness fails meanwhile)."""
+        with self._lock:
+            self._state.standby = bool(standby)
+
+    def standby(self) -> bool:
+        """Whether :meth:`set_standby` last said so."""
+        with self._lock:
+            return self._state.standby
 
     def record_crashed_record(self) -> None:
         """Count one record isolated by the crash guard."""

@@ -53,6 +53,21 @@ def _when(tid: int) -> str:
     return tid_to_datetime(tid).isoformat(timespec="seconds") if tid > 0 else "never"
 
 
+def _workers(conn: Any, client_id: str) -> list[str]:
+    """The ids whose progress together covers every object of ``client_id``'s generation:
+    the client id itself, or (partitioned workers) the complete set of partitions that
+    got furthest; the client id alone when none has progress yet."""
+    from esindexer.source.partitions import covering_sets, partition_progress
+
+    known = partition_progress(conn, client_id)
+    own = progress.get_progress_tid(conn, client_id)
+    if own > 0:
+        known[client_id] = own
+    conn.rollback()
+    sets = covering_sets(client_id, known)
+    return max(sets, key=lambda ids: min(known[i] for i in ids)) if sets else [client_id]
+
+
 def readiness(es: Elasticsearch, conn: Any, settings: Settings, wait: float = CATCH_UP_WAIT) -> Readiness:
     """Check the generation of ``settings`` (its prefix and client id) before a switch."""
     target = [settings.index_for_route(route) for route in settings.route_names()]
@@ -71,10 +86,12 @@ def readiness(es: Elasticsearch, conn: Any, settings: Settings, wait: float = CA
                                "through the alias return nothing")
     try:
         newest = follow.latest_tid(conn)
+        workers = _workers(conn, settings.client_id)
         deadline = time.monotonic() + wait
         while True:
-            saved = progress.get_progress_tid(conn, settings.client_id)
-            pending = deletions.count_unapplied(conn, settings.client_id)
+            # the generation is as far as its slowest worker (the one process, or a partition)
+            saved = min(progress.get_progress_tid(conn, worker) for worker in workers)
+            pending = sum(deletions.count_unapplied(conn, worker) for worker in workers)
             conn.rollback()
             if (saved >= newest and pending == 0) or time.monotonic() >= deadline:
                 break

@@ -16,7 +16,7 @@ from typing import Any
 
 from esindexer.config import Settings
 from esindexer.pipeline import crashguard
-from esindexer.source import backlog, deadletters, deletions, follow, progress, runs
+from esindexer.source import backlog, deadletters, deletions, follow, partitions, progress, runs
 from esindexer.source.pg import has_relation
 from esindexer.source.tid import tid_to_datetime, tid_to_epoch
 
@@ -103,6 +103,9 @@ def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[in
         behind = backlog.rows_after(conn, tid)
         by_kind = deadletters.count_by_kind(conn, client_id)
         pending = deletions.count_unapplied(conn, client_id)
+        workers = [{"client_id": name, "progress_tid": tid,
+                    "caught_up": tid >= latest and deletions.count_unapplied(conn, name) == 0}
+                   for name, tid in partitions.partition_progress(conn, settings.client_id).items()]
     finally:
         conn.rollback()
     guard = crashguard.describe(conn, client_id, settings.crash_guard_after, tid)
@@ -125,6 +128,8 @@ def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[in
         "dead_letters": sum(by_kind.values()),
         "dead_letters_by_kind": by_kind,
         "pending_pack_deletions": pending,
+        "partition": settings.partition,
+        "partitions": workers,
     }
     if es is not None:
         report.update(index_figures(settings, es))
@@ -144,7 +149,7 @@ def status_reports(conn: Any, settings: Settings, es: Any | None, every_client: 
     latest = follow.latest_tid(conn)
     conn.rollback()
     ran = clients_that_ran(conn)
-    client_id = settings.client_id
+    client_id = settings.worker_id  # the partition's own id with ESINDEXER_PARTITION
     exists = client_id in known or client_id in ran or runs.client_running(conn, client_id)
     if not every_client and not exists:
         raise UnknownClient(client_id, sorted(set(known) | ran))
@@ -172,5 +177,7 @@ def status_lines(report: dict[str, Any]) -> list[str]:
     guard = report["crash_guard"]
     text["crash_guard"] = (f"{guard['guard']}; last run {guard['last_run'] or '-'}; unclean exits in a row "
                            f"{guard['unclean_exits']} (guarded from {guard['threshold']})")
+    text["partitions"] = "; ".join(f"{w['client_id']} {'caught up' if w['caught_up'] else 'behind'} "
+                                   f"(tid {w['progress_tid']})" for w in report["partitions"]) or None
     width = max(map(len, text))
     return [f"{key.replace('_', ' '):<{width}}  {value if value is not None else '-'}" for key, value in text.items()]

@@ -18,6 +18,7 @@ import itertools
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -65,7 +66,8 @@ class Stoppable(Protocol):
     def wake(self) -> None: ...
 
 
-def ready_deletions(items: list[Deletion], progress_tid: int, all_settled: bool) -> list[Deletion]:
+def ready_deletions(items: list[Deletion], progress_tid: int, all_settled: bool,
+                    owns: Callable[[int], bool] | None = None) -> list[Deletion]:
     """The leading deletions that may be sent now, in log order.
 
     A deletion of an object whose last state has tid T may go when no write of that
@@ -73,10 +75,24 @@ def ready_deletions(items: list[Deletion], progress_tid: int, all_settled: bool)
     T is acknowledged, and later reads cannot return the object: it is gone), or when
     ``all_settled`` (nothing read is unsettled and no read is running). The first one
     that must wait stops the rest, so the cursor never passes it.
+
+    With ``owns`` (a partition: whether a zoid is this process's), the deletions of other
+    partitions' objects are passed at once: another process applies them, under its own
+    cursor, so this one never sends them.
     """
     if all_settled:
         return list(items)
-    return list(itertools.takewhile(lambda item: item[3] <= progress_tid, items))
+    return list(itertools.takewhile(
+        lambda item: (owns is not None and not owns(item[2])) or item[3] <= progress_tid, items))
+
+
+def partition_filter(settings: Settings) -> Callable[[int], bool] | None:
+    """``zoid -> bool``: whether this process handles ``zoid`` (None: it handles all)."""
+    spec = settings.partition_spec
+    if spec is None:
+        return None
+    index, count = spec
+    return lambda zoid: zoid % count == index
 
 
 class Committer:
@@ -188,7 +204,7 @@ class Committer:
                 self.metrics.record_documents(action.op, "dead_lettered")
                 log.warning("Elasticsearch rejected %s of zoid %d: %s", action.op, action.zoid, rejected.reason,
                             extra={"zoid": action.zoid, "tid": action.tid, "index": action.index})
-        client_id = self.settings.client_id
+        client_id = self.settings.worker_id
         deadletters.add(self.conn, client_id, dead)
         progress.set_progress_tid(self.conn, client_id, batch.last_tid)
         self.conn.commit()
@@ -197,7 +213,8 @@ class Committer:
             self.refresher.touched(touched)
         self.metrics.set_live(batch.live)
         self.metrics.record_progress(batch.last_tid)
-        self.metrics.record_batch(batch.rows)
+        if batch.rows:  # (a partition also saves progress past commits none of its objects had)
+            self.metrics.record_batch(batch.rows)
         if dead:
             self.metrics.set_dead_letters(deadletters.count(self.conn, client_id))
             self.conn.rollback()
@@ -208,12 +225,13 @@ class Committer:
         """Apply captured pack deletions that may go now (:func:`ready_deletions`); returns
         how many. When one must wait, :attr:`deletions_waiting` asks the reader to drain at
         its next idle moment (a quiet database may never move progress to its tid)."""
-        client_id = self.settings.client_id
+        client_id = self.settings.worker_id
+        owns = partition_filter(self.settings)
         total = 0
         while True:
             items = deletions.pending(self.conn, client_id)
             self.conn.rollback()
-            ready = ready_deletions(items, self.progress_tid, all_settled)
+            ready = ready_deletions(items, self.progress_tid, all_settled, owns)
             if len(ready) < len(items) and not self.deletions_waiting:
                 self.deletions_waiting = True
                 follower = self._follower
@@ -221,19 +239,22 @@ class Committer:
                     follower.wake()
             if not ready:
                 return total
+            mine = ready if owns is None else [item for item in ready if owns(item[2])]
             actions: list[Action] = []
-            for _xid, _id, zoid, tid in ready:
+            for _xid, _id, zoid, tid in mine:
                 actions.extend(self.builder.delete_actions(tid, zoid, version=tid + 1))
-            result = self.sink.send(actions)
-            for rejected in result.rejected:  # a delete is only refused when the index is broken
-                log.error("delete of packed zoid %d refused: %s", rejected.action.zoid, rejected.reason)
+            if actions:
+                result = self.sink.send(actions)
+                for rejected in result.rejected:  # a delete is only refused when the index is broken
+                    log.error("delete of packed zoid %d refused: %s", rejected.action.zoid, rejected.reason)
             last_xid, last_id = ready[-1][0], ready[-1][1]
             deletions.advance(self.conn, client_id, last_xid, last_id)
             self.conn.commit()
             deletions.prune(self.conn)
-            self.metrics.record_documents("delete", "ok", len(ready))
-            total += len(ready)
-            log.info("applied %d pack deletion(s)", len(ready), extra={"count": len(ready)})
+            if mine:
+                self.metrics.record_documents("delete", "ok", len(mine))
+                total += len(mine)
+                log.info("applied %d pack deletion(s)", len(mine), extra={"count": len(mine)})
             if len(ready) < len(items):
                 return total
 

@@ -115,7 +115,7 @@ class CrashGuard:
             self.metrics.set_crash_guard(False, 0)
             self._begun = True
             return
-        row = runs.read_row(conn, s.client_id)
+        row = runs.read_row(conn, s.worker_id)
         verdict = assess(row, progress)
         head = follow.latest_tid(conn)
         guard_until = verdict.resume_until
@@ -136,7 +136,7 @@ class CrashGuard:
                           "is not in converting a record", progress, extra={"tid": progress})
         self._run_id = uuid.uuid4().hex
         try:
-            runs.mark_running(conn, s.client_id, self._run_id, progress, progress if verdict.died else None,
+            runs.mark_running(conn, s.worker_id, self._run_id, progress, progress if verdict.died else None,
                               verdict.unclean_exits, guard_until)
         except NOT_PERMITTED as exc:
             self._run_id = None
@@ -164,7 +164,7 @@ class CrashGuard:
         try:
             conn = self._connect()
             try:
-                runs.mark_clean_exit(conn, self.settings.client_id, run_id)
+                runs.mark_clean_exit(conn, self.settings.worker_id, run_id)
             finally:
                 conn.close()
         except Exception as exc:

@@ -32,13 +32,14 @@ from esindexer.es.client import as_setup_error, connection_hint, describe_error,
 from esindexer.es.sink import ElasticsearchSink
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.budget import ErrorBudget
-from esindexer.pipeline.committer import Committer
+from esindexer.pipeline.committer import BatchInFlight, Committer
 from esindexer.pipeline.crashguard import CrashGuard
 from esindexer.pipeline.reader import BatchReader
 from esindexer.pipeline.refresher import Refresher
+from esindexer.pipeline.standby import LockKeeper
 from esindexer.pipeline.sweep import sweep
 from esindexer.sink import Sink
-from esindexer.source import deadletters, deletions, follow, notify, pg, progress
+from esindexer.source import deadletters, deletions, follow, notify, partitions, pg, progress
 from esindexer.source.tid import tid_to_datetime
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,12 @@ class Indexer:
             on_request=self.metrics.record_bulk)
         self.builder = DocumentBuilder(settings)
         self.jsonifier = build_jsonifier(settings)
-        self.budget = ErrorBudget(settings.dead_letter_budget, settings.dead_letter_window, settings.client_id)
+        self.budget = ErrorBudget(settings.dead_letter_budget, settings.dead_letter_window, settings.worker_id)
         self.crash_guard = CrashGuard(settings, self.metrics, connect=lambda: pg.connect(settings, "crash guard"),
                                       cancel=self._abandon)
         self._updates: follow.Updates | None = None
+        self.locks = LockKeeper(settings, self.metrics, self._stop)
+        self._claimed: Any = None  # the writer connection, when claim() took the lock ahead of run()
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
         self.exit_code = ExitCode.OK
         #: With ``until_caught_up``: True once everything committed at start is indexed. A stop
@@ -131,10 +134,11 @@ class Indexer:
         """The committer's connection: holds the per-client advisory lock for its lifetime."""
         conn = pg.connect(self.settings, "writer")
         try:
-            pg.lock_client(conn, self.settings.client_id)
-            deadletters.ensure_table(conn)
-            self.crash_guard.ensure_table(conn)
-            conn.commit()
+            self.locks.acquire(conn)
+            with pg.schema_lock(conn):
+                deadletters.ensure_table(conn)
+                self.crash_guard.ensure_table(conn)
+                conn.commit()
         except pg.NOT_PERMITTED as exc:
             conn.close()
             raise pg.privilege_problem(exc) from None
@@ -142,6 +146,14 @@ class Indexer:
             conn.close()
             raise
         return conn
+
+    def claim(self) -> None:
+        """Take the client's lock now, before :meth:`run` (which then keeps it): with
+        standby off, a second instance is refused (:class:`AlreadyRunning`) before it binds
+        its metrics port or changes anything. Waits for PostgreSQL like :meth:`run`;
+        raises :class:`Abandoned` if stopped meanwhile."""
+        if self._claimed is None:
+            self._claimed = self._retry_forever("connecting to PostgreSQL", self._open_writer)
 
     def _warn_vanished(self, start_tid: int) -> None:
         """None of the routed indices existed, yet progress says they were filled: they were
@@ -153,7 +165,7 @@ class Indexer:
             "the documents written before were lost (indices deleted, or another Elasticsearch). Only "
             "changes from now on will be indexed. Rebuild the rest with `esindexer verify --repair` "
             "(writes every missing document) or build a new generation with `esindexer reindex`",
-            ", ".join(self.sink.indices), self.settings.client_id,
+            ", ".join(self.sink.indices), self.settings.worker_id,
             tid_to_datetime(start_tid).isoformat(timespec="seconds"),
             extra={"indices": list(self.sink.indices), "progress_tid": start_tid})
 
@@ -163,15 +175,19 @@ class Indexer:
         A sweep is due when the deletion trigger was missing at start: packs may have
         run unseen before now (or, without the right to install it, at any time).
         """
-        had_trigger = deletions.capture_installed(conn)
-        conn.rollback()
-        if self.settings.install_triggers:
-            notify.install_trigger(conn)
-            conn.commit()
-            deletions.install(conn)
-        else:
-            deletions.ensure_tables(conn)
-        deletions.start_cursor_at_end(conn, self.settings.client_id)
+        with pg.schema_lock(conn):  # processes starting at once must not race on CREATE
+            had_trigger = deletions.capture_installed(conn)
+            conn.rollback()
+            if self.settings.install_triggers:
+                notify.install_trigger(conn)
+                conn.commit()
+                deletions.install(conn)
+            else:
+                deletions.ensure_tables(conn)
+        # A worker id without progress starts where the clients that covered its objects got to
+        # (scaling out to partitions, or back to one process): esindexer.source.partitions.
+        partitions.seed(conn, self.settings.client_id, self.settings.worker_id)
+        deletions.start_cursor_at_end(conn, self.settings.worker_id)
         conn.commit()
         mode = self.settings.sweep_on_start
         return mode == "always" or (mode == "auto" and not had_trigger)
@@ -225,7 +241,9 @@ class Indexer:
     def _run_pipeline(self, until_caught_up: bool, first: bool) -> bool:
         """One life of the pipeline, from the saved progress. True when finished for good."""
         s = self.settings
-        conn = self._retry_forever("connecting to PostgreSQL", self._open_writer)
+        conn, self._claimed = self._claimed, None
+        if conn is None:
+            conn = self._retry_forever("connecting to PostgreSQL", self._open_writer)
         committer: Committer | None = None
         reader: BatchReader | None = None
         refresher: Refresher | None = None
@@ -240,14 +258,14 @@ class Indexer:
             sweep_due = self._prepare_source(conn)
             if first and sweep_due:
                 sweep(conn, self.sink, self.metrics)
-            start_tid = progress.get_progress_tid(conn, s.client_id)
+            start_tid = progress.get_progress_tid(conn, s.worker_id)
             conn.commit()
             if start_tid > 0 and missing and len(missing) == len(self.sink.indices):
                 self._warn_vanished(start_tid)
             self.crash_guard.begin(conn, start_tid)
             if first:  # after a reconnect, keep the time of the last real progress (stall detection)
                 self.metrics.record_progress(start_tid)
-            self.metrics.set_dead_letters(deadletters.count(conn, s.client_id))
+            self.metrics.set_dead_letters(deadletters.count(conn, s.worker_id))
             conn.rollback()
             if s.live_refresh_interval > 0 and not until_caught_up:  # a backfill never refreshes
                 refresher = Refresher(self.sink, s.live_refresh_interval, self.metrics)
@@ -268,10 +286,20 @@ class Indexer:
             committer.start()
             reader = BatchReader(s, self.jsonifier, self.builder, self.sink, self.metrics,
                                  abandon=self._abandon, stopping=lambda: self.stopping, guard=self.crash_guard)
+            put_tid = start_tid  # the last tid handed to the committer
+
+            def on_idle() -> None:
+                nonlocal put_tid
+                committer.drain_when_idle()
+                passed = updates.passed_tid  # a partition: also past commits without its objects
+                if passed is not None and passed > put_tid:
+                    committer.put(BatchInFlight(last_tid=passed, live=True))
+                    put_tid = passed
+
             updates = self._updates = follow.updates(
                 pg.dsn(s, "follower"), start_tid=start_tid, end_tid=end_tid, batch_limit=s.batch_limit,
                 internal_batch_size=s.fetch_size, poll_timeout=s.poll_timeout,
-                poll_interval=s.poll_interval, on_idle=committer.drain_when_idle,
+                poll_interval=s.poll_interval, on_idle=on_idle, partition=s.partition_spec,
             )
             committer.watch(updates)
             if self.stopping:
@@ -283,8 +311,11 @@ class Indexer:
                 batch.live = updates.caught_up
                 if batch.rows:
                     committer.put(batch)
+                    put_tid = batch.last_tid
                 committer.raise_failure()
             finished = not self.stopping
+            if finished and end_tid is not None and end_tid > put_tid:
+                committer.put(BatchInFlight(last_tid=end_tid))  # a partition read all its rows up to end_tid
             committer.finish(timeout=None if finished else s.shutdown_timeout)
             if not finished:
                 # Requests of a batch cut short by the stop are not waited for: their batch

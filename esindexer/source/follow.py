@@ -135,6 +135,7 @@ def updates(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     listen: bool = True,
     on_idle: Optional[Callable[[], None]] = None,
+    partition: Optional[tuple[int, int]] = None,
 ) -> Updates:
     """Batches of committed rows after ``start_tid`` (see the module docstring).
 
@@ -155,6 +156,9 @@ def updates(
         moment when no read is in progress and none starts until it returns (the
         service applies pack deletions there). :meth:`Updates.wake` makes a waiting
         follower read again, and so call it again.
+    :param partition: ``(i, N)``: only the rows of objects with ``zoid % N == i``
+        (partitioned workers); :attr:`Updates.passed_tid` then tells how far the
+        partition is read although its last rows may be older.
     """
     return Updates(
         conn,
@@ -167,6 +171,7 @@ def updates(
         chunk_bytes=chunk_bytes,
         listen=listen,
         on_idle=on_idle,
+        partition=partition,
     )
 
 
@@ -215,7 +220,7 @@ class Updates:
     def __init__(self, conn: ConnOrDsn, *, start_tid: int, end_tid: Optional[int],
                  batch_limit: int, internal_batch_size: int, poll_timeout: Optional[float],
                  poll_interval: float, chunk_bytes: int, listen: bool,
-                 on_idle: Optional[Callable[[], None]] = None):
+                 on_idle: Optional[Callable[[], None]] = None, partition: Optional[tuple[int, int]] = None):
         if internal_batch_size < 1:
             raise ValueError("internal_batch_size must be at least 1")
         if chunk_bytes < 1:
@@ -234,6 +239,7 @@ class Updates:
         self.chunk_bytes = chunk_bytes
         self.listen = listen and end_tid is None
         self.on_idle = on_idle
+        self.partition = partition
         #: tid of the last row handed out (``start_tid`` before the first).
         self.last_tid = start_tid
         self.keep_history: Optional[bool] = None
@@ -271,6 +277,16 @@ class Updates:
         (always False with ``end_tid``: a bounded read is a backfill, never "live")."""
         reader = self._reader
         return self.end_tid is None and reader is not None and reader.caught_up and not self._pending
+
+    @property
+    def passed_tid(self) -> Optional[int]:
+        """With a partition, once everything read is handed out: a tid up to which every row
+        of the partition has been handed out (the progress to save although the partition's
+        newest row may be older); None otherwise."""
+        reader = self._reader
+        if reader is None or self._pending or not reader.caught_up:
+            return None
+        return reader.passed_tid
 
     @property
     def notifying(self) -> Optional[bool]:
@@ -333,7 +349,7 @@ class Updates:
             if self.listen:
                 listening = self._waiter.start_listening(conn)
             self._reader = Pages(conn, self.keep_history, self.start_tid, self.end_tid,
-                                   self.internal_batch_size, self.chunk_bytes)
+                                 self.internal_batch_size, self.chunk_bytes, self.partition)
             log.info(
                 "following",
                 extra={"start_tid": self.start_tid, "end_tid": self.end_tid,

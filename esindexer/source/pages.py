@@ -39,8 +39,13 @@ class Pages:
     """Keyset-paginated reads of current rows, each in its own short transaction."""
 
     def __init__(self, conn: Any, keep_history: bool, start_tid: int, end_tid: Optional[int],
-                 size: int, budget: int):
+                 size: int, budget: int, partition: Optional[tuple[int, int]] = None):
         self.conn = conn
+        self.partition = partition
+        self.end_tid = end_tid
+        #: with a partition: a tid up to which every row of the partition has been read,
+        #: also past commits that had none of its objects (None until known)
+        self.passed_tid: Optional[int] = None
         self.size = size
         self.budget = budget
         self.tid = start_tid  # position: the last row read...
@@ -62,6 +67,10 @@ class Pages:
         else:
             source = "object_state s"
             within, after, t = within.format(t="s"), after.format(t="s"), "s"
+        if partition is not None:
+            index, count = (int(v) for v in partition)
+            within += f" AND mod({t}.zoid, {count}) = {index}"
+            after += f" AND mod({t}.zoid, {count}) = {index}"
         columns = f"{t}.tid AS tid, {t}.zoid AS zoid, s.state, s.state_size"
         self._within = self._sized(
             f"SELECT {columns} FROM {source} WHERE {within} ORDER BY {t}.zoid LIMIT %(limit)s"
@@ -110,6 +119,19 @@ class Pages:
             rows.append((tid, zoid, data))
         return rows, len(rows) < limit and nbytes < budget
 
+    def _head(self) -> int:
+        """The newest committed tid (bounded by ``end_tid``), read *before* the rows."""
+        conn = self.conn
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT max(tid) FROM object_state")
+                value = cur.fetchone()[0]
+        finally:
+            if not conn.autocommit and not conn.closed:
+                conn.rollback()
+        head = -1 if value is None else int(value)
+        return head if self.end_tid is None else min(head, self.end_tid)
+
     def read(self) -> list[Row]:
         """The next chunk (possibly empty); sets :attr:`caught_up`."""
         rows: list[Row] = []
@@ -120,8 +142,13 @@ class Pages:
             used = sum(len(data) for _, _, data in rows if data is not None)
             room = self.size - len(rows)
             if room > 0 and (used < self.budget or not rows):
+                head = self._head() if self.partition is not None else None
                 more, complete = self._query(self._after, room, max(self.budget - used, 1))
                 rows.extend(more)
+                if complete and head is not None:
+                    # Every commit up to head was visible to that read (commits never
+                    # un-happen), and it found no more of the partition's rows.
+                    self.passed_tid = max(head, rows[-1][0] if rows else self.tid, self.passed_tid or -1)
             else:
                 complete = False
         if rows:

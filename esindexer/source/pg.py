@@ -95,7 +95,7 @@ def dsn(settings: Settings, role: str) -> str:
                                  keepalives_interval=10, keepalives_count=3)
     given = parse_dsn(settings.pg_dsn)
     if "application_name" not in given:
-        extra["application_name"] = f"esindexer {role} ({settings.client_id})"[:63]
+        extra["application_name"] = f"esindexer {role} ({settings.worker_id})"[:63]
     return str(make_dsn(settings.pg_dsn, **{k: v for k, v in extra.items() if k not in given}))
 
 
@@ -104,17 +104,54 @@ def connect(settings: Settings, role: str) -> Any:
     return psycopg2.connect(dsn(settings, role))
 
 
+def try_lock_client(conn: Any, client_id: str) -> bool:
+    """Try once to take the session-level advisory lock of ``client_id``; True when taken.
+
+    The lock lives as long as the session: when the process holding it dies, or its
+    connection is lost, PostgreSQL frees it, which is what a standby waits for."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, client_id))
+        locked = bool(cur.fetchone()[0])
+    conn.commit()
+    return locked
+
+
 def lock_client(conn: Any, client_id: str) -> None:
     """Take the session-level advisory lock of ``client_id`` (held while ``conn`` lives),
     or raise :class:`AlreadyRunning`: two processes on one progress row would race."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, client_id))
-        locked = cur.fetchone()[0]
-    conn.commit()
-    if not locked:
+    if not try_lock_client(conn, client_id):
         raise AlreadyRunning(
             f"another esindexer with client id {client_id!r} is running against this "
             "database; give each indexer its own ESINDEXER_CLIENT_ID")
+
+
+#: Advisory lock namespace of the lock that serialises esindexer's DDL between processes.
+SCHEMA_LOCK_CLASS = 0x65730002  # "es" + 2
+
+
+@contextlib.contextmanager
+def schema_lock(conn: Any) -> Iterator[None]:
+    """Hold, for the block, a session-level advisory lock that every esindexer process takes
+    around creating its tables, functions and triggers.
+
+    ``CREATE TABLE IF NOT EXISTS`` is not safe against itself: two processes starting at
+    once (the partitions of one client, say) both find the table missing, and the second
+    fails with a unique violation on ``pg_type``. A session lock because the block commits
+    several times; PostgreSQL frees it if the connection is lost."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s, %s)", (SCHEMA_LOCK_CLASS, 0))
+    conn.commit()
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            try:
+                conn.rollback()
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(%s, %s)", (SCHEMA_LOCK_CLASS, 0))
+                conn.commit()
+            except CONNECTION_ERRORS:
+                pass  # the session is gone, and its lock with it
 
 
 def is_idle(conn: psycopg2.extensions.connection) -> bool:

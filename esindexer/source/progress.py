@@ -39,7 +39,7 @@ from esindexer.source.pg import ConnOrDsn, connection, has_relation, reading
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PROGRESS_TABLE", "get_progress_tid", "set_progress_tid"]
+__all__ = ["PROGRESS_TABLE", "get_progress_row", "get_progress_tid", "set_progress_tid"]
 
 #: The progress table's name.
 PROGRESS_TABLE = "esindexer_progress"
@@ -68,6 +68,18 @@ def get_progress_tid(conn: ConnOrDsn, client_id: str) -> int:
         cur.execute(f"SELECT tid FROM {PROGRESS_TABLE} WHERE client_id = %s", (client_id,))
         row = cur.fetchone()
     return -1 if row is None else int(row[0])
+
+
+def get_progress_row(conn: ConnOrDsn, client_id: str) -> tuple[int, float] | None:
+    """``(tid, saved at as Unix time)`` of ``client_id``, or None if none was saved (a
+    standby mirrors the active process's progress with it)."""
+    with reading(conn) as cur:
+        if not has_relation(cur, PROGRESS_TABLE):
+            return None
+        cur.execute(f"SELECT tid, extract(epoch FROM updated_at) FROM {PROGRESS_TABLE} WHERE client_id = %s",
+                    (client_id,))
+        row = cur.fetchone()
+    return None if row is None else (int(row[0]), float(row[1]))
 
 
 def ensure_table(conn: Any) -> None:

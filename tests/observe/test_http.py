@@ -140,14 +140,27 @@ def test_scraped_metrics_pass_promtool(serve):
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
 
 
-def test_port_in_use_fails_at_start():
+def test_port_in_use_fails_at_start_with_one_line_naming_the_port():
+    from esindexer.errors import SetupError
+
     first = HealthServer(Metrics(), "127.0.0.1", 0)
     first.start()
     try:
-        with pytest.raises(OSError):
+        with pytest.raises(SetupError) as raised:
             HealthServer(Metrics(), "127.0.0.1", first.port).start()
+        assert str(raised.value).startswith(f"metrics port 127.0.0.1:{first.port} is already in use")
+        assert "\n" not in str(raised.value) and "ESINDEXER_METRICS_PORT" in str(raised.value)
     finally:
         first.stop()
+
+
+def test_a_standby_is_not_ready_and_says_why_alone():
+    m = Metrics()
+    m.set_standby(True)
+    ready, reasons = HealthServer(m, es_check=lambda: None).readiness()
+    assert not ready and len(reasons) == 1 and reasons[0].startswith("standby: ")
+    m.set_standby(False)
+    assert not any(r.startswith("standby") for r in HealthServer(m).readiness()[1])
 
 
 # -- readiness rules ---------------------------------------------------------------------

@@ -88,3 +88,20 @@ def test_a_ready_generation_switches_and_says_from_where_to_where(zodb, db_dsn, 
     again = _alias_cmd(db_dsn, es_url, alias, "gen2")
     assert again.returncode == 0 and "already there: nothing to change" in again.stdout
     conn.close()
+
+
+def test_a_generation_built_by_partitions_is_published_once_every_partition_is_caught_up(
+        zodb, db_dsn, es, es_url, es_prefix):
+    conn = zodb.open()
+    root = conn.root()
+    commit_pages(root, 10)
+    alias = es_prefix.rstrip("-")
+    _build(db_dsn, es_url, es_prefix, "gen1")
+    _build(db_dsn, es_url, es_prefix, "gen2", attach_alias="false", partition="0/2")
+    half = _alias_cmd(db_dsn, es_url, alias, "gen2")  # partition 1/2 has not run: not the whole database
+    assert half.returncode == ExitCode.ERROR and "has no saved progress" in half.stderr, half.stderr
+    _build(db_dsn, es_url, es_prefix, "gen2", attach_alias="false", partition="1/2")
+    done = _alias_cmd(db_dsn, es_url, alias, "gen2")
+    assert done.returncode == 0, done.stderr
+    assert _aliased(es, alias) == [f"{alias}-gen2-objects"]
+    conn.close()

@@ -230,13 +230,14 @@ def test_lost_postgresql_connection_resumes(zodb, db_dsn, es, es_url, es_prefix,
 
 
 def test_one_indexer_per_client_id(zodb, db_dsn, es, es_url, es_prefix):
-    settings = make_settings(db_dsn, es_url, es_prefix)
+    # With standby off (by default a second one waits: tests/pipeline/test_standby.py).
+    settings = make_settings(db_dsn, es_url, es_prefix, standby="false")
     with running(settings):
         wait_for(lambda: progress(db_dsn) > 0, message="first indexer running")
         assert Indexer(settings, Metrics(process_metrics=False)).run() == ExitCode.LOCKED
         # The lock is checked before anything is created: a refused instance with another
         # index prefix (a mistyped one, say) leaves Elasticsearch as it was.
-        other = make_settings(db_dsn, es_url, es_prefix + "other-")
+        other = make_settings(db_dsn, es_url, es_prefix + "other-", standby="false")
         assert Indexer(other, Metrics(process_metrics=False)).run() == ExitCode.LOCKED
         assert not es.indices.get(index=f"{es_prefix}other*", allow_no_indices=True, expand_wildcards="all")
         templates = es.indices.get_index_template()["index_templates"]
