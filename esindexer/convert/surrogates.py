@@ -110,12 +110,11 @@ class _Fixer:
             if any(type(x) in _NESTED or (type(x) is str and _bad(x)) for x in v):
                 raise _Stop  # sorted by the original members, then fixed: the walker's job
             return v
-        try:
-            keys_ascii = all(map(str.isascii, v))
-        except TypeError:  # a key that is not a string
+        try:  # a surrogate in a key, or a key that is not a string: the walker's job
+            if not all(map(str.isascii, v)) and any(_SURROGATE.search(k) for k in v):
+                raise _Stop
+        except TypeError:  # (met wherever the scan reaches it: after a non-ASCII key too)
             raise _Stop from None
-        if not keys_ascii and any(_SURROGATE.search(k) for k in v):
-            raise _Stop
         changes = []
         for k, x in v.items():
             tx = type(x)

@@ -201,3 +201,12 @@ def test_latin1_text_in_a_plain_record_is_fixed_without_the_walker(monkeypatch):
                                  Str(b"tags"): (Str(b"a"), Str(b"\xff")), Str(b"n"): [{Str(b"k"): Str(b"ok")}]})
     got = strict_loads(Jsonifier().convert("p", data).json_text)
     assert got == {"title": "café crème", "tags": ["a", "ÿ"], "n": [{"k": "ok"}]}
+
+
+def test_a_non_string_key_after_a_non_ascii_key_goes_to_the_walker():
+    # Found by hypothesis in CI: {'\x80': ..., 0: ...} inside a record with Latin-1 text
+    # raised TypeError in the in-place fix, and the record was dead-lettered.
+    data = py2_record("m", "C", {Str(b""): {Str(b"\xc2\x80"): Str(b"\x80"), 0: None}})
+    got = Jsonifier().convert("p", data)
+    assert got.kind == "ok", got
+    assert got.json_text == walker_text(data)
