@@ -114,6 +114,11 @@ class Settings:
     def index_for_route(self, route: str) -> str:
         return f"{self.index_prefix}-{route}"
 
+    @property
+    def routed_indices(self) -> tuple[str, ...]:
+        """Every index of this prefix an object may be written to, one per route."""
+        return tuple(self.index_for_route(route) for route in self.route_names())
+
     def redacted(self) -> dict[str, Any]:
         """The effective settings with secrets replaced, for printing and logging."""
         out: dict[str, Any] = {}

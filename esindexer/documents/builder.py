@@ -100,7 +100,7 @@ class DocumentBuilder:
         self._settings = settings
         self._routes = tuple(settings.class_routes)
         self._default_index = settings.index_for_route(settings.default_route)
-        self.indices = tuple(settings.index_for_route(r) for r in settings.route_names())
+        self.indices = settings.routed_indices
         self._mode = settings.state_mapping
         self._transform: ObjectTransform | None = None
         if settings.transform:

@@ -179,7 +179,7 @@ def ensure_indices(es: Elasticsearch, settings: Settings) -> tuple[str, ...]:
                 f"the ingest pipeline {settings.ingest_pipeline!r} (ESINDEXER_INGEST_PIPELINE) does not exist; "
                 f"create it with PUT _ingest/pipeline/{settings.ingest_pipeline} or unset the setting") from None
     es.indices.put_index_template(name=template_name(settings), **index_template(settings))
-    builder_indices = tuple(settings.index_for_route(r) for r in settings.route_names())
+    builder_indices = settings.routed_indices
     for index in builder_indices:
         try:
             es.indices.create(index=index)
@@ -230,7 +230,7 @@ def switch_alias(es: Elasticsearch, settings: Settings) -> tuple[list[str], list
     this one request, then the new one, never both and never neither.
     """
     alias = settings.alias_name
-    indices = [settings.index_for_route(r) for r in settings.route_names()]
+    indices = list(settings.routed_indices)
     # The template is installed again below with these settings' mapping: not over indices of another.
     check_state_mapping(es, settings, tuple(indices))
     current = sorted(es.indices.get_alias(name=alias)) if es.indices.exists_alias(name=alias) else []

@@ -36,7 +36,7 @@ class ElasticsearchSink:
         self.sender = BulkSender(self.es, retry_max_seconds=settings.retry_max_seconds,
                                  retry_attempts=settings.retry_attempts, stop=stop,
                                  on_retry=on_retry, on_request=on_request)
-        self._indices = tuple(settings.index_for_route(route) for route in settings.route_names())
+        self._indices = settings.routed_indices
 
     @property
     def indices(self) -> tuple[str, ...]:

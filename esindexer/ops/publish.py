@@ -70,7 +70,7 @@ def _workers(conn: Any, client_id: str) -> list[str]:
 
 def readiness(es: Elasticsearch, conn: Any, settings: Settings, wait: float = CATCH_UP_WAIT) -> Readiness:
     """Check the generation of ``settings`` (its prefix and client id) before a switch."""
-    target = [settings.index_for_route(route) for route in settings.route_names()]
+    target = list(settings.routed_indices)
     report = Readiness(settings.alias_name, target, _alias_indices(es, settings.alias_name))
     missing = [index for index in target if not es.indices.exists(index=index)]
     if missing:

@@ -104,7 +104,7 @@ class Reindex:
             out.code = code
             out.problems.append("the build did not finish; run the same command again to resume")
             return out
-        out.steps.append(f"built {', '.join(self._indices(new))} (client id {new.client_id})")
+        out.steps.append(f"built {', '.join(new.routed_indices)} (client id {new.client_id})")
         self._settle(es)
         out.steps.append(f"restored refresh interval {new.index_refresh_interval or 'default'} and "
                          f"{new.index_replicas} replica(s)")
@@ -122,20 +122,16 @@ class Reindex:
             self._delete_old(conn, es, out)
         return out
 
-    @staticmethod
-    def _indices(settings: Settings) -> list[str]:
-        return [settings.index_for_route(route) for route in settings.route_names()]
-
     def _settle(self, es: Any) -> None:
         """The configured refresh interval and replicas, on the indices and their template."""
         from esindexer.es.admin import index_template, template_name
 
         new = self.final
-        es.indices.put_settings(index=",".join(self._indices(new)), settings={
+        es.indices.put_settings(index=",".join(new.routed_indices), settings={
             "index.refresh_interval": new.index_refresh_interval,  # None restores the default
             "index.number_of_replicas": new.index_replicas})
         es.indices.put_index_template(name=template_name(new), **index_template(new))
-        es.indices.refresh(index=",".join(self._indices(new)))
+        es.indices.refresh(index=",".join(new.routed_indices))
 
     def _verified(self, conn: Any, out: Outcome) -> bool:
         from esindexer.convert.configure import build_jsonifier
@@ -147,19 +143,18 @@ class Reindex:
         sink = ElasticsearchSink(dataclasses.replace(new, retry_attempts=new.retry_attempts or 5))
         try:
             builder, jsonifier = DocumentBuilder(new), build_jsonifier(new)
-            report = verify(conn, sink, builder, jsonifier, new.client_id)
-            if not report.clean:
-                log.warning("verify found %s; repairing once", report.counts)
-                verify(conn, sink, builder, jsonifier, new.client_id, repair=True)
-                report = verify(conn, sink, builder, jsonifier, new.client_id)
+            # one walk: repairs are read back, and what still differs is counted (lag aside)
+            report = verify(conn, sink, builder, jsonifier, new.client_id, repair=True)
         finally:
             conn.rollback()
             sink.es.close()
-        if not report.clean:
-            out.problems.append(f"verify still finds differences after a repair: {report.counts} "
-                                f"(zoids {report.examples}); the alias is unchanged")
+        if report.remaining:
+            out.problems.append(f"verify still finds differences after a repair: {report.still} "
+                                f"(zoids {report.still_examples}); the alias is unchanged")
             return False
-        out.steps.append(f"verified: {report.objects} objects, {report.documents} documents, no difference")
+        repaired = f" ({report.repaired} repaired and read back)" if report.repaired else ""
+        out.steps.append(f"verified: {report.objects} objects, {report.documents} documents, "
+                         f"no difference{repaired}")
         return True
 
     def _publish(self, conn: Any, es: Any, out: Outcome) -> bool:
@@ -194,7 +189,7 @@ class Reindex:
             return
         published = set(es.indices.get_alias(name=self.final.alias_name)) \
             if es.indices.exists_alias(name=self.final.alias_name) else set()
-        doomed = [index for index in self._indices(old)
+        doomed = [index for index in old.routed_indices
                   if index not in published and es.indices.exists(index=index)]
         if doomed:
             es.indices.delete(index=",".join(doomed), ignore_unavailable=True)

@@ -68,7 +68,7 @@ def index_figures(settings: Settings, es: Any) -> dict[str, Any]:
     """Documents per configured index (None: the index does not exist) and the alias's
     indices, from Elasticsearch; on failure, ``documents`` is None and ``documents_error``
     says why (status still reports what PostgreSQL knows)."""
-    indices = [settings.index_for_route(route) for route in settings.route_names()]
+    indices = list(settings.routed_indices)
     alias = settings.alias_name
     figures: dict[str, Any] = {"documents": None, "indices": dict.fromkeys(indices),
                                "alias": {"name": alias, "indices": None}}
