@@ -26,6 +26,11 @@ in CPU time of the converting thread (``time.thread_time``): on a shared machine
 time also counts the time other processes hold the core. The
 dates kind is compared without the attributes that hold deliberate differences (an
 aware datetime's offset and a time: docs/json.md, 14 and 15).
+
+``--baseline REV`` prints only a side-by-side table instead: the converter module as it was at git
+revision REV (``esindexer/convert/jsonifier.py`` only, loaded under another name; the
+modules it imports are today's) against today's, alternating passes on every corpus,
+in thread CPU time, with the median of the per-pass ratios.
 Nothing is asserted about speed: the figures go into docs/performance.md.
 """
 
@@ -198,6 +203,56 @@ def per_kind_table(corpora: dict[str, list[tuple[int, bytes]]], repeat: int) -> 
     return total_differ
 
 
+def load_baseline(rev: str):
+    """The ``Jsonifier`` class of ``esindexer/convert/jsonifier.py`` at git revision ``rev``."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = subprocess.run(["git", "-C", root, "show", f"{rev}:esindexer/convert/jsonifier.py"],
+                            check=True, capture_output=True, text=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix="_jsonifier_baseline.py", delete=False) as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("esindexer_bench_baseline_jsonifier", f.name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    os.unlink(f.name)
+    return module.Jsonifier
+
+
+def baseline_table(corpora: dict[str, list[tuple[int, bytes]]], rev: str, repeat: int) -> int:
+    """Print today's converter against the one at ``rev``, alternating passes; return the
+    number of records whose conversion differs between the two."""
+    old_cls = load_baseline(rev)
+    print(f"\nside by side with {rev} (CPU time of the converting thread, one core; {repeat} alternating "
+          f"passes each, medians; pre-scan: {scan_kind()})")
+    print(f"| kind of record | records | {rev} records/s | today records/s | today / {rev} | same output |")
+    print("|---|---:|---:|---:|---:|---|")
+    differ_total = 0
+    for kind, rows in corpora.items():
+        old, new = old_cls(), Jsonifier()
+        differ = sum(1 for z, s in rows if tuple(old.convert(z, s)) != tuple(new.convert(z, s)))
+        differ_total += differ
+        t_old, t_new, ratios = [], [], []
+        for i in range(repeat):
+            if i % 2:  # alternate which goes first, so that neither always runs warm
+                b = timed(new.convert, rows, 1, time.thread_time)
+                a = timed(old.convert, rows, 1, time.thread_time)
+            else:
+                a = timed(old.convert, rows, 1, time.thread_time)
+                b = timed(new.convert, rows, 1, time.thread_time)
+            t_old.append(a)
+            t_new.append(b)
+            ratios.append(a / b)
+        n = len(rows)
+        print(f"| {kind} | {n:,} | {n / statistics.median(t_old):,.0f} | {n / statistics.median(t_new):,.0f} | "
+              f"**{statistics.median(ratios):.3f}** ({min(ratios):.3f}-{max(ratios):.3f}) | "
+              f"{'yes' if not differ else f'{differ} differ'} |")
+    return differ_total
+
+
 def scan_kind() -> str:
     """Which pre-scan and unpickler source run: the C extensions or the Python fallbacks."""
     scan = "C extension" if esindexer.convert.scan.scan is not esindexer.convert.scan.scan_py else "pure Python"
@@ -228,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="records of each kind in the per-kind table (0: no table)")
     parser.add_argument("--only-kinds", action="store_true",
                         help="only the per-kind table (the typical corpus is --objects objects)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also time the converter module of git revision REV side by side with today's")
     args = parser.parse_args(argv)
     dsn = os.environ.get("ESIT_PG_DSN")
     if not dsn:
@@ -246,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_pin and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
+    if args.baseline:  # only the side-by-side table
+        return 1 if baseline_table({"typical": rows, **corpora}, args.baseline, max(args.repeat, 5)) else 0
     if args.only_kinds:
         return 1 if per_kind_table({"typical": rows, **corpora}, max(args.repeat, 3)) else 0
     mine, newt = Jsonifier(), NewtJsonifier()

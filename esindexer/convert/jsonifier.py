@@ -33,6 +33,7 @@ import logging
 import re
 from _pickle import Unpickler as _CUnpickler
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import orjson
@@ -91,7 +92,16 @@ _tuple_new = tuple.__new__  # Conversion(...) without NamedTuple's Python-level 
 
 
 class _Unpickler(_CUnpickler):
-    """C unpickler whose globals and persistent ids become inert data."""
+    """C unpickler whose globals and persistent ids become inert data.
+
+    It carries the one :data:`Source` it reads from (``source``), so that an unpickler
+    and a source are never paired wrongly: a pool of ``(unpickler, source)`` tuples once
+    kept a replacement unpickler with the source of the one it replaced, and the next
+    record was then read from the previous record's leftover input (issue 21).
+    """
+
+    __slots__ = ("source",)
+    source: Any
 
     find_class = staticmethod(_find_class)
     persistent_load = staticmethod(persistent_ref)
@@ -105,15 +115,14 @@ class _CarefulUnpickler(_Unpickler):
     persistent_load = staticmethod(hashable_persistent_ref)
 
 
-#: Stands for the source until a record has one (so clean-up never meets an unset name).
-_NO_SOURCE = Source()
-
-
 def _new_unpickler(cls: type = _Unpickler) -> tuple[_Unpickler, Any]:
+    """A fresh unpickler and the source it reads (also its ``source`` attribute)."""
     source = Source()
     # Python 2 ``str`` (SHORT_BINSTRING/BINSTRING): UTF-8 when it is UTF-8; other bytes
     # survive as surrogate escapes, which the walker maps to Latin-1 like newt.db.
-    return cls(source, encoding="utf-8", errors="surrogateescape"), source
+    unpickler = cls(source, encoding="utf-8", errors="surrogateescape")
+    unpickler.source = source
+    return unpickler, source
 
 
 def _decode_again(cls: type, data: bytes) -> tuple[_Unpickler, Any]:
@@ -178,7 +187,7 @@ class Jsonifier:
             self.skip_class = skip_class
         self.transform = transform
         self.prescan = prescan  # no effect (see the class docstring)
-        self._pool: list[tuple[_Unpickler, Any]] = []
+        self._pool: list[_Unpickler] = []  # each with its own source, memo cleared
 
     def __call__(self, label: Any, data: bytes | memoryview | None) -> tuple[Any, Any, Any]:
         """newt.db's contract: ``(class_name, ghost_pickle, json_text)`` or three Nones."""
@@ -209,13 +218,14 @@ class Jsonifier:
         # reset, so a reused one would give a protocol-4 record's entries the wrong
         # indices ("Memo value not found", or a wrong value). The class and state pickles
         # of one record share one unpickler either way, as ZODB reads them.
-        source = _NO_SOURCE
+        unpickler: _Unpickler | None = None
         try:
             class_end = scan(data, 0, kinds, scan_state)
             if scan_state[2] > 0 or not self._pool:
                 unpickler, source = _new_unpickler()
             else:
-                unpickler, source = self._pool.pop()
+                unpickler = self._pool.pop()
+                source = unpickler.source
             source.data = data
             source.pos = 0
             klass = unpickler.load()
@@ -246,11 +256,11 @@ class Jsonifier:
                 out: bytes | None = None
                 got = plan(state) if flags < 2 and expansion <= budget >> 1 and size <= _MARK_MAX_BYTES else None
                 if got is not None:  # a cycle: mark it in place (the walker's output, faster)
-                    out = dumps_marked(state, got, lambda: _memo_ids(unpickler, got))
+                    out = dumps_marked(state, got, partial(_memo_ids, unpickler, got))
                     if out is None:  # spoiled: decode again for the walker
                         unpickler, state = _decode_again(type(unpickler), data)
                 if out is None:
-                    out = walk(state, budget, lambda: _memo_ids(unpickler))
+                    out = walk(state, budget, partial(_memo_ids, unpickler))
             else:
                 try:
                     out = orjson.dumps(state, default=fast_default, option=_STRICT)
@@ -266,7 +276,7 @@ class Jsonifier:
                         if out is None and spoiled:  # decode again for the walker
                             unpickler, state = _decode_again(type(unpickler), data)
                     if out is None:
-                        out = walk(state, budget, lambda: _memo_ids(unpickler))
+                        out = walk(state, budget, partial(_memo_ids, unpickler))
             del state
             text = out.decode()
             reusable = end == size and size <= _REUSE_MAX_BYTES and scan_state[2] <= 0
@@ -285,10 +295,13 @@ class Jsonifier:
         except Exception as exc:
             return Conversion(Kind.ERROR, class_name, None, None, _reason(exc))
         finally:
-            source.data = b""
-            if reusable and type(unpickler) is _Unpickler and len(self._pool) < _POOL_MAX:
-                unpickler.memo.clear()
-                self._pool.append((unpickler, source))
+            # Only the unpickler that read this record to its end, with its own source,
+            # goes back to the pool: whatever replaced it on the way is dropped.
+            if unpickler is not None:
+                unpickler.source.data = b""
+                if reusable and type(unpickler) is _Unpickler and len(self._pool) < _POOL_MAX:
+                    unpickler.memo.clear()
+                    self._pool.append(unpickler)
 
 
 def _memo_ids(unpickler: _Unpickler, only: set[int] | None = None) -> dict[int, int]:

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 #: Characters of string values collected into the ``text`` field at most; keeps
 #: documents small when an object holds a whole book.
 TEXT_LIMIT = 32_000
+#: Documents shorter than this are copied out of orjson's output buffer (see ``source``).
+_COPY_BELOW = 1 << 20
 
 
 #: Length of a bulk metadata line without its variable parts (op, index, id, version):
@@ -186,5 +188,8 @@ class DocumentBuilder:
         doc["text"] = " ".join(texts)
         doc["refs"] = sorted(set(refs))
         # orjson's result keeps its whole output buffer (~32 KB for a 2 KB document);
-        # a copy holds exactly the document while it waits in a bulk request.
-        return bytes(memoryview(orjson.dumps(doc)))
+        # a copy holds exactly the document while it waits in a bulk request. A large
+        # document is not copied: its buffer's slack is small beside it, and a second
+        # copy of a 100 MB document would double the memory it takes (issue 21).
+        out = orjson.dumps(doc)
+        return bytes(memoryview(out)) if len(out) < _COPY_BELOW else out

@@ -186,25 +186,30 @@ class BulkSender:
     def _send_splitting(self, actions: list[Action], result: SendResult) -> None:
         try:
             self._send_with_retries(actions, result)
+            return
         except ApiError as exc:
             status = exc.meta.status
             if status not in (413, 400):
                 raise
-            if len(actions) == 1:
-                result.rejected.append(Rejected(actions[0], status, f"HTTP {status}: "
-                                                + _error_text(getattr(exc, "body", None) or str(exc))))
-                return
-            if status == 413:
-                self._learn_from_413(sum(action.size() for action in actions))
-                parts = self._chunks(actions)
-                if len(parts) == 1:  # a limit learned from a larger request: halve this one
-                    parts = [actions[: len(actions) // 2], actions[len(actions) // 2:]]
-            else:
-                # Unparseable as a whole: halve until the culprit stands alone.
-                log.warning("bulk request refused with HTTP 400; splitting %d actions", len(actions))
+            detail = _error_text(getattr(exc, "body", None) or str(exc))
+            _drop_frames(exc)
+        # The parts are sent outside the except block, with the refused request's frames
+        # dropped: each level of splitting kept its whole request body alive through the
+        # exception's traceback, several times the size of one huge document (issue 21).
+        if len(actions) == 1:
+            result.rejected.append(Rejected(actions[0], status, f"HTTP {status}: {detail}"))
+            return
+        if status == 413:
+            self._learn_from_413(sum(action.size() for action in actions))
+            parts = self._chunks(actions)
+            if len(parts) == 1:  # a limit learned from a larger request: halve this one
                 parts = [actions[: len(actions) // 2], actions[len(actions) // 2:]]
-            for part in parts:
-                self._send_splitting(part, result)
+        else:
+            # Unparseable as a whole: halve until the culprit stands alone.
+            log.warning("bulk request refused with HTTP 400; splitting %d actions", len(actions))
+            parts = [actions[: len(actions) // 2], actions[len(actions) // 2:]]
+        for part in parts:
+            self._send_splitting(part, result)
 
     def _send_with_retries(self, actions: list[Action], result: SendResult) -> None:
         pending = actions
@@ -235,7 +240,7 @@ class BulkSender:
     def _send_once(self, actions: list[Action], result: SendResult) -> None:
         """One request. Settles into ``result`` what it can; raises :class:`RetryableItems`
         carrying the actions to send again, or the transport's error for the whole request."""
-        body = b"\n".join(iter_lines(actions)) + b"\n"
+        body = b"\n".join([*iter_lines(actions), b""])  # one allocation, ending in a newline
         started = time.monotonic()
         try:
             response = self._es.bulk(
@@ -286,6 +291,21 @@ class BulkSender:
             pending_reason = "/".join(sorted(reasons))
             raise RetryableItems(len(again), pending_reason, "; ".join(hints.values()),
                                  index_conditions_only=reasons <= set(_INDEX_CONDITIONS.values()), again=again)
+
+
+def _drop_frames(exc: BaseException) -> None:
+    """Forget the tracebacks of ``exc`` and the exceptions chained to it: their frames
+    hold the request body, and the retry state keeps the exception in a reference cycle
+    that only the cycle collector would free."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.__traceback__ = None
+        todo += (e.__cause__, e.__context__)
 
 
 def metadata_line(action: Action) -> bytes:

@@ -28,6 +28,7 @@ from esindexer.documents import Action, DocumentBuilder
 from esindexer.errors import Abandoned
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.budget import ErrorBudget
+from esindexer.pipeline.memory import LARGE_RECORD_BYTES, give_back
 from esindexer.pipeline.refresher import Refresher
 from esindexer.sink import SendResult, Sink
 from esindexer.source import deadletters, deletions, progress
@@ -49,6 +50,8 @@ class BatchInFlight:
     live: bool = False
     futures: list[Future[SendResult]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    #: the size of its largest record (memory is given back after a large one)
+    largest: int = 0
 
 
 @dataclass
@@ -179,6 +182,10 @@ class Committer:
                     item.done.set()
                     continue
                 self._settle(item)
+                largest = item.largest
+                del item  # (its requests and documents go with it)
+                if largest >= LARGE_RECORD_BYTES:
+                    give_back(largest)
                 self.drain_deletions()
         except BaseException as exc:  # handed to the reader thread
             self._failure = exc

@@ -312,6 +312,9 @@ class Indexer:
                 if batch.rows:
                     committer.put(batch)
                     put_tid = batch.last_tid
+                # Not kept while the next commit is awaited: a settled batch holds its
+                # requests' results, which may be a very large document (issue 21).
+                del batch
                 committer.raise_failure()
             finished = not self.stopping
             if finished and end_tid is not None and end_tid > put_tid:

@@ -123,6 +123,8 @@ class BatchReader:
                     full = buffer.add(action) or full
             batch.rows += 1
             batch.last_tid = tid
+            if data is not None and len(data) > batch.largest:
+                batch.largest = len(data)
             if full and (not submit() or self._stopping()):
                 return None
         if buffer and not submit():

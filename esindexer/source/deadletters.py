@@ -75,14 +75,29 @@ def ensure_table(conn: Any) -> None:
         cur.execute("RELEASE SAVEPOINT esindexer_dead_letters_ddl")
 
 
+#: A record or document larger than this is not copied into the letter: psycopg2 and
+#: libpq hold it several times over while it is sent (a 150 MB record took the process
+#: past 1.5 GB, issue 21). The reason says so; the record stays in ``object_state`` at its
+#: (zoid, tid) until a pack, and redelivery reads it from there anyway.
+KEEP_MAX_BYTES = 16 << 20
+
+
+def _kept(d: DeadLetter) -> tuple[str, str | None, Any]:
+    """The letter's reason, document and record as stored (large ones left out)."""
+    reason, document, record = d.reason[:10_000], d.document, d.record
+    if document is not None and len(document) > KEEP_MAX_BYTES:
+        reason += f" (the {len(document):,}-byte document is not kept here)"
+        document = None
+    if record is not None and len(record) > KEEP_MAX_BYTES:
+        reason += f" (the {len(record):,}-byte record is not kept here: it is in object_state until a pack)"
+        record = None
+    return (reason, document.decode("utf-8", "replace") if document is not None else None,
+            psycopg2.Binary(record) if record is not None else None)
+
+
 def add(conn: Any, client_id: str, letters: Iterable[DeadLetter]) -> int:
     """Insert dead letters (the caller commits, together with progress). Returns how many."""
-    rows = [
-        (client_id, d.zoid, d.tid, d.class_name, d.index_name, d.kind, d.reason[:10_000],
-         d.document.decode("utf-8", "replace") if d.document is not None else None,
-         psycopg2.Binary(d.record) if d.record is not None else None)
-        for d in letters
-    ]
+    rows = [(client_id, d.zoid, d.tid, d.class_name, d.index_name, d.kind, *_kept(d)) for d in letters]
     if rows:
         with conn.cursor() as cur:
             psycopg2.extras.execute_values(
