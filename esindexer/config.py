@@ -81,6 +81,7 @@ class Settings:
     metrics_port: int
     stall_seconds: float
     lag_poll_interval: float
+    unmapped_check_interval: float
     progress_interval: float
     log_format: str
     log_level: str
@@ -158,7 +159,7 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
                  "lag_poll_interval", "es_request_timeout"):
         positive(name, 0.1)
     for name in ("index_replicas", "retry_attempts", "dead_letter_budget", "shutdown_timeout",
-                 "crash_guard_after", "live_refresh_interval", "progress_interval"):
+                 "crash_guard_after", "live_refresh_interval", "progress_interval", "unmapped_check_interval"):
         positive(name, 0)
     if values["bulk_max_bytes"] < 1024:
         problems.append(f"ESINDEXER_BULK_MAX_BYTES: must be at least 1KiB, got {values['bulk_max_bytes']}")

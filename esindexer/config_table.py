@@ -251,6 +251,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Not ready when lag > 0 and no progress for this long.", group="observe"),
     Setting("lag_poll_interval", _parse_float, 5.0, "Seconds between polls of the newest source tid.",
             group="observe"),
+    Setting("unmapped_check_interval", _parse_float, 60.0,
+            "Seconds between counts of documents holding fields the index did not map (field limit "
+            "reached, or a value the mapping refused); sets esindexer_documents_with_unmapped_fields and "
+            "logs a warning naming the fields when the count grows; 0 turns it off.", group="observe"),
     Setting("progress_interval", _parse_float, 10.0,
             "Seconds between progress lines (rows done and left, rate, ETA) while a backlog is worked "
             "through and stderr is not a terminal (a terminal gets a live bar); 0 turns progress off.",

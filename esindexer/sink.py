@@ -70,6 +70,18 @@ class Indexed:
     tid: int
 
 
+@dataclass(frozen=True, slots=True)
+class Unmapped:
+    """Documents holding fields the index keeps but could not map (past its field limit,
+    or a value its mapping refused), so that searches on those fields miss them."""
+
+    documents: int
+    #: field name -> documents carrying it unmapped (the most frequent ones)
+    fields: dict[str, int]
+    #: index -> documents with unmapped fields there
+    per_index: dict[str, int]
+
+
 class Sink(Protocol):
     """Where documents go. See the module docstring for the contract."""
 
@@ -98,4 +110,9 @@ class Sink(Protocol):
     def refresh(self, indices: Collection[str] | None = None) -> None:
         """Make everything written so far to ``indices`` (default: all of this sink's)
         visible to searches and to :meth:`indexed`."""
+        ...
+
+    def unmapped(self) -> Unmapped:
+        """The documents whose fields were not all mapped, and the fields (see
+        :class:`Unmapped`): a search on such a field cannot find them."""
         ...

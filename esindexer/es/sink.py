@@ -13,8 +13,9 @@ from esindexer.documents import Action
 from esindexer.es.admin import ensure_indices
 from esindexer.es.bulk import BulkSender
 from esindexer.es.client import make_es_client
+from esindexer.es.fields import unmapped
 from esindexer.es.scan import indexed_zoids
-from esindexer.sink import Indexed, SendResult
+from esindexer.sink import Indexed, SendResult, Unmapped
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
@@ -58,3 +59,6 @@ class ElasticsearchSink:
     def refresh(self, indices: Collection[str] | None = None) -> None:
         self.es.options(ignore_status=404).indices.refresh(index=",".join(sorted(indices or self._indices)),
                                                            ignore_unavailable=True)
+
+    def unmapped(self) -> Unmapped:
+        return unmapped(self.es, self._indices)

@@ -19,6 +19,7 @@ from esindexer.config import Settings
 from esindexer.convert.configure import ALWAYS_SKIPPED
 from esindexer.convert.jsonifier import Jsonifier, Kind
 from esindexer.documents import DocumentBuilder
+from esindexer.es.fields import unmapped_of
 from esindexer.source import deadletters, deletions, pg, progress
 from esindexer.source.tid import tid_to_datetime
 
@@ -123,6 +124,9 @@ def _documents(es: Any, indices: tuple[str, ...], zoid: int) -> dict[str, Any]:
             body = answer["_source"]
             found[index] = {"version": int(answer["_version"]), "class": body.get("class"),
                             "committed_at": body.get("committed_at"), "references": body.get("refs", [])}
+    if found:  # fields kept in _source but not indexed: a search on them misses this object
+        for index, fields in unmapped_of(es, tuple(found), zoid).items():
+            found[index]["unmapped_fields"] = fields
     return found
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from esindexer.config import Settings
+from esindexer.es.fields import unmapped
 from esindexer.pipeline import crashguard
 from esindexer.source import backlog, deadletters, deletions, follow, partitions, progress, runs
 from esindexer.source.pg import has_relation
@@ -83,6 +84,9 @@ def index_figures(settings: Settings, es: Any) -> dict[str, Any]:
         figures["documents"] = sum(n for n in figures["indices"].values() if n is not None)
         held = lenient.indices.get_alias(name=alias)
         figures["alias"]["indices"] = sorted(held.body) if held.meta.status == 200 else []
+        found = unmapped(es, indices)
+        figures["unmapped_fields"] = {"documents": found.documents, "fields": found.fields,
+                                      "per_index": found.per_index}
     except Exception as exc:  # Elasticsearch away or refusing: say so, do not fail the report
         from esindexer.es.client import describe_error
 
@@ -174,6 +178,11 @@ def status_lines(report: dict[str, Any]) -> list[str]:
         held = alias["indices"]
         text["alias"] = f"{alias['name']} -> " + (", ".join(held) if held else "nothing") if held is not None \
             else alias["name"]
+    unmapped_fields = report.get("unmapped_fields")
+    if unmapped_fields is not None:
+        text["unmapped_fields"] = "none" if not unmapped_fields["documents"] else (
+            f"WARNING: {unmapped_fields['documents']:,} documents hold fields not indexed (searches on them miss "
+            "those documents): " + ", ".join(f"{name} ({n:,})" for name, n in unmapped_fields["fields"].items()))
     guard = report["crash_guard"]
     text["crash_guard"] = (f"{guard['guard']}; last run {guard['last_run'] or '-'}; unclean exits in a row "
                            f"{guard['unclean_exits']} (guarded from {guard['threshold']})")

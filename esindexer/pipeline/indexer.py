@@ -34,6 +34,7 @@ from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.budget import ErrorBudget
 from esindexer.pipeline.committer import BatchInFlight, Committer
 from esindexer.pipeline.crashguard import CrashGuard
+from esindexer.pipeline.fieldwatch import FieldWatch
 from esindexer.pipeline.reader import BatchReader
 from esindexer.pipeline.refresher import Refresher
 from esindexer.pipeline.standby import LockKeeper
@@ -247,6 +248,7 @@ class Indexer:
         committer: Committer | None = None
         reader: BatchReader | None = None
         refresher: Refresher | None = None
+        watch: FieldWatch | None = None
         try:
             missing: tuple[str, ...] = ()
             if first:  # only once the lock is ours: a refused second instance changes nothing
@@ -270,6 +272,9 @@ class Indexer:
             if s.live_refresh_interval > 0 and not until_caught_up:  # a backfill never refreshes
                 refresher = Refresher(self.sink, s.live_refresh_interval, self.metrics)
                 refresher.start()
+            if s.unmapped_check_interval > 0:
+                watch = FieldWatch(self.sink, s.unmapped_check_interval, self.metrics)
+                watch.start()
             committer = Committer(conn, settings=s, sink=self.sink, builder=self.builder, metrics=self.metrics,
                                   budget=self.budget, abandon=self._abandon, progress_tid=start_tid,
                                   refresher=refresher)
@@ -337,6 +342,10 @@ class Indexer:
                 reader.close()
             if refresher is not None:
                 refresher.close()
+            if watch is not None:
+                watch.close()
+                if until_caught_up and self.caught_up:
+                    watch.check(refresh=True)  # a one-shot run says it once, at its end
             try:
                 conn.close()
             except Exception:
