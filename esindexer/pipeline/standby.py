@@ -27,7 +27,7 @@ from typing import Any
 from esindexer.config import Settings
 from esindexer.errors import Abandoned, AlreadyRunning
 from esindexer.observe.metrics import Metrics
-from esindexer.source import pg, progress
+from esindexer.source import pg, progress, runs
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,15 @@ class LockKeeper:
             self.metrics.set_standby(True)
             log.info("standing by: another esindexer holds the lock of client id %r; taking over when it "
                      "stops or loses its PostgreSQL connection", worker, extra={"client_id": worker})
+        # Seen in pg_locks by `esindexer reindex`, which then hands the client id over; the
+        # session ends it if this process dies, and it is withdrawn on taking over.
+        runs.announce_standby(conn, worker)
         while True:
             self._mirror_progress(conn, worker)
             if self._stop.wait(self.poll_seconds):
                 raise Abandoned("standing by")
             if pg.try_lock_client(conn, worker):
+                runs.withdraw_standby(conn, worker)
                 self._took_over()
                 return
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -14,6 +15,8 @@ from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
 from esindexer.source import pg as source_pg
 from tests.indexing import commit_pages, commit_tree, docs, make_settings, progress
+from tests.ops.reindexing import ReindexProcess
+from tests.pipeline.processes import Service, service_env
 from tests.support import TcpProxy, esindexer_env, run_esindexer, wait_for
 
 
@@ -44,7 +47,7 @@ def test_reindex_builds_verifies_and_publishes(zodb, db_dsn, es, es_url, es_pref
     done = run_esindexer("reindex", "--to", f"{alias}-gen2", env={**env, "ESINDEXER_STATE_MAPPING": "dynamic"},
                          timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"alias {alias}: {alias}-gen1-objects -> {alias}-gen2-objects (21 documents)" in done.stdout
+    assert f"alias {alias}: {alias}-gen1-objects -> {alias}-gen2-objects (21 documents; caught up with the commit of" in done.stdout
     assert "verified: 21 objects, 21 documents, no difference" in done.stdout
     assert "reindex finished: 21 rows in" in done.stderr  # the progress summary of the build
     assert f"ESINDEXER_INDEX_PREFIX={alias}-gen2 ESINDEXER_CLIENT_ID={alias}-gen2" in done.stdout
@@ -96,23 +99,39 @@ def test_an_interrupted_reindex_exits_130_publishes_nothing_and_resumes(zodb, db
     conn.close()
 
 
-def test_the_old_generation_is_kept_while_its_indexer_runs(zodb, db_dsn, es, es_url, es_prefix):
+def test_the_old_generation_is_kept_while_its_indexer_runs_and_deleted_on_a_prompt_second_run(
+        zodb, db_dsn, es, es_url, es_prefix, tmp_path):
     conn = zodb.open()
     commit_pages(conn.root(), 3)
     settings, alias, env = _live(db_dsn, es_url, es_prefix)
     holder = psycopg2.connect(db_dsn)
+    service = None
     try:
         source_pg.lock_client(holder, "esindexer-gen1")  # as the running service holds it
-        done = run_esindexer("reindex", "--to", f"{alias}-gen2", "--delete-old", env=env, timeout=300)
+        job = ReindexProcess(env, "--to", f"{alias}-gen2", "--delete-old")
+        job.wait_line("next: restart the service", timeout=120)
+        # The operator starts the service on gen2 (a second host still runs gen1: the holder).
+        service = Service(service_env(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2",
+                                      client_id=f"{alias}-gen2", alias=alias), tmp_path / "gen2.log")
+        code, out, err = job.finish(timeout=90)
+        assert code == ExitCode.ERROR, out + err
+        assert "handed over: the service took client id" in out
+        assert "an indexer with client id 'esindexer-gen1' still runs" in err
+        assert _aliased(es, alias) == [f"{alias}-gen2-objects"]  # published all the same
+        assert es.indices.exists(index=f"{alias}-gen1-objects")
+        holder.close()  # gen1's last indexer stopped
+        # Run again while the service follows gen2: nothing to build, no wait for gen2's lock.
+        started = time.monotonic()
+        again = run_esindexer("reindex", "--to", f"{alias}-gen2", "--delete-old", env=env, timeout=60)
+        took = time.monotonic() - started
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "nothing to build, switch or hand over" in again.stdout
+        assert not es.indices.exists(index=f"{alias}-gen1-objects")
+        assert took < 20, took
     finally:
         holder.close()
-    assert done.returncode == ExitCode.ERROR, done.stdout + done.stderr
-    assert "an indexer with client id 'esindexer-gen1' still runs" in done.stderr
-    assert _aliased(es, alias) == [f"{alias}-gen2-objects"]  # published all the same
-    assert es.indices.exists(index=f"{alias}-gen1-objects")
-    again = run_esindexer("reindex", "--to", f"{alias}-gen2", "--delete-old", env=env, timeout=300)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert not es.indices.exists(index=f"{alias}-gen1-objects")
+        if service is not None:
+            assert service.stop() == 0, service.log()[-3000:]
     conn.close()
 
 

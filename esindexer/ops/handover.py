@@ -1,0 +1,137 @@
+"""The new generation followed live by ``esindexer reindex``, then handed over to the service.
+
+A re-index under a live application cannot wait for "caught up with the newest commit"
+with nobody following: the newest commit moves every 100 ms. So from the end of the
+build until the service runs on the new generation, the command itself indexes it live
+(:class:`Follower`: an :class:`~esindexer.pipeline.indexer.Indexer` in a thread, holding
+the new client id's lock like any service). The publish check then waits for a tid read
+just before the switch, which a live follower reaches within a second; and commits made
+after the switch reach the published generation because the same follower keeps going.
+
+The handover uses the hot standby (:mod:`esindexer.pipeline.standby`): the service
+restarted with the new prefix and client id finds the lock held and stands by, which it
+announces in ``pg_locks`` (:func:`esindexer.source.runs.standby_waiting`). The follower
+then stops like a service on SIGTERM (in-flight bulks settle, progress is saved), its
+session ends, the standby takes the lock within a second and resumes from that progress:
+no commit is skipped, and the generation is unfollowed for about a second, the same as a
+standby taking over from a stopped service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from esindexer.config import Settings
+from esindexer.errors import AlreadyRunning, ExitCode
+
+log = logging.getLogger(__name__)
+
+#: How often the handover looks for a standby, and how long it waits for the standby to
+#: take the lock once the follower stopped (it tries every second).
+LOOK_EVERY = 0.5
+TAKEOVER_WAIT = 30.0
+
+
+class Follower:
+    """The generation's indexer, live (not ``until_caught_up``), in a thread of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        from esindexer.observe.metrics import Metrics
+        from esindexer.pipeline.indexer import Indexer
+
+        # Never a standby: a process already holding the new client id is reported, not waited for.
+        self.settings = dataclasses.replace(settings, standby=False)
+        self.indexer = Indexer(self.settings, Metrics(process_metrics=False))
+        self.code: ExitCode | None = None
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="reindex-follower", daemon=True)
+
+    def start(self) -> Follower:
+        """Take the client id's lock now (raising :class:`AlreadyRunning` if another process
+        has it), then follow in the thread."""
+        self.indexer.claim()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.code = self.indexer.run()
+        except BaseException as exc:  # reported by the command, which is waiting on the thread
+            self.error = exc
+            self.code = ExitCode.ERROR
+            log.exception("following %s failed", self.settings.client_id)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> ExitCode | None:
+        """Stop as a service stops on SIGTERM (in-flight bulks settle within
+        ``shutdown_timeout``, progress is saved) and release the lock."""
+        self.indexer.stop()
+        self._thread.join()
+        return self.code
+
+
+@dataclasses.dataclass
+class Handover:
+    """How following ended."""
+
+    handed_over: bool = False
+    followed_for: float = 0.0
+    takeover_after: float | None = None  #: from the follower's stop to the lock taken by the service
+    problem: str | None = None
+
+
+def hand_over(conn: Any, follower: Follower, stopped: Callable[[], bool],
+              wait: Callable[[float], object]) -> Handover:
+    """Follow until a process stands by for the client id, then let it take over.
+
+    Returns with ``problem`` set when following ended otherwise: the command was stopped
+    (``stopped()``), or the follower ended on its own (a setup error)."""
+    from esindexer.source import runs
+
+    client = follower.settings.worker_id
+    out = Handover()
+    while True:
+        if stopped():
+            follower.stop()
+            out.problem = "interrupted"
+            break
+        if not follower.alive:
+            out.problem = f"following ended ({describe(follower)})"
+            break
+        if runs.standby_waiting(conn, client):
+            out.followed_for = time.monotonic() - follower.started
+            stopping = time.monotonic()
+            follower.stop()
+            deadline = stopping + TAKEOVER_WAIT
+            while not runs.client_running(conn, client) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if runs.client_running(conn, client):
+                out.handed_over, out.takeover_after = True, time.monotonic() - stopping
+            else:
+                out.problem = (f"the process standing by for client id {client!r} did not take over within "
+                               f"{TAKEOVER_WAIT:.0f}s")
+            break
+        wait(LOOK_EVERY)
+    out.followed_for = out.followed_for or time.monotonic() - follower.started
+    log.info("handover of %s: %s", client, "done" if out.handed_over else out.problem,
+             extra={"client_id": client, "followed_seconds": round(out.followed_for, 3),
+                    "takeover_seconds": out.takeover_after})
+    return out
+
+
+def describe(follower: Follower) -> str:
+    """Why a follower ended, in words."""
+    if isinstance(follower.error, AlreadyRunning) or follower.code == ExitCode.LOCKED:
+        return "another process took its client id"
+    if follower.error is not None:
+        return f"{type(follower.error).__name__}: {follower.error}"
+    return f"exit code {int(follower.code) if follower.code is not None else '?'}"
