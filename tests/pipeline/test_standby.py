@@ -84,7 +84,8 @@ def test_active_that_loses_postgresql_becomes_the_standby(zodb, db_dsn, es_url, 
         # Cut the active one's session that holds the lock (its writer connection).
         with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-                        "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()")
+                        "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database() "
+                        "AND l.mode = 'ExclusiveLock'")  # not the standby's shared lock (its announcement)
             assert cur.rowcount == 1
         conn.close()
         cut = time.monotonic()
