@@ -282,7 +282,35 @@ def switch_alias(es: Elasticsearch, settings: Settings) -> tuple[list[str], list
     # From now on, indices this prefix creates join the alias too.
     es.indices.put_index_template(name=template_name(settings),
                                   **index_template(_attached(settings)))
+    _detach_other_templates(es, settings)
     return removed, [index for index in indices if index not in current]
+
+
+#: What a composable template's body may hold when it is put back (what GET adds is left out).
+_TEMPLATE_KEYS = ("index_patterns", "template", "priority", "_meta", "composed_of", "version",
+                  "allow_auto_create", "data_stream", "ignore_missing_component_templates", "deprecated")
+
+
+def _detach_other_templates(es: Elasticsearch, settings: Settings) -> None:
+    """Other generations' templates stop naming the alias: an index one of them creates later
+    (an old service writing to a deleted index, which Elasticsearch creates again) would
+    otherwise join the alias beside this generation."""
+    from elasticsearch import NotFoundError
+
+    try:
+        found = es.indices.get_index_template(name="*-esindexer")["index_templates"]
+    except NotFoundError:
+        return
+    for entry in found:
+        body = {key: value for key, value in entry["index_template"].items() if key in _TEMPLATE_KEYS}
+        template = dict(body.get("template") or {})
+        aliases = dict(template.get("aliases") or {})
+        if (entry["name"] == template_name(settings) or settings.alias_name not in aliases
+                or (body.get("_meta") or {}).get("managed_by") != "esindexer"):
+            continue
+        del aliases[settings.alias_name]
+        template["aliases"] = aliases
+        es.indices.put_index_template(name=entry["name"], **{**body, "template": template})
 
 
 def _attached(settings: Settings) -> Settings:

@@ -79,6 +79,21 @@ class Follower:
         return self.code
 
 
+def wait_caught_up(conn: Any, follower: Follower, stopped: threading.Event) -> int | None:
+    """Wait until the follower's saved progress reaches the newest tid read now (what was
+    committed during the build); returns that tid, or None when stopped or the follower ended.
+    Verify and the publish check then start from a generation at most a second behind."""
+    from esindexer.source import follow, progress
+
+    target = follow.latest_tid(conn)
+    conn.rollback()
+    while not stopped.is_set() and follower.alive:
+        if progress.get_progress_tid(conn, follower.settings.worker_id) >= target:
+            return target
+        stopped.wait(LOOK_EVERY)
+    return None
+
+
 @dataclasses.dataclass
 class Handover:
     """How following ended."""

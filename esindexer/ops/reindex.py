@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -147,7 +148,7 @@ class Reindex:
     def _follow(self, conn: Any, es: Any, out: Outcome, published: bool) -> bool:
         """Follow the new generation live through verify and publish, then hand it over."""
         from esindexer.errors import Abandoned, AlreadyRunning
-        from esindexer.ops.handover import Follower, describe, hand_over
+        from esindexer.ops.handover import Follower, describe, hand_over, wait_caught_up
         from esindexer.source import runs
 
         new = self.final
@@ -163,7 +164,14 @@ class Reindex:
             out.problems.append("interrupted; run the same command again to resume")
             return False
         try:
-            out.step(f"following {new.index_prefix} live (client id {new.client_id})")
+            caught = wait_caught_up(conn, follower, self._stopped)
+            if caught is None:
+                out.code = ExitCode.INTERRUPTED if self._stopped.is_set() else ExitCode.ERROR
+                out.problems.append("following the new generation ended before it caught up "
+                                    f"({describe(follower)}); run the same command again to resume")
+                return False
+            out.step(f"following {new.index_prefix} live (client id {new.client_id}): caught up with the commit "
+                      f"of {_when(caught)} in {time.monotonic() - follower.started:.1f}s")
             if not published:
                 verified = self._verified(conn, out)
                 if self._stopped.is_set():  # never publish after Ctrl-C

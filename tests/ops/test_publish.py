@@ -144,6 +144,8 @@ def test_an_alias_never_serves_two_generations_silently(zodb, db_dsn, es, es_url
     # Published the checked way, the new generation's service starts; the old one's is refused.
     assert _alias_cmd(db_dsn, es_url, alias, "gen2").returncode == 0
     assert _aliased(es, alias) == [f"{alias}-gen2-objects"]
+    es.indices.create(index=f"{alias}-gen1-recreated")  # as Elasticsearch does for an old service's write
+    assert _aliased(es, alias) == [f"{alias}-gen2-objects"]  # gen1's template no longer names the alias
     assert run_esindexer("run", "--until-caught-up", env=gen2, timeout=60).returncode == 0
     old = run_esindexer("run", "--until-caught-up", env=gen1, timeout=60)
     assert old.returncode == ExitCode.SETUP and f"serves {alias}-gen2-objects" in old.stderr
