@@ -109,7 +109,7 @@ def test_reindex_publishes_and_hands_over_under_a_live_writer(zodb, db_dsn, es, 
         assert not es.indices.exists(index=f"{alias}-gen1-objects")
         print(f"published {published:.1f}s after start; {len(samples)} searches, switch at "
               f"{samples[switch].at}s: {[(s.at, s.total) for s in around]}; {writer.commits} commits, "
-              f"{len(pages)} pages; {out.strip().splitlines()[-2]}")
+              f"{len(pages)} pages\n{out}")
     finally:
         writer.stop(check=False)
         if poller is not None:
