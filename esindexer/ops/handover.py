@@ -120,7 +120,11 @@ def hand_over(conn: Any, follower: Follower, stopped: Callable[[], bool],
             out.problem = "interrupted"
             break
         if not follower.alive:
-            out.problem = f"following ended ({describe(follower)})"
+            if follower.code == ExitCode.LOCKED and runs.client_running(conn, client):
+                # it lost its session (PostgreSQL restarted, say) and a standby took the lock meanwhile
+                out.handed_over = True
+            else:
+                out.problem = f"following ended ({describe(follower)})"
             break
         if runs.standby_waiting(conn, client):
             out.followed_for = time.monotonic() - follower.started

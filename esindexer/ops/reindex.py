@@ -153,13 +153,16 @@ class Reindex:
 
         new = self.final
         follower = Follower(new)
+        self._indexer = follower.indexer  # Ctrl-C stops it, also while it waits for PostgreSQL
         try:
             follower.start()
         except AlreadyRunning:
+            self._indexer = None
             out.code = ExitCode.LOCKED
             out.problems.append(_locked(new))
             return False
         except Abandoned:
+            self._indexer = None
             out.code = ExitCode.INTERRUPTED
             out.problems.append("interrupted; run the same command again to resume")
             return False
@@ -199,6 +202,7 @@ class Reindex:
                      "over to it")
             done = hand_over(conn, follower, self._stopped.is_set, self._stopped.wait)
         finally:
+            self._indexer = None
             if follower.alive:
                 follower.stop()
         if not done.handed_over:
@@ -207,8 +211,9 @@ class Reindex:
                                 f"{_restart(new)} now; run this command again to follow it until then")
             return False
         out.handed_over = True
-        out.step(f"handed over: the service took client id {new.client_id!r} over "
-                 f"{done.takeover_after:.1f}s after this command stopped following it "
+        when = (f"{done.takeover_after:.1f}s after this command stopped following it" if done.takeover_after
+                else "when this command lost its PostgreSQL session")
+        out.step(f"handed over: the service took client id {new.client_id!r} over {when} "
                  f"(followed live for {done.followed_for:.0f}s)")
         return True
 

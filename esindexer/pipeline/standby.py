@@ -13,6 +13,11 @@ by tid, so replaying from there is harmless).
 Why poll rather than block in ``pg_advisory_lock``: a blocked statement can only be left
 by cancelling it, and the service must stop promptly on SIGTERM while standing by.
 
+While it stands by, the process also holds a shared advisory lock of its own
+(:func:`esindexer.source.runs.announce_standby`): the client lock it only *tries*, so
+without it nothing would show that a process waits. ``esindexer reindex`` reads it to
+hand a new generation over to the service restarted on it (:mod:`esindexer.ops.handover`).
+
 While it stands by, the process mirrors the client's saved progress into its own metrics
 (lag, last progress time), so its lag gauge and alerts say the same as the active's.
 """

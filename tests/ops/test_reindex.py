@@ -9,12 +9,13 @@ import time
 from urllib.parse import urlsplit
 
 import psycopg2
+import transaction
 
 from esindexer.errors import ExitCode
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
 from esindexer.source import pg as source_pg
-from tests.indexing import commit_pages, commit_tree, docs, make_settings, progress
+from tests.indexing import Page, commit_pages, commit_tree, docs, make_settings, progress, zoid_of
 from tests.ops.reindexing import ReindexProcess
 from tests.pipeline.processes import Service, service_env
 from tests.support import TcpProxy, esindexer_env, run_esindexer, wait_for
@@ -128,6 +129,41 @@ def test_the_old_generation_is_kept_while_its_indexer_runs_and_deleted_on_a_prom
         assert "nothing to build, switch or hand over" in again.stdout
         assert not es.indices.exists(index=f"{alias}-gen1-objects")
         assert took < 20, took
+    finally:
+        holder.close()
+        if service is not None:
+            assert service.stop() == 0, service.log()[-3000:]
+    conn.close()
+
+
+def test_interrupted_while_waiting_for_the_service_the_published_generation_is_followed_again(
+        zodb, db_dsn, es, es_url, es_prefix, tmp_path):
+    conn = zodb.open()
+    root = conn.root()
+    commit_pages(root, 3)
+    settings, alias, env = _live(db_dsn, es_url, es_prefix)
+    holder = psycopg2.connect(db_dsn)
+    service = None
+    try:
+        source_pg.lock_client(holder, "esindexer-gen1")  # the service runs on gen1
+        job = ReindexProcess(env, "--to", f"{alias}-gen2")
+        job.wait_line("next: restart the service", timeout=120)
+        job.proc.send_signal(signal.SIGTERM)
+        code, out, err = job.finish(timeout=60)
+        assert code == ExitCode.TERMINATED, out + err
+        assert f"{alias}-gen2 is published but not handed over (interrupted)" in err
+        assert _aliased(es, alias) == [f"{alias}-gen2-objects"]
+
+        root["late"] = late = Page("committed while nobody follows gen2")
+        transaction.commit()
+        again = ReindexProcess(env, "--to", f"{alias}-gen2")
+        again.wait_line(f"{alias}-gen2 is already published", timeout=60)
+        wait_for(lambda: zoid_of(late) in docs(es, alias), timeout=30, message="the late commit served")
+        service = Service(service_env(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2",
+                                      client_id=f"{alias}-gen2", alias=alias), tmp_path / "gen2.log")
+        code, out, err = again.finish(timeout=90)
+        assert code == 0, out + err
+        assert "handed over: the service took client id" in out
     finally:
         holder.close()
         if service is not None:
