@@ -152,7 +152,8 @@ class Reindex:
         from esindexer.source import runs
 
         new = self.final
-        follower = Follower(new)
+        # Published already (a second run): its template keeps naming the alias as the switch left it.
+        follower = Follower(dataclasses.replace(new, attach_alias=True) if published else new)
         self._indexer = follower.indexer  # Ctrl-C stops it, also while it waits for PostgreSQL
         try:
             follower.start()

@@ -159,6 +159,8 @@ def test_interrupted_while_waiting_for_the_service_the_published_generation_is_f
         again = ReindexProcess(env, "--to", f"{alias}-gen2")
         again.wait_line(f"{alias}-gen2 is already published", timeout=60)
         wait_for(lambda: zoid_of(late) in docs(es, alias), timeout=30, message="the late commit served")
+        template = es.indices.get_index_template(name=f"{alias}-gen2-esindexer")["index_templates"][0]
+        assert alias in template["index_template"]["template"]["aliases"]  # the follower kept it attached
         service = Service(service_env(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2",
                                       client_id=f"{alias}-gen2", alias=alias), tmp_path / "gen2.log")
         code, out, err = again.finish(timeout=90)

@@ -106,6 +106,7 @@ def test_reindex_publishes_and_hands_over_under_a_live_writer(zodb, db_dsn, es, 
         indexed = _alias_documents(es, alias)
         pages = {zoid: tid for zoid, (cls, tid) in indexed.items() if cls == "tests.indexing.Page"}
         assert pages == _database_pages(zodb)
+        assert set(indexed) - set(pages) == {0}  # and the root, nothing else
         assert not es.indices.exists(index=f"{alias}-gen1-objects")
         print(f"published {published:.1f}s after start; {len(samples)} searches, switch at "
               f"{samples[switch].at}s: {[(s.at, s.total) for s in around]}; {writer.commits} commits, "
