@@ -113,7 +113,8 @@ def readiness(es: Elasticsearch, conn: Any, settings: Settings, wait: float = CA
         behind = [f"progress at {_when(saved)}, newest commit {_when(newest)}"] if saved < newest else []
         behind += [f"{pending} pack deletion(s) not applied"] if pending else []
         report.problems.append(f"client id {settings.client_id!r} is behind the database ({'; '.join(behind)}): "
-                               "a generation nobody follows falls behind at every commit: follow it while switching "
+                               "a generation keeps up with a writing application only while it is followed live: "
+                               "follow it while switching "
                                "(esindexer run with its prefix and client id and ESINDEXER_ATTACH_ALIAS=false), or "
                                "let esindexer reindex follow, switch and hand over")
     return report
