@@ -173,6 +173,22 @@ def test_interrupted_while_waiting_for_the_service_the_published_generation_is_f
     conn.close()
 
 
+def test_the_command_never_stands_by_for_the_new_client_id(zodb, db_dsn, es, es_url, es_prefix):
+    conn = zodb.open()
+    commit_pages(conn.root(), 3)
+    settings, alias, env = _live(db_dsn, es_url, es_prefix)
+    holder = psycopg2.connect(db_dsn)
+    try:
+        source_pg.lock_client(holder, f"{alias}-gen2")  # another process on the new generation
+        done = run_esindexer("reindex", "--to", f"{alias}-gen2", env=env, timeout=60)  # it used to wait for ever
+    finally:
+        holder.close()
+    assert done.returncode == ExitCode.LOCKED, done.stdout + done.stderr
+    assert f"another indexer runs with client id '{alias}-gen2' (the new generation's)" in done.stderr
+    assert _aliased(es, alias) == [f"{alias}-gen1-objects"]
+    conn.close()
+
+
 def test_the_live_prefix_is_refused_as_the_new_one(db_dsn, es_url, es_prefix):
     alias = es_prefix.rstrip("-")
     done = run_esindexer("reindex", "--to", alias, env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url,
