@@ -18,8 +18,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-client-id", metavar="ID",
                         help="client id the new generation's progress is kept under (default: PREFIX)")
     parser.add_argument("--delete-old", action="store_true",
-                        help="after publishing, delete the old generation's indices, template and progress "
-                             "(refused while an indexer with the old client id runs)")
+                        help="after publishing and handing over, delete the old generation's indices, template and "
+                             "progress (refused while an indexer with the old client id runs)")
 
 
 def _reindex(settings: Settings, args: argparse.Namespace) -> int:
