@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 #: How often the handover looks for a standby, and how long it waits for the standby to
 #: take the lock once the follower stopped (it tries every second).
 LOOK_EVERY = 0.5
-TAKEOVER_WAIT = 30.0
+TAKEOVER_WAIT = 10.0
 
 
 class Follower:
@@ -101,6 +101,7 @@ class Handover:
     handed_over: bool = False
     followed_for: float = 0.0
     takeover_after: float | None = None  #: from the follower's stop to the lock taken by the service
+    unclaimed: bool = False  #: the follower stopped for a standby that did not take the lock
     problem: str | None = None
 
 
@@ -135,7 +136,8 @@ def hand_over(conn: Any, follower: Follower, stopped: Callable[[], bool],
                 time.sleep(0.05)
             if runs.client_running(conn, client):
                 out.handed_over, out.takeover_after = True, time.monotonic() - stopping
-            else:
+            else:  # the standby went away meanwhile: the caller follows again rather than leave a gap
+                out.unclaimed = True
                 out.problem = (f"the process standing by for client id {client!r} did not take over within "
                                f"{TAKEOVER_WAIT:.0f}s")
             break

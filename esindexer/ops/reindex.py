@@ -42,6 +42,7 @@ from esindexer.config import Settings
 from esindexer.errors import ExitCode
 
 if TYPE_CHECKING:
+    from esindexer.ops.handover import Follower
     from esindexer.pipeline.indexer import Indexer
 
 log = logging.getLogger(__name__)
@@ -148,13 +149,12 @@ class Reindex:
     def _follow(self, conn: Any, es: Any, out: Outcome, published: bool) -> bool:
         """Follow the new generation live through verify and publish, then hand it over."""
         from esindexer.errors import Abandoned, AlreadyRunning
-        from esindexer.ops.handover import Follower, describe, hand_over, wait_caught_up
+        from esindexer.ops.handover import Follower, Handover, describe, hand_over, wait_caught_up
         from esindexer.source import runs
 
         new = self.final
         # Published already (a second run): its template keeps naming the alias as the switch left it.
-        follower = Follower(dataclasses.replace(new, attach_alias=True) if published else new)
-        self._indexer = follower.indexer  # Ctrl-C stops it, also while it waits for PostgreSQL
+        follower = self._indexer_of(Follower(dataclasses.replace(new, attach_alias=True) if published else new))
         try:
             follower.start()
         except AlreadyRunning:
@@ -202,6 +202,15 @@ class Reindex:
                      f"{new.index_prefix} until that service stands by for client id {new.client_id!r}, then hands "
                      "over to it")
             done = hand_over(conn, follower, self._stopped.is_set, self._stopped.wait)
+            while done.unclaimed and not self._stopped.is_set():
+                out.step(f"{done.problem}: following {new.index_prefix} again until a service stands by for it")
+                follower = self._indexer_of(Follower(dataclasses.replace(new, attach_alias=True)))
+                try:
+                    follower.start()
+                except AlreadyRunning:  # taken meanwhile: that is the handover
+                    done = Handover(handed_over=True)
+                    break
+                done = hand_over(conn, follower, self._stopped.is_set, self._stopped.wait)
         finally:
             self._indexer = None
             if follower.alive:
@@ -217,6 +226,10 @@ class Reindex:
         out.step(f"handed over: the service took client id {new.client_id!r} over {when} "
                  f"(followed live for {done.followed_for:.0f}s)")
         return True
+
+    def _indexer_of(self, follower: Follower) -> Follower:
+        self._indexer = follower.indexer  # Ctrl-C stops it, also while it waits for PostgreSQL
+        return follower
 
     def _settle(self, es: Any) -> None:
         """The configured refresh interval and replicas, on the indices and their template."""

@@ -15,6 +15,7 @@ from esindexer.errors import ExitCode
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
 from esindexer.source import pg as source_pg
+from esindexer.source import runs
 from tests.indexing import Page, commit_pages, commit_tree, docs, make_settings, progress, zoid_of
 from tests.ops.reindexing import ReindexProcess
 from tests.pipeline.processes import Service, service_env
@@ -168,6 +169,36 @@ def test_interrupted_while_waiting_for_the_service_the_published_generation_is_f
         assert "handed over: the service took client id" in out
     finally:
         holder.close()
+        if service is not None:
+            assert service.stop() == 0, service.log()[-3000:]
+    conn.close()
+
+
+def test_a_standby_that_does_not_take_over_leaves_no_gap(zodb, db_dsn, es, es_url, es_prefix, tmp_path):
+    conn = zodb.open()
+    root = conn.root()
+    commit_pages(root, 3)
+    settings, alias, env = _live(db_dsn, es_url, es_prefix)
+    holder, ghost = psycopg2.connect(db_dsn), psycopg2.connect(db_dsn)
+    service = None
+    try:
+        source_pg.lock_client(holder, "esindexer-gen1")  # the service runs on gen1
+        runs.announce_standby(ghost, f"{alias}-gen2")  # says it stands by, never takes the lock
+        job = ReindexProcess(env, "--to", f"{alias}-gen2")
+        job.wait_line("did not take over within", timeout=120)
+        job.wait_line(f"following {alias}-gen2 again", timeout=10)
+        ghost.close()
+        root["late"] = late = Page("committed after the standby went away")
+        transaction.commit()
+        wait_for(lambda: zoid_of(late) in docs(es, alias), timeout=30, message="the late commit served")
+        service = Service(service_env(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2",
+                                      client_id=f"{alias}-gen2", alias=alias), tmp_path / "gen2.log")
+        code, out, err = job.finish(timeout=90)
+        assert code == 0, out + err
+        assert "handed over: the service took client id" in out
+    finally:
+        holder.close()
+        ghost.close()
         if service is not None:
             assert service.stop() == 0, service.log()[-3000:]
     conn.close()
