@@ -105,48 +105,69 @@ class Handover:
     problem: str | None = None
 
 
-def hand_over(conn: Any, follower: Follower, stopped: Callable[[], bool],
-              wait: Callable[[float], object]) -> Handover:
+def hand_over(follower: Follower, stopped: Callable[[], bool], wait: Callable[[float], object]) -> Handover:
     """Follow until a process stands by for the client id, then let it take over.
 
     Returns with ``problem`` set when following ended otherwise: the command was stopped
-    (``stopped()``), or the follower ended on its own (a setup error)."""
-    from esindexer.source import runs
+    (``stopped()``), or the follower ended on its own (a setup error). It looks on a
+    connection of its own, opened again after PostgreSQL went away (the follower
+    reconnects by itself): an outage while waiting must not end the following."""
+    from esindexer.source import pg
 
-    client = follower.settings.worker_id
     out = Handover()
-    while True:
-        if stopped():
+    conn: Any = None
+    while out.problem is None and not out.handed_over:
+        if stopped():  # also while PostgreSQL does not answer
             follower.stop()
             out.problem = "interrupted"
             break
-        if not follower.alive:
-            if follower.code == ExitCode.LOCKED and runs.client_running(conn, client):
-                # it lost its session (PostgreSQL restarted, say) and a standby took the lock meanwhile
-                out.handed_over = True
-            else:
-                out.problem = f"following ended ({describe(follower)})"
-            break
-        if runs.standby_waiting(conn, client):
-            out.followed_for = time.monotonic() - follower.started
-            stopping = time.monotonic()
-            follower.stop()
-            deadline = stopping + TAKEOVER_WAIT
-            while not runs.client_running(conn, client) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if runs.client_running(conn, client):
-                out.handed_over, out.takeover_after = True, time.monotonic() - stopping
-            else:  # the standby went away meanwhile: the caller follows again rather than leave a gap
-                out.unclaimed = True
-                out.problem = (f"the process standing by for client id {client!r} did not take over within "
-                               f"{TAKEOVER_WAIT:.0f}s")
-            break
+        try:
+            if conn is None:
+                conn = pg.connect(follower.settings, "handover")
+            if _look(conn, follower, out):
+                break
+        except pg.CONNECTION_ERRORS as exc:
+            log.warning("looking for a standby of %s failed (%s); trying again", follower.settings.worker_id,
+                        str(exc).strip()[:200])
+            if conn is not None:
+                conn.close()
+            conn = None
         wait(LOOK_EVERY)
+    if conn is not None:
+        conn.close()
     out.followed_for = out.followed_for or time.monotonic() - follower.started
-    log.info("handover of %s: %s", client, "done" if out.handed_over else out.problem,
-             extra={"client_id": client, "followed_seconds": round(out.followed_for, 3),
+    log.info("handover of %s: %s", follower.settings.worker_id, "done" if out.handed_over else out.problem,
+             extra={"client_id": follower.settings.worker_id, "followed_seconds": round(out.followed_for, 3),
                     "takeover_seconds": out.takeover_after})
     return out
+
+
+def _look(conn: Any, follower: Follower, out: Handover) -> bool:
+    """One look: True when following ended (``out`` says how)."""
+    from esindexer.source import runs
+
+    client = follower.settings.worker_id
+    if not follower.alive:
+        if follower.code == ExitCode.LOCKED and runs.client_running(conn, client):
+            out.handed_over = True  # it lost its session (PostgreSQL restarted) and a standby took the lock
+        else:
+            out.problem = f"following ended ({describe(follower)})"
+        return True
+    if not runs.standby_waiting(conn, client):
+        return False
+    out.followed_for = time.monotonic() - follower.started
+    stopping = time.monotonic()
+    follower.stop()
+    deadline = stopping + TAKEOVER_WAIT
+    while not runs.client_running(conn, client) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if runs.client_running(conn, client):
+        out.handed_over, out.takeover_after = True, time.monotonic() - stopping
+    else:  # the standby went away meanwhile: the caller follows again rather than leave a gap
+        out.unclaimed = True
+        out.problem = (f"the process standing by for client id {client!r} did not take over within "
+                       f"{TAKEOVER_WAIT:.0f}s")
+    return True
 
 
 def describe(follower: Follower) -> str:

@@ -201,7 +201,7 @@ class Reindex:
             out.step(f"next: restart the service with {_service_env(new)}; this command follows "
                      f"{new.index_prefix} until that service stands by for client id {new.client_id!r}, then hands "
                      "over to it")
-            done = hand_over(conn, follower, self._stopped.is_set, self._stopped.wait)
+            done = hand_over(follower, self._stopped.is_set, self._stopped.wait)
             while done.unclaimed and not self._stopped.is_set():
                 out.step(f"{done.problem}: following {new.index_prefix} again until a service stands by for it")
                 follower = self._indexer_of(Follower(dataclasses.replace(new, attach_alias=True)))
@@ -210,7 +210,7 @@ class Reindex:
                 except AlreadyRunning:  # taken meanwhile: that is the handover
                     done = Handover(handed_over=True)
                     break
-                done = hand_over(conn, follower, self._stopped.is_set, self._stopped.wait)
+                done = hand_over(follower, self._stopped.is_set, self._stopped.wait)
         finally:
             self._indexer = None
             if follower.alive:

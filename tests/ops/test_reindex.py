@@ -19,7 +19,7 @@ from esindexer.source import runs
 from tests.indexing import Page, commit_pages, commit_tree, docs, make_settings, progress, zoid_of
 from tests.ops.reindexing import ReindexProcess
 from tests.pipeline.processes import Service, service_env
-from tests.support import TcpProxy, esindexer_env, run_esindexer, wait_for
+from tests.support import TcpProxy, esindexer_env, run_esindexer, scalar, wait_for
 
 
 def _live(db_dsn, es_url, es_prefix):
@@ -149,6 +149,11 @@ def test_interrupted_while_waiting_for_the_service_the_published_generation_is_f
         source_pg.lock_client(holder, "esindexer-gen1")  # the service runs on gen1
         job = ReindexProcess(env, "--to", f"{alias}-gen2")
         job.wait_line("next: restart the service", timeout=120)
+        cut = scalar(db_dsn, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                             "WHERE application_name LIKE 'esindexer handover%%'")
+        assert cut == 1
+        time.sleep(2)
+        assert job.proc.poll() is None, job.err  # a lost connection while waiting ends nothing
         job.proc.send_signal(signal.SIGTERM)
         code, out, err = job.finish(timeout=60)
         assert code == ExitCode.TERMINATED, out + err
