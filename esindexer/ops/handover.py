@@ -94,6 +94,31 @@ def wait_caught_up(conn: Any, follower: Follower, stopped: threading.Event) -> i
     return None
 
 
+def running_partitions(conn: Any, client_id: str) -> list[str] | None:
+    """A complete set of ``client_id``'s partition workers that all run now, so that together
+    they follow every object (the service restarted with ``ESINDEXER_PARTITION`` does not
+    stand by for the client id: each partition seeds itself from its progress); None when
+    no complete set runs."""
+    from esindexer.source import partitions, runs
+
+    known = partitions.partition_progress(conn, client_id)
+    conn.rollback()
+    for ids in partitions.covering_sets(client_id, known):
+        if all(runs.client_running(conn, worker) for worker in ids):
+            return ids
+    return None
+
+
+def running_workers(conn: Any, client_id: str) -> list[str]:
+    """The ids of ``client_id``'s indexers that run now: the client id itself, and any of its
+    partitions."""
+    from esindexer.source import partitions, runs
+
+    workers = [client_id, *partitions.partition_progress(conn, client_id)]
+    conn.rollback()
+    return [worker for worker in workers if runs.client_running(conn, worker)]
+
+
 @dataclasses.dataclass
 class Handover:
     """How following ended."""
@@ -102,6 +127,7 @@ class Handover:
     followed_for: float = 0.0
     takeover_after: float | None = None  #: from the follower's stop to the lock taken by the service
     unclaimed: bool = False  #: the follower stopped for a standby that did not take the lock
+    by: list[str] = dataclasses.field(default_factory=list)  #: the ids that follow the generation now
     problem: str | None = None
 
 
@@ -147,22 +173,24 @@ def _look(conn: Any, follower: Follower, out: Handover) -> bool:
     from esindexer.source import runs
 
     client = follower.settings.worker_id
+
     if not follower.alive:
         if follower.code == ExitCode.LOCKED and runs.client_running(conn, client):
-            out.handed_over = True  # it lost its session (PostgreSQL restarted) and a standby took the lock
+            out.handed_over, out.by = True, [client]  # it lost its session and a standby took the lock
         else:
             out.problem = f"following ended ({describe(follower)})"
         return True
-    if not runs.standby_waiting(conn, client):
+    if not runs.standby_waiting(conn, client) and running_partitions(conn, client) is None:
         return False
     out.followed_for = time.monotonic() - follower.started
     stopping = time.monotonic()
     follower.stop()
     deadline = stopping + TAKEOVER_WAIT
-    while not runs.client_running(conn, client) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if (by := [client] if runs.client_running(conn, client) else running_partitions(conn, client)) is not None:
+            out.handed_over, out.takeover_after, out.by = True, time.monotonic() - stopping, by
+            break
         time.sleep(0.05)
-    if runs.client_running(conn, client):
-        out.handed_over, out.takeover_after = True, time.monotonic() - stopping
     else:  # the standby went away meanwhile: the caller follows again rather than leave a gap
         out.unclaimed = True
         out.problem = (f"the process standing by for client id {client!r} did not take over within "

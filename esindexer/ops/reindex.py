@@ -149,7 +149,7 @@ class Reindex:
     def _follow(self, conn: Any, es: Any, out: Outcome, published: bool) -> bool:
         """Follow the new generation live through verify and publish, then hand it over."""
         from esindexer.errors import Abandoned, AlreadyRunning
-        from esindexer.ops.handover import Follower, Handover, describe, hand_over, wait_caught_up
+        from esindexer.ops.handover import Follower, Handover, describe, hand_over, running_workers, wait_caught_up
         from esindexer.source import runs
 
         new = self.final
@@ -193,7 +193,7 @@ class Reindex:
                                     f"; {_restart(new)} now")
                 return False
             # A service follows the live generation, or already waits for the new one: hand over to it.
-            if not (runs.client_running(conn, self.live.worker_id) or runs.standby_waiting(conn, new.worker_id)):
+            if not (running_workers(conn, self.live.client_id) or runs.standby_waiting(conn, new.worker_id)):
                 out.step(f"next: start the service with {_service_env(new)} (no indexer runs with client id "
                          f"{self.live.client_id!r}, so none is waiting to take {new.index_prefix} over; it resumes "
                          "from its own progress)")
@@ -223,7 +223,8 @@ class Reindex:
         out.handed_over = True
         when = (f"{done.takeover_after:.1f}s after this command stopped following it" if done.takeover_after
                 else "when this command lost its PostgreSQL session")
-        out.step(f"handed over: the service took client id {new.client_id!r} over {when} "
+        by = "" if done.by in ([], [new.worker_id]) else f" (as {', '.join(done.by)})"
+        out.step(f"handed over: the service took client id {new.client_id!r} over{by} {when} "
                  f"(followed live for {done.followed_for:.0f}s)")
         return True
 
@@ -285,14 +286,14 @@ class Reindex:
 
     def _delete_old(self, conn: Any, es: Any, out: Outcome) -> None:
         from esindexer.es.admin import template_name
-        from esindexer.source import runs
+        from esindexer.ops.handover import running_workers
+        from esindexer.source.partitions import partition_progress
 
         old = self.live
-        running = runs.client_running(conn, old.client_id)
-        conn.rollback()
+        running = running_workers(conn, old.client_id)  # the old client id, or any of its partitions
         if running:
             out.problems.append(
-                f"the old generation is kept: an indexer with client id {old.client_id!r} still runs and would "
+                f"the old generation is kept: an indexer with client id {running[0]!r} still runs and would "
                 "re-create its indices; restart it with the new prefix and client id, then run this command "
                 "again with --delete-old (nothing is rebuilt)")
             out.code = ExitCode.ERROR
@@ -304,14 +305,16 @@ class Reindex:
         if doomed:
             es.indices.delete(index=",".join(doomed), ignore_unavailable=True)
         es.options(ignore_status=404).indices.delete_index_template(name=template_name(old))
+        workers = [old.client_id, *partition_progress(conn, old.client_id)]
         with conn.cursor() as cur:
             for table in ("esindexer_progress", "esindexer_deletion_cursor"):
                 cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-                if cur.fetchone()[0]:
-                    cur.execute(f"DELETE FROM {table} WHERE client_id = %s", (old.client_id,))
+                if cur.fetchone()[0]:  # a cursor left behind would keep the deletion log from being pruned
+                    cur.execute(f"DELETE FROM {table} WHERE client_id = ANY(%s)", (workers,))
         conn.commit()
         out.step(f"deleted the old generation: {', '.join(doomed) or 'no index'}, template "
-                 f"{template_name(old)}, progress of client id {old.client_id!r}")
+                 f"{template_name(old)}, progress of client id {old.client_id!r}"
+                 + (f" and its partitions ({len(workers) - 1})" if len(workers) > 1 else ""))
 
 
 def _aliased(es: Any, alias: str) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import transaction
 from BTrees.OOBTree import OOBTree
 from ZODB.utils import u64
@@ -55,7 +56,9 @@ def _database_pages(db) -> dict[int, int]:
         conn.close()
 
 
-def test_reindex_publishes_and_hands_over_under_a_live_writer(zodb, db_dsn, es, es_url, es_prefix, tmp_path):
+@pytest.mark.parametrize("restart_as", ["one process", "two partitions"])
+def test_reindex_publishes_and_hands_over_under_a_live_writer(zodb, db_dsn, es, es_url, es_prefix, tmp_path,
+                                                              restart_as):
     alias = es_prefix.rstrip("-")
     gen1 = service_env(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen1", client_id="esindexer-gen1",
                        alias=alias)
@@ -67,6 +70,7 @@ def test_reindex_publishes_and_hands_over_under_a_live_writer(zodb, db_dsn, es, 
     writer = LiveWriter(zodb, rate=RATE, remove_every=0)  # one more page and one changed per commit
     service = Service(gen1, tmp_path / "gen1.log")
     poller = job = None
+    services: list[Service] = []
     try:
         writer.start()
         wait_for(lambda: _served(es, alias) > PAGES, timeout=60, interval=0.2, message="the live generation served")
@@ -80,17 +84,26 @@ def test_reindex_publishes_and_hands_over_under_a_live_writer(zodb, db_dsn, es, 
         time.sleep(3)  # commits between the switch and the restart: the command follows gen2 meanwhile
 
         service.stop()  # the operator restarts the service on the new generation
-        service = Service(gen2, tmp_path / "gen2.log")
+        if restart_as == "one process":  # it stands by for the client id the command holds
+            services = [Service(gen2, tmp_path / "gen2.log")]
+            workers = [f"{alias}-gen2"]
+        else:  # each partition seeds itself from the command's progress
+            services = [Service({**gen2, "ESINDEXER_PARTITION": f"{i}/2"}, tmp_path / f"gen2-{i}.log")
+                        for i in range(2)]
+            workers = [f"{alias}-gen2.partition-{i}-of-2" for i in range(2)]
         code, out, err = job.finish(timeout=90)
         assert code == 0, out + err
         assert "handed over: the service took client id" in out, out
         assert f"deleted the old generation: {alias}-gen1-objects" in out, out
-        assert "taking over client id" in service.log()
+        if restart_as == "one process":
+            assert "taking over client id" in services[0].log()
+        else:
+            assert f"(as {', '.join(workers)})" in out, out
 
         time.sleep(3)  # and after the handover
         writer.stop()
         assert writer.commits - commits_at_switch > 40
-        wait_for(lambda: caught_up(db_dsn, [f"{alias}-gen2"]), timeout=60, interval=0.5)
+        wait_for(lambda: caught_up(db_dsn, workers), timeout=60, interval=0.5)
         time.sleep(1.5)  # a few more searches of the settled alias
         samples = poller.stop()
         assert not poller.errors, poller.errors
@@ -117,4 +130,5 @@ def test_reindex_publishes_and_hands_over_under_a_live_writer(zodb, db_dsn, es, 
             poller.stop()
         if job is not None and job.proc.poll() is None:
             job.proc.kill()
-        assert service.stop() == 0, service.log()[-3000:]
+        codes = [(s.stop(), s.log()[-3000:]) for s in [service, *services]]  # every one, before asserting
+        assert all(code == 0 for code, _ in codes), codes
