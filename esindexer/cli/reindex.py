@@ -18,8 +18,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-client-id", metavar="ID",
                         help="client id the new generation's progress is kept under (default: PREFIX)")
     parser.add_argument("--delete-old", action="store_true",
-                        help="after publishing, delete the old generation's indices, template and progress "
-                             "(refused while an indexer with the old client id runs)")
+                        help="after publishing and handing over, delete the old generation's indices, template and "
+                             "progress (refused while an indexer with the old client id runs)")
 
 
 def _reindex(settings: Settings, args: argparse.Namespace) -> int:
@@ -42,21 +42,15 @@ def _reindex(settings: Settings, args: argparse.Namespace) -> int:
     es = make_es_client(settings)
     conn = connect(settings)
     try:
-        outcome = job.run(conn, es)
+        # Each step as it is done: the operator restarts the service when told to.
+        outcome = job.run(conn, es, say=lambda step: print(step, flush=True))
     finally:
         conn.close()
         es.close()
-    for step in outcome.steps:
-        print(step)
     for problem in outcome.problems:
         print(f"esindexer: {problem}", file=sys.stderr)
     if outcome.code == ExitCode.INTERRUPTED and received and received[-1] == signal.SIGTERM:
         return ExitCode.TERMINATED
-    if outcome.published:
-        new = job.final
-        print(f"next: restart the service with ESINDEXER_INDEX_PREFIX={new.index_prefix} "
-              f"ESINDEXER_CLIENT_ID={new.client_id} ESINDEXER_ALIAS={new.alias_name} (the new generation "
-              "resumes from its own progress)")
     return outcome.code
 
 
@@ -64,10 +58,13 @@ COMMAND = Command(
     name="reindex",
     help="build a new generation beside the live one, verify it and switch the alias to it",
     description="Re-index without downtime in one resumable command: build the indices of --to PREFIX from the "
-                "database under their own client id (bulk-load settings, restored afterwards), catch up, "
-                "verify, and switch the alias (ESINDEXER_ALIAS, default the live prefix) only when the new "
-                "generation exists, is not empty and is caught up. Searches through the alias never see it "
-                "before. Run with the live service's settings plus what should change (a mapping, routes). "
+                "database under their own client id (bulk-load settings, restored afterwards), follow it live "
+                "from then on, verify, and switch the alias (ESINDEXER_ALIAS, default the live prefix) only when "
+                "the new generation exists, is not empty and has reached the newest commit read just before "
+                "the switch. Searches through the alias never see it before. While a service follows the live "
+                "generation, the command keeps following the new one after the switch until the service, "
+                "restarted with the new prefix and client id as it says, stands by for it, and then hands over. "
+                "Run with the live service's settings plus what should change (a mapping, routes). "
                 "Interrupted (exit 130/143) or failed: run the same command again to resume.",
     groups=ALL_GROUPS,
     run=_reindex,

@@ -178,6 +178,8 @@ def ensure_indices(es: Elasticsearch, settings: Settings) -> tuple[str, ...]:
             raise SetupError(
                 f"the ingest pipeline {settings.ingest_pipeline!r} (ESINDEXER_INGEST_PIPELINE) does not exist; "
                 f"create it with PUT _ingest/pipeline/{settings.ingest_pipeline} or unset the setting") from None
+    if settings.attach_alias:  # before the template: an index it creates joins the alias at once
+        refuse_second_generation(es, settings)
     es.indices.put_index_template(name=template_name(settings), **index_template(settings))
     builder_indices = settings.routed_indices
     for index in builder_indices:
@@ -193,6 +195,43 @@ def ensure_indices(es: Elasticsearch, settings: Settings) -> tuple[str, ...]:
     if settings.attach_alias:
         es.indices.put_alias(index=",".join(builder_indices), name=settings.alias_name)
     return builder_indices
+
+
+def other_generations(es: Elasticsearch, settings: Settings) -> list[str]:
+    """The indices the alias points at that esindexer manages and that are not this prefix's
+    routed indices: another generation (or a route no longer configured). Indices someone
+    else put behind the alias (no ``_meta.managed_by``) are not counted."""
+    from elasticsearch import NotFoundError
+
+    alias, ours = settings.alias_name, set(settings.routed_indices)
+    try:
+        foreign = sorted(index for index in es.indices.get_alias(name=alias) if index not in ours)
+    except NotFoundError:
+        return []
+    if not foreign:
+        return []
+    mappings = es.indices.get_mapping(index=",".join(foreign))
+    return [index for index in foreign
+            if mappings[index]["mappings"].get("_meta", {}).get("managed_by") == "esindexer"]
+
+
+def refuse_second_generation(es: Elasticsearch, settings: Settings) -> None:
+    """Refuse to put this prefix's indices behind an alias that serves another generation.
+
+    Two generations behind one alias hold the same objects, so every search through it
+    finds each object twice, and nothing says so. A service started on a generation that
+    was never published (or an old one started again after a re-index) is stopped here,
+    before anything is created, with the ways out."""
+    others = other_generations(es, settings)
+    if not others:
+        return
+    raise SetupError(
+        f"the alias {settings.alias_name} serves {', '.join(others)}, indices of another generation: putting "
+        f"{', '.join(settings.routed_indices)} (ESINDEXER_INDEX_PREFIX={settings.index_prefix}) next to them would "
+        "make every search find each object twice. To serve this generation, publish it with `esindexer alias` "
+        "(it checks that it is caught up; `esindexer reindex` does it all); to keep this one current without "
+        "serving it, set ESINDEXER_ATTACH_ALIAS=false; or start with the prefix and client id of the generation "
+        "the alias serves")
 
 
 def mapping_mode(mapping: dict[str, Any]) -> str:
@@ -237,11 +276,41 @@ def switch_alias(es: Elasticsearch, settings: Settings) -> tuple[list[str], list
     removed = [index for index in current if index not in indices]
     actions: list[dict[str, Any]] = [{"remove": {"index": index, "alias": alias}} for index in removed]
     actions += [{"add": {"index": index, "alias": alias}} for index in indices]
+    # Searches right after the switch see at least what the readiness check waited for.
+    es.indices.refresh(index=",".join(indices))
     es.indices.update_aliases(actions=actions)
     # From now on, indices this prefix creates join the alias too.
     es.indices.put_index_template(name=template_name(settings),
                                   **index_template(_attached(settings)))
+    _detach_other_templates(es, settings)
     return removed, [index for index in indices if index not in current]
+
+
+#: What a composable template's body may hold when it is put back (what GET adds is left out).
+_TEMPLATE_KEYS = ("index_patterns", "template", "priority", "_meta", "composed_of", "version",
+                  "allow_auto_create", "data_stream", "ignore_missing_component_templates", "deprecated")
+
+
+def _detach_other_templates(es: Elasticsearch, settings: Settings) -> None:
+    """Other generations' templates stop naming the alias: an index one of them creates later
+    (an old service writing to a deleted index, which Elasticsearch creates again) would
+    otherwise join the alias beside this generation."""
+    from elasticsearch import NotFoundError
+
+    try:
+        found = es.indices.get_index_template(name="*-esindexer")["index_templates"]
+    except NotFoundError:
+        return
+    for entry in found:
+        body = {key: value for key, value in entry["index_template"].items() if key in _TEMPLATE_KEYS}
+        template = dict(body.get("template") or {})
+        aliases = dict(template.get("aliases") or {})
+        if (entry["name"] == template_name(settings) or settings.alias_name not in aliases
+                or (body.get("_meta") or {}).get("managed_by") != "esindexer"):
+            continue
+        del aliases[settings.alias_name]
+        template["aliases"] = aliases
+        es.indices.put_index_template(name=entry["name"], **{**body, "template": template})
 
 
 def _attached(settings: Settings) -> Settings:

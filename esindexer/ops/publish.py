@@ -6,6 +6,13 @@ wrong, silently. :func:`readiness` names each such problem, reading the real sta
 (Elasticsearch's indices and counts, PostgreSQL's progress of the generation's client
 id); :func:`switch` moves the alias in one request and then re-reads it, so what the
 command prints is what the cluster holds.
+
+"Caught up" means: the generation's saved progress reached the newest tid read when the
+check began, a moment before the switch. Under an application that commits all the
+time the newest tid moves every few hundred milliseconds, so only a generation that is
+being followed live can pass (``esindexer reindex`` follows it itself,
+:mod:`esindexer.ops.handover`); commits after that tid are the follower's to write, before
+and after the switch.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class Readiness:
     target: list[str]
     current: list[str]
     documents: int = 0
+    observed: int = 0  #: the newest tid when the check began: the generation must have reached it
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -85,7 +93,7 @@ def readiness(es: Elasticsearch, conn: Any, settings: Settings, wait: float = CA
         report.problems.append(f"{', '.join(target)} hold no document: switching would make every search "
                                "through the alias return nothing")
     try:
-        newest = follow.latest_tid(conn)
+        newest = report.observed = follow.latest_tid(conn)
         workers = _workers(conn, settings.client_id)
         deadline = time.monotonic() + wait
         while True:
@@ -105,7 +113,10 @@ def readiness(es: Elasticsearch, conn: Any, settings: Settings, wait: float = CA
         behind = [f"progress at {_when(saved)}, newest commit {_when(newest)}"] if saved < newest else []
         behind += [f"{pending} pack deletion(s) not applied"] if pending else []
         report.problems.append(f"client id {settings.client_id!r} is behind the database ({'; '.join(behind)}): "
-                               "let it catch up (esindexer run --until-caught-up) first")
+                               "a generation keeps up with a writing application only while it is followed live: "
+                               "follow it while switching "
+                               "(esindexer run with its prefix and client id and ESINDEXER_ATTACH_ALIAS=false), or "
+                               "let esindexer reindex follow, switch and hand over")
     return report
 
 

@@ -84,6 +84,8 @@ def index_figures(settings: Settings, es: Any) -> dict[str, Any]:
         figures["documents"] = sum(n for n in figures["indices"].values() if n is not None)
         held = lenient.indices.get_alias(name=alias)
         figures["alias"]["indices"] = sorted(held.body) if held.meta.status == 200 else []
+        if warning := _alias_warning(es, settings, figures["alias"]["indices"]):
+            figures["alias_warning"] = warning
         found = unmapped(es, indices)
         figures["unmapped_fields"] = {"documents": found.documents, "fields": found.fields,
                                       "per_index": found.per_index}
@@ -92,6 +94,23 @@ def index_figures(settings: Settings, es: Any) -> dict[str, Any]:
 
         figures["documents_error"] = describe_error(exc)
     return figures
+
+
+def _alias_warning(es: Any, settings: Settings, held: list[str]) -> str | None:
+    """What is wrong with the alias seen from this generation: it serves another generation
+    beside this one (every object found twice), or instead of it."""
+    from esindexer.es.admin import other_generations
+
+    others = other_generations(es, settings)
+    if not others:
+        return None
+    ours = [index for index in held if index in settings.routed_indices]
+    if ours:
+        return (f"the alias serves two generations: {', '.join(ours)} (this one) and {', '.join(others)}; every "
+                "search finds each object twice. Keep one: `esindexer alias` with the prefix and client id of the "
+                "generation to serve points the alias at it alone")
+    return (f"the alias serves {', '.join(others)}, not this generation's indices: searches do not see what this "
+            "client id indexes (normal for the old generation after a re-index)")
 
 
 def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[int, str] | None,

@@ -13,6 +13,11 @@ by tid, so replaying from there is harmless).
 Why poll rather than block in ``pg_advisory_lock``: a blocked statement can only be left
 by cancelling it, and the service must stop promptly on SIGTERM while standing by.
 
+While it stands by, the process also holds a shared advisory lock of its own
+(:func:`esindexer.source.runs.announce_standby`): the client lock it only *tries*, so
+without it nothing would show that a process waits. ``esindexer reindex`` reads it to
+hand a new generation over to the service restarted on it (:mod:`esindexer.ops.handover`).
+
 While it stands by, the process mirrors the client's saved progress into its own metrics
 (lag, last progress time), so its lag gauge and alerts say the same as the active's.
 """
@@ -27,7 +32,7 @@ from typing import Any
 from esindexer.config import Settings
 from esindexer.errors import Abandoned, AlreadyRunning
 from esindexer.observe.metrics import Metrics
-from esindexer.source import pg, progress
+from esindexer.source import pg, progress, runs
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +74,15 @@ class LockKeeper:
             self.metrics.set_standby(True)
             log.info("standing by: another esindexer holds the lock of client id %r; taking over when it "
                      "stops or loses its PostgreSQL connection", worker, extra={"client_id": worker})
+        # Seen in pg_locks by `esindexer reindex`, which then hands the client id over; the
+        # session ends it if this process dies, and it is withdrawn on taking over.
+        runs.announce_standby(conn, worker)
         while True:
             self._mirror_progress(conn, worker)
             if self._stop.wait(self.poll_seconds):
                 raise Abandoned("standing by")
             if pg.try_lock_client(conn, worker):
+                runs.withdraw_standby(conn, worker)
                 self._took_over()
                 return
 

@@ -124,3 +124,37 @@ def client_running(conn: Any, client_id: str) -> bool:
         running = bool(cur.fetchone()[0])
     conn.rollback()
     return running
+
+
+#: Advisory lock namespace in which a hot standby holds a *shared* lock on its client id
+#: while it waits ("es" + 3). Its own client lock it only tries, so without this nothing
+#: in ``pg_locks`` would tell that a process waits to take a client id over; ``esindexer
+#: reindex`` looks for it to hand the new generation over to the restarted service.
+STANDBY_CLASS = 0x65730003
+
+
+def announce_standby(conn: Any, client_id: str) -> None:
+    """Say, for as long as ``conn``'s session lives or until :func:`withdraw_standby`,
+    that this process stands by for ``client_id`` (a shared lock: several may wait)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock_shared(%s, hashtext(%s))", (STANDBY_CLASS, client_id))
+    conn.commit()
+
+
+def withdraw_standby(conn: Any, client_id: str) -> None:
+    """Undo one :func:`announce_standby` on the same session (the standby took over)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_unlock_shared(%s, hashtext(%s))", (STANDBY_CLASS, client_id))
+    conn.commit()
+
+
+def standby_waiting(conn: Any, client_id: str) -> bool:
+    """Whether some process stands by for ``client_id`` in this database now."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "AND classid = %s::oid AND objid = hashtext(%s)::oid AND objsubid = 2)",
+                    (STANDBY_CLASS, client_id))
+        waiting = bool(cur.fetchone()[0])
+    conn.rollback()
+    return waiting

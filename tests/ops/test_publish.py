@@ -105,3 +105,52 @@ def test_a_generation_built_by_partitions_is_published_once_every_partition_is_c
     assert done.returncode == 0, done.stderr
     assert _aliased(es, alias) == [f"{alias}-gen2-objects"]
     conn.close()
+
+
+def _env(db_dsn, es_url, alias, generation):
+    return {"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url, "ESINDEXER_ALIAS": alias,
+            "ESINDEXER_INDEX_PREFIX": f"{alias}-{generation}", "ESINDEXER_CLIENT_ID": f"esindexer-{generation}",
+            "ESINDEXER_INDEX_REPLICAS": "0", "ESINDEXER_METRICS_PORT": "0"}
+
+
+def test_an_alias_never_serves_two_generations_silently(zodb, db_dsn, es, es_url, es_prefix):
+    conn = zodb.open()
+    commit_pages(conn.root(), 5)
+    alias = es_prefix.rstrip("-")
+    _build(db_dsn, es_url, es_prefix, "gen1")
+    _build(db_dsn, es_url, es_prefix, "gen2", attach_alias="false")
+    gen1, gen2 = (_env(db_dsn, es_url, alias, g) for g in ("gen1", "gen2"))
+
+    # A service started on the generation that was never published (default settings) ...
+    refused = run_esindexer("run", "--until-caught-up", env=gen2, timeout=60)
+    assert refused.returncode == ExitCode.SETUP, refused.stderr
+    assert (f"the alias {alias} serves {alias}-gen1-objects, indices of another generation: putting "
+            f"{alias}-gen2-objects (ESINDEXER_INDEX_PREFIX={alias}-gen2) next to them") in refused.stderr
+    assert _aliased(es, alias) == [f"{alias}-gen1-objects"]  # ... leaves the alias alone
+    assert run_esindexer("run", "--until-caught-up", env={**gen2, "ESINDEXER_ATTACH_ALIAS": "false"},
+                         timeout=60).returncode == 0  # followed without being served: allowed
+
+    # Both behind the alias (by hand): status says so from either generation.
+    es.indices.put_alias(index=f"{alias}-gen2-objects", name=alias)
+    for env, this, other in ((gen2, "gen2", "gen1"), (gen1, "gen1", "gen2")):
+        status = run_esindexer("status", env=env, timeout=60)
+        assert status.returncode == 0, status.stderr
+        warning = next(line for line in status.stdout.splitlines() if line.startswith("alias warning"))
+        assert warning.split(None, 2)[2].startswith(
+            f"the alias serves two generations: {alias}-{this}-objects (this one) and {alias}-{other}-objects; "
+            "every search finds each object twice"), status.stdout
+    assert run_esindexer("run", "--until-caught-up", env=gen1, timeout=60).returncode == ExitCode.SETUP
+
+    # Published the checked way, the new generation's service starts; the old one's is refused.
+    assert _alias_cmd(db_dsn, es_url, alias, "gen2").returncode == 0
+    assert _aliased(es, alias) == [f"{alias}-gen2-objects"]
+    es.indices.create(index=f"{alias}-gen1-recreated")  # as Elasticsearch does for an old service's write
+    assert _aliased(es, alias) == [f"{alias}-gen2-objects"]  # gen1's template no longer names the alias
+    assert run_esindexer("run", "--until-caught-up", env=gen2, timeout=60).returncode == 0
+    old = run_esindexer("run", "--until-caught-up", env=gen1, timeout=60)
+    assert old.returncode == ExitCode.SETUP and f"serves {alias}-gen2-objects" in old.stderr
+    assert _aliased(es, alias) == [f"{alias}-gen2-objects"]
+    status = run_esindexer("status", env=gen1, timeout=60)
+    assert f"the alias serves {alias}-gen2-objects, not this generation's indices" in status.stdout
+    assert "alias warning" not in run_esindexer("status", env=gen2, timeout=60).stdout
+    conn.close()

@@ -5,16 +5,21 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from urllib.parse import urlsplit
 
 import psycopg2
+import transaction
 
 from esindexer.errors import ExitCode
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
 from esindexer.source import pg as source_pg
-from tests.indexing import commit_pages, commit_tree, docs, make_settings, progress
-from tests.support import TcpProxy, esindexer_env, run_esindexer, wait_for
+from esindexer.source import runs
+from tests.indexing import Page, commit_pages, commit_tree, docs, make_settings, progress, zoid_of
+from tests.ops.reindexing import ReindexProcess
+from tests.pipeline.processes import Service, service_env
+from tests.support import TcpProxy, esindexer_env, run_esindexer, scalar, wait_for
 
 
 def _live(db_dsn, es_url, es_prefix):
@@ -44,7 +49,7 @@ def test_reindex_builds_verifies_and_publishes(zodb, db_dsn, es, es_url, es_pref
     done = run_esindexer("reindex", "--to", f"{alias}-gen2", env={**env, "ESINDEXER_STATE_MAPPING": "dynamic"},
                          timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"alias {alias}: {alias}-gen1-objects -> {alias}-gen2-objects (21 documents)" in done.stdout
+    assert f"alias {alias}: {alias}-gen1-objects -> {alias}-gen2-objects (21 documents; caught up with the commit of" in done.stdout
     assert "verified: 21 objects, 21 documents, no difference" in done.stdout
     assert "reindex finished: 21 rows in" in done.stderr  # the progress summary of the build
     assert f"ESINDEXER_INDEX_PREFIX={alias}-gen2 ESINDEXER_CLIENT_ID={alias}-gen2" in done.stdout
@@ -96,23 +101,127 @@ def test_an_interrupted_reindex_exits_130_publishes_nothing_and_resumes(zodb, db
     conn.close()
 
 
-def test_the_old_generation_is_kept_while_its_indexer_runs(zodb, db_dsn, es, es_url, es_prefix):
+def test_the_old_generation_is_kept_while_its_indexer_runs_and_deleted_on_a_prompt_second_run(
+        zodb, db_dsn, es, es_url, es_prefix, tmp_path):
+    conn = zodb.open()
+    commit_pages(conn.root(), 3)
+    settings, alias, env = _live(db_dsn, es_url, es_prefix)
+    holder = psycopg2.connect(db_dsn)
+    service = None
+    try:
+        source_pg.lock_client(holder, "esindexer-gen1")  # as the running service holds it
+        job = ReindexProcess(env, "--to", f"{alias}-gen2", "--delete-old")
+        job.wait_line("next: restart the service", timeout=120)
+        # The operator starts the service on gen2 (a second host still runs gen1: the holder).
+        service = Service(service_env(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2",
+                                      client_id=f"{alias}-gen2", alias=alias), tmp_path / "gen2.log")
+        code, out, err = job.finish(timeout=90)
+        assert code == ExitCode.ERROR, out + err
+        assert "handed over: the service took client id" in out
+        assert "an indexer with client id 'esindexer-gen1' still runs" in err
+        assert _aliased(es, alias) == [f"{alias}-gen2-objects"]  # published all the same
+        assert es.indices.exists(index=f"{alias}-gen1-objects")
+        holder.close()  # gen1's last indexer stopped
+        # Run again while the service follows gen2: nothing to build, no wait for gen2's lock.
+        started = time.monotonic()
+        again = run_esindexer("reindex", "--to", f"{alias}-gen2", "--delete-old", env=env, timeout=60)
+        took = time.monotonic() - started
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "nothing to build, switch or hand over" in again.stdout
+        assert not es.indices.exists(index=f"{alias}-gen1-objects")
+        assert took < 20, took
+    finally:
+        holder.close()
+        if service is not None:
+            assert service.stop() == 0, service.log()[-3000:]
+    conn.close()
+
+
+def test_interrupted_while_waiting_for_the_service_the_published_generation_is_followed_again(
+        zodb, db_dsn, es, es_url, es_prefix, tmp_path):
+    conn = zodb.open()
+    root = conn.root()
+    commit_pages(root, 3)
+    settings, alias, env = _live(db_dsn, es_url, es_prefix)
+    holder = psycopg2.connect(db_dsn)
+    service = None
+    try:
+        source_pg.lock_client(holder, "esindexer-gen1")  # the service runs on gen1
+        job = ReindexProcess(env, "--to", f"{alias}-gen2")
+        job.wait_line("next: restart the service", timeout=120)
+        cut = scalar(db_dsn, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                             "WHERE application_name LIKE 'esindexer handover%%'")
+        assert cut == 1
+        time.sleep(2)
+        assert job.proc.poll() is None, job.err  # a lost connection while waiting ends nothing
+        job.proc.send_signal(signal.SIGTERM)
+        code, out, err = job.finish(timeout=60)
+        assert code == ExitCode.TERMINATED, out + err
+        assert f"{alias}-gen2 is published but not handed over (interrupted)" in err
+        assert _aliased(es, alias) == [f"{alias}-gen2-objects"]
+
+        root["late"] = late = Page("committed while nobody follows gen2")
+        transaction.commit()
+        again = ReindexProcess(env, "--to", f"{alias}-gen2")
+        again.wait_line(f"{alias}-gen2 is already published", timeout=60)
+        wait_for(lambda: zoid_of(late) in docs(es, alias), timeout=30, message="the late commit served")
+        template = es.indices.get_index_template(name=f"{alias}-gen2-esindexer")["index_templates"][0]
+        assert alias in template["index_template"]["template"]["aliases"]  # the follower kept it attached
+        service = Service(service_env(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2",
+                                      client_id=f"{alias}-gen2", alias=alias), tmp_path / "gen2.log")
+        code, out, err = again.finish(timeout=90)
+        assert code == 0, out + err
+        assert "handed over: the service took client id" in out
+    finally:
+        holder.close()
+        if service is not None:
+            assert service.stop() == 0, service.log()[-3000:]
+    conn.close()
+
+
+def test_a_standby_that_does_not_take_over_leaves_no_gap(zodb, db_dsn, es, es_url, es_prefix, tmp_path):
+    conn = zodb.open()
+    root = conn.root()
+    commit_pages(root, 3)
+    settings, alias, env = _live(db_dsn, es_url, es_prefix)
+    holder, ghost = psycopg2.connect(db_dsn), psycopg2.connect(db_dsn)
+    service = None
+    try:
+        source_pg.lock_client(holder, "esindexer-gen1")  # the service runs on gen1
+        runs.announce_standby(ghost, f"{alias}-gen2")  # says it stands by, never takes the lock
+        job = ReindexProcess(env, "--to", f"{alias}-gen2")
+        job.wait_line("did not take over within", timeout=120)
+        job.wait_line(f"following {alias}-gen2 again", timeout=10)
+        ghost.close()
+        root["late"] = late = Page("committed after the standby went away")
+        transaction.commit()
+        wait_for(lambda: zoid_of(late) in docs(es, alias), timeout=30, message="the late commit served")
+        service = Service(service_env(db_dsn, es_url, es_prefix, index_prefix=f"{alias}-gen2",
+                                      client_id=f"{alias}-gen2", alias=alias), tmp_path / "gen2.log")
+        code, out, err = job.finish(timeout=90)
+        assert code == 0, out + err
+        assert "handed over: the service took client id" in out
+    finally:
+        holder.close()
+        ghost.close()
+        if service is not None:
+            assert service.stop() == 0, service.log()[-3000:]
+    conn.close()
+
+
+def test_the_command_never_stands_by_for_the_new_client_id(zodb, db_dsn, es, es_url, es_prefix):
     conn = zodb.open()
     commit_pages(conn.root(), 3)
     settings, alias, env = _live(db_dsn, es_url, es_prefix)
     holder = psycopg2.connect(db_dsn)
     try:
-        source_pg.lock_client(holder, "esindexer-gen1")  # as the running service holds it
-        done = run_esindexer("reindex", "--to", f"{alias}-gen2", "--delete-old", env=env, timeout=300)
+        source_pg.lock_client(holder, f"{alias}-gen2")  # another process on the new generation
+        done = run_esindexer("reindex", "--to", f"{alias}-gen2", env=env, timeout=60)  # it used to wait for ever
     finally:
         holder.close()
-    assert done.returncode == ExitCode.ERROR, done.stdout + done.stderr
-    assert "an indexer with client id 'esindexer-gen1' still runs" in done.stderr
-    assert _aliased(es, alias) == [f"{alias}-gen2-objects"]  # published all the same
-    assert es.indices.exists(index=f"{alias}-gen1-objects")
-    again = run_esindexer("reindex", "--to", f"{alias}-gen2", "--delete-old", env=env, timeout=300)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert not es.indices.exists(index=f"{alias}-gen1-objects")
+    assert done.returncode == ExitCode.LOCKED, done.stdout + done.stderr
+    assert f"another indexer runs with client id '{alias}-gen2' (the new generation's)" in done.stderr
+    assert _aliased(es, alias) == [f"{alias}-gen1-objects"]
     conn.close()
 
 

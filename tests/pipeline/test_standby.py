@@ -10,6 +10,7 @@ import time
 
 import psycopg2
 
+from esindexer.source.pg import LOCK_CLASS
 from tests.pipeline.processes import LiveWriter, Service, converge, free_port, service_env
 from tests.support import run_esindexer, wait_for
 
@@ -84,7 +85,10 @@ def test_active_that_loses_postgresql_becomes_the_standby(zodb, db_dsn, es_url, 
         # Cut the active one's session that holds the lock (its writer connection).
         with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-                        "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()")
+                        "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database() "
+                        # the client lock only: not the standby's announcement, nor RelStorage's
+                        # own advisory locks, which the writer holds while it commits
+                        "AND l.classid = %s::oid AND l.objsubid = 2", (LOCK_CLASS,))
             assert cur.rowcount == 1
         conn.close()
         cut = time.monotonic()
