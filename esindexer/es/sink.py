@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from esindexer.config import Settings
 from esindexer.documents import Action
 from esindexer.es.admin import ensure_indices
 from esindexer.es.bulk import BulkSender
 from esindexer.es.client import make_es_client
-from esindexer.es.scan import indexed_zoids
+from esindexer.es.marks import read_mark, write_mark
+from esindexer.es.scan import indexed_zoids, newest_documents
 from esindexer.sink import Indexed, SendResult
 
 if TYPE_CHECKING:
@@ -58,3 +59,12 @@ class ElasticsearchSink:
     def refresh(self, indices: Collection[str] | None = None) -> None:
         self.es.options(ignore_status=404).indices.refresh(index=",".join(sorted(indices or self._indices)),
                                                            ignore_unavailable=True)
+
+    def newest(self, count: int) -> list[Indexed]:
+        return [Indexed(index, zoid, tid) for index, zoid, tid in newest_documents(self.es, self._indices, count)]
+
+    def behind_mark(self) -> dict[str, Any] | None:
+        return read_mark(self.es, self._indices)
+
+    def set_behind_mark(self, mark: dict[str, Any] | None) -> None:
+        write_mark(self.es, self._indices, mark)

@@ -73,6 +73,7 @@ class _State:
     dead_letters: int | None = None
     budget_exhausted: bool = False
     indices_vanished: bool = False
+    database_behind: bool = False
     crash_guard_active: bool | None = None
     live: bool | None = None
     standby: bool = False
@@ -112,6 +113,7 @@ class _StateCollector(Collector):
         put("dead_letters", state.dead_letters)
         put("error_budget_exhausted", int(state.budget_exhausted))
         put("indices_vanished", int(state.indices_vanished))
+        put("database_behind_index", int(state.database_behind))
         put("live", None if state.live is None else int(state.live))
         put("standby", int(state.standby))
         put("crash_guard_active", None if state.crash_guard_active is None else int(state.crash_guard_active))
@@ -137,6 +139,8 @@ class _StateCollector(Collector):
             "error_budget_exhausted": "1 once the dead-letter error budget is exhausted.",
             "indices_vanished": "1 when none of the routed indices existed at start although saved "
                                 "progress says they were filled (documents lost; see the log).",
+            "database_behind_index": "1 while the indices hold documents newer than the database (it went "
+                                     "back in time: restored from a backup) and the repair has not ended clean.",
             "live": "1 while the service is caught up and refreshes touched indices explicitly "
                     "(live_refresh_interval); 0 while it works through a backlog (no explicit refresh).",
             "standby": "1 while this process waits as a hot standby because another esindexer holds "
@@ -321,6 +325,16 @@ class Metrics:
         """Set whether the indices were found gone at start while progress was saved."""
         with self._lock:
             self._state.indices_vanished = bool(flag)
+
+    def set_database_behind(self, flag: bool) -> None:
+        """Set whether the database was found behind the index and is not repaired yet."""
+        with self._lock:
+            self._state.database_behind = bool(flag)
+
+    def database_behind(self) -> bool:
+        """Whether :meth:`set_database_behind` last said so (readiness fails if so)."""
+        with self._lock:
+            return self._state.database_behind
 
     def set_error_budget_exhausted(self, flag: bool) -> None:
         """Set whether the dead-letter error budget is used up (readiness fails if so)."""

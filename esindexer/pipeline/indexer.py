@@ -36,6 +36,7 @@ from esindexer.pipeline.committer import BatchInFlight, Committer
 from esindexer.pipeline.crashguard import CrashGuard
 from esindexer.pipeline.reader import BatchReader
 from esindexer.pipeline.refresher import Refresher
+from esindexer.pipeline.rewind import Resync, check, report_line
 from esindexer.pipeline.standby import LockKeeper
 from esindexer.pipeline.sweep import sweep
 from esindexer.sink import Sink
@@ -47,10 +48,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class _Reconnect(Exception):
+    """A PostgreSQL connection error carried past :meth:`Indexer._retry_forever`."""
+
+
 class Indexer:
     """Keeps the configured indices equal to the database's current objects."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None, sink: Sink | None = None):
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, sink: Sink | None = None,
+                 repair: Callable[[], bool] | None = None):
+        """``repair``: one compare-and-repair walk after the database went back in time,
+        True when it removed the mark (:mod:`esindexer.ops.restored`; the command line
+        passes it, the pipeline may not import the operator commands)."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._stop = threading.Event()
@@ -68,6 +77,8 @@ class Indexer:
         self.locks = LockKeeper(settings, self.metrics, self._stop)
         self._claimed: Any = None  # the writer connection, when claim() took the lock ahead of run()
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
+        self.resync = Resync(settings, self.sink, self.metrics,
+                             repair if settings.repair_after_restore == "auto" else None)
         self.exit_code = ExitCode.OK
         #: With ``until_caught_up``: True once everything committed at start is indexed. A stop
         #: before that leaves it False, so the command can exit non-zero (a re-index script
@@ -84,6 +95,7 @@ class Indexer:
         unacknowledged work.
         """
         self._stop.set()
+        self.resync.stop()
         if abandon:
             self._abandon.set()
         updates = self._updates
@@ -169,6 +181,29 @@ class Indexer:
             tid_to_datetime(start_tid).isoformat(timespec="seconds"),
             extra={"indices": list(self.sink.indices), "progress_tid": start_tid})
 
+    def _check_rewind(self, conn: Any, first: bool) -> None:
+        """Find out whether the database went back in time behind the index (at every start
+        of the pipeline: a restore drops the connections, so the pipeline restarts); say so
+        once per finding, and keep watching until it is repaired (esindexer.pipeline.rewind)."""
+        def checked() -> Any:
+            try:
+                return check(conn, self.sink, self.settings.worker_id)
+            except pg.CONNECTION_ERRORS as exc:  # not for the retry below: the pipeline reconnects
+                raise _Reconnect() from exc
+
+        try:
+            mark, evidence = self._retry_forever("comparing the newest documents with the database", checked)
+        except _Reconnect as exc:
+            cause = exc.__cause__
+            assert cause is not None
+            raise cause from None
+        if mark is None:
+            return
+        if evidence is not None or first:
+            log.error("%s", report_line(mark, evidence, self.resync.repair is not None),
+                      extra={"database_behind": mark})
+        self.resync.start()
+
     def _prepare_source(self, conn: Any) -> bool:
         """Install triggers if allowed. Returns True when a sweep is due.
 
@@ -199,6 +234,7 @@ class Indexer:
         try:
             return self._run(until_caught_up)
         finally:  # any Python-level exit: not a crash (esindexer.pipeline.crashguard)
+            self.resync.stop()
             self.crash_guard.finish()
 
     def _run(self, until_caught_up: bool) -> ExitCode:
@@ -258,6 +294,7 @@ class Indexer:
             sweep_due = self._prepare_source(conn)
             if first and sweep_due:
                 sweep(conn, self.sink, self.metrics)
+            self._check_rewind(conn, first)
             start_tid = progress.get_progress_tid(conn, s.worker_id)
             conn.commit()
             if start_tid > 0 and missing and len(missing) == len(self.sink.indices):
