@@ -181,10 +181,12 @@ class Indexer:
             tid_to_datetime(start_tid).isoformat(timespec="seconds"),
             extra={"indices": list(self.sink.indices), "progress_tid": start_tid})
 
-    def _check_rewind(self, conn: Any, first: bool) -> None:
+    def _check_rewind(self, conn: Any, first: bool) -> bool:
         """Find out whether the database went back in time behind the index (at every start
         of the pipeline: a restore drops the connections, so the pipeline restarts); say so
-        once per finding, and keep watching until it is repaired (esindexer.pipeline.rewind)."""
+        once per finding, and keep watching until it is repaired (esindexer.pipeline.rewind).
+        True when found for the first time (the crash guard's row is then the backup's: a run
+        on the restored database would have marked the indices before it)."""
         def checked() -> Any:
             try:
                 return check(conn, self.sink, self.settings.worker_id)
@@ -192,17 +194,18 @@ class Indexer:
                 raise _Reconnect() from exc
 
         try:
-            mark, evidence = self._retry_forever("comparing the newest documents with the database", checked)
+            mark, evidence, new = self._retry_forever("comparing the newest documents with the database", checked)
         except _Reconnect as exc:
             cause = exc.__cause__
             assert cause is not None
             raise cause from None
         if mark is None:
-            return
+            return False
         if evidence is not None or first:
             log.error("%s", report_line(mark, evidence, self.resync.repair is not None),
                       extra={"database_behind": mark})
         self.resync.start()
+        return bool(new)
 
     def _prepare_source(self, conn: Any) -> bool:
         """Install triggers if allowed. Returns True when a sweep is due.
@@ -294,12 +297,12 @@ class Indexer:
             sweep_due = self._prepare_source(conn)
             if first and sweep_due:
                 sweep(conn, self.sink, self.metrics)
-            self._check_rewind(conn, first)
+            restored = self._check_rewind(conn, first)
             start_tid = progress.get_progress_tid(conn, s.worker_id)
             conn.commit()
             if start_tid > 0 and missing and len(missing) == len(self.sink.indices):
                 self._warn_vanished(start_tid)
-            self.crash_guard.begin(conn, start_tid)
+            self.crash_guard.begin(conn, start_tid, restored=restored)
             if first:  # after a reconnect, keep the time of the last real progress (stall detection)
                 self.metrics.record_progress(start_tid)
             self.metrics.set_dead_letters(deadletters.count(conn, s.worker_id))

@@ -103,19 +103,20 @@ def find(conn: Any, sink: Sink, count: int = NEWEST) -> Evidence | None:
     return Evidence(latest, newest[0].tid, ahead, ghosts)
 
 
-def check(conn: Any, sink: Sink, client_id: str) -> tuple[dict[str, Any] | None, Evidence | None]:
-    """Look for evidence and keep the mark: ``(mark in force, evidence found now)``.
+def check(conn: Any, sink: Sink, client_id: str) -> tuple[dict[str, Any] | None, Evidence | None, bool]:
+    """Look for evidence and keep the mark: ``(mark in force, evidence found now, whether
+    the indices had no mark before)``.
 
     Found now: the mark is written (or brought up to date) before anything acts on it, so a
     crash from here on leaves it in place. Not found now: an earlier mark still stands
     (documents repaired part-way no longer show, yet others may remain)."""
     evidence = find(conn, sink)
-    mark = sink.behind_mark()
+    earlier = sink.behind_mark()
     if evidence is None:
-        return mark, None
-    mark = evidence.mark(client_id, mark)
+        return earlier, None, False
+    mark = evidence.mark(client_id, earlier)
     sink.set_behind_mark(mark)
-    return mark, evidence
+    return mark, evidence, earlier is None
 
 
 def report_line(mark: dict[str, Any], evidence: Evidence | None, repairing: bool) -> str:
