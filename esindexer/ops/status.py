@@ -207,8 +207,9 @@ def status_lines(report: dict[str, Any]) -> list[str]:
         text["database_behind"] = (
             f"YES: {behind['ahead']} of the newest documents newer than their object, {behind['ghosts']} of "
             f"objects the database lacks (zoids {', '.join(map(str, behind['examples']))}); "
-            + ("repair pending (the service repairs it, or esindexer verify --repair)" if behind["marked"]
-               else "not marked yet: start the service") if behind else "no")
+            + ("marked; repaired by the service once it has re-read the restored records "
+               "(ESINDEXER_REPAIR_AFTER_RESTORE=auto), or by esindexer verify --repair after that"
+               if behind["marked"] else "not marked yet: start the service") if behind else "no")
         text.pop("database_behind_index", None)
     guard = report["crash_guard"]
     text["crash_guard"] = (f"{guard['guard']}; last run {guard['last_run'] or '-'}; unclean exits in a row "

@@ -36,7 +36,7 @@ from esindexer.pipeline.committer import BatchInFlight, Committer
 from esindexer.pipeline.crashguard import CrashGuard
 from esindexer.pipeline.reader import BatchReader
 from esindexer.pipeline.refresher import Refresher
-from esindexer.pipeline.rewind import Resync, check, report_line
+from esindexer.pipeline.rewind import Resync, check
 from esindexer.pipeline.standby import LockKeeper
 from esindexer.pipeline.sweep import sweep
 from esindexer.sink import Sink
@@ -77,8 +77,12 @@ class Indexer:
         self.locks = LockKeeper(settings, self.metrics, self._stop)
         self._claimed: Any = None  # the writer connection, when claim() took the lock ahead of run()
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
-        self.resync = Resync(settings, self.sink, self.metrics,
-                             repair if settings.repair_after_restore == "auto" else None)
+        # With partitions, one process of the set walks (partition 0); the others watch the mark.
+        spec = settings.partition_spec
+        self._repair_mode = "off" if settings.repair_after_restore == "off" else \
+            "partition" if spec is not None and spec[0] != 0 else "library" if repair is None else "auto"
+        self.resync = Resync(settings, self.sink, self.metrics, repair if self._repair_mode == "auto" else None,
+                             self._repair_mode)
         self.exit_code = ExitCode.OK
         #: With ``until_caught_up``: True once everything committed at start is indexed. A stop
         #: before that leaves it False, so the command can exit non-zero (a re-index script
@@ -199,11 +203,7 @@ class Indexer:
             cause = exc.__cause__
             assert cause is not None
             raise cause from None
-        if mark is None:
-            return False
-        if evidence is not None or first:
-            log.error("%s", report_line(mark, evidence, self.resync.repair is not None),
-                      extra={"database_behind": mark})
+        self.resync.found(mark, evidence, first)
         self.resync.start()
         return bool(new)
 

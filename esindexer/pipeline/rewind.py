@@ -32,6 +32,7 @@ difference; :class:`Resync` runs that walk in the service and says when it is do
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -119,21 +120,30 @@ def check(conn: Any, sink: Sink, client_id: str) -> tuple[dict[str, Any] | None,
     return mark, evidence, earlier is None
 
 
-def report_line(mark: dict[str, Any], evidence: Evidence | None, repairing: bool) -> str:
-    """The one ERROR line that says what was found and what is being done."""
+def report_line(mark: dict[str, Any], evidence: Evidence | None, repair: str) -> str:
+    """The one ERROR line that says what was found and what is being done; ``repair``:
+    ``auto`` (this process repairs), ``off`` (the operator does), ``partition`` (partition 0
+    of the set does), ``library`` (an :class:`~esindexer.pipeline.indexer.Indexer` built
+    without a repair walk)."""
     if evidence is not None:
         found = (f"{len(evidence.ahead)} of the newest documents carry a newer tid than their object in the "
-                 f"database and {len(evidence.ghosts)} belong to objects the database does not have (zoids "
-                 f"{', '.join(str(z) for z in mark['examples'])}); the newest tid in the index is from "
+                 f"database and {len(evidence.ghosts)} belong to objects the database does not have (for "
+                 f"example zoids {', '.join(str(z) for z in mark['examples'])}); the newest tid in the index is from "
                  f"{_when(evidence.index_tid)}, the database's newest from {_when(evidence.database_tid)}")
     else:
         found = (f"found on {mark['detected_at']} and not yet repaired (database newest tid then "
                  f"{mark['database_tid']})")
-    doing = ("its documents are compared object by object and rewritten as the database says once the "
-             "service has re-read the restored records (the index keeps the mark until that walk ends "
-             "clean; progress in this log)" if repairing else
-             "run `esindexer verify --repair` once the service has caught up, to rewrite the documents as "
-             "the database says (automatic repair is off: ESINDEXER_REPAIR_AFTER_RESTORE=off)")
+    doing = {
+        "auto": "its documents are compared object by object and rewritten as the database says once the "
+                "service has re-read the restored records (the indices keep the mark until that walk ends "
+                "clean; progress in this log)",
+        "partition": "the process of partition 0 compares and rewrites the documents once every partition "
+                     "has re-read the restored records",
+        "off": "run `esindexer verify --repair` once the service has caught up, to rewrite the documents as "
+               "the database says (automatic repair is off: ESINDEXER_REPAIR_AFTER_RESTORE=off)",
+        "library": "run `esindexer verify --repair` once the service has caught up, to rewrite the documents "
+                   "as the database says (this Indexer was given no repair walk)",
+    }[repair]
     return ("the database is behind the index: it went back in time (restored from a backup, or it is not "
             f"the database this index was built from): {found}. Until repaired, searches show "
             f"states the database no longer has; {doing}")
@@ -153,26 +163,43 @@ def reread_to(conn: Any, settings: Settings, database_tid: int) -> bool:
 
 
 class Resync:
-    """A thread that, while the indices carry the mark, waits for the service to re-read
-    the restored records, then runs ``repair`` (one full compare-and-repair walk that
-    removes the mark when it leaves no difference; None: the operator runs it) until the
-    mark is gone, and keeps ``esindexer_database_behind_index`` true meanwhile."""
+    """The service's watch on the database's place in time, in a thread of its own.
 
-    def __init__(self, settings: Settings, sink: Sink, metrics: Metrics,
-                 repair: Callable[[], bool] | None, interval: float = 5.0) -> None:
+    While the indices carry no mark it checks again every :attr:`check_every` seconds (a
+    database restored under a running service, ``pg_restore --clean`` say, need not drop
+    its connections; the pipeline checks at each of its starts). While they carry one it
+    keeps ``esindexer_database_behind_index`` at 1, waits for the service to re-read the
+    restored records, then runs ``repair`` (one full compare-and-repair walk that removes
+    the mark when it leaves no difference; None: the operator runs ``verify --repair``)
+    until the mark is gone, and says so."""
+
+    def __init__(self, settings: Settings, sink: Sink, metrics: Metrics, repair: Callable[[], bool] | None,
+                 mode: str, interval: float = 5.0, check_every: float = 60.0) -> None:
         self.settings = settings
         self.sink = sink
         self.metrics = metrics
         self.repair = repair
+        self.mode = mode  #: what :func:`report_line` says is being done
         self.interval = interval
+        self.check_every = check_every
         #: Seconds before another walk after one that left differences or failed.
         self.retry_after = max(interval, 60.0)
+        self._behind = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Start watching (again, after a restart of the pipeline: one thread at a time)."""
+    def found(self, mark: dict[str, Any] | None, evidence: Evidence | None, first: bool) -> None:
+        """What a check found: say it (once per finding: at a restart of the pipeline only
+        when found anew, or at the process's first start) and keep the gauge."""
+        if mark is None:
+            return
+        if evidence is not None or first:
+            log.error("%s", report_line(mark, evidence, self.mode), extra={"database_behind": mark})
+        self._behind = True
         self.metrics.set_database_behind(True)
+
+    def start(self) -> None:
+        """Start the thread (once; later calls do nothing while it runs)."""
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="esindexer-resync", daemon=True)
             self._thread.start()
@@ -181,34 +208,42 @@ class Resync:
         """Stop watching; a walk in progress is left to end with the process (the mark stays)."""
         self._stop.set()
 
-    def _reread(self, database_tid: int) -> bool:
+    def _with_conn(self, fn: Callable[[Any], Any]) -> Any:
         conn = pg.connect(self.settings, "resync")
         try:
-            return reread_to(conn, self.settings, database_tid)
+            return fn(conn)
         finally:
             conn.close()
 
     def _run(self) -> None:
-        pause = self.interval
+        pause, last_check = self.interval, time.monotonic()
         while not self._stop.wait(pause):
             pause = self.interval
             try:
                 mark = self.sink.behind_mark()
                 if mark is None:
-                    break
-                if self.repair is None or not self._reread(int(mark["database_tid"])):
+                    if self._behind:
+                        self._behind = False
+                        self.metrics.set_database_behind(False)
+                        log.info("the index equals the database again: no document is ahead of it, missing or "
+                                 "left over from the transactions it lost")
+                    if time.monotonic() - last_check >= self.check_every:
+                        last_check = time.monotonic()
+                        mark, evidence, _ = self._with_conn(lambda conn: check(conn, self.sink,
+                                                                                 self.settings.worker_id))
+                        self.found(mark, evidence, first=False)
+                    continue
+                if not self._behind:  # marked by another process (another partition of the set)
+                    self.found(mark, None, first=True)
+                database_tid = int(mark["database_tid"])
+                if self.repair is None or not self._with_conn(functools.partial(
+                        reread_to, settings=self.settings, database_tid=database_tid)):
                     continue
                 log.info("comparing every object with its document: the database went back in time",
-                         extra={"database_tid": mark["database_tid"]})
-                if self.repair():
-                    break
-                pause = self.retry_after  # differences left (logged by the walk): not a walk every few s
+                         extra={"database_tid": database_tid})
+                if not self.repair():
+                    pause = self.retry_after  # differences left (logged by the walk): not a walk every few s
             except Exception as exc:  # a server away: the mark stays, try again later
                 pause = self.retry_after
-                log.warning("repair after the database went back in time failed (%s: %s); trying again in %gs",
-                            type(exc).__name__, exc, pause)
-        else:
-            return  # stopped: the mark and the gauge stay
-        self.metrics.set_database_behind(False)
-        log.info("the index equals the database again: no document is ahead of it, missing or left over "
-                 "from the transactions it lost")
+                log.warning("checking or repairing the index against the database failed (%s: %s); trying "
+                            "again in %gs", type(exc).__name__, exc, pause)
