@@ -84,7 +84,7 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         conn.close()
         sink.es.close()
-    behind = _behind(mark, cleared)
+    behind = _behind(mark, cleared, report.remaining)
     if args.json:
         print(json.dumps({**report.as_dict(), **({"database_behind": behind} if behind else {})}, indent=2))
     else:
@@ -94,16 +94,20 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if report.remaining else 0
 
 
-def _behind(mark: dict[str, object] | None, cleared: bool) -> str | None:
+def _behind(mark: dict[str, object] | None, cleared: bool, remaining: int) -> str | None:
     """What became of the mark of a database found behind the index (None: there was none)."""
     if mark is None:
         return None
     if cleared:
         return ("database behind the index: repaired (no difference left after the service had re-read the "
                 "restored records); the mark is removed")
-    return (f"database behind the index (found {mark['detected_at']}): the mark stays until a repair "
-            "leaves no difference after the service has indexed up to the restored database's newest tid "
-            f"({mark['database_tid']}); start the service (or let it catch up) and run this again")
+    if remaining:
+        return (f"database behind the index (found {mark['detected_at']}): the mark stays while differences "
+                "remain (above)")
+    return (f"database behind the index (found {mark['detected_at']}): the mark stays: when this walk began "
+            f"the service had not indexed up to the restored database's newest tid ({mark['database_tid']}), "
+            "or it found the database behind again meanwhile; let it catch up (esindexer status) and run "
+            "this again")
 
 
 COMMAND = Command(

@@ -30,7 +30,7 @@ from esindexer.convert.jsonifier import Jsonifier
 from esindexer.documents import DocumentBuilder
 from esindexer.es.sink import ElasticsearchSink
 from esindexer.ops.verify import Report, verify
-from esindexer.pipeline.rewind import reread_to
+from esindexer.pipeline.rewind import check, reread_to
 from esindexer.source import pg
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,14 @@ log = logging.getLogger(__name__)
 
 def repair_walk(conn: Any, sink: ElasticsearchSink, builder: DocumentBuilder, jsonifier: Jsonifier,
                 settings: Settings, **options: Any) -> tuple[Report, dict[str, Any] | None, bool]:
-    """``verify --repair`` (``options`` go to :func:`~esindexer.ops.verify.verify`), then the
-    mark removed if the module docstring's three conditions hold: ``(report, the mark
-    found before the walk, whether it was removed)``."""
-    mark = sink.behind_mark()
+    """The check of :mod:`esindexer.pipeline.rewind` (marking what it finds), ``verify
+    --repair`` (``options`` go to :func:`~esindexer.ops.verify.verify`), then the mark
+    removed if the module docstring's three conditions hold: ``(report, the mark in force
+    before the walk, whether it was removed)``."""
+    # Check first (and mark what is found): a walk run before the service saw the restore
+    # must not repair the evidence away and leave the records the service has still to
+    # re-read without a mark that waits for them.
+    mark, _, _ = check(conn, sink, settings.worker_id)
     ready = mark is not None and reread_to(conn, settings, int(mark["database_tid"]))
     report = verify(conn, sink, builder, jsonifier, settings.worker_id, repair=True, **options)
     cleared = False

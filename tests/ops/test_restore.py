@@ -13,6 +13,7 @@ tables and ZODB), never esindexer's comparison.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,12 +26,24 @@ from ZODB.utils import p64
 
 from tests.indexing import Page, progress, zoid_of
 from tests.pipeline.processes import Service, caught_up, service_env
-from tests.support import open_zodb, run_esindexer, wait_for
+from tests.support import open_zodb, require_services, run_esindexer, wait_for
 
 BEHIND = "database behind the index"
 
 
-def restore(admin_dsn: str, db_dsn: str, dump: Path) -> None:
+def pg_tool(name: str) -> str:
+    """The path of ``pg_dump`` or ``pg_restore`` (``scripts/services`` installs them with the
+    PostgreSQL client package); without it the test fails in CI and is skipped elsewhere."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian: postgresql-client; scripts/services installs it)"
+        if require_services():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def restore(admin_dsn: str, db_dsn: str, dump: Path, pg_restore: str) -> None:
     """Drop the database, create it again and ``pg_restore`` the dump into it."""
     name = urlsplit(db_dsn).path.lstrip("/")
     admin = psycopg2.connect(admin_dsn)
@@ -39,7 +52,7 @@ def restore(admin_dsn: str, db_dsn: str, dump: Path) -> None:
         cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
     admin.close()
-    subprocess.run(["pg_restore", "--no-owner", "--exit-on-error", f"--dbname={db_dsn}", str(dump)], check=True)
+    subprocess.run([pg_restore, "--no-owner", "--exit-on-error", f"--dbname={db_dsn}", str(dump)], check=True)
 
 
 def database_objects(db_dsn: str, keep_history: bool) -> dict[int, int]:
@@ -81,6 +94,7 @@ def test_a_database_restored_from_a_dump_is_reported_and_the_index_converges(
     """``repair``: the service repairs by itself (auto) or the operator runs ``verify --repair``
     (off). ``progress_restored`` False: the saved progress did not go back with the database
     (kept elsewhere, or left out of the dump), so only the documents tell."""
+    pg_dump, pg_restore = pg_tool("pg_dump"), pg_tool("pg_restore")
     prefix = es_prefix.rstrip("-")
     env = service_env(db_dsn, es_url, es_prefix)
     db = open_zodb(db_dsn, keep_history)
@@ -93,7 +107,7 @@ def test_a_database_restored_from_a_dump_is_reported_and_the_index_converges(
     wait_caught_up(db_dsn)
 
     dump = tmp_path / "backup.dump"
-    subprocess.run(["pg_dump", "--format=custom", f"--file={dump}", f"--dbname={db_dsn}"], check=True)
+    subprocess.run([pg_dump, "--format=custom", f"--file={dump}", f"--dbname={db_dsn}"], check=True)
 
     # What the restore will lose: changes, new objects, deletions (applied by a pack).
     for n in range(100):
@@ -113,7 +127,7 @@ def test_a_database_restored_from_a_dump_is_reported_and_the_index_converges(
     db.close()
     saved = progress(db_dsn)
 
-    restore(pg_dsn, db_dsn, dump)
+    restore(pg_dsn, db_dsn, dump, pg_restore)
     assert progress(db_dsn) < saved  # the dump's
     if not progress_restored:
         with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
