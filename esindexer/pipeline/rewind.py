@@ -5,8 +5,9 @@ snapshot, a point-in-time recovery) has lost the transactions committed after th
 while the index still holds their documents: states newer than the database's, objects
 it no longer has, and (objects packed after the backup) documents it deleted. esindexer's
 own tables are restored with it, so the saved progress goes back too, or does not (kept
-elsewhere, or not part of the dump); neither the progress nor the tids tell, since the
-application's next commit gets a tid above everything indexed before the restore.
+elsewhere, or not part of the dump), so it cannot tell; nor can the database's newest tid
+for long, since the application's next commit gets a tid above everything indexed before
+the restore (tids are commit times).
 
 The documents tell. Each carries the tid of the record it was written from, and the
 current tid of an object never decreases while the object exists (a new commit only
@@ -215,33 +216,38 @@ class Resync:
         finally:
             conn.close()
 
+    def _converged(self) -> None:
+        self._behind = False
+        self.metrics.set_database_behind(False)
+        log.info("the database is no longer behind the index: a repair walk left no document ahead of it, "
+                 "missing or left over from the transactions it lost, and the mark is removed")
+
     def _run(self) -> None:
         pause, last_check = self.interval, time.monotonic()
         while not self._stop.wait(pause):
             pause = self.interval
             try:
-                mark = self.sink.behind_mark()
-                if mark is None:
-                    if self._behind:
-                        self._behind = False
-                        self.metrics.set_database_behind(False)
-                        log.info("the index equals the database again: no document is ahead of it, missing or "
-                                 "left over from the transactions it lost")
+                if not self._behind:  # one check a minute; the mark is read only by it meanwhile
                     if time.monotonic() - last_check >= self.check_every:
                         last_check = time.monotonic()
                         mark, evidence, _ = self._with_conn(lambda conn: check(conn, self.sink,
                                                                                  self.settings.worker_id))
-                        self.found(mark, evidence, first=False)
+                        # a mark without evidence now: put by another process (a partition of the set)
+                        self.found(mark, evidence, first=evidence is None)
                     continue
-                if not self._behind:  # marked by another process (another partition of the set)
-                    self.found(mark, None, first=True)
+                mark = self.sink.behind_mark()
+                if mark is None:  # removed by a walk of another process (verify --repair)
+                    self._converged()
+                    continue
                 database_tid = int(mark["database_tid"])
                 if self.repair is None or not self._with_conn(functools.partial(
                         reread_to, settings=self.settings, database_tid=database_tid)):
                     continue
                 log.info("comparing every object with its document: the database went back in time",
                          extra={"database_tid": database_tid})
-                if not self.repair():
+                if self.repair():
+                    self._converged()
+                else:
                     pause = self.retry_after  # differences left (logged by the walk): not a walk every few s
             except Exception as exc:  # a server away: the mark stays, try again later
                 pause = self.retry_after

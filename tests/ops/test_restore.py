@@ -171,7 +171,7 @@ def test_a_database_restored_from_a_dump_is_reported_and_the_index_converges(
     wait_for(lambda: service.metric("esindexer_database_behind_index") == 0.0, timeout=240, interval=0.5)
     answer = service.get("/readyz")
     assert answer is not None and answer[0] == 200, answer
-    assert "the index equals the database again" in service.log()
+    assert "the database is no longer behind the index" in service.log()
     wait_caught_up(db_dsn)
     after = status(env)
     assert after["database_behind_index"] is False and after["caught_up"] is True, after
