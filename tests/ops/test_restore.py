@@ -138,6 +138,10 @@ def test_a_database_restored_from_a_dump_is_reported_and_the_index_converges(
     before = status(env)
     assert before["database_behind_index"] is True and before["caught_up"] is False, before
     assert before["database_behind"]["ahead"] > 0 and not before["database_behind"]["marked"], before
+    text = run_esindexer("status", env=env).stdout.splitlines()
+    assert any(line.startswith("database behind") and "YES: " in line and "start the service" in line
+               for line in text), text
+    assert "caught up               False" in text, text
 
     service = Service(dict(env, ESINDEXER_REPAIR_AFTER_RESTORE=repair), tmp_path / "after.log")
     wait_for(lambda: "ERROR" in service.log() and "the database is behind the index" in service.log(), timeout=60)

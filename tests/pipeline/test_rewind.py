@@ -24,6 +24,7 @@ from esindexer.observe.metrics import Metrics
 from esindexer.ops.restored import service_repair
 from esindexer.pipeline.indexer import Indexer
 from esindexer.pipeline.rewind import find
+from esindexer.source import follow
 from tests.indexing import commit_pages, docs, make_settings, zoid_of
 from tests.pipeline.processes import LiveWriter, caught_up
 from tests.support import both_history_modes, wait_for
@@ -99,4 +100,37 @@ def test_a_document_made_newer_than_its_object_is_found_while_running_and_writte
     held = docs(es, settings.index_prefix)[target]
     assert held["tid"] == tid and held["state"]["title"] == "page 2" and held["_version"] == newer + 1
     assert ElasticsearchSink(settings, es=es).behind_mark() is None
+    conn.close()
+
+
+def test_a_mark_left_by_an_earlier_run_is_reported_and_walked_at_the_next_start(
+        zodb, db_dsn, es, es_url, es_prefix, caplog):
+    """A run that died before its walk ended (or after repairing part of the documents, so
+    the check finds nothing any more) leaves the mark: the next start reports it and walks."""
+    caplog.set_level(logging.INFO, logger="esindexer")
+    conn = zodb.open()
+    commit_pages(conn.root(), 3)
+    settings = make_settings(db_dsn, es_url, es_prefix)
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
+    sink = ElasticsearchSink(settings, es=es)
+    with psycopg2.connect(db_dsn) as pg:
+        latest = follow.latest_tid(pg)
+    pg.close()
+    sink.set_behind_mark({"detected_at": "2026-12-06T07:00:00Z", "client_id": "esindexer", "database_tid": latest,
+                          "index_tid": latest + 1, "ahead": 1, "ghosts": 0, "examples": [1]})
+    assert sink.behind_mark() is not None
+    metrics = Metrics(process_metrics=False)
+    indexer = Indexer(settings, metrics, repair=lambda: service_repair(settings))
+    indexer.resync.interval = 0.5
+    thread, outcome = _run(indexer)
+    try:
+        wait_for(lambda: "found on 2026-12-06T07:00:00Z and not yet repaired" in caplog.text, timeout=30)
+        assert metrics.database_behind()
+        wait_for(lambda: not metrics.database_behind(), timeout=60, interval=0.2)
+    finally:
+        indexer.stop()
+        thread.join(60)
+    assert outcome.get("code") == ExitCode.OK
+    assert sink.behind_mark() is None
+    assert "repair walk after the database went back in time: 4 objects" in caplog.text
     conn.close()
