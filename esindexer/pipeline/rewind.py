@@ -66,11 +66,11 @@ class Evidence:
 
     def mark(self, client_id: str, earlier: dict[str, Any] | None) -> dict[str, Any]:
         """The mark to keep on the indices; ``earlier``, a mark already there, keeps its
-        detection time, and the higher database tid of the two is the one to re-read to."""
+        detection time. The database tid to re-read to is always the one read now: after a
+        second restore to an earlier backup, an earlier mark's tid may never be reached."""
         examples = sorted({zoid for zoid, *_ in self.ahead} | {zoid for zoid, _ in self.ghosts})[:EXAMPLES]
-        database_tid = max(self.database_tid, int(earlier["database_tid"]) if earlier else -1)
         return {"detected_at": earlier["detected_at"] if earlier else _now(), "client_id": client_id,
-                "database_tid": database_tid, "index_tid": self.index_tid, "ahead": len(self.ahead),
+                "database_tid": self.database_tid, "index_tid": self.index_tid, "ahead": len(self.ahead),
                 "ghosts": len(self.ghosts), "examples": examples}
 
 
