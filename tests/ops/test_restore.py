@@ -110,6 +110,7 @@ def test_a_database_restored_from_a_dump_is_reported_and_the_index_converges(
     subprocess.run([pg_dump, "--format=custom", f"--file={dump}", f"--dbname={db_dsn}"], check=True)
 
     # What the restore will lose: changes, new objects, deletions (applied by a pack).
+    changed = zoid_of(tree[5])
     for n in range(100):
         tree[n].title = f"changed after the backup {n}"
     for n in range(300, 400):
@@ -138,6 +139,8 @@ def test_a_database_restored_from_a_dump_is_reported_and_the_index_converges(
     before = status(env)
     assert before["database_behind_index"] is True and before["caught_up"] is False, before
     assert before["database_behind"]["ahead"] > 0 and not before["database_behind"]["marked"], before
+    explained = run_esindexer("explain", str(changed), env=env).stdout
+    assert "the index holds a newer state" in explained and "restored from a backup?" in explained, explained
     text = run_esindexer("status", env=env).stdout.splitlines()
     assert any(line.startswith("database behind") and "YES: " in line and "start the service" in line
                for line in text), text
@@ -197,6 +200,8 @@ def test_a_database_restored_from_a_dump_is_reported_and_the_index_converges(
     for key, page in tree.items():  # what the application reads through ZODB
         assert titles[zoid_of(page)] == page.title, key
     assert set(deleted) <= set(held)  # deleted after the backup, back with the restore
+    explained = run_esindexer("explain", str(changed), env=env).stdout
+    assert "indexed in" in explained and "at its current tid" in explained, explained
     conn.close()
     db.close()
     assert service.stop() == 0
