@@ -77,6 +77,7 @@ class Settings:
     dead_letter_window: float
     shutdown_timeout: float
     crash_guard_after: int
+    repair_after_restore: str
     metrics_host: str
     metrics_port: int
     stall_seconds: float

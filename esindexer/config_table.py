@@ -243,6 +243,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Process deaths without a clean exit (a native crash, an OOM kill) at the same saved progress "
             "after which the next start converts the records up to the newest tid in a child process, "
             "dead-lettering as crashed each record that kills it; 0 = never.", group="flow"),
+    Setting("repair_after_restore", _choice("auto", "off"), "auto",
+            "When the index holds documents newer than the database (it went back in time: restored from "
+            "a backup): auto = once the service has re-read the restored records, compare every object with "
+            "its document and rewrite what differs (as verify --repair) until none differs; off = only "
+            "report it (log, status, /readyz, metric) and leave the repair to esindexer verify --repair.",
+            group="flow"),
     # Observe
     Setting("metrics_host", _parse_str, "127.0.0.1", "Address of the /metrics, /healthz, /readyz server.",
             group="observe"),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from esindexer.documents import Action
 
@@ -105,6 +105,20 @@ class Sink(Protocol):
 
     def indexed(self, low: int | None = None, high: int | None = None) -> Iterator[list[Indexed]]:
         """Pages of the documents held (with ``low <= zoid <= high``), in zoid order."""
+        ...
+
+    def newest(self, count: int) -> list[Indexed]:
+        """The ``count`` documents with the highest tids, newest first (the check for a
+        database that went back in time: :mod:`esindexer.pipeline.rewind`)."""
+        ...
+
+    def behind_mark(self) -> dict[str, Any] | None:
+        """The mark saying the database was found behind the index, or None (kept with
+        the indices, not in the database a restore rolls back: :mod:`esindexer.es.marks`)."""
+        ...
+
+    def set_behind_mark(self, mark: dict[str, Any] | None) -> None:
+        """Write the mark on every index (None: remove it)."""
         ...
 
     def refresh(self, indices: Collection[str] | None = None) -> None:

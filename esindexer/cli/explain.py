@@ -35,7 +35,11 @@ def _lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"conversion  {text}")
     lines.append(f"routes to   {report['index'] or '-'}")
     for index, doc in report["documents"].items() or [("-", None)]:
-        lines.append(f"document    {index}: version {doc['version']} (tid), committed {doc['committed_at']}, "
+        # A repair written over a hand change or a restored database's lost state leaves the
+        # version above the tid the document holds: show both then.
+        version = f"version {doc['version']} (tid)" if doc and doc.get("tid") in (None, doc["version"]) \
+            else f"version {doc['version']}, tid {doc['tid']}" if doc else ""
+        lines.append(f"document    {index}: {version}, committed {doc['committed_at']}, "
                      f"references {len(doc['references'])}" if doc else "document    none in any routed index")
     for letter in report["dead_letters"]:
         lines.append(f"dead letter {letter['kind']} at tid {letter['tid']} ({letter['created_at']}): "

@@ -37,7 +37,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     # Python stack of every thread to stderr first (the crash guard handles the loop).
     faulthandler.enable()
     metrics = Metrics()
-    indexer = Indexer(settings, metrics)
+    from esindexer.ops.restored import service_repair
+
+    indexer = Indexer(settings, metrics, repair=lambda: service_repair(settings))
     sink = indexer.sink
     assert isinstance(sink, ElasticsearchSink)
     signals = {"count": 0, "last": 0}

@@ -54,6 +54,7 @@ def _print_text(report: object, repair: bool) -> None:
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from esindexer.convert.configure import build_jsonifier
     from esindexer.documents import DocumentBuilder
+    from esindexer.ops.restored import repair_walk
     from esindexer.ops.verify import verify
 
     if args.deep and settings.ingest_pipeline:
@@ -71,18 +72,42 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         reporter = ProgressReporter("verify", objects.best_guess, exact=objects.exact,
                                     interval=settings.progress_interval) \
             if settings.progress_interval > 0 else None
+        counted = (lambda n: reporter.add(rows=n)) if reporter is not None else None
+        mark, cleared = None, False
         with reporter if reporter is not None else contextlib.nullcontext():
-            report = verify(conn, sink, DocumentBuilder(settings), build_jsonifier(settings),
-                            settings.worker_id, repair=args.repair, deep=args.deep,
-                            progress=(lambda n: reporter.add(rows=n)) if reporter is not None else None)
+            if args.repair:  # also ends a "database behind the index" mark when it may
+                report, mark, cleared = repair_walk(conn, sink, DocumentBuilder(settings), build_jsonifier(settings),
+                                                    settings, deep=args.deep, progress=counted)
+            else:
+                report = verify(conn, sink, DocumentBuilder(settings), build_jsonifier(settings),
+                                settings.worker_id, deep=args.deep, progress=counted)
     finally:
         conn.close()
         sink.es.close()
+    behind = _behind(mark, cleared, report.remaining)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps({**report.as_dict(), **({"database_behind": behind} if behind else {})}, indent=2))
     else:
         _print_text(report, args.repair)
+        if behind:
+            print(behind)
     return 1 if report.remaining else 0
+
+
+def _behind(mark: dict[str, object] | None, cleared: bool, remaining: int) -> str | None:
+    """What became of the mark of a database found behind the index (None: there was none)."""
+    if mark is None:
+        return None
+    if cleared:
+        return ("database behind the index: repaired (no difference left after the service had re-read the "
+                "restored records); the mark is removed")
+    if remaining:
+        return (f"database behind the index (found {mark['detected_at']}): the mark stays while differences "
+                "remain (above)")
+    return (f"database behind the index (found {mark['detected_at']}): the mark stays: when this walk began "
+            f"the service had not indexed up to the restored database's newest tid ({mark['database_tid']}), "
+            "or it found the database behind again meanwhile; let it catch up (esindexer status) and run "
+            "this again")
 
 
 COMMAND = Command(

@@ -47,6 +47,16 @@ def indexed_zoids(es: Elasticsearch, indices: tuple[str, ...], page: int = 5000,
 
 
 
+def newest_documents(es: Elasticsearch, indices: tuple[str, ...], count: int) -> list[tuple[str, int, int]]:
+    """``(index, zoid, tid)`` of the ``count`` documents with the highest ``tid`` field,
+    newest first: where the documents of transactions a restored database lost are."""
+    hits = es.search(index=",".join(indices), size=count, sort=[{"tid": "desc"}, {"zoid": "asc"}],
+                     source=False, docvalue_fields=[{"field": "zoid"}, {"field": "tid"}],
+                     ignore_unavailable=True, track_total_hits=False, query={"exists": {"field": "tid"}})["hits"]["hits"]
+    return [(h["_index"], int(h["fields"]["zoid"][0]), int(h["fields"]["tid"][0])) for h in hits
+            if "zoid" in h.get("fields", {})]
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
     """One document as the index holds it now, with what a conditional write needs.

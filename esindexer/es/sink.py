@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from esindexer.config import Settings
 from esindexer.documents import Action
@@ -14,7 +14,8 @@ from esindexer.es.admin import ensure_indices
 from esindexer.es.bulk import BulkSender
 from esindexer.es.client import make_es_client
 from esindexer.es.fields import unmapped
-from esindexer.es.scan import indexed_zoids
+from esindexer.es.marks import read_mark, write_mark
+from esindexer.es.scan import indexed_zoids, newest_documents
 from esindexer.sink import Indexed, SendResult, Unmapped
 
 if TYPE_CHECKING:
@@ -62,3 +63,12 @@ class ElasticsearchSink:
 
     def unmapped(self) -> Unmapped:
         return unmapped(self.es, self._indices)
+
+    def newest(self, count: int) -> list[Indexed]:
+        return [Indexed(index, zoid, tid) for index, zoid, tid in newest_documents(self.es, self._indices, count)]
+
+    def behind_mark(self) -> dict[str, Any] | None:
+        return read_mark(self.es, self._indices)
+
+    def set_behind_mark(self, mark: dict[str, Any] | None) -> None:
+        write_mark(self.es, self._indices, mark)

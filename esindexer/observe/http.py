@@ -148,6 +148,9 @@ class HealthServer:
                            f"(limit {self.stall_after:g}s)")
         if m.error_budget_exhausted():
             reasons.append("error budget exhausted: too many dead-lettered documents")
+        if m.database_behind():
+            reasons.append("database behind the index: it went back in time (restored from a backup?) and "
+                           "searches show states it no longer has until the repair ends (see the log)")
         last = m.last_retry()
         if reasons and last is not None and last[0] <= max(self.stall_after, 60.0):
             # Not a reason by itself (one 429 is normal), but the likeliest explanation.

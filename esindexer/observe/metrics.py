@@ -28,6 +28,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info, Proce
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from esindexer.observe.gauges import GAUGE_HELP
+
 log = logging.getLogger(__name__)
 
 #: Label values the service may use; they are pre-created so every series exists (at 0)
@@ -74,6 +76,8 @@ class _State:
     budget_exhausted: bool = False
     indices_vanished: bool = False
     unmapped_documents: int | None = None
+
+    database_behind: bool = False
     crash_guard_active: bool | None = None
     live: bool | None = None
     standby: bool = False
@@ -114,6 +118,8 @@ class _StateCollector(Collector):
         put("error_budget_exhausted", int(state.budget_exhausted))
         put("indices_vanished", int(state.indices_vanished))
         put("documents_with_unmapped_fields", state.unmapped_documents)
+
+        put("database_behind_index", int(state.database_behind))
         put("live", None if state.live is None else int(state.live))
         put("standby", int(state.standby))
         put("crash_guard_active", None if state.crash_guard_active is None else int(state.crash_guard_active))
@@ -122,36 +128,7 @@ class _StateCollector(Collector):
 
     @staticmethod
     def _families() -> dict[str, GaugeMetricFamily]:
-        docs = {
-            "lag_seconds": "Commit time of the source's newest transaction minus commit time "
-                           "of the last indexed one (0 when caught up).",
-            "last_indexed_tid": "Tid of the last transaction whose documents Elasticsearch "
-                                "accepted and whose progress was saved (float64: low bits lost).",
-            "last_indexed_commit_timestamp_seconds": "Commit time encoded in the last indexed tid.",
-            "last_progress_timestamp_seconds": "Wall-clock time of the last progress commit.",
-            "source_latest_tid": "Newest tid in the source database's object_state "
-                                 "(-1 when empty; float64: low bits lost).",
-            "source_latest_commit_timestamp_seconds": "Commit time encoded in the newest source tid.",
-            "source_reachable": "1 if the source poller's last query succeeded, else 0.",
-            "source_last_poll_timestamp_seconds": "Wall-clock time of the last successful "
-                                                  "source poll.",
-            "dead_letters": "Documents currently held in the dead-letter table.",
-            "error_budget_exhausted": "1 once the dead-letter error budget is exhausted.",
-            "indices_vanished": "1 when none of the routed indices existed at start although saved "
-                                "progress says they were filled (documents lost; see the log).",
-            "documents_with_unmapped_fields": "Documents holding fields the index keeps but did not map "
-                                              "(field limit reached, or a value the mapping refused): "
-                                              "searches on those fields miss them.",
-            "live": "1 while the service is caught up and refreshes touched indices explicitly "
-                    "(live_refresh_interval); 0 while it works through a backlog (no explicit refresh).",
-            "standby": "1 while this process waits as a hot standby because another esindexer holds "
-                       "the client id's lock (it takes over when that lock is freed); 0 while it indexes.",
-            "crash_guard_active": "1 while records are converted in a child process because the "
-                                  "service kept dying at the same position (the crash guard).",
-            "crash_guard_unclean_exits": "Deaths without a clean exit in a row at the saved progress, "
-                                         "counted at this start.",
-        }
-        return {name: GaugeMetricFamily(f"esindexer_{name}", text) for name, text in docs.items()}
+        return {name: GaugeMetricFamily(f"esindexer_{name}", text) for name, text in GAUGE_HELP.items()}
 
 
 class Metrics:
@@ -331,6 +308,16 @@ class Metrics:
         """Set how many documents hold fields the index did not map."""
         with self._lock:
             self._state.unmapped_documents = int(count)
+
+    def set_database_behind(self, flag: bool) -> None:
+        """Set whether the database was found behind the index and is not repaired yet."""
+        with self._lock:
+            self._state.database_behind = bool(flag)
+
+    def database_behind(self) -> bool:
+        """Whether :meth:`set_database_behind` last said so (readiness fails if so)."""
+        with self._lock:
+            return self._state.database_behind
 
     def set_error_budget_exhausted(self, flag: bool) -> None:
         """Set whether the dead-letter error budget is used up (readiness fails if so)."""

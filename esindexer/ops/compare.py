@@ -15,10 +15,12 @@ object's current tid ``T``. The repair of an object whose document holds version
   ``T``, as the service's own. Anything written meanwhile by a newer commit has a higher
   version and refuses it.
 - ``V > T``: not a version of any commit the database had when it was read, so a change
-  by hand (or a database restored to an earlier point, which is reported as ``ahead``
-  and left alone). The write is conditional on the revision read
-  (``if_seq_no``/``if_primary_term``): if the service wrote a newer commit meanwhile the
-  revision differs and the repair fails; it never overwrites that commit.
+  by hand, or (``ahead``: the document's own ``tid`` is above ``T``) a document of a
+  transaction the database lost when it went back in time (restored from a backup). The
+  write is conditional on the revision read (``if_seq_no``/``if_primary_term``): if the
+  service wrote a newer commit meanwhile the revision differs and the repair fails; it
+  never overwrites that commit. An ``ahead`` document cannot be written over at ``T``
+  any other way: its version refuses every external write below it.
 - no document: an external write at ``T``; if a tombstone refuses it, ``op_type=create``,
   which fails as soon as any document exists (a newer commit written meanwhile).
 
@@ -26,6 +28,16 @@ What a conditional write or a create leaves has the version Elasticsearch counte
 (``V + 1``; a hand edit's ``T + 1`` becomes ``T + 2``), so a later commit, whose tid is
 higher than ``T + 2`` unless two commits came within 3 tid units (tens of nanoseconds,
 possible only when the clock stepped back), still wins: its external write is accepted.
+After a restore the same holds: the application's next commits get tids above the newest
+tid of the restored database *and* (the clock having moved on since the lost transactions
+were committed) above every version ``V`` the lost transactions left, so they win over
+``V + 1``. Only a clock set back past the lost commits breaks that; the service's writes
+of such objects are then refused until their tids pass ``V + 1``, and the next ``verify
+--repair`` rewrites them. An object of a lost transaction that the database does not have
+is deleted at ``V + 1`` although its oid may be given out again after a restore: the new
+object's commit has a higher tid, and whichever of the two writes comes second, the
+newer version stays.
+
 A newer *deletion* committed between the read and a create is the one case a precondition
 cannot see (a tombstone does not count as a document for ``create``); the re-read that
 follows every repair finds the object deleted and deletes the document again.
@@ -64,7 +76,7 @@ class Expected:
 @dataclass(frozen=True, slots=True)
 class Difference:
     """One thing the index holds wrongly for one object, and the write that repairs it
-    (None: not repairable here: ``ahead``, or a record that does not convert)."""
+    (None: not repairable here: a record that does not convert)."""
 
     zoid: int
     kind: str
@@ -114,8 +126,7 @@ def differences(expected: Expected, held: list[Held], deep: bool) -> list[Differ
     if expected.wanted == "error":  # the service dead-letters it; nothing to write here
         return [Difference(zoid, "missing")]
     if expected.wanted in ("gone", "delete"):
-        return [Difference(zoid, "ahead") if _ahead(h, tid) else Difference(zoid, "orphan", _delete(h, tid))
-                for h in held]
+        return [Difference(zoid, "ahead" if _ahead(h, tid) else "orphan", _delete(h, tid)) for h in held]
     action = expected.action
     assert action is not None and tid is not None
     found: list[Difference] = [Difference(zoid, "orphan", _delete(h, tid)) for h in held if h.index != action.index]
@@ -125,7 +136,7 @@ def differences(expected: Expected, held: list[Held], deep: bool) -> list[Differ
     elif mine.tid is None:
         found.append(Difference(zoid, "changed", _overwrite(action, mine, tid)))
     elif mine.tid > tid:
-        found.append(Difference(zoid, "ahead"))
+        found.append(Difference(zoid, "ahead", _overwrite(action, mine, tid)))
     elif mine.tid < tid:
         found.append(Difference(zoid, "stale", _overwrite(action, mine, tid)))
     elif deep and not _same_body(action, mine):

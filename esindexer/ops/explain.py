@@ -122,7 +122,7 @@ def _documents(es: Any, indices: tuple[str, ...], zoid: int) -> dict[str, Any]:
         answer = lenient.get(index=index, id=str(zoid), source_includes=["class", "tid", "committed_at", "refs"])
         if answer.meta.status == 200 and answer.get("found"):
             body = answer["_source"]
-            found[index] = {"version": int(answer["_version"]), "class": body.get("class"),
+            found[index] = {"version": int(answer["_version"]), "tid": body.get("tid"), "class": body.get("class"),
                             "committed_at": body.get("committed_at"), "references": body.get("refs", [])}
     if found:  # fields kept in _source but not indexed: a search on them misses this object
         for index, fields in unmapped_of(es, tuple(found), zoid).items():
@@ -202,10 +202,16 @@ def verdict(report: dict[str, Any]) -> str:
     if conversion["kind"] == "ok":
         doc = documents.get(routed) if routed else None
         extra = f" (also a stale copy in {', '.join(elsewhere)}: verify --repair removes it)" if elsewhere else ""
-        if doc is not None and doc["version"] == tid:
+        # The tid field says which state a document holds; its version may be above it after a
+        # repair wrote over a hand change or a document of a lost transaction (compare.py).
+        held = doc.get("tid") if doc is not None and isinstance(doc.get("tid"), int) else \
+            doc["version"] if doc is not None else None
+        if held == tid:
             return f"indexed in {routed} at its current tid{extra}"
-        if doc is not None and doc["version"] > tid:
-            return f"the index holds a newer version ({doc['version']}) than the database: restored to an earlier point?"
+        if held is not None and held > tid:
+            return (f"the index holds a newer state (tid {held}) than the database: the database went back in "
+                    "time (restored from a backup?); the service repairs it (docs/operations.md, After a "
+                    "database restore), or `esindexer verify --repair`")
         if behind:
             return f"not indexed yet at tid {tid}: committed after the saved progress (tid {saved}){extra}"
         if letter is not None:

@@ -5,9 +5,10 @@ the saved progress (its tid, the commit time that tid encodes, and when it was s
 the rows committed after it (exact up to :data:`~esindexer.source.backlog.DEFAULT_CAP`),
 the lag, dead letters by kind, captured pack deletions not yet applied and the crash
 guard. From Elasticsearch: the documents in the configured indices and where the alias
-points. "Caught up" is said only when nothing committed is unapplied: no newer
-transaction *and* no captured deletion (a pack writes no new tid, so tids alone cannot
-tell).
+points, and whether the database went back in time behind the index (a restore: the
+mark a service left, or this command's own look at the newest documents). "Caught up" is
+said only when nothing committed is unapplied: no newer transaction *and* no captured
+deletion (a pack writes no new tid, so tids alone cannot tell) *and* no database behind.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from esindexer.config import Settings
 from esindexer.es.fields import unmapped
-from esindexer.pipeline import crashguard
+from esindexer.pipeline import crashguard, rewind
 from esindexer.source import backlog, deadletters, deletions, follow, partitions, progress, runs
 from esindexer.source.pg import has_relation
 from esindexer.source.tid import tid_to_datetime, tid_to_epoch
@@ -113,6 +114,30 @@ def _alias_warning(es: Any, settings: Settings, held: list[str]) -> str | None:
             "client id indexes (normal for the old generation after a re-index)")
 
 
+def database_behind(conn: Any, settings: Settings, es: Any) -> dict[str, Any] | None:
+    """Whether the database went back in time behind the index (``esindexer.pipeline.rewind``):
+    the mark a service left on the indices, and this check's own comparison of the newest
+    documents with the database (it finds a restore the service has not seen yet). ``{}``:
+    nothing found; None: Elasticsearch could not be asked."""
+    from esindexer.es.sink import ElasticsearchSink
+
+    try:
+        sink = ElasticsearchSink(settings, es=es)
+        mark = sink.behind_mark()
+        evidence = rewind.find(conn, sink)
+    except Exception:  # Elasticsearch away: index_figures says why
+        conn.rollback()
+        return None
+    if mark is None and evidence is None:
+        return {}
+    found: dict[str, Any] = {"marked": mark is not None, **(mark or {})}
+    if evidence is not None:
+        found.update(database_tid=evidence.database_tid, index_tid=evidence.index_tid, ahead=len(evidence.ahead),
+                     ghosts=len(evidence.ghosts),
+                     examples=sorted({z for z, *_ in evidence.ahead} | {z for z, _ in evidence.ghosts})[:5])
+    return found
+
+
 def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[int, str] | None,
                   latest: int, es: Any | None) -> dict[str, Any]:
     """The report of one client id (keys are the JSON keys of ``status --json``).
@@ -156,6 +181,9 @@ def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[in
     }
     if es is not None:
         report.update(index_figures(settings, es))
+        report["database_behind"] = rewound = database_behind(conn, settings, es)
+        report["database_behind_index"] = None if rewound is None else bool(rewound)
+        report["caught_up"] = report["caught_up"] and not rewound
     else:
         report.update({"documents": None, "indices": None, "alias": None,
                        "documents_error": "indices unknown: ask with this client id's settings "
@@ -202,6 +230,17 @@ def status_lines(report: dict[str, Any]) -> list[str]:
         text["unmapped_fields"] = "none" if not unmapped_fields["documents"] else (
             f"WARNING: {unmapped_fields['documents']:,} documents hold fields not indexed (searches on them miss "
             "those documents): " + ", ".join(f"{name} ({n:,})" for name, n in unmapped_fields["fields"].items()))
+
+
+    behind = report.get("database_behind")
+    if behind is not None:
+        text["database_behind"] = (
+            f"YES: {behind['ahead']} of the newest documents newer than their object, {behind['ghosts']} of "
+            f"objects the database lacks (zoids {', '.join(map(str, behind['examples']))}); "
+            + ("marked; repaired by the service once it has re-read the restored records "
+               "(ESINDEXER_REPAIR_AFTER_RESTORE=auto), or by esindexer verify --repair after that"
+               if behind["marked"] else "not marked yet: start the service") if behind else "no")
+        text.pop("database_behind_index", None)
     guard = report["crash_guard"]
     text["crash_guard"] = (f"{guard['guard']}; last run {guard['last_run'] or '-'}; unclean exits in a row "
                            f"{guard['unclean_exits']} (guarded from {guard['threshold']})")

@@ -105,8 +105,12 @@ class CrashGuard:
             log.warning("cannot create %s (no privilege): the crash guard is off, so a record that crashes "
                         "the process would stop indexing until it is dealt with by hand", runs.TABLE)
 
-    def begin(self, conn: Any, progress: int) -> None:
-        """Judge the previous run and mark this one running; commits. Once per process."""
+    def begin(self, conn: Any, progress: int, restored: bool = False) -> None:
+        """Judge the previous run and mark this one running; commits. Once per process.
+
+        ``restored``: the database was found to have gone back in time at this start, so
+        the row is the backup's: a run that was going when the backup was taken, whose
+        later clean exit the restore undid. It is not counted as a death."""
         if self._begun:
             return
         s = self.settings
@@ -117,6 +121,10 @@ class CrashGuard:
             return
         row = runs.read_row(conn, s.worker_id)
         verdict = assess(row, progress)
+        if restored and verdict.died:
+            log.info("not counting the previous run as an unclean exit: its row comes from the restored "
+                     "backup (the run was going when the backup was taken)", extra={"tid": progress})
+            verdict = assess(None, progress)
         head = follow.latest_tid(conn)
         guard_until = verdict.resume_until
         if verdict.died:

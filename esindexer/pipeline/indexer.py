@@ -37,6 +37,7 @@ from esindexer.pipeline.crashguard import CrashGuard
 from esindexer.pipeline.fieldwatch import FieldWatch
 from esindexer.pipeline.reader import BatchReader
 from esindexer.pipeline.refresher import Refresher
+from esindexer.pipeline.rewind import Resync, check
 from esindexer.pipeline.standby import LockKeeper
 from esindexer.pipeline.sweep import sweep
 from esindexer.sink import Sink
@@ -48,10 +49,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class _Reconnect(Exception):
+    """A PostgreSQL connection error carried past :meth:`Indexer._retry_forever`."""
+
+
 class Indexer:
     """Keeps the configured indices equal to the database's current objects."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None, sink: Sink | None = None):
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, sink: Sink | None = None,
+                 repair: Callable[[], bool] | None = None):
+        """``repair``: one compare-and-repair walk after the database went back in time,
+        True when it removed the mark (:mod:`esindexer.ops.restored`; the command line
+        passes it, the pipeline may not import the operator commands)."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._stop = threading.Event()
@@ -69,6 +78,12 @@ class Indexer:
         self.locks = LockKeeper(settings, self.metrics, self._stop)
         self._claimed: Any = None  # the writer connection, when claim() took the lock ahead of run()
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
+        # With partitions, one process of the set walks (partition 0); the others watch the mark.
+        spec = settings.partition_spec
+        self._repair_mode = "off" if settings.repair_after_restore == "off" else \
+            "partition" if spec is not None and spec[0] != 0 else "library" if repair is None else "auto"
+        self.resync = Resync(settings, self.sink, self.metrics, repair if self._repair_mode == "auto" else None,
+                             self._repair_mode)
         self.exit_code = ExitCode.OK
         #: With ``until_caught_up``: True once everything committed at start is indexed. A stop
         #: before that leaves it False, so the command can exit non-zero (a re-index script
@@ -85,6 +100,7 @@ class Indexer:
         unacknowledged work.
         """
         self._stop.set()
+        self.resync.stop()
         if abandon:
             self._abandon.set()
         updates = self._updates
@@ -170,6 +186,28 @@ class Indexer:
             tid_to_datetime(start_tid).isoformat(timespec="seconds"),
             extra={"indices": list(self.sink.indices), "progress_tid": start_tid})
 
+    def _check_rewind(self, conn: Any, first: bool) -> bool:
+        """Find out whether the database went back in time behind the index (at every start
+        of the pipeline: a restore drops the connections, so the pipeline restarts); say so
+        once per finding, and keep watching until it is repaired (esindexer.pipeline.rewind).
+        True when found for the first time (the crash guard's row is then the backup's: a run
+        on the restored database would have marked the indices before it)."""
+        def checked() -> Any:
+            try:
+                return check(conn, self.sink, self.settings.worker_id)
+            except pg.CONNECTION_ERRORS as exc:  # not for the retry below: the pipeline reconnects
+                raise _Reconnect() from exc
+
+        try:
+            mark, evidence, new = self._retry_forever("comparing the newest documents with the database", checked)
+        except _Reconnect as exc:
+            cause = exc.__cause__
+            assert cause is not None
+            raise cause from None
+        self.resync.found(mark, evidence, first)
+        self.resync.start()
+        return bool(new)
+
     def _prepare_source(self, conn: Any) -> bool:
         """Install triggers if allowed. Returns True when a sweep is due.
 
@@ -200,6 +238,7 @@ class Indexer:
         try:
             return self._run(until_caught_up)
         finally:  # any Python-level exit: not a crash (esindexer.pipeline.crashguard)
+            self.resync.stop()
             self.crash_guard.finish()
 
     def _run(self, until_caught_up: bool) -> ExitCode:
@@ -260,11 +299,12 @@ class Indexer:
             sweep_due = self._prepare_source(conn)
             if first and sweep_due:
                 sweep(conn, self.sink, self.metrics)
+            restored = self._check_rewind(conn, first)
             start_tid = progress.get_progress_tid(conn, s.worker_id)
             conn.commit()
             if start_tid > 0 and missing and len(missing) == len(self.sink.indices):
                 self._warn_vanished(start_tid)
-            self.crash_guard.begin(conn, start_tid)
+            self.crash_guard.begin(conn, start_tid, restored=restored)
             if first:  # after a reconnect, keep the time of the last real progress (stall detection)
                 self.metrics.record_progress(start_tid)
             self.metrics.set_dead_letters(deadletters.count(conn, s.worker_id))

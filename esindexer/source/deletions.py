@@ -280,6 +280,21 @@ def missing_zoids(conn: Any, zoids: list[int]) -> list[int]:
 
 
 
+def logged_zoids(conn: Any, zoids: list[int]) -> set[int]:
+    """Which of ``zoids`` have a captured deletion still in the log, applied or not (a row
+    is pruned only after every client applied it, that is, deleted its documents)."""
+    if not zoids:
+        return set()
+    with conn.cursor() as cur:
+        if not has_relation(cur, LOG_TABLE):
+            conn.rollback()
+            return set()
+        cur.execute(f"SELECT DISTINCT zoid FROM {LOG_TABLE} WHERE zoid = ANY(%s)", (zoids,))
+        found = {int(row[0]) for row in cur.fetchall()}
+    conn.rollback()
+    return found
+
+
 def unapplied_zoids(conn: Any, client_id: str, zoids: list[int]) -> set[int]:
     """Which of ``zoids`` have a captured deletion this client has not applied yet (a
     document of theirs still in the index is the service's lag, not drift: ``verify``)."""

@@ -242,6 +242,19 @@ def current_states(conn: Any, zoids: list[int]) -> dict[int, tuple[int, bytes | 
     return rows
 
 
+def current_tids(conn: Any, zoids: list[int]) -> dict[int, int]:
+    """``zoid -> tid`` of the current revisions of those of ``zoids`` that exist (no states
+    read: the check for a database gone back in time asks only for tids)."""
+    if not zoids:
+        return {}
+    with conn.cursor() as cur:
+        source, key = current_revisions(cur)
+        cur.execute(f"SELECT {key}, s.tid FROM {source} WHERE {key} = ANY(%s)", (zoids,))
+        rows = {int(z): int(t) for z, t in cur.fetchall()}
+    conn.rollback()
+    return rows
+
+
 def current_pages(conn: Any, page: int) -> Iterator[list[tuple[int, int, bytes | None]]]:
     """Current ``(zoid, tid, state)`` rows in zoid order, a short read transaction per page."""
     with conn.cursor() as cur:

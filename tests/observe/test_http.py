@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from prometheus_client import generate_latest
 
 from esindexer.observe.http import HealthServer
 from esindexer.observe.metrics import Metrics
@@ -197,6 +198,21 @@ def test_never_progressed_counts_idle_time_from_start(monkeypatch):
     monkeypatch.setattr(m, "seconds_since_start", lambda: 301.0)
     ready, reasons = health.readiness()
     assert not ready and reasons[0].startswith("stalled")
+
+
+def test_a_database_behind_the_index_is_not_ready_until_repaired():
+    m = caught_up_metrics()
+    health = HealthServer(m)
+    assert health.readiness() == (True, [])
+    m.set_database_behind(True)
+    ready, reasons = health.readiness()
+    assert not ready and reasons == [
+        "database behind the index: it went back in time (restored from a backup?) and searches show "
+        "states it no longer has until the repair ends (see the log)"]
+    assert b"esindexer_database_behind_index 1.0" in generate_latest(m.registry)
+    m.set_database_behind(False)
+    assert health.readiness() == (True, [])
+    assert b"esindexer_database_behind_index 0.0" in generate_latest(m.registry)
 
 
 def test_stale_source_poll_is_not_ready():

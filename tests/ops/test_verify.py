@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import orjson
+import psycopg2
 import transaction
 
 from esindexer.documents import DocumentBuilder
@@ -99,30 +100,36 @@ def test_verify_finds_repairs_and_reads_back_drift(zodb, db_dsn, es, es_url, es_
 
 
 def test_differences_left_after_a_repair_are_reported_and_fail(zodb, db_dsn, es, es_url, es_prefix):
-    """A document newer than the database (restored to an earlier point) is not repaired:
-    the text says so apart from what was repaired, and the exit code is 1."""
+    """A record that does not convert (and is not dead-lettered yet) cannot be repaired: the
+    text says so apart from what was repaired, and the exit code is 1. A document newer
+    than the database (restored to an earlier point) is repaired, on the revision read."""
     conn = zodb.open()
     pages = commit_pages(conn.root(), 3)
     settings = make_settings(db_dsn, es_url, es_prefix)
     catch_up(settings)
     builder = DocumentBuilder(settings)
     index = builder.indices[0]
-    ahead, lost = zoid_of(pages[0]), zoid_of(pages[1])
+    ahead, lost, broken = zoid_of(pages[0]), zoid_of(pages[1]), zoid_of(pages[2])
     newer = docs(es, settings.index_prefix)[ahead]["tid"] + 1000
     es.index(index=index, id=str(ahead), version=newer, version_type="external", refresh=True,
              document=orjson.loads(builder.index_action(newer, ahead, "tests.indexing.Page", "{}").source))
     es.delete(index=index, id=str(lost), refresh=True)
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:  # a record no converter reads
+        cur.execute("UPDATE object_state SET state = %s WHERE zoid = %s", (b"not a pickle", broken))
+    pg.close()
 
     done = run_esindexer("verify", "--repair", env={
         "ESINDEXER_PG_DSN": settings.pg_dsn, "ESINDEXER_ES_URL": settings.es_url[0],
         "ESINDEXER_INDEX_PREFIX": settings.index_prefix})
     assert done.returncode == 1, done.stderr
     lines = done.stdout.splitlines()
-    assert "repaired 1 (read back: now as the database says)" in lines, done.stdout
-    assert "still different 1:" in lines and f"  ahead    1  (zoids {ahead})" in lines, done.stdout
+    assert "repaired 2 (read back: now as the database says)" in lines, done.stdout
+    assert "still different 1:" in lines and f"  missing  1  (zoids {broken})" in lines, done.stdout
     assert "verify finished: 4 rows in" in done.stderr  # the progress summary: the root and 3 pages walked
     code, report = verify_cli(settings)
-    assert code == 1 and report["differences"]["ahead"] == 1 and report["differences"]["missing"] == 0
+    assert code == 1 and report["differences"]["ahead"] == 0 and report["differences"]["missing"] == 1
+    indexed = docs(es, settings.index_prefix)[ahead]
+    assert indexed["tid"] == int.from_bytes(pages[0]._p_serial, "big") and indexed["_version"] == newer + 1
     conn.close()
 
 
