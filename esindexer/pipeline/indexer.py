@@ -34,12 +34,14 @@ from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.budget import ErrorBudget
 from esindexer.pipeline.committer import BatchInFlight, Committer
 from esindexer.pipeline.crashguard import CrashGuard
+from esindexer.pipeline.lease import LeaseKeeper, Liveness
 from esindexer.pipeline.reader import BatchReader
 from esindexer.pipeline.refresher import Refresher
 from esindexer.pipeline.standby import LockKeeper
 from esindexer.pipeline.sweep import sweep
 from esindexer.sink import Sink
-from esindexer.source import deadletters, deletions, follow, notify, partitions, pg, progress
+from esindexer.source import deadletters, deletions, follow, lease, notify, partitions, pg, progress
+from esindexer.source.lease import LostLease
 from esindexer.source.tid import tid_to_datetime
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,7 @@ class Indexer:
         self._abandon = threading.Event()
         self.sink: Sink = sink if sink is not None else ElasticsearchSink(
             settings, stop=self._abandon,
-            on_retry=lambda reason, exc: self.metrics.record_retry(reason, describe_error(exc)),
-            on_request=self.metrics.record_bulk)
+            on_retry=self._on_sink_retry, on_request=self._on_sink_request)
         self.builder = DocumentBuilder(settings)
         self.jsonifier = build_jsonifier(settings)
         self.budget = ErrorBudget(settings.dead_letter_budget, settings.dead_letter_window, settings.worker_id)
@@ -66,6 +67,11 @@ class Indexer:
                                       cancel=self._abandon)
         self._updates: follow.Updates | None = None
         self.locks = LockKeeper(settings, self.metrics, self._stop)
+        self.liveness = Liveness()
+        #: ``(epoch, lock session's backend pid)`` of the lease this process holds (None: no
+        #: lease tables, and no privilege to create them)
+        self._lease: tuple[int, int] | None = None
+        self._lease_lost: str | None = None  # why the last pipeline's lease keeper gave the lease up
         self._claimed: Any = None  # the writer connection, when claim() took the lock ahead of run()
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
         self.exit_code = ExitCode.OK
@@ -73,6 +79,14 @@ class Indexer:
         #: before that leaves it False, so the command can exit non-zero (a re-index script
         #: must tell "done" from "interrupted").
         self.caught_up = False
+
+    def _on_sink_retry(self, reason: str, exc: BaseException) -> None:
+        self.liveness.beat()
+        self.metrics.record_retry(reason, describe_error(exc))
+
+    def _on_sink_request(self, outcome: str, seconds: float) -> None:
+        self.liveness.beat()
+        self.metrics.record_bulk(outcome, seconds)
 
     # -- control -------------------------------------------------------------------------
 
@@ -91,6 +105,15 @@ class Indexer:
             try:
                 updates.stop()
             except Exception:  # pragma: no cover - best effort from a signal handler
+                pass
+
+    def _wake_reader(self) -> None:
+        """The lease is lost: end the follow iteration now (it may be waiting for a commit)."""
+        updates = self._updates
+        if updates is not None:
+            try:
+                updates.stop()
+            except Exception:  # pragma: no cover - best effort from the lease thread
                 pass
 
     @property
@@ -134,7 +157,7 @@ class Indexer:
         """The committer's connection: holds the per-client advisory lock for its lifetime."""
         conn = pg.connect(self.settings, "writer")
         try:
-            self.locks.acquire(conn)
+            self._lease = self.locks.take(conn)
             with pg.schema_lock(conn):
                 deadletters.ensure_table(conn)
                 self.crash_guard.ensure_table(conn)
@@ -212,9 +235,11 @@ class Indexer:
                     first = False
                     if done:
                         break
-                except pg.CONNECTION_ERRORS as exc:
+                except (*pg.CONNECTION_ERRORS, LostLease) as exc:
                     if self.stopping:
                         break
+                    if self._lost_lease(exc):
+                        continue  # to the lock: standing by, or taking it again if nobody else did
                     self.metrics.record_retry("pg_connection", describe_error(exc))
                     log.warning("PostgreSQL connection lost (%s); resuming from saved progress",
                                 str(exc).strip()[:300])
@@ -238,6 +263,13 @@ class Indexer:
         log.info("esindexer stopped")
         return self.exit_code
 
+    def _lost_lease(self, exc: BaseException) -> bool:
+        """Whether ``exc`` ended the pipeline because this process lost the client's lease
+        (:meth:`LockKeeper.lost`, which says so)."""
+        held, self._lease = self._lease, None
+        reason, self._lease_lost = self._lease_lost, None
+        return held is not None and self.locks.lost(held[0], LostLease(reason) if reason else exc)
+
     def _run_pipeline(self, until_caught_up: bool, first: bool) -> bool:
         """One life of the pipeline, from the saved progress. True when finished for good."""
         s = self.settings
@@ -247,7 +279,19 @@ class Indexer:
         committer: Committer | None = None
         reader: BatchReader | None = None
         refresher: Refresher | None = None
+        keeper: LeaseKeeper | None = None
+        fence: Callable[[Any], None] | None = None
         try:
+            if self._lease is not None:
+                epoch = self._lease[0]
+                keeper = LeaseKeeper(s, epoch, self._lease[1], self.liveness,
+                                     connect=lambda: pg.connect(s, "lease"), on_lost=self._wake_reader)
+                keeper.start()
+
+                def fence(conn: Any) -> None:  # before any progress or cursor write
+                    assert keeper is not None
+                    keeper.check()
+                    lease.check(conn, s.worker_id, epoch)
             missing: tuple[str, ...] = ()
             if first:  # only once the lock is ours: a refused second instance changes nothing
                 missing = self._retry_forever("looking for the indices", self.sink.missing_indices)
@@ -272,7 +316,7 @@ class Indexer:
                 refresher.start()
             committer = Committer(conn, settings=s, sink=self.sink, builder=self.builder, metrics=self.metrics,
                                   budget=self.budget, abandon=self._abandon, progress_tid=start_tid,
-                                  refresher=refresher)
+                                  refresher=refresher, fence=fence, liveness=self.liveness)
             end_tid = None
             if until_caught_up:
                 end_tid = follow.latest_tid(conn)
@@ -284,8 +328,11 @@ class Indexer:
             log.info("following from tid %d%s", start_tid,
                      f" to {end_tid}" if end_tid is not None else "", extra={"tid": start_tid})
             committer.start()
+            if keeper is not None:
+                keeper.watch()
             reader = BatchReader(s, self.jsonifier, self.builder, self.sink, self.metrics,
-                                 abandon=self._abandon, stopping=lambda: self.stopping, guard=self.crash_guard)
+                                 abandon=self._abandon, stopping=lambda: self.stopping, guard=self.crash_guard,
+                                 liveness=self.liveness, fence=keeper.check if keeper is not None else None)
             put_tid = start_tid  # the last tid handed to the committer
 
             def on_idle() -> None:
@@ -313,6 +360,8 @@ class Indexer:
                     committer.put(batch)
                     put_tid = batch.last_tid
                 committer.raise_failure()
+            if keeper is not None:  # the lease keeper ends the iteration when the lease is lost
+                keeper.check()
             finished = not self.stopping
             if finished and end_tid is not None and end_tid > put_tid:
                 committer.put(BatchInFlight(last_tid=end_tid))  # a partition read all its rows up to end_tid
@@ -328,6 +377,9 @@ class Indexer:
             return finished or self.stopping
         finally:
             self._updates = None
+            if keeper is not None:
+                keeper.close()
+                self._lease_lost = keeper.lost
             if committer is not None:
                 committer.close()
             if reader is not None:
