@@ -21,7 +21,7 @@ import psycopg2
 from esindexer.source.lease import TABLE as LEASE_TABLE
 from esindexer.source.progress import get_progress_tid
 from tests.pipeline.processes import LiveWriter, Service, converge, service_env
-from tests.support import wait_for
+from tests.support import run_esindexer, wait_for
 
 LEASE = 4.0  # seconds: renewed every second
 
@@ -76,9 +76,15 @@ class ProgressWatch:
 
 
 def test_a_stopped_active_is_replaced_and_after_sigcont_stands_by_without_writing(
-        zodb, db_dsn, es_url, es, es_prefix, tmp_path):
+        zodb, db_dsn, es_url, es, es_prefix, tmp_path, indexer_role):
+    """Both processes run as the least-privileged role of ``esindexer setup --grant-to`` (not
+    a superuser): ending the stopped one's session needs nothing more than the same role."""
     writer = LiveWriter(zodb, rate=20).start()
-    env = service_env(db_dsn, es_url, es_prefix, lease_seconds=str(LEASE))
+    role, role_dsn = indexer_role
+    granted = run_esindexer("setup", "--grant-to", role, env=dict(ESINDEXER_PG_DSN=db_dsn))
+    assert granted.returncode == 0, granted.stdout + granted.stderr
+    assert f'GRANT SELECT, INSERT, UPDATE ON "esindexer_lease" TO "{role}"' in granted.stdout
+    env = service_env(role_dsn, es_url, es_prefix, lease_seconds=str(LEASE))
     active = Service(env, tmp_path / "active.log")
     standby = None
     watch = None
@@ -99,7 +105,7 @@ def test_a_stopped_active_is_replaced_and_after_sigcont_stands_by_without_writin
         assert _epoch(db_dsn) == epoch + 1
         said = standby.log()
         assert "has not renewed its lease for" in said and "ending its PostgreSQL session" in said, said[-3000:]
-        assert "taking over client id 'esindexer'" in said
+        assert "taking over client id 'esindexer'" in said and "cannot end the session" not in said
 
         time.sleep(3)  # the new active indexes while the old one is still stopped
         moved_on = get_progress_tid(db_dsn, "esindexer")
@@ -119,6 +125,7 @@ def test_a_stopped_active_is_replaced_and_after_sigcont_stands_by_without_writin
         assert get_progress_tid(db_dsn, "esindexer") >= moved_on
         assert _epoch(db_dsn) == epoch + 1  # the old one did not take the lease back
         assert "Traceback" not in active.log()
+        assert "permission denied" not in active.log() + standby.log()
         print(f"takeover from a SIGSTOPped active (lease {LEASE:g}s): {took:.2f}s; {writer.commits} commits, "
               f"{report.objects} objects")
     finally:
@@ -142,6 +149,9 @@ def test_an_active_stuck_in_a_query_gives_its_lock_up_to_the_standby(zodb, db_ds
         with blocker.cursor() as cur:  # the next progress save waits for this row lock
             cur.execute("SELECT tid FROM esindexer_progress WHERE client_id = 'esindexer' FOR UPDATE")
         blocked = time.monotonic()
+        time.sleep(LEASE / 2)
+        # Its pipeline is stuck; its endpoints are served from their own thread and answer.
+        assert active.get("/metrics") is not None and active.get("/readyz") is not None
         wait_for(lambda: "made no progress for" in active.log(), timeout=30, interval=0.2)
         assert "ending this process's lock session" in active.log()
         wait_for(lambda: "taking over client id 'esindexer'" in standby.log(), timeout=15, interval=0.1)
