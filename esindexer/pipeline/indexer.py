@@ -349,7 +349,8 @@ class Indexer:
                 poll_interval=s.poll_interval, on_idle=on_idle, partition=s.partition_spec,
             )
             committer.watch(updates)
-            if self.stopping:
+            # A stop, or the lease lost, that came before there was an iteration to stop.
+            if self.stopping or (keeper is not None and keeper.lost is not None):
                 updates.stop()
             for rows in updates:
                 batch = reader.read(rows, committer.raise_failure)

@@ -6,7 +6,8 @@ so a standby polling the lock waits for ever (issue 21). The lease
 (:mod:`esindexer.source.lease`) adds time to it:
 
 - :class:`LeaseKeeper`, a thread of the active process with a connection of its own,
-  renews the lease every quarter of ``lease_seconds``. A stopped or frozen process
+  renews the lease every :func:`tick` (a quarter of ``lease_seconds``, at most 2 s) and
+  judges the pipeline at the same pace. A stopped or frozen process
   renews nothing; a standby then finds the lease older than ``lease_seconds`` and ends
   the holder's session (:mod:`esindexer.pipeline.standby`).
 - A process that runs but whose pipeline is stuck would keep renewing, so the keeper
@@ -36,6 +37,16 @@ from esindexer.source import lease, pg
 from esindexer.source.lease import LostLease
 
 log = logging.getLogger(__name__)
+
+
+#: The longest time between two renewals (and two looks at the pipeline): each look may come
+#: this late, so a hang is acted on within ``lease_seconds`` + 2 ticks (25 s by default).
+MAX_TICK = 2.0
+
+
+def tick(lease_seconds: float) -> float:
+    """Seconds between renewals: a quarter of the lease, at most :data:`MAX_TICK`."""
+    return min(lease_seconds / 4, MAX_TICK)
 
 
 class Liveness:
@@ -81,7 +92,7 @@ class LeaseKeeper:
         self.liveness = liveness
         self._connect = connect
         self._on_lost = on_lost  # wakes the reader, so the loss is handled now
-        self.interval = settings.lease_seconds / 4
+        self.interval = tick(settings.lease_seconds)
         #: Monotonic time at which the last successful renewal *started* (conservative:
         #: the server's renewed_at is later, so a standby's view of expiry is later too).
         self.renewed = time.monotonic()
@@ -165,10 +176,10 @@ class LeaseKeeper:
             limit += s.es_request_timeout + s.retry_max_seconds
         if quiet <= limit:
             return
-        log.error("the pipeline made no progress for %.0fs while transactions wait to be indexed: ending this "
-                  "process's lock session (PostgreSQL pid %d) so that a standby, or a new pipeline of this "
+        log.error("the pipeline has done nothing for %.0fs (no record read, no request answered, no batch "
+                  "settled) while transactions wait to be indexed: ending this process's lock session (PostgreSQL pid %d) so that a standby, or a new pipeline of this "
                   "process, takes over from the saved progress", quiet, self.writer_pid,
                   extra={"client_id": s.worker_id, "quiet_seconds": round(quiet, 1), "backend_pid": self.writer_pid})
-        self._lose(f"the pipeline made no progress for {quiet:.0f}s with work pending")
+        self._lose(f"the pipeline did nothing for {quiet:.0f}s while transactions waited")
         lease.terminate(conn, self.writer_pid)
         conn.commit()

@@ -152,7 +152,7 @@ def test_an_active_stuck_in_a_query_gives_its_lock_up_to_the_standby(zodb, db_ds
         time.sleep(LEASE / 2)
         # Its pipeline is stuck; its endpoints are served from their own thread and answer.
         assert active.get("/metrics") is not None and active.get("/readyz") is not None
-        wait_for(lambda: "made no progress for" in active.log(), timeout=30, interval=0.2)
+        wait_for(lambda: "has done nothing for" in active.log(), timeout=30, interval=0.2)
         assert "ending this process's lock session" in active.log()
         wait_for(lambda: "taking over client id 'esindexer'" in standby.log(), timeout=15, interval=0.1)
         took = time.monotonic() - blocked
