@@ -32,8 +32,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg2
+
 from esindexer.config import Settings
-from esindexer.source import lease, pg
+from esindexer.source import lease
 from esindexer.source.lease import LostLease
 
 log = logging.getLogger(__name__)
@@ -136,9 +138,10 @@ class LeaseKeeper:
             while not self._stop.wait(self.interval) and self.lost is None:
                 try:
                     self._tick()
-                except pg.CONNECTION_ERRORS as exc:
-                    log.warning("could not renew the lease (%s); retrying in %.0fs", str(exc).strip()[:200],
-                                self.interval)
+                except psycopg2.Error as exc:  # unreachable, or a statement refused: a fresh connection next time
+                    log.warning("could not renew the lease (%s); trying again in %.1fs (this process stops "
+                                "writing once its lease is %gs old)", " ".join(str(exc).split())[:200],
+                                self.interval, self.settings.lease_seconds)
                     self._close_conn()
         finally:
             self._close_conn()
