@@ -164,8 +164,8 @@ class LockKeeper:
                 return False  # PostgreSQL is away: the usual reconnect says so
             if now is None or now[0] == epoch:
                 return False  # still ours: a plain connection loss
-            reason = (f"another esindexer ({now[1]}) took over at lease epoch {now[0]} (this process had "
-                      f"{epoch}) and ended this process's PostgreSQL session")
+            reason = (f"its PostgreSQL session ended ({reason[:200]}) and another esindexer ({now[1]}) holds the "
+                      f"lease now, epoch {now[0]} (this process had {epoch})")
         log.warning("lost the lock of client id %r: %s; this process writes nothing more and stands by (or takes "
                     "the lock again if no other process holds it)", worker, reason[:400],
                     extra={"client_id": worker, "epoch": epoch})
