@@ -71,7 +71,7 @@ class Indexer:
         #: ``(epoch, lock session's backend pid)`` of the lease this process holds (None: no
         #: lease tables, and no privilege to create them)
         self._lease: tuple[int, int] | None = None
-        self._lease_lost: str | None = None  # why the last pipeline's lease keeper gave the lease up
+        self._lease_lost: LostLease | None = None  # why the last pipeline's lease keeper gave the lease up
         self._claimed: Any = None  # the writer connection, when claim() took the lock ahead of run()
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
         self.exit_code = ExitCode.OK
@@ -267,8 +267,8 @@ class Indexer:
         """Whether ``exc`` ended the pipeline because this process lost the client's lease
         (:meth:`LockKeeper.lost`, which says so)."""
         held, self._lease = self._lease, None
-        reason, self._lease_lost = self._lease_lost, None
-        return held is not None and self.locks.lost(held[0], LostLease(reason) if reason else exc)
+        lost, self._lease_lost = self._lease_lost, None
+        return held is not None and self.locks.lost(held[0], lost or exc)
 
     def _run_pipeline(self, until_caught_up: bool, first: bool) -> bool:
         """One life of the pipeline, from the saved progress. True when finished for good."""

@@ -98,7 +98,8 @@ class LeaseKeeper:
         #: Monotonic time at which the last successful renewal *started* (conservative:
         #: the server's renewed_at is later, so a standby's view of expiry is later too).
         self.renewed = time.monotonic()
-        self.lost: str | None = None
+        #: why this process may not write any more (raised by :meth:`check` from then on)
+        self.lost: LostLease | None = None
         self._pending_since: float | None = None
         #: the watchdog judges the pipeline only once it runs (set by :meth:`watch`): the
         #: set-up before it (indices, triggers, a start-up sweep of every document) has no
@@ -123,14 +124,14 @@ class LeaseKeeper:
     def check(self) -> None:
         """Raise :class:`LostLease` when this process must not write any more."""
         if self.lost is not None:
-            raise LostLease(self.lost)
+            raise self.lost
         age = time.monotonic() - self.renewed
         if age > self.settings.lease_seconds:
-            raise LostLease(f"the lease was last renewed {age:.0f}s ago (limit {self.settings.lease_seconds:g}s): "
-                            "a standby may have taken over")
+            raise LostLease(f"its lease was last renewed {age:.0f}s ago (limit {self.settings.lease_seconds:g}s), "
+                            "so a standby may have taken over", taken=False)
 
-    def _lose(self, reason: str) -> None:
-        self.lost = reason
+    def _lose(self, lost: LostLease) -> None:
+        self.lost = lost
         self._on_lost()
 
     def _run(self) -> None:
@@ -160,8 +161,8 @@ class LeaseKeeper:
         started = time.monotonic()
         if not lease.renew(conn, s.worker_id, self.epoch):
             conn.rollback()
-            self._lose(f"another esindexer took over client id {s.worker_id!r} (its lease moved past epoch "
-                       f"{self.epoch})")
+            self._lose(LostLease(f"another esindexer took over client id {s.worker_id!r} (its lease moved past "
+                                 f"epoch {self.epoch})"))
             return
         conn.commit()
         self.renewed = started
@@ -183,6 +184,6 @@ class LeaseKeeper:
                   "settled) while transactions wait to be indexed: ending this process's lock session (PostgreSQL pid %d) so that a standby, or a new pipeline of this "
                   "process, takes over from the saved progress", quiet, self.writer_pid,
                   extra={"client_id": s.worker_id, "quiet_seconds": round(quiet, 1), "backend_pid": self.writer_pid})
-        self._lose(f"the pipeline did nothing for {quiet:.0f}s while transactions waited")
+        self._lose(LostLease(f"its pipeline did nothing for {quiet:.0f}s while transactions waited", taken=False))
         lease.terminate(conn, self.writer_pid)
         conn.commit()

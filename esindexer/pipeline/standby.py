@@ -153,7 +153,9 @@ class LockKeeper:
         lock is ours again."""
         worker = self.settings.worker_id
         reason = " ".join(str(exc).split())
-        if not isinstance(exc, lease.LostLease):
+        given_up = isinstance(exc, lease.LostLease)
+        taken = isinstance(exc, lease.LostLease) and exc.taken
+        if not taken:  # has another process claimed the lease? (a woken process may first meet its own fence)
             try:
                 conn = pg.connect(self.settings, "lease check")
                 try:
@@ -161,14 +163,20 @@ class LockKeeper:
                 finally:
                     conn.close()
             except pg.CONNECTION_ERRORS:
-                return False  # PostgreSQL is away: the usual reconnect says so
-            if now is None or now[0] == epoch:
+                now = None  # PostgreSQL is away: the usual reconnect says so, or the reason given stands
+            if now is not None and now[0] != epoch:
+                taken = True
+                reason = (f"{reason[:200]}; another esindexer ({now[1]}) holds the lease now, epoch {now[0]} (this "
+                          f"process had {epoch})")
+            elif not given_up:
                 return False  # still ours: a plain connection loss
-            reason = (f"its PostgreSQL session ended ({reason[:200]}) and another esindexer ({now[1]}) holds the "
-                      f"lease now, epoch {now[0]} (this process had {epoch})")
-        log.warning("lost the lock of client id %r: %s; this process writes nothing more and stands by (or takes "
-                    "the lock again if no other process holds it)", worker, reason[:400],
-                    extra={"client_id": worker, "epoch": epoch})
+        if taken:
+            log.warning("lost the lock of client id %r: %s; this process writes nothing more and stands by",
+                        worker, reason[:400], extra={"client_id": worker, "epoch": epoch})
+        else:
+            log.warning("giving up the lock of client id %r: %s; this process writes nothing more, frees the lock "
+                        "and stands by (it takes the lock again if no other process does)", worker, reason[:400],
+                        extra={"client_id": worker, "epoch": epoch})
         if self._since is None:
             self._since = time.monotonic()
             self.metrics.set_standby(True)

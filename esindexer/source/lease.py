@@ -66,8 +66,13 @@ CREATE TABLE IF NOT EXISTS {STANDBY_TABLE} (
 
 
 class LostLease(RuntimeError):
-    """This process no longer holds the client's lease: another one took over, or it may
-    have (the lease was not renewed in time). It must not write anything more."""
+    """This process no longer holds the client's lease: another one took over (``taken``),
+    or it gives the lease up (not renewed in time, or its pipeline hangs). It must not
+    write anything more."""
+
+    def __init__(self, message: str, taken: bool = True) -> None:
+        super().__init__(message)
+        self.taken = taken
 
 
 @dataclass(frozen=True)

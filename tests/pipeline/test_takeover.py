@@ -154,6 +154,9 @@ def test_an_active_stuck_in_a_query_gives_its_lock_up_to_the_standby(zodb, db_ds
         assert active.get("/metrics") is not None and active.get("/readyz") is not None
         wait_for(lambda: "has done nothing for" in active.log(), timeout=30, interval=0.2)
         assert "ending this process's lock session" in active.log()
+        # "giving up the lock of ...", or "lost the lock of ..." once the standby has claimed the lease
+        wait_for(lambda: "the lock of client id 'esindexer': its pipeline did nothing for" in active.log(),
+                 timeout=15, interval=0.2)
         wait_for(lambda: "taking over client id 'esindexer'" in standby.log(), timeout=15, interval=0.1)
         took = time.monotonic() - blocked
         blocker.rollback()  # the query ends; the new active saves progress
