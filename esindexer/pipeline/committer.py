@@ -252,14 +252,19 @@ class Committer:
             actions: list[Action] = []
             for _xid, _id, zoid, tid in mine:
                 actions.extend(self.builder.delete_actions(tid, zoid, version=tid + 1))
-            if self._fence is not None:  # before the deletes go, as before any bulk request
+            # Checked before the deletes go, as before any bulk request, and again in the cursor's
+            # transaction; no transaction (nor the xid of its row lock) stays open while they go.
+            if self._fence is not None:
                 self._fence(self.conn)
+                self.conn.rollback()
             if actions:
                 with self._liveness.sending():
                     result = self.sink.send(actions)
                 for rejected in result.rejected:  # a delete is only refused when the index is broken
                     log.error("delete of packed zoid %d refused: %s", rejected.action.zoid, rejected.reason)
             last_xid, last_id = ready[-1][0], ready[-1][1]
+            if self._fence is not None:
+                self._fence(self.conn)
             deletions.advance(self.conn, client_id, last_xid, last_id)
             self.conn.commit()
             self._liveness.beat()
