@@ -39,6 +39,7 @@ class Settings:
     pg_dsn: str
     client_id: str
     standby: bool
+    lease_seconds: float
     partition: str | None
     batch_limit: int
     fetch_size: int
@@ -156,6 +157,7 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
 
     for name in ("batch_limit", "fetch_size", "bulk_max_docs", "bulk_concurrency", "index_shards"):
         positive(name)
+    positive("lease_seconds", 2)
     for name in ("poll_timeout", "poll_interval", "retry_max_seconds", "dead_letter_window", "stall_seconds",
                  "lag_poll_interval", "es_request_timeout"):
         positive(name, 0.1)

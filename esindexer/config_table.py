@@ -141,8 +141,16 @@ SETTINGS: tuple[Setting, ...] = (
             group="source"),
     Setting("standby", _parse_bool, True,
             "When another esindexer holds this client id's lock: true = wait as a hot standby (/readyz "
-            "503 'standby') and take over within seconds when it stops or loses PostgreSQL; false = "
+            "503 'standby') and take over within seconds when it stops or loses PostgreSQL, or within "
+            "ESINDEXER_LEASE_SECONDS + 5 s when it hangs; false = "
             "exit with code 4.", group="source"),
+    Setting("lease_seconds", _parse_float, 20.0,
+            "The active process renews a lease in PostgreSQL every quarter of this (at most every 2 s); a "
+            "standby ends the "
+            "PostgreSQL session of an active process whose lease is older than this while transactions "
+            "wait to be indexed (stopped, frozen or stuck: it keeps its lock otherwise), and takes over. "
+            "An active process whose pipeline does nothing for this long (no record read, request answered "
+            "or batch settled) while transactions wait ends its own lock session the same way. Same value on every process of a client id.", group="source"),
     Setting("partition", _parse_partition, None,
             "i/N (0-based): index only the objects with zoid mod N = i, with progress, lock, deletion "
             "cursor and dead letters kept under <client_id>.partition-<i>-of-<N>; N such processes "

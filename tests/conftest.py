@@ -19,6 +19,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
@@ -221,3 +222,20 @@ def pytest_report_header(config) -> list[str]:
         except Exception as exc:
             lines.append(f"Elasticsearch server: unreachable ({exc.__class__.__name__})")
     return lines
+
+
+@pytest.fixture
+def indexer_role(db_dsn):
+    """A login role with no rights at all (not a superuser); dropped, with what was granted
+    to it, afterwards. ``(name, its DSN)``; ``esindexer setup --grant-to`` gives it rights."""
+    name = f"esit_indexer_{uuid.uuid4().hex[:8]}"
+    with psycopg2.connect(db_dsn) as admin, admin.cursor() as cur:
+        cur.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'indexer-secret'")
+    admin.close()
+    parts = urlsplit(db_dsn)
+    yield name, urlunsplit(parts._replace(netloc=f"{name}:indexer-secret@{parts.hostname}:{parts.port}"))
+    with psycopg2.connect(db_dsn) as admin, admin.cursor() as cur:
+        cur.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'")
+        cur.execute(f"DROP OWNED BY {name}")
+        cur.execute(f"DROP ROLE {name}")
+    admin.close()

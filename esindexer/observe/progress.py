@@ -97,7 +97,7 @@ def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: b
     whatever it has to do. The estimate is best effort: without PostgreSQL at this moment
     there is no report (the service's own retries say why).
     """
-    from esindexer.source import backlog, follow, pg, progress
+    from esindexer.source import backlog, follow, partitions, pg
 
     if settings.progress_interval <= 0:
         return None
@@ -106,7 +106,10 @@ def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: b
     except pg.CONNECTION_ERRORS:
         return None
     try:
-        start, end = progress.get_progress_tid(conn, settings.client_id), follow.latest_tid(conn)
+        # Where the pipeline will start: this worker's progress, or, for a worker id without
+        # any (scaling out to partitions or back to one process), the seed it will get.
+        start = partitions.start_tid(conn, settings.client_id, settings.worker_id)
+        end = follow.latest_tid(conn)
         ahead = backlog.rows_after(conn, start, end)
     except Exception:  # no RelStorage tables yet, say: the service waits for them and says so
         log.debug("no progress estimate", exc_info=True)

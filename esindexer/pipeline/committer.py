@@ -28,6 +28,7 @@ from esindexer.documents import Action, DocumentBuilder
 from esindexer.errors import Abandoned
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.budget import ErrorBudget
+from esindexer.pipeline.lease import Liveness
 from esindexer.pipeline.memory import LARGE_RECORD_BYTES, give_back
 from esindexer.pipeline.refresher import Refresher
 from esindexer.sink import SendResult, Sink
@@ -103,7 +104,8 @@ class Committer:
 
     def __init__(self, conn: Any, *, settings: Settings, sink: Sink, builder: DocumentBuilder,
                  metrics: Metrics, budget: ErrorBudget, abandon: threading.Event, progress_tid: int,
-                 refresher: Refresher | None = None):
+                 refresher: Refresher | None = None, fence: Callable[[Any], None] | None = None,
+                 liveness: Liveness | None = None):
         self.conn = conn
         self.settings = settings
         self.sink = sink
@@ -112,6 +114,10 @@ class Committer:
         self.budget = budget
         self._abandon = abandon
         self.refresher = refresher
+        #: raises (esindexer.source.lease.LostLease) when this process may no longer write
+        #: progress; run inside the transaction that writes it (esindexer.pipeline.lease)
+        self._fence = fence
+        self._liveness = liveness or Liveness()  # signs of life for the lease's watchdog
         self._queue: queue.Queue[BatchInFlight | Drain | None] = queue.Queue(maxsize=4)
         #: the last tid whose batch is settled.
         self.progress_tid = progress_tid
@@ -212,9 +218,12 @@ class Committer:
                 log.warning("Elasticsearch rejected %s of zoid %d: %s", action.op, action.zoid, rejected.reason,
                             extra={"zoid": action.zoid, "tid": action.tid, "index": action.index})
         client_id = self.settings.worker_id
+        if self._fence is not None:
+            self._fence(self.conn)
         deadletters.add(self.conn, client_id, dead)
         progress.set_progress_tid(self.conn, client_id, batch.last_tid)
         self.conn.commit()
+        self._liveness.beat()
         self.progress_tid = batch.last_tid
         if self.refresher is not None and batch.live and touched:
             self.refresher.touched(touched)
@@ -250,13 +259,22 @@ class Committer:
             actions: list[Action] = []
             for _xid, _id, zoid, tid in mine:
                 actions.extend(self.builder.delete_actions(tid, zoid, version=tid + 1))
+            # Checked before the deletes go, as before any bulk request, and again in the cursor's
+            # transaction; no transaction (nor the xid of its row lock) stays open while they go.
+            if self._fence is not None:
+                self._fence(self.conn)
+                self.conn.rollback()
             if actions:
-                result = self.sink.send(actions)
+                with self._liveness.sending():
+                    result = self.sink.send(actions)
                 for rejected in result.rejected:  # a delete is only refused when the index is broken
                     log.error("delete of packed zoid %d refused: %s", rejected.action.zoid, rejected.reason)
             last_xid, last_id = ready[-1][0], ready[-1][1]
+            if self._fence is not None:
+                self._fence(self.conn)
             deletions.advance(self.conn, client_id, last_xid, last_id)
             self.conn.commit()
+            self._liveness.beat()
             deletions.prune(self.conn)
             if mine:
                 self.metrics.record_documents("delete", "ok", len(mine))

@@ -128,8 +128,9 @@ class CrashGuard:
         head = follow.latest_tid(conn)
         guard_until = verdict.resume_until
         if verdict.died:
-            log.warning("the previous run ended without a clean exit (a native crash, an OOM kill or "
-                        "SIGKILL) at saved progress tid %d: %d time(s) in a row at this position",
+            log.warning("the previous run ended without a clean exit (a native crash, an OOM kill, SIGKILL, "
+                        "or a standby's takeover from a stopped or hung process) at saved progress tid %d: %d "
+                        "time(s) in a row at this position",
                         progress, verdict.unclean_exits,
                         extra={"tid": progress, "unclean_exits": verdict.unclean_exits})
         if verdict.died and verdict.guarded_before:

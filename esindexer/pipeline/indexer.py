@@ -34,15 +34,16 @@ from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.budget import ErrorBudget
 from esindexer.pipeline.committer import BatchInFlight, Committer
 from esindexer.pipeline.crashguard import CrashGuard
-from esindexer.pipeline.fieldwatch import FieldWatch
+from esindexer.pipeline.lease import LeaseKeeper, Liveness
 from esindexer.pipeline.reader import BatchReader
-from esindexer.pipeline.refresher import Refresher
 from esindexer.pipeline.rewind import Resync, check
+from esindexer.pipeline.sidecars import Sidecars
 from esindexer.pipeline.standby import LockKeeper
+from esindexer.pipeline.startup import prepare_source, warn_vanished
 from esindexer.pipeline.sweep import sweep
 from esindexer.sink import Sink
-from esindexer.source import deadletters, deletions, follow, notify, partitions, pg, progress
-from esindexer.source.tid import tid_to_datetime
+from esindexer.source import deadletters, follow, lease, pg, progress
+from esindexer.source.lease import LostLease
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,7 @@ class Indexer:
         self._abandon = threading.Event()
         self.sink: Sink = sink if sink is not None else ElasticsearchSink(
             settings, stop=self._abandon,
-            on_retry=lambda reason, exc: self.metrics.record_retry(reason, describe_error(exc)),
-            on_request=self.metrics.record_bulk)
+            on_retry=self._on_sink_retry, on_request=self._on_sink_request)
         self.builder = DocumentBuilder(settings)
         self.jsonifier = build_jsonifier(settings)
         self.budget = ErrorBudget(settings.dead_letter_budget, settings.dead_letter_window, settings.worker_id)
@@ -76,6 +76,11 @@ class Indexer:
                                       cancel=self._abandon)
         self._updates: follow.Updates | None = None
         self.locks = LockKeeper(settings, self.metrics, self._stop)
+        self.liveness = Liveness()
+        #: ``(epoch, lock session's backend pid)`` of the lease this process holds (None: no
+        #: lease tables, and no privilege to create them)
+        self._lease: tuple[int, int] | None = None
+        self._lease_lost: LostLease | None = None  # why the last pipeline's lease keeper gave the lease up
         self._claimed: Any = None  # the writer connection, when claim() took the lock ahead of run()
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
         # With partitions, one process of the set walks (partition 0); the others watch the mark.
@@ -89,6 +94,14 @@ class Indexer:
         #: before that leaves it False, so the command can exit non-zero (a re-index script
         #: must tell "done" from "interrupted").
         self.caught_up = False
+
+    def _on_sink_retry(self, reason: str, exc: BaseException) -> None:
+        self.liveness.beat()
+        self.metrics.record_retry(reason, describe_error(exc))
+
+    def _on_sink_request(self, outcome: str, seconds: float) -> None:
+        self.liveness.beat()
+        self.metrics.record_bulk(outcome, seconds)
 
     # -- control -------------------------------------------------------------------------
 
@@ -108,6 +121,15 @@ class Indexer:
             try:
                 updates.stop()
             except Exception:  # pragma: no cover - best effort from a signal handler
+                pass
+
+    def _wake_reader(self) -> None:
+        """The lease is lost: end the follow iteration now (it may be waiting for a commit)."""
+        updates = self._updates
+        if updates is not None:
+            try:
+                updates.stop()
+            except Exception:  # pragma: no cover - best effort from the lease thread
                 pass
 
     @property
@@ -151,7 +173,7 @@ class Indexer:
         """The committer's connection: holds the per-client advisory lock for its lifetime."""
         conn = pg.connect(self.settings, "writer")
         try:
-            self.locks.acquire(conn)
+            self._lease = self.locks.take(conn)
             with pg.schema_lock(conn):
                 deadletters.ensure_table(conn)
                 self.crash_guard.ensure_table(conn)
@@ -171,20 +193,6 @@ class Indexer:
         raises :class:`Abandoned` if stopped meanwhile."""
         if self._claimed is None:
             self._claimed = self._retry_forever("connecting to PostgreSQL", self._open_writer)
-
-    def _warn_vanished(self, start_tid: int) -> None:
-        """None of the routed indices existed, yet progress says they were filled: they were
-        deleted (or this is another cluster). Following on from the saved progress would
-        index only what changes from now on, so say so, loudly, with the way back."""
-        self.metrics.set_indices_vanished(True)
-        log.error(
-            "none of the indices %s existed at start, although client id %r has indexed up to %s: "
-            "the documents written before were lost (indices deleted, or another Elasticsearch). Only "
-            "changes from now on will be indexed. Rebuild the rest with `esindexer verify --repair` "
-            "(writes every missing document) or build a new generation with `esindexer reindex`",
-            ", ".join(self.sink.indices), self.settings.worker_id,
-            tid_to_datetime(start_tid).isoformat(timespec="seconds"),
-            extra={"indices": list(self.sink.indices), "progress_tid": start_tid})
 
     def _check_rewind(self, conn: Any, first: bool) -> bool:
         """Find out whether the database went back in time behind the index (at every start
@@ -208,29 +216,6 @@ class Indexer:
         self.resync.start()
         return bool(new)
 
-    def _prepare_source(self, conn: Any) -> bool:
-        """Install triggers if allowed. Returns True when a sweep is due.
-
-        A sweep is due when the deletion trigger was missing at start: packs may have
-        run unseen before now (or, without the right to install it, at any time).
-        """
-        with pg.schema_lock(conn):  # processes starting at once must not race on CREATE
-            had_trigger = deletions.capture_installed(conn)
-            conn.rollback()
-            if self.settings.install_triggers:
-                notify.install_trigger(conn)
-                conn.commit()
-                deletions.install(conn)
-            else:
-                deletions.ensure_tables(conn)
-        # A worker id without progress starts where the clients that covered its objects got to
-        # (scaling out to partitions, or back to one process): esindexer.source.partitions.
-        partitions.seed(conn, self.settings.client_id, self.settings.worker_id)
-        deletions.start_cursor_at_end(conn, self.settings.worker_id)
-        conn.commit()
-        mode = self.settings.sweep_on_start
-        return mode == "always" or (mode == "auto" and not had_trigger)
-
     # -- main loop -----------------------------------------------------------------------
 
     def run(self, until_caught_up: bool = False) -> ExitCode:
@@ -252,9 +237,11 @@ class Indexer:
                     first = False
                     if done:
                         break
-                except pg.CONNECTION_ERRORS as exc:
+                except (*pg.CONNECTION_ERRORS, LostLease) as exc:
                     if self.stopping:
                         break
+                    if self._lost_lease(exc):
+                        continue  # to the lock: standing by, or taking it again if nobody else did
                     self.metrics.record_retry("pg_connection", describe_error(exc))
                     log.warning("PostgreSQL connection lost (%s); resuming from saved progress",
                                 str(exc).strip()[:300])
@@ -278,6 +265,13 @@ class Indexer:
         log.info("esindexer stopped")
         return self.exit_code
 
+    def _lost_lease(self, exc: BaseException) -> bool:
+        """Whether ``exc`` ended the pipeline because this process lost the client's lease
+        (:meth:`LockKeeper.lost`, which says so)."""
+        held, self._lease = self._lease, None
+        lost, self._lease_lost = self._lease_lost, None
+        return held is not None and self.locks.lost(held[0], lost or exc)
+
     def _run_pipeline(self, until_caught_up: bool, first: bool) -> bool:
         """One life of the pipeline, from the saved progress. True when finished for good."""
         s = self.settings
@@ -286,9 +280,20 @@ class Indexer:
             conn = self._retry_forever("connecting to PostgreSQL", self._open_writer)
         committer: Committer | None = None
         reader: BatchReader | None = None
-        refresher: Refresher | None = None
-        watch: FieldWatch | None = None
+        sidecars: Sidecars | None = None
+        keeper: LeaseKeeper | None = None
+        fence: Callable[[Any], None] | None = None
         try:
+            if self._lease is not None:
+                epoch = self._lease[0]
+                keeper = LeaseKeeper(s, epoch, self._lease[1], self.liveness,
+                                     connect=lambda: pg.connect(s, "lease"), on_lost=self._wake_reader)
+                keeper.start()
+
+                def fence(conn: Any) -> None:  # before any progress or cursor write
+                    assert keeper is not None
+                    keeper.check()
+                    lease.check(conn, s.worker_id, epoch)
             missing: tuple[str, ...] = ()
             if first:  # only once the lock is ours: a refused second instance changes nothing
                 missing = self._retry_forever("looking for the indices", self.sink.missing_indices)
@@ -296,28 +301,24 @@ class Indexer:
             # A database without RelStorage's tables is waited for, loudly: in a compose stack
             # the application may create them after esindexer starts; otherwise the DSN is wrong.
             self._retry_forever("waiting for RelStorage's tables", lambda: pg.require_relstorage(conn))
-            sweep_due = self._prepare_source(conn)
+            sweep_due = prepare_source(conn, self.settings)
             if first and sweep_due:
                 sweep(conn, self.sink, self.metrics)
             restored = self._check_rewind(conn, first)
             start_tid = progress.get_progress_tid(conn, s.worker_id)
             conn.commit()
             if start_tid > 0 and missing and len(missing) == len(self.sink.indices):
-                self._warn_vanished(start_tid)
+                warn_vanished(self.settings, self.sink, self.metrics, start_tid)
             self.crash_guard.begin(conn, start_tid, restored=restored)
             if first:  # after a reconnect, keep the time of the last real progress (stall detection)
                 self.metrics.record_progress(start_tid)
             self.metrics.set_dead_letters(deadletters.count(conn, s.worker_id))
             conn.rollback()
-            if s.live_refresh_interval > 0 and not until_caught_up:  # a backfill never refreshes
-                refresher = Refresher(self.sink, s.live_refresh_interval, self.metrics)
-                refresher.start()
-            if s.unmapped_check_interval > 0:
-                watch = FieldWatch(self.sink, s.unmapped_check_interval, self.metrics)
-                watch.start()
+            sidecars = Sidecars(s, self.sink, self.metrics, until_caught_up)
+            sidecars.start()
             committer = Committer(conn, settings=s, sink=self.sink, builder=self.builder, metrics=self.metrics,
                                   budget=self.budget, abandon=self._abandon, progress_tid=start_tid,
-                                  refresher=refresher)
+                                  refresher=sidecars.refresher, fence=fence, liveness=self.liveness)
             end_tid = None
             if until_caught_up:
                 end_tid = follow.latest_tid(conn)
@@ -329,8 +330,11 @@ class Indexer:
             log.info("following from tid %d%s", start_tid,
                      f" to {end_tid}" if end_tid is not None else "", extra={"tid": start_tid})
             committer.start()
+            if keeper is not None:
+                keeper.watch()
             reader = BatchReader(s, self.jsonifier, self.builder, self.sink, self.metrics,
-                                 abandon=self._abandon, stopping=lambda: self.stopping, guard=self.crash_guard)
+                                 abandon=self._abandon, stopping=lambda: self.stopping, guard=self.crash_guard,
+                                 liveness=self.liveness, fence=keeper.check if keeper is not None else None)
             put_tid = start_tid  # the last tid handed to the committer
 
             def on_idle() -> None:
@@ -347,7 +351,8 @@ class Indexer:
                 poll_interval=s.poll_interval, on_idle=on_idle, partition=s.partition_spec,
             )
             committer.watch(updates)
-            if self.stopping:
+            # A stop, or the lease lost, that came before there was an iteration to stop.
+            if self.stopping or (keeper is not None and keeper.lost is not None):
                 updates.stop()
             for rows in updates:
                 batch = reader.read(rows, committer.raise_failure)
@@ -361,6 +366,8 @@ class Indexer:
                 # requests' results, which may be a very large document (issue 21).
                 del batch
                 committer.raise_failure()
+            if keeper is not None:  # the lease keeper ends the iteration when the lease is lost
+                keeper.check()
             finished = not self.stopping
             if finished and end_tid is not None and end_tid > put_tid:
                 committer.put(BatchInFlight(last_tid=end_tid))  # a partition read all its rows up to end_tid
@@ -376,16 +383,15 @@ class Indexer:
             return finished or self.stopping
         finally:
             self._updates = None
+            if keeper is not None:
+                keeper.close()
+                self._lease_lost = keeper.lost
             if committer is not None:
                 committer.close()
             if reader is not None:
                 reader.close()
-            if refresher is not None:
-                refresher.close()
-            if watch is not None:
-                watch.close()
-                if until_caught_up and self.caught_up:
-                    watch.check(refresh=True)  # a one-shot run says it once, at its end
+            if sidecars is not None:
+                sidecars.close(self.caught_up)
             try:
                 conn.close()
             except Exception:

@@ -23,6 +23,7 @@ from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.committer import BatchInFlight
 from esindexer.pipeline.crashguard import CrashGuard
 from esindexer.pipeline.isolate import convert_in_process
+from esindexer.pipeline.lease import Liveness
 from esindexer.sink import SendResult, Sink
 from esindexer.source.deadletters import DeadLetter
 from esindexer.source.pages import Row
@@ -61,7 +62,8 @@ class BatchReader:
 
     def __init__(self, settings: Settings, jsonifier: Jsonifier, builder: DocumentBuilder, sink: Sink,
                  metrics: Metrics, *, abandon: threading.Event, stopping: Callable[[], bool],
-                 guard: CrashGuard | None = None):
+                 guard: CrashGuard | None = None, liveness: Liveness | None = None,
+                 fence: Callable[[], None] | None = None):
         self.settings = settings
         self.jsonifier = jsonifier
         self.builder = builder
@@ -70,6 +72,9 @@ class BatchReader:
         self._abandon = abandon
         self._stopping = stopping
         self._guard = guard
+        self._liveness = liveness or Liveness()
+        #: raises when this process may no longer write (its lease is lost or too old)
+        self._fence = fence
         self.pool = ThreadPoolExecutor(max_workers=settings.bulk_concurrency, thread_name_prefix="esindexer-bulk")
         self._in_flight = threading.BoundedSemaphore(settings.bulk_concurrency)
 
@@ -85,6 +90,7 @@ class BatchReader:
         buffer = RequestBuffer(s.bulk_max_docs, s.bulk_max_bytes)
         actions_for = self.builder.actions_for
         record_documents = self.metrics.record_documents
+        beat = self._liveness.beat
 
         def submit() -> bool:
             """Send the buffer; False when a stop came while every slot was busy.
@@ -125,6 +131,7 @@ class BatchReader:
             batch.last_tid = tid
             if data is not None and len(data) > batch.largest:
                 batch.largest = len(data)
+            beat()
             if full and (not submit() or self._stopping()):
                 return None
         if buffer and not submit():
@@ -132,7 +139,10 @@ class BatchReader:
         return batch
 
     def _send(self, actions: list[Action]) -> SendResult:
-        result = self.sink.send(actions)
+        if self._fence is not None:
+            self._fence()
+        with self._liveness.sending():
+            result = self.sink.send(actions)
         for op, count in result.done.items():
             self.metrics.record_documents(op, "ok", count)
         return result

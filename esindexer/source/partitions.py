@@ -31,7 +31,7 @@ from typing import Any
 from esindexer.config import PARTITION_INFIX
 from esindexer.source.deletions import CURSOR_TABLE
 from esindexer.source.pg import has_relation
-from esindexer.source.progress import PROGRESS_TABLE
+from esindexer.source.progress import PROGRESS_TABLE, get_progress_tid
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +54,41 @@ def covering_sets(client_id: str, known: dict[str, int]) -> list[list[str]]:
     return sets
 
 
-def seed(conn: Any, client_id: str, worker_id: str) -> int | None:
-    """Give ``worker_id`` the progress and deletion cursor of the best covering set of its
-    ``client_id``'s clients when it has none; returns the seeded tid (None: nothing done).
-    The caller holds ``worker_id``'s lock and commits."""
+def seed_source(conn: Any, client_id: str, worker_id: str) -> tuple[int, list[str]] | None:
+    """Where ``worker_id`` would be seeded from: ``(tid, the covering set's ids)``, or None
+    when it has progress of its own or no covering set exists. Only reads (the start-up
+    estimate of the backlog uses it too, so that it counts from where the work starts)."""
     with conn.cursor() as cur:
         if not has_relation(cur, PROGRESS_TABLE):
             return None
         cur.execute(f"SELECT client_id, tid FROM {PROGRESS_TABLE} WHERE client_id = %s OR starts_with(client_id, %s)",
                     (client_id, client_id + _INFIX))
         known = {name: int(tid) for name, tid in cur.fetchall()}
-        if worker_id in known:
-            return None
-        candidates = [s for s in covering_sets(client_id, known) if worker_id not in s]
-        if not candidates:
-            return None
-        best = max(candidates, key=lambda members: min(known[m] for m in members))
-        tid = min(known[m] for m in best)
+    if worker_id in known:
+        return None
+    candidates = [s for s in covering_sets(client_id, known) if worker_id not in s]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda members: min(known[m] for m in members))
+    return min(known[m] for m in best), best
+
+
+def start_tid(conn: Any, client_id: str, worker_id: str) -> int:
+    """The tid ``worker_id``'s pipeline starts after: its saved progress, else the seed it
+    would get (:func:`seed_source`), else -1 (from the start). Only reads."""
+    source = seed_source(conn, client_id, worker_id)
+    return source[0] if source is not None else get_progress_tid(conn, worker_id)
+
+
+def seed(conn: Any, client_id: str, worker_id: str) -> int | None:
+    """Give ``worker_id`` the progress and deletion cursor of the best covering set of its
+    ``client_id``'s clients when it has none; returns the seeded tid (None: nothing done).
+    The caller holds ``worker_id``'s lock and commits."""
+    source = seed_source(conn, client_id, worker_id)
+    if source is None:
+        return None
+    tid, best = source
+    with conn.cursor() as cur:
         cur.execute(f"INSERT INTO {PROGRESS_TABLE} (client_id, tid, updated_at) VALUES (%s, %s, clock_timestamp())",
                     (worker_id, tid))
         if has_relation(cur, CURSOR_TABLE):

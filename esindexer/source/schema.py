@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg2 import sql
 
-from esindexer.source import deadletters, deletions, notify, progress, runs
+from esindexer.source import deadletters, deletions, lease, notify, progress, runs
 from esindexer.source.pg import has_relation, keeps_history
 
 #: esindexer's tables and what a running indexer does with each.
@@ -25,6 +25,8 @@ TABLE_RIGHTS: dict[str, tuple[str, ...]] = {
     deletions.LOG_TABLE: ("SELECT", "DELETE"),  # rows are written by the capture trigger (definer rights)
     deletions.CURSOR_TABLE: ("SELECT", "INSERT", "UPDATE"),
     runs.TABLE: ("SELECT", "INSERT", "UPDATE"),
+    lease.TABLE: ("SELECT", "INSERT", "UPDATE"),  # the active process's lease (hot standby)
+    lease.STANDBY_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),  # the standbys' queue
 }
 
 
@@ -47,6 +49,8 @@ def create_all(conn: Any) -> SetupReport:
     deadletters.ensure_table(conn)
     if not runs.ensure_table(conn):
         report.missing.append(f"table {runs.TABLE} (the crash guard)")
+    if not lease.ensure_tables(conn):
+        report.missing.append(f"tables {lease.TABLE} and {lease.STANDBY_TABLE} (hot standby)")
     conn.commit()
     for what, ok in (("pack-deletion log and capture trigger", deletions.install(conn)),
                      ("change-notification trigger", notify.install_trigger(conn))):

@@ -9,32 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
-import pytest
 import transaction
 
 from esindexer.errors import ExitCode
 from tests.indexing import commit_pages, docs, latest_tid, progress, zoid_of
 from tests.support import both_history_modes, run_esindexer, scalar
-
-
-@pytest.fixture
-def indexer_role(db_dsn):
-    """A login role with no rights at all; dropped (with what was granted to it) afterwards."""
-    name = f"esit_indexer_{uuid.uuid4().hex[:8]}"
-    with psycopg2.connect(db_dsn) as admin, admin.cursor() as cur:
-        cur.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'indexer-secret'")
-    admin.close()
-    parts = urlsplit(db_dsn)
-    yield name, urlunsplit(parts._replace(netloc=f"{name}:indexer-secret@{parts.hostname}:{parts.port}"))
-    with psycopg2.connect(db_dsn) as admin, admin.cursor() as cur:
-        cur.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'")
-        cur.execute(f"DROP OWNED BY {name}")
-        cur.execute(f"DROP ROLE {name}")
-    admin.close()
 
 
 @both_history_modes

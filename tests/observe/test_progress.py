@@ -178,3 +178,36 @@ def test_a_service_summarises_its_catch_up_once_caught_up_and_goes_on_quietly(zo
     assert summaries[0]["rows"] == _rows(db_dsn)
     after = lines[lines.index(summaries[0]) + 1:]
     assert not [x for x in after if x.get("event") == "progress"]  # quiet once caught up
+
+
+def test_one_process_taking_over_from_partitions_announces_its_catch_up_from_where_they_were(
+        zodb, db_dsn, es_url, es_prefix, caplog):
+    """Scaling back from 2 partitions to one process: the worker id ``esindexer`` has no progress
+    yet, and starts where both partitions had got to (esindexer.source.partitions.seed). The
+    announcement used to count from the start ("15,747 rows from the start") although the work
+    then was 11 rows."""
+    from esindexer.config import partition_worker_id
+    from esindexer.observe.progress import backlog_reporter
+    from esindexer.source.progress import set_progress_tid
+    from tests.indexing import make_settings
+
+    _fill(zodb, 3000, 500)
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+        cur.execute("SELECT DISTINCT tid FROM object_state ORDER BY tid")
+        tids = [row[0] for row in cur.fetchall()]
+    pg.close()
+    low, high = tids[-3], tids[-2]  # the partitions got to different points: the lower one counts
+    set_progress_tid(db_dsn, partition_worker_id("esindexer", 0, 2), high)
+    set_progress_tid(db_dsn, partition_worker_id("esindexer", 1, 2), low)
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+        cur.execute("SELECT count(*) FROM object_state WHERE tid > %s", (low,))
+        expected = int(cur.fetchone()[0])
+    pg.close()
+    assert 0 < expected < 3000
+    settings = make_settings(db_dsn, es_url, es_prefix, progress_interval="5")
+    with caplog.at_level(logging.INFO, logger="esindexer"):
+        reporter = backlog_reporter(settings, Metrics(), until_caught_up=True)
+    assert reporter is not None
+    reporter.close()
+    announced = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backfill of ")]
+    assert announced == [f"backfill of {expected:,} rows after tid {low}"], announced

@@ -95,7 +95,15 @@ class Service:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP: every thread stops, its sockets (and PostgreSQL sessions) stay open."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> int:
+        self.resume()  # a stopped process would not see SIGTERM
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

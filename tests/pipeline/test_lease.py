@@ -1,0 +1,118 @@
+"""The lease keeper's watchdog on a real PostgreSQL, without the rest of the pipeline: a
+"writer" session holds the client lock and the lease, the keeper renews it, and a
+transaction is committed after the saved progress (work pending)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg2
+import pytest
+import transaction
+
+from esindexer.pipeline.lease import LeaseKeeper, Liveness, tick
+from esindexer.source import lease, pg
+from esindexer.source.lease import LostLease
+from tests.indexing import Page, make_settings
+from tests.support import wait_for
+
+LEASE = 2.0
+
+
+@pytest.fixture
+def holder(zodb, db_dsn, es_url, es_prefix):
+    """``(settings, writer connection holding the lock and lease epoch 1)`` with work pending."""
+    conn = zodb.open()
+    conn.root()["page"] = Page("one")
+    transaction.commit()
+    conn.close()
+    settings = make_settings(db_dsn, es_url, es_prefix, lease_seconds=str(LEASE))
+    writer = pg.connect(settings, "writer")
+    with pg.schema_lock(writer):
+        assert lease.ensure_tables(writer)
+        writer.commit()
+    assert pg.try_lock_client(writer, settings.worker_id)
+    assert lease.claim(writer, settings.worker_id, "test:1")[0] == 1
+    writer.commit()
+    yield settings, writer
+    writer.close()
+
+
+def _keeper(settings, writer, liveness: Liveness, lost: threading.Event) -> LeaseKeeper:
+    keeper = LeaseKeeper(settings, 1, writer.get_backend_pid(), liveness,
+                         connect=lambda: pg.connect(settings, "lease"), on_lost=lost.set)
+    keeper.start()
+    keeper.watch()
+    return keeper
+
+
+def _alive(conn) -> bool:
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        conn.rollback()
+        return True
+    except psycopg2.Error:
+        return False
+
+
+def test_the_renewal_interval_is_a_quarter_of_the_lease_and_at_most_two_seconds():
+    assert tick(4.0) == 1.0 and tick(20.0) == 2.0 and tick(600.0) == 2.0
+
+
+def test_a_pipeline_without_a_sign_of_life_while_work_waits_ends_its_own_lock_session(holder):
+    settings, writer = holder
+    lost = threading.Event()
+    keeper = _keeper(settings, writer, Liveness(), lost)
+    try:
+        started = time.monotonic()
+        assert lost.wait(LEASE + 2 * tick(LEASE) + 1)
+        took = time.monotonic() - started
+        assert took > LEASE  # not before the lease's time without a sign of life
+        assert keeper.lost is not None and "did nothing for" in str(keeper.lost) and not keeper.lost.taken
+        wait_for(lambda: not _alive(writer), timeout=5)  # its lock session was ended
+        with pytest.raises(LostLease):
+            keeper.check()
+    finally:
+        keeper.close()
+
+
+def test_a_pipeline_that_beats_or_waits_for_elasticsearch_keeps_its_lease(holder):
+    settings, writer = holder
+    lost = threading.Event()
+    liveness = Liveness()
+    keeper = _keeper(settings, writer, liveness, lost)
+    try:
+        deadline = time.monotonic() + LEASE * 2
+        while time.monotonic() < deadline:  # records read now and then
+            liveness.beat()
+            assert not lost.wait(0.3)
+        with liveness.sending():  # a request waiting for Elasticsearch, within its timeout
+            assert not lost.wait(LEASE * 2)
+        keeper.check()  # renewed all along
+        assert _alive(writer)
+    finally:
+        keeper.close()
+
+
+def test_a_keeper_whose_lease_was_taken_over_says_so_and_refuses_writes(holder):
+    settings, writer = holder
+    lost = threading.Event()
+    liveness = Liveness()
+    keeper = _keeper(settings, writer, liveness, lost)
+    other = pg.connect(settings, "other")
+    try:
+        lease.claim(other, settings.worker_id, "test:2")  # as a standby does once the lock is its own
+        other.commit()
+        for _ in range(20):
+            liveness.beat()
+            if lost.wait(0.2):
+                break
+        assert keeper.lost is not None and "took over" in str(keeper.lost) and keeper.lost.taken
+        with pytest.raises(LostLease, match="took over"):
+            keeper.check()
+        assert _alive(writer)  # a takeover is the standby's doing: the keeper ends nothing
+    finally:
+        other.close()
+        keeper.close()
