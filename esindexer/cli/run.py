@@ -6,11 +6,15 @@ import argparse
 import faulthandler
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING
 
 from esindexer.cli.common import ALL_GROUPS, Command
 from esindexer.config import Settings
 from esindexer.errors import Abandoned, AlreadyRunning, ExitCode
+
+if TYPE_CHECKING:
+    from esindexer.observe.metrics import Metrics
+    from esindexer.pipeline.indexer import Indexer
 
 log = logging.getLogger("esindexer")
 
@@ -25,30 +29,43 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from esindexer.es.sink import ElasticsearchSink
-    from esindexer.observe.http import HealthServer
     from esindexer.observe.metrics import Metrics
-    from esindexer.observe.poller import SourcePoller
-    from esindexer.observe.progress import backlog_reporter
-    from esindexer.observe.systemd import ServiceNotifier
     from esindexer.pipeline.indexer import Indexer
-    from esindexer.source import pg
+    from esindexer.pipeline.signals import SignalWatcher
 
     # A native crash (SIGSEGV, SIGABRT) otherwise ends the process without a word: print the
     # Python stack of every thread to stderr first (the crash guard handles the loop).
     faulthandler.enable()
     metrics = Metrics()
     indexer = Indexer(settings, metrics)
+    assert isinstance(indexer.sink, ElasticsearchSink)
+    signals = {"last": 0}
+
+    def on_signal(signum: int, count: int) -> None:
+        # On the signal thread, at once: also while the main thread waits in a statement.
+        signals["last"] = signum
+        log.info("%s: %s", signal.Signals(signum).name,
+                 "stopping (a second signal abandons in-flight work)" if count == 1 else "abandoning in-flight work",
+                 extra={"signal": signum})
+        indexer.stop(abandon=count > 1)
+        indexer.interrupt(abandon=count > 1)
+
+    with SignalWatcher(on_signal, lambda count: indexer.interrupt(abandon=count > 1)):
+        return _serve(settings, args, indexer, metrics, signals)
+
+
+def _serve(settings: Settings, args: argparse.Namespace, indexer: Indexer, metrics: Metrics,
+           signals: dict[str, int]) -> int:
+    """The service around :meth:`Indexer.run`: the lock, metrics, the poller, systemd."""
+    from esindexer.es.sink import ElasticsearchSink
+    from esindexer.observe.http import HealthServer
+    from esindexer.observe.poller import SourcePoller
+    from esindexer.observe.progress import backlog_reporter
+    from esindexer.observe.systemd import ServiceNotifier
+    from esindexer.source import pg
+
     sink = indexer.sink
     assert isinstance(sink, ElasticsearchSink)
-    signals = {"count": 0, "last": 0}
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        signals["count"] += 1
-        signals["last"] = signum
-        indexer.stop(abandon=signals["count"] > 1)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
 
     def es_check() -> None:
         # Short timeout: /readyz must answer quickly even when Elasticsearch hangs.
@@ -62,12 +79,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         except AlreadyRunning as exc:
             log.error("%s", exc)
             return ExitCode.LOCKED
-        except Abandoned:
-            return ExitCode.OK
+        except Abandoned:  # stopped while waiting for PostgreSQL
+            return _stopped_early(signals) if args.until_caught_up else ExitCode.OK
     poller = SourcePoller(lambda: pg.connect(settings, "lag poller"), metrics, interval=settings.lag_poll_interval)
     # Built even without a port: its readiness also decides when systemd hears READY=1.
     health = HealthServer(metrics, settings.metrics_host, settings.metrics_port, es_check=es_check,
-                          stall_after=settings.stall_seconds,
+                          stall_after=settings.stall_seconds, stopping=lambda: indexer.stopping,
                           source_stale_after=max(120.0, 3 * settings.lag_poll_interval))
     server = None
     if settings.metrics_port:
@@ -79,7 +96,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     # Started = the pipeline holds the client lock and loaded its progress (it records it).
     notifier = ServiceNotifier(health.readiness, started=lambda: metrics.seconds_since_progress() is not None)
     notifier.start()
-    reporter = backlog_reporter(settings, metrics, until_caught_up=args.until_caught_up)
+    reporter = backlog_reporter(settings, metrics, until_caught_up=args.until_caught_up,
+                                cancellable=indexer.cancellable)
     try:
         code = indexer.run(until_caught_up=args.until_caught_up)
         if reporter is not None:
@@ -93,10 +111,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         if code == ExitCode.OK and args.until_caught_up and not indexer.caught_up:
             # Stopped before the end: say so in the exit code, or a re-index script would
             # publish a half-built generation.
-            interrupted = ExitCode.INTERRUPTED if signals["last"] == signal.SIGINT else ExitCode.TERMINATED
-            log.warning("stopped before catching up (exit %d); run again to resume from saved progress",
-                        int(interrupted))
-            return interrupted
+            return _stopped_early(signals)
         return code
     finally:
         if reporter is not None:
@@ -105,6 +120,13 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         poller.stop()
         if server is not None:
             server.stop()
+
+
+def _stopped_early(signals: dict[str, int]) -> ExitCode:
+    """The exit code of a backfill stopped before its end (130 for SIGINT, else 143)."""
+    interrupted = ExitCode.INTERRUPTED if signals["last"] == signal.SIGINT else ExitCode.TERMINATED
+    log.warning("stopped before catching up (exit %d); run again to resume from saved progress", int(interrupted))
+    return interrupted
 
 
 COMMAND = Command(

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TextIO
 
 from esindexer.config import Settings
@@ -86,7 +87,9 @@ def pipeline_live(metrics: Metrics) -> Callable[[], bool]:
 
 
 def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: bool,
-                     what: str | None = None) -> ProgressReporter | None:
+                     what: str | None = None,
+                     cancellable: Callable[[Any], AbstractContextManager[Any]] | None = None
+                     ) -> ProgressReporter | None:
     """A started reporter for the service's backlog at start, or None when there is little
     or none (quiet when caught up).
 
@@ -95,7 +98,8 @@ def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: b
     after it. A service run (``until_caught_up`` False) reports only a catch-up of at least
     one batch (``batch_limit`` rows) and ends its report once caught up; a backfill reports
     whatever it has to do. The estimate is best effort: without PostgreSQL at this moment
-    there is no report (the service's own retries say why).
+    there is no report (the service's own retries say why). ``cancellable(conn)``, when
+    given, wraps the estimate's reads: a stop cancels them (they can wait for a lock).
     """
     from esindexer.source import backlog, follow, pg, progress
 
@@ -106,8 +110,9 @@ def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: b
     except pg.CONNECTION_ERRORS:
         return None
     try:
-        start, end = progress.get_progress_tid(conn, settings.client_id), follow.latest_tid(conn)
-        ahead = backlog.rows_after(conn, start, end)
+        with cancellable(conn) if cancellable is not None else contextlib.nullcontext():
+            start, end = progress.get_progress_tid(conn, settings.client_id), follow.latest_tid(conn)
+            ahead = backlog.rows_after(conn, start, end)
     except Exception:  # no RelStorage tables yet, say: the service waits for them and says so
         log.debug("no progress estimate", exc_info=True)
         return None

@@ -18,9 +18,10 @@ refuse for good ends :meth:`Indexer.run` with :attr:`ExitCode.SETUP`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from esindexer.backoff import Backoff
@@ -67,6 +68,10 @@ class Indexer:
         self._updates: follow.Updates | None = None
         self.locks = LockKeeper(settings, self.metrics, self._stop)
         self._claimed: Any = None  # the writer connection, when claim() took the lock ahead of run()
+        #: the writer connection while the reader thread uses it (setup), and for the committer
+        self._setup_conn: Any = None
+        self._writer: Any = None
+        self._others: set[Any] = set()  # more connections the main thread reads with (cancellable())
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
         self.exit_code = ExitCode.OK
         #: With ``until_caught_up``: True once everything committed at start is indexed. A stop
@@ -93,6 +98,34 @@ class Indexer:
             except Exception:  # pragma: no cover - best effort from a signal handler
                 pass
 
+    def interrupt(self, abandon: bool = False) -> None:
+        """After :meth:`stop`: cancel the PostgreSQL statements the stop would wait for.
+
+        Called from the signal thread (esindexer.pipeline.signals), repeatedly: a read that
+        waits for a lock or runs a slow plan is cancelled, so a stop never waits for a
+        statement. The committer's statements are cancelled only with ``abandon`` (a first
+        stop lets it save the progress of what Elasticsearch acknowledged)."""
+        if not self.stopping:
+            return
+        updates = self._updates
+        if updates is not None:
+            updates.cancel()
+        pg.cancel_if_busy(self._setup_conn)
+        for conn in list(self._others):
+            pg.cancel_if_busy(conn)
+        if abandon:
+            pg.cancel_if_busy(self._writer)
+
+    @contextlib.contextmanager
+    def cancellable(self, conn: Any) -> Iterator[Any]:
+        """For the block, :meth:`interrupt` also cancels ``conn``'s statements (a connection
+        of the main thread outside the pipeline, such as the backlog estimate's)."""
+        self._others.add(conn)
+        try:
+            yield conn
+        finally:
+            self._others.discard(conn)
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
@@ -110,6 +143,8 @@ class Indexer:
             try:
                 return fn()
             except pg.CONNECTION_ERRORS as exc:
+                if self.stopping:
+                    raise Abandoned(what) from None  # cancelled by the stop (interrupt())
                 if (problem := pg.refused_for_good(exc)) is not None:
                     raise problem from None  # a wrong password: retrying cannot help
                 reason, error = "pg_unreachable", exc
@@ -132,7 +167,7 @@ class Indexer:
 
     def _open_writer(self) -> Any:
         """The committer's connection: holds the per-client advisory lock for its lifetime."""
-        conn = pg.connect(self.settings, "writer")
+        conn = self._setup_conn = self._writer = pg.connect(self.settings, "writer")
         try:
             self.locks.acquire(conn)
             with pg.schema_lock(conn):
@@ -283,6 +318,9 @@ class Indexer:
                     return True
             log.info("following from tid %d%s", start_tid,
                      f" to {end_tid}" if end_tid is not None else "", extra={"tid": start_tid})
+            self._setup_conn = None  # the committer's now: a first stop no longer cancels its statements
+            if self.stopping:
+                return True
             committer.start()
             reader = BatchReader(s, self.jsonifier, self.builder, self.sink, self.metrics,
                                  abandon=self._abandon, stopping=lambda: self.stopping, guard=self.crash_guard)
@@ -304,15 +342,20 @@ class Indexer:
             committer.watch(updates)
             if self.stopping:
                 updates.stop()
-            for rows in updates:
-                batch = reader.read(rows, committer.raise_failure)
-                if batch is None:  # stopped part-way: this batch must not count as done
-                    break
-                batch.live = updates.caught_up
-                if batch.rows:
-                    committer.put(batch)
-                    put_tid = batch.last_tid
-                committer.raise_failure()
+            try:
+                for rows in updates:
+                    batch = reader.read(rows, committer.raise_failure)
+                    if batch is None:  # stopped part-way: this batch must not count as done
+                        break
+                    batch.live = updates.caught_up
+                    if batch.rows:
+                        committer.put(batch)
+                        put_tid = batch.last_tid
+                    committer.raise_failure()
+            except pg.CANCELLED:
+                if not self.stopping:
+                    raise  # a statement_timeout: handled like a lost connection
+                log.info("cancelled the follower's read to stop")
             finished = not self.stopping
             if finished and end_tid is not None and end_tid > put_tid:
                 committer.put(BatchInFlight(last_tid=end_tid))  # a partition read all its rows up to end_tid
@@ -328,6 +371,7 @@ class Indexer:
             return finished or self.stopping
         finally:
             self._updates = None
+            self._setup_conn = self._writer = None
             if committer is not None:
                 committer.close()
             if reader is not None:
