@@ -6,6 +6,8 @@ import argparse
 import faulthandler
 import logging
 import signal
+import sys
+import threading
 from typing import TYPE_CHECKING
 
 from esindexer.cli.common import ALL_GROUPS, Command
@@ -25,9 +27,59 @@ BUDGET_GRACE_SECONDS = 20.0
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until-caught-up", action="store_true",
                         help="exit once everything committed at start is indexed (a backfill)")
+    parser.add_argument("--deadline", type=_seconds, metavar="SECONDS",
+                        help="with --until-caught-up (a cron job): stop after SECONDS as SIGTERM would "
+                             "(what Elasticsearch acknowledged is saved) and exit 5 if a server could not "
+                             "be reached then, 124 if the work was simply not done in time")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+class _Deadline:
+    """Stops the indexer after ``seconds``, cancelling its statements until it has stopped."""
+
+    def __init__(self, indexer: Indexer, seconds: float | None, signals: dict[str, int]) -> None:
+        self.indexer = indexer
+        self.signals = signals
+        self.seconds = seconds
+        self.reached = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._wait, name="esindexer-deadline", daemon=True)
+
+    def __enter__(self) -> _Deadline:
+        if self.seconds is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def _wait(self) -> None:
+        if self._done.wait(self.seconds):
+            return
+        self.reached = True
+        self.signals.setdefault("deadline", 1)
+        log.warning("deadline of %gs reached: stopping", self.seconds, extra={"deadline_seconds": self.seconds})
+        self.indexer.stop()
+        while True:
+            self.indexer.interrupt()
+            if self._done.wait(0.25):
+                return
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
+    if args.deadline is not None and not args.until_caught_up:
+        print("esindexer: --deadline needs --until-caught-up (a service runs until it is stopped)",
+              file=sys.stderr)
+        return ExitCode.SETUP
     from esindexer.es.sink import ElasticsearchSink
     from esindexer.observe.metrics import Metrics
     from esindexer.pipeline.indexer import Indexer
@@ -40,6 +92,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     indexer = Indexer(settings, metrics)
     assert isinstance(indexer.sink, ElasticsearchSink)
     signals = {"last": 0}
+    deadline = _Deadline(indexer, args.deadline, signals)
 
     def on_signal(signum: int, count: int) -> None:
         # On the signal thread, at once: also while the main thread waits in a statement.
@@ -50,8 +103,11 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         indexer.stop(abandon=count > 1)
         indexer.interrupt(abandon=count > 1)
 
-    with SignalWatcher(on_signal, lambda count: indexer.interrupt(abandon=count > 1)):
-        return _serve(settings, args, indexer, metrics, signals)
+    with SignalWatcher(on_signal, lambda count: indexer.interrupt(abandon=count > 1)), deadline:
+        code = _serve(settings, args, indexer, metrics, signals)
+    if code == ExitCode.DEADLINE:
+        return _past_deadline(settings, metrics, args.deadline)
+    return code
 
 
 def _serve(settings: Settings, args: argparse.Namespace, indexer: Indexer, metrics: Metrics,
@@ -122,8 +178,23 @@ def _serve(settings: Settings, args: argparse.Namespace, indexer: Indexer, metri
             server.stop()
 
 
+def _past_deadline(settings: Settings, metrics: Metrics, seconds: float) -> ExitCode:
+    """The exit code of a backfill its ``--deadline`` stopped: 5 when a server was failing then."""
+    last = metrics.last_retry()
+    if last is not None and last[0] <= settings.retry_max_seconds + 5:
+        print(f"esindexer: gave up at the deadline of {seconds:g}s: a server could not be reached "
+              f"(last retry {last[0]:.0f}s before: {last[1]})", file=sys.stderr)
+        return ExitCode.UNREACHABLE
+    log.warning("not caught up within the deadline of %gs (exit %d); run again to resume from saved progress",
+                seconds, int(ExitCode.DEADLINE))
+    return ExitCode.DEADLINE
+
+
 def _stopped_early(signals: dict[str, int]) -> ExitCode:
-    """The exit code of a backfill stopped before its end (130 for SIGINT, else 143)."""
+    """The exit code of a backfill stopped before its end (130 for SIGINT, else 143; DEADLINE when
+    its deadline came first, without a signal)."""
+    if signals.get("deadline") and not signals["last"]:
+        return ExitCode.DEADLINE
     interrupted = ExitCode.INTERRUPTED if signals["last"] == signal.SIGINT else ExitCode.TERMINATED
     log.warning("stopped before catching up (exit %d); run again to resume from saved progress", int(interrupted))
     return interrupted

@@ -269,5 +269,5 @@ class Committer:
         while not done.wait(0.5):
             self.raise_failure()
             if self._abandon.is_set():
-                raise Abandoned("shutdown while applying pack deletions")
+                raise Abandoned("applying pack deletions")
         self.raise_failure()

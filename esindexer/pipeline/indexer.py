@@ -255,8 +255,8 @@ class Indexer:
                                 str(exc).strip()[:300])
                     if self._stop.wait(min(2.0, s.retry_max_seconds)):
                         break
-        except Abandoned:
-            log.info("abandoned work in progress on shutdown")
+        except Abandoned as exc:  # says what it was doing: standing by, waiting for a server...
+            log.info("stopped while %s", exc)
         except AlreadyRunning as exc:
             log.error("%s", exc)
             return ExitCode.LOCKED
