@@ -136,13 +136,17 @@ class Indexer:
 
     # -- setup ---------------------------------------------------------------------------
 
-    def _retry_forever(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` until it works or the service stops, backing off on transient errors."""
+    def _retry_forever(self, what: str, fn: Callable[[], T], *, reconnect: bool = False) -> T:
+        """Run ``fn`` until it works or the service stops, backing off on transient errors.
+        With ``reconnect``, a lost PostgreSQL connection propagates instead (``fn`` uses the
+        pipeline's connection, which only a new pipeline life replaces)."""
         attempt = 0
         while True:
             try:
                 return fn()
             except pg.CONNECTION_ERRORS as exc:
+                if reconnect and not self.stopping:
+                    raise
                 if self.stopping:
                     raise Abandoned(what) from None  # cancelled by the stop (interrupt())
                 if (problem := pg.refused_for_good(exc)) is not None:
@@ -291,8 +295,9 @@ class Indexer:
             # the application may create them after esindexer starts; otherwise the DSN is wrong.
             self._retry_forever("waiting for RelStorage's tables", lambda: pg.require_relstorage(conn))
             sweep_due = self._prepare_source(conn)
-            if first and sweep_due:
-                sweep(conn, self.sink, self.metrics)
+            if first and sweep_due:  # a 503 while shards start (another partition creating the index): retried
+                self._retry_forever("sweeping documents of deleted objects", lambda: sweep(conn, self.sink, self.metrics),
+                                    reconnect=True)
             start_tid = progress.get_progress_tid(conn, s.worker_id)
             conn.commit()
             if start_tid > 0 and missing and len(missing) == len(self.sink.indices):
