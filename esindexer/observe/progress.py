@@ -50,6 +50,11 @@ BAR_HIDDEN = frozenset({"rows", "deletes", "skipped"})
 BAR_TICK = 0.5
 
 
+#: Rows count once their whole batch is saved (``batch_limit`` rows, many bulk requests);
+#: documents as soon as Elasticsearch acknowledges their request: the documents lead.
+PIPELINE_COUNTS_LABEL = "documents acknowledged: "
+
+
 def pipeline_counts(metrics: Metrics) -> Callable[[], Counts]:
     """What the service has done so far, read from its metrics.
 
@@ -122,7 +127,8 @@ def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: b
         return None
     reporter = ProgressReporter(what or ("backfill" if until_caught_up else "catch-up"), ahead.best_guess,
                                 pipeline_counts(metrics), exact=ahead.exact, interval=settings.progress_interval,
-                                finished=None if until_caught_up else pipeline_live(metrics))
+                                finished=None if until_caught_up else pipeline_live(metrics),
+                                counts_label=PIPELINE_COUNTS_LABEL)
     # Announced as the command's own line (logger "esindexer", as run's other start-up lines).
     where = f"after tid {start}" if start > 0 else "from the start"
     logging.getLogger("esindexer").info("%s of %s%s rows %s", reporter.what, "" if ahead.exact else "about ",
@@ -161,8 +167,10 @@ class ProgressReporter:
 
     def __init__(self, what: str, total: int | None, counts: Callable[[], Counts] | None = None, *,
                  exact: bool = True, interval: float = 10.0, stream: TextIO | None = None,
-                 bar: bool | None = None, finished: Callable[[], bool] | None = None):
+                 bar: bool | None = None, finished: Callable[[], bool] | None = None, counts_label: str = ""):
         self.what = what
+        #: says what the named counts count, when it is not what the rows count
+        self.counts_label = counts_label
         self.total = total
         self.exact = exact
         self.interval = interval
@@ -284,7 +292,7 @@ class ProgressReporter:
             share = left = ""
         extra = ", ".join(f"{k.replace('_', '-')} {v:,}" for k, v in figures.items() if k != "rows")
         message = (f"{self.what}: {rows:,} rows done{share}{left}, {rate:,.0f} rows/s, ETA {_duration(eta)}"
-                   + (f"; {extra}" if extra else ""))
+                   + (f"; {self.counts_label}{extra}" if extra else ""))
         return message, fields
 
     def _log_line(self) -> None:
@@ -316,5 +324,5 @@ class ProgressReporter:
         if docs is not None and elapsed > 0:
             rate += f", {docs / elapsed:,.0f} docs/s"
         log.info("%s %s: %s rows in %.1fs (%s)%s", self.what, ended, f"{rows:,}", elapsed, rate,
-                 f"; {counts}" if counts else "", extra={"event": "progress_summary", **self.summary})
+                 f"; {self.counts_label}{counts}" if counts else "", extra={"event": "progress_summary", **self.summary})
         return self.summary
