@@ -64,6 +64,10 @@ def clients_that_ran(conn: Any) -> set[str]:
         conn.rollback()
 
 
+#: How ``documents_error`` begins when Elasticsearch could not answer.
+ES_FAILED = "Elasticsearch did not answer"
+
+
 def index_figures(settings: Settings, es: Any, failures: list[Exception] | None = None) -> dict[str, Any]:
     """Documents per configured index (None: the index does not exist) and the alias's
     indices, from Elasticsearch; on failure, ``documents``, ``indices`` and ``alias`` are
@@ -88,7 +92,7 @@ def index_figures(settings: Settings, es: Any, failures: list[Exception] | None 
         from esindexer.es.client import describe_error
 
         figures.update(documents=None, indices=None, alias=None,
-                       documents_error=f"Elasticsearch did not answer: {describe_error(exc)}")
+                       documents_error=f"{ES_FAILED}: {describe_error(exc)}")
         if failures is not None:
             failures.append(exc)
     return figures
@@ -171,7 +175,7 @@ def status_lines(report: dict[str, Any]) -> list[str]:
         text["rows_behind"] = f"more than {report['rows_behind']:,}"
     text["dead_letters_by_kind"] = ", ".join(f"{kind} {n}" for kind, n in report["dead_letters_by_kind"].items()) \
         or None
-    if report.get("documents_error") and report.get("indices") is None:
+    if str(report.get("documents_error")).startswith(ES_FAILED):  # not "missing": not known
         text["indices"] = f"unknown ({report['documents_error']})"
         text.pop("documents_error")
     elif report.get("indices") is not None:
