@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 import threading
@@ -103,10 +104,19 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         indexer.stop(abandon=count > 1)
         indexer.interrupt(abandon=count > 1)
 
-    with SignalWatcher(on_signal, lambda count: indexer.interrupt(abandon=count > 1)), deadline:
+    with SignalWatcher(on_signal, lambda count: indexer.interrupt(abandon=count > 1)) as watcher, deadline:
         code = _serve(settings, args, indexer, metrics, signals)
     if code == ExitCode.DEADLINE:
-        return _past_deadline(settings, metrics, args.deadline)
+        code = _past_deadline(settings, metrics, args.deadline)
+    if watcher.count > 1:
+        # Abandoned: bulk requests may still wait for Elasticsearch in sender threads, which the
+        # interpreter would join before exiting (up to the request timeout). Exit now: progress
+        # is at the last acknowledged batch, and a late write is versioned, so harmless.
+        log.info("exiting without waiting for requests in flight (exit %d)", int(code))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(code))
     return code
 
 

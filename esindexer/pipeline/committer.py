@@ -18,6 +18,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -146,13 +147,23 @@ class Committer:
         if not self._thread.is_alive():
             return
         self._queue.put(None)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        self._join(timeout)
+        if self._thread.is_alive() and not self._abandon.is_set():
             log.warning("in-flight bulks did not finish within %.0fs; abandoning them (progress stays at the "
                         "last acknowledged batch)", timeout or 0)
             self._abandon.set()
             self._closed.set()
-            self._thread.join(10)
+            self._join(10)
+
+    def _join(self, timeout: float | None) -> None:
+        """Wait for the thread up to ``timeout`` s, or until the work is abandoned (a second
+        signal must not wait for a bulk request Elasticsearch does not answer)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._thread.is_alive() and not self._abandon.is_set():
+            left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if left <= 0:
+                return
+            self._thread.join(left)
 
     def close(self) -> None:
         self._closed.set()
@@ -161,7 +172,7 @@ class Committer:
                 self._queue.put_nowait(None)
             except queue.Full:
                 pass
-            self._thread.join(10)
+            self._join(10)
 
     def _run(self) -> None:
         try:
