@@ -148,12 +148,17 @@ PARTITION_INFIX = ".partition-"
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_+-]*$")
 
 
-def _validate(values: dict[str, Any], problems: list[str]) -> None:
-    """Cross-field and range checks; append a sentence per problem."""
+def _validate(values: dict[str, Any], problems: list[str], sources: dict[str, str] | None = None) -> None:
+    """Cross-field and range checks; append a sentence per problem, named as the value was
+    given (``--index-prefix``, ``ESINDEXER_INDEX_PREFIX`` or ``file.toml: index_prefix``)."""
+    given = sources or {}
+
+    def where(name: str) -> str:
+        return given.get(name, SETTINGS_BY_NAME[name].env)
 
     def positive(name: str, minimum: float = 1) -> None:
         if values[name] < minimum:
-            problems.append(f"{SETTINGS_BY_NAME[name].env}: must be at least {minimum}, got {values[name]}")
+            problems.append(f"{where(name)}: must be at least {minimum}, got {values[name]}")
 
     for name in ("batch_limit", "fetch_size", "bulk_max_docs", "bulk_concurrency", "index_shards"):
         positive(name)
@@ -165,41 +170,41 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
                  "crash_guard_after", "live_refresh_interval", "progress_interval", "unmapped_check_interval"):
         positive(name, 0)
     if values["bulk_max_bytes"] < 1024:
-        problems.append(f"ESINDEXER_BULK_MAX_BYTES: must be at least 1KiB, got {values['bulk_max_bytes']}")
+        problems.append(f"{where('bulk_max_bytes')}: must be at least 1KiB, got {values['bulk_max_bytes']}")
     elif values["bulk_max_bytes"] > 100 * 1024 * 1024:
-        problems.append("ESINDEXER_BULK_MAX_BYTES: Elasticsearch rejects requests over 100MB "
+        problems.append(f"{where('bulk_max_bytes')}: Elasticsearch rejects requests over 100MB "
                         "(http.max_content_length); use 5-15MiB")
     if not 0 <= values["metrics_port"] <= 65535:
-        problems.append(f"ESINDEXER_METRICS_PORT: must be 0-65535, got {values['metrics_port']}")
+        problems.append(f"{where('metrics_port')}: must be 0-65535, got {values['metrics_port']}")
     interval = values["index_refresh_interval"]
     if interval and not re.fullmatch(r"-1|\d+(ms|s|m)", interval):
-        problems.append(f"ESINDEXER_INDEX_REFRESH_INTERVAL: expected a time such as 250ms or 1s (or -1), "
+        problems.append(f"{where('index_refresh_interval')}: expected a time such as 250ms or 1s (or -1), "
                         f"got {interval!r}")
     for name in ("index_prefix", "default_route") + (("alias",) if values["alias"] else ()):
         if not _INDEX_NAME.match(values[name] or ""):
-            problems.append(f"{SETTINGS_BY_NAME[name].env}: {values[name]!r} is not a valid Elasticsearch "
+            problems.append(f"{where(name)}: {values[name]!r} is not a valid Elasticsearch "
                             "index name part (lower-case letters, digits, '-', '_', '+')")
     for pattern, route in values["class_routes"]:
         if not _INDEX_NAME.match(route):
-            problems.append(f"ESINDEXER_CLASS_ROUTES: route {route!r} (for {pattern!r}) is not a valid "
+            problems.append(f"{where('class_routes')}: route {route!r} (for {pattern!r}) is not a valid "
                             "index name part")
         if not pattern:
-            problems.append("ESINDEXER_CLASS_ROUTES: empty class pattern")
+            problems.append(f"{where('class_routes')}: empty class pattern")
     if not values["client_id"]:
-        problems.append("ESINDEXER_CLIENT_ID: must not be empty")
+        problems.append(f"{where('client_id')}: must not be empty")
     for url in values["es_url"]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            problems.append(f"ESINDEXER_ES_URL: {url!r} is not an http(s) URL")
+            problems.append(f"{where('es_url')}: {url!r} is not an http(s) URL")
     if not values["es_url"]:
-        problems.append("ESINDEXER_ES_URL: at least one URL is needed")
+        problems.append(f"{where('es_url')}: at least one URL is needed")
     if values["es_api_key"] and (values["es_username"] or values["es_password"]):
-        problems.append("ESINDEXER_ES_API_KEY and ESINDEXER_ES_USERNAME/PASSWORD: choose one way to "
+        problems.append(f"{where('es_api_key')} and {where('es_username')}/{where('es_password')}: choose one way to "
                         "authenticate")
     if bool(values["es_username"]) != bool(values["es_password"]):
-        problems.append("ESINDEXER_ES_USERNAME and ESINDEXER_ES_PASSWORD go together")
+        problems.append(f"{where('es_username')} and {where('es_password')} go together")
     if values["es_ca_file"] and not os.path.isfile(values["es_ca_file"]):
-        problems.append(f"ESINDEXER_ES_CA_FILE: no such file {values['es_ca_file']!r}")
+        problems.append(f"{where('es_ca_file')}: no such file {values['es_ca_file']!r}")
     dsn = values["pg_dsn"]
     if dsn:
         try:
@@ -207,12 +212,12 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
 
             parse_dsn(dsn)
         except Exception as exc:  # psycopg2.ProgrammingError on junk
-            problems.append(f"ESINDEXER_PG_DSN: not a valid PostgreSQL DSN ({str(exc).strip()})")
+            problems.append(f"{where('pg_dsn')}: not a valid PostgreSQL DSN ({str(exc).strip()})")
     if values["transform"]:
         try:
             transform_style(load_dotted(values["transform"]))
         except Exception as exc:
-            problems.append(f"ESINDEXER_TRANSFORM: cannot load {values['transform']!r}: {exc}")
+            problems.append(f"{where('transform')}: cannot load {values['transform']!r}: {exc}")
 
 
 def transform_style(fn: Callable[..., Any]) -> str:
@@ -300,7 +305,7 @@ def load_settings(
             values[spec.name] = spec.default
         if spec.required and not values[spec.name]:
             problems.append(f"{spec.env}: required ({spec.help})")
-    _validate(values, problems)
+    _validate(values, problems, {name: source for name, (_, source) in raw.items()})
     if problems:
         raise ConfigError(problems)
     return Settings(**values)

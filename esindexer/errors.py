@@ -21,7 +21,8 @@ class ExitCode(enum.IntEnum):
     SETUP = 2  #: bad usage or configuration, or a setup the servers refuse for good
     ERROR_BUDGET = 3  #: too many dead letters within the window
     LOCKED = 4  #: another indexer with the same client id holds the lock
-    UNREACHABLE = 5  #: a server could not be reached (one-shot commands)
+    UNREACHABLE = 5  #: a server could not be reached (one-shot commands; ``run --deadline``)
+    DEADLINE = 124  #: ``run --until-caught-up --deadline`` not done in time (as timeout(1) reports it)
     INTERRUPTED = 130  #: stopped by SIGINT before the work was done (128 + 2, as shells report it)
     BROKEN_PIPE = 141  #: the reader of the output went away, e.g. ``| head`` (128 + SIGPIPE)
     TERMINATED = 143  #: stopped by SIGTERM before the work was done (128 + 15)
@@ -31,7 +32,8 @@ EXIT_CODES_HELP = """\
   0 done   1 unexpected error   2 bad usage or configuration (including credentials,
   privileges, certificates or an ingest pipeline Elasticsearch refuses)
   3 error budget exhausted   4 same client id already running   5 server unreachable
-  (one-shot commands; the service waits instead)
+  (one-shot commands and run --deadline; the service waits instead)
+  124 run --until-caught-up --deadline not done in time
   130 / 143 interrupted by SIGINT / SIGTERM before the work was done (run --until-caught-up,
   one-shot commands; a service stopped by a signal exits 0)   141 output pipe closed early"""
 

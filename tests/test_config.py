@@ -193,3 +193,14 @@ def test_a_database_without_relstorage_tables_is_a_clear_error(db_dsn, es_url):
         assert done.returncode == 2, (command, done.stderr)
         assert "no RelStorage table object_state" in done.stderr and "ESINDEXER_PG_DSN" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("given, named", [({"cli": {"index_prefix": "NcShop"}}, "--index-prefix: 'NcShop'"),
+                                          ({"env": {"ESINDEXER_INDEX_PREFIX": "NcShop"}},
+                                           "ESINDEXER_INDEX_PREFIX: 'NcShop'")], ids=["flag", "environment"])
+def test_a_bad_value_is_named_as_it_was_given(given, named):
+    """Issue 26.7: ``--index-prefix NcShop`` was reported as ``ESINDEXER_INDEX_PREFIX: ...``."""
+    env = {"ESINDEXER_PG_DSN": DSN, **given.get("env", {})}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env=env, cli=given.get("cli", {}))
+    assert any(problem.startswith(named) for problem in caught.value.problems), caught.value.problems

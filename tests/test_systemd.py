@@ -24,6 +24,9 @@ from esindexer.errors import ExitCode
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "deploy" / "systemd" / "esindexer.service"
+PARTITION_UNIT = REPO / "deploy" / "systemd" / "esindexer-partition@.service"
+#: (the unit file, the unit systemd-analyze checks: an instance of a template)
+UNITS = [(UNIT, "esindexer.service"), (PARTITION_UNIT, "esindexer-partition@0-4.service")]
 ENV_FILE = REPO / "deploy" / "systemd" / "esindexer.env.example"
 OPERATIONS_DOC = REPO / "docs" / "operations.md"
 
@@ -75,15 +78,26 @@ def systemd_analyze() -> str:
     return path
 
 
-@pytest.fixture
-def installable_unit(tmp_path: Path) -> Path:
-    """The unit with ExecStart pointed at this checkout's esindexer (verify needs the binary)."""
-    binary = Path(sys.executable).with_name("esindexer")
-    assert binary.exists(), binary
-    text = UNIT.read_text().replace("/opt/esindexer/bin/esindexer", str(binary))
-    assert str(binary) in text
-    path = tmp_path / "esindexer.service"
-    path.write_text(text)
+def documented_virtualenv() -> str:
+    """Where docs/operations.md ("systemd") installs esindexer: ``python3 -m venv DIR``."""
+    section = OPERATIONS_DOC.read_text().split("\n## systemd", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"python3 -m venv (\S+) && (\S+)/bin/pip install esindexer", section)
+    assert match and match.group(1) == match.group(2), section[:2000]
+    return match.group(1)
+
+
+@pytest.fixture(params=UNITS, ids=[name for _, name in UNITS])
+def installable_unit(request, tmp_path: Path) -> Path:
+    """A shipped unit with the documented virtualenv (``/opt/esindexer``) replaced by this
+    checkout's, which has the same layout (verify needs the binary to exist)."""
+    shipped, name = request.param
+    venv = Path(sys.executable).parent.parent
+    assert (venv / "bin" / "esindexer").exists(), venv
+    text = shipped.read_text()
+    documented = documented_virtualenv()
+    assert f"ExecStart={documented}/bin/esindexer run" in text  # issue 26.6: /usr/local/bin/esindexer
+    path = tmp_path / name  # an instance name for the template: systemd reads the file as that instance
+    path.write_text(text.replace(f"{documented}/bin/esindexer", str(venv / "bin" / "esindexer")))
     return path
 
 
@@ -167,6 +181,30 @@ def test_env_file_is_accepted_by_esindexer_config() -> None:
     assert result.returncode == 0, result.stderr
     assert "ESINDEXER_PG_DSN=postgresql://esindexer:***@127.0.0.1:5432/zodb" in result.stdout
     assert "ESINDEXER_METRICS_PORT=9650" in result.stdout
+
+
+def test_every_unit_named_is_a_file_shipped() -> None:
+    """Issue 26.6: esindexer.service named "esindexer@.service"; the file is esindexer-partition@.service."""
+    shipped = {path.name for path in (REPO / "deploy" / "systemd").glob("*.service")}
+    assert shipped == {UNIT.name, PARTITION_UNIT.name}
+    texts = [path.read_text() for path in (REPO / "deploy" / "systemd").iterdir()]
+    texts += [path.read_text() for path in (REPO / "docs").glob("*.md")] + [(REPO / "README.md").read_text()]
+    for text in texts:
+        for name in re.findall(r"\b(esindexer[\w-]*@?[\w-]*)\.service\b", text):
+            template = re.sub(r"@[\w-]+$", "@", name)
+            assert f"{template}.service" in shipped, name
+
+
+def test_the_partition_unit_is_the_service_unit_plus_its_partition() -> None:
+    """Same behaviour, same sandbox; only the partition settings (and the description) differ."""
+    plain = unit_sections(UNIT.read_text())
+    partition = unit_sections(PARTITION_UNIT.read_text())
+    extra = [("EnvironmentFile", "-/etc/esindexer/partition-%i.env"), ("Environment", "ESINDEXER_PARTITION=%I")]
+    assert [kv for kv in partition["Service"] if kv not in extra] == plain["Service"]
+    assert all(kv in partition["Service"] for kv in extra)
+    assert [kv for kv in partition["Unit"] if kv[0] != "Description"] == \
+        [kv for kv in plain["Unit"] if kv[0] != "Description"]
+    assert partition["Install"] == plain["Install"]
 
 
 def test_operations_doc_installs_the_files_shipped() -> None:

@@ -40,20 +40,30 @@ def _fail(message: str, code: ExitCode) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            # Output to a pipe is buffered: write its last bytes now, so that a reader gone
+            # early shows here (and not as the interpreter's "Exception ignored" at exit).
+            # Also after argparse's own exits (--version, --help), which raise SystemExit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of our output went away (`esindexer --version | head -1`): not an error
+        # of ours. Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ExitCode.BROKEN_PIPE
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     parser = build_parser(COMMANDS)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return ExitCode.SETUP
     command = next(c for c in COMMANDS if c.name == args.command)
-    try:
-        return _main(command, args)
-    except BrokenPipeError:
-        # The reader of our output went away (`esindexer config | head -1`): not an error of
-        # ours. Point stdout at /dev/null so the interpreter's final flush cannot raise again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return ExitCode.BROKEN_PIPE
+    return _main(command, args)
 
 
 def _main(command: Command, args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ environment and the config file still apply underneath it.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,8 +81,18 @@ def _settings_parent(command: Command) -> argparse.ArgumentParser:
     return parent
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, except that a write error of ``--help`` or a usage message is not
+    swallowed: ``esindexer --help | head -1`` exits 141 like every other command whose
+    reader went away (argparse ignores OSError there and would exit 0 with half a text)."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            (file or sys.stderr).write(message)
+
+
 def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="esindexer",
         description=(
             "Keep Elasticsearch in step with a ZODB database stored by RelStorage in "
@@ -95,7 +106,7 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction,
                         help="show the versions of esindexer and its Elasticsearch client, and whether "
                              "the C pre-scan extension is in use")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub: Any = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in commands:
         child = sub.add_parser(command.name, parents=[_settings_parent(command)], help=command.help,
                                description=command.description)

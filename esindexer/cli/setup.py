@@ -22,7 +22,7 @@ def _setup(settings: Settings, args: argparse.Namespace) -> int:
     try:
         report = create_all(conn)
         for what in report.done:
-            print(f"present: {what}")
+            print(what)  # "created: ..." or, when it was there already, "present: ..."
         for what in report.missing:
             print(f"NOT created (this role may not): {what}")
         if args.grant_to:

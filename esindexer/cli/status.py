@@ -25,8 +25,9 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
     conn = connect(settings)
     es = make_es_client(settings).options(request_timeout=min(settings.es_request_timeout, 10.0))
+    failures: list[Exception] = []
     try:
-        reports = status_reports(conn, settings, es, every_client=args.all)
+        reports = status_reports(conn, settings, es, every_client=args.all, failures=failures)
     except UnknownClient as exc:
         print(f"esindexer: {redact(str(exc))}", file=sys.stderr)
         return ExitCode.SETUP
@@ -37,6 +38,9 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(reports if args.all else reports[0], indent=2))
     else:
         print("\n\n".join("\n".join(status_lines(report)) for report in reports))
+    if failures:  # what PostgreSQL knows is printed; the documents are not known: not a success
+        sys.stdout.flush()
+        raise failures[0]  # main() says what it was, with the exit code (5 unreachable, 2 refused)
     return ExitCode.OK
 
 
@@ -46,8 +50,8 @@ COMMAND = Command(
     description="Per client id: whether an indexer holds its lock now, the saved progress (tid, its commit "
                 "time, when it was saved), rows committed after it, lag, dead letters by kind, pack "
                 "deletions not yet applied and the crash guard, from PostgreSQL; the documents in its "
-                "indices and the alias, from Elasticsearch (shown as unavailable when it cannot be "
-                "reached). Exit 2 for a client id that never ran against this database (the message "
+                "indices and the alias, from Elasticsearch (shown as unknown when it cannot be "
+                "reached: the rest is printed, then exit 5). Exit 2 for a client id that never ran against this database (the message "
                 "names the client ids that have).",
     groups=("elasticsearch",),
     settings=("pg_dsn", "client_id", "partition", "index_prefix", "alias", "class_routes", "default_route",

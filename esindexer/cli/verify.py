@@ -30,8 +30,10 @@ def _print_text(report: object, repair: bool) -> None:
     from esindexer.ops.verify import Report
 
     assert isinstance(report, Report)
-    print(f"objects {report.objects}, documents {report.documents}"
-          + (", bodies compared" if report.deep else ""))
+    apart = [f"{n} never indexed (classes skipped or excluded)" for n in [report.not_indexed] if n] + \
+        [f"{n} unconvertible (dead letters)" for n in [report.unconvertible] if n]
+    print(f"objects {report.objects}" + (f" ({', '.join(apart)})" if apart else "")
+          + f", documents {report.documents}" + (", bodies compared" if report.deep else ""))
     print("differences" + ("" if report.clean else " (confirmed by a second read)") + ":")
     for kind, count in report.counts.items():
         print(f"  {kind:<8} {count}" + _examples(report.examples[kind]))

@@ -160,7 +160,7 @@ class BulkSender:
 
     def _sleep(self, seconds: float) -> None:
         if self._stop.wait(seconds):
-            raise Abandoned("shutting down during back-off")
+            raise Abandoned("backing off after an Elasticsearch error (the request was not acknowledged)")
 
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

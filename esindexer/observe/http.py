@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: The /readyz body of a hot standby (load balancers and probes match on "standby").
 STANDBY_REASON = ("standby: another esindexer holds this client id's lock and is indexing; "
                   "this one takes over when that lock is freed")
+#: The /readyz body once a stop was asked for (SIGTERM/SIGINT), until the process exits.
+STOPPING_REASON = "stopping: a stop was asked for (SIGTERM/SIGINT)"
 
 
 class _CachedCheck:
@@ -75,8 +77,10 @@ class HealthServer:
 
     def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9650,
                  es_check: Callable[[], None] | None = None, stall_after: float = 300.0,
-                 *, es_check_ttl: float = 5.0, source_stale_after: float = 120.0) -> None:
+                 *, es_check_ttl: float = 5.0, source_stale_after: float = 120.0,
+                 stopping: Callable[[], bool] | None = None) -> None:
         self.metrics = metrics
+        self._stopping = stopping
         self.host = host
         self._requested_port = port
         self.stall_after = stall_after
@@ -127,6 +131,8 @@ class HealthServer:
             # Not an error: another process holds the lock and indexes. Nothing else applies
             # (no progress is expected from this one), so the reason stands alone.
             return False, [STANDBY_REASON]
+        if self._stopping is not None and self._stopping():
+            return False, [STOPPING_REASON]  # on its way out: nothing else matters
         reasons: list[str] = []
         reachable, error = m.source_status()
         if reachable is None:

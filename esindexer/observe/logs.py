@@ -17,7 +17,10 @@ from datetime import UTC, datetime
 from esindexer.redact import redact
 
 #: Loggers of libraries kept at WARNING whatever ``log_level`` says.
-QUIET_LIBRARIES = ("elastic_transport", "urllib3", "elasticsearch")
+QUIET_LIBRARIES = ("urllib3", "elasticsearch")
+#: ... and at ERROR: elastic_transport warns of every failed request ("Node ... has failed for
+#: 3 times in a row"), which esindexer's own retry line already says with the cause and a hint.
+SILENT_LIBRARIES = ("elastic_transport",)
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -66,3 +69,5 @@ def configure_logging(fmt: str = "text", level: str = "info") -> None:
     # volume that drowns esindexer's own lines, also at debug level. Their warnings still show.
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in SILENT_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)

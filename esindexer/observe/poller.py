@@ -19,10 +19,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg2.errors
+
 from esindexer.backoff import Backoff
 from esindexer.observe.metrics import Metrics
 from esindexer.redact import redact
-from esindexer.source.pg import refused_for_good
+from esindexer.source.pg import cancel_if_busy, privilege_problem, refused_for_good
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class SourcePoller:
     def stop(self, timeout: float | None = None) -> None:
         """Ask the thread to stop and wait for it (at most one in-flight query)."""
         self._stop.set()
+        cancel_if_busy(self._conn)  # a poll waiting for a lock must not delay the exit
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout if timeout is not None else self.statement_timeout + 5.0)
@@ -85,6 +88,8 @@ class SourcePoller:
                 tid = self._query()
             except Exception as exc:  # any failure means: treat the source as unreachable
                 self._close()
+                if self._stop.is_set():
+                    return False  # cancelled by stop(): not an outage
                 self._on_failure(exc)
                 return False
             self._metrics.record_source_latest(tid, oldest_tid=self._oldest)
@@ -118,16 +123,22 @@ class SourcePoller:
                 log.debug("closing the broken poller connection failed", exc_info=True)
 
     def _on_failure(self, exc: BaseException) -> None:
+        refused = refused_for_good(exc)
         if getattr(exc, "pgcode", None) == "42P01":  # undefined_table: reachable, but not RelStorage's
             reason = ("no RelStorage table object_state in this database (not created yet, or "
                       "ESINDEXER_PG_DSN names another database)")
-        elif (refused := refused_for_good(exc)) is not None:  # the indexer itself exits with code 2
+        elif refused is not None:  # the indexer itself exits with code 2, saying so
             reason = redact(str(refused))
+        elif isinstance(exc, psycopg2.errors.InsufficientPrivilege):  # reachable, but not permitted
+            reason = redact(str(privilege_problem(exc)))
+        elif isinstance(exc, psycopg2.errors.QueryCanceled):  # reachable, but too slow (a lock, load)
+            reason = (f"PostgreSQL did not answer the lag query within {self.statement_timeout:g}s "
+                      "(statement_timeout): a lock on object_state, or an overloaded server")
         else:
             reason = f"PostgreSQL unreachable: {type(exc).__name__}: {redact(' '.join(str(exc).split()))}"
         self._metrics.record_source_unreachable(reason)
         self._failures += 1
-        if self._outage_started is None:
+        if self._outage_started is None and refused is None:
             # One warning per outage; the attempts that follow are only debug noise.
             self._outage_started = time.monotonic()
             log.warning("source poll failed, retrying with back-off: %s", reason,

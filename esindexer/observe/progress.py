@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TextIO
 
 from esindexer.config import Settings
@@ -47,6 +48,11 @@ BAR_HIDDEN = frozenset({"rows", "deletes", "skipped"})
 
 #: How often a bar is redrawn (a log line goes every ``interval`` instead).
 BAR_TICK = 0.5
+
+
+#: Rows count once their whole batch is saved (``batch_limit`` rows, many bulk requests);
+#: documents as soon as Elasticsearch acknowledges their request: the documents lead.
+PIPELINE_COUNTS_LABEL = "documents acknowledged: "
 
 
 def pipeline_counts(metrics: Metrics) -> Callable[[], Counts]:
@@ -86,7 +92,9 @@ def pipeline_live(metrics: Metrics) -> Callable[[], bool]:
 
 
 def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: bool,
-                     what: str | None = None) -> ProgressReporter | None:
+                     what: str | None = None,
+                     cancellable: Callable[[Any], AbstractContextManager[Any]] | None = None
+                     ) -> ProgressReporter | None:
     """A started reporter for the service's backlog at start, or None when there is little
     or none (quiet when caught up).
 
@@ -95,7 +103,8 @@ def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: b
     after it. A service run (``until_caught_up`` False) reports only a catch-up of at least
     one batch (``batch_limit`` rows) and ends its report once caught up; a backfill reports
     whatever it has to do. The estimate is best effort: without PostgreSQL at this moment
-    there is no report (the service's own retries say why).
+    there is no report (the service's own retries say why). ``cancellable(conn)``, when
+    given, wraps the estimate's reads: a stop cancels them (they can wait for a lock).
     """
     from esindexer.source import backlog, follow, partitions, pg
 
@@ -106,11 +115,12 @@ def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: b
     except pg.CONNECTION_ERRORS:
         return None
     try:
-        # Where the pipeline will start: this worker's progress, or, for a worker id without
-        # any (scaling out to partitions or back to one process), the seed it will get.
-        start = partitions.start_tid(conn, settings.client_id, settings.worker_id)
-        end = follow.latest_tid(conn)
-        ahead = backlog.rows_after(conn, start, end)
+        with cancellable(conn) if cancellable is not None else contextlib.nullcontext():
+            # Where the pipeline will start: this worker's progress, or, for a worker id without
+            # any (scaling out to partitions or back to one process), the seed it will get.
+            start = partitions.start_tid(conn, settings.client_id, settings.worker_id)
+            end = follow.latest_tid(conn)
+            ahead = backlog.rows_after(conn, start, end)
     except Exception:  # no RelStorage tables yet, say: the service waits for them and says so
         log.debug("no progress estimate", exc_info=True)
         return None
@@ -120,7 +130,8 @@ def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: b
         return None
     reporter = ProgressReporter(what or ("backfill" if until_caught_up else "catch-up"), ahead.best_guess,
                                 pipeline_counts(metrics), exact=ahead.exact, interval=settings.progress_interval,
-                                finished=None if until_caught_up else pipeline_live(metrics))
+                                finished=None if until_caught_up else pipeline_live(metrics),
+                                counts_label=PIPELINE_COUNTS_LABEL)
     # Announced as the command's own line (logger "esindexer", as run's other start-up lines).
     where = f"after tid {start}" if start > 0 else "from the start"
     logging.getLogger("esindexer").info("%s of %s%s rows %s", reporter.what, "" if ahead.exact else "about ",
@@ -159,8 +170,10 @@ class ProgressReporter:
 
     def __init__(self, what: str, total: int | None, counts: Callable[[], Counts] | None = None, *,
                  exact: bool = True, interval: float = 10.0, stream: TextIO | None = None,
-                 bar: bool | None = None, finished: Callable[[], bool] | None = None):
+                 bar: bool | None = None, finished: Callable[[], bool] | None = None, counts_label: str = ""):
         self.what = what
+        #: says what the named counts count, when it is not what the rows count
+        self.counts_label = counts_label
         self.total = total
         self.exact = exact
         self.interval = interval
@@ -282,7 +295,7 @@ class ProgressReporter:
             share = left = ""
         extra = ", ".join(f"{k.replace('_', '-')} {v:,}" for k, v in figures.items() if k != "rows")
         message = (f"{self.what}: {rows:,} rows done{share}{left}, {rate:,.0f} rows/s, ETA {_duration(eta)}"
-                   + (f"; {extra}" if extra else ""))
+                   + (f"; {self.counts_label}{extra}" if extra else ""))
         return message, fields
 
     def _log_line(self) -> None:
@@ -314,5 +327,5 @@ class ProgressReporter:
         if docs is not None and elapsed > 0:
             rate += f", {docs / elapsed:,.0f} docs/s"
         log.info("%s %s: %s rows in %.1fs (%s)%s", self.what, ended, f"{rows:,}", elapsed, rate,
-                 f"; {counts}" if counts else "", extra={"event": "progress_summary", **self.summary})
+                 f"; {self.counts_label}{counts}" if counts else "", extra={"event": "progress_summary", **self.summary})
         return self.summary

@@ -66,10 +66,15 @@ def clients_that_ran(conn: Any) -> set[str]:
         conn.rollback()
 
 
-def index_figures(settings: Settings, es: Any) -> dict[str, Any]:
+#: How ``documents_error`` begins when Elasticsearch could not answer.
+ES_FAILED = "Elasticsearch did not answer"
+
+
+def index_figures(settings: Settings, es: Any, failures: list[Exception] | None = None) -> dict[str, Any]:
     """Documents per configured index (None: the index does not exist) and the alias's
-    indices, from Elasticsearch; on failure, ``documents`` is None and ``documents_error``
-    says why (status still reports what PostgreSQL knows)."""
+    indices, from Elasticsearch; on failure, ``documents``, ``indices`` and ``alias`` are
+    None (unknown: not "missing"), ``documents_error`` says why, and the exception is
+    appended to ``failures`` (status still reports what PostgreSQL knows, then exits 5)."""
     indices = list(settings.routed_indices)
     alias = settings.alias_name
     figures: dict[str, Any] = {"documents": None, "indices": dict.fromkeys(indices),
@@ -93,7 +98,10 @@ def index_figures(settings: Settings, es: Any) -> dict[str, Any]:
     except Exception as exc:  # Elasticsearch away or refusing: say so, do not fail the report
         from esindexer.es.client import describe_error
 
-        figures["documents_error"] = describe_error(exc)
+        figures.update(documents=None, indices=None, alias=None,
+                       documents_error=f"{ES_FAILED}: {describe_error(exc)}")
+        if failures is not None:
+            failures.append(exc)
     return figures
 
 
@@ -139,7 +147,7 @@ def database_behind(conn: Any, settings: Settings, es: Any) -> dict[str, Any] | 
 
 
 def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[int, str] | None,
-                  latest: int, es: Any | None) -> dict[str, Any]:
+                  latest: int, es: Any | None, failures: list[Exception] | None = None) -> dict[str, Any]:
     """The report of one client id (keys are the JSON keys of ``status --json``).
 
     ``es`` is None for a client id other than the configured one: its indices are
@@ -180,7 +188,7 @@ def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[in
         "partitions": workers,
     }
     if es is not None:
-        report.update(index_figures(settings, es))
+        report.update(index_figures(settings, es, failures))
         report["database_behind"] = rewound = database_behind(conn, settings, es)
         report["database_behind_index"] = None if rewound is None else bool(rewound)
         report["caught_up"] = report["caught_up"] and not rewound
@@ -192,10 +200,11 @@ def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[in
     return report
 
 
-def status_reports(conn: Any, settings: Settings, es: Any | None, every_client: bool = False) -> list[dict[str, Any]]:
+def status_reports(conn: Any, settings: Settings, es: Any | None, every_client: bool = False,
+                   failures: list[Exception] | None = None) -> list[dict[str, Any]]:
     """One report per client id: the configured one, or (``every_client``) each that has
     run here. Raises :class:`UnknownClient` when the configured client id never ran here
-    (unless ``every_client``)."""
+    (unless ``every_client``). What Elasticsearch failed with is appended to ``failures``."""
     known = saved_progress(conn)
     latest = follow.latest_tid(conn)
     conn.rollback()
@@ -205,8 +214,8 @@ def status_reports(conn: Any, settings: Settings, es: Any | None, every_client: 
     if not every_client and not exists:
         raise UnknownClient(client_id, sorted(set(known) | ran))
     ids = sorted(set(known) | ran | ({client_id} if exists else set())) if every_client else [client_id]
-    return [client_report(conn, settings, name, known.get(name), latest, es if name == client_id else None)
-            for name in ids]
+    return [client_report(conn, settings, name, known.get(name), latest, es if name == client_id else None,
+                          failures) for name in ids]
 
 
 def status_lines(report: dict[str, Any]) -> list[str]:
@@ -217,7 +226,10 @@ def status_lines(report: dict[str, Any]) -> list[str]:
         text["rows_behind"] = f"more than {report['rows_behind']:,}"
     text["dead_letters_by_kind"] = ", ".join(f"{kind} {n}" for kind, n in report["dead_letters_by_kind"].items()) \
         or None
-    if report.get("indices") is not None:
+    if str(report.get("documents_error")).startswith(ES_FAILED):  # not "missing": not known
+        text["indices"] = f"unknown ({report['documents_error']})"
+        text.pop("documents_error")
+    elif report.get("indices") is not None:
         text["indices"] = ", ".join(f"{name} ({'missing' if n is None else f'{n} docs'})"
                                     for name, n in report["indices"].items())
     alias = report.get("alias")

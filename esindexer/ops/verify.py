@@ -66,6 +66,10 @@ class Report:
     after a repair, what the re-read found repaired and what still differs."""
 
     objects: int = 0
+    #: objects that have no document by design (a class skipped or excluded from indexing)
+    not_indexed: int = 0
+    #: objects whose record does not convert (dead letters: no document either)
+    unconvertible: int = 0
     documents: int = 0
     deep: bool = False
     counts: dict[str, int] = field(default_factory=_tally)
@@ -95,7 +99,8 @@ class Report:
                 examples[difference.kind].append(difference.zoid)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"objects": self.objects, "documents": self.documents, "deep": self.deep,
+        return {"objects": self.objects, "objects_not_indexed": self.not_indexed,
+                "objects_unconvertible": self.unconvertible, "documents": self.documents, "deep": self.deep,
                 "differences": self.counts, "examples": self.examples, "clean": self.clean,
                 "lagging": self.lagging, "lagging_examples": self.lagging_examples,
                 "progress_tid": self.progress_tid, "repaired": self.repaired,
@@ -125,7 +130,10 @@ def verify(conn: Any, sink: ElasticsearchSink, builder: DocumentBuilder, jsonifi
             report.objects += 1
             have = held.pop(zoid, [])
             report.documents += len(have)
-            if differences(expect(builder, jsonifier, ctx.letters, zoid, (tid, state)), have, deep):
+            expected = expect(builder, jsonifier, ctx.letters, zoid, (tid, state))
+            report.not_indexed += expected.wanted == "delete"
+            report.unconvertible += expected.wanted in ("error", "lettered")
+            if differences(expected, have, deep):
                 candidates.append(zoid)
         candidates.extend(held)  # documents in this range without an object in the page
         report.documents += sum(map(len, held.values()))

@@ -18,6 +18,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -155,13 +156,23 @@ class Committer:
         if not self._thread.is_alive():
             return
         self._queue.put(None)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        self._join(timeout)
+        if self._thread.is_alive() and not self._abandon.is_set():
             log.warning("in-flight bulks did not finish within %.0fs; abandoning them (progress stays at the "
                         "last acknowledged batch)", timeout or 0)
             self._abandon.set()
             self._closed.set()
-            self._thread.join(10)
+            self._join(10)
+
+    def _join(self, timeout: float | None) -> None:
+        """Wait for the thread up to ``timeout`` s, or until the work is abandoned (a second
+        signal must not wait for a bulk request Elasticsearch does not answer)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._thread.is_alive() and not self._abandon.is_set():
+            left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if left <= 0:
+                return
+            self._thread.join(left)
 
     def close(self) -> None:
         self._closed.set()
@@ -170,7 +181,7 @@ class Committer:
                 self._queue.put_nowait(None)
             except queue.Full:
                 pass
-            self._thread.join(10)
+            self._join(10)
 
     def _run(self) -> None:
         try:
@@ -294,5 +305,5 @@ class Committer:
         while not done.wait(0.5):
             self.raise_failure()
             if self._abandon.is_set():
-                raise Abandoned("shutdown while applying pack deletions")
+                raise Abandoned("applying pack deletions")
         self.raise_failure()

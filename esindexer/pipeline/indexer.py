@@ -21,14 +21,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from esindexer.backoff import Backoff
 from esindexer.config import Settings
 from esindexer.convert.configure import build_jsonifier
 from esindexer.documents import DocumentBuilder
-from esindexer.errors import Abandoned, AlreadyRunning, ErrorBudgetExhausted, ExitCode, SchemaError
-from esindexer.es.client import as_setup_error, connection_hint, describe_error, retry_reason
+from esindexer.errors import Abandoned, AlreadyRunning, ErrorBudgetExhausted, ExitCode
+from esindexer.es.client import as_setup_error, describe_error
 from esindexer.es.sink import ElasticsearchSink
 from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.budget import ErrorBudget
@@ -36,8 +37,10 @@ from esindexer.pipeline.committer import BatchInFlight, Committer
 from esindexer.pipeline.crashguard import CrashGuard
 from esindexer.pipeline.lease import LeaseKeeper, Liveness
 from esindexer.pipeline.reader import BatchReader
+from esindexer.pipeline.retry import retry_forever
 from esindexer.pipeline.rewind import Resync, check
 from esindexer.pipeline.sidecars import Sidecars
+from esindexer.pipeline.signals import Cancels
 from esindexer.pipeline.standby import LockKeeper
 from esindexer.pipeline.startup import prepare_source, warn_vanished
 from esindexer.pipeline.sweep import sweep
@@ -48,10 +51,6 @@ from esindexer.source.lease import LostLease
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class _Reconnect(Exception):
-    """A PostgreSQL connection error carried past :meth:`Indexer._retry_forever`."""
 
 
 class Indexer:
@@ -82,6 +81,8 @@ class Indexer:
         self._lease: tuple[int, int] | None = None
         self._lease_lost: LostLease | None = None  # why the last pipeline's lease keeper gave the lease up
         self._claimed: Any = None  # the writer connection, when claim() took the lock ahead of run()
+        #: the writer connection while the reader thread uses it (setup), and for the committer
+        self._cancels = Cancels()  # what a stop cancels: the writer while it sets up, the follower...
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
         # With partitions, one process of the set walks (partition 0); the others watch the mark.
         spec = settings.partition_spec
@@ -132,6 +133,17 @@ class Indexer:
             except Exception:  # pragma: no cover - best effort from the lease thread
                 pass
 
+    def interrupt(self, abandon: bool = False) -> None:
+        """After :meth:`stop`: cancel the PostgreSQL statements the stop would wait for
+        (:class:`esindexer.pipeline.signals.Cancels`); called from the signal thread, repeatedly."""
+        if self.stopping:
+            self._cancels.cancel(self._updates, abandon)
+
+    def cancellable(self, conn: Any) -> AbstractContextManager[Any]:
+        """For the block, :meth:`interrupt` also cancels ``conn``'s statements (a connection
+        of the main thread outside the pipeline, such as the backlog estimate's)."""
+        return self._cancels.cancellable(conn)
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
@@ -142,36 +154,14 @@ class Indexer:
 
     # -- setup ---------------------------------------------------------------------------
 
-    def _retry_forever(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` until it works or the service stops, backing off on transient errors."""
-        attempt = 0
-        while True:
-            try:
-                return fn()
-            except pg.CONNECTION_ERRORS as exc:
-                if (problem := pg.refused_for_good(exc)) is not None:
-                    raise problem from None  # a wrong password: retrying cannot help
-                reason, error = "pg_unreachable", exc
-            except SchemaError as exc:  # started before the application created its tables?
-                reason, error = "source_schema_missing", exc
-            except Exception as exc:
-                found = retry_reason(exc)
-                if found is None:
-                    raise
-                reason, error = found, exc
-            attempt += 1
-            delay = self._backoff.delay(attempt)
-            self.metrics.record_retry(reason, f"{what}: {describe_error(error)}")
-            hint = connection_hint(error)
-            log.warning("%s failed (%s: %s); retrying in %.1fs%s", what, reason, describe_error(error), delay,
-                        f"; {hint}" if hint else "",
-                        extra={"reason": reason})
-            if self._stop.wait(delay):
-                raise Abandoned(what)
+    def _retry_forever(self, what: str, fn: Callable[[], T], *, reconnect: bool = False) -> T:
+        """:func:`esindexer.pipeline.retry.retry_forever` with this indexer's stop and back-off."""
+        return retry_forever(what, fn, stop=self._stop, backoff=self._backoff, metrics=self.metrics,
+                             reconnect=reconnect)
 
     def _open_writer(self) -> Any:
         """The committer's connection: holds the per-client advisory lock for its lifetime."""
-        conn = pg.connect(self.settings, "writer")
+        conn = self._cancels.setup = self._cancels.writer = pg.connect(self.settings, "writer")
         try:
             self._lease = self.locks.take(conn)
             with pg.schema_lock(conn):
@@ -200,18 +190,10 @@ class Indexer:
         once per finding, and keep watching until it is repaired (esindexer.pipeline.rewind).
         True when found for the first time (the crash guard's row is then the backup's: a run
         on the restored database would have marked the indices before it)."""
-        def checked() -> Any:
-            try:
-                return check(conn, self.sink, self.settings.worker_id)
-            except pg.CONNECTION_ERRORS as exc:  # not for the retry below: the pipeline reconnects
-                raise _Reconnect() from exc
-
-        try:
-            mark, evidence, new = self._retry_forever("comparing the newest documents with the database", checked)
-        except _Reconnect as exc:
-            cause = exc.__cause__
-            assert cause is not None
-            raise cause from None
+        # A lost connection is not retried here: the pipeline reconnects (reconnect=True).
+        mark, evidence, new = self._retry_forever("comparing the newest documents with the database",
+                                                  lambda: check(conn, self.sink, self.settings.worker_id),
+                                                  reconnect=True)
         self.resync.found(mark, evidence, first)
         self.resync.start()
         return bool(new)
@@ -247,8 +229,8 @@ class Indexer:
                                 str(exc).strip()[:300])
                     if self._stop.wait(min(2.0, s.retry_max_seconds)):
                         break
-        except Abandoned:
-            log.info("abandoned work in progress on shutdown")
+        except Abandoned as exc:  # says what it was doing: standing by, waiting for a server...
+            log.info("stopped while %s", exc)
         except AlreadyRunning as exc:
             log.error("%s", exc)
             return ExitCode.LOCKED
@@ -302,8 +284,9 @@ class Indexer:
             # the application may create them after esindexer starts; otherwise the DSN is wrong.
             self._retry_forever("waiting for RelStorage's tables", lambda: pg.require_relstorage(conn))
             sweep_due = prepare_source(conn, self.settings)
-            if first and sweep_due:
-                sweep(conn, self.sink, self.metrics)
+            if first and sweep_due:  # a 503 while shards start (another partition creating the index): retried
+                self._retry_forever("sweeping documents of deleted objects", lambda: sweep(conn, self.sink, self.metrics),
+                                    reconnect=True)
             restored = self._check_rewind(conn, first)
             start_tid = progress.get_progress_tid(conn, s.worker_id)
             conn.commit()
@@ -329,6 +312,9 @@ class Indexer:
                     return True
             log.info("following from tid %d%s", start_tid,
                      f" to {end_tid}" if end_tid is not None else "", extra={"tid": start_tid})
+            self._cancels.setup = None  # the committer's now: a first stop no longer cancels its statements
+            if self.stopping:
+                return True
             committer.start()
             if keeper is not None:
                 keeper.watch()
@@ -354,18 +340,23 @@ class Indexer:
             # A stop, or the lease lost, that came before there was an iteration to stop.
             if self.stopping or (keeper is not None and keeper.lost is not None):
                 updates.stop()
-            for rows in updates:
-                batch = reader.read(rows, committer.raise_failure)
-                if batch is None:  # stopped part-way: this batch must not count as done
-                    break
-                batch.live = updates.caught_up
-                if batch.rows:
-                    committer.put(batch)
-                    put_tid = batch.last_tid
-                # Not kept while the next commit is awaited: a settled batch holds its
-                # requests' results, which may be a very large document (issue 21).
-                del batch
-                committer.raise_failure()
+            try:
+                for rows in updates:
+                    batch = reader.read(rows, committer.raise_failure)
+                    if batch is None:  # stopped part-way: this batch must not count as done
+                        break
+                    batch.live = updates.caught_up
+                    if batch.rows:
+                        committer.put(batch)
+                        put_tid = batch.last_tid
+                    # Not kept while the next commit is awaited: a settled batch holds its
+                    # requests' results, which may be a very large document (issue 21).
+                    del batch
+                    committer.raise_failure()
+            except pg.CANCELLED:
+                if not self.stopping:
+                    raise  # a statement_timeout: handled like a lost connection
+                log.info("cancelled the follower's read to stop")
             if keeper is not None:  # the lease keeper ends the iteration when the lease is lost
                 keeper.check()
             finished = not self.stopping
@@ -386,6 +377,7 @@ class Indexer:
             if keeper is not None:
                 keeper.close()
                 self._lease_lost = keeper.lost
+            self._cancels.setup = self._cancels.writer = None
             if committer is not None:
                 committer.close()
             if reader is not None:

@@ -311,7 +311,7 @@ class _Child:
                 return None
             if cancel is not None and cancel.is_set():
                 self.close()
-                raise Abandoned("conversion in the child process abandoned")
+                raise Abandoned("converting in the child process (abandoned)")
             waited += _POLL_SECONDS
             if timeout is not None and waited >= timeout:
                 self.close()

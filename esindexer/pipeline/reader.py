@@ -102,7 +102,7 @@ class BatchReader:
             while not self._in_flight.acquire(timeout=0.5):
                 raise_failure()
                 if self._abandon.is_set():
-                    raise Abandoned("shutdown while waiting for a bulk slot")
+                    raise Abandoned("waiting for a bulk request slot (in-flight requests abandoned)")
                 if self._stopping():
                     return False
             future = self.pool.submit(self._send, buffer.take())

@@ -66,8 +66,10 @@ Stopping
 :meth:`Updates.stop` may be called from any thread or from a signal handler: it sets a
 flag and writes a byte to a socket pair the waiting ``select()`` also watches. The
 iteration ends promptly after the current batch, including when it is blocked waiting
-for commits. Leaving the ``for`` loop, :meth:`Updates.close` or ``with updates(...)``
-close the connections the follower opened.
+for commits. A read in progress is not interrupted by :meth:`Updates.stop`;
+:meth:`Updates.cancel` (from another thread) cancels it, and the iteration then raises
+``psycopg2.errors.QueryCanceled``. Leaving the ``for`` loop, :meth:`Updates.close` or
+``with updates(...)`` close the connections the follower opened.
 
 Connections
 ===========
@@ -92,7 +94,7 @@ import psycopg2
 
 from esindexer.config_table import SETTINGS_BY_NAME
 from esindexer.source.pages import Pages, Row
-from esindexer.source.pg import ConnOrDsn, keeps_history, reading
+from esindexer.source.pg import ConnOrDsn, cancel_if_busy, keeps_history, reading
 from esindexer.source.wakeup import CommitWaiter
 
 log = logging.getLogger(__name__)
@@ -252,6 +254,7 @@ class Updates:
         self._pending: collections.deque[Row] = collections.deque()
         self._reader: Optional[Pages] = None
         self._closed = False
+        self._conn: Optional[psycopg2.extensions.connection] = None
 
     # -- public -------------------------------------------------------------------
 
@@ -266,6 +269,12 @@ class Updates:
         """End the iteration after the current batch. Thread- and signal-handler-safe."""
         self._stop_requested = True
         self._waiter.signal()
+
+    def cancel(self) -> None:
+        """Cancel the statement the follower is running, if any (from any thread): a read
+        that waits for a lock or runs a slow plan then fails at once with ``QueryCanceled``
+        instead of delaying a stop until it ends. Call :meth:`stop` first."""
+        cancel_if_busy(self._conn)
 
     def wake(self) -> None:
         """Make a waiting follower read now (and call ``on_idle`` again). Thread-safe."""
@@ -340,6 +349,7 @@ class Updates:
             conn = psycopg2.connect(self._conn_arg)
         else:
             conn = self._conn_arg
+        self._conn = conn
         listening = False
         try:
             if owned:
@@ -372,6 +382,7 @@ class Updates:
                 self._waiter.wait(conn, listening)
         finally:
             self._reader = None
+            self._conn = None
             if not conn.closed:
                 if owned:
                     conn.close()

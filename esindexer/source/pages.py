@@ -37,6 +37,16 @@ PIECE_BYTES = 8 << 20
 #: ``(tid, zoid, data)``; ``data`` is None for a NULL state.
 Row = tuple[int, int, Optional[bytes]]
 
+#: Sent with every page read, in the same statement string (one implicit transaction, so
+#: ``SET LOCAL`` ends with the read): index scans only. A page is a short range of an index
+#: in tid order; PostgreSQL chooses a full scan and sort, a bitmap scan (every row after
+#: the position, then a sort) or a hash join only on estimates, and estimates go wrong when
+#: the statistics are missing or stale (right after a bulk import) or cannot know the
+#: selectivity (a partition's ``mod(zoid, N) = i``): then each page costs as much as the
+#: whole backlog. docs/performance.md, "Following", has the measurements.
+PLANNER = ("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; "
+           "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; ")
+
 
 class Pages:
     """Keyset-paginated reads of current rows, each in its own short transaction."""
@@ -58,28 +68,41 @@ class Pages:
         upper = "" if end_tid is None else f" AND {{t}}.tid <= {int(end_tid)}"
         within = "{t}.tid = %(tid)s AND {t}.zoid > %(zoid)s"
         after = "{t}.tid > %(tid)s" + upper
-        if keep_history:
-            # current_object drives (it lists current revisions, with indexes on zoid
-            # and tid). The conditions are repeated for object_state because the planner
-            # does not carry inequalities across the join: without them a merge join
-            # scans object_state's primary key from its first zoid.
-            source = "current_object c JOIN object_state s ON s.zoid = c.zoid AND s.tid = c.tid"
-            within = within.format(t="c") + " AND " + within.format(t="s")
-            after = after.format(t="c") + " AND " + after.format(t="s")
-            t = "c"
-        else:
-            source = "object_state s"
-            within, after, t = within.format(t="s"), after.format(t="s"), "s"
+        t = "c" if keep_history else "s"
+        within, after = within.format(t=t), after.format(t=t)
         if partition is not None:
             index, count = (int(v) for v in partition)
             within += f" AND mod({t}.zoid, {count}) = {index}"
             after += f" AND mod({t}.zoid, {count}) = {index}"
-        columns = f"{t}.tid AS tid, {t}.zoid AS zoid, s.state, s.state_size"
-        self._within = self._sized(
-            f"SELECT {columns} FROM {source} WHERE {within} ORDER BY {t}.zoid LIMIT %(limit)s"
-        )
-        self._after = self._sized(
-            f"SELECT {columns} FROM {source} WHERE {after} ORDER BY {t}.tid, {t}.zoid LIMIT %(limit)s"
+        if keep_history:
+            self._within = self._sized(self._current(within, "c.zoid"))
+            self._after = self._sized(self._current(after, "c.tid, c.zoid"))
+        else:
+            columns = "s.tid AS tid, s.zoid AS zoid, s.state, s.state_size"
+            self._within = self._sized(
+                f"SELECT {columns} FROM object_state s WHERE {within} ORDER BY s.zoid LIMIT %(limit)s")
+            self._after = self._sized(
+                f"SELECT {columns} FROM object_state s WHERE {after} ORDER BY s.tid, s.zoid LIMIT %(limit)s")
+
+    @staticmethod
+    def _current(where: str, order: str) -> str:
+        """A page of current revisions of a history-preserving database, planned the same
+        way whatever the statistics say (docs/performance.md, "Following").
+
+        The page's keys come from ``current_object`` alone (its tid index, in order, up to
+        the limit); each key's state is then looked up by ``object_state``'s primary key,
+        one row at a time (``LATERAL`` with ``OFFSET 0``, which the planner cannot turn into
+        a join). A plain join of the two tables leaves the join method to the statistics:
+        right after a bulk import, before ANALYZE has seen it, PostgreSQL estimated ten rows
+        on each side and hashed every revision newer than the position for every page,
+        quadratic in the backlog (a 100,000-object backlog stalled after 6,000 rows).
+        """
+        return (
+            f"WITH page AS MATERIALIZED (SELECT c.tid, c.zoid FROM current_object c WHERE {where}"
+            f" ORDER BY {order} LIMIT %(limit)s)"
+            " SELECT page.tid AS tid, page.zoid AS zoid, s.state, s.state_size FROM page"
+            " CROSS JOIN LATERAL (SELECT o.state, o.state_size FROM object_state o"
+            " WHERE o.zoid = page.zoid AND o.tid = page.tid OFFSET 0) AS s"
         )
 
     @staticmethod
@@ -111,7 +134,7 @@ class Pages:
         params = {"tid": self.tid, "zoid": self.zoid, "limit": limit, "budget": budget, "piece": PIECE_BYTES}
         try:
             with conn.cursor() as cur:
-                cur.execute(sql, params)
+                cur.execute(PLANNER + sql, params)
                 fetched = cur.fetchall()
         finally:
             if not conn.autocommit and not conn.closed:

@@ -47,6 +47,9 @@ CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 NOT_PERMITTED = (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.LockNotAvailable,
                  psycopg2.errors.ReadOnlySqlTransaction, psycopg2.errors.FeatureNotSupported)
 
+#: A statement cancelled (by a stop: :func:`cancel_if_busy`, or by ``statement_timeout``).
+CANCELLED = psycopg2.errors.QueryCanceled
+
 LOCK_CLASS = 0x65730001  # advisory lock namespace: "es" + 1
 
 #: What the server says, at connection time, when it will never accept this DSN: the
@@ -152,6 +155,22 @@ def schema_lock(conn: Any) -> Iterator[None]:
                 conn.commit()
             except CONNECTION_ERRORS:
                 pass  # the session is gone, and its lock with it
+
+
+def cancel_if_busy(conn: Any) -> bool:
+    """Cancel the statement ``conn`` is running, if it is running one; True if a cancel
+    request was sent. Safe from any thread while another uses ``conn`` (libpq's cancel
+    goes over a connection of its own): how a stop interrupts a statement that waits for
+    a lock or runs for minutes. The statement then fails with ``QueryCanceled``."""
+    if conn is None or conn.closed:
+        return False
+    try:
+        if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_ACTIVE:
+            return False
+        conn.cancel()
+    except psycopg2.Error:
+        return False  # closed meanwhile, or the server is gone: nothing left to cancel
+    return True
 
 
 def is_idle(conn: psycopg2.extensions.connection) -> bool:

@@ -34,7 +34,7 @@ TABLE_RIGHTS: dict[str, tuple[str, ...]] = {
 class SetupReport:
     """What ``setup`` found or made, in the words it prints."""
 
-    done: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)  #: there now, as ``"created: ..."`` or ``"present: ..."``
     missing: list[str] = field(default_factory=list)  #: what could not be made (rights)
     granted: list[str] = field(default_factory=list)
 
@@ -44,6 +44,10 @@ def create_all(conn: Any) -> SetupReport:
     report = SetupReport()
     with conn.cursor() as cur:
         keeps_history(cur)  # SchemaError without RelStorage's tables
+        before = {table for table in TABLE_RIGHTS if has_relation(cur, table)}
+    conn.rollback()
+    had = {"pack-deletion log and capture trigger": deletions.capture_installed(conn),
+           "change-notification trigger": notify.trigger_installed(conn)}
     conn.rollback()
     progress.ensure_table(conn)
     deadletters.ensure_table(conn)
@@ -55,9 +59,13 @@ def create_all(conn: Any) -> SetupReport:
     for what, ok in (("pack-deletion log and capture trigger", deletions.install(conn)),
                      ("change-notification trigger", notify.install_trigger(conn))):
         conn.commit()
-        (report.done if ok else report.missing).append(what)
+        if ok:
+            report.done.append(f"{'present' if had[what] else 'created'}: {what}")
+        else:
+            report.missing.append(what)
     with conn.cursor() as cur:
-        report.done[:0] = [f"table {table}" for table in TABLE_RIGHTS if has_relation(cur, table)]
+        report.done[:0] = [f"{'present' if table in before else 'created'}: table {table}"
+                           for table in TABLE_RIGHTS if has_relation(cur, table)]
     conn.rollback()
     return report
 

@@ -8,6 +8,8 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -54,9 +56,12 @@ def test_a_wheel_ships_the_guides(tmp_path):
         assert f"esindexer/docs/{guide.name}" in names
 
 
-def test_a_reader_that_goes_away_is_not_an_error():
-    # The read end is closed before the child writes: its first write meets EPIPE.
-    child = subprocess.Popen([sys.executable, "-m", "esindexer", "docs", "performance"],
+@pytest.mark.parametrize("args", [("docs", "performance"), ("--version",), ("--help",), ("docs",)],
+                         ids=["docs-performance", "version", "help", "docs-list"])
+def test_a_reader_that_goes_away_is_not_an_error(args):
+    # The read end is closed before the child writes: its first write meets EPIPE. Issue 26.3:
+    # --version printed a traceback and exited 1 (argparse's print came before the handler).
+    child = subprocess.Popen([sys.executable, "-m", "esindexer", *args],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     child.stdout.close()
     stderr = child.stderr.read().decode()

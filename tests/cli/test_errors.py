@@ -48,6 +48,7 @@ def test_a_wrong_postgresql_password_is_exit_2_not_retried(db_dsn, es_url, es_pr
         assert done.returncode == ExitCode.SETUP, done.stderr[-3000:]
         assert "password (or the user) in ESINDEXER_PG_DSN is wrong" in done.stderr
         assert "retrying in" not in done.stderr  # the service did not retry it
+        assert "retrying with back-off" not in done.stderr  # nor did its lag poller say so (issue 26.7)
     else:
         line = _one_line(done, ExitCode.SETUP)
         assert "password (or the user) in ESINDEXER_PG_DSN is wrong" in line

@@ -36,10 +36,11 @@ def test_the_service_runs_as_a_role_granted_by_setup(zodb, db_dsn, es, es_url, e
     assert done.returncode == 0, done.stdout + done.stderr
     for what in ("table esindexer_progress", "table esindexer_dead_letters", "table esindexer_deletions",
                  "pack-deletion log and capture trigger", "change-notification trigger"):
-        assert f"present: {what}" in done.stdout
+        assert f"created: {what}" in done.stdout  # issue 26.7: it said "present:" for what it had just made
     assert f'GRANT SELECT ON "object_state" TO "{role}"' in done.stdout
     again = run_esindexer("setup", "--grant-to", role, env=dict(ESINDEXER_PG_DSN=db_dsn))
     assert again.returncode == 0 and "NOT created" not in again.stdout  # idempotent
+    assert "created:" not in again.stdout and "present: table esindexer_progress" in again.stdout
 
     run = run_esindexer("run", "--until-caught-up", env=env)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -164,6 +164,17 @@ def test_a_standby_is_not_ready_and_says_why_alone():
     assert not any(r.startswith("standby") for r in HealthServer(m).readiness()[1])
 
 
+def test_a_stopping_service_is_not_ready_and_says_why_alone():
+    """Issue 26.1: /readyz said "ready" while the process ignored its stop for minutes."""
+    m = caught_up_metrics()
+    stopping = {"now": False}
+    server = HealthServer(m, es_check=lambda: None, stopping=lambda: stopping["now"])
+    assert server.readiness()[0]
+    stopping["now"] = True
+    ready, reasons = server.readiness()
+    assert not ready and len(reasons) == 1 and reasons[0].startswith("stopping: ")
+
+
 # -- readiness rules ---------------------------------------------------------------------
 
 

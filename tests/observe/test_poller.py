@@ -167,3 +167,23 @@ def test_a_database_without_relstorage_tables_is_named_as_such(db_dsn, pollers):
     reachable, reason = m.source_status()
     assert reachable is False
     assert "no RelStorage table object_state" in reason and "ESINDEXER_PG_DSN" in reason
+
+
+def test_a_missing_grant_is_not_called_unreachable(zodb, db_dsn, caplog):
+    """Issue 26.7: a role without SELECT on object_state was reported as "PostgreSQL unreachable:
+    InsufficientPrivilege"; the server answered, it refused."""
+    from tests.source.follow_support import select_only_role
+
+    zodb.open().close()
+    with select_only_role(db_dsn, db_dsn) as role_dsn:
+        with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+            cur.execute(f"REVOKE SELECT ON object_state FROM {psycopg2.extensions.parse_dsn(role_dsn)['user']}")
+        conn.close()
+        metrics = Metrics(process_metrics=False)
+        poller = SourcePoller(lambda: psycopg2.connect(role_dsn), metrics)
+        assert not poller.poll_once()
+        poller.stop()
+    reachable, error = metrics.source_status()
+    assert reachable is False and error is not None
+    assert "unreachable" not in error and error.startswith("PostgreSQL refused: ERROR: permission denied"), error
+    assert "esindexer setup --grant-to" in error

@@ -139,6 +139,15 @@ def test_status_without_elasticsearch_still_reports_postgresql(zodb, db_dsn, es,
     _pages(zodb, 2)
     settings = make_settings(db_dsn, es_url, es_prefix)
     assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == ExitCode.OK
-    report = _status(settings, ESINDEXER_ES_URL="http://127.0.0.1:9")
-    assert report["documents"] is None and report["documents_error"]
+    env = _env(settings, ESINDEXER_ES_URL="http://127.0.0.1:9")
+    done = run_esindexer("status", "--json", env=env)
+    # Issue 26.2: it exited 0 and the text said "(missing)", read as a deleted index.
+    assert done.returncode == ExitCode.UNREACHABLE, done.stderr
+    assert "cannot reach Elasticsearch at http://127.0.0.1:9" in done.stderr
+    report = json.loads(done.stdout)
+    assert report["documents"] is None and report["indices"] is None and report["documents_error"]
     assert report["caught_up"] is True and report["rows_behind"] == 0
+    text = run_esindexer("status", env=env)
+    assert text.returncode == ExitCode.UNREACHABLE
+    assert "missing" not in text.stdout
+    assert "indices" in text.stdout and "unknown (Elasticsearch did not answer" in text.stdout

@@ -171,3 +171,21 @@ def test_deep_finds_and_repairs_documents_a_changed_transform_would_write_otherw
     assert {doc["state"]["title"] for zoid, doc in docs(es, settings.index_prefix).items() if zoid} == {
         f"PAGE {n}" for n in range(5)}
     conn.close()
+
+
+def test_verify_says_which_objects_have_no_document_by_design(zodb, db_dsn, es, es_url, es_prefix):
+    """Issue 26.7: "objects 5257, documents 5003" did not say the 254 were never-indexed classes."""
+    from tests.indexing import commit_tree
+
+    conn = zodb.open()
+    commit_tree(conn.root(), 300, per_transaction=100)  # an OOBTree: its buckets are not indexed
+    conn.close()
+    settings = make_settings(db_dsn, es_url, es_prefix)
+    catch_up(settings)
+    code, report = verify_cli(settings)
+    assert code == 0 and report["clean"], report
+    assert report["objects_not_indexed"] > 0 and report["objects_unconvertible"] == 0
+    assert report["objects"] == report["documents"] + report["objects_not_indexed"], report
+    text = run_esindexer("verify", env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url,
+                                        "ESINDEXER_INDEX_PREFIX": settings.index_prefix})
+    assert f"({report['objects_not_indexed']} never indexed (classes skipped or excluded))" in text.stdout

@@ -141,3 +141,21 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_2(zodb, db_dsn, es_url, es, 
                          "this host?): choose another with ESINDEXER_METRICS_PORT, or 0 to turn the metrics "
                          "server off"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_stopped_standby_says_it_stopped_standing_by(zodb, db_dsn, es_url, es, es_prefix, tmp_path):
+    """Issue 26.7: stopping a standby logged "abandoned work in progress"; it had none."""
+    zodb.open().close()
+    env = service_env(db_dsn, es_url, es_prefix)
+    active = Service(env, tmp_path / "active.log")
+    standby = None
+    try:
+        wait_for(lambda: (r := active.get("/readyz")) is not None and r[0] == 200, timeout=60, interval=0.2)
+        standby = Service(env, tmp_path / "standby.log")
+        wait_for(lambda: _standing_by(standby), timeout=30, interval=0.2)
+        assert standby.stop() == 0, standby.log()
+        assert "stopped while standing by" in standby.log() and "abandoned work" not in standby.log(), standby.log()
+    finally:
+        for service in (standby, active):
+            if service is not None:
+                service.stop()

@@ -1,0 +1,180 @@
+"""A signal stops ``esindexer run`` within 2 s, also while a PostgreSQL statement waits.
+
+The statement is held by a lock another connection takes on RelStorage's ``object_state``
+(``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE``): before the fix the process ignored SIGINT,
+a second SIGINT and SIGTERM until the statement ended (issue 26, point 1), because Python
+runs signal handlers only between bytecodes and libpq does not return meanwhile.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from esindexer.errors import ExitCode
+from tests.indexing import commit_tree, progress
+from tests.pipeline.processes import free_port, http_status
+from tests.support import esindexer_env, wait_for
+
+SIGNALS = pytest.mark.parametrize("signum, expected", [(signal.SIGINT, ExitCode.INTERRUPTED),
+                                                       (signal.SIGTERM, ExitCode.TERMINATED)],
+                                  ids=["SIGINT", "SIGTERM"])
+
+
+def _waiting_on_lock(db_dsn: str) -> str | None:
+    """The application_name of an esindexer session waiting for a lock, if any."""
+    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT application_name FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND application_name LIKE 'esindexer%%' AND datname = current_database()")
+        row = cur.fetchone()
+    conn.close()
+    return row[0] if row else None
+
+
+def _start(db_dsn: str, es_url: str, es_prefix: str, port: int, **extra: str) -> subprocess.Popen:
+    env = esindexer_env(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url,
+                        ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"), ESINDEXER_INDEX_REPLICAS="0",
+                        ESINDEXER_METRICS_HOST="127.0.0.1", ESINDEXER_METRICS_PORT=str(port), **extra)
+    return subprocess.Popen([sys.executable, "-m", "esindexer", "run", "--until-caught-up"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _stop_within(proc: subprocess.Popen, signum: int, limit: float) -> tuple[int, str, float]:
+    started = time.monotonic()
+    proc.send_signal(signum)
+    try:
+        _, err = proc.communicate(timeout=limit + 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"still running 30 s after the signal: {err[-3000:]}") from None
+    took = time.monotonic() - started
+    print(f"exit {proc.returncode} {took:.2f}s after the signal")  # the figure for docs/operations.md (-s)
+    return proc.returncode, err, took
+
+
+@SIGNALS
+def test_a_signal_cancels_a_follower_read_held_by_a_lock(zodb, db_dsn, es_url, es_prefix, signum, expected):
+    conn = zodb.open()
+    commit_tree(conn.root(), 6000, per_transaction=100)
+    conn.close()
+    port = free_port()
+    proc = _start(db_dsn, es_url, es_prefix, port, ESINDEXER_FETCH_SIZE="20", ESINDEXER_BATCH_LIMIT="20")
+    locker = psycopg2.connect(db_dsn)
+    try:
+        wait_for(lambda: progress(db_dsn) > 0, timeout=60, message="a first batch indexed")
+        with locker.cursor() as cur:
+            cur.execute("LOCK TABLE object_state IN ACCESS EXCLUSIVE MODE")  # held until rollback
+        name = wait_for(lambda: _waiting_on_lock(db_dsn), message="the follower waiting for the lock")
+        assert "follower" in name
+        assert wait_for(lambda: http_status(port, "/readyz")) is not None
+        code, err, took = _stop_within(proc, signum, 2.0)
+        status = locker.info.transaction_status
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        locker.rollback()
+        locker.close()
+    assert status == psycopg2.extensions.TRANSACTION_STATUS_INTRANS  # the lock was never given up
+    assert code == expected, err[-3000:]
+    assert took < 2.0, f"{took:.1f}s\n{err[-3000:]}"
+    assert "stopped before catching up" in err
+
+
+@SIGNALS
+def test_a_signal_cancels_a_setup_statement_held_by_a_lock(zodb, db_dsn, es_url, es_prefix, signum, expected):
+    conn = zodb.open()
+    commit_tree(conn.root(), 10)
+    conn.close()
+    locker = psycopg2.connect(db_dsn)
+    with locker.cursor() as cur:
+        cur.execute("LOCK TABLE object_state IN ACCESS EXCLUSIVE MODE")
+    port = free_port()
+    proc = _start(db_dsn, es_url, es_prefix, port)
+    try:
+        wait_for(lambda: _waiting_on_lock(db_dsn), timeout=60, message="esindexer waiting for the lock")
+        code, err, took = _stop_within(proc, signum, 2.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        locker.rollback()
+        locker.close()
+    assert code == expected, err[-3000:]
+    assert took < 2.0, f"{took:.1f}s\n{err[-3000:]}"
+
+
+class StallingProxy:
+    """A loopback TCP proxy that forwards until :meth:`stall`, then keeps every connection
+    open and forwards nothing more: requests in flight hang (unlike a refused connection)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.stalled = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if self.stalled.is_set():
+                    self.stalled.wait()  # swallow: the peer waits for an answer that never comes
+                    continue
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def stall(self) -> None:
+        self.stalled.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_a_second_signal_abandons_requests_elasticsearch_does_not_answer(zodb, db_dsn, es_url, es_prefix):
+    """docs/architecture.md: "a second signal abandons at once", also while bulk requests hang."""
+    from urllib.parse import urlsplit
+
+    conn = zodb.open()
+    commit_tree(conn.root(), 3000, per_transaction=100)
+    conn.close()
+    target = urlsplit(es_url)
+    proxy = StallingProxy(target.hostname, target.port)
+    port = free_port()
+    proc = _start(db_dsn, proxy.url, es_prefix, port, ESINDEXER_BATCH_LIMIT="100", ESINDEXER_BULK_MAX_DOCS="50",
+                  ESINDEXER_SHUTDOWN_TIMEOUT="60")
+    try:
+        wait_for(lambda: progress(db_dsn) > 0, timeout=60, message="a first batch indexed")
+        proxy.stall()  # requests in flight now hang: the first signal waits for them
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        assert proc.poll() is None
+        code, err, took = _stop_within(proc, signal.SIGTERM, 2.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proxy.close()
+    assert code == ExitCode.TERMINATED, err[-3000:]
+    assert took < 2.0, f"{took:.1f}s\n{err[-3000:]}"
