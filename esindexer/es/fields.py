@@ -30,9 +30,9 @@ def unmapped(es: Any, indices: tuple[str, ...] | list[str]) -> Unmapped:
         aggs={"fields": {"terms": {"field": "_ignored", "size": TOP_FIELDS}},
               "per_index": {"terms": {"field": "_index", "size": max(len(indices), 1)}}},
     )
-    if answer.meta.status == 404:
+    aggs = answer.body.get("aggregations") if answer.meta.status != 404 else None
+    if aggs is None:  # none of the indices exists (yet): no document, none unmapped
         return Unmapped(0, {}, {})
-    aggs = answer["aggregations"]
     return Unmapped(
         documents=int(answer["hits"]["total"]["value"]),
         fields={b["key"]: int(b["doc_count"]) for b in aggs["fields"]["buckets"]},
