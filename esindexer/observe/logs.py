@@ -18,6 +18,10 @@ from esindexer.redact import redact
 
 #: Loggers of libraries kept at WARNING whatever ``log_level`` says.
 QUIET_LIBRARIES = ("elastic_transport", "urllib3", "elasticsearch")
+#: Loggers kept at ERROR: opensearch-py warns about every answer >= 400 (a 404 of an
+#: existence check, the 400 of creating an index that exists), each of which esindexer's
+#: OpenSearch client turns into the Elasticsearch client's exception and handles or logs.
+SILENT_LIBRARIES = ("opensearch",)
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -66,3 +70,5 @@ def configure_logging(fmt: str = "text", level: str = "info") -> None:
     # volume that drowns esindexer's own lines, also at debug level. Their warnings still show.
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in SILENT_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
