@@ -91,15 +91,14 @@ def es_constrained_url() -> Iterator[str]:
     ``tests/es_nodes.py``); started on first use, stopped at the end of the session."""
     from tests import es_nodes
 
-    java_home = os.environ.get("ESIT_ES_JAVA_HOME")
     if search_engine() == "opensearch":  # the same limits on an OpenSearch node
-        home = os.environ.get("ESIT_OPENSEARCH_HOME")
+        home, java_home = os.environ.get("ESIT_OPENSEARCH_HOME"), os.environ.get("ESIT_OPENSEARCH_JAVA_HOME")
         if not (home and java_home):
             _unavailable("A constrained OpenSearch node (ESIT_OPENSEARCH_HOME)")
         with es_nodes.local_node(home, java_home, os.environ.get("ESIT_OPENSEARCH_USER"), "opensearch") as url:
             yield url
         return
-    home = os.environ.get("ESIT_ES_HOME")
+    home, java_home = os.environ.get("ESIT_ES_HOME"), os.environ.get("ESIT_ES_JAVA_HOME")
     if home and java_home:
         with es_nodes.local_node(home, java_home, os.environ.get("ESIT_ES_USER")) as url:
             yield url

@@ -205,7 +205,7 @@ def node_of_the_test_engine(settings: dict[str, str | None]) -> LocalNode:
     """A :class:`LocalNode` of the engine the run tests (``ESIT_SEARCH_ENGINE``), from the
     install ``scripts/services`` made (``ESIT_ES_HOME`` or ``ESIT_OPENSEARCH_HOME``)."""
     if os.environ.get("ESIT_SEARCH_ENGINE") == "opensearch":
-        return LocalNode(os.environ["ESIT_OPENSEARCH_HOME"], os.environ["ESIT_ES_JAVA_HOME"],
+        return LocalNode(os.environ["ESIT_OPENSEARCH_HOME"], os.environ["ESIT_OPENSEARCH_JAVA_HOME"],
                          os.environ.get("ESIT_OPENSEARCH_USER"), settings, engine="opensearch")
     return LocalNode(os.environ["ESIT_ES_HOME"], os.environ["ESIT_ES_JAVA_HOME"],
                      os.environ.get("ESIT_ES_USER"), settings)
