@@ -229,6 +229,12 @@ class _Indices(_Namespace):
     def refresh(self, *, index: str | None = None, **params: Any) -> ObjectApiResponse[Any]:
         return self._c.request("POST", _path(index, "_refresh"), params)
 
+    def segments(self, *, index: str | None = None, **params: Any) -> ObjectApiResponse[Any]:
+        return self._c.request("GET", _path(index, "_segments"), params)
+
+    def stats(self, *, index: str | None = None, metric: str | None = None, **params: Any) -> ObjectApiResponse[Any]:
+        return self._c.request("GET", _path(index, "_stats", metric), params)
+
     def put_alias(self, *, index: str, name: str, **params: Any) -> ObjectApiResponse[Any]:
         return self._c.request("PUT", _path(index, "_alias", name), params)
 
