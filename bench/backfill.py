@@ -427,6 +427,11 @@ def precreate_index(es: Any, settings: Settings, ignore_above: int) -> None:
                       mappings=body["mappings"], aliases=body["aliases"])
 
 
+def engine_name() -> str:
+    """What the figures were measured on (ESIT_SEARCH_ENGINE)."""
+    return "OpenSearch" if search_engine() == "opensearch" else "Elasticsearch"
+
+
 def _es_version(es: Any) -> str:
     """The node version (``GET /`` is not served by the integ-test distribution)."""
     nodes = es.nodes.info(filter_path="nodes.*.version")["nodes"]
@@ -464,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     es = search_client(es_url, request_timeout=120)
     prefix_root = f"bench-{uuid.uuid4().hex[:6]}"
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
-          f"Elasticsearch {_es_version(es)}; index prefix {prefix_root}-*")
+          f"{engine_name()} {_es_version(es)}; index prefix {prefix_root}-*")
     with (fresh_database(pg, prefix="esbench") if not args.keep else _kept_database(pg)) as db_dsn:
         db = open_zodb(db_dsn, keep_history=False)
         try:
