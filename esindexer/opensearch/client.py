@@ -290,9 +290,9 @@ def _split(kwargs: Mapping[str, Any], body_keys: Iterable[str]) -> tuple[dict[st
 def _message(exc: Exception) -> str:
     """The reason inside an opensearch-py connection error (its str() is a tuple's)."""
     args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
-    if len(args) >= 3 and args[2] is not None:
-        return f"{args[1]}: {args[2]}"
-    return str(exc)
+    if len(args) >= 3 and args[2] is not None:  # ("N/A", str(cause), cause): the cause says it all
+        return str(args[2])
+    return str(args[1]) if len(args) >= 2 else str(exc)
 
 
 def _opensearch(settings: Settings, timeout: float) -> OpenSearch:
