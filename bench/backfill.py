@@ -65,7 +65,7 @@ from esindexer.es.bulk import iter_lines  # noqa: E402
 from esindexer.observe.metrics import Metrics  # noqa: E402
 from esindexer.pipeline.indexer import Indexer  # noqa: E402
 from esindexer.source import follow  # noqa: E402
-from tests.support import fresh_database, open_zodb, servers_from_env  # noqa: E402
+from tests.support import fresh_database, open_zodb, search_client, search_engine, servers_from_env  # noqa: E402
 
 
 class Document(persistent.Persistent):
@@ -363,6 +363,7 @@ def run_variant(name: str, env_overrides: dict[str, str], db_dsn: str, es_url: s
     env = {
         "ESINDEXER_PG_DSN": db_dsn,
         "ESINDEXER_ES_URL": es_url,
+        "ESINDEXER_SEARCH_ENGINE": search_engine(),  # ESIT_SEARCH_ENGINE=opensearch: OpenSearch
         "ESINDEXER_INDEX_PREFIX": f"{prefix_root}-{tag}",
         "ESINDEXER_CLIENT_ID": f"{prefix_root}-{tag}",
         "ESINDEXER_INDEX_REPLICAS": "0",
@@ -426,6 +427,11 @@ def precreate_index(es: Any, settings: Settings, ignore_above: int) -> None:
                       mappings=body["mappings"], aliases=body["aliases"])
 
 
+def engine_name() -> str:
+    """What the figures were measured on (ESIT_SEARCH_ENGINE)."""
+    return "OpenSearch" if search_engine() == "opensearch" else "Elasticsearch"
+
+
 def _es_version(es: Any) -> str:
     """The node version (``GET /`` is not served by the integ-test distribution)."""
     nodes = es.nodes.info(filter_path="nodes.*.version")["nodes"]
@@ -458,14 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     import logging
 
-    from elasticsearch import Elasticsearch
-
     # One warning per dead letter would bury the figures; retries are counted instead.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    es = Elasticsearch(es_url, request_timeout=120)
+    es = search_client(es_url, request_timeout=120)
     prefix_root = f"bench-{uuid.uuid4().hex[:6]}"
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
-          f"Elasticsearch {_es_version(es)}; index prefix {prefix_root}-*")
+          f"{engine_name()} {_es_version(es)}; index prefix {prefix_root}-*")
     with (fresh_database(pg, prefix="esbench") if not args.keep else _kept_database(pg)) as db_dsn:
         db = open_zodb(db_dsn, keep_history=False)
         try:
@@ -484,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
             cur.execute("VACUUM ANALYZE")
         vac.close()
 
-        defaults = load_settings(env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url})
+        defaults = load_settings(env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url,
+                                     "ESINDEXER_SEARCH_ENGINE": search_engine()})
         st = measure_stages(db_dsn, defaults)
         ok = st.kinds["ok"]
         mb = st.state_bytes / 1e6

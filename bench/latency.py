@@ -58,7 +58,7 @@ from esindexer.errors import ExitCode  # noqa: E402
 from esindexer.observe.metrics import Metrics  # noqa: E402
 from esindexer.pipeline.indexer import Indexer  # noqa: E402
 from esindexer.source import follow, progress  # noqa: E402
-from tests.support import fresh_database, open_zodb, servers_from_env, wait_for  # noqa: E402
+from tests.support import fresh_database, open_zodb, search_client, search_engine, servers_from_env, wait_for  # noqa: E402
 
 
 class Note(persistent.Persistent):
@@ -163,6 +163,7 @@ def measure(db: Any, db_dsn: str, es: Any, es_url: str, prefix: str, refresh: st
     settings = load_settings(env={
         "ESINDEXER_PG_DSN": db_dsn,
         "ESINDEXER_ES_URL": es_url,
+        "ESINDEXER_SEARCH_ENGINE": search_engine(),  # ESIT_SEARCH_ENGINE=opensearch: OpenSearch
         "ESINDEXER_INDEX_PREFIX": prefix,
         "ESINDEXER_CLIENT_ID": prefix,
         "ESINDEXER_INDEX_REPLICAS": "0",
@@ -263,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pg, es_url = servers_from_env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from elasticsearch import Elasticsearch
-
-    es = Elasticsearch(es_url, request_timeout=60)
+    es = search_client(es_url, request_timeout=60)
     root = f"bench-{uuid.uuid4().hex[:6]}"
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; index prefix {root}-*")
     results = []

@@ -48,6 +48,7 @@ class Settings:
     install_triggers: bool
     sweep_on_start: str
     es_url: tuple[str, ...]
+    search_engine: str
     es_api_key: str | None
     es_username: str | None
     es_password: str | None

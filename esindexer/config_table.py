@@ -174,6 +174,9 @@ SETTINGS: tuple[Setting, ...] = (
     # Elasticsearch
     Setting("es_url", _parse_list, ("http://localhost:9200",),
             "Elasticsearch URL(s), comma-separated.", group="elasticsearch"),
+    Setting("search_engine", _choice("elasticsearch", "opensearch", "auto"), "elasticsearch",
+            "The search engine at ESINDEXER_ES_URL: elasticsearch (8.19, 9.x), opensearch (2.x, 3.x; "
+            "docs/opensearch.md), or auto = ask the server once at start (GET /).", group="elasticsearch"),
     Setting("es_api_key", _parse_str, None, "Elasticsearch API key (base64 id:key).", secret=True,
             group="elasticsearch"),
     Setting("es_username", _parse_str, None, "Elasticsearch user for basic auth.", group="elasticsearch"),

@@ -4,8 +4,12 @@ The pipeline (:mod:`esindexer.pipeline`) and the operator commands (:mod:`esinde
 speak to a sink only through this protocol, in sink-neutral terms: versioned
 :class:`~esindexer.documents.Action` s go in, a :class:`SendResult` says what became of
 each, and :meth:`Sink.indexed` reads back what the sink holds. Elasticsearch is the
-implementation (:class:`esindexer.es.sink.ElasticsearchSink`); another search engine
-would be one more package beside ``es/``, with nothing else to edit.
+implementation (:class:`esindexer.es.sink.ElasticsearchSink`). OpenSearch is the second
+engine: it answers the same REST API, so the same sink drives it through OpenSearch's
+client and mapping dialect (:mod:`esindexer.opensearch`, chosen by
+``ESINDEXER_SEARCH_ENGINE`` in :func:`esindexer.es.client.make_es_client`); the pipeline and
+the commands did not change. An engine with another API would implement this protocol
+in a package of its own.
 
 A sink's contract, which the pipeline's guarantees rest on:
 
@@ -76,7 +80,7 @@ class Unmapped:
     or a value its mapping refused), so that searches on those fields miss them."""
 
     documents: int
-    #: field name -> documents carrying it unmapped (the most frequent ones)
+    #: field name -> documents carrying it unmapped, the most frequent among a sample
     fields: dict[str, int]
     #: index -> documents with unmapped fields there
     per_index: dict[str, int]

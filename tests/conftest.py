@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 
-from tests.support import fresh_database, open_zodb, require_services
+from tests.support import fresh_database, open_zodb, require_services, search_client, search_engine
 
 log = logging.getLogger("esindexer.tests")
 
@@ -92,8 +92,14 @@ def es_constrained_url() -> Iterator[str]:
     ``tests/es_nodes.py``); started on first use, stopped at the end of the session."""
     from tests import es_nodes
 
-    home = os.environ.get("ESIT_ES_HOME")
-    java_home = os.environ.get("ESIT_ES_JAVA_HOME")
+    if search_engine() == "opensearch":  # the same limits on an OpenSearch node
+        home, java_home = os.environ.get("ESIT_OPENSEARCH_HOME"), os.environ.get("ESIT_OPENSEARCH_JAVA_HOME")
+        if not (home and java_home):
+            _unavailable("A constrained OpenSearch node (ESIT_OPENSEARCH_HOME)")
+        with es_nodes.local_node(home, java_home, os.environ.get("ESIT_OPENSEARCH_USER"), "opensearch") as url:
+            yield url
+        return
+    home, java_home = os.environ.get("ESIT_ES_HOME"), os.environ.get("ESIT_ES_JAVA_HOME")
     if home and java_home:
         with es_nodes.local_node(home, java_home, os.environ.get("ESIT_ES_USER")) as url:
             yield url
@@ -122,9 +128,7 @@ def es_secured():
 @pytest.fixture
 def es_constrained(es_constrained_url: str):
     """A client of the constrained node; indices are removed after the test."""
-    from elasticsearch import Elasticsearch
-
-    client = Elasticsearch(es_constrained_url, request_timeout=60, max_retries=0)
+    client = search_client(es_constrained_url, max_retries=0)
     try:
         yield client
     finally:
@@ -168,9 +172,7 @@ def pg_conn(db_dsn: str):
 
 @pytest.fixture(scope="session")
 def es_session_client(es_url: str):
-    from elasticsearch import Elasticsearch
-
-    client = Elasticsearch(es_url, request_timeout=60)
+    client = search_client(es_url)
     try:
         yield client
     finally:
@@ -207,7 +209,14 @@ def pytest_report_header(config) -> list[str]:
             conn.close()
         except Exception as exc:  # header only: the fixtures report the real failure
             lines.append(f"PostgreSQL server: unreachable ({exc.__class__.__name__})")
-    if url := os.environ.get("ESIT_ES_URL"):
+    if (url := os.environ.get("ESIT_ES_URL")) and search_engine() == "opensearch":
+        try:
+            client = search_client(url, request_timeout=5)
+            lines.append(f"OpenSearch server: {client.check_server()['number']} at {url}")
+            client.close()
+        except Exception as exc:
+            lines.append(f"OpenSearch server: unreachable ({exc.__class__.__name__})")
+    elif url:
         try:
             from elasticsearch import Elasticsearch
 

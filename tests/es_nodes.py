@@ -123,7 +123,7 @@ class LocalNode:
                  prepare_files: Callable[[Path], None] | None = None,
                  prepare_with_tools: Callable[[Callable[..., None]], None] | None = None,
                  healthy: Callable[[str], bool] = _healthy, scheme: str = "http",
-                 ports: tuple[int, int] | None = None):
+                 ports: tuple[int, int] | None = None, engine: str = "elasticsearch"):
         self.base = Path(tempfile.mkdtemp(prefix="esindexer-node-"))
         conf = self.base / "config"
         shutil.copytree(Path(es_home) / "config", conf)
@@ -137,7 +137,7 @@ class LocalNode:
             "transport.port": str(transport_port),
             "path.data": str(self.base / "data"),
             "path.logs": str(self.base / "logs"),
-            "xpack.security.enabled": "false",
+            **({"xpack.security.enabled": "false"} if engine == "elasticsearch" else {}),
             "cluster.routing.allocation.disk.threshold_enabled": "false",
             "node.store.allow_mmap": "false",
             "indices.breaker.total.use_real_memory": "false",
@@ -145,15 +145,18 @@ class LocalNode:
             **settings,
         }
         # A value of None removes a default (a cluster node is not "single-node").
-        (conf / "elasticsearch.yml").write_text("".join(f"{k}: {v}\n" for k, v in lines.items() if v is not None))
+        # OpenSearch's launcher has the same options under its own names (and no security
+        # plugin in the integ-test-zip).
+        name, var = ("opensearch", "OPENSEARCH") if engine == "opensearch" else ("elasticsearch", "ES")
+        self._command = name
+        (conf / f"{name}.yml").write_text("".join(f"{k}: {v}\n" for k, v in lines.items() if v is not None))
         self._settings = settings
         self._es_home = es_home
-        self._env = {**os.environ, "ES_PATH_CONF": str(conf), "ES_JAVA_HOME": java_home,
-                     "ES_JAVA_OPTS": "-Xms512m -Xmx512m"}
+        own = {f"{var}_PATH_CONF": str(conf), f"{var}_JAVA_HOME": java_home, f"{var}_JAVA_OPTS": "-Xms512m -Xmx512m"}
+        self._env = {**os.environ, **own}
         self._as_user: list[str] = []
         if user and os.geteuid() == 0:
-            self._as_user = ["runuser", "-u", user, "--", "env",
-                             *(f"{k}={self._env[k]}" for k in ("ES_PATH_CONF", "ES_JAVA_HOME", "ES_JAVA_OPTS"))]
+            self._as_user = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in own.items())]
         if prepare_files:
             prepare_files(conf)
         if self._as_user:
@@ -172,7 +175,7 @@ class LocalNode:
 
     def start(self, wait: bool = True) -> None:
         """Start the server and wait until it answers healthy (3 minutes at most)."""
-        self.tool("elasticsearch", "-d", "-p", str(self._pidfile))
+        self.tool(self._command, "-d", "-p", str(self._pidfile))
         if wait:
             self.wait_healthy()
 
@@ -198,6 +201,16 @@ class LocalNode:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+def node_of_the_test_engine(settings: dict[str, str | None]) -> LocalNode:
+    """A :class:`LocalNode` of the engine the run tests (``ESIT_SEARCH_ENGINE``), from the
+    install ``scripts/services`` made (``ESIT_ES_HOME`` or ``ESIT_OPENSEARCH_HOME``)."""
+    if os.environ.get("ESIT_SEARCH_ENGINE") == "opensearch":
+        return LocalNode(os.environ["ESIT_OPENSEARCH_HOME"], os.environ["ESIT_OPENSEARCH_JAVA_HOME"],
+                         os.environ.get("ESIT_OPENSEARCH_USER"), settings, engine="opensearch")
+    return LocalNode(os.environ["ESIT_ES_HOME"], os.environ["ESIT_ES_JAVA_HOME"],
+                     os.environ.get("ESIT_ES_USER"), settings)
+
+
 @contextlib.contextmanager
 def _node(es_home: str, java_home: str, user: str | None, settings: dict[str, str],
           **kwargs) -> Iterator[str]:
@@ -211,9 +224,9 @@ def _node(es_home: str, java_home: str, user: str | None, settings: dict[str, st
 
 
 @contextlib.contextmanager
-def local_node(es_home: str, java_home: str, user: str | None) -> Iterator[str]:
+def local_node(es_home: str, java_home: str, user: str | None, engine: str = "elasticsearch") -> Iterator[str]:
     """The constrained node (413 and 429); yields its URL."""
-    with _node(es_home, java_home, user, CONSTRAINED_SETTINGS) as url:
+    with _node(es_home, java_home, user, CONSTRAINED_SETTINGS, engine=engine) as url:
         yield url
 
 

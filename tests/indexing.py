@@ -20,6 +20,7 @@ from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.indexer import Indexer
 from esindexer.source import follow
 from esindexer.source.progress import get_progress_tid as progress_tid
+from tests.support import search_engine
 
 
 class Page(Persistent):
@@ -72,6 +73,7 @@ def make_settings(db_dsn: str, es_url: str, es_prefix: str, **overrides) -> Sett
         "ESINDEXER_FETCH_SIZE": "20",
         "ESINDEXER_BULK_MAX_DOCS": "25",
         "ESINDEXER_METRICS_PORT": "0",
+        "ESINDEXER_SEARCH_ENGINE": search_engine(),
     }
     env.update({f"ESINDEXER_{k.upper()}": str(v) for k, v in overrides.items()})
     return load_settings(env=env)

@@ -189,9 +189,32 @@ def servers_from_env() -> tuple[str, str]:
     return pg, es_url
 
 
+def search_engine() -> str:
+    """The engine at ``ESIT_ES_URL``: ``ESIT_SEARCH_ENGINE`` (the OpenSearch run of
+    scripts/test sets ``opensearch``), else ``elasticsearch``."""
+    return os.environ.get("ESIT_SEARCH_ENGINE", "elasticsearch")
+
+
+def search_client(url: str, request_timeout: float = 60, max_retries: int = 3):
+    """A client of the test search node: the Elasticsearch client, or for OpenSearch
+    esindexer's OpenSearch client, which has the same interface (so tests are written once)."""
+    if search_engine() == "opensearch":
+        from opensearchpy import OpenSearch
+
+        from esindexer.opensearch.client import OpenSearchClient
+
+        return OpenSearchClient(OpenSearch([url], timeout=request_timeout, max_retries=max_retries),
+                                request_timeout=request_timeout)
+    from elasticsearch import Elasticsearch
+
+    return Elasticsearch(url, request_timeout=request_timeout, max_retries=max_retries)
+
+
 def esindexer_env(**settings: str) -> dict[str, str]:
-    """This process's environment without any ESINDEXER_* variable, plus ``settings``."""
+    """This process's environment without any ESINDEXER_* variable, plus ``settings``
+    (and the engine of the test node, unless ``settings`` names one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
+    env["ESINDEXER_SEARCH_ENGINE"] = search_engine()
     env.update(settings)
     return env
 

@@ -231,6 +231,26 @@ def test_compose_matches_the_compose_spec_schema() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_opensearch_override_matches_the_schema_and_follows_versions_env() -> None:
+    """docker-compose.opensearch.yml (docs/opensearch.md): valid, loopback ports, pinned version."""
+    override_file = REPO / "docker-compose.opensearch.yml"
+    checker = Path(sys.executable).with_name("check-jsonschema")
+    cmd = [str(checker)] if checker.exists() else [shutil.which("check-jsonschema") or "check-jsonschema"]
+    result = run(cmd + ["--builtin-schema", "vendor.compose-spec", str(override_file)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    override = yaml.safe_load(override_file.read_text())
+    services = override["services"]
+    pinned = versions()["OPENSEARCH_VERSION"]
+    assert interpolate_defaults(services["opensearch"]["image"]) == f"opensearchproject/opensearch:{pinned}"
+    assert interpolate_defaults(services["opensearch-dashboards"]["image"]) == (
+        f"opensearchproject/opensearch-dashboards:{pinned}")
+    for name, service in services.items():
+        assert all(port.startswith("127.0.0.1:") for port in service.get("ports", [])), name
+        for dep in depends_on(service):
+            assert dep in services or dep in compose()["services"], f"{name} depends on undefined {dep}"
+    assert services["esindexer"]["environment"]["ESINDEXER_SEARCH_ENGINE"] == "opensearch"
+
+
 def test_compose_with_docker_compose_when_installed(tmp_path: Path) -> None:
     """The most faithful check, when Debian's docker-compose (1.29) happens to be installed."""
     binary = shutil.which("docker-compose")

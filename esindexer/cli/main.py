@@ -106,7 +106,8 @@ def _failure(settings: Settings, command: str, exc: Exception) -> int:
         return _fail(f"lost PostgreSQL: {' '.join(str(exc).split())}", ExitCode.UNREACHABLE)
     if retry_reason(exc) is not None:  # unreachable, timed out, 429/5xx: after the command's retries
         hint = connection_hint(exc)
-        return _fail(f"cannot reach Elasticsearch at {', '.join(settings.es_url)}: {describe_error(exc)}"
+        engine = "OpenSearch" if settings.search_engine == "opensearch" else "Elasticsearch"
+        return _fail(f"cannot reach {engine} at {', '.join(settings.es_url)}: {describe_error(exc)}"
                      + (f" ({hint})" if hint else ""), ExitCode.UNREACHABLE)
     log.exception("esindexer %s failed", command)
     return ExitCode.ERROR

@@ -17,7 +17,7 @@ from typing import Any
 
 from esindexer.config import Settings
 from esindexer.errors import SetupError
-from esindexer.es.client import check_elasticsearch
+from esindexer.es.client import check_elasticsearch, engine_of
 
 #: The flattened field: one field, keyword leaves, for a whole state or what the typed model sets aside.
 FLATTENED: dict[str, Any] = {"type": "flattened", "depth_limit": 30, "ignore_above": 256}
@@ -70,8 +70,9 @@ def typed_dynamic_templates() -> list[dict[str, Any]]:
     ]
 
 
-def index_template(settings: Settings) -> dict[str, Any]:
-    """The composable index template covering every ``<prefix>-*`` index.
+def index_template(settings: Settings, engine: str = "elasticsearch") -> dict[str, Any]:
+    """The composable index template covering every ``<prefix>-*`` index, in the dialect
+    of ``engine`` (OpenSearch's: :func:`esindexer.opensearch.mapping.opensearch_template`).
 
     The alias ``<prefix>`` is part of the template, so every routed index joins it
     when created and users (and Kibana) query one name.
@@ -132,7 +133,7 @@ def index_template(settings: Settings) -> dict[str, Any]:
                 "mapping": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}},
             }},
         ]
-    return {
+    template = {
         "index_patterns": [f"{settings.index_prefix}-*"],
         # A longer prefix wins where patterns overlap (zodb-* and zodb-v2-*), so the
         # generations of a re-index can each have their template.
@@ -154,6 +155,11 @@ def index_template(settings: Settings) -> dict[str, Any]:
         },
         "_meta": {"managed_by": "esindexer"},
     }
+    if engine == "opensearch":
+        from esindexer.opensearch.mapping import opensearch_template
+
+        return opensearch_template(template)
+    return template
 
 
 def template_name(settings: Settings) -> str:
@@ -180,7 +186,7 @@ def ensure_indices(es: Elasticsearch, settings: Settings) -> tuple[str, ...]:
                 f"create it with PUT _ingest/pipeline/{settings.ingest_pipeline} or unset the setting") from None
     if settings.attach_alias:  # before the template: an index it creates joins the alias at once
         refuse_second_generation(es, settings)
-    es.indices.put_index_template(name=template_name(settings), **index_template(settings))
+    es.indices.put_index_template(name=template_name(settings), **index_template(settings, engine_of(es)))
     builder_indices = settings.routed_indices
     for index in builder_indices:
         try:
@@ -237,9 +243,12 @@ def refuse_second_generation(es: Elasticsearch, settings: Settings) -> None:
 def mapping_mode(mapping: dict[str, Any]) -> str:
     """The ``state_mapping`` an existing index was created with, read from its mapping."""
     state = mapping.get("properties", {}).get("state", {})
-    if state.get("type") == "flattened":
+    if state.get("type") in ("flattened", "flat_object"):  # Elasticsearch's, OpenSearch's
         return "flattened"
     if state.get("subobjects") is False:
+        return "typed"
+    # OpenSearch has no subobjects: its typed indices say so in the template's _meta only.
+    if mapping.get("_meta", {}).get("state_mapping") == "typed":
         return "typed"
     return "dynamic"
 
@@ -281,7 +290,7 @@ def switch_alias(es: Elasticsearch, settings: Settings) -> tuple[list[str], list
     es.indices.update_aliases(actions=actions)
     # From now on, indices this prefix creates join the alias too.
     es.indices.put_index_template(name=template_name(settings),
-                                  **index_template(_attached(settings)))
+                                  **index_template(_attached(settings), engine_of(es)))
     _detach_other_templates(es, settings)
     return removed, [index for index in indices if index not in current]
 

@@ -10,7 +10,7 @@ operator reads.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from elastic_transport import TlsError
 from elasticsearch import ApiError, ConnectionTimeout, TransportError
@@ -26,8 +26,24 @@ if TYPE_CHECKING:
 
 
 def make_es_client(settings: Settings) -> Elasticsearch:
-    """An Elasticsearch client as configured; its own retries are off (the sink retries)."""
+    """The search engine's client as configured; its own retries are off (the sink retries).
+
+    The one place the engine is chosen (``ESINDEXER_SEARCH_ENGINE``): for OpenSearch it is
+    :class:`esindexer.opensearch.client.OpenSearchClient`, which presents this client's
+    interface (and raises its exceptions), so everything downstream is engine-neutral.
+    ``auto`` asks the server once, here (``GET /``).
+    """
     from elasticsearch import Elasticsearch
+
+    engine = settings.search_engine
+    if engine == "auto":
+        from esindexer.opensearch.client import detect_engine
+
+        engine = detect_engine(settings)
+    if engine == "opensearch":
+        from esindexer.opensearch.client import OpenSearchClient
+
+        return cast("Elasticsearch", OpenSearchClient.from_settings(settings))
 
     kwargs: dict[str, Any] = dict(
         hosts=list(settings.es_url),
@@ -52,8 +68,16 @@ def make_es_client(settings: Settings) -> Elasticsearch:
 _NOT_PRODUCT_EVIDENCE = {401, 403, 429, 502, 503, 504}
 
 
+def engine_of(es: Any) -> str:
+    """``opensearch`` for the OpenSearch client, else ``elasticsearch``: what the few
+    engine-specific steps (the mapping dialect, the server check) go by."""
+    return str(getattr(es, "engine", "elasticsearch"))
+
+
 def check_elasticsearch(es: Elasticsearch) -> None:
-    """Raise :class:`SetupError` when the URL answers, but not as Elasticsearch does.
+    """Raise :class:`SetupError` when the URL answers, but not as the configured engine does.
+
+    OpenSearch is checked by its client (``GET /`` must say ``distribution: opensearch``).
 
     Elasticsearch marks every answer, errors included, with ``X-Elastic-Product``; the
     client checks it on successes. An error without it (a web server's 404 or 501 at a
@@ -61,6 +85,9 @@ def check_elasticsearch(es: Elasticsearch) -> None:
     """
     from elasticsearch import ApiError, UnsupportedProductError
 
+    if engine_of(es) == "opensearch":
+        es.check_server()  # type: ignore[attr-defined]  # the OpenSearch client's own check
+        return
     try:
         es.cluster.health(timeout="1s")
     except UnsupportedProductError as exc:

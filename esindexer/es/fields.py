@@ -13,29 +13,35 @@ turns that into the figures ``status``, ``explain`` and the service's metric sho
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from esindexer.sink import Unmapped
 
 #: Field names listed at most (the most frequent first).
 TOP_FIELDS = 20
+#: Documents whose unmapped fields are read to name and count the fields.
+SAMPLE = 200
 
 
 def unmapped(es: Any, indices: tuple[str, ...] | list[str]) -> Unmapped:
     """How many documents of ``indices`` carry fields that were not indexed, and which
-    fields (with how many documents carry each), from one search."""
+    fields: the most frequent among a sample of up to :data:`SAMPLE` such documents (the
+    ``_ignored`` of search hits; OpenSearch cannot aggregate that field, so both engines
+    are asked the same way)."""
     answer = es.options(ignore_status=404).search(
-        index=",".join(indices), size=0, track_total_hits=True, ignore_unavailable=True,
+        index=",".join(indices), size=SAMPLE, source=False, track_total_hits=True, ignore_unavailable=True,
         query={"exists": {"field": "_ignored"}},
-        aggs={"fields": {"terms": {"field": "_ignored", "size": TOP_FIELDS}},
-              "per_index": {"terms": {"field": "_index", "size": max(len(indices), 1)}}},
+        aggs={"per_index": {"terms": {"field": "_index", "size": max(len(indices), 1)}}},
     )
     aggs = answer.body.get("aggregations") if answer.meta.status != 404 else None
     if aggs is None:  # none of the indices exists (yet): no document, none unmapped
         return Unmapped(0, {}, {})
+    seen = Counter(name for hit in answer["hits"]["hits"] for name in hit.get("_ignored", ()))
+    top = sorted(seen.items(), key=lambda item: (-item[1], item[0]))[:TOP_FIELDS]
     return Unmapped(
         documents=int(answer["hits"]["total"]["value"]),
-        fields={b["key"]: int(b["doc_count"]) for b in aggs["fields"]["buckets"]},
+        fields=dict(top),
         per_index={b["key"]: int(b["doc_count"]) for b in aggs["per_index"]["buckets"]},
     )
 

@@ -19,8 +19,11 @@ from esindexer.redact import redact
 #: Loggers of libraries kept at WARNING whatever ``log_level`` says.
 QUIET_LIBRARIES = ("urllib3", "elasticsearch")
 #: ... and at ERROR: elastic_transport warns of every failed request ("Node ... has failed for
-#: 3 times in a row"), which esindexer's own retry line already says with the cause and a hint.
-SILENT_LIBRARIES = ("elastic_transport",)
+#: 3 times in a row"), which esindexer's own retry line already says with the cause and a hint;
+#: opensearch-py warns about every answer >= 400 (a 404 of an existence check, the 400 of
+#: creating an index that exists), each of which esindexer's OpenSearch client turns into the
+#: Elasticsearch client's exception and handles or logs.
+SILENT_LIBRARIES = ("elastic_transport", "opensearch")
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 

@@ -235,12 +235,13 @@ class Reindex:
     def _settle(self, es: Any) -> None:
         """The configured refresh interval and replicas, on the indices and their template."""
         from esindexer.es.admin import index_template, template_name
+        from esindexer.es.client import engine_of
 
         new = self.final
         es.indices.put_settings(index=",".join(new.routed_indices), settings={
             "index.refresh_interval": new.index_refresh_interval,  # None restores the default
             "index.number_of_replicas": new.index_replicas})
-        es.indices.put_index_template(name=template_name(new), **index_template(new))
+        es.indices.put_index_template(name=template_name(new), **index_template(new, engine_of(es)))
         es.indices.refresh(index=",".join(new.routed_indices))
 
     def _verified(self, conn: Any, out: Outcome) -> bool:
