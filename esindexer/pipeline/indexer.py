@@ -117,20 +117,16 @@ class Indexer:
         self.resync.stop()
         if abandon:
             self._abandon.set()
-        updates = self._updates
-        if updates is not None:
-            try:
-                updates.stop()
-            except Exception:  # pragma: no cover - best effort from a signal handler
-                pass
+        self._wake_reader()
 
     def _wake_reader(self) -> None:
-        """The lease is lost: end the follow iteration now (it may be waiting for a commit)."""
+        """End the follow iteration now (it may be waiting for a commit): on a stop, or when
+        the lease is lost. Safe from signal handlers and other threads."""
         updates = self._updates
         if updates is not None:
             try:
                 updates.stop()
-            except Exception:  # pragma: no cover - best effort from the lease thread
+            except Exception:  # pragma: no cover - best effort from another thread
                 pass
 
     def interrupt(self, abandon: bool = False) -> None:

@@ -114,16 +114,22 @@ def mark_clean_exit(conn: Any, client_id: str, run_id: str) -> None:
     conn.commit()
 
 
-def client_running(conn: Any, client_id: str) -> bool:
-    """Whether a process holds ``client_id``'s advisory lock in this database now."""
+def _advisory_held(conn: Any, lock_class: int, client_id: str) -> bool:
+    """Whether some session holds the advisory lock ``(lock_class, hashtext(client_id))``
+    in this database now (read from ``pg_locks``, without taking it)."""
     with conn.cursor() as cur:
         cur.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
                     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
                     "AND classid = %s::oid AND objid = hashtext(%s)::oid AND objsubid = 2)",
-                    (LOCK_CLASS, client_id))
-        running = bool(cur.fetchone()[0])
+                    (lock_class, client_id))
+        held = bool(cur.fetchone()[0])
     conn.rollback()
-    return running
+    return held
+
+
+def client_running(conn: Any, client_id: str) -> bool:
+    """Whether a process holds ``client_id``'s advisory lock in this database now."""
+    return _advisory_held(conn, LOCK_CLASS, client_id)
 
 
 #: Advisory lock namespace in which a hot standby holds a *shared* lock on its client id
@@ -150,11 +156,4 @@ def withdraw_standby(conn: Any, client_id: str) -> None:
 
 def standby_waiting(conn: Any, client_id: str) -> bool:
     """Whether some process stands by for ``client_id`` in this database now."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                    "AND classid = %s::oid AND objid = hashtext(%s)::oid AND objsubid = 2)",
-                    (STANDBY_CLASS, client_id))
-        waiting = bool(cur.fetchone()[0])
-    conn.rollback()
-    return waiting
+    return _advisory_held(conn, STANDBY_CLASS, client_id)
