@@ -175,7 +175,11 @@ def localise(command: str, dsn: str, prefix: str, number: int) -> str:
     command = re.sub(r"postgresql://\S+@(db|127\.0\.0\.1:5432)/zodb\b", dsn, command)
     command = command.replace("--dsn ...", f"--dsn {dsn}").replace("--grant-to ROLE", f"--grant-to {user}")
     command = command.replace("--grant-to esindexer", f"--grant-to {user}")
-    return re.sub(r"\bzodb-v2\b", f"{prefix}-v{number}", command)  # a generation of its own
+    command = re.sub(r"\bzodb-v2\b", f"{prefix}-v{number}", command)  # a generation of its own
+    if re.search(r"\besindexer reindex --to\b", command):
+        # ... behind an alias of its own: the walk's later commands keep their generation served
+        command = f"ESINDEXER_ALIAS={prefix}-v{number}-alias {command}"
+    return command
 
 
 def expected_code(example: Example) -> set[int]:

@@ -112,7 +112,7 @@ class Pages:
         # A state larger than a piece comes back as NULL with its size, and is then read
         # in pieces (:meth:`_read_in_pieces`).
         return (
-            "SELECT tid, zoid, CASE WHEN state_size > %(piece)s THEN NULL ELSE state END, state_size FROM ("
+            f"SELECT tid, zoid, CASE WHEN state_size > {int(PIECE_BYTES)} THEN NULL ELSE state END, state_size FROM ("
             " SELECT tid, zoid, state, state_size, sum(state_size) OVER"
             " (ORDER BY tid, zoid ROWS UNBOUNDED PRECEDING) - state_size AS before"
             f" FROM ({page}) AS page) AS sized "
@@ -131,7 +131,7 @@ class Pages:
         if conn.notifies:
             # Every commit notified so far is visible to this read: drop the backlog.
             del conn.notifies[:]
-        params = {"tid": self.tid, "zoid": self.zoid, "limit": limit, "budget": budget, "piece": PIECE_BYTES}
+        params = {"tid": self.tid, "zoid": self.zoid, "limit": limit, "budget": budget}
         try:
             with conn.cursor() as cur:
                 cur.execute(PLANNER + sql, params)
