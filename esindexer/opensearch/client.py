@@ -206,6 +206,15 @@ class _Indices(_Namespace):
     def get_mapping(self, *, index: str, **params: Any) -> ObjectApiResponse[Any]:
         return self._c.request("GET", _path(index, "_mapping"), params)
 
+    def put_mapping(self, *, index: str, meta: Mapping[str, Any] | None = None,
+                    properties: Mapping[str, Any] | None = None, **params: Any) -> ObjectApiResponse[Any]:
+        body: dict[str, Any] = {}
+        if meta is not None:
+            body["_meta"] = dict(meta)
+        if properties is not None:
+            body["properties"] = dict(properties)
+        return self._c.request("PUT", _path(index, "_mapping"), params, body)
+
     def get_settings(self, *, index: str, name: str | None = None, **params: Any) -> ObjectApiResponse[Any]:
         return self._c.request("GET", _path(index, "_settings", name), params)
 

@@ -8,7 +8,6 @@ are looked at only from outside: their HTTP endpoints, PostgreSQL and Elasticsea
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import signal
@@ -31,7 +30,7 @@ from esindexer.ops.verify import Report, verify
 from esindexer.source import deletions, follow
 from esindexer.source.progress import get_progress_tid
 from tests.indexing import Page, make_settings
-from tests.support import wait_for
+from tests.support import esindexer_env, wait_for
 
 
 def free_port() -> int:
@@ -54,7 +53,7 @@ def http_status(port: int, path: str, timeout: float = 3.0) -> tuple[int, str] |
 
 def service_env(db_dsn: str, es_url: str, es_prefix: str, **settings: str) -> dict[str, str]:
     """The environment of a test's ``esindexer run``: short intervals, no replicas."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
+    env = esindexer_env()  # (with the test node's engine: the OpenSearch run's too)
     env.update(
         ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url, ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"),
         ESINDEXER_INDEX_REPLICAS="0", ESINDEXER_METRICS_HOST="127.0.0.1", ESINDEXER_LAG_POLL_INTERVAL="0.5",
