@@ -79,6 +79,7 @@ OBJECT_PROPERTIES: dict[str, Any] = {
     "ancestors": {"type": "keyword"},
     "parts": {"type": "long"},
     "parts_omitted": {"type": "integer"},
+    "parts_tid": {"type": "long"},
 }
 
 

@@ -35,7 +35,7 @@ class ObjectView:
     """One object document's content before it is shaped."""
 
     zoid: int
-    tid: int  #: the newest tid among the object's record and its folded parts
+    tid: int  #: the tid of the object's own record (never above its current tid)
     class_name: str
     state: Any
     name: str | None
@@ -45,6 +45,8 @@ class ObjectView:
     parts: list[int] = field(default_factory=list)
     parts_omitted: int = 0
     refs: list[int] = field(default_factory=list)
+    #: the newest tid among its folded parts (0: none): a part's change is the object's change
+    parts_tid: int = 0
 
     @property
     def ancestors(self) -> list[str]:
@@ -124,7 +126,7 @@ def assemble(zoids: list[int], store: GraphStore, read_states: StateReader, read
         class_name, state = converted
         chosen, omitted = chosen_of[zoid]
         parts: Parts = {}
-        newest = tid_data[0]
+        newest = 0
         for part in chosen:
             got = states.get(part)
             converted_part = _convert(jsonifier, part, got[1]) if got else None
@@ -133,7 +135,7 @@ def assemble(zoids: list[int], store: GraphStore, read_states: StateReader, read
             parts[part] = converted_part
             newest = max(newest, got[0])
         folded = fold(state, parts)
-        out.append(ObjectView(zoid=zoid, tid=newest, class_name=class_name, state=folded.state, name=node.name,
+        out.append(ObjectView(zoid=zoid, tid=tid_data[0], parts_tid=newest, class_name=class_name, state=folded.state, name=node.name,
                               path=node.path or "/", parent=node.parent, depth=node.depth or 0,
                               parts=sorted(folded.folded), parts_omitted=omitted + len(parts) - len(folded.folded),
                               refs=folded.refs))

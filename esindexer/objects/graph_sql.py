@@ -1,40 +1,13 @@
-"""The object graph's tables and the set-based statements that keep owners and the tree exact.
+"""The set-based statements that keep the object graph's owners and tree exact.
 
-Kept in the database esindexer already writes to, per client id (a re-index generation
-builds its own). ``nodes`` holds one row per record seen (its name, its owner when it is
-unnamed, its place when it is in the tree), ``edges`` its references with their keys,
-``dirty`` the objects whose documents must be rewritten (written in the transaction that
-changed the graph, removed in the progress transaction once Elasticsearch accepted them:
-a crash in between leaves them to be rebuilt at the next start), ``applied`` the last tid
-the graph reflects.
+The tables are :mod:`esindexer.source.graph`'s; these statements run inside the one
+transaction :meth:`esindexer.objects.store.GraphStore.apply` applies a batch in, on
+temporary tables dropped at its commit.
 """
 
 from __future__ import annotations
 
-NODES = "esindexer_obj_nodes"
-EDGES = "esindexer_obj_edges"
-DIRTY = "esindexer_obj_dirty"
-APPLIED = "esindexer_obj_applied"
-TABLES = (NODES, EDGES, DIRTY, APPLIED)
-
-CREATE = f"""
-CREATE TABLE IF NOT EXISTS {NODES} (
-    client_id text NOT NULL, zoid bigint NOT NULL, tid bigint NOT NULL, class_name text,
-    name text,                 -- NULL: unnamed; '' only for the root
-    owner bigint,              -- unnamed: the one named record reaching it; -1 shared; NULL none
-    in_tree boolean NOT NULL DEFAULT false,
-    parent bigint, depth integer, path text,
-    PRIMARY KEY (client_id, zoid));
-CREATE INDEX IF NOT EXISTS {NODES}_owner ON {NODES} (client_id, owner) WHERE owner >= 0;
-CREATE INDEX IF NOT EXISTS {NODES}_parent ON {NODES} (client_id, parent) WHERE parent IS NOT NULL;
-CREATE TABLE IF NOT EXISTS {EDGES} (
-    client_id text NOT NULL, src bigint NOT NULL, dst bigint NOT NULL, key text);
-CREATE INDEX IF NOT EXISTS {EDGES}_src ON {EDGES} (client_id, src);
-CREATE INDEX IF NOT EXISTS {EDGES}_dst ON {EDGES} (client_id, dst);
-CREATE TABLE IF NOT EXISTS {DIRTY} (
-    client_id text NOT NULL, zoid bigint NOT NULL, as_of bigint NOT NULL, PRIMARY KEY (client_id, zoid));
-CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT NULL);
-"""
+from esindexer.source.graph import EDGES, NODES
 
 #: Unnamed records downstream of the seeds through unnamed records: whose owner may change.
 DOWNSTREAM = f"""

@@ -24,6 +24,7 @@ import psycopg2.extras
 
 from esindexer.objects import graph_sql as q
 from esindexer.objects.edges import ROOT_ZOID, Edge
+from esindexer.source.graph import APPLIED, DIRTY, EDGES, NODES
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,6 @@ class Node:
     path: str | None
 
 
-def ensure_tables(conn: Any) -> None:
-    with conn.cursor() as cur:
-        cur.execute(q.CREATE)
-    conn.commit()
-
-
 class GraphStore:
     """One client id's graph, used from the reader and the committer (a lock serialises them)."""
 
@@ -76,14 +71,14 @@ class GraphStore:
 
     def applied_tid(self) -> int:
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT tid FROM {q.APPLIED} WHERE client_id = %s", (self.client_id,))
+            cur.execute(f"SELECT tid FROM {APPLIED} WHERE client_id = %s", (self.client_id,))
             row = cur.fetchone()
         self.conn.rollback()
         return int(row[0]) if row else 0
 
     def nodes(self, zoids: Iterable[int]) -> dict[int, Node]:
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT zoid, tid, class_name, name, owner, in_tree, parent, depth, path FROM {q.NODES} "
+            cur.execute(f"SELECT zoid, tid, class_name, name, owner, in_tree, parent, depth, path FROM {NODES} "
                         "WHERE client_id = %s AND zoid = ANY(%s)", (self.client_id, list(zoids)))
             rows = {int(r[0]): Node(*r) for r in cur.fetchall()}
         self.conn.rollback()
@@ -93,7 +88,7 @@ class GraphStore:
         """``owner -> its parts`` (unordered)."""
         out: dict[int, list[int]] = {}
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT owner, zoid FROM {q.NODES} WHERE client_id = %s AND owner = ANY(%s)",
+            cur.execute(f"SELECT owner, zoid FROM {NODES} WHERE client_id = %s AND owner = ANY(%s)",
                         (self.client_id, list(owners)))
             for owner, zoid in cur.fetchall():
                 out.setdefault(int(owner), []).append(int(zoid))
@@ -103,7 +98,7 @@ class GraphStore:
     def edges_from(self, zoids: Iterable[int]) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT src, dst FROM {q.EDGES} WHERE client_id = %s AND src = ANY(%s)",
+            cur.execute(f"SELECT src, dst FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)",
                         (self.client_id, list(zoids)))
             for src, dst in cur.fetchall():
                 out.setdefault(int(src), []).append(int(dst))
@@ -113,7 +108,7 @@ class GraphStore:
     def dirty(self) -> list[int]:
         """Objects whose documents a crash left unwritten (rebuilt at start)."""
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT zoid FROM {q.DIRTY} WHERE client_id = %s ORDER BY zoid", (self.client_id,))
+            cur.execute(f"SELECT zoid FROM {DIRTY} WHERE client_id = %s ORDER BY zoid", (self.client_id,))
             rows = [int(r[0]) for r in cur.fetchall()]
         self.conn.rollback()
         return rows
@@ -124,7 +119,7 @@ class GraphStore:
         """Forget dirty rows the index now reflects (in the caller's progress transaction);
         a row dirtied again by a later batch (a greater ``as_of``) stays."""
         if zoids:
-            cur.execute(f"DELETE FROM {q.DIRTY} WHERE client_id = %s AND zoid = ANY(%s) AND as_of <= %s",
+            cur.execute(f"DELETE FROM {DIRTY} WHERE client_id = %s AND zoid = ANY(%s) AND as_of <= %s",
                         (self.client_id, zoids, as_of))
 
     def apply(self, records: list[RecordFacts], deleted: list[int], tid: int) -> tuple[list[int], int]:
@@ -134,14 +129,14 @@ class GraphStore:
             try:
                 with self.conn.cursor() as cur:
                     dirty = self._apply(cur, records, deleted)
-                    cur.execute(f"INSERT INTO {q.APPLIED} (client_id, tid) VALUES (%s, %s) ON CONFLICT (client_id) "
-                                f"DO UPDATE SET tid = greatest({q.APPLIED}.tid, excluded.tid) RETURNING tid",
+                    cur.execute(f"INSERT INTO {APPLIED} (client_id, tid) VALUES (%s, %s) ON CONFLICT (client_id) "
+                                f"DO UPDATE SET tid = greatest({APPLIED}.tid, excluded.tid) RETURNING tid",
                                 (self.client_id, tid))
                     version = int(cur.fetchone()[0])
                     if dirty:
                         psycopg2.extras.execute_values(
-                            cur, f"INSERT INTO {q.DIRTY} (client_id, zoid, as_of) VALUES %s ON CONFLICT "
-                            f"(client_id, zoid) DO UPDATE SET as_of = greatest({q.DIRTY}.as_of, excluded.as_of)",
+                            cur, f"INSERT INTO {DIRTY} (client_id, zoid, as_of) VALUES %s ON CONFLICT "
+                            f"(client_id, zoid) DO UPDATE SET as_of = greatest({DIRTY}.as_of, excluded.as_of)",
                             [(self.client_id, z, version) for z in dirty], page_size=1000)
                 self.conn.commit()
             except BaseException:
@@ -156,7 +151,7 @@ class GraphStore:
             if facts.zoid not in latest or latest[facts.zoid].tid <= facts.tid:
                 latest[facts.zoid] = facts
         gone = set(deleted) - set(latest)
-        cur.execute(f"SELECT zoid, tid, name, owner, in_tree, class_name FROM {q.NODES} "
+        cur.execute(f"SELECT zoid, tid, name, owner, in_tree, class_name FROM {NODES} "
                     "WHERE client_id = %s AND zoid = ANY(%s)", (c, list(latest) + list(gone)))
         old = {int(r[0]): r for r in cur.fetchall()}
         changed = [f for f in latest.values() if f.zoid not in old or old[f.zoid][1] < f.tid]
@@ -164,18 +159,18 @@ class GraphStore:
         touched = [f.zoid for f in changed] + sorted(gone)
         if not touched:
             return []
-        cur.execute(f"SELECT src, dst, key FROM {q.EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
+        cur.execute(f"SELECT src, dst, key FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
         old_edges = {(int(s), int(d), k) for s, d, k in cur.fetchall()}
         new_edges = {(f.zoid, d, k) for f in changed for d, k in f.edges}
         psycopg2.extras.execute_values(
-            cur, f"INSERT INTO {q.NODES} (client_id, zoid, tid, class_name, name) VALUES %s ON CONFLICT "
+            cur, f"INSERT INTO {NODES} (client_id, zoid, tid, class_name, name) VALUES %s ON CONFLICT "
             "(client_id, zoid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name, "
             "name = excluded.name", [(c, f.zoid, f.tid, f.class_name, f.name) for f in changed], page_size=1000)
         if gone:
-            cur.execute(f"DELETE FROM {q.NODES} WHERE client_id = %s AND zoid = ANY(%s)", (c, sorted(gone)))
+            cur.execute(f"DELETE FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s)", (c, sorted(gone)))
         if old_edges != new_edges:
-            cur.execute(f"DELETE FROM {q.EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
-            psycopg2.extras.execute_values(cur, f"INSERT INTO {q.EDGES} (client_id, src, dst, key) VALUES %s",
+            cur.execute(f"DELETE FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
+            psycopg2.extras.execute_values(cur, f"INSERT INTO {EDGES} (client_id, src, dst, key) VALUES %s",
                                            [(c, s, d, k) for s, d, k in new_edges], page_size=2000)
         renamed = [f.zoid for f in changed if f.zoid not in old or old[f.zoid][2] != f.name]
         unnamed_changed = [f.zoid for f in changed if f.name is None]
@@ -192,7 +187,7 @@ class GraphStore:
 
         # 2. the tree: records whose holders changed, renamed, new or gone, and their subtrees
         diff_dsts = sorted({d for _s, d, k in diff if k is not None})
-        cur.execute(f"SELECT zoid FROM {q.NODES} WHERE client_id = %s AND zoid = ANY(%s) AND name = ANY(%s)",
+        cur.execute(f"SELECT zoid FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s) AND name = ANY(%s)",
                     (c, diff_dsts, sorted({k for _s, _d, k in diff if k is not None})))
         held = [int(r[0]) for r in cur.fetchall()]
         replace = sorted(set(held) | set(held_by_moved_parts) | set(renamed) | gone)
@@ -212,11 +207,11 @@ class GraphStore:
                 candidates.add(int(old[z][3]))
         for before, after in owner_moves:
             candidates.update(o for o in (before, after) if o is not None and o >= 0)
-        cur.execute(f"SELECT zoid, owner FROM {q.NODES} WHERE client_id = %s AND zoid = ANY(%s)",
+        cur.execute(f"SELECT zoid, owner FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s)",
                     (c, [f.zoid for f in changed if f.name is None]))
         candidates.update(int(o) for _z, o in cur.fetchall() if o is not None and o >= 0)
         was_in_tree = {z for z, row in old.items() if row[4]}
-        cur.execute(f"SELECT zoid, class_name, in_tree FROM {q.NODES} WHERE client_id = %s AND zoid = ANY(%s)",
+        cur.execute(f"SELECT zoid, class_name, in_tree FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s)",
                     (c, sorted(candidates)))
         out = [int(z) for z, cls, in_tree in cur.fetchall()
                if (in_tree or z in was_in_tree or z in moved) and self.is_object_class(cls)]
@@ -224,7 +219,7 @@ class GraphStore:
         return sorted(set(out))
 
     def _place_root(self, cur: Any) -> list[int]:
-        cur.execute(f"UPDATE {q.NODES} SET in_tree = true, parent = NULL, depth = 0, path = '/' "
+        cur.execute(f"UPDATE {NODES} SET in_tree = true, parent = NULL, depth = 0, path = '/' "
                     "WHERE client_id = %s AND zoid = %s AND NOT in_tree RETURNING zoid", (self.client_id, ROOT_ZOID))
         return [int(r[0]) for r in cur.fetchall()]
 

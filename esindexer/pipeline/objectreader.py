@@ -23,12 +23,13 @@ import orjson
 from esindexer.config import Settings
 from esindexer.convert.jsonifier import Kind
 from esindexer.documents import Action
+from esindexer.errors import SetupError
 from esindexer.objects.assemble import Gone, assemble
 from esindexer.objects.edges import record_edges, record_name
-from esindexer.objects.store import GraphStore, RecordFacts, ensure_tables
+from esindexer.objects.store import GraphStore, RecordFacts
 from esindexer.pipeline.committer import BatchInFlight
 from esindexer.pipeline.reader import BatchReader, RequestBuffer
-from esindexer.source import pg
+from esindexer.source import graph, pg
 from esindexer.source.deadletters import DeadLetter
 from esindexer.source.pages import Row
 
@@ -150,7 +151,10 @@ def open_reader(settings: Settings, *args: Any, **kwargs: Any) -> BatchReader:
     if settings.documents != "objects":
         return BatchReader(settings, *args, **kwargs)
     graph_conn = pg.connect(settings, "object graph")
-    ensure_tables(graph_conn)
+    if not graph.ensure_tables(graph_conn):
+        graph_conn.close()
+        raise SetupError(f"the object model's tables ({', '.join(graph.TABLES)}) are missing and this role "
+                            "may not create them: run `esindexer setup` as an administrator")
     store = GraphStore(graph_conn, settings.worker_id, object_class_filter(settings))
     return ObjectBatchReader(settings, *args, store=store, states_conn=pg.connect(settings, "object states"),
                              **kwargs)
