@@ -37,7 +37,8 @@ CREATE INDEX IF NOT EXISTS {EDGES}_src ON {EDGES} (client_id, src);
 CREATE INDEX IF NOT EXISTS {EDGES}_dst ON {EDGES} (client_id, dst);
 CREATE TABLE IF NOT EXISTS {DIRTY} (
     client_id text NOT NULL, zoid bigint NOT NULL, as_of bigint NOT NULL, PRIMARY KEY (client_id, zoid));
-CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT NULL,
+    complete boolean NOT NULL DEFAULT false);
 """
 
 
