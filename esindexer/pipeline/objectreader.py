@@ -184,7 +184,9 @@ def open_reader(settings: Settings, *args: Any, **kwargs: Any) -> BatchReader:
     if settings.documents != "objects":
         return BatchReader(settings, *args, **kwargs)
     graph_conn = pg.connect(settings, "object graph")
-    if not graph.ensure_tables(graph_conn):
+    ready = graph.ensure_tables(graph_conn)
+    graph_conn.commit()
+    if not ready:
         graph_conn.close()
         raise SetupError(f"the object model's tables ({', '.join(graph.TABLES)}) are missing and this role "
                             "may not create them: run `esindexer setup` as an administrator")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from esindexer.source.pg import has_relation
+from esindexer.source.pg import NOT_PERMITTED, has_relation
 
 NODES = "esindexer_obj_nodes"
 EDGES = "esindexer_obj_edges"
@@ -43,20 +43,21 @@ CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT
 
 
 def ensure_tables(conn: Any) -> bool:
-    """Create the tables unless all are there (the service never attempts DDL then); False
-    when they are missing and this role may not create them. Commits."""
+    """Create the tables if missing, in a savepoint of the caller's transaction (the caller
+    commits); False when they are missing and this role may not create them."""
     with conn.cursor() as cur:
-        present = all(has_relation(cur, table) for table in TABLES)
-    conn.rollback()
-    if present:
-        return True
-    try:
-        with conn.cursor() as cur:
+        if all(has_relation(cur, table) for table in TABLES):
+            return True  # no DDL, which a least-privileged role may not run
+        cur.execute("SAVEPOINT esindexer_graph_ddl")
+        try:
             cur.execute(CREATE)
-        conn.commit()
-    except Exception:
-        conn.rollback()
-        return False
+        except NOT_PERMITTED:
+            cur.execute("ROLLBACK TO SAVEPOINT esindexer_graph_ddl")
+            return False
+        except Exception:
+            cur.execute("ROLLBACK TO SAVEPOINT esindexer_graph_ddl")
+            raise
+        cur.execute("RELEASE SAVEPOINT esindexer_graph_ddl")
     return True
 
 
