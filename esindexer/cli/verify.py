@@ -66,6 +66,8 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from esindexer.observe.progress import ProgressReporter
     from esindexer.source.backlog import rows_after
 
+    if settings.documents == "objects":
+        return _verify_objects(settings, args)
     conn = connect(settings)
     sink = one_shot_sink(settings)
     try:
@@ -93,6 +95,36 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         _print_text(report, args.repair)
         if behind:
             print(behind)
+    return 1 if report.remaining else 0
+
+
+def _verify_objects(settings: Settings, args: argparse.Namespace) -> int:
+    """documents=objects: the object documents against the graph and the database."""
+    from esindexer.convert.configure import build_jsonifier
+    from esindexer.documents import DocumentBuilder
+    from esindexer.ops.objectverify import verify_objects
+
+    conn = connect(settings)
+    sink = one_shot_sink(settings)
+    try:
+        report = verify_objects(conn, sink.es, DocumentBuilder(settings), build_jsonifier(settings),
+                                settings, deep=args.deep, repair=args.repair)
+    finally:
+        conn.close()
+        sink.es.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(f"objects in the tree: {report.objects}, object documents: {report.documents}")
+        for kind, count in report.counts.items():
+            if count:
+                print(f"{kind}: {count}{_examples(report.examples[kind])}")
+        if report.lagging:
+            print(f"lagging: {report.lagging} (not applied by the service yet; not counted)")
+        if args.repair and (report.repaired or report.still_different):
+            print(f"repaired {report.repaired} (read back), still different {report.still_different}")
+        if not report.remaining:
+            print("no difference" + (" (lag aside)" if report.lagging else ""))
     return 1 if report.remaining else 0
 
 
