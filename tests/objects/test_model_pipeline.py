@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import transaction
 from BTrees.OOBTree import OOBTree
 from persistent import Persistent
@@ -18,7 +17,6 @@ from persistent.mapping import PersistentMapping
 
 from tests.indexing import make_settings, running, zoid_of
 from tests.support import wait_for
-
 
 
 class Folder(Persistent):
