@@ -294,7 +294,7 @@ class GraphStore:
         cur.execute("SELECT n.zoid FROM obj_newly n WHERE NOT EXISTS (SELECT 1 FROM obj_replace r WHERE r.zoid = n.zoid)")
         return {int(r[0]) for r in cur.fetchall()}
 
-    def resolve_all(self, tid: int) -> tuple[list[int], int]:
+    def resolve_all(self, tid: int, quiet: bool = False) -> tuple[list[int], int]:
         """Resolve a graph written unresolved (a backfill): every owner, the whole tree from
         the root; every object in the tree becomes dirty. Marks the graph complete."""
         c = self.client_id
@@ -320,7 +320,8 @@ class GraphStore:
             except BaseException:
                 self.conn.rollback()
                 raise
-        log.info("object graph resolved: %d objects in the tree", len(dirty), extra={"count": len(dirty)})
+        if not quiet:
+            log.info("object graph resolved: %d objects in the tree", len(dirty), extra={"count": len(dirty)})
         return dirty, version
 
 

@@ -53,6 +53,10 @@ class ObjectReport:
     still_different: int = 0
 
     @property
+    def still(self) -> int:
+        return self.still_different
+
+    @property
     def remaining(self) -> int:
         return self.still_different if self.repaired or self.still_different else sum(self.counts.values())
 
@@ -172,7 +176,7 @@ def _graph_differences(conn: Any, settings: Settings, jsonifier: Jsonifier, stor
                     facts.append(RecordFacts(zoid, tid, conversion.class_name, record_name(zoid, state),
                                              record_edges(conversion.class_name, state)))
             scratch.apply(facts, [], read_at, resolve=False)
-        scratch.resolve_all(read_at)
+        scratch.resolve_all(read_at, quiet=True)
         with conn.cursor() as cur:
             cur.execute(f"""
                 SELECT coalesce(a.zoid, b.zoid) FROM

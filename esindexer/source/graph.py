@@ -67,3 +67,20 @@ def forget(conn: Any, client_id: str) -> None:
         for table in TABLES:
             cur.execute(f"DELETE FROM {table} WHERE client_id = %s", (client_id,))
     conn.commit()
+
+
+def summary(conn: Any, client_id: str) -> dict[str, Any] | None:
+    """What ``status`` says of one client id's graph (None: it has none)."""
+    with conn.cursor() as cur:
+        if not has_relation(cur, APPLIED):
+            return None
+        cur.execute(f"SELECT tid, complete FROM {APPLIED} WHERE client_id = %s", (client_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        cur.execute(f"SELECT count(*) FROM {NODES} WHERE client_id = %s AND in_tree", (client_id,))
+        in_tree = int(cur.fetchone()[0])
+        cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (client_id,))
+        dirty = int(cur.fetchone()[0])
+    conn.rollback()
+    return {"tid": int(row[0]), "complete": bool(row[1]), "in_tree": in_tree, "documents_to_write": dirty}
