@@ -25,7 +25,7 @@ import psycopg2.extras
 
 from esindexer.objects import graph_sql as q
 from esindexer.objects.edges import ROOT_ZOID, Edge
-from esindexer.source.graph import APPLIED, DIRTY, EDGES, NODES
+from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class GraphStore:
         with self.lock:
             try:
                 with self.conn.cursor() as cur:
+                    self._serialise(cur)
                     dirty = self._apply(cur, records, deleted) if resolve else self._write_unresolved(cur, records, deleted)
                     version = self._finish(cur, tid, dirty, complete=resolve)
                 self.conn.commit()
@@ -146,6 +147,11 @@ class GraphStore:
                 self.conn.rollback()
                 raise
         return dirty, version
+
+    def _serialise(self, cur: Any) -> None:
+        """One writer of this graph at a time (until the transaction ends): the service and a
+        command redelivering dead letters read what the other committed."""
+        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (GRAPH_LOCK_CLASS, self.client_id))
 
     def _finish(self, cur: Any, tid: int, dirty: list[int], complete: bool) -> int:
         cur.execute(f"INSERT INTO {APPLIED} (client_id, tid, complete) VALUES (%s, %s, %s) ON CONFLICT (client_id) "
@@ -301,6 +307,7 @@ class GraphStore:
         with self.lock:
             try:
                 with self.conn.cursor() as cur:
+                    self._serialise(cur)
                     cur.execute(f"ANALYZE {NODES}; ANALYZE {EDGES}")  # written in bulk: plans need their statistics
                     cur.execute(q.ALL_OWNERS, {"c": c})
                     self._place_root(cur)

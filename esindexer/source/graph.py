@@ -20,6 +20,9 @@ EDGES = "esindexer_obj_edges"
 DIRTY = "esindexer_obj_dirty"
 APPLIED = "esindexer_obj_applied"
 TABLES = (NODES, EDGES, DIRTY, APPLIED)
+#: Advisory lock namespace ("es" + 4) of one client id's graph: the service and a command
+#: (dead-letter redelivery) never change it at the same time.
+GRAPH_LOCK_CLASS = 0x65730004
 
 CREATE = f"""
 CREATE TABLE IF NOT EXISTS {NODES} (
