@@ -16,7 +16,7 @@ from persistent import Persistent
 from persistent.mapping import PersistentMapping
 
 from tests.indexing import make_settings, running, zoid_of
-from tests.support import wait_for
+from tests.support import both_history_modes, scalar, wait_for
 
 
 class Folder(Persistent):
@@ -93,6 +93,7 @@ def build(db):
     return conn
 
 
+@both_history_modes
 def test_objects_follow_the_tree(zodb, db_dsn, es_url, es_prefix, es):
     conn = build(zodb)
     root = conn.root()
@@ -189,4 +190,36 @@ def test_verify_explain_and_repair(zodb, db_dsn, es_url, es_prefix, es):
         assert verify_objects(pg_conn, es, builder, jsonifier, settings, deep=True).remaining == 0
     finally:
         pg_conn.close()
+    conn.close()
+
+
+def test_documents_left_dirty_by_a_crash_are_written_at_start(zodb, db_dsn, es_url, es_prefix, es):
+    """The outbox: a dirty row whose document never reached the index (a crash between the
+    graph's commit and the bulk) is written when the service starts again."""
+    import psycopg2
+
+    from esindexer.errors import ExitCode
+    from esindexer.observe.metrics import Metrics
+    from esindexer.pipeline.indexer import Indexer
+
+    conn = build(zodb)
+    root = conn.root()
+    settings = make_settings(db_dsn, es_url, es_prefix, documents="objects")
+    alias = settings.alias_name
+    with running(settings):
+        wait_for(lambda: paths(es, alias) == truth(zodb), timeout=60)
+    item = root["site"]._tree["docs"]._tree["doc-5"]
+    index = next(iter(es.indices.get_alias(name=alias)))
+    es.indices.delete(index=index)  # nothing left: as if no bulk had ever gone
+
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+        cur.execute("INSERT INTO esindexer_obj_dirty (client_id, zoid, as_of) "
+                    "SELECT client_id, %s, tid FROM esindexer_obj_applied", (zoid_of(item),))
+    with running(settings):
+        wait_for(lambda: zoid_of(item) in indexed(es, alias), timeout=30)
+        wait_for(lambda: scalar(db_dsn, "SELECT count(*) FROM esindexer_obj_dirty") == 0, timeout=30)
+    assert {z: d["path"] for z, d in indexed(es, alias).items()} == {zoid_of(item): "/site/docs/doc-5"}
+    # the same indices with records configured: refused at start, with the way out
+    code = Indexer(make_settings(db_dsn, es_url, es_prefix), Metrics(process_metrics=False)).run(until_caught_up=True)
+    assert code == ExitCode.SETUP
     conn.close()
