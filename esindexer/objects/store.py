@@ -79,8 +79,9 @@ class GraphStore:
 
     def nodes(self, zoids: Iterable[int]) -> dict[int, Node]:
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT zoid, tid, class_name, name, owner, in_tree, parent, depth, path FROM {NODES} "
-                        "WHERE client_id = %s AND zoid = ANY(%s)", (self.client_id, list(zoids)))
+            cur.execute("SELECT n.zoid, n.tid, n.class_name, n.name, n.owner, n.in_tree, n.parent, n.depth, n.path "
+                        f"FROM unnest(%s::bigint[]) z(zoid) JOIN {NODES} n ON n.client_id = %s AND n.zoid = z.zoid",
+                        (list(zoids), self.client_id))
             rows = {int(r[0]): Node(*r) for r in cur.fetchall()}
         self.conn.rollback()
         return rows
@@ -89,8 +90,8 @@ class GraphStore:
         """``owner -> its parts`` (unordered)."""
         out: dict[int, list[int]] = {}
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT owner, zoid FROM {NODES} WHERE client_id = %s AND owner = ANY(%s)",
-                        (self.client_id, list(owners)))
+            cur.execute(f"SELECT n.owner, n.zoid FROM unnest(%s::bigint[]) o(zoid) JOIN {NODES} n "
+                        "ON n.client_id = %s AND n.owner = o.zoid", (list(owners), self.client_id))
             for owner, zoid in cur.fetchall():
                 out.setdefault(int(owner), []).append(int(zoid))
         self.conn.rollback()
@@ -99,8 +100,8 @@ class GraphStore:
     def edges_from(self, zoids: Iterable[int]) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT src, dst FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)",
-                        (self.client_id, list(zoids)))
+            cur.execute(f"SELECT e.src, e.dst FROM unnest(%s::bigint[]) z(zoid) JOIN {EDGES} e "
+                        "ON e.client_id = %s AND e.src = z.zoid", (list(zoids), self.client_id))
             for src, dst in cur.fetchall():
                 out.setdefault(int(src), []).append(int(dst))
         self.conn.rollback()
@@ -120,8 +121,8 @@ class GraphStore:
         """Forget dirty rows the index now reflects (in the caller's progress transaction);
         a row dirtied again by a later batch (a greater ``as_of``) stays."""
         if zoids:
-            cur.execute(f"DELETE FROM {DIRTY} WHERE client_id = %s AND zoid = ANY(%s) AND as_of <= %s",
-                        (self.client_id, zoids, as_of))
+            cur.execute(f"DELETE FROM {DIRTY} d USING unnest(%s::bigint[]) z(zoid) "
+                        "WHERE d.client_id = %s AND d.zoid = z.zoid AND d.as_of <= %s", (zoids, self.client_id, as_of))
 
     def complete(self) -> bool:
         """Whether the graph is resolved (False while a backfill writes it unresolved)."""
@@ -179,6 +180,7 @@ class GraphStore:
                         _csv((f.zoid, f.tid, f.class_name, f.name) for f in latest.values()))
         cur.copy_expert("COPY obj_in_edges FROM STDIN WITH (FORMAT csv)",
                         _csv((f.zoid, dst, key) for f in latest.values() for dst, key in f.edges))
+        cur.execute("ANALYZE obj_in; ANALYZE obj_in_edges")  # (temporary tables have no statistics otherwise)
         cur.execute(f"DELETE FROM obj_in i USING {NODES} n WHERE n.client_id = %(c)s AND n.zoid = i.zoid "
                     f"AND n.tid >= i.tid; "
                     f"DELETE FROM {EDGES} e USING obj_in i WHERE e.client_id = %(c)s AND e.src = i.zoid; "
@@ -320,9 +322,14 @@ class GraphStore:
                         if not cur.fetchone()[0]:
                             break
                         depth += 1
-                    cur.execute(f"SELECT zoid, class_name FROM {NODES} WHERE client_id = %s AND in_tree", (c,))
-                    dirty = sorted(int(z) for z, cls in cur.fetchall() if self.is_object_class(cls))
-                    version = self._finish(cur, tid, dirty, complete=True)
+                    cur.execute(f"SELECT DISTINCT class_name FROM {NODES} WHERE client_id = %s AND in_tree", (c,))
+                    classes = [cls for (cls,) in cur.fetchall() if self.is_object_class(cls)]
+                    version = self._finish(cur, tid, [], complete=True)
+                    cur.execute(f"INSERT INTO {DIRTY} (client_id, zoid, as_of) SELECT client_id, zoid, %s FROM {NODES} "
+                                "WHERE client_id = %s AND in_tree AND class_name = ANY(%s) ON CONFLICT (client_id, zoid) "
+                                f"DO UPDATE SET as_of = greatest({DIRTY}.as_of, excluded.as_of) RETURNING zoid",
+                                (version, c, classes))
+                    dirty = sorted(int(z) for (z,) in cur.fetchall())
                 self.conn.commit()
             except BaseException:
                 self.conn.rollback()

@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS {NODES} (
     in_tree boolean NOT NULL DEFAULT false,
     parent bigint, depth integer, path text,
     PRIMARY KEY (client_id, zoid));
-CREATE INDEX IF NOT EXISTS {NODES}_owner ON {NODES} (client_id, owner) WHERE owner >= 0;
+CREATE INDEX IF NOT EXISTS {NODES}_owner ON {NODES} (client_id, owner);
 CREATE INDEX IF NOT EXISTS {NODES}_parent ON {NODES} (client_id, parent) WHERE parent IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {EDGES} (
     client_id text NOT NULL, src bigint NOT NULL, dst bigint NOT NULL, key text);
