@@ -57,6 +57,10 @@ class ObjectReport:
         return self.still_different
 
     @property
+    def still_examples(self) -> dict[str, list[int]]:
+        return {k: v for k, v in self.examples.items() if v}
+
+    @property
     def remaining(self) -> int:
         return self.still_different if self.repaired or self.still_different else sum(self.counts.values())
 
