@@ -112,6 +112,10 @@ def test_objects_follow_the_tree(zodb, db_dsn, es_url, es_prefix, es):
         assert [int(h["_id"]) for h in hits] == [zoid_of(item)]  # a part's words find its object
         # no document for parts, BTrees or the holder
         assert zoid_of(item.body["holder"]) not in got
+        # a folder's items (a folded BTree) are data, in more: no field per child id
+        mapping = es.indices.get_mapping(index=alias)
+        props = next(iter(mapping.values()))["mappings"]["properties"]["state"]["properties"]
+        assert not [field for field in props if field.startswith("_tree")], sorted(props)
 
         # a move, a rename, a removal and a part edit, committed together
         site = root["site"]
