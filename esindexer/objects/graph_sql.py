@@ -13,11 +13,11 @@ from esindexer.source.graph import EDGES, NODES
 DOWNSTREAM = f"""
 CREATE TEMP TABLE obj_down ON COMMIT DROP AS
 WITH RECURSIVE walk(zoid) AS (
-    SELECT n.zoid FROM {NODES} n WHERE n.client_id = %(c)s AND n.zoid = ANY(%(seeds)s) AND n.name IS NULL
+    SELECT n.zoid FROM {NODES} n WHERE n.client_id = %(c)s AND n.zoid = ANY(%(seeds)s) AND (n.name IS NULL AND NOT n.listed)
   UNION
     SELECT n.zoid FROM walk w
     JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = w.zoid
-    JOIN {NODES} n ON n.client_id = %(c)s AND n.zoid = e.dst AND n.name IS NULL)
+    JOIN {NODES} n ON n.client_id = %(c)s AND n.zoid = e.dst AND (n.name IS NULL AND NOT n.listed))
 SELECT zoid FROM walk;
 CREATE UNIQUE INDEX ON obj_down (zoid);
 """
@@ -27,11 +27,11 @@ CREATE UNIQUE INDEX ON obj_down (zoid);
 OWNERS = f"""
 CREATE TEMP TABLE obj_owners ON COMMIT DROP AS
 WITH RECURSIVE reach(zoid, own) AS (
-    SELECT e.dst, CASE WHEN s.name IS NOT NULL THEN s.zoid ELSE s.owner END
+    SELECT e.dst, CASE WHEN NOT (s.name IS NULL AND NOT s.listed) THEN s.zoid ELSE s.owner END
     FROM obj_down d
     JOIN {EDGES} e ON e.client_id = %(c)s AND e.dst = d.zoid
     JOIN {NODES} s ON s.client_id = %(c)s AND s.zoid = e.src
-    WHERE s.name IS NOT NULL
+    WHERE NOT (s.name IS NULL AND NOT s.listed)
        OR (s.owner IS NOT NULL AND NOT EXISTS (SELECT 1 FROM obj_down x WHERE x.zoid = s.zoid))
   UNION
     SELECT e.dst, r.own FROM reach r
@@ -52,7 +52,7 @@ WHERE n.client_id = %(c)s AND n.zoid = o.zoid AND n.owner IS DISTINCT FROM o.new
 OWNER_CHANGED_CHILDREN = f"""
 SELECT DISTINCT e.dst FROM obj_owners o
 JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = o.zoid
-JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND x.name = e.key
+JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND (e.key = x.name OR e.listed)
 WHERE o.old IS DISTINCT FROM o.new
 """
 
@@ -72,13 +72,13 @@ FROM obj_replace r WHERE n.client_id = %(c)s AND n.zoid = r.zoid;
 """
 
 #: The container of the record holding an edge: itself when named, else its owner.
-_CONTAINER = "CASE WHEN s.name IS NOT NULL THEN s.zoid ELSE s.owner END"
+_CONTAINER = "CASE WHEN s.name IS NOT NULL OR s.listed THEN s.zoid ELSE s.owner END"
 
 #: Deepest tree node (outside the set) that holds one of the set under its name.
 DEEPEST_CANDIDATE = f"""
 SELECT max(t.depth) FROM obj_replace r
 JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = r.zoid
-JOIN {EDGES} e ON e.client_id = %(c)s AND e.dst = x.zoid AND e.key = x.name
+JOIN {EDGES} e ON e.client_id = %(c)s AND e.dst = x.zoid AND (e.key = x.name OR e.listed)
 JOIN {NODES} s ON s.client_id = %(c)s AND s.zoid = e.src
 JOIN {NODES} t ON t.client_id = %(c)s AND t.zoid = {_CONTAINER} AND t.in_tree
 """
@@ -96,25 +96,25 @@ CREATE TEMP TABLE obj_newly (zoid bigint PRIMARY KEY) ON COMMIT DROP;
 #: placed nodes hold; the placed ones become the next level's ``obj_placed``.
 PLACE_LEVEL = f"""
 WITH candidates AS (
-    SELECT x.zoid, t.zoid AS parent, t.path AS parent_path, x.name
+    SELECT x.zoid, t.zoid AS parent, t.path AS parent_path, e.key AS name
     FROM obj_replace r
-    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = r.zoid AND NOT x.in_tree AND x.name <> ''
-    JOIN {EDGES} e ON e.client_id = %(c)s AND e.dst = x.zoid AND e.key = x.name
+    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = r.zoid AND NOT x.in_tree AND x.zoid <> 0
+    JOIN {EDGES} e ON e.client_id = %(c)s AND e.dst = x.zoid AND (e.key = x.name OR e.listed)
     JOIN {NODES} s ON s.client_id = %(c)s AND s.zoid = e.src
     JOIN {NODES} t ON t.client_id = %(c)s AND t.zoid = {_CONTAINER} AND t.in_tree AND t.depth = %(above)s
   UNION ALL
-    SELECT x.zoid, t.zoid, t.path, x.name
+    SELECT x.zoid, t.zoid, t.path, e.key
     FROM obj_placed p
     JOIN {NODES} t ON t.client_id = %(c)s AND t.zoid = p.zoid
     JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = t.zoid
-    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND x.name = e.key AND NOT x.in_tree AND x.name <> ''
+    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND (e.key = x.name OR e.listed) AND NOT x.in_tree AND x.zoid <> 0
   UNION ALL
-    SELECT x.zoid, t.zoid, t.path, x.name
+    SELECT x.zoid, t.zoid, t.path, e.key
     FROM obj_placed p
     JOIN {NODES} t ON t.client_id = %(c)s AND t.zoid = p.zoid
-    JOIN {NODES} s ON s.client_id = %(c)s AND s.owner = t.zoid AND s.name IS NULL
+    JOIN {NODES} s ON s.client_id = %(c)s AND s.owner = t.zoid AND (s.name IS NULL AND NOT s.listed)
     JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = s.zoid
-    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND x.name = e.key AND NOT x.in_tree AND x.name <> ''
+    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND (e.key = x.name OR e.listed) AND NOT x.in_tree AND x.zoid <> 0
 ), chosen AS (
     SELECT DISTINCT ON (zoid) zoid, parent,
            CASE WHEN parent_path = '/' THEN '/' || name ELSE parent_path || '/' || name END AS path
@@ -137,13 +137,13 @@ ALL_OWNERS = f"""
 CREATE TEMP TABLE obj_all_owners ON COMMIT DROP AS
 WITH RECURSIVE reach(zoid, own) AS (
     SELECT e.dst, e.src FROM {EDGES} e
-    JOIN {NODES} s ON s.client_id = %(c)s AND s.zoid = e.src AND s.name IS NOT NULL
-    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND x.name IS NULL
+    JOIN {NODES} s ON s.client_id = %(c)s AND s.zoid = e.src AND NOT (s.name IS NULL AND NOT s.listed)
+    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND (x.name IS NULL AND NOT x.listed)
     WHERE e.client_id = %(c)s
   UNION
     SELECT e.dst, r.own FROM reach r
     JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = r.zoid
-    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND x.name IS NULL)
+    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND (x.name IS NULL AND NOT x.listed))
 SELECT zoid, CASE WHEN count(DISTINCT own) = 1 THEN min(own) ELSE -1 END AS owner FROM reach GROUP BY zoid;
 UPDATE {NODES} n SET owner = NULL WHERE n.client_id = %(c)s AND n.owner IS NOT NULL;
 UPDATE {NODES} n SET owner = o.owner FROM obj_all_owners o WHERE n.client_id = %(c)s AND n.zoid = o.zoid;

@@ -175,11 +175,12 @@ class GraphStore:
             if facts.zoid not in latest or latest[facts.zoid].tid <= facts.tid:
                 latest[facts.zoid] = facts
         cur.execute("CREATE TEMP TABLE obj_in (zoid bigint PRIMARY KEY, tid bigint, class_name text, name text) "
-                    "ON COMMIT DROP; CREATE TEMP TABLE obj_in_edges (src bigint, dst bigint, key text) ON COMMIT DROP")
+                    "ON COMMIT DROP; CREATE TEMP TABLE obj_in_edges (src bigint, dst bigint, key text, listed boolean) "
+                    "ON COMMIT DROP")
         cur.copy_expert("COPY obj_in FROM STDIN WITH (FORMAT csv)",
                         _csv((f.zoid, f.tid, f.class_name, f.name) for f in latest.values()))
         cur.copy_expert("COPY obj_in_edges FROM STDIN WITH (FORMAT csv)",
-                        _csv((f.zoid, dst, key) for f in latest.values() for dst, key in f.edges))
+                        _csv((f.zoid, dst, key, listed) for f in latest.values() for dst, key, listed in f.edges))
         cur.execute("ANALYZE obj_in; ANALYZE obj_in_edges")  # (temporary tables have no statistics otherwise)
         cur.execute(f"DELETE FROM obj_in i USING {NODES} n WHERE n.client_id = %(c)s AND n.zoid = i.zoid "
                     f"AND n.tid >= i.tid; "
@@ -187,7 +188,7 @@ class GraphStore:
                     f"INSERT INTO {NODES} (client_id, zoid, tid, class_name, name) "
                     f"SELECT %(c)s, zoid, tid, class_name, name FROM obj_in ON CONFLICT (client_id, zoid) DO UPDATE "
                     f"SET tid = excluded.tid, class_name = excluded.class_name, name = excluded.name; "
-                    f"INSERT INTO {EDGES} (client_id, src, dst, key) SELECT DISTINCT %(c)s, e.src, e.dst, e.key "
+                    f"INSERT INTO {EDGES} (client_id, src, dst, key, listed) SELECT DISTINCT %(c)s, e.src, e.dst, e.key, e.listed "
                     f"FROM obj_in_edges e JOIN obj_in i ON i.zoid = e.src", {"c": c})
         gone = sorted(set(deleted) - set(latest))
         if gone:
@@ -211,9 +212,9 @@ class GraphStore:
         touched = [f.zoid for f in changed] + sorted(gone)
         if not touched:
             return [], None
-        cur.execute(f"SELECT src, dst, key FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
-        old_edges = {(int(s), int(d), k) for s, d, k in cur.fetchall()}
-        new_edges = {(f.zoid, d, k) for f in changed for d, k in f.edges}
+        cur.execute(f"SELECT src, dst, key, listed FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
+        old_edges = {(int(s), int(d), k, bool(listed)) for s, d, k, listed in cur.fetchall()}
+        new_edges = {(f.zoid, d, k, listed) for f in changed for d, k, listed in f.edges}
         psycopg2.extras.execute_values(
             cur, f"INSERT INTO {NODES} (client_id, zoid, tid, class_name, name) VALUES %s ON CONFLICT "
             "(client_id, zoid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name, "
@@ -222,8 +223,8 @@ class GraphStore:
             cur.execute(f"DELETE FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s)", (c, sorted(gone)))
         if old_edges != new_edges:
             cur.execute(f"DELETE FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
-            psycopg2.extras.execute_values(cur, f"INSERT INTO {EDGES} (client_id, src, dst, key) VALUES %s",
-                                           [(c, s, d, k) for s, d, k in new_edges], page_size=2000)
+            psycopg2.extras.execute_values(cur, f"INSERT INTO {EDGES} (client_id, src, dst, key, listed) VALUES %s",
+                                           [(c, s, d, k, listed) for s, d, k, listed in new_edges], page_size=2000)
         return [], (old, changed, gone, touched, old_edges, new_edges)
 
     def _apply(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> list[int]:
@@ -232,10 +233,16 @@ class GraphStore:
         if not written:
             return []
         old, changed, gone, touched, old_edges, new_edges = written
-        renamed = [f.zoid for f in changed if f.zoid not in old or old[f.zoid][2] != f.name]
+        # held in an OFS container's _objects (named by its container): recomputed where it may change
+        maybe = sorted({d for _s, d, _k, listed in old_edges | new_edges if listed} | {f.zoid for f in changed})
+        cur.execute(f"UPDATE {NODES} n SET listed = NOT n.listed WHERE n.client_id = %s AND n.zoid = ANY(%s) "
+                    f"AND n.listed <> EXISTS (SELECT 1 FROM {EDGES} e WHERE e.client_id = %s AND e.dst = n.zoid "
+                    "AND e.listed) RETURNING n.zoid", (c, maybe, c))
+        relisted = [int(r[0]) for r in cur.fetchall()]
+        renamed = [f.zoid for f in changed if f.zoid not in old or old[f.zoid][2] != f.name] + relisted
         unnamed_changed = [f.zoid for f in changed if f.name is None]
-        diff = old_edges ^ new_edges
-        seeds = sorted({d for _s, d, _k in old_edges | new_edges} | set(renamed) | set(unnamed_changed))
+        diff = {(s, d, k) for s, d, k, listed in old_edges ^ new_edges}
+        seeds = sorted({d for _s, d, _k, _l in old_edges | new_edges} | set(renamed) | set(unnamed_changed))
 
         # 1. owners of the unnamed records downstream of the change
         cur.execute(q.DOWNSTREAM, {"c": c, "seeds": seeds})
@@ -247,7 +254,7 @@ class GraphStore:
 
         # 2. the tree: records whose holders changed, renamed, new or gone, and their subtrees
         diff_dsts = sorted({d for _s, d, k in diff if k is not None})
-        cur.execute(f"SELECT zoid FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s) AND name = ANY(%s)",
+        cur.execute(f"SELECT zoid FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s) AND (name = ANY(%s) OR listed)",
                     (c, diff_dsts, sorted({k for _s, _d, k in diff if k is not None})))
         held = [int(r[0]) for r in cur.fetchall()]
         replace = sorted(set(held) | set(held_by_moved_parts) | set(renamed) | gone)
@@ -258,10 +265,7 @@ class GraphStore:
         moved = {int(r[0]) for r in cur.fetchall()}
 
         # 3. the documents that change
-        candidates = moved | placed_outside | set(root_placed)
-        for f in changed:
-            if f.name is not None:
-                candidates.add(f.zoid)
+        candidates = moved | placed_outside | set(root_placed) | {f.zoid for f in changed}
         for z in touched:
             if z in old and old[z][3] is not None and old[z][3] >= 0:
                 candidates.add(int(old[z][3]))
@@ -311,6 +315,11 @@ class GraphStore:
                 with self.conn.cursor() as cur:
                     self._serialise(cur)
                     cur.execute(f"ANALYZE {NODES}; ANALYZE {EDGES}")  # written in bulk: plans need their statistics
+                    cur.execute(f"UPDATE {NODES} n SET listed = true WHERE n.client_id = %(c)s AND NOT n.listed AND "
+                                f"EXISTS (SELECT 1 FROM {EDGES} e WHERE e.client_id = %(c)s AND e.dst = n.zoid AND e.listed); "
+                                f"UPDATE {NODES} n SET listed = false WHERE n.client_id = %(c)s AND n.listed AND NOT "
+                                f"EXISTS (SELECT 1 FROM {EDGES} e WHERE e.client_id = %(c)s AND e.dst = n.zoid AND e.listed)",
+                                {"c": c})
                     cur.execute(q.ALL_OWNERS, {"c": c})
                     self._place_root(cur)
                     cur.execute(q.PLACED)

@@ -28,6 +28,7 @@ CREATE = f"""
 CREATE TABLE IF NOT EXISTS {NODES} (
     client_id text NOT NULL, zoid bigint NOT NULL, tid bigint NOT NULL, class_name text,
     name text,                 -- NULL: unnamed; '' only for the root
+    listed boolean NOT NULL DEFAULT false,  -- held by an OFS container that lists it in _objects
     owner bigint,              -- unnamed: the one named record reaching it; -1 shared; NULL none
     in_tree boolean NOT NULL DEFAULT false,
     parent bigint, depth integer, path text,
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS {NODES} (
 CREATE INDEX IF NOT EXISTS {NODES}_owner ON {NODES} (client_id, owner);
 CREATE INDEX IF NOT EXISTS {NODES}_parent ON {NODES} (client_id, parent) WHERE parent IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {EDGES} (
-    client_id text NOT NULL, src bigint NOT NULL, dst bigint NOT NULL, key text);
+    client_id text NOT NULL, src bigint NOT NULL, dst bigint NOT NULL, key text,
+    listed boolean NOT NULL DEFAULT false);
 CREATE INDEX IF NOT EXISTS {EDGES}_src ON {EDGES} (client_id, src);
 CREATE INDEX IF NOT EXISTS {EDGES}_dst ON {EDGES} (client_id, dst);
 CREATE TABLE IF NOT EXISTS {DIRTY} (

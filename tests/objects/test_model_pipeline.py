@@ -227,3 +227,37 @@ def test_documents_left_dirty_by_a_crash_are_written_at_start(zodb, db_dsn, es_u
     code = Indexer(make_settings(db_dsn, es_url, es_prefix), Metrics(process_metrics=False)).run(until_caught_up=True)
     assert code == ExitCode.SETUP
     conn.close()
+
+
+def test_ofs_children_named_by_their_container(zodb, db_dsn, es_url, es_prefix, es):
+    """An OFS tool whose id is a class attribute (no pickle shows it) is placed by its
+    container's ``_objects`` listing, and is an object of its own, not a part of the folder."""
+    from tests.objects.test_edges_fold import ClassNamed, OFSFolder
+
+    conn = zodb.open()
+    root = conn.root()
+    app = root["app"] = OFSFolder("app")
+    tool = ClassNamed()
+    tool.title = "The tool"
+    tool.data = PersistentMapping({"setting": "value"})
+    app._setObject("portal_tool", tool)
+    sub = OFSFolder("sub")
+    app._setObject("sub", sub)
+    sub._setObject("leaf", Item("leaf", "A leaf", "leaf words"))
+    transaction.commit()
+    settings = make_settings(db_dsn, es_url, es_prefix, documents="objects")
+    alias = settings.alias_name
+    expected = {0: "/", zoid_of(app): "/app", zoid_of(tool): "/app/portal_tool", zoid_of(sub): "/app/sub",
+                zoid_of(sub.leaf): "/app/sub/leaf"}
+    with running(settings):
+        wait_for(lambda: paths(es, alias) == expected, timeout=60)
+        got = indexed(es, alias)
+        assert got[zoid_of(tool)]["parts"] == [zoid_of(tool.data)]  # its own part, not the folder's
+        assert zoid_of(tool) not in got[zoid_of(app)]["parts"]
+        # removed from the listing and the attribute (OFS _delObject): gone
+        del app.portal_tool
+        app._objects = tuple(o for o in app._objects if o["id"] != "portal_tool")
+        transaction.commit()
+        del expected[zoid_of(tool)]
+        wait_for(lambda: paths(es, alias) == expected, timeout=30)
+    conn.close()
