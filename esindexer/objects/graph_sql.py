@@ -20,6 +20,7 @@ WITH RECURSIVE walk(zoid) AS (
     JOIN {NODES} n ON n.client_id = %(c)s AND n.zoid = e.dst AND (n.name IS NULL AND NOT n.listed))
 SELECT zoid FROM walk;
 CREATE UNIQUE INDEX ON obj_down (zoid);
+ANALYZE obj_down;
 """
 
 #: Their owners again: pairs (record, owner) reached from named records or from unnamed
@@ -43,9 +44,13 @@ SELECT d.zoid, n.owner AS old,
             ELSE -1 END AS new
 FROM obj_down d JOIN {NODES} n ON n.client_id = %(c)s AND n.zoid = d.zoid
 LEFT JOIN reach r ON r.zoid = d.zoid
-GROUP BY d.zoid, n.owner;
+GROUP BY d.zoid, n.owner
+"""
+
+OWNERS_SET = f"""
+ANALYZE obj_owners;
 UPDATE {NODES} n SET owner = o.new FROM obj_owners o
-WHERE n.client_id = %(c)s AND n.zoid = o.zoid AND n.owner IS DISTINCT FROM o.new;
+WHERE n.client_id = %(c)s AND n.zoid = o.zoid AND n.owner IS DISTINCT FROM o.new
 """
 
 #: Named records held under their name by the records whose owner changed.
@@ -67,6 +72,7 @@ WITH RECURSIVE sub(zoid) AS (
 SELECT n.zoid, n.in_tree, n.parent, n.path FROM sub JOIN {NODES} n ON n.client_id = %(c)s AND n.zoid = sub.zoid
 WHERE n.zoid <> 0;
 CREATE UNIQUE INDEX ON obj_replace (zoid);
+ANALYZE obj_replace;
 UPDATE {NODES} n SET in_tree = false, parent = NULL, depth = NULL, path = NULL
 FROM obj_replace r WHERE n.client_id = %(c)s AND n.zoid = r.zoid;
 """

@@ -247,6 +247,7 @@ class GraphStore:
         # 1. owners of the unnamed records downstream of the change
         cur.execute(q.DOWNSTREAM, {"c": c, "seeds": seeds})
         cur.execute(q.OWNERS, {"c": c})
+        cur.execute(q.OWNERS_SET, {"c": c})
         cur.execute("SELECT old, new FROM obj_owners WHERE old IS DISTINCT FROM new")
         owner_moves = cur.fetchall()
         cur.execute(q.OWNER_CHANGED_CHILDREN, {"c": c})
