@@ -9,6 +9,36 @@ from __future__ import annotations
 
 from esindexer.source.graph import EDGES, NODES
 
+#: Attributes under which containers keep their items in a BTree: BTreeFolder2 (Plone's
+#: Dexterity folders and Plone 6's site root) and zope.container. An item held there under
+#: a key is a child even when no pickle shows its id (a Zope tool keeps it on its class).
+ITEM_ATTRIBUTES = ("_tree", "_SampleContainer__data")
+_ITEMS = ", ".join(f"'{name}'" for name in ITEM_ATTRIBUTES)
+
+#: Whether BTree record ``b`` holds a container's items: held under an item attribute
+#: itself, or a node or bucket of such a tree (one or two levels down; a folder of more
+#: than about two million items has three).
+_IS_ITEMS = f"""EXISTS (SELECT 1 FROM {EDGES} f WHERE f.client_id = %(c)s AND f.key IN ({_ITEMS}) AND f.dst IN (
+    SELECT b.zoid
+    UNION SELECT g.src FROM {EDGES} g WHERE g.client_id = %(c)s AND g.dst = b.zoid AND g.key IS NULL
+    UNION SELECT h.src FROM {EDGES} g JOIN {EDGES} h ON h.client_id = %(c)s AND h.dst = g.src AND h.key IS NULL
+          WHERE g.client_id = %(c)s AND g.dst = b.zoid AND g.key IS NULL))"""
+
+#: The edges of those BTree records (or of every BTree record, ``ITEMS_ALL``) marked
+#: *listed* when they hold a container's items; returns the records whose holding changed.
+ITEMS = f"""
+UPDATE {EDGES} e SET listed = x.items
+FROM (SELECT b.zoid, {_IS_ITEMS} AS items FROM {NODES} b
+      WHERE b.client_id = %(c)s AND b.zoid = ANY(%(btrees)s) AND b.class_name LIKE 'BTrees.%%') x
+WHERE e.client_id = %(c)s AND e.src = x.zoid AND e.key IS NOT NULL AND e.listed <> x.items
+RETURNING e.dst
+"""
+ITEMS_ALL = f"""
+UPDATE {EDGES} e SET listed = true
+FROM (SELECT b.zoid FROM {NODES} b WHERE b.client_id = %(c)s AND b.class_name LIKE 'BTrees.%%' AND {_IS_ITEMS}) x
+WHERE e.client_id = %(c)s AND e.src = x.zoid AND e.key IS NOT NULL AND NOT e.listed
+"""
+
 #: Unnamed records downstream of the seeds through unnamed records: whose owner may change.
 DOWNSTREAM = f"""
 CREATE TEMP TABLE obj_down ON COMMIT DROP AS

@@ -233,8 +233,18 @@ class GraphStore:
         if not written:
             return []
         old, changed, gone, touched, old_edges, new_edges = written
-        # held in an OFS container's _objects (named by its container): recomputed where it may change
-        maybe = sorted({d for _s, d, _k, listed in old_edges | new_edges if listed} | {f.zoid for f in changed})
+        # held in an OFS container's _objects, or in a container's items BTree: named by its
+        # container, recomputed where it may change
+        roots = sorted({d for _s, d, k, _l in old_edges | new_edges if k in q.ITEM_ATTRIBUTES})
+        below = roots
+        for _level in range(2):
+            cur.execute(f"SELECT DISTINCT dst FROM {EDGES} WHERE client_id = %s AND src = ANY(%s) AND key IS NULL",
+                        (c, below))
+            below = [int(r[0]) for r in cur.fetchall()]
+            roots += below
+        cur.execute(q.ITEMS, {"c": c, "btrees": sorted(set(roots) | {f.zoid for f in changed})})
+        maybe = sorted({d for _s, d, _k, listed in old_edges | new_edges if listed} | {f.zoid for f in changed}
+                       | {int(r[0]) for r in cur.fetchall()})
         cur.execute(f"UPDATE {NODES} n SET listed = NOT n.listed WHERE n.client_id = %s AND n.zoid = ANY(%s) "
                     f"AND n.listed <> EXISTS (SELECT 1 FROM {EDGES} e WHERE e.client_id = %s AND e.dst = n.zoid "
                     "AND e.listed) RETURNING n.zoid", (c, maybe, c))
@@ -316,6 +326,7 @@ class GraphStore:
                 with self.conn.cursor() as cur:
                     self._serialise(cur)
                     cur.execute(f"ANALYZE {NODES}; ANALYZE {EDGES}")  # written in bulk: plans need their statistics
+                    cur.execute(q.ITEMS_ALL, {"c": c})
                     cur.execute(f"UPDATE {NODES} n SET listed = true WHERE n.client_id = %(c)s AND NOT n.listed AND "
                                 f"EXISTS (SELECT 1 FROM {EDGES} e WHERE e.client_id = %(c)s AND e.dst = n.zoid AND e.listed); "
                                 f"UPDATE {NODES} n SET listed = false WHERE n.client_id = %(c)s AND n.listed AND NOT "

@@ -44,14 +44,23 @@ CREATE TABLE IF NOT EXISTS {DIRTY} (
     client_id text NOT NULL, zoid bigint NOT NULL, as_of bigint NOT NULL, PRIMARY KEY (client_id, zoid));
 CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT NULL,
     complete boolean NOT NULL DEFAULT false);
+ALTER TABLE {NODES} ADD COLUMN IF NOT EXISTS listed boolean NOT NULL DEFAULT false;
+ALTER TABLE {EDGES} ADD COLUMN IF NOT EXISTS listed boolean NOT NULL DEFAULT false;
+ALTER TABLE {APPLIED} ADD COLUMN IF NOT EXISTS complete boolean NOT NULL DEFAULT false;
 """
+
+
+def _has_column(cur: Any, table: str, column: str) -> bool:
+    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
+                "AND NOT attisdropped)", (table, column))
+    return bool(cur.fetchone()[0])
 
 
 def ensure_tables(conn: Any) -> bool:
     """Create the tables if missing, in a savepoint of the caller's transaction (the caller
     commits); False when they are missing and this role may not create them."""
     with conn.cursor() as cur:
-        if all(has_relation(cur, table) for table in TABLES):
+        if all(has_relation(cur, table) for table in TABLES) and _has_column(cur, EDGES, "listed"):
             return True  # no DDL, which a least-privileged role may not run
         cur.execute("SAVEPOINT esindexer_graph_ddl")
         try:

@@ -230,8 +230,9 @@ def test_documents_left_dirty_by_a_crash_are_written_at_start(zodb, db_dsn, es_u
 
 
 def test_ofs_children_named_by_their_container(zodb, db_dsn, es_url, es_prefix, es):
-    """An OFS tool whose id is a class attribute (no pickle shows it) is placed by its
-    container's ``_objects`` listing, and is an object of its own, not a part of the folder."""
+    """A tool whose id is a class attribute (no pickle shows it) is placed by its OFS
+    container's ``_objects`` listing, or by being an item of a container's ``_tree``, and is
+    an object of its own, not a part of the folder."""
     from tests.objects.test_edges_fold import ClassNamed, OFSFolder
 
     conn = zodb.open()
@@ -244,16 +245,22 @@ def test_ofs_children_named_by_their_container(zodb, db_dsn, es_url, es_prefix, 
     sub = OFSFolder("sub")
     app._setObject("sub", sub)
     sub._setObject("leaf", Item("leaf", "A leaf", "leaf words"))
+    site = root["site"] = Folder("site")  # a BTreeFolder2-like container: items in _tree
+    in_tree = ClassNamed()
+    site._tree["portal_tool"] = in_tree
+    in_tree.catalog = OOBTree({"word": PersistentMapping({"rid": 1})})  # the tool's own parts
     transaction.commit()
     settings = make_settings(db_dsn, es_url, es_prefix, documents="objects")
     alias = settings.alias_name
     expected = {0: "/", zoid_of(app): "/app", zoid_of(tool): "/app/portal_tool", zoid_of(sub): "/app/sub",
-                zoid_of(sub.leaf): "/app/sub/leaf"}
+                zoid_of(sub.leaf): "/app/sub/leaf", zoid_of(site): "/site", zoid_of(in_tree): "/site/portal_tool"}
     with running(settings):
         wait_for(lambda: paths(es, alias) == expected, timeout=60)
         got = indexed(es, alias)
         assert got[zoid_of(tool)]["parts"] == [zoid_of(tool.data)]  # its own part, not the folder's
         assert zoid_of(tool) not in got[zoid_of(app)]["parts"]
+        assert zoid_of(in_tree.catalog) in got[zoid_of(in_tree)]["parts"]
+        assert zoid_of(in_tree) not in got[zoid_of(site)]["parts"]
         # removed from the listing and the attribute (OFS _delObject): gone
         del app.portal_tool
         app._objects = tuple(o for o in app._objects if o["id"] != "portal_tool")
