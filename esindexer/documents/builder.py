@@ -45,7 +45,7 @@ from typing import Any, Literal
 import orjson
 
 from esindexer.config import Settings, load_dotted, transform_style
-from esindexer.convert.jsonifier import Conversion, Kind
+from esindexer.convert.jsonifier import Conversion, Decoded, Jsonifier, Kind, json_normal
 from esindexer.documents.transform import ObjectRecord, ObjectTransform, apply
 from esindexer.documents.typed import shape
 from esindexer.documents.walk import collect, harmonise_lists
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 TEXT_LIMIT = 32_000
 #: Documents shorter than this are copied out of orjson's output buffer (see ``source``).
 _COPY_BELOW = 1 << 20
+_tuple_new = tuple.__new__  # a NamedTuple without its Python-level __new__
 
 
 #: Length of a bulk metadata line without its variable parts (op, index, id, version):
@@ -121,6 +122,35 @@ class DocumentBuilder:
         return Action("index", self.index_for_class(class_name), zoid, tid, tid, class_name,
                       self.source(tid, zoid, class_name, json_text))
 
+    def index_action_from_state(self, tid: int, zoid: int, class_name: str, state: Any) -> Action | None:
+        """:meth:`index_action` for a :class:`~esindexer.convert.jsonifier.Decoded` record,
+        straight from its unpickled state: the same document as from the record's JSON
+        text, with no text written and parsed again. None where that is not sure (an
+        integer beyond 53 bits, a key that is not a string, text the JSON fast path
+        would have refused...): the caller converts the record to JSON text instead."""
+        try:
+            source = self._source(tid, zoid, class_name, state, None)
+        except Exception:  # the text path decides, and reports, whatever this was
+            return None
+        return Action("index", self.index_for_class(class_name), zoid, tid, tid, class_name, source)
+
+    def record(self, jsonifier: Jsonifier, tid: int, zoid: int, data: bytes | None) -> tuple[Conversion, Action | None]:
+        """Convert one record and build its index action (None unless the record converted):
+        straight from the unpickled state where it can be (:meth:`index_action_from_state`),
+        from the JSON text otherwise. An ok conversion built from the state has no
+        ``json_text``; use :meth:`actions_for` only for conversions without an action."""
+        decoded = jsonifier.decode((tid, zoid), data)
+        if type(decoded) is Decoded:
+            action = self.index_action_from_state(tid, zoid, decoded.class_name, decoded.state)
+            if action is not None:
+                return _tuple_new(Conversion, (Kind.OK, decoded.class_name, None, decoded.ghost_pickle, None)), action
+            decoded = jsonifier.convert((tid, zoid), data)
+        conversion: Conversion = decoded  # type: ignore[assignment]  # convert() never gives Decoded
+        if conversion.kind is Kind.OK:  # an ok conversion names its class and has its JSON
+            assert conversion.class_name is not None and conversion.json_text is not None
+            return conversion, self.index_action(tid, zoid, conversion.class_name, conversion.json_text)
+        return conversion, None
+
     def actions_for(self, tid: int, zoid: int, conversion: Conversion) -> list[Action]:
         """What one converted record asks of the index, decided here once for the service,
         ``verify`` and ``--redeliver``: an object → index it; deleted, skipped or dropped
@@ -139,7 +169,17 @@ class DocumentBuilder:
         return [Action("delete", index, zoid, tid, version) for index in self.indices]
 
     def source(self, tid: int, zoid: int, class_name: str, json_text: str) -> bytes:
-        state = orjson.loads(json_text)
+        """The document of a converted record (its JSON text) as JSON bytes."""
+        return self._source(tid, zoid, class_name, orjson.loads(json_text), json_text)
+
+    def _source(self, tid: int, zoid: int, class_name: str, state: Any, json_text: str | None) -> bytes:
+        """``state`` parsed from ``json_text``, or (``json_text`` None) a decoded record's
+        unpickled state, which raises where it would not give the same document."""
+        direct = json_text is None
+        original = state
+        if direct and (self._mode != "typed" or self._transform is not None):
+            state = json_normal(state)  # what a transform and the other modes see: JSON values
+            direct = False
         fields: dict[str, Any] = {}
         if self._transform is not None:
             record = ObjectRecord(class_name, zoid, tid, state)
@@ -153,7 +193,7 @@ class DocumentBuilder:
                 log.error("transform failed for %s (zoid %d, tid %d): %s; indexed without its fields",
                           class_name, zoid, tid, reason,
                           extra={"class_name": class_name, "zoid": zoid, "tid": tid, "error": reason})
-                state = orjson.loads(json_text)
+                state = orjson.loads(json_text) if json_text is not None else json_normal(original)
         doc: dict[str, Any] = {
             "class": class_name,
             "zoid": zoid,
@@ -162,7 +202,7 @@ class DocumentBuilder:
             "committed_at": commit_time_iso(tid),
         }
         if self._mode == "typed":
-            shaped = shape(state, TEXT_LIMIT)
+            shaped = shape(state, TEXT_LIMIT, direct=direct)
             texts, refs, more, values = shaped.texts, shaped.refs, shaped.more, shaped.values
             doc["state"] = shaped.typed
             if fields:

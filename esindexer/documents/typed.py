@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from esindexer.convert.jsonifier import json_normal
+from esindexer.convert.model import Obj
 from esindexer.documents.dates import DATETIME_CLASSES, aware_datetime, date_string, zope_datetime
 from esindexer.documents.walk import collect
 
@@ -49,6 +51,15 @@ MAX_DEPTH = 4
 MORE_DEPTH = 28
 
 _INT64 = 2**63
+#: Integers the converter's fast path writes as they are (``orjson.OPT_STRICT_INTEGER``).
+_INT53 = 2**53 - 1
+#: Markers whose readers expect the JSON form (lists, not tuples): normalised first when direct.
+_READ_AS_JSON = DATETIME_CLASSES | {"datetime.timedelta"}
+
+
+class NotDirect(Exception):
+    """A decoded state that the direct path does not shape exactly as its JSON text would be
+    (an integer beyond 53 bits, a key that is not a string...): the caller takes the text path."""
 
 # Kinds of leaves: one mapping type each (es/admin.py's dynamic templates).
 STRING, NUMBER, DATE, BOOLEAN = "s", "n", "d", "b"
@@ -62,9 +73,13 @@ class _Shaper:
     does for the other mapping modes; values set aside are walked by it).
     """
 
-    __slots__ = ("typed", "kinds", "more", "mixed", "values", "texts", "refs", "budget")
+    __slots__ = ("typed", "kinds", "more", "mixed", "values", "texts", "refs", "budget", "direct")
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, direct: bool = False) -> None:
+        #: walking the unpickled state of a :class:`~esindexer.convert.jsonifier.Decoded`
+        #: record instead of its parsed JSON text: the values it holds that JSON would not
+        #: (tuples, instances, bytes, sets...) are read as their JSON form
+        self.direct = direct
         self.typed: dict[str, Any] = {}
         self.kinds: dict[str, str] = {}
         self.more: dict[str, Any] = {}
@@ -77,12 +92,15 @@ class _Shaper:
     def leaf(self, path: str, kind: str, value: Any) -> None:
         if kind is not STRING:
             self.values.append(value)
-        have = self.kinds.get(path)
-        if have is None:
+        if path not in self.kinds:
             self.kinds[path] = kind
             self.typed[path] = value
-            return
-        if have != kind:
+        else:
+            self.again(path, kind, value)
+
+    def again(self, path: str, kind: str, value: Any) -> None:
+        """A leaf at a path that has one already (``values`` has it, if it goes there)."""
+        if self.kinds[path] != kind:
             self.mixed.add(path)
         old = self.typed[path]
         if type(old) is _Many:
@@ -102,6 +120,8 @@ class _Shaper:
 
     def aside(self, path: str, value: Any) -> None:
         """Keep ``value`` in ``more`` (flattened: keyword semantics, no conflicts, one field)."""
+        if self.direct:
+            value = json_normal(value)
         collect(value, self.texts, self.refs, self.budget)
         if isinstance(value, (dict, list)) and _deeper_than(value, MORE_DEPTH):
             # ``more`` is flattened with depth_limit 30: a deeper value would reject the
@@ -123,6 +143,8 @@ class _Shaper:
         if kind is str:
             self.string(path, value)
         elif kind is int:
+            if self.direct and not -_INT53 <= value <= _INT53:
+                raise NotDirect("an integer beyond 53 bits")
             self.leaf(path, NUMBER, value if -_INT64 <= value < _INT64 else float(value))
         elif kind is float:
             if math.isfinite(value):
@@ -135,15 +157,24 @@ class _Shaper:
             for item in value:
                 if item is not None:
                     self.value(path, item, depth)
-        elif value is not None:  # transforms may hand in other Python values: their text
+        elif value is None:
+            pass
+        elif self.direct:  # an instance, a tuple, bytes...: as the JSON text has it
+            if kind is Obj:
+                self.mapping(path, value, depth)
+            else:
+                self.value(path, json_normal(value), depth)
+        else:  # transforms may hand in other Python values: their text
             self.string(path, str(value))
 
     def mapping(self, path: str, value: dict[str, Any], depth: int) -> None:
         marker = value.get("::")
+        if self.direct and marker in _READ_AS_JSON:
+            value = json_normal(value)
         if marker is None:
             if "::->" in value or "::id" in value:
                 self.aside(path, value)
-            elif len(value) <= MAX_KEYS and depth < MAX_DEPTH and all(_PLAIN.get(k) or _remember_plain(k) for k in value):
+            elif len(value) <= MAX_KEYS and depth < MAX_DEPTH and _all_plain(value):
                 self.attributes(path, value, depth)
             else:
                 self.aside(path, value)
@@ -177,7 +208,20 @@ class _Shaper:
 
     def reference(self, path: str, value: dict[str, Any]) -> None:
         """A persistent reference: ``<path>._ref`` (zoid), ``<path>._class``, ``<path>._db``."""
-        ident = value.get("id")
+        ident: Any = value.get("id")
+        if self.direct:  # the converter's own shapes are read as they are (what JSON would give)
+            kind = type(ident)
+            number: Any = None
+            if kind is list and len(ident) == 2 and type(ident[0]) is int and type(ident[1]) is str:
+                number = ident[0]
+            elif kind is int:
+                number = ident
+            target = value.get("::=>", 0)
+            if number is None or type(target) is not int or type(value.get("database", "")) is not str:
+                value = json_normal(value)  # some other dict with this marker
+                ident = value.get("id")
+            elif not (-_INT53 <= number <= _INT53 and -_INT53 <= target <= _INT53):
+                raise NotDirect("a reference beyond 53 bits")
         if isinstance(ident, list) and len(ident) == 2:
             zoid, cls = ident
             if isinstance(cls, str):
@@ -196,6 +240,10 @@ class _Shaper:
         prefix = f"{path}." if path else ""
         depth += 1
         plain = _PLAIN
+        # What string() and leaf() do, written out for the usual leaves (strings, numbers,
+        # a path seen first): most of a document's leaves, and calls are what costs here.
+        kinds, typed, values, texts, budget = self.kinds, self.typed, self.values, self.texts, self.budget
+        direct = self.direct
         for key, child in value.items():
             ok = plain.get(key)
             if ok is None:
@@ -203,15 +251,51 @@ class _Shaper:
             if not ok:
                 if key[:2] != "::":  # markers of the converter's form (class names are handled above)
                     self.aside(f"{prefix}{key}" if key else f"{prefix}_", child)
+                continue
+            if key == "keyword" and prefix:
+                # <path>.keyword is the sub-field of a string at <path>: a key of that name
+                # would define the field twice (Elasticsearch then rejects the document)
+                key = "keyword_"
+            kind = type(child)
+            if kind is str:
+                left = budget[0]
+                if left > 0:
+                    texts.append(child[:left])
+                    budget[0] = left - len(child) - 1
+                if "0" <= child[:1] <= "9" and (as_date := date_string(child)) is not None:
+                    kind, child = DATE, as_date
+                    values.append(child)
+                else:
+                    kind = STRING
+            elif kind is int and (not direct or -_INT53 <= child <= _INT53) and -_INT64 <= child < _INT64:
+                kind = NUMBER
+                values.append(child)
+            elif kind is float and math.isfinite(child):
+                kind = NUMBER
+                values.append(child)
+            elif kind is bool:
+                kind = BOOLEAN
+                values.append(child)
             else:
-                if key == "keyword" and prefix:
-                    # <path>.keyword is the sub-field of a string at <path>: a key of that name
-                    # would define the field twice (Elasticsearch then rejects the document)
-                    key = "keyword_"
-                if type(child) is str:
-                    self.string(prefix + key, child)
-                elif child is not None:
+                if child is not None:
                     self.value(prefix + key, child, depth)
+                continue
+            path = prefix + key
+            if path in kinds:
+                self.again(path, kind, child)
+            else:
+                kinds[path] = kind
+                typed[path] = child
+
+
+def _all_plain(value: dict[str, Any]) -> bool:
+    """Whether every key of ``value`` can be a path segment."""
+    plain = _PLAIN
+    for key in value:
+        ok = plain.get(key)
+        if not (ok or ok is None and _remember_plain(key)):
+            return False
+    return True
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -256,18 +340,24 @@ class Shaped:
     refs: list[int]
 
 
-def shape(state: Any, text_limit: int = 32_000) -> Shaped:
+def shape(state: Any, text_limit: int = 32_000, *, direct: bool = False) -> Shaped:
     """A converted state shaped: flat typed paths, what goes to ``more``, every number, date
     and boolean among the typed leaves (for ``values``), the strings (for ``text``, at most
     ``text_limit`` characters) and the referenced zoids.
 
     A non-dict state (a list, a string) is the attribute ``value``. Paths whose values
     differ in kind within this document move to ``more``.
+
+    ``direct``: ``state`` is a decoded record's unpickled state
+    (:class:`~esindexer.convert.jsonifier.Decoded`), shaped as its JSON text would be;
+    raises :class:`NotDirect` (or the error of :func:`json_normal`) where that is not sure.
     """
-    shaper = _Shaper(text_limit)
+    shaper = _Shaper(text_limit, direct)
     if isinstance(state, dict):
         if len(state) > MAX_ATTRS:
             for key, child in state.items():
+                if direct and type(key) is not str:
+                    raise NotDirect("a key that is not a string")
                 shaper.aside(key or "_", child)
         else:
             shaper.attributes("", state, 0)
