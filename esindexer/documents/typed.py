@@ -169,8 +169,12 @@ class _Shaper:
 
     def mapping(self, path: str, value: dict[str, Any], depth: int) -> None:
         marker = value.get("::")
-        if self.direct and marker in _READ_AS_JSON:
+        if self.direct and marker is not None and (type(marker) is not str or marker in _READ_AS_JSON):
             value = json_normal(value)
+            marker = value.get("::")
+        if marker is not None and type(marker) is not str:  # not the converter's: kept as it is
+            self.aside(path, value)
+            return
         if marker is None:
             if "::->" in value or "::id" in value:
                 self.aside(path, value)
@@ -267,10 +271,8 @@ class _Shaper:
                     values.append(child)
                 else:
                     kind = STRING
-            elif kind is int and (not direct or -_INT53 <= child <= _INT53) and -_INT64 <= child < _INT64:
-                kind = NUMBER
-                values.append(child)
-            elif kind is float and math.isfinite(child):
+            elif (kind is int and (not direct or -_INT53 <= child <= _INT53) and -_INT64 <= child < _INT64
+                  or kind is float and math.isfinite(child)):
                 kind = NUMBER
                 values.append(child)
             elif kind is bool:
