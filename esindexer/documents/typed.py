@@ -260,8 +260,9 @@ class _Shaper:
                 # <path>.keyword is the sub-field of a string at <path>: a key of that name
                 # would define the field twice (Elasticsearch then rejects the document)
                 key = "keyword_"
-            kind = type(child)
-            if kind is str:
+            of = type(child)
+            kind: str
+            if of is str:
                 left = budget[0]
                 if left > 0:
                     texts.append(child[:left])
@@ -271,11 +272,11 @@ class _Shaper:
                     values.append(child)
                 else:
                     kind = STRING
-            elif (kind is int and (not direct or -_INT53 <= child <= _INT53) and -_INT64 <= child < _INT64
-                  or kind is float and math.isfinite(child)):
+            elif (of is int and (not direct or -_INT53 <= child <= _INT53) and -_INT64 <= child < _INT64
+                  or of is float and math.isfinite(child)):
                 kind = NUMBER
                 values.append(child)
-            elif kind is bool:
+            elif of is bool:
                 kind = BOOLEAN
                 values.append(child)
             else:
