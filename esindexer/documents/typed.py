@@ -155,7 +155,9 @@ class _Shaper:
             self.mapping(path, value, depth)
         elif kind is list or kind is _Many:
             for item in value:
-                if item is not None:
+                if type(item) is str:
+                    self.string(path, item)
+                elif item is not None:
                     self.value(path, item, depth)
         elif value is None:
             pass
@@ -213,6 +215,24 @@ class _Shaper:
     def reference(self, path: str, value: dict[str, Any]) -> None:
         """A persistent reference: ``<path>._ref`` (zoid), ``<path>._class``, ``<path>._db``."""
         ident: Any = value.get("id")
+        target = value.get("::=>")
+        if (type(ident) is list and len(ident) == 2 and type(target) is int and len(value) == 3
+                and ident[0] == target and type(ident[0]) is int and type(ident[1]) is str
+                and -_INT53 <= target <= _INT53):  # the converter's ``(oid, class)``, written out
+            kinds, typed, cls = self.kinds, self.typed, ident[1]
+            at = f"{path}._class"
+            if at in kinds:
+                self.again(at, STRING, cls)
+            else:
+                kinds[at], typed[at] = STRING, cls
+            at = f"{path}._ref"
+            self.values.append(target)
+            if at in kinds:
+                self.again(at, NUMBER, target)
+            else:
+                kinds[at], typed[at] = NUMBER, target
+            self.refs.append(target)
+            return
         if self.direct:  # the converter's own shapes are read as they are (what JSON would give)
             kind = type(ident)
             number: Any = None
@@ -279,6 +299,9 @@ class _Shaper:
             elif of is bool:
                 kind = BOOLEAN
                 values.append(child)
+            elif of is dict and child.get("::") == "persistent":  # a reference: what mapping() does
+                self.reference(prefix + key, child)
+                continue
             else:
                 if child is not None:
                     self.value(prefix + key, child, depth)
