@@ -37,10 +37,9 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from dataclasses import dataclass
 from datetime import UTC
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -65,12 +64,15 @@ _tuple_new = tuple.__new__  # a NamedTuple without its Python-level __new__
 _META_FIXED = len(b'{"":{"_index":"","_id":"","version":,"version_type":"external_gte"}}')
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    """One bulk item: its metadata and, for ``index``, the document source as JSON bytes."""
+class Action(NamedTuple):
+    """One bulk item: its metadata and, for ``index``, the document source as JSON bytes.
+
+    A named tuple (immutable, hashable, built in a fraction of a frozen dataclass's time:
+    one is made per document).
+    """
 
     op: Literal["index", "delete"]
-    index: str
+    index: str  # type: ignore[assignment]  # shadows tuple.index, which nothing here calls
     zoid: int
     tid: int
     version: int
@@ -132,7 +134,7 @@ class DocumentBuilder:
             source = self._source(tid, zoid, class_name, state, None)
         except Exception:  # the text path decides, and reports, whatever this was
             return None
-        return Action("index", self.index_for_class(class_name), zoid, tid, tid, class_name, source)
+        return _tuple_new(Action, ("index", self.index_for_class(class_name), zoid, tid, tid, class_name, source))
 
     def record(self, jsonifier: Jsonifier, tid: int, zoid: int, data: bytes | None) -> tuple[Conversion, Action | None]:
         """Convert one record and build its index action (None unless the record converted):
