@@ -114,7 +114,11 @@ VARIANTS: dict[str, dict[str, str]] = {
     # Not the indexer in this process: the raw bulk baseline, and the service as a process.
     "raw": {"_WAY": "raw"},
     "process": {"_WAY": "process"},
+    # the same process from another checkout of the code (--before PATH): before/after in one run
+    "process-before": {"_WAY": "process", "_BEFORE": "1"},
 }
+#: The checkout ``process-before`` runs (``--before``).
+BEFORE: list[str] = []
 DEFAULT_ORDER = ("baseline,flattened,dynamic,refresh-30s,concurrency-1,concurrency-4,max-docs-500,max-docs-2000,"
                  "max-docs-5000")
 
@@ -414,6 +418,7 @@ def run_variant(name: str, env_overrides: dict[str, str], db_dsn: str, es_url: s
     env_overrides = dict(env_overrides)
     ignore_above = env_overrides.pop("_IGNORE_ABOVE", None)
     way = env_overrides.pop("_WAY", None)
+    before = env_overrides.pop("_BEFORE", None)
     env = {
         "ESINDEXER_PG_DSN": db_dsn,
         "ESINDEXER_ES_URL": es_url,
@@ -426,7 +431,7 @@ def run_variant(name: str, env_overrides: dict[str, str], db_dsn: str, es_url: s
     }
     settings = load_settings(env=env)
     if way is not None:
-        return run_other_way(way, name, settings, env, es, raw or [], keep)
+        return run_other_way(way, name, settings, env, es, raw or [], keep, BEFORE[0] if before else None)
     metrics = Metrics()
     reg = metrics.registry
 
@@ -468,11 +473,11 @@ def run_variant(name: str, env_overrides: dict[str, str], db_dsn: str, es_url: s
 
 
 def run_other_way(way: str, name: str, settings: Settings, env: dict[str, str], es: Any, raw: list,
-                  keep: bool) -> Result:
+                  keep: bool, root: str | None = None) -> Result:
     """``raw``: the same documents, pre-serialised, through ``parallel_bulk`` (2 threads, 1,000
     per request) into an index made from esindexer's template; ``process``: ``python -m
-    esindexer run --until-caught-up`` with ``env`` (process start included)."""
-    import resource
+    esindexer run --until-caught-up`` with ``env`` (process start included), from the checkout
+    ``root`` if given (its compiled extensions built), else from this one."""
     import subprocess
 
     load = os.getloadavg()[0]
@@ -499,7 +504,7 @@ def run_other_way(way: str, name: str, settings: Settings, env: dict[str, str], 
         code = 0
     else:
         base = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
-        base["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        base["PYTHONPATH"] = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         es0, m0 = es_cpu_seconds(es), machine_busy_seconds()
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "esindexer", "run", "--until-caught-up"],
@@ -512,7 +517,6 @@ def run_other_way(way: str, name: str, settings: Settings, env: dict[str, str], 
         rss = usage.ru_maxrss * 1024  # KiB on Linux
         if code != 0:
             print(f"{name}: esindexer exited {code}: {err.decode(errors='replace')[-2000:]}")
-        del resource
     machine_cpu, es_cpu = machine_busy_seconds() - m0, es_cpu_seconds(es) - es0
     prefix = settings.index_prefix
     es.indices.refresh(index=prefix)
@@ -571,10 +575,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                         help="skip the discarded first baseline run (JIT and caches of Elasticsearch)")
     parser.add_argument("--keep", action="store_true", help="keep the indices and the database")
+    parser.add_argument("--before", metavar="PATH",
+                        help="a checkout of earlier code (e.g. `git archive` of a commit, its .so files copied in) "
+                             "that the variant process-before runs")
     args = parser.parse_args(argv)
+    if args.before:
+        BEFORE[:] = [os.path.abspath(args.before)]
     pg, es_url = servers_from_env()
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
+    if "process-before" in names and not args.before:
+        parser.error("the variant process-before needs --before PATH")
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     import logging

@@ -38,7 +38,7 @@ import orjson
 from esindexer.convert.jsonifier import json_normal
 from esindexer.convert.model import Obj
 from esindexer.documents.dates import DATETIME_CLASSES, aware_datetime, date_string, zope_datetime
-from esindexer.documents.walk import collect
+from esindexer.documents.walk import collect, deeper_than
 
 #: A plain dict with more keys than this is data (key per entry): it goes to ``more``.
 MAX_KEYS = 16
@@ -123,7 +123,7 @@ class _Shaper:
         if self.direct:
             value = json_normal(value)
         collect(value, self.texts, self.refs, self.budget)
-        if isinstance(value, (dict, list)) and _deeper_than(value, MORE_DEPTH):
+        if isinstance(value, (dict, list)) and deeper_than(value, MORE_DEPTH):
             # ``more`` is flattened with depth_limit 30: a deeper value would reject the
             # document, so it is kept as its JSON text (in _source; its words are in text)
             value = orjson.dumps(value).decode()
@@ -154,11 +154,23 @@ class _Shaper:
         elif kind is dict:
             self.mapping(path, value, depth)
         elif kind is list or kind is _Many:
+            budget, kinds = self.budget, self.kinds
             for item in value:
-                if type(item) is str:
+                if type(item) is not str:
+                    if item is not None:
+                        self.value(path, item, depth)
+                elif "0" <= item[:1] <= "9":
                     self.string(path, item)
-                elif item is not None:
-                    self.value(path, item, depth)
+                else:  # a string that is no date (tags, names): what string() does, written out
+                    left = budget[0]
+                    if left > 0:
+                        self.texts.append(item[:left])
+                        budget[0] = left - len(item) - 1
+                    if path in kinds:
+                        self.again(path, STRING, item)
+                    else:
+                        kinds[path] = STRING
+                        self.typed[path] = item
         elif value is None:
             pass
         elif self.direct:  # an instance, a tuple, bytes...: as the JSON text has it
@@ -320,18 +332,6 @@ def _all_plain(value: dict[str, Any]) -> bool:
     for key in value:
         ok = plain.get(key)
         if not (ok or ok is None and _remember_plain(key)):
-            return False
-    return True
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests dicts and lists more than ``limit`` levels (stops early)."""
-    level: list[Any] = [value]
-    for _ in range(limit):
-        level = [child for item in level
-                 for child in (item.values() if isinstance(item, dict) else item)
-                 if isinstance(child, (dict, list))]
-        if not level:
             return False
     return True
 
