@@ -575,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                         help="skip the discarded first baseline run (JIT and caches of Elasticsearch)")
     parser.add_argument("--keep", action="store_true", help="keep the indices and the database")
+    parser.add_argument("--stage-rounds", type=int, default=2, help="passes of each stage (the best is kept)")
     parser.add_argument("--before", metavar="PATH",
                         help="a checkout of earlier code (e.g. `git archive` of a commit, its .so files copied in) "
                              "that the variant process-before runs")
@@ -616,14 +617,14 @@ def main(argv: list[str] | None = None) -> int:
 
         defaults = load_settings(env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url,
                                      "ESINDEXER_SEARCH_ENGINE": search_engine()})
-        st = measure_stages(db_dsn, defaults)
+        st = measure_stages(db_dsn, defaults, args.stage_rounds)
         ok = st.kinds["ok"]
         mb = st.state_bytes / 1e6
         print(f"records: {st.rows:,} rows, {mb:.1f} MB of state (mean {st.state_bytes / st.rows:.0f} B); "
               f"kinds {dict(st.kinds)}; classes {dict(st.classes.most_common(8))}")
         print(f"documents: {ok:,}, {st.doc_bytes / 1e6:.1f} MB of JSON (mean {st.doc_bytes / ok:.0f} B; "
               f"flattened: {st.doc_bytes_flat / 1e6:.1f} MB); bulk bodies {st.body_bytes / 1e6:.1f} MB")
-        print(f"stages alone, one thread, Python CPU, best of 2 (no Elasticsearch); the direct path "
+        print(f"stages alone, one thread, Python CPU, best of {args.stage_rounds} (no Elasticsearch); the direct path "
               f"built {st.direct:,} of {ok:,} documents, the rest took the text path:")
         print("| stage | CPU s | rows or docs/s | µs per document |")
         print("|---|---:|---:|---:|")
