@@ -327,6 +327,26 @@ def _measure_stages(dsn: str, settings: Settings, repeat: int) -> Stages:
     return st
 
 
+def documents_only(dsn: str, settings: Settings) -> Stages:
+    """What the stage pass finds (rows, kinds, bytes, the raw baseline's documents), streamed and
+    untimed: for corpora too large to hold every stage's output at once (``--no-stages``)."""
+    st = Stages()
+    jsonifier, builder = build_jsonifier(settings), DocumentBuilder(settings)
+    for batch in follow.updates(dsn, end_tid=follow.latest_tid(dsn), batch_limit=settings.batch_limit,
+                                internal_batch_size=settings.fetch_size):
+        for tid, zoid, data in batch:
+            st.rows += 1
+            st.state_bytes += len(data) if data else 0
+            conversion, a = builder.record(jsonifier, tid, zoid, data)
+            st.kinds[conversion.kind] += 1
+            st.classes[(conversion.class_name or "?").rsplit(".", 1)[-1]] += 1
+            if a is not None and a.source is not None:
+                st.doc_bytes += len(a.source)
+                st.raw.append({"_op_type": "index", "_index": a.index, "_id": str(a.zoid), "version": a.version,
+                               "version_type": "external_gte", "_source": a.source})
+    return st
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
     with open("/proc/stat") as fh:
@@ -576,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the discarded first baseline run (JIT and caches of Elasticsearch)")
     parser.add_argument("--keep", action="store_true", help="keep the indices and the database")
     parser.add_argument("--stage-rounds", type=int, default=2, help="passes of each stage (the best is kept)")
+    parser.add_argument("--no-stages", action="store_true",
+                        help="no stage timings (they hold every stage's output: for corpora of millions)")
     parser.add_argument("--before", metavar="PATH",
                         help="a checkout of earlier code (e.g. `git archive` of a commit, its .so files copied in) "
                              "that the variant process-before runs")
@@ -617,32 +639,15 @@ def main(argv: list[str] | None = None) -> int:
 
         defaults = load_settings(env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url,
                                      "ESINDEXER_SEARCH_ENGINE": search_engine()})
-        st = measure_stages(db_dsn, defaults, args.stage_rounds)
+        st = documents_only(db_dsn, defaults) if args.no_stages else measure_stages(db_dsn, defaults, args.stage_rounds)
         ok = st.kinds["ok"]
         mb = st.state_bytes / 1e6
         print(f"records: {st.rows:,} rows, {mb:.1f} MB of state (mean {st.state_bytes / st.rows:.0f} B); "
               f"kinds {dict(st.kinds)}; classes {dict(st.classes.most_common(8))}")
         print(f"documents: {ok:,}, {st.doc_bytes / 1e6:.1f} MB of JSON (mean {st.doc_bytes / ok:.0f} B; "
               f"flattened: {st.doc_bytes_flat / 1e6:.1f} MB); bulk bodies {st.body_bytes / 1e6:.1f} MB")
-        print(f"stages alone, one thread, Python CPU, best of {args.stage_rounds} (no Elasticsearch); the direct path "
-              f"built {st.direct:,} of {ok:,} documents, the rest took the text path:")
-        print("| stage | CPU s | rows or docs/s | µs per document |")
-        print("|---|---:|---:|---:|")
-        for label, secs in (("read (follow.updates)", st.read_s),
-                            ("decode (Jsonifier.decode)", st.decode_s),
-                            (f"shape from the state (index_action_from_state, {defaults.state_mapping})", st.direct_s),
-                            ("**decode and shape (DocumentBuilder.record, the service's path)**", st.record_s),
-                            ("text path: convert (Jsonifier.convert)", st.convert_s),
-                            (f"text path: shape (DocumentBuilder.index_action, {defaults.state_mapping})", st.build_s),
-                            ("text path: shape, state_mapping=flattened (for comparison)", st.build_flat_s),
-                            (f"bulk body ({defaults.bulk_max_docs} per body)", st.body_s)):
-            print(f"| {label} | {secs:.2f} | {ok / secs:,.0f} | {1e6 * secs / ok:.1f} |")
-        cpu = st.read_s + st.record_s + st.body_s
-        text = st.read_s + st.convert_s + st.build_s + st.body_s
-        print(f"| **read + record + body (the service's path)** | {cpu:.2f} | {ok / cpu:,.0f} docs/s "
-              f"| **{1e6 * cpu / ok:.1f}** |")
-        print(f"| read + convert + shape + body (the text path) | {text:.2f} | {ok / text:,.0f} docs/s "
-              f"| {1e6 * text / ok:.1f} |")
+        if not args.no_stages:
+            print_stages(st, defaults, args.stage_rounds, ok)
 
         results: list[Result] = []
         plan = [("warm-up", "baseline")] if args.warm_up else []
@@ -675,6 +680,29 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"WARNING: variants {bad} did not settle exactly {ok:,} documents (indexed + dead-lettered)")
     return 1 if bad else 0
+
+
+def print_stages(st: Stages, defaults: Settings, stage_rounds: int, ok: int) -> None:
+    """The stage table: Python CPU per document of each stage alone."""
+    print(f"stages alone, one thread, Python CPU, best of {stage_rounds} (no Elasticsearch); the direct path "
+          f"built {st.direct:,} of {ok:,} documents, the rest took the text path:")
+    print("| stage | CPU s | rows or docs/s | µs per document |")
+    print("|---|---:|---:|---:|")
+    for label, secs in (("read (follow.updates)", st.read_s),
+                        ("decode (Jsonifier.decode)", st.decode_s),
+                        (f"shape from the state (index_action_from_state, {defaults.state_mapping})", st.direct_s),
+                        ("**decode and shape (DocumentBuilder.record, the service's path)**", st.record_s),
+                        ("text path: convert (Jsonifier.convert)", st.convert_s),
+                        (f"text path: shape (DocumentBuilder.index_action, {defaults.state_mapping})", st.build_s),
+                        ("text path: shape, state_mapping=flattened (for comparison)", st.build_flat_s),
+                        (f"bulk body ({defaults.bulk_max_docs} per body)", st.body_s)):
+        print(f"| {label} | {secs:.2f} | {ok / secs:,.0f} | {1e6 * secs / ok:.1f} |")
+    cpu = st.read_s + st.record_s + st.body_s
+    text = st.read_s + st.convert_s + st.build_s + st.body_s
+    print(f"| **read + record + body (the service's path)** | {cpu:.2f} | {ok / cpu:,.0f} docs/s "
+          f"| **{1e6 * cpu / ok:.1f}** |")
+    print(f"| read + convert + shape + body (the text path) | {text:.2f} | {ok / text:,.0f} docs/s "
+          f"| {1e6 * text / ok:.1f} |")
 
 
 def print_summary(results: list[Result], names: list[str], st: Stages, mb: float) -> None:
