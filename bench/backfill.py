@@ -529,12 +529,29 @@ def run_other_way(way: str, name: str, settings: Settings, env: dict[str, str], 
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "esindexer", "run", "--until-caught-up"],
                                 env={**base, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak = [0]
+        done = threading.Event()
+
+        def watch() -> None:  # VmHWM, read while it runs (the rusage one counts the fork of this process)
+            while not done.wait(0.05):
+                try:
+                    with open(f"/proc/{proc.pid}/status") as fh:
+                        for line in fh:
+                            if line.startswith("VmHWM:"):
+                                peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+                except (OSError, ValueError):
+                    pass
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         err = proc.stderr.read() if proc.stderr else b""
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
+        done.set()
+        watcher.join()
         proc.returncode = code = os.waitstatus_to_exitcode(status)
         py_cpu = usage.ru_utime + usage.ru_stime
-        rss = usage.ru_maxrss * 1024  # KiB on Linux
+        rss = peak[0]
         if code != 0:
             print(f"{name}: esindexer exited {code}: {err.decode(errors='replace')[-2000:]}")
     machine_cpu, es_cpu = machine_busy_seconds() - m0, es_cpu_seconds(es) - es0
