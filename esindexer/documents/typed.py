@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -112,7 +113,7 @@ class _Shaper:
         if self.budget[0] > 0:
             self.texts.append(value[: self.budget[0]])
             self.budget[0] -= len(value) + 1
-        as_date = date_string(value) if "0" <= value[:1] <= "9" else None
+        as_date = _date(value) if "0" <= value[:1] <= "9" else None
         if as_date is None:
             self.leaf(path, STRING, value)
         else:
@@ -245,19 +246,9 @@ class _Shaper:
                 kinds[at], typed[at] = NUMBER, target
             self.refs.append(target)
             return
-        if self.direct:  # the converter's own shapes are read as they are (what JSON would give)
-            kind = type(ident)
-            number: Any = None
-            if kind is list and len(ident) == 2 and type(ident[0]) is int and type(ident[1]) is str:
-                number = ident[0]
-            elif kind is int:
-                number = ident
-            target = value.get("::=>", 0)
-            if number is None or type(target) is not int or type(value.get("database", "")) is not str:
-                value = json_normal(value)  # some other dict with this marker
-                ident = value.get("id")
-            elif not (-_INT53 <= number <= _INT53 and -_INT53 <= target <= _INT53):
-                raise NotDirect("a reference beyond 53 bits")
+        if self.direct:  # another shape: read as its JSON text reads (raises beyond 53 bits)
+            value = json_normal(value)
+            ident = value.get("id")
         if isinstance(ident, list) and len(ident) == 2:
             zoid, cls = ident
             if isinstance(cls, str):
@@ -299,7 +290,7 @@ class _Shaper:
                 if left > 0:
                     texts.append(child[:left])
                     budget[0] = left - len(child) - 1
-                if "0" <= child[:1] <= "9" and (as_date := date_string(child)) is not None:
+                if "0" <= child[:1] <= "9" and (as_date := _date(child)) is not None:
                     kind, child = DATE, as_date
                     values.append(child)
                 else:
@@ -324,6 +315,20 @@ class _Shaper:
             else:
                 kinds[path] = kind
                 typed[path] = child
+
+
+def _date(text: str) -> str | None:
+    """:func:`date_string`, without its pattern for the converter's own naive datetimes
+    (``isoformat()``'s text, which is what it would return with ``Z`` and microseconds)."""
+    size = len(text)
+    if (size == 26 or size == 19) and text[10:11] == "T":
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            return None  # date_string would fail in the same call
+        if moment.tzinfo is None and moment.isoformat() == text:
+            return text + "Z" if size == 26 else text + ".000000Z"
+    return date_string(text)
 
 
 def _all_plain(value: dict[str, Any]) -> bool:
