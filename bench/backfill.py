@@ -159,7 +159,8 @@ def write_corpus(db: Any, objects: int, per_txn: int, seed: int = 7) -> int:
         folder.items = OOBTree()
         folder.settings = PersistentMapping({"sort_on": "modified", "public": rng.random() < 0.5,
                                              "page_size": 25, "layout": "listing"})
-        folders[f"f{len(folders):06d}"] = folder
+        folder.id = f"f{len(folders):06d}"  # held under their ids: objects of a tree (documents=objects)
+        folders[folder.id] = folder
         count = 2
         for _ in range(max(1, budget // 100)):  # ~1 % people
             p = Person()
@@ -190,7 +191,8 @@ def write_corpus(db: Any, objects: int, per_txn: int, seed: int = 7) -> int:
                     "locked_by": rng.choice(people) if rng.random() < 0.1 else None,
                 })
                 count += 1
-            folder.items[f"doc-{len(folder.items):05d}"] = d
+            d.id = f"doc-{len(folder.items):05d}"
+            folder.items[d.id] = d
         made += count
         tm.commit()
         tm.begin()
