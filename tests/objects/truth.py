@@ -1,0 +1,175 @@
+"""The ground truth of the object model's tests, computed by ZODB itself (no esindexer code).
+
+``objects(dsn, keep_history)`` opens the RelStorage database with ZODB, walks the tree from
+the root mapping through the application's own API (``app.children``: ``_tree``, the
+attributes named in ``_ids``, ``_SampleContainer__data``) and describes every reachable
+object: what a user expects to find. Removed objects are not reachable, so not there.
+
+``compare`` and ``assert_same`` print a small diff (the first 10 differences).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from ZODB.utils import u64
+
+from tests.objects import app
+from tests.support import open_zodb
+
+WORD = re.compile(r"[a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class Obj:
+    zoid: int
+    cls: str
+    name: str | None
+    path: str
+    parent: int | None
+    depth: int
+    ancestors: tuple[str, ...]
+    title: str | None = None
+    words: frozenset[str] = frozenset()  # of the body's raw HTML, tags stripped
+    review_state: str | None = None
+    created: datetime | None = None  # always aware (UTC)
+    tags: tuple[str, ...] = ()
+    parts: frozenset[int] = frozenset()  # parts known to be the object's (a subset of all)
+
+
+def zoid(obj) -> int:
+    return u64(obj._p_oid)
+
+
+def class_name(obj) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def body_words(raw: str) -> frozenset[str]:
+    return frozenset(WORD.findall(re.sub(r"<[^>]*>", " ", raw).lower()))
+
+
+def utc(when: datetime | None) -> datetime | None:
+    if when is None:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def btree_records(tree) -> set[int]:
+    """The zoids of a BTree's own records: itself, its inner nodes and its buckets (from the
+    tree's pickled state: ``((child, key, child, ...), firstbucket)`` once it has split)."""
+    found, stack = set(), [tree]
+    while stack:
+        node = stack.pop()
+        if node._p_oid is None or zoid(node) in found:
+            continue
+        found.add(zoid(node))
+        state = node.__getstate__()
+        if not state or len(state) < 2:
+            continue  # empty, or one bucket (inline in a small tree)
+        if type(node).__name__.endswith("Bucket"):
+            stack.append(state[1])  # the next bucket
+        else:
+            stack.extend(state[0][0::2])  # the children, between the keys
+            stack.append(state[1])  # the first bucket
+    return found
+
+
+def known_parts(obj) -> frozenset[int]:
+    if isinstance(obj, app.Item):
+        parts = [zoid(obj.body._holder), zoid(obj.history), *btree_records(obj.__annotations__)]
+        parts += [zoid(v) for v in obj.__annotations__.values()]
+        return frozenset(parts)
+    if isinstance(obj, app.Folder):
+        return frozenset(btree_records(obj._tree))
+    if isinstance(obj, app.Container):
+        return frozenset(btree_records(obj._SampleContainer__data))
+    return frozenset()
+
+
+def describe(obj, path: str, parent: int | None, depth: int, ancestors: tuple[str, ...]) -> Obj:
+    fields = {}
+    if isinstance(obj, app.Item):
+        fields = dict(title=obj.title, words=body_words(obj.body.raw), review_state=obj.review_state,
+                      created=utc(obj.created), tags=tuple(obj.tags))
+    elif hasattr(obj, "title"):
+        fields = dict(title=obj.title)
+    return Obj(zoid(obj), class_name(obj), app.name_of(obj) if depth else None, path, parent, depth, ancestors,
+               parts=known_parts(obj), **fields)
+
+
+def walk(root) -> dict[int, Obj]:
+    """Every object reachable from ``root`` (the ZODB root mapping) through containment."""
+    found: dict[int, Obj] = {}
+    stack = [(root, "/", None, 0, ())]
+    while stack:
+        obj, path, parent, depth, ancestors = stack.pop()
+        described = describe(obj, path, parent, depth, ancestors)
+        assert described.zoid not in found, f"{path}: the same object twice in the tree"
+        found[described.zoid] = described
+        below = ancestors + (path,)
+        for key, child in app.children(obj):
+            assert app.name_of(child) == key, f"{path}: {key!r} holds {app.name_of(child)!r} (the app's bug)"
+            stack.append((child, f"{path.rstrip('/')}/{key}", described.zoid, depth + 1, below))
+    return found
+
+
+def objects(dsn: str, keep_history: bool) -> dict[int, Obj]:
+    """The truth: zoid -> ``Obj`` for every object in the tree, read through ZODB now."""
+    db = open_zodb(dsn, keep_history)
+    try:
+        conn = db.open()
+        try:
+            return walk(conn.root())
+        finally:
+            conn.close()
+    finally:
+        db.close()
+
+
+def record_zoids(obj_truth: dict[int, Obj], cls: str) -> set[int]:
+    return {z for z, o in obj_truth.items() if o.cls == cls}
+
+
+# -- comparing ----------------------------------------------------------------------------
+
+def compare(expected: dict[int, dict], actual: dict[int, dict], limit: int = 10) -> list[str]:
+    """The differences between two ``zoid -> {field: value}`` maps (only the expected fields
+    are compared), the first ``limit`` of them, then a count of the rest."""
+    lines = []
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    lines += [f"missing {z}: expected {_short(expected[z])}" for z in missing]
+    lines += [f"unexpected {z}: {_short(actual[z])}" for z in extra]
+    for z in sorted(set(expected) & set(actual)):
+        for key, value in expected[z].items():
+            if actual[z].get(key) != value:
+                lines.append(f"{z} {key}: expected {value!r}, got {actual[z].get(key)!r}")
+    summary = f"{len(missing)} missing, {len(extra)} unexpected, {len(lines) - len(missing) - len(extra)} differing"
+    if not lines:
+        return []
+    shown = lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
+    return [summary, *shown]
+
+
+def assert_same(expected: dict[int, dict], actual: dict[int, dict], what: str = "index") -> None:
+    diff = compare(expected, actual)
+    assert not diff, f"{what} differs from the truth:\n  " + "\n  ".join(diff)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+def placement(truth: dict[int, Obj]) -> dict[int, dict]:
+    """What the tree says of each object: the fields every object document must carry."""
+    return {z: {"class": o.cls, "path": o.path, "parent": o.parent, "depth": o.depth,
+                "ancestors": list(o.ancestors)} for z, o in truth.items()}
+
+
+def as_dict(obj: Obj) -> dict:
+    return asdict(obj)
