@@ -8,14 +8,16 @@ folders really are split into BTree buckets, as the object model must handle.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import psycopg2
 import transaction
 from ZODB.utils import get_pickle_metadata
 
-from tests.objects import corpus, truth
+from tests.objects import corpus, live, truth
 from tests.objects.app import Container, Item, name_of
+from tests.objects.live import AppWriter
 from tests.support import both_history_modes
 
 ITEMS = 200
@@ -140,3 +142,25 @@ def test_the_truth_follows_moves_renames_removals_and_undo(zodb, db_dsn, keep_hi
     assert set(now) == set(back) - gone
     assert isinstance(root["c1"], Container) and isinstance(conn.get(back[item.zoid].zoid.to_bytes(8, "big")), Item)
     conn.close()
+
+
+@both_history_modes
+def test_the_live_writer_keeps_its_own_account_of_the_tree(zodb, db_dsn, keep_history):
+    """The e2e test's writer (moves, renames, removals, additions, a folder moved back and
+    forth, a pack between commits): the item paths it believes in are the truth's."""
+    built = corpus.build_corpus(zodb, items=ITEMS, infra_records=300, mimetypes=20)
+    writer = AppWriter(db_dsn, keep_history, built.item_paths, rate=100.0)
+    try:
+        writer.start()
+        time.sleep(1.5)
+        writer.pack()
+        gone, _ = writer.do(lambda root: {truth.zoid(o) for o in corpus.remove(root, "/c1/sub/f")})
+        time.sleep(1.5)
+        writer.stop()
+    finally:
+        writer.close()
+    found = truth.objects(db_dsn, keep_history)
+    in_areas = {o.path for o in found.values() if o.cls.endswith(".Item") and o.path.startswith(live.AREAS)}
+    assert in_areas == set(writer.paths)
+    assert not gone & set(found)
+    assert writer.counts["move-folder"] and writer.counts["rename"] and writer.counts["remove"], writer.counts

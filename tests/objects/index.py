@@ -1,0 +1,155 @@
+"""Reading the object documents back from the index and shaping them like the truth
+(``tests/objects/truth.py``), and the queries as Kibana sends them."""
+
+from __future__ import annotations
+
+import time
+
+from tests.objects import truth
+
+ITEM = "tests.objects.app.Item"
+
+
+def documents(es, prefix: str, refresh: bool = True) -> dict[int, dict]:
+    """Every document under the test's prefix (all its indices): ``zoid -> _source`` plus
+    ``_index``; fails if one zoid has two documents."""
+    pattern = f"{prefix}*"
+    if refresh:
+        es.indices.refresh(index=pattern, allow_no_indices=True, ignore_unavailable=True)
+    found: dict[int, dict] = {}
+    answer = es.search(index=pattern, size=10_000, query={"match_all": {}}, allow_no_indices=True,
+                       ignore_unavailable=True)
+    for hit in answer["hits"]["hits"]:
+        zoid = int(hit["_id"])
+        assert zoid not in found, f"two documents for {zoid}: {found[zoid]['_index']} and {hit['_index']}"
+        found[zoid] = {**hit["_source"], "_index": hit["_index"]}
+    assert answer["hits"]["total"]["value"] < 10_000, "more documents than this helper reads"
+    return found
+
+
+def review_state(source: dict) -> str | None:
+    """The current workflow state (the last history entry's) wherever the typed model put it."""
+    state = source.get("state") or {}
+    for key, value in state.items():
+        if key.endswith("app_workflow.review_state"):
+            return value[-1] if isinstance(value, list) else value
+    entries = _find(source.get("more") or {}, "app_workflow")
+    if isinstance(entries, list) and entries and isinstance(entries[-1], dict):
+        return entries[-1].get("review_state")
+    return None
+
+
+def _find(tree, key):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k == key or k.endswith("." + key):
+                return v
+            found = _find(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def expected(found: dict[int, truth.Obj]) -> dict[int, dict]:
+    """What each object document must say, from the truth."""
+    out = {}
+    for z, o in found.items():
+        want = {"class": o.cls, "path": o.path, "parent": o.parent, "depth": o.depth, "ancestors": list(o.ancestors)}
+        if o.depth:
+            want["name"] = o.name
+        if o.cls == ITEM:
+            want.update(title=o.title, review_state=o.review_state, body_in_text=True, known_parts=True)
+        out[z] = want
+    return out
+
+
+def actual(docs: dict[int, dict], found: dict[int, truth.Obj]) -> dict[int, dict]:
+    """The same fields read from the documents (for items, whether the body's words are in
+    ``text`` and the truth's known parts in ``parts``)."""
+    out = {}
+    for z, src in docs.items():
+        have = {k: src.get(k) for k in ("class", "path", "parent", "depth", "name")}
+        have["ancestors"] = list(src.get("ancestors") or [])
+        if src.get("class") == ITEM:
+            have["title"] = (src.get("state") or {}).get("title")
+            have["review_state"] = review_state(src)
+            obj = found.get(z)
+            words = truth.body_words(src.get("text") or "")
+            have["body_in_text"] = obj is not None and obj.words <= words
+            have["known_parts"] = obj is not None and obj.parts <= set(src.get("parts") or [])
+        out[z] = have
+    return out
+
+
+def settle(es, prefix: str, read_truth, timeout: float = 120.0, interval: float = 1.0) -> float:
+    """Wait until the index equals the truth (read again each round, for writes still
+    arriving); return the seconds it took, or fail with the last diff."""
+    started = time.monotonic()
+    while True:
+        found = read_truth()
+        diff = truth.compare(expected(found), actual(documents(es, prefix), found))
+        if not diff:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"the index did not become equal to the truth in {timeout:.0f} s:\n  "
+                                 + "\n  ".join(diff))
+        time.sleep(interval)
+
+
+# -- queries as Kibana sends them ------------------------------------------------------------
+
+def kql_phrase(field: str, value: str) -> dict:
+    """KQL ``field : "value"`` as Kibana translates it."""
+    return {"bool": {"should": [{"match_phrase": {field: value}}], "minimum_should_match": 1}}
+
+
+def kql_match(field: str, value: str) -> dict:
+    """KQL ``field : value`` (unquoted)."""
+    return {"bool": {"should": [{"match": {field: value}}], "minimum_should_match": 1}}
+
+
+def kql_range(field: str, gte: str, lt: str) -> dict:
+    """KQL ``field >= gte and field < lt``."""
+    return {"bool": {"filter": [
+        {"bool": {"should": [{"range": {field: {"gte": gte}}}], "minimum_should_match": 1}},
+        {"bool": {"should": [{"range": {field: {"lt": lt}}}], "minimum_should_match": 1}}]}}
+
+
+def kql_or(*queries: dict) -> dict:
+    return {"bool": {"should": list(queries), "minimum_should_match": 1}}
+
+
+def lucene(text: str) -> dict:
+    """The Lucene syntax of Kibana's query bar."""
+    return {"query_string": {"query": text, "analyze_wildcard": True}}
+
+
+def hits(es, prefix: str, query: dict) -> set[int]:
+    """The zoids a query finds over the data view ``<prefix>*`` (Kibana's filter context)."""
+    answer = es.search(index=f"{prefix}*", size=10_000, query={"bool": {"filter": [query]}}, source=False,
+                       track_total_hits=True)
+    return {int(h["_id"]) for h in answer["hits"]["hits"]}
+
+
+def visible(es, prefix: str, zoids) -> set[int]:
+    """Which of ``zoids`` a search finds now (no refresh: what a user sees)."""
+    answer = es.search(index=f"{prefix}*", size=len(zoids) or 1, query={"ids": {"values": [str(z) for z in zoids]}},
+                       source=False)
+    return {int(h["_id"]) for h in answer["hits"]["hits"]}
+
+
+def wait_gone(es, prefix: str, zoids, since: float, timeout: float = 30.0) -> float:
+    """Seconds from ``since`` (a ``time.monotonic()``) until none of ``zoids`` is found."""
+    while visible(es, prefix, zoids):
+        if time.monotonic() - since > timeout:
+            raise AssertionError(f"still found after {timeout} s: {sorted(visible(es, prefix, zoids))[:10]}")
+        time.sleep(0.05)
+    return time.monotonic() - since
+
+
+def wait_found(es, prefix: str, query: dict, expected: set[int], since: float, timeout: float = 30.0) -> float:
+    while not expected <= hits(es, prefix, query):
+        if time.monotonic() - since > timeout:
+            raise AssertionError(f"not found after {timeout} s: {sorted(expected - hits(es, prefix, query))[:10]}")
+        time.sleep(0.05)
+    return time.monotonic() - since

@@ -1,0 +1,182 @@
+"""The object model end to end (issue 22): the service, run as operators run it with
+``ESINDEXER_DOCUMENTS=objects``, indexes the test application (``tests/objects/app.py``);
+the index must equal the objects ZODB itself finds in the tree (``tests/objects/truth.py``),
+answer Kibana's queries exactly, follow live moves, renames, removals, part edits, undo and
+a pack, and survive kill -9. Both history modes. Timings are printed (``-s`` shows them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.objects import corpus, index, truth
+from tests.objects.index import ITEM, hits, kql_match, kql_or, kql_phrase, kql_range, lucene
+from tests.objects.live import AppWriter
+from tests.pipeline.processes import Service, service_env
+from tests.support import both_history_modes, open_zodb
+
+MODEL = importlib.util.find_spec("esindexer.objects") is not None
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not MODEL, reason="the object model (esindexer.objects, issue 22) is not in this branch yet"),
+]
+ITEMS = 1500
+GONE_WITHIN = 5.0  # seconds: a removed object leaves search (issue 22, "within seconds")
+
+
+def build(db_dsn: str, keep_history: bool) -> corpus.Corpus:
+    db = open_zodb(db_dsn, keep_history)
+    try:
+        started = time.monotonic()
+        built = corpus.build_corpus(db, items=ITEMS, infra_records=3000, mimetypes=200)
+        print(f"\ncorpus: {ITEMS} items, 3000 infrastructure records, 200 mime types "
+              f"in {time.monotonic() - started:.1f} s")
+        return built
+    finally:
+        db.close()
+
+
+def start(db_dsn, es_url, es_prefix, tmp_path, name: str = "service") -> Service:
+    env = service_env(db_dsn, es_url, es_prefix, DOCUMENTS="objects")
+    return Service(env, tmp_path / f"{name}.log")
+
+
+def check_queries(es, prefix: str, found: dict[int, truth.Obj]) -> None:
+    """Each query as Kibana sends it returns exactly the truth's objects."""
+    under = {z for z, o in found.items() if "/f1/sub" in o.ancestors}
+    itself = {z for z, o in found.items() if o.path == "/f1/sub"}
+    march = {z for z, o in found.items() if o.created and datetime(2024, 3, 1, tzinfo=UTC) <= o.created
+             < datetime(2024, 4, 1, tzinfo=UTC)}
+    rare = {z for z, o in found.items() if corpus.RARE_WORD in o.words}
+    sample = next(o for o in found.values() if o.cls == ITEM)
+    titled = {z for z, o in found.items() if o.title == sample.title}
+    assert len(under) > 100 and len(march) > 50 and len(rare) > 10, (len(under), len(march), len(rare))
+    cases = {
+        'ancestors : "/f1/sub"': (kql_phrase("ancestors", "/f1/sub"), under),
+        "prefix path /f1/sub/": ({"prefix": {"path": "/f1/sub/"}}, under),
+        "lucene path:\\/f1\\/sub\\/*": (lucene("path:\\/f1\\/sub\\/*"), under),
+        'path : "/f1/sub" or ancestors : "/f1/sub"': (
+            kql_or(kql_phrase("path", "/f1/sub"), kql_phrase("ancestors", "/f1/sub")), under | itself),
+        'state.created >= "2024-03-01" and < "2024-04-01"': (
+            kql_range("state.created", "2024-03-01T00:00:00Z", "2024-04-01T00:00:00Z"), march),
+        f"text : {corpus.RARE_WORD}": (kql_match("text", corpus.RARE_WORD), rare),
+        f"lucene text:{corpus.RARE_WORD}": (lucene(f"text:{corpus.RARE_WORD}"), rare),
+        f'state.title.keyword : "{sample.title}"': (kql_phrase("state.title.keyword", sample.title), titled),
+    }
+    wrong = []
+    for what, (query, want) in cases.items():
+        got = hits(es, prefix, query)
+        if got != want:
+            wrong.append(f"{what}: {len(got)} hits, expected {len(want)}; missing {sorted(want - got)[:5]}, "
+                         f"unexpected {sorted(got - want)[:5]}")
+    assert not wrong, "Kibana queries differ from the truth:\n  " + "\n  ".join(wrong)
+
+
+def check_ignored(es, prefix: str) -> None:
+    """No Item document has unmapped (ignored) fields, though the infrastructure area is indexed."""
+    def count(*filters):
+        return es.count(index=f"{prefix}*", query={"bool": {"filter": list(filters)}})["count"]
+
+    items = count({"term": {"class": ITEM}})
+    ignored_items = count({"term": {"class": ITEM}}, {"exists": {"field": "_ignored"}})
+    ignored_all = count({"exists": {"field": "_ignored"}})
+    print(f"documents with _ignored: {ignored_items} of {items} items, {ignored_all} in all")
+    settings = count({"term": {"class": "tests.objects.app.Settings"}})
+    assert items >= ITEMS and settings == 1
+    assert ignored_items == 0
+
+
+@both_history_modes
+def test_the_index_equals_the_truth_and_answers_kibana(keep_history, db_dsn, es, es_url, es_prefix, tmp_path):
+    build(db_dsn, keep_history)
+    service = start(db_dsn, es_url, es_prefix, tmp_path)
+    try:
+        took = index.settle(es, es_prefix, lambda: truth.objects(db_dsn, keep_history), timeout=300)
+        print(f"backfill: index == truth after {took:.1f} s")
+        found = truth.objects(db_dsn, keep_history)
+        docs = index.documents(es, es_prefix)
+        assert set(docs) == set(found)
+        classes = {o.cls for o in found.values()}
+        assert {"tests.objects.app.Registry", "tests.objects.app.Settings", "persistent.mapping.PersistentMapping",
+                "tests.objects.app.Folder", "tests.objects.app.AttrFolder", "tests.objects.app.Container"} <= classes
+        check_queries(es, es_prefix, found)
+        check_ignored(es, es_prefix)
+    finally:
+        code = service.stop()
+    assert code == 0, service.log()[-3000:]
+
+
+@both_history_modes
+def test_live_changes_kill_and_undo_keep_the_index_equal_to_the_truth(keep_history, db_dsn, es, es_url, es_prefix,
+                                                                       tmp_path):
+    built = build(db_dsn, keep_history)
+    service = start(db_dsn, es_url, es_prefix, tmp_path)
+    writer = AppWriter(db_dsn, keep_history, built.item_paths)
+    read_truth = lambda: truth.objects(db_dsn, keep_history)  # noqa: E731
+    try:
+        index.settle(es, es_prefix, read_truth, timeout=300)
+
+        # (c) live changes, with removals of our own timed from their commit, and a pack.
+        writer.start()
+        latencies, part_latencies = [], []
+        removals = ["/c1/sub/f", *[p for p in built.item_paths if p.startswith("/c1/sub/item-")][:3]]
+        for n, path in enumerate(removals):
+            time.sleep(1.0)
+            gone, since = writer.do(lambda root, path=path: {truth.zoid(o) for o in corpus.remove(root, path)})
+            latencies.append(index.wait_gone(es, es_prefix, gone, since))
+            word = f"partedit{n}x"
+            target = next(p for p in built.item_paths if p.startswith("/c1/item-"))
+            zoid, since = writer.do(lambda root, t=target, w=word: (
+                corpus.edit_body(root, t, f"<p>{w}</p>"), truth.zoid(corpus.resolve(root, t)))[1])
+            part_latencies.append(index.wait_found(es, es_prefix, kql_match("text", word), {zoid}, since))
+            if n == 1:
+                writer.pack()
+        writer.stop()
+        print(f"live: {dict(writer.counts)}; removed objects gone from search after "
+              f"{', '.join(f'{s:.2f}' for s in latencies)} s; part edits found after "
+              f"{', '.join(f'{s:.2f}' for s in part_latencies)} s")
+        took = index.settle(es, es_prefix, read_truth)
+        print(f"live: index == truth {took:.1f} s after the writer stopped")
+        assert max(latencies) < GONE_WITHIN, latencies
+
+        # (d) kill -9 of the service while the writer runs, a restart, then equal again.
+        writer.start()
+        time.sleep(3)
+        service.kill()
+        time.sleep(2)
+        service = start(db_dsn, es_url, es_prefix, tmp_path, "restarted")
+        time.sleep(3)
+        writer.stop()
+        took = index.settle(es, es_prefix, read_truth, timeout=180)
+        print(f"kill -9: index == truth {took:.1f} s after the writer stopped ({dict(writer.counts)})")
+
+        # Removed, then back: undo where RelStorage can (history-preserving), else re-adding.
+        path = next(p for p in built.item_paths if p.startswith("/c1/item-"))
+        removed, since = writer.do(lambda root: corpus.remove(root, path))
+        zoid = truth.zoid(removed[0])
+        gone_after = index.wait_gone(es, es_prefix, {zoid}, since)
+        since = time.monotonic()
+        if keep_history:
+            assert corpus.supports_undo(writer.db)
+            corpus.undo_last(writer.db)
+            how = "undo"
+        else:
+            assert not corpus.supports_undo(writer.db)  # history-free RelStorage cannot undo
+            writer.do(lambda root: corpus.readd(root, "/c1", removed[0]))
+            how = "re-adding"
+        back_after = index.wait_found(es, es_prefix, {"ids": {"values": [str(zoid)]}}, {zoid}, since)
+        print(f"removed: gone after {gone_after:.2f} s; back after {how} {back_after:.2f} s")
+        assert gone_after < GONE_WITHIN
+        index.settle(es, es_prefix, read_truth)
+        writer.pack()
+        took = index.settle(es, es_prefix, read_truth)
+        print(f"after the last pack: index == truth after {took:.1f} s")
+        check_ignored(es, es_prefix)
+    finally:
+        writer.close()
+        code = service.stop()
+    assert code == 0, service.log()[-3000:]
