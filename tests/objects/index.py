@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
-from tests.objects import truth
+from tests.objects import corpus, truth
 
 ITEM = "tests.objects.app.Item"
 
@@ -153,3 +154,48 @@ def wait_found(es, prefix: str, query: dict, expected: set[int], since: float, t
             raise AssertionError(f"not found after {timeout} s: {sorted(expected - hits(es, prefix, query))[:10]}")
         time.sleep(0.05)
     return time.monotonic() - since
+
+
+def check_queries(es, prefix: str, found: dict[int, truth.Obj]) -> None:
+    """Each query as Kibana sends it returns exactly the truth's objects."""
+    under = {z for z, o in found.items() if "/f1/sub" in o.ancestors}
+    itself = {z for z, o in found.items() if o.path == "/f1/sub"}
+    march = {z for z, o in found.items() if o.created and datetime(2024, 3, 1, tzinfo=UTC) <= o.created
+             < datetime(2024, 4, 1, tzinfo=UTC)}
+    rare = {z for z, o in found.items() if corpus.RARE_WORD in o.words}
+    sample = next(o for o in found.values() if o.cls == ITEM)
+    titled = {z for z, o in found.items() if o.title == sample.title}
+    assert len(under) > 20 and len(march) > 5 and len(rare) > 3, (len(under), len(march), len(rare))
+    cases = {
+        'ancestors : "/f1/sub"': (kql_phrase("ancestors", "/f1/sub"), under),
+        "prefix path /f1/sub/": ({"prefix": {"path": "/f1/sub/"}}, under),
+        "lucene path:\\/f1\\/sub\\/*": (lucene("path:\\/f1\\/sub\\/*"), under),
+        'path : "/f1/sub" or ancestors : "/f1/sub"': (
+            kql_or(kql_phrase("path", "/f1/sub"), kql_phrase("ancestors", "/f1/sub")), under | itself),
+        'state.created >= "2024-03-01" and < "2024-04-01"': (
+            kql_range("state.created", "2024-03-01T00:00:00Z", "2024-04-01T00:00:00Z"), march),
+        f"text : {corpus.RARE_WORD}": (kql_match("text", corpus.RARE_WORD), rare),
+        f"lucene text:{corpus.RARE_WORD}": (lucene(f"text:{corpus.RARE_WORD}"), rare),
+        f'state.title.keyword : "{sample.title}"': (kql_phrase("state.title.keyword", sample.title), titled),
+    }
+    wrong = []
+    for what, (query, want) in cases.items():
+        got = hits(es, prefix, query)
+        if got != want:
+            wrong.append(f"{what}: {len(got)} hits, expected {len(want)}; missing {sorted(want - got)[:5]}, "
+                         f"unexpected {sorted(got - want)[:5]}")
+    assert not wrong, "Kibana queries differ from the truth:\n  " + "\n  ".join(wrong)
+
+
+def check_ignored(es, prefix: str, expected_items: int) -> None:
+    """No Item document has unmapped (ignored) fields, though the infrastructure area is indexed."""
+    def count(*filters):
+        return es.count(index=f"{prefix}*", query={"bool": {"filter": list(filters)}})["count"]
+
+    items = count({"term": {"class": ITEM}})
+    ignored_items = count({"term": {"class": ITEM}}, {"exists": {"field": "_ignored"}})
+    ignored_all = count({"exists": {"field": "_ignored"}})
+    print(f"documents with _ignored: {ignored_items} of {items} items, {ignored_all} in all")
+    settings = count({"term": {"class": "tests.objects.app.Settings"}})
+    assert items >= expected_items and settings == 1
+    assert ignored_items == 0

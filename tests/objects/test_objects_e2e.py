@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from datetime import UTC, datetime
 
 import pytest
 
 from tests.objects import corpus, index, truth
-from tests.objects.index import ITEM, hits, kql_match, kql_or, kql_phrase, kql_range, lucene
+from tests.objects.index import kql_match
 from tests.objects.live import AppWriter
 from tests.pipeline.processes import Service, service_env
 from tests.support import both_history_modes, open_zodb
@@ -45,51 +44,6 @@ def start(db_dsn, es_url, es_prefix, tmp_path, name: str = "service") -> Service
     return Service(env, tmp_path / f"{name}.log")
 
 
-def check_queries(es, prefix: str, found: dict[int, truth.Obj]) -> None:
-    """Each query as Kibana sends it returns exactly the truth's objects."""
-    under = {z for z, o in found.items() if "/f1/sub" in o.ancestors}
-    itself = {z for z, o in found.items() if o.path == "/f1/sub"}
-    march = {z for z, o in found.items() if o.created and datetime(2024, 3, 1, tzinfo=UTC) <= o.created
-             < datetime(2024, 4, 1, tzinfo=UTC)}
-    rare = {z for z, o in found.items() if corpus.RARE_WORD in o.words}
-    sample = next(o for o in found.values() if o.cls == ITEM)
-    titled = {z for z, o in found.items() if o.title == sample.title}
-    assert len(under) > 100 and len(march) > 50 and len(rare) > 10, (len(under), len(march), len(rare))
-    cases = {
-        'ancestors : "/f1/sub"': (kql_phrase("ancestors", "/f1/sub"), under),
-        "prefix path /f1/sub/": ({"prefix": {"path": "/f1/sub/"}}, under),
-        "lucene path:\\/f1\\/sub\\/*": (lucene("path:\\/f1\\/sub\\/*"), under),
-        'path : "/f1/sub" or ancestors : "/f1/sub"': (
-            kql_or(kql_phrase("path", "/f1/sub"), kql_phrase("ancestors", "/f1/sub")), under | itself),
-        'state.created >= "2024-03-01" and < "2024-04-01"': (
-            kql_range("state.created", "2024-03-01T00:00:00Z", "2024-04-01T00:00:00Z"), march),
-        f"text : {corpus.RARE_WORD}": (kql_match("text", corpus.RARE_WORD), rare),
-        f"lucene text:{corpus.RARE_WORD}": (lucene(f"text:{corpus.RARE_WORD}"), rare),
-        f'state.title.keyword : "{sample.title}"': (kql_phrase("state.title.keyword", sample.title), titled),
-    }
-    wrong = []
-    for what, (query, want) in cases.items():
-        got = hits(es, prefix, query)
-        if got != want:
-            wrong.append(f"{what}: {len(got)} hits, expected {len(want)}; missing {sorted(want - got)[:5]}, "
-                         f"unexpected {sorted(got - want)[:5]}")
-    assert not wrong, "Kibana queries differ from the truth:\n  " + "\n  ".join(wrong)
-
-
-def check_ignored(es, prefix: str) -> None:
-    """No Item document has unmapped (ignored) fields, though the infrastructure area is indexed."""
-    def count(*filters):
-        return es.count(index=f"{prefix}*", query={"bool": {"filter": list(filters)}})["count"]
-
-    items = count({"term": {"class": ITEM}})
-    ignored_items = count({"term": {"class": ITEM}}, {"exists": {"field": "_ignored"}})
-    ignored_all = count({"exists": {"field": "_ignored"}})
-    print(f"documents with _ignored: {ignored_items} of {items} items, {ignored_all} in all")
-    settings = count({"term": {"class": "tests.objects.app.Settings"}})
-    assert items >= ITEMS and settings == 1
-    assert ignored_items == 0
-
-
 @both_history_modes
 def test_the_index_equals_the_truth_and_answers_kibana(keep_history, db_dsn, es, es_url, es_prefix, tmp_path):
     build(db_dsn, keep_history)
@@ -103,8 +57,8 @@ def test_the_index_equals_the_truth_and_answers_kibana(keep_history, db_dsn, es,
         classes = {o.cls for o in found.values()}
         assert {"tests.objects.app.Registry", "tests.objects.app.Settings", "persistent.mapping.PersistentMapping",
                 "tests.objects.app.Folder", "tests.objects.app.AttrFolder", "tests.objects.app.Container"} <= classes
-        check_queries(es, es_prefix, found)
-        check_ignored(es, es_prefix)
+        index.check_queries(es, es_prefix, found)
+        index.check_ignored(es, es_prefix, ITEMS)
     finally:
         code = service.stop()
     assert code == 0, service.log()[-3000:]
@@ -175,7 +129,7 @@ def test_live_changes_kill_and_undo_keep_the_index_equal_to_the_truth(keep_histo
         writer.pack()
         took = index.settle(es, es_prefix, read_truth)
         print(f"after the last pack: index == truth after {took:.1f} s")
-        check_ignored(es, es_prefix)
+        index.check_ignored(es, es_prefix, ITEMS)
     finally:
         writer.close()
         code = service.stop()
