@@ -102,18 +102,25 @@ def describe(obj, path: str, parent: int | None, depth: int, ancestors: tuple[st
 
 
 def walk(root) -> dict[int, Obj]:
-    """Every object reachable from ``root`` (the ZODB root mapping) through containment."""
-    found: dict[int, Obj] = {}
-    stack = [(root, "/", None, 0, ())]
-    while stack:
-        obj, path, parent, depth, ancestors = stack.pop()
-        described = describe(obj, path, parent, depth, ancestors)
-        assert described.zoid not in found, f"{path}: the same object twice in the tree"
-        found[described.zoid] = described
-        below = ancestors + (path,)
-        for key, child in app.children(obj):
-            assert app.name_of(child) == key, f"{path}: {key!r} holds {app.name_of(child)!r} (the app's bug)"
-            stack.append((child, f"{path.rstrip('/')}/{key}", described.zoid, depth + 1, below))
+    """Every object reachable from ``root`` (the ZODB root mapping) through containment.
+
+    An object held by several containers gets the spec's parent: the smallest (depth, zoid)
+    of them; a breadth-first walk taking each level in zoid order finds that one first."""
+    found: dict[int, Obj] = {0: describe(root, "/", None, 0, ())}
+    level = [(root, found[0])]
+    while level:
+        below = []
+        for obj, described in sorted(level, key=lambda pair: pair[1].zoid):
+            ancestors = described.ancestors + (described.path,)
+            for key, child in app.children(obj):
+                assert app.name_of(child) == key, f"{described.path}: {key!r} holds {app.name_of(child)!r}"
+                if zoid(child) in found:
+                    continue
+                path = f"{described.path.rstrip('/')}/{key}"
+                found[zoid(child)] = child_described = describe(child, path, described.zoid, described.depth + 1,
+                                                                ancestors)
+                below.append((child, child_described))
+        level = below
     return found
 
 
