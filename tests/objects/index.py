@@ -3,12 +3,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from datetime import UTC, datetime
 
 from tests.objects import corpus, truth
+from tests.pipeline.processes import Service, service_env
 
 ITEM = "tests.objects.app.Item"
+#: Whether the object model (esindexer.objects) is in this tree: the e2e tests skip without it.
+MODEL = importlib.util.find_spec("esindexer.objects") is not None
+
+
+def start_service(db_dsn: str, es_url: str, es_prefix: str, tmp_path, name: str = "service") -> Service:
+    """``esindexer run`` with ``ESINDEXER_DOCUMENTS=objects``, logging to ``tmp_path/<name>.log``."""
+    return Service(service_env(db_dsn, es_url, es_prefix, DOCUMENTS="objects"), tmp_path / f"{name}.log")
+
+
+def wait_ready(service: Service, timeout: float = 60.0) -> None:
+    """Until the service answers ``/readyz`` with 200 (it follows the database)."""
+    deadline = time.monotonic() + timeout
+    while (answer := service.get("/readyz")) is None or answer[0] != 200:
+        if time.monotonic() > deadline or service.proc.poll() is not None:
+            raise AssertionError(f"the service is not ready ({answer}):\n{service.log()[-2000:]}")
+        time.sleep(0.2)
 
 
 def documents(es, prefix: str, refresh: bool = True) -> dict[int, dict]:

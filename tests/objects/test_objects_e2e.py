@@ -7,7 +7,6 @@ a pack, and survive kill -9. Both history modes. Timings are printed (``-s`` sho
 
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import pytest
@@ -15,13 +14,11 @@ import pytest
 from tests.objects import corpus, index, truth
 from tests.objects.index import kql_match
 from tests.objects.live import AppWriter
-from tests.pipeline.processes import Service, service_env
 from tests.support import both_history_modes, open_zodb
 
-MODEL = importlib.util.find_spec("esindexer.objects") is not None
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not MODEL, reason="the object model (esindexer.objects, issue 22) is not in this branch yet"),
+    pytest.mark.skipif(not index.MODEL, reason="the object model (esindexer.objects, issue 22) is not in this branch yet"),
 ]
 ITEMS = 1500
 GONE_WITHIN = 5.0  # seconds: a removed object leaves search (issue 22, "within seconds")
@@ -39,15 +36,10 @@ def build(db_dsn: str, keep_history: bool) -> corpus.Corpus:
         db.close()
 
 
-def start(db_dsn, es_url, es_prefix, tmp_path, name: str = "service") -> Service:
-    env = service_env(db_dsn, es_url, es_prefix, DOCUMENTS="objects")
-    return Service(env, tmp_path / f"{name}.log")
-
-
 @both_history_modes
 def test_the_index_equals_the_truth_and_answers_kibana(keep_history, db_dsn, es, es_url, es_prefix, tmp_path):
     build(db_dsn, keep_history)
-    service = start(db_dsn, es_url, es_prefix, tmp_path)
+    service = index.start_service(db_dsn, es_url, es_prefix, tmp_path)
     try:
         took = index.settle(es, es_prefix, lambda: truth.objects(db_dsn, keep_history), timeout=300)
         print(f"backfill: index == truth after {took:.1f} s")
@@ -68,7 +60,7 @@ def test_the_index_equals_the_truth_and_answers_kibana(keep_history, db_dsn, es,
 def test_live_changes_kill_and_undo_keep_the_index_equal_to_the_truth(keep_history, db_dsn, es, es_url, es_prefix,
                                                                        tmp_path):
     built = build(db_dsn, keep_history)
-    service = start(db_dsn, es_url, es_prefix, tmp_path)
+    service = index.start_service(db_dsn, es_url, es_prefix, tmp_path)
     writer = AppWriter(db_dsn, keep_history, built.item_paths)
     read_truth = lambda: truth.objects(db_dsn, keep_history)  # noqa: E731
     try:
@@ -102,8 +94,9 @@ def test_live_changes_kill_and_undo_keep_the_index_equal_to_the_truth(keep_histo
         time.sleep(3)
         service.kill()
         time.sleep(2)
-        service = start(db_dsn, es_url, es_prefix, tmp_path, "restarted")
-        time.sleep(3)
+        service = index.start_service(db_dsn, es_url, es_prefix, tmp_path, "restarted")
+        index.wait_ready(service)
+        time.sleep(2)
         writer.stop()
         took = index.settle(es, es_prefix, read_truth, timeout=180)
         print(f"kill -9: index == truth {took:.1f} s after the writer stopped ({dict(writer.counts)})")
@@ -132,5 +125,6 @@ def test_live_changes_kill_and_undo_keep_the_index_equal_to_the_truth(keep_histo
         index.check_ignored(es, es_prefix, len(truth.record_zoids(read_truth(), index.ITEM)))
     finally:
         writer.close()
+        index.wait_ready(service)  # a SIGTERM before the service is up kills it (-15)
         code = service.stop()
     assert code == 0, service.log()[-3000:]
