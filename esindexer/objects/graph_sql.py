@@ -83,9 +83,17 @@ JOIN {NODES} s ON s.client_id = %(c)s AND s.zoid = e.src
 JOIN {NODES} t ON t.client_id = %(c)s AND t.zoid = {_CONTAINER} AND t.in_tree
 """
 
+#: The tree nodes placed by the previous level (filled by :data:`PLACE_LEVEL` itself).
+PLACED = """
+CREATE TEMP TABLE obj_placed (zoid bigint PRIMARY KEY) ON COMMIT DROP;
+CREATE TEMP TABLE obj_newly (zoid bigint PRIMARY KEY) ON COMMIT DROP;
+"""
+
 #: One level of placement: records not in the tree that a tree node of depth d-1 holds
 #: under their name (directly or through one of its parts). Among several holders: the
-#: smallest zoid (the depth is the smallest already, levels go down one at a time).
+#: smallest zoid (the depth is the smallest already, levels go down one at a time). The
+#: records looked at are those reset (``obj_replace``) and those the previous level's
+#: placed nodes hold; the placed ones become the next level's ``obj_placed``.
 PLACE_LEVEL = f"""
 WITH candidates AS (
     SELECT x.zoid, t.zoid AS parent, t.path AS parent_path, x.name
@@ -96,24 +104,52 @@ WITH candidates AS (
     JOIN {NODES} t ON t.client_id = %(c)s AND t.zoid = {_CONTAINER} AND t.in_tree AND t.depth = %(above)s
   UNION ALL
     SELECT x.zoid, t.zoid, t.path, x.name
-    FROM {NODES} t
+    FROM obj_placed p
+    JOIN {NODES} t ON t.client_id = %(c)s AND t.zoid = p.zoid
     JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = t.zoid
     JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND x.name = e.key AND NOT x.in_tree AND x.name <> ''
-    WHERE t.client_id = %(c)s AND t.zoid = ANY(%(placed)s)
   UNION ALL
     SELECT x.zoid, t.zoid, t.path, x.name
-    FROM {NODES} t
+    FROM obj_placed p
+    JOIN {NODES} t ON t.client_id = %(c)s AND t.zoid = p.zoid
     JOIN {NODES} s ON s.client_id = %(c)s AND s.owner = t.zoid AND s.name IS NULL
     JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = s.zoid
     JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND x.name = e.key AND NOT x.in_tree AND x.name <> ''
-    WHERE t.client_id = %(c)s AND t.zoid = ANY(%(placed)s)
 ), chosen AS (
     SELECT DISTINCT ON (zoid) zoid, parent,
            CASE WHEN parent_path = '/' THEN '/' || name ELSE parent_path || '/' || name END AS path
-    FROM candidates ORDER BY zoid, parent)
-UPDATE {NODES} n SET in_tree = true, parent = c.parent, depth = %(depth)s, path = c.path
-FROM chosen c WHERE n.client_id = %(c)s AND n.zoid = c.zoid AND NOT n.in_tree
-RETURNING n.zoid
+    FROM candidates ORDER BY zoid, parent
+), placed AS (
+    UPDATE {NODES} n SET in_tree = true, parent = c.parent, depth = %(depth)s, path = c.path
+    FROM chosen c WHERE n.client_id = %(c)s AND n.zoid = c.zoid AND NOT n.in_tree
+    RETURNING n.zoid
+), cleared AS (
+    DELETE FROM obj_placed
+), newly AS (
+    INSERT INTO obj_newly SELECT zoid FROM placed ON CONFLICT DO NOTHING
+)
+INSERT INTO obj_placed SELECT zoid FROM placed
+"""
+
+#: Every unnamed record's owner at once (the end of a backfill: the graph was written
+#: without being resolved, batch by batch).
+ALL_OWNERS = f"""
+CREATE TEMP TABLE obj_all_owners ON COMMIT DROP AS
+WITH RECURSIVE reach(zoid, own) AS (
+    SELECT e.dst, e.src FROM {EDGES} e
+    JOIN {NODES} s ON s.client_id = %(c)s AND s.zoid = e.src AND s.name IS NOT NULL
+    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND x.name IS NULL
+    WHERE e.client_id = %(c)s
+  UNION
+    SELECT e.dst, r.own FROM reach r
+    JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = r.zoid
+    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND x.name IS NULL)
+SELECT zoid, CASE WHEN count(DISTINCT own) = 1 THEN min(own) ELSE -1 END AS owner FROM reach GROUP BY zoid;
+UPDATE {NODES} n SET owner = NULL WHERE n.client_id = %(c)s AND n.owner IS NOT NULL;
+UPDATE {NODES} n SET owner = o.owner FROM obj_all_owners o WHERE n.client_id = %(c)s AND n.zoid = o.zoid;
+UPDATE {NODES} n SET in_tree = false, parent = NULL, depth = NULL, path = NULL
+WHERE n.client_id = %(c)s AND n.in_tree;
+CREATE TEMP TABLE obj_replace (zoid bigint PRIMARY KEY, in_tree boolean, parent bigint, path text) ON COMMIT DROP;
 """
 
 #: What moved: placed again somewhere else, or no longer in the tree.

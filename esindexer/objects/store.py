@@ -14,6 +14,7 @@ and the zoids its changes reach are all it holds.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -24,7 +25,7 @@ import psycopg2.extras
 
 from esindexer.objects import graph_sql as q
 from esindexer.objects.edges import ROOT_ZOID, Edge
-from esindexer.source.graph import APPLIED, DIRTY, EDGES, NODES
+from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES
 
 log = logging.getLogger(__name__)
 
@@ -122,29 +123,78 @@ class GraphStore:
             cur.execute(f"DELETE FROM {DIRTY} WHERE client_id = %s AND zoid = ANY(%s) AND as_of <= %s",
                         (self.client_id, zoids, as_of))
 
-    def apply(self, records: list[RecordFacts], deleted: list[int], tid: int) -> tuple[list[int], int]:
+    def complete(self) -> bool:
+        """Whether the graph is resolved (False while a backfill writes it unresolved)."""
+        with self.conn.cursor() as cur:
+            cur.execute(f"SELECT complete FROM {APPLIED} WHERE client_id = %s", (self.client_id,))
+            row = cur.fetchone()
+        self.conn.rollback()
+        return bool(row and row[0])
+
+    def apply(self, records: list[RecordFacts], deleted: list[int], tid: int,
+              resolve: bool = True) -> tuple[list[int], int]:
         """Apply one batch; returns the objects whose documents changed and the version
-        their documents take (the graph's applied tid: it never goes down)."""
+        their documents take (the graph's applied tid: it never goes down). With
+        ``resolve=False`` (a backfill) only the records are written: :meth:`resolve_all` follows."""
         with self.lock:
             try:
                 with self.conn.cursor() as cur:
-                    dirty = self._apply(cur, records, deleted)
-                    cur.execute(f"INSERT INTO {APPLIED} (client_id, tid) VALUES (%s, %s) ON CONFLICT (client_id) "
-                                f"DO UPDATE SET tid = greatest({APPLIED}.tid, excluded.tid) RETURNING tid",
-                                (self.client_id, tid))
-                    version = int(cur.fetchone()[0])
-                    if dirty:
-                        psycopg2.extras.execute_values(
-                            cur, f"INSERT INTO {DIRTY} (client_id, zoid, as_of) VALUES %s ON CONFLICT "
-                            f"(client_id, zoid) DO UPDATE SET as_of = greatest({DIRTY}.as_of, excluded.as_of)",
-                            [(self.client_id, z, version) for z in dirty], page_size=1000)
+                    self._serialise(cur)
+                    dirty = self._apply(cur, records, deleted) if resolve else self._write_unresolved(cur, records, deleted)
+                    version = self._finish(cur, tid, dirty, complete=resolve)
                 self.conn.commit()
             except BaseException:
                 self.conn.rollback()
                 raise
         return dirty, version
 
-    def _apply(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> list[int]:
+    def _serialise(self, cur: Any) -> None:
+        """One writer of this graph at a time (until the transaction ends): the service and a
+        command redelivering dead letters read what the other committed."""
+        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (GRAPH_LOCK_CLASS, self.client_id))
+
+    def _finish(self, cur: Any, tid: int, dirty: list[int], complete: bool) -> int:
+        cur.execute(f"INSERT INTO {APPLIED} (client_id, tid, complete) VALUES (%s, %s, %s) ON CONFLICT (client_id) "
+                    f"DO UPDATE SET tid = greatest({APPLIED}.tid, excluded.tid), complete = excluded.complete "
+                    "RETURNING tid", (self.client_id, tid, complete))
+        version = int(cur.fetchone()[0])
+        if dirty:
+            psycopg2.extras.execute_values(
+                cur, f"INSERT INTO {DIRTY} (client_id, zoid, as_of) VALUES %s ON CONFLICT "
+                f"(client_id, zoid) DO UPDATE SET as_of = greatest({DIRTY}.as_of, excluded.as_of)",
+                [(self.client_id, z, version) for z in dirty], page_size=1000)
+        return version
+
+    def _write_unresolved(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> list[int]:
+        """A backfill's batch: the records' rows written with COPY, nothing resolved (a
+        record already there with a newer tid stays as it is)."""
+        c = self.client_id
+        latest: dict[int, RecordFacts] = {}
+        for facts in records:
+            if facts.zoid not in latest or latest[facts.zoid].tid <= facts.tid:
+                latest[facts.zoid] = facts
+        cur.execute("CREATE TEMP TABLE obj_in (zoid bigint PRIMARY KEY, tid bigint, class_name text, name text) "
+                    "ON COMMIT DROP; CREATE TEMP TABLE obj_in_edges (src bigint, dst bigint, key text) ON COMMIT DROP")
+        cur.copy_expert("COPY obj_in FROM STDIN WITH (FORMAT csv)",
+                        _csv((f.zoid, f.tid, f.class_name, f.name) for f in latest.values()))
+        cur.copy_expert("COPY obj_in_edges FROM STDIN WITH (FORMAT csv)",
+                        _csv((f.zoid, dst, key) for f in latest.values() for dst, key in f.edges))
+        cur.execute(f"DELETE FROM obj_in i USING {NODES} n WHERE n.client_id = %(c)s AND n.zoid = i.zoid "
+                    f"AND n.tid >= i.tid; "
+                    f"DELETE FROM {EDGES} e USING obj_in i WHERE e.client_id = %(c)s AND e.src = i.zoid; "
+                    f"INSERT INTO {NODES} (client_id, zoid, tid, class_name, name) "
+                    f"SELECT %(c)s, zoid, tid, class_name, name FROM obj_in ON CONFLICT (client_id, zoid) DO UPDATE "
+                    f"SET tid = excluded.tid, class_name = excluded.class_name, name = excluded.name; "
+                    f"INSERT INTO {EDGES} (client_id, src, dst, key) SELECT DISTINCT %(c)s, e.src, e.dst, e.key "
+                    f"FROM obj_in_edges e JOIN obj_in i ON i.zoid = e.src", {"c": c})
+        gone = sorted(set(deleted) - set(latest))
+        if gone:
+            cur.execute(f"DELETE FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s); "
+                        f"DELETE FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, gone, c, gone))
+        return []
+
+    def _write(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> tuple[list[int], Any]:
+        """Write the batch's records (names, edges); returns ``([], what changed)``."""
         c = self.client_id
         latest: dict[int, RecordFacts] = {}
         for facts in records:  # the newest state of each record in the batch
@@ -158,7 +208,7 @@ class GraphStore:
         gone = {z for z in gone if z in old}
         touched = [f.zoid for f in changed] + sorted(gone)
         if not touched:
-            return []
+            return [], None
         cur.execute(f"SELECT src, dst, key FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
         old_edges = {(int(s), int(d), k) for s, d, k in cur.fetchall()}
         new_edges = {(f.zoid, d, k) for f in changed for d, k in f.edges}
@@ -172,6 +222,14 @@ class GraphStore:
             cur.execute(f"DELETE FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
             psycopg2.extras.execute_values(cur, f"INSERT INTO {EDGES} (client_id, src, dst, key) VALUES %s",
                                            [(c, s, d, k) for s, d, k in new_edges], page_size=2000)
+        return [], (old, changed, gone, touched, old_edges, new_edges)
+
+    def _apply(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> list[int]:
+        c = self.client_id
+        _, written = self._write(cur, records, deleted)
+        if not written:
+            return []
+        old, changed, gone, touched, old_edges, new_edges = written
         renamed = [f.zoid for f in changed if f.zoid not in old or old[f.zoid][2] != f.name]
         unnamed_changed = [f.zoid for f in changed if f.name is None]
         diff = old_edges ^ new_edges
@@ -223,19 +281,64 @@ class GraphStore:
                     "WHERE client_id = %s AND zoid = %s AND NOT in_tree RETURNING zoid", (self.client_id, ROOT_ZOID))
         return [int(r[0]) for r in cur.fetchall()]
 
-    def _place(self, cur: Any, placed: list[int]) -> set[int]:
-        """Place the records reset by SUBTREE (and any record their placing attaches) level
-        by level; returns those placed that were not in the reset set."""
-        cur.execute(q.DEEPEST_CANDIDATE, {"c": self.client_id})
+    def _place(self, cur: Any, root_placed: list[int]) -> set[int]:
+        """Place the records reset in ``obj_replace`` (and any record their placing attaches)
+        level by level; returns those placed that were not in the reset set."""
+        c = self.client_id
+        cur.execute(q.DEEPEST_CANDIDATE, {"c": c})
         deepest = cur.fetchone()[0]
         deepest = -1 if deepest is None else int(deepest)
-        cur.execute("SELECT zoid FROM obj_replace")
-        reset = {int(r[0]) for r in cur.fetchall()}
-        outside: set[int] = set()
-        depth = 1
+        cur.execute(q.PLACED)
+        if root_placed:
+            cur.execute("INSERT INTO obj_placed VALUES (0)")
+        depth, placed = 1, bool(root_placed)
         while depth <= MAX_DEPTH and (placed or depth - 1 <= deepest):
-            cur.execute(q.PLACE_LEVEL, {"c": self.client_id, "above": depth - 1, "depth": depth, "placed": placed})
-            placed = [int(r[0]) for r in cur.fetchall()]
-            outside.update(z for z in placed if z not in reset)
+            cur.execute(q.PLACE_LEVEL, {"c": c, "above": depth - 1, "depth": depth})
+            cur.execute("SELECT EXISTS (SELECT 1 FROM obj_placed)")
+            placed = bool(cur.fetchone()[0])
             depth += 1
-        return outside
+        cur.execute("SELECT n.zoid FROM obj_newly n WHERE NOT EXISTS (SELECT 1 FROM obj_replace r WHERE r.zoid = n.zoid)")
+        return {int(r[0]) for r in cur.fetchall()}
+
+    def resolve_all(self, tid: int, quiet: bool = False) -> tuple[list[int], int]:
+        """Resolve a graph written unresolved (a backfill): every owner, the whole tree from
+        the root; every object in the tree becomes dirty. Marks the graph complete."""
+        c = self.client_id
+        with self.lock:
+            try:
+                with self.conn.cursor() as cur:
+                    self._serialise(cur)
+                    cur.execute(f"ANALYZE {NODES}; ANALYZE {EDGES}")  # written in bulk: plans need their statistics
+                    cur.execute(q.ALL_OWNERS, {"c": c})
+                    self._place_root(cur)
+                    cur.execute(q.PLACED)
+                    cur.execute("INSERT INTO obj_placed VALUES (0)")
+                    depth = 1
+                    while depth <= MAX_DEPTH:
+                        cur.execute(q.PLACE_LEVEL, {"c": c, "above": depth - 1, "depth": depth})
+                        cur.execute("SELECT EXISTS (SELECT 1 FROM obj_placed)")
+                        if not cur.fetchone()[0]:
+                            break
+                        depth += 1
+                    cur.execute(f"SELECT zoid, class_name FROM {NODES} WHERE client_id = %s AND in_tree", (c,))
+                    dirty = sorted(int(z) for z, cls in cur.fetchall() if self.is_object_class(cls))
+                    version = self._finish(cur, tid, dirty, complete=True)
+                self.conn.commit()
+            except BaseException:
+                self.conn.rollback()
+                raise
+        if not quiet:
+            log.info("object graph resolved: %d objects in the tree", len(dirty), extra={"count": len(dirty)})
+        return dirty, version
+
+
+def _csv(rows: Iterable[tuple[Any, ...]]) -> io.StringIO:
+    """Rows as CSV for COPY: None unquoted (NULL), every string quoted (so ``""`` stays an
+    empty string: the root's name), NUL dropped (PostgreSQL text cannot hold it)."""
+    out = io.StringIO()
+    for row in rows:
+        out.write(",".join("" if v is None else str(v) if isinstance(v, int) else
+                           '"' + str(v).replace("\x00", "").replace('"', '""') + '"' for v in row))
+        out.write("\n")
+    out.seek(0)
+    return out

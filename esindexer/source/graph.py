@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from esindexer.source.pg import has_relation
+from esindexer.source.pg import NOT_PERMITTED, has_relation
 
 NODES = "esindexer_obj_nodes"
 EDGES = "esindexer_obj_edges"
 DIRTY = "esindexer_obj_dirty"
 APPLIED = "esindexer_obj_applied"
 TABLES = (NODES, EDGES, DIRTY, APPLIED)
+#: Advisory lock namespace ("es" + 4) of one client id's graph: the service and a command
+#: (dead-letter redelivery) never change it at the same time.
+GRAPH_LOCK_CLASS = 0x65730004
 
 CREATE = f"""
 CREATE TABLE IF NOT EXISTS {NODES} (
@@ -37,25 +40,27 @@ CREATE INDEX IF NOT EXISTS {EDGES}_src ON {EDGES} (client_id, src);
 CREATE INDEX IF NOT EXISTS {EDGES}_dst ON {EDGES} (client_id, dst);
 CREATE TABLE IF NOT EXISTS {DIRTY} (
     client_id text NOT NULL, zoid bigint NOT NULL, as_of bigint NOT NULL, PRIMARY KEY (client_id, zoid));
-CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT NULL,
+    complete boolean NOT NULL DEFAULT false);
 """
 
 
 def ensure_tables(conn: Any) -> bool:
-    """Create the tables unless all are there (the service never attempts DDL then); False
-    when they are missing and this role may not create them. Commits."""
+    """Create the tables if missing, in a savepoint of the caller's transaction (the caller
+    commits); False when they are missing and this role may not create them."""
     with conn.cursor() as cur:
-        present = all(has_relation(cur, table) for table in TABLES)
-    conn.rollback()
-    if present:
-        return True
-    try:
-        with conn.cursor() as cur:
+        if all(has_relation(cur, table) for table in TABLES):
+            return True  # no DDL, which a least-privileged role may not run
+        cur.execute("SAVEPOINT esindexer_graph_ddl")
+        try:
             cur.execute(CREATE)
-        conn.commit()
-    except Exception:
-        conn.rollback()
-        return False
+        except NOT_PERMITTED:
+            cur.execute("ROLLBACK TO SAVEPOINT esindexer_graph_ddl")
+            return False
+        except Exception:
+            cur.execute("ROLLBACK TO SAVEPOINT esindexer_graph_ddl")
+            raise
+        cur.execute("RELEASE SAVEPOINT esindexer_graph_ddl")
     return True
 
 
@@ -65,3 +70,20 @@ def forget(conn: Any, client_id: str) -> None:
         for table in TABLES:
             cur.execute(f"DELETE FROM {table} WHERE client_id = %s", (client_id,))
     conn.commit()
+
+
+def summary(conn: Any, client_id: str) -> dict[str, Any] | None:
+    """What ``status`` says of one client id's graph (None: it has none)."""
+    with conn.cursor() as cur:
+        if not has_relation(cur, APPLIED):
+            return None
+        cur.execute(f"SELECT tid, complete FROM {APPLIED} WHERE client_id = %s", (client_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        cur.execute(f"SELECT count(*) FROM {NODES} WHERE client_id = %s AND in_tree", (client_id,))
+        in_tree = int(cur.fetchone()[0])
+        cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (client_id,))
+        dirty = int(cur.fetchone()[0])
+    conn.rollback()
+    return {"tid": int(row[0]), "complete": bool(row[1]), "in_tree": in_tree, "documents_to_write": dirty}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import transaction
 from BTrees.OOBTree import OOBTree
 from persistent import Persistent
@@ -18,7 +17,6 @@ from persistent.mapping import PersistentMapping
 
 from tests.indexing import make_settings, running, zoid_of
 from tests.support import wait_for
-
 
 
 class Folder(Persistent):
@@ -140,4 +138,55 @@ def test_objects_follow_the_tree(zodb, db_dsn, es_url, es_prefix, es):
         transaction.commit()
         expected = truth(zodb)
         wait_for(lambda: paths(es, alias) == expected, timeout=30)
+    conn.close()
+
+
+def test_verify_explain_and_repair(zodb, db_dsn, es_url, es_prefix, es):
+    import psycopg2
+
+    from esindexer.convert.configure import build_jsonifier
+    from esindexer.documents import DocumentBuilder
+    from esindexer.ops.explain import explain
+    from esindexer.ops.objectverify import verify_objects
+
+    conn = build(zodb)
+    root = conn.root()
+    settings = make_settings(db_dsn, es_url, es_prefix, documents="objects")
+    alias = settings.alias_name
+    news = root["site"]._tree["news"]
+    removed = news._tree.pop("item-4")
+    transaction.commit()
+    with running(settings):
+        expected = truth(zodb)
+        wait_for(lambda: paths(es, alias) == expected, timeout=60)
+    builder, jsonifier = DocumentBuilder(settings), build_jsonifier(settings)
+    pg_conn = psycopg2.connect(db_dsn)
+    try:
+        report = verify_objects(pg_conn, es, builder, jsonifier, settings, deep=True)
+        assert report.remaining == 0 and report.objects == len(expected), report.as_dict()
+
+        item = news._tree["item-8"]
+        said = explain(pg_conn, es, settings, jsonifier, builder, zoid_of(item))
+        assert said["object_model"]["kind"] == "object" and said["object_model"]["path"] == "/site/news/item-8"
+        assert said["verdict"].startswith("indexed in")
+        part = explain(pg_conn, es, settings, jsonifier, builder, zoid_of(item.body["holder"]))
+        assert part["object_model"]["kind"] == "part" and part["object_model"]["owner"] == zoid_of(item)
+        gone = explain(pg_conn, es, settings, jsonifier, builder, zoid_of(removed))
+        assert gone["object_model"]["kind"] == "detached" and "no document" in gone["verdict"]
+
+        # hand damage: a document deleted, one for a part written, one re-pathed, one body changed
+        index = builder.index_for_class(f"{Item.__module__}.Item")
+        es.delete(index=index, id=zoid_of(news._tree["item-9"]), refresh=True)
+        es.index(index=index, id=zoid_of(item.body["holder"]), document={"zoid": zoid_of(item.body["holder"])},
+                 version=1, version_type="external", refresh=True)
+        es.update(index=index, id=zoid_of(news._tree["item-10"]), doc={"path": "/elsewhere"}, refresh=True)
+        es.update(index=index, id=zoid_of(news._tree["item-11"]), doc={"text": "tampered"}, refresh=True)
+        report = verify_objects(pg_conn, es, builder, jsonifier, settings, deep=True)
+        assert report.counts["missing"] == 1 and report.counts["orphan"] == 1, report.as_dict()
+        assert report.counts["stale"] == 1 and report.counts["changed"] == 1 and report.counts["graph"] == 0
+        report = verify_objects(pg_conn, es, builder, jsonifier, settings, deep=True, repair=True)
+        assert report.repaired == 4 and report.still_different == 0, report.as_dict()
+        assert verify_objects(pg_conn, es, builder, jsonifier, settings, deep=True).remaining == 0
+    finally:
+        pg_conn.close()
     conn.close()
