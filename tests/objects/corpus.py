@@ -143,9 +143,12 @@ def detach(parent, key: str):
 
 def subtree(obj) -> list:
     """``obj`` and everything below it (containment only)."""
-    found, stack = [], [obj]
+    found, seen, stack = [], set(), [obj]
     while stack:
         node = stack.pop()
+        if id(node) in seen:  # an application may hold a folder twice, even in a cycle
+            continue
+        seen.add(id(node))
         found.append(node)
         stack.extend(child for _, child in app.children(node))
     return found

@@ -9,7 +9,6 @@ documents must be where the application's own notion is not enough.
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import pytest
 from persistent.mapping import PersistentMapping
@@ -17,36 +16,12 @@ from persistent.mapping import PersistentMapping
 from tests.objects import corpus, index, truth
 from tests.objects.app import RichText
 from tests.objects.index import kql_match
-from tests.objects.live import AppWriter
-from tests.support import both_history_modes, open_zodb, wait_for
+from tests.support import both_history_modes, wait_for
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not index.MODEL, reason="the object model (esindexer.objects, issue 22) is not here yet"),
 ]
-
-
-@pytest.fixture
-def live(keep_history, db_dsn, es, es_url, es_prefix, tmp_path):
-    """A small corpus indexed by a running service; ``live.do(change)`` commits a change."""
-    db = open_zodb(db_dsn, keep_history)
-    built = corpus.build_corpus(db, items=300, infra_records=300, mimetypes=20)
-    db.close()
-    service = index.start_service(db_dsn, es_url, es_prefix, tmp_path)
-    writer = AppWriter(db_dsn, keep_history, built.item_paths)
-    state = SimpleNamespace(service=service, writer=writer, built=built, do=writer.do,
-                            truth=lambda: truth.objects(db_dsn, keep_history),
-                            docs=lambda: index.documents(es, es_prefix),
-                            found=lambda query: index.hits(es, es_prefix, query),
-                            settle=lambda timeout=60: index.settle(es, es_prefix, state.truth, timeout=timeout))
-    try:
-        state.settle(180)
-        yield state
-    finally:
-        writer.close()
-        index.wait_ready(state.service)  # a SIGTERM before the service is up kills it (-15)
-        code = state.service.stop()
-    assert code == 0, state.service.log()[-3000:]
 
 
 def item_in(built, folder: str, nth: int = 0) -> str:
