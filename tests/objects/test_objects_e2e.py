@@ -14,7 +14,7 @@ import pytest
 from tests.objects import corpus, index, truth
 from tests.objects.index import kql_match
 from tests.objects.live import AppWriter
-from tests.support import both_history_modes, open_zodb
+from tests.support import both_history_modes, open_zodb, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -126,5 +126,41 @@ def test_live_changes_kill_and_undo_keep_the_index_equal_to_the_truth(keep_histo
     finally:
         writer.close()
         index.wait_ready(service)  # a SIGTERM before the service is up kills it (-15)
+        code = service.stop()
+    assert code == 0, service.log()[-3000:]
+
+
+@both_history_modes
+def test_a_backfill_under_a_live_writer_killed_midway_ends_equal_to_the_truth(keep_history, db_dsn, es, es_url,
+                                                                               es_prefix, tmp_path):
+    """The graph is built while the application writes, and the backfill is killed (-9) twice:
+    while it builds the graph, and once it writes documents; the service started a third time
+    ends with the index equal to the truth."""
+    built = build(db_dsn, keep_history)
+    writer = AppWriter(db_dsn, keep_history, built.item_paths, seed=11).start()
+    service = index.start_service(db_dsn, es_url, es_prefix, tmp_path)
+    try:
+        time.sleep(3)  # building the graph
+        service.kill()
+        service = index.start_service(db_dsn, es_url, es_prefix, tmp_path, "second")
+
+        def written() -> int:
+            try:
+                return es.count(index=f"{es_prefix}*")["count"]
+            except Exception:  # no index yet
+                return 0
+
+        wait_for(lambda: written() > 0, timeout=120, interval=0.05, message="the first documents")
+        service.kill()  # writing the documents
+        print(f"\nkilled while building the graph, then with {written()} documents written")
+        service = index.start_service(db_dsn, es_url, es_prefix, tmp_path, "third")
+        time.sleep(5)
+        writer.stop()
+        took = index.settle(es, es_prefix, lambda: truth.objects(db_dsn, keep_history), timeout=300)
+        print(f"backfill under a writer ({dict(writer.counts)}), killed twice: index == truth {took:.1f} s "
+              "after the writer stopped")
+    finally:
+        writer.close()
+        index.wait_ready(service)
         code = service.stop()
     assert code == 0, service.log()[-3000:]
