@@ -15,9 +15,11 @@ ITEM = "tests.objects.app.Item"
 MODEL = importlib.util.find_spec("esindexer.objects") is not None
 
 
-def start_service(db_dsn: str, es_url: str, es_prefix: str, tmp_path, name: str = "service") -> Service:
-    """``esindexer run`` with ``ESINDEXER_DOCUMENTS=objects``, logging to ``tmp_path/<name>.log``."""
-    return Service(service_env(db_dsn, es_url, es_prefix, DOCUMENTS="objects"), tmp_path / f"{name}.log")
+def start_service(db_dsn: str, es_url: str, es_prefix: str, tmp_path, name: str = "service",
+                  **settings: str) -> Service:
+    """``esindexer run`` with ``ESINDEXER_DOCUMENTS=objects`` (and ``settings``: ``crash_guard_after="0"``),
+    logging to ``tmp_path/<name>.log``."""
+    return Service(service_env(db_dsn, es_url, es_prefix, DOCUMENTS="objects", **settings), tmp_path / f"{name}.log")
 
 
 def wait_ready(service: Service, timeout: float = 60.0) -> None:
@@ -77,7 +79,8 @@ def expected(found: dict[int, truth.Obj]) -> dict[int, dict]:
         if o.depth:
             want["name"] = o.name
         if o.cls == ITEM:
-            want.update(title=o.title, review_state=o.review_state, body_in_text=True, known_parts=True)
+            want.update(title=o.title, review_state=o.review_state, body_in_text=True, known_parts=True, tid=o.tid,
+                        parts_tid=o.parts_tid)
         out[z] = want
     return out
 
@@ -90,6 +93,7 @@ def actual(docs: dict[int, dict], found: dict[int, truth.Obj]) -> dict[int, dict
         have = {k: src.get(k) for k in ("class", "path", "parent", "depth", "name")}
         have["ancestors"] = list(src.get("ancestors") or [])
         if src.get("class") == ITEM:
+            have["tid"], have["parts_tid"] = src.get("tid"), src.get("parts_tid")
             have["title"] = (src.get("state") or {}).get("title")
             have["review_state"] = review_state(src)
             obj = found.get(z)
@@ -183,7 +187,11 @@ def check_queries(es, prefix: str, found: dict[int, truth.Obj]) -> None:
     rare = {z for z, o in found.items() if corpus.RARE_WORD in o.words}
     sample = next(o for o in found.values() if o.cls == ITEM)
     titled = {z for z, o in found.items() if o.title == sample.title}
+    top = {z for z, o in found.items() if o.depth <= 1}
+    pending = {z for z, o in found.items() if "pending" in o.states}
+    urgent = {z for z, o in found.items() if "urgent" in o.tags}
     assert len(under) > 20 and len(march) > 5 and len(rare) > 3, (len(under), len(march), len(rare))
+    assert len(pending) > 3 and len(urgent) > 10, (len(pending), len(urgent))
     cases = {
         'ancestors : "/f1/sub"': (kql_phrase("ancestors", "/f1/sub"), under),
         "prefix path /f1/sub/": ({"prefix": {"path": "/f1/sub/"}}, under),
@@ -195,6 +203,11 @@ def check_queries(es, prefix: str, found: dict[int, truth.Obj]) -> None:
         f"text : {corpus.RARE_WORD}": (kql_match("text", corpus.RARE_WORD), rare),
         f"lucene text:{corpus.RARE_WORD}": (lucene(f"text:{corpus.RARE_WORD}"), rare),
         f'state.title.keyword : "{sample.title}"': (kql_phrase("state.title.keyword", sample.title), titled),
+        f"state.body._holder.raw : {corpus.RARE_WORD}": (kql_match("state.body._holder.raw", corpus.RARE_WORD), rare),
+        "state.history.data.app_workflow.review_state : pending": (
+            kql_match("state.history.data.app_workflow.review_state", "pending"), pending),
+        "state.tags : urgent": (kql_match("state.tags", "urgent"), urgent),
+        "depth <= 1": ({"bool": {"should": [{"range": {"depth": {"lte": 1}}}], "minimum_should_match": 1}}, top),
     }
     wrong = []
     for what, (query, want) in cases.items():

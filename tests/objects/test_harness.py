@@ -18,8 +18,11 @@ def spec_document(o: truth.Obj, raw: str | None) -> dict:
         doc["state"]["title"] = o.title
     if o.created is not None:
         doc["state"]["created"] = o.created.isoformat()
-        doc["state"][f"history.data.{WORKFLOW}.review_state"] = ["private", o.review_state]
+        doc["state"][f"history.data.{WORKFLOW}.review_state"] = list(o.states)
+        doc["state"]["body._holder.raw"] = raw
+        doc["state"]["tags"] = list(o.tags)
         doc["text"] = f"{o.title} {raw}"
+        doc["tid"], doc["parts_tid"] = o.tid, o.parts_tid
     return doc
 
 

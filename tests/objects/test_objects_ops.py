@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.objects import corpus, index, truth
-from tests.support import both_history_modes, open_zodb, run_esindexer
+from tests.support import both_history_modes, open_zodb, run_esindexer, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -134,3 +134,36 @@ def test_a_cycle_of_folders_cut_from_the_root_leaves_the_index(live, es):
     took = index.wait_gone(es, live.prefix, gone, since)
     print(f"\na cycle of {len(gone)} objects cut from the root: gone from search after {took:.2f} s")
     live.settle()
+
+
+@pytest.mark.xfail(strict=True, reason="model bug (reported): in guarded mode the child's conversions carry no "
+                   "json_text; esindexer/pipeline/objectreader.py read() calls orjson.loads(None) and the run fails")
+@pytest.mark.parametrize("keep_history", [False], ids=["history-free"])
+def test_the_crash_guard_works_with_object_documents(keep_history, db_dsn, es, es_url, es_prefix, tmp_path):
+    """After a death without a clean exit (ESINDEXER_CRASH_GUARD_AFTER=1), the next start
+    converts the records in a child process: the index still becomes equal to the truth."""
+    db = open_zodb(db_dsn, keep_history)
+    built = corpus.build_corpus(db, items=200, infra_records=300, mimetypes=20)
+    read_truth = lambda: truth.objects(db_dsn, keep_history)  # noqa: E731
+    service = index.start_service(db_dsn, es_url, es_prefix, tmp_path, crash_guard_after="1")
+    try:
+        index.settle(es, es_prefix, read_truth, timeout=120)
+        index.wait_ready(service)
+        service.kill()
+        conn = db.open()
+        corpus.edit_body(conn.root(), built.item_paths[0], "<p>guarded words</p>")
+        corpus.move(conn.root(), "/f1/sub/deep", "/f2")
+        import transaction
+
+        transaction.commit()
+        conn.close()
+        service = index.start_service(db_dsn, es_url, es_prefix, tmp_path, "guarded", crash_guard_after="1")
+        wait_for(lambda: "guarded mode" in service.log() or service.proc.poll() is not None, timeout=60)
+        index.settle(es, es_prefix, read_truth, timeout=60)
+        assert service.proc.poll() is None, service.log()[-3000:]
+    finally:
+        db.close()
+        if service.proc.poll() is None:
+            index.wait_ready(service)
+        code = service.stop()
+    assert code == 0, service.log()[-3000:]

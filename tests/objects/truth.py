@@ -37,6 +37,9 @@ class Obj:
     created: datetime | None = None  # always aware (UTC)
     tags: tuple[str, ...] = ()
     parts: frozenset[int] = frozenset()  # parts known to be the object's (a subset of all)
+    states: tuple[str, ...] = ()  # every review_state of the workflow history, oldest first
+    tid: int | None = None  # the tid of the object's own record
+    parts_tid: int | None = None  # the newest tid of its known parts (items: all their parts)
 
 
 def zoid(obj) -> int:
@@ -78,6 +81,12 @@ def btree_records(tree) -> set[int]:
     return found
 
 
+def serial(obj) -> int:
+    """The tid of the record's current revision (as ZODB loaded it)."""
+    obj._p_activate()
+    return u64(obj._p_serial)
+
+
 def known_parts(obj) -> frozenset[int]:
     if isinstance(obj, app.Item):
         parts = [zoid(obj.body._holder), zoid(obj.history), *btree_records(obj.__annotations__)]
@@ -93,8 +102,11 @@ def known_parts(obj) -> frozenset[int]:
 def describe(obj, path: str, parent: int | None, depth: int, ancestors: tuple[str, ...]) -> Obj:
     fields = {}
     if isinstance(obj, app.Item):
+        parts = [obj.body._holder, obj.history, obj.__annotations__, *obj.__annotations__.values()]
         fields = dict(title=obj.title, words=body_words(obj.body.raw), review_state=obj.review_state,
-                      created=utc(obj.created), tags=tuple(obj.tags))
+                      created=utc(obj.created), tags=tuple(obj.tags), tid=serial(obj),
+                      parts_tid=max(serial(p) for p in parts),
+                      states=tuple(e["review_state"] for e in obj.history.get(app.WORKFLOW, ())))
     elif hasattr(obj, "title"):
         fields = dict(title=obj.title)
     return Obj(zoid(obj), class_name(obj), app.name_of(obj) if depth else None, path, parent, depth, ancestors,
