@@ -23,7 +23,7 @@ def live(keep_history, db_dsn, es, es_url, es_prefix, tmp_path):
     writer = AppWriter(db_dsn, keep_history, built.item_paths)
     env = {k: v for k, v in service_env(db_dsn, es_url, es_prefix, DOCUMENTS="objects").items()
            if k.startswith("ESINDEXER_")}
-    state = SimpleNamespace(service=service, writer=writer, built=built, do=writer.do, env=env, prefix=es_prefix,
+    state = SimpleNamespace(service=service, writer=writer, built=built, do=writer.do, env=env, prefix=es_prefix, es=es,
                             truth=lambda: truth.objects(db_dsn, keep_history),
                             docs=lambda: index.documents(es, es_prefix),
                             found=lambda query: index.hits(es, es_prefix, query),

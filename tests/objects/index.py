@@ -31,10 +31,17 @@ def wait_ready(service: Service, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def documents(es, prefix: str, refresh: bool = True) -> dict[int, dict]:
-    """Every document under the test's prefix (all its indices): ``zoid -> _source`` plus
-    ``_index``; fails if one zoid has two documents."""
-    pattern = f"{prefix}*"
+def caught_up_objects(db_dsn: str, client_id: str = "esindexer") -> bool:
+    """The saved progress is at the newest tid (what ``esindexer status`` calls caught up)."""
+    from tests.pipeline.processes import caught_up
+
+    return caught_up(db_dsn, [client_id])
+
+
+def documents(es, prefix: str, refresh: bool = True, pattern: str | None = None) -> dict[int, dict]:
+    """Every document under the test's prefix (all its indices; or ``pattern``, an alias):
+    ``zoid -> _source`` plus ``_index``; fails if one zoid has two documents."""
+    pattern = pattern or f"{prefix}*"
     if refresh:
         es.indices.refresh(index=pattern, allow_no_indices=True, ignore_unavailable=True)
     found: dict[int, dict] = {}

@@ -167,3 +167,28 @@ def test_the_crash_guard_works_with_object_documents(keep_history, db_dsn, es, e
             index.wait_ready(service)
         code = service.stop()
     assert code == 0, service.log()[-3000:]
+
+
+@pytest.mark.parametrize("keep_history", [False], ids=["history-free"])
+def test_records_to_objects_by_a_reindex_behind_the_alias(keep_history, db_dsn, es, es_url, es_prefix):
+    """The documented switch of an existing index: ``esindexer reindex --to`` with
+    ``ESINDEXER_DOCUMENTS=objects`` builds the object documents beside the record documents
+    and publishes them behind the alias; what the alias serves then equals the truth."""
+    from tests.pipeline.processes import service_env
+
+    db = open_zodb(db_dsn, keep_history)
+    corpus.build_corpus(db, items=200, infra_records=300, mimetypes=20)
+    db.close()
+    alias = es_prefix.rstrip("-")
+    env = {k: v for k, v in service_env(db_dsn, es_url, f"{alias}-gen1-", ALIAS=alias, CLIENT_ID=f"{alias}-gen1",
+                                         ES_REQUEST_TIMEOUT="60").items() if k.startswith("ESINDEXER_")}
+    done = run_esindexer("run", "--until-caught-up", env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = es.count(index=alias)["count"]
+    done = run_esindexer("reindex", "--to", f"{alias}-gen2", env={**env, "ESINDEXER_DOCUMENTS": "objects"},
+                         timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = truth.objects(db_dsn, keep_history)
+    served = index.documents(es, es_prefix, pattern=alias)
+    print(f"\nrecords mode: {records} documents; objects mode behind the alias: {len(served)}")
+    truth.assert_same(index.expected(found), index.actual(served, found), "what the alias serves")
