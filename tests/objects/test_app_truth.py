@@ -155,7 +155,10 @@ def test_the_live_writer_keeps_its_own_account_of_the_tree(zodb, db_dsn, keep_hi
         time.sleep(1.5)
         writer.pack()
         gone, _ = writer.do(lambda root: {truth.zoid(o) for o in corpus.remove(root, "/c1/sub/f")})
-        time.sleep(1.5)
+        deadline = time.monotonic() + 30  # until every kind of change was made (a loaded machine is slow)
+        while not all(writer.counts[op] for op in ("move-folder", "rename", "remove", "move")) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
         writer.stop()
     finally:
         writer.close()

@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
+from persistent import Persistent
 from ZODB.utils import u64
 
 from tests.objects import app
@@ -61,15 +62,16 @@ def utc(when: datetime | None) -> datetime | None:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def btree_records(tree) -> set[int]:
-    """The zoids of a BTree's own records: itself, its inner nodes and its buckets (from the
-    tree's pickled state: ``((child, key, child, ...), firstbucket)`` once it has split)."""
-    found, stack = set(), [tree]
+def btree_nodes(tree) -> list:
+    """A BTree's own records: itself, its inner nodes and its buckets (from the tree's
+    pickled state: ``((child, key, child, ...), firstbucket)`` once it has split)."""
+    found: dict[int, object] = {}
+    stack = [tree]
     while stack:
         node = stack.pop()
         if node._p_oid is None or zoid(node) in found:
             continue
-        found.add(zoid(node))
+        found[zoid(node)] = node
         state = node.__getstate__()
         if not state or len(state) < 2:
             continue  # empty, or one bucket (inline in a small tree)
@@ -78,7 +80,47 @@ def btree_records(tree) -> set[int]:
         else:
             stack.extend(state[0][0::2])  # the children, between the keys
             stack.append(state[1])  # the first bucket
-    return found
+    return list(found.values())
+
+
+def btree_records(tree) -> set[int]:
+    return {zoid(node) for node in btree_nodes(tree)}
+
+
+def part_records(obj) -> list:
+    """The records the spec folds into ``obj``'s document, as far as this application goes:
+    every unnamed record below it (items: holder, history, annotations and whatever an
+    application adds), with the BTrees' own bucket records."""
+    records = []
+    for part in unnamed_below(obj):
+        records += btree_nodes(part) if type(part).__module__.startswith("BTrees.") else [part]
+    return records
+
+
+def unnamed_below(obj) -> list:
+    """The unnamed persistent objects reachable from ``obj``'s state without passing through a
+    named one (BTrees: through their items; their own records come from ``btree_records``)."""
+    found: dict[int, object] = {}
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Persistent) and value is not obj:
+            if value._p_oid is None or zoid(value) in found or app.name_of(value) is not None:
+                continue
+            found[zoid(value)] = value
+        if isinstance(value, Persistent) and type(value).__module__.startswith("BTrees."):
+            stack.extend(v for pair in value.items() for v in pair)
+        elif isinstance(value, Persistent):
+            state = value.__getstate__()
+            stack.append(state)
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend(value)
+        elif hasattr(value, "__dict__") and not isinstance(value, type):
+            stack.append(vars(value))
+    return list(found.values())
 
 
 def serial(obj) -> int:
@@ -88,21 +130,15 @@ def serial(obj) -> int:
 
 
 def known_parts(obj) -> frozenset[int]:
-    if isinstance(obj, app.Item):
-        parts = [zoid(obj.body._holder), zoid(obj.history), *btree_records(obj.__annotations__)]
-        parts += [zoid(v) for v in obj.__annotations__.values()]
-        return frozenset(parts)
-    if isinstance(obj, app.Folder):
-        return frozenset(btree_records(obj._tree))
-    if isinstance(obj, app.Container):
-        return frozenset(btree_records(obj._SampleContainer__data))
+    if isinstance(obj, (app.Item, app.Folder, app.Container)):
+        return frozenset(zoid(p) for p in part_records(obj))
     return frozenset()
 
 
 def describe(obj, path: str, parent: int | None, depth: int, ancestors: tuple[str, ...]) -> Obj:
     fields = {}
     if isinstance(obj, app.Item):
-        parts = [obj.body._holder, obj.history, obj.__annotations__, *obj.__annotations__.values()]
+        parts = part_records(obj)
         fields = dict(title=obj.title, words=body_words(obj.body.raw), review_state=obj.review_state,
                       created=utc(obj.created), tags=tuple(obj.tags), tid=serial(obj),
                       parts_tid=max(serial(p) for p in parts),
