@@ -79,8 +79,9 @@ class GraphStore:
 
     def nodes(self, zoids: Iterable[int]) -> dict[int, Node]:
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT zoid, tid, class_name, name, owner, in_tree, parent, depth, path FROM {NODES} "
-                        "WHERE client_id = %s AND zoid = ANY(%s)", (self.client_id, list(zoids)))
+            cur.execute("SELECT n.zoid, n.tid, n.class_name, n.name, n.owner, n.in_tree, n.parent, n.depth, n.path "
+                        f"FROM unnest(%s::bigint[]) z(zoid) JOIN {NODES} n ON n.client_id = %s AND n.zoid = z.zoid",
+                        (list(zoids), self.client_id))
             rows = {int(r[0]): Node(*r) for r in cur.fetchall()}
         self.conn.rollback()
         return rows
@@ -89,8 +90,8 @@ class GraphStore:
         """``owner -> its parts`` (unordered)."""
         out: dict[int, list[int]] = {}
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT owner, zoid FROM {NODES} WHERE client_id = %s AND owner = ANY(%s)",
-                        (self.client_id, list(owners)))
+            cur.execute(f"SELECT n.owner, n.zoid FROM unnest(%s::bigint[]) o(zoid) JOIN {NODES} n "
+                        "ON n.client_id = %s AND n.owner = o.zoid", (list(owners), self.client_id))
             for owner, zoid in cur.fetchall():
                 out.setdefault(int(owner), []).append(int(zoid))
         self.conn.rollback()
@@ -99,8 +100,8 @@ class GraphStore:
     def edges_from(self, zoids: Iterable[int]) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT src, dst FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)",
-                        (self.client_id, list(zoids)))
+            cur.execute(f"SELECT e.src, e.dst FROM unnest(%s::bigint[]) z(zoid) JOIN {EDGES} e "
+                        "ON e.client_id = %s AND e.src = z.zoid", (list(zoids), self.client_id))
             for src, dst in cur.fetchall():
                 out.setdefault(int(src), []).append(int(dst))
         self.conn.rollback()
@@ -120,8 +121,8 @@ class GraphStore:
         """Forget dirty rows the index now reflects (in the caller's progress transaction);
         a row dirtied again by a later batch (a greater ``as_of``) stays."""
         if zoids:
-            cur.execute(f"DELETE FROM {DIRTY} WHERE client_id = %s AND zoid = ANY(%s) AND as_of <= %s",
-                        (self.client_id, zoids, as_of))
+            cur.execute(f"DELETE FROM {DIRTY} d USING unnest(%s::bigint[]) z(zoid) "
+                        "WHERE d.client_id = %s AND d.zoid = z.zoid AND d.as_of <= %s", (zoids, self.client_id, as_of))
 
     def complete(self) -> bool:
         """Whether the graph is resolved (False while a backfill writes it unresolved)."""
@@ -174,18 +175,20 @@ class GraphStore:
             if facts.zoid not in latest or latest[facts.zoid].tid <= facts.tid:
                 latest[facts.zoid] = facts
         cur.execute("CREATE TEMP TABLE obj_in (zoid bigint PRIMARY KEY, tid bigint, class_name text, name text) "
-                    "ON COMMIT DROP; CREATE TEMP TABLE obj_in_edges (src bigint, dst bigint, key text) ON COMMIT DROP")
+                    "ON COMMIT DROP; CREATE TEMP TABLE obj_in_edges (src bigint, dst bigint, key text, listed boolean) "
+                    "ON COMMIT DROP")
         cur.copy_expert("COPY obj_in FROM STDIN WITH (FORMAT csv)",
                         _csv((f.zoid, f.tid, f.class_name, f.name) for f in latest.values()))
         cur.copy_expert("COPY obj_in_edges FROM STDIN WITH (FORMAT csv)",
-                        _csv((f.zoid, dst, key) for f in latest.values() for dst, key in f.edges))
+                        _csv((f.zoid, dst, key, listed) for f in latest.values() for dst, key, listed in f.edges))
+        cur.execute("ANALYZE obj_in; ANALYZE obj_in_edges")  # (temporary tables have no statistics otherwise)
         cur.execute(f"DELETE FROM obj_in i USING {NODES} n WHERE n.client_id = %(c)s AND n.zoid = i.zoid "
                     f"AND n.tid >= i.tid; "
                     f"DELETE FROM {EDGES} e USING obj_in i WHERE e.client_id = %(c)s AND e.src = i.zoid; "
                     f"INSERT INTO {NODES} (client_id, zoid, tid, class_name, name) "
                     f"SELECT %(c)s, zoid, tid, class_name, name FROM obj_in ON CONFLICT (client_id, zoid) DO UPDATE "
                     f"SET tid = excluded.tid, class_name = excluded.class_name, name = excluded.name; "
-                    f"INSERT INTO {EDGES} (client_id, src, dst, key) SELECT DISTINCT %(c)s, e.src, e.dst, e.key "
+                    f"INSERT INTO {EDGES} (client_id, src, dst, key, listed) SELECT DISTINCT %(c)s, e.src, e.dst, e.key, e.listed "
                     f"FROM obj_in_edges e JOIN obj_in i ON i.zoid = e.src", {"c": c})
         gone = sorted(set(deleted) - set(latest))
         if gone:
@@ -209,9 +212,9 @@ class GraphStore:
         touched = [f.zoid for f in changed] + sorted(gone)
         if not touched:
             return [], None
-        cur.execute(f"SELECT src, dst, key FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
-        old_edges = {(int(s), int(d), k) for s, d, k in cur.fetchall()}
-        new_edges = {(f.zoid, d, k) for f in changed for d, k in f.edges}
+        cur.execute(f"SELECT src, dst, key, listed FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
+        old_edges = {(int(s), int(d), k, bool(listed)) for s, d, k, listed in cur.fetchall()}
+        new_edges = {(f.zoid, d, k, listed) for f in changed for d, k, listed in f.edges}
         psycopg2.extras.execute_values(
             cur, f"INSERT INTO {NODES} (client_id, zoid, tid, class_name, name) VALUES %s ON CONFLICT "
             "(client_id, zoid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name, "
@@ -220,8 +223,8 @@ class GraphStore:
             cur.execute(f"DELETE FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s)", (c, sorted(gone)))
         if old_edges != new_edges:
             cur.execute(f"DELETE FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
-            psycopg2.extras.execute_values(cur, f"INSERT INTO {EDGES} (client_id, src, dst, key) VALUES %s",
-                                           [(c, s, d, k) for s, d, k in new_edges], page_size=2000)
+            psycopg2.extras.execute_values(cur, f"INSERT INTO {EDGES} (client_id, src, dst, key, listed) VALUES %s",
+                                           [(c, s, d, k, listed) for s, d, k, listed in new_edges], page_size=2000)
         return [], (old, changed, gone, touched, old_edges, new_edges)
 
     def _apply(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> list[int]:
@@ -230,14 +233,31 @@ class GraphStore:
         if not written:
             return []
         old, changed, gone, touched, old_edges, new_edges = written
-        renamed = [f.zoid for f in changed if f.zoid not in old or old[f.zoid][2] != f.name]
+        # held in an OFS container's _objects, or in a container's items BTree: named by its
+        # container, recomputed where it may change
+        roots = sorted({d for _s, d, k, _l in old_edges | new_edges if k in q.ITEM_ATTRIBUTES})
+        below = roots
+        for _level in range(2):
+            cur.execute(f"SELECT DISTINCT dst FROM {EDGES} WHERE client_id = %s AND src = ANY(%s) AND key IS NULL",
+                        (c, below))
+            below = [int(r[0]) for r in cur.fetchall()]
+            roots += below
+        cur.execute(q.ITEMS, {"c": c, "btrees": sorted(set(roots) | {f.zoid for f in changed})})
+        maybe = sorted({d for _s, d, _k, listed in old_edges | new_edges if listed} | {f.zoid for f in changed}
+                       | {int(r[0]) for r in cur.fetchall()})
+        cur.execute(f"UPDATE {NODES} n SET listed = NOT n.listed WHERE n.client_id = %s AND n.zoid = ANY(%s) "
+                    f"AND n.listed <> EXISTS (SELECT 1 FROM {EDGES} e WHERE e.client_id = %s AND e.dst = n.zoid "
+                    "AND e.listed) RETURNING n.zoid", (c, maybe, c))
+        relisted = [int(r[0]) for r in cur.fetchall()]
+        renamed = [f.zoid for f in changed if f.zoid not in old or old[f.zoid][2] != f.name] + relisted
         unnamed_changed = [f.zoid for f in changed if f.name is None]
-        diff = old_edges ^ new_edges
-        seeds = sorted({d for _s, d, _k in old_edges | new_edges} | set(renamed) | set(unnamed_changed))
+        diff = {(s, d, k) for s, d, k, listed in old_edges ^ new_edges}
+        seeds = sorted({d for _s, d, _k, _l in old_edges | new_edges} | set(renamed) | set(unnamed_changed))
 
         # 1. owners of the unnamed records downstream of the change
         cur.execute(q.DOWNSTREAM, {"c": c, "seeds": seeds})
         cur.execute(q.OWNERS, {"c": c})
+        cur.execute(q.OWNERS_SET, {"c": c})
         cur.execute("SELECT old, new FROM obj_owners WHERE old IS DISTINCT FROM new")
         owner_moves = cur.fetchall()
         cur.execute(q.OWNER_CHANGED_CHILDREN, {"c": c})
@@ -245,7 +265,7 @@ class GraphStore:
 
         # 2. the tree: records whose holders changed, renamed, new or gone, and their subtrees
         diff_dsts = sorted({d for _s, d, k in diff if k is not None})
-        cur.execute(f"SELECT zoid FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s) AND name = ANY(%s)",
+        cur.execute(f"SELECT zoid FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s) AND (name = ANY(%s) OR listed)",
                     (c, diff_dsts, sorted({k for _s, _d, k in diff if k is not None})))
         held = [int(r[0]) for r in cur.fetchall()]
         replace = sorted(set(held) | set(held_by_moved_parts) | set(renamed) | gone)
@@ -256,10 +276,7 @@ class GraphStore:
         moved = {int(r[0]) for r in cur.fetchall()}
 
         # 3. the documents that change
-        candidates = moved | placed_outside | set(root_placed)
-        for f in changed:
-            if f.name is not None:
-                candidates.add(f.zoid)
+        candidates = moved | placed_outside | set(root_placed) | {f.zoid for f in changed}
         for z in touched:
             if z in old and old[z][3] is not None and old[z][3] >= 0:
                 candidates.add(int(old[z][3]))
@@ -309,6 +326,12 @@ class GraphStore:
                 with self.conn.cursor() as cur:
                     self._serialise(cur)
                     cur.execute(f"ANALYZE {NODES}; ANALYZE {EDGES}")  # written in bulk: plans need their statistics
+                    cur.execute(q.ITEMS_ALL, {"c": c})
+                    cur.execute(f"UPDATE {NODES} n SET listed = true WHERE n.client_id = %(c)s AND NOT n.listed AND "
+                                f"EXISTS (SELECT 1 FROM {EDGES} e WHERE e.client_id = %(c)s AND e.dst = n.zoid AND e.listed); "
+                                f"UPDATE {NODES} n SET listed = false WHERE n.client_id = %(c)s AND n.listed AND NOT "
+                                f"EXISTS (SELECT 1 FROM {EDGES} e WHERE e.client_id = %(c)s AND e.dst = n.zoid AND e.listed)",
+                                {"c": c})
                     cur.execute(q.ALL_OWNERS, {"c": c})
                     self._place_root(cur)
                     cur.execute(q.PLACED)
@@ -320,9 +343,14 @@ class GraphStore:
                         if not cur.fetchone()[0]:
                             break
                         depth += 1
-                    cur.execute(f"SELECT zoid, class_name FROM {NODES} WHERE client_id = %s AND in_tree", (c,))
-                    dirty = sorted(int(z) for z, cls in cur.fetchall() if self.is_object_class(cls))
-                    version = self._finish(cur, tid, dirty, complete=True)
+                    cur.execute(f"SELECT DISTINCT class_name FROM {NODES} WHERE client_id = %s AND in_tree", (c,))
+                    classes = [cls for (cls,) in cur.fetchall() if self.is_object_class(cls)]
+                    version = self._finish(cur, tid, [], complete=True)
+                    cur.execute(f"INSERT INTO {DIRTY} (client_id, zoid, as_of) SELECT client_id, zoid, %s FROM {NODES} "
+                                "WHERE client_id = %s AND in_tree AND class_name = ANY(%s) ON CONFLICT (client_id, zoid) "
+                                f"DO UPDATE SET as_of = greatest({DIRTY}.as_of, excluded.as_of) RETURNING zoid",
+                                (version, c, classes))
+                    dirty = sorted(int(z) for (z,) in cur.fetchall())
                 self.conn.commit()
             except BaseException:
                 self.conn.rollback()

@@ -57,6 +57,10 @@ class ObjectReport:
         return self.still_different
 
     @property
+    def still_examples(self) -> dict[str, list[int]]:
+        return {k: v for k, v in self.examples.items() if v}
+
+    @property
     def remaining(self) -> int:
         return self.still_different if self.repaired or self.still_different else sum(self.counts.values())
 
@@ -132,7 +136,7 @@ def _differences(conn: Any, store: GraphStore, es: Any, indices: tuple[str, ...]
 def _actions(store: GraphStore, conn: Any, jsonifier: Jsonifier, builder: DocumentBuilder, zoids: list[int],
              version: int) -> list[Action]:
     out: list[Action] = []
-    for view in assemble(zoids, store, lambda z: pg.current_states(conn, z), lambda z: pg.current_sizes(conn, z),
+    for view in assemble(zoids, store, pg.CurrentStates(conn).states, pg.CurrentStates(conn).bounded,
                          jsonifier):
         if isinstance(view, Gone):
             out.extend(builder.delete_actions(version, view.zoid, version=version))

@@ -43,6 +43,7 @@ class ObjectBatchReader(BatchReader):
         super().__init__(*args, **kwargs)
         self.store = store
         self._states_conn = states_conn
+        self._states = pg.CurrentStates(states_conn)
         #: a backfill writes the graph unresolved, then resolves it once, when caught up
         #: (set-based over the whole graph: far faster than batch by batch)
         self.building = not store.complete()
@@ -63,8 +64,7 @@ class ObjectBatchReader(BatchReader):
         """Index or delete actions for the documents of ``zoids`` at ``version``."""
         actions: list[Action] = []
         with self.store.lock:  # the committer uses the graph's connection too (packs)
-            views = assemble(zoids, self.store, lambda z: pg.current_states(self._states_conn, z),
-                             lambda z: pg.current_sizes(self._states_conn, z), self.jsonifier)
+            views = assemble(zoids, self.store, self._states.states, self._states.bounded, self.jsonifier)
         for view in views:
             if isinstance(view, Gone):
                 actions.extend(self.builder.delete_actions(version, view.zoid, version=version))

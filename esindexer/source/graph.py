@@ -28,28 +28,39 @@ CREATE = f"""
 CREATE TABLE IF NOT EXISTS {NODES} (
     client_id text NOT NULL, zoid bigint NOT NULL, tid bigint NOT NULL, class_name text,
     name text,                 -- NULL: unnamed; '' only for the root
+    listed boolean NOT NULL DEFAULT false,  -- held by an OFS container that lists it in _objects
     owner bigint,              -- unnamed: the one named record reaching it; -1 shared; NULL none
     in_tree boolean NOT NULL DEFAULT false,
     parent bigint, depth integer, path text,
     PRIMARY KEY (client_id, zoid));
-CREATE INDEX IF NOT EXISTS {NODES}_owner ON {NODES} (client_id, owner) WHERE owner >= 0;
+CREATE INDEX IF NOT EXISTS {NODES}_owner ON {NODES} (client_id, owner);
 CREATE INDEX IF NOT EXISTS {NODES}_parent ON {NODES} (client_id, parent) WHERE parent IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {EDGES} (
-    client_id text NOT NULL, src bigint NOT NULL, dst bigint NOT NULL, key text);
+    client_id text NOT NULL, src bigint NOT NULL, dst bigint NOT NULL, key text,
+    listed boolean NOT NULL DEFAULT false);
 CREATE INDEX IF NOT EXISTS {EDGES}_src ON {EDGES} (client_id, src);
 CREATE INDEX IF NOT EXISTS {EDGES}_dst ON {EDGES} (client_id, dst);
 CREATE TABLE IF NOT EXISTS {DIRTY} (
     client_id text NOT NULL, zoid bigint NOT NULL, as_of bigint NOT NULL, PRIMARY KEY (client_id, zoid));
 CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT NULL,
     complete boolean NOT NULL DEFAULT false);
+ALTER TABLE {NODES} ADD COLUMN IF NOT EXISTS listed boolean NOT NULL DEFAULT false;
+ALTER TABLE {EDGES} ADD COLUMN IF NOT EXISTS listed boolean NOT NULL DEFAULT false;
+ALTER TABLE {APPLIED} ADD COLUMN IF NOT EXISTS complete boolean NOT NULL DEFAULT false;
 """
+
+
+def _has_column(cur: Any, table: str, column: str) -> bool:
+    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
+                "AND NOT attisdropped)", (table, column))
+    return bool(cur.fetchone()[0])
 
 
 def ensure_tables(conn: Any) -> bool:
     """Create the tables if missing, in a savepoint of the caller's transaction (the caller
     commits); False when they are missing and this role may not create them."""
     with conn.cursor() as cur:
-        if all(has_relation(cur, table) for table in TABLES):
+        if all(has_relation(cur, table) for table in TABLES) and _has_column(cur, EDGES, "listed"):
             return True  # no DDL, which a least-privileged role may not run
         cur.execute("SAVEPOINT esindexer_graph_ddl")
         try:

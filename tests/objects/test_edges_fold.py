@@ -93,7 +93,7 @@ def test_a_btree_folds_to_what_zodb_reads(db, count):
     held = {}
     for z in btree_records:
         cls, state = recs[z]
-        for dst, key in record_edges(cls, state):
+        for dst, key, _listed in record_edges(cls, state):
             if key is not None:
                 held[dst] = key
     assert held == {zoid(v): k for k, v in children.items() if isinstance(v, Named)}
@@ -130,16 +130,16 @@ def test_keys_of_attributes_mappings_and_containers(db):
     transaction.commit()
     recs = records(storage)
     cls, state = recs[zoid(app)]
-    edges = set(record_edges(cls, state))
+    edges = {(dst, key) for dst, key, _listed in record_edges(cls, state)}
     assert (zoid(child), "child") in edges  # an attribute: containment when child.id == "child"
     assert (zoid(child), "object") in edges  # inside an inline instance: its attribute's name
     assert (zoid(holder), "holder") in edges
     cls, state = recs[zoid(app.data)]
-    assert record_edges(cls, state) == [(zoid(zchild), "z1")]
+    assert record_edges(cls, state) == [(zoid(zchild), "z1", False)]
     cls, state = recs[zoid(intids)]
-    assert record_edges(cls, state) == [(zoid(child), "object")]  # an intid never holds under a name
+    assert record_edges(cls, state) == [(zoid(child), "object", False)]  # an intid never holds under a name
     cls, state = recs[zoid(zchild)]
-    assert record_edges(cls, state) == [(zoid(app), "__parent__")]
+    assert record_edges(cls, state) == [(zoid(app), "__parent__", False)]
     cls, state = recs[zoid(ts)]
     folded = fold({"s": {"::": "persistent", "id": zoid(ts), "::=>": zoid(ts)}}, {zoid(ts): (cls, state)})
     assert folded.state["s"] == ["a", "b"]
@@ -150,4 +150,38 @@ def test_keys_of_attributes_mappings_and_containers(db):
     assert inner["::"] == "persistent.mapping.PersistentMapping"
     assert inner["data"]["a.b.c"]["data"] == [1, 2]
     assert zoid(child) in folded.refs and zoid(holder) not in folded.refs
+    conn.close()
+
+
+class ClassNamed(Persistent):
+    """An OFS tool: its id is a class attribute, so no pickle carries it."""
+
+    id = "portal_tool"
+
+
+class OFSFolder(Persistent):
+    def __init__(self, id):
+        self.id = id
+        self._objects = ()
+
+    def _setObject(self, id, obj):
+        setattr(self, id, obj)
+        self._objects = self._objects + ({"id": id, "meta_type": "Thing"},)
+
+
+def test_an_ofs_container_names_its_children_in_objects(db):
+    database, storage = db
+    conn = database.open()
+    root = conn.root()
+    folder = root["f"] = OFSFolder("f")
+    tool = ClassNamed()
+    folder._setObject("portal_tool", tool)
+    folder.settings = PersistentMapping()  # an attribute not listed: not a child
+    transaction.commit()
+    recs = records(storage)
+    cls, state = recs[zoid(folder)]
+    assert record_name(zoid(tool), recs[zoid(tool)][1]) is None  # nothing in the pickle names it
+    edges = set(record_edges(cls, state))
+    assert (zoid(tool), "portal_tool", True) in edges
+    assert (zoid(folder.settings), "settings", False) in edges
     conn.close()
