@@ -255,3 +255,14 @@ def _infra_class(n: int) -> type:
 
 INFRA = [_infra_class(n) for n in range(INFRA_CLASSES)]
 globals().update({cls.__name__: cls for cls in INFRA})
+
+
+class Tool(Persistent):
+    """A tool in the tree whose settings are unnamed records kept as attributes (as
+    portal_properties-like tools do): each of its parts brings attribute names of its own."""
+
+    def __init__(self, id: str, first: int, count: int):
+        self.id = id
+        self.title = f"Tool {id}"
+        for n in range(first, first + count):
+            setattr(self, f"cfg_{n:03d}", INFRA[n % INFRA_CLASSES](n))

@@ -14,7 +14,8 @@ import pytest
 from tests.objects import corpus, index, truth
 from tests.objects.index import kql_match
 from tests.objects.live import AppWriter
-from tests.support import both_history_modes, open_zodb, wait_for
+from tests.pipeline.processes import service_env
+from tests.support import both_history_modes, open_zodb, run_esindexer, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -123,6 +124,15 @@ def test_live_changes_kill_and_undo_keep_the_index_equal_to_the_truth(keep_histo
         took = index.settle(es, es_prefix, read_truth)
         print(f"after the last pack: index == truth after {took:.1f} s")
         index.check_ignored(es, es_prefix, len(truth.record_zoids(read_truth(), index.ITEM)))
+        # The operator's checks agree: verify --deep rebuilds the graph from the database and
+        # compares it with the one the service kept through all of the above.
+        env = {k: v for k, v in service_env(db_dsn, es_url, es_prefix, DOCUMENTS="objects",
+                                             ES_REQUEST_TIMEOUT="60").items() if k.startswith("ESINDEXER_")}
+        deep = run_esindexer("verify", "--deep", env=env, timeout=600)
+        assert deep.returncode == 0, deep.stdout + deep.stderr[-2000:]
+        status = run_esindexer("status", env=env)
+        assert "0 documents to write" in status.stdout and "caught up               True" in status.stdout, \
+            status.stdout
     finally:
         writer.close()
         index.wait_ready(service)  # a SIGTERM before the service is up kills it (-15)

@@ -192,3 +192,45 @@ def test_records_to_objects_by_a_reindex_behind_the_alias(keep_history, db_dsn, 
     served = index.documents(es, es_prefix, pattern=alias)
     print(f"\nrecords mode: {records} documents; objects mode behind the alias: {len(served)}")
     truth.assert_same(index.expected(found), index.actual(served, found), "what the alias serves")
+
+
+@pytest.mark.parametrize("routes", ["", "tests.objects.app.Tool=tools"], ids=["one-index", "tools-routed"])
+@pytest.mark.parametrize("keep_history", [False], ids=["history-free"])
+def test_tools_in_the_tree_and_the_items_field_budget(routes, keep_history, db_dsn, es, es_url, es_prefix):
+    """Three tools *in the tree* (objects under the default ESINDEXER_OBJECT_CLASSES=*) whose
+    attribute parts bring 1,200 distinct typed fields, written before the content: in one
+    index they use up its 1,000 fields and items lose fields, which ``status`` reports (never
+    silent); routed to an index of their own (the documented remedy), no item loses any."""
+    import transaction
+
+    from tests.objects.app import Folder, Tool
+    from tests.pipeline.processes import service_env
+
+    db = open_zodb(db_dsn, keep_history)
+    conn = db.open()
+    conn.root()["tools"] = tools = Folder("tools")
+    for t in range(3):
+        tools.add(f"tool-{t}", Tool(f"tool-{t}", t * 100, 100))
+    transaction.commit()
+    conn.close()
+    corpus.build_corpus(db, items=300, infra_records=300, mimetypes=20)
+    db.close()
+    extra = {"CLASS_ROUTES": routes} if routes else {}
+    env = {k: v for k, v in service_env(db_dsn, es_url, es_prefix, DOCUMENTS="objects", **extra).items()
+           if k.startswith("ESINDEXER_")}
+    done = run_esindexer("run", "--until-caught-up", env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = truth.objects(db_dsn, keep_history)
+    truth.assert_same(index.expected(found), index.actual(index.documents(es, es_prefix), found))
+
+    def count(*filters):
+        return es.count(index=f"{es_prefix}*", query={"bool": {"filter": list(filters)}})["count"]
+
+    lost = count({"term": {"class": index.ITEM}}, {"exists": {"field": "_ignored"}})
+    print(f"\n{routes or 'one index'}: {lost} of 300 items with fields not indexed")
+    status = run_esindexer("status", env=env).stdout
+    line = next(line for line in status.splitlines() if line.startswith("unmapped fields"))
+    if lost:
+        assert "WARNING" in line and "state." in line, line
+    if routes:
+        assert lost == 0, line
