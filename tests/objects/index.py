@@ -78,11 +78,30 @@ def _find(tree, key):
     return None
 
 
+def tid_time(tid: int) -> datetime:
+    """The commit time a tid stands for (ZODB's TimeStamp), UTC."""
+    from ZODB.TimeStamp import TimeStamp
+    from ZODB.utils import p64
+
+    return datetime.fromtimestamp(TimeStamp(p64(tid)).timeTime(), UTC)
+
+
+def committed_at_ok(src: dict) -> bool:
+    """``committed_at`` is the time of the object's last change, its parts' included: of the
+    newest of ``tid`` and ``parts_tid`` (to the millisecond)."""
+    if src.get("tid") is None:
+        return True
+    newest = max(src["tid"], src.get("parts_tid") or 0)
+    stamped = datetime.fromisoformat(src["committed_at"].replace("Z", "+00:00"))
+    return abs((stamped - tid_time(newest)).total_seconds()) < 0.001
+
+
 def expected(found: dict[int, truth.Obj]) -> dict[int, dict]:
     """What each object document must say, from the truth."""
     out = {}
     for z, o in found.items():
-        want = {"class": o.cls, "path": o.path, "parent": o.parent, "depth": o.depth, "ancestors": list(o.ancestors)}
+        want = {"class": o.cls, "path": o.path, "parent": o.parent, "depth": o.depth, "ancestors": list(o.ancestors),
+                "committed_at_ok": True}
         if o.depth:
             want["name"] = o.name
         if o.cls == ITEM:
@@ -99,6 +118,7 @@ def actual(docs: dict[int, dict], found: dict[int, truth.Obj]) -> dict[int, dict
     for z, src in docs.items():
         have = {k: src.get(k) for k in ("class", "path", "parent", "depth", "name")}
         have["ancestors"] = list(src.get("ancestors") or [])
+        have["committed_at_ok"] = committed_at_ok(src)
         if src.get("class") == ITEM:
             have["tid"], have["parts_tid"] = src.get("tid"), src.get("parts_tid")
             have["title"] = (src.get("state") or {}).get("title")

@@ -23,6 +23,7 @@ def spec_document(o: truth.Obj, raw: str | None) -> dict:
         doc["state"]["tags"] = list(o.tags)
         doc["text"] = f"{o.title} {raw}"
         doc["tid"], doc["parts_tid"] = o.tid, o.parts_tid
+        doc["committed_at"] = index.tid_time(max(o.tid, o.parts_tid)).isoformat().replace("+00:00", "Z")
     return doc
 
 
