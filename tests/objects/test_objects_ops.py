@@ -84,8 +84,6 @@ def test_explain_says_what_each_record_is(live):
     assert f"part of object {settings}" in said and "its content is in that object's document" in said, said
 
 
-@pytest.mark.xfail(strict=True, reason="model bug (reported): explain says a part beyond the budget "
-                   "(parts_omitted) has its content in its owner's document; it is not in `parts`")
 @pytest.mark.parametrize("keep_history", [False], ids=["history-free"])
 def test_explain_of_a_part_beyond_the_budget_says_it_is_left_out(live):
     def pick(root):
@@ -96,7 +94,7 @@ def test_explain_of_a_part_beyond_the_budget_says_it_is_left_out(live):
     folded = set(live.docs()[settings]["parts"])
     left_out = [z for z in infra if z not in folded]
     assert left_out
-    said = esindexer(live, "explain", str(left_out[0])).stdout
+    said = esindexer(live, "explain", str(left_out[0])).stdout  # (it used to say "its content is in ...")
     assert f"part of object {settings}" in said, said
     assert "its content is in that object's document" not in said, \
         f"a part beyond the budget (not in parts of {settings}) is said to be in the document:\n{said}"
@@ -136,12 +134,11 @@ def test_a_cycle_of_folders_cut_from_the_root_leaves_the_index(live, es):
     live.settle()
 
 
-@pytest.mark.xfail(strict=True, reason="model bug (reported): in guarded mode the child's conversions carry no "
-                   "json_text; esindexer/pipeline/objectreader.py read() calls orjson.loads(None) and the run fails")
 @pytest.mark.parametrize("keep_history", [False], ids=["history-free"])
 def test_the_crash_guard_works_with_object_documents(keep_history, db_dsn, es, es_url, es_prefix, tmp_path):
     """After a death without a clean exit (ESINDEXER_CRASH_GUARD_AFTER=1), the next start
-    converts the records in a child process: the index still becomes equal to the truth."""
+    converts the records in a child process: the index still becomes equal to the truth.
+    (It used to fail: the child's conversions had no JSON for the object graph.)"""
     db = open_zodb(db_dsn, keep_history)
     built = corpus.build_corpus(db, items=200, infra_records=300, mimetypes=20)
     read_truth = lambda: truth.objects(db_dsn, keep_history)  # noqa: E731
