@@ -7,7 +7,7 @@ name them the same. Three kinds of containers, as real applications have them:
 - ``Folder``: children in an ``OOBTree`` attribute ``_tree`` (id -> child), large enough in
   the tests to split into buckets;
 - ``AttrFolder``: OFS-like, children as attributes (``setattr(folder, id, child)``) and their
-  ids in the tuple ``_ids``;
+  entries in ``_objects`` (``{"id": ..., "meta_type": ...}``), as OFS keeps them;
 - ``Container``: zope.container-like, children in ``_SampleContainer__data`` (an ``OOBTree``),
   each with ``__name__`` and a ``__parent__`` back-reference.
 
@@ -99,12 +99,23 @@ def name_of(obj) -> str | None:
 
 
 def set_name(obj, name: str) -> None:
-    """Rename: the attributes that carry the name change with the key."""
+    """Rename: the attributes that carry the name change with the key. A tool whose id is
+    on its class (Zope's ``portal_catalog``) keeps it: only that name fits."""
     state = obj.__getstate__()
     if "id" in state:
         obj.id = name
-    if "__name__" in state or "id" not in state:
+    if "__name__" in state:
         obj.__name__ = name
+    if "id" not in state and "__name__" not in state:
+        if getattr(type(obj), "id", None) is not None:
+            assert type(obj).id == name, f"{type(obj).__name__} is always {type(obj).id!r}"
+        else:
+            obj.__name__ = name
+
+
+def app_name(obj) -> str | None:
+    """The name the application knows an object by: in its pickle, else on its class."""
+    return name_of(obj) or getattr(type(obj), "id", None)
 
 
 class _Containerish(Persistent):
@@ -144,21 +155,23 @@ class Folder(_Containerish):
 
 
 class AttrFolder(_Containerish):
+    """OFS-like: children as attributes, listed in ``_objects`` (``{'id', 'meta_type'}`` dicts)."""
+
     def __init__(self, id: str, title: str = ""):
         self.id = id
         self.title = title
-        self._ids = ()
+        self._objects = ()
 
     def children(self):
-        return [(key, getattr(self, key)) for key in self._ids]
+        return [(entry["id"], getattr(self, entry["id"])) for entry in self._objects]
 
     def _set(self, key, child):
         setattr(self, key, child)
-        self._ids = self._ids + (key,)
+        self._objects = self._objects + ({"id": key, "meta_type": type(child).__name__},)
 
     def _del(self, key):
         delattr(self, key)
-        self._ids = tuple(k for k in self._ids if k != key)
+        self._objects = tuple(entry for entry in self._objects if entry["id"] != key)
 
 
 class Container(_Containerish):
@@ -255,6 +268,18 @@ def _infra_class(n: int) -> type:
 
 INFRA = [_infra_class(n) for n in range(INFRA_CLASSES)]
 globals().update({cls.__name__: cls for cls in INFRA})
+
+
+class CatalogTool(Persistent):
+    """A Zope-style tool whose id is on its class, so no pickle of it shows a name: its
+    container's ``_objects`` names it. Its catalog data (``_catalog``) is a part of it."""
+
+    id = "portal_catalog"
+    meta_type = "Catalog Tool"
+
+    def __init__(self):
+        self.title = "Catalog"
+        self._catalog = OOBTree()
 
 
 class Tool(Persistent):

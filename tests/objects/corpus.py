@@ -18,7 +18,7 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
 from tests.objects import app
-from tests.objects.app import AttrFolder, Container, Folder, Item, MimeType, Registry, Settings
+from tests.objects.app import AttrFolder, CatalogTool, Container, Folder, Item, MimeType, Registry, Settings
 
 #: (path, kind, share of the items). /f1/sub and /c1/sub get enough to split into buckets.
 LAYOUT = [
@@ -77,6 +77,7 @@ def build_corpus(db, items: int = 200, infra_records: int = 3000, mimetypes: int
             attach(resolve(root, parent_path or "/"), name, kind(name, f"Folder {path}"))
         registry = attach(root, "registry", Registry())
         attach(root, "settings", Settings())
+        catalog = attach(resolve(root, "/a1"), "portal_catalog", CatalogTool())  # named by /a1's _objects only
         tm.commit()
         paths = [p for p, _, _ in LAYOUT]
         weights = [w for _, _, w in LAYOUT]
@@ -85,6 +86,7 @@ def build_corpus(db, items: int = 200, infra_records: int = 3000, mimetypes: int
             item = make_item(n, rng)
             attach(resolve(root, folder_path), item.id, item)
             registry.register(item)
+            catalog._catalog[f"{folder_path}/{item.id}"] = {"title": item.title, "review_state": item.review_state}
             corpus.item_paths.append(f"{folder_path}/{item.id}")
             if n % per_transaction == per_transaction - 1:
                 tm.commit()
@@ -187,7 +189,7 @@ def remove(root, path: str) -> list:
 
 def readd(root, folder_path: str, obj) -> None:
     """Put a removed object (and its subtree) back, registering its items again."""
-    attach(resolve(root, folder_path), app.name_of(obj), obj)
+    attach(resolve(root, folder_path), app.app_name(obj), obj)
     for node in subtree(obj):
         if isinstance(node, Item):
             root["registry"].register(node)

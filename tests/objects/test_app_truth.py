@@ -49,7 +49,8 @@ def test_the_truth_is_the_tree_the_builder_wrote(zodb, db_dsn, keep_history):
     items = {o.path for o in found.values() if o.cls == "tests.objects.app.Item"}
     assert items == set(built.item_paths)
     folders = {p for p, _, _ in corpus.LAYOUT}
-    assert set(paths) == items | folders | {"/", "/registry", "/settings"}
+    assert set(paths) == items | folders | {"/", "/registry", "/settings", "/a1/portal_catalog"}
+    assert paths["/a1/portal_catalog"].name == "portal_catalog"  # its id is on its class only
     assert paths["/"].zoid == 0 and paths["/"].depth == 0 and paths["/"].parent is None
     assert paths["/"].cls == "persistent.mapping.PersistentMapping"
     for obj in found.values():

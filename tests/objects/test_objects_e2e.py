@@ -19,6 +19,7 @@ from tests.support import both_history_modes, open_zodb, run_esindexer, wait_for
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(900),
     pytest.mark.skipif(not index.MODEL, reason="the object model (esindexer.objects, issue 22) is not in this branch yet"),
 ]
 ITEMS = 1500
@@ -42,7 +43,7 @@ def test_the_index_equals_the_truth_and_answers_kibana(keep_history, db_dsn, es,
     build(db_dsn, keep_history)
     service = index.start_service(db_dsn, es_url, es_prefix, tmp_path)
     try:
-        took = index.settle(es, es_prefix, lambda: truth.objects(db_dsn, keep_history), timeout=300)
+        took = index.settle(es, es_prefix, lambda: truth.objects(db_dsn, keep_history), timeout=200)
         print(f"backfill: index == truth after {took:.1f} s")
         found = truth.objects(db_dsn, keep_history)
         docs = index.documents(es, es_prefix)
@@ -65,7 +66,7 @@ def test_live_changes_kill_and_undo_keep_the_index_equal_to_the_truth(keep_histo
     writer = AppWriter(db_dsn, keep_history, built.item_paths)
     read_truth = lambda: truth.objects(db_dsn, keep_history)  # noqa: E731
     try:
-        index.settle(es, es_prefix, read_truth, timeout=300)
+        index.settle(es, es_prefix, read_truth, timeout=150)
 
         # (c) live changes, with removals of our own timed from their commit, and a pack.
         writer.start()
@@ -167,7 +168,7 @@ def test_a_backfill_under_a_live_writer_killed_midway_ends_equal_to_the_truth(ke
         service = index.start_service(db_dsn, es_url, es_prefix, tmp_path, "third", crash_guard_after="0")
         time.sleep(5)
         writer.stop()
-        took = index.settle(es, es_prefix, lambda: truth.objects(db_dsn, keep_history), timeout=300)
+        took = index.settle(es, es_prefix, lambda: truth.objects(db_dsn, keep_history), timeout=180)
         print(f"backfill under a writer ({dict(writer.counts)}), killed twice: index == truth {took:.1f} s "
               "after the writer stopped")
     finally:

@@ -2,7 +2,7 @@
 
 ``objects(dsn, keep_history)`` opens the RelStorage database with ZODB, walks the tree from
 the root mapping through the application's own API (``app.children``: ``_tree``, the
-attributes named in ``_ids``, ``_SampleContainer__data``) and describes every reachable
+attributes an OFS ``_objects`` lists, ``_SampleContainer__data``) and describes every reachable
 object: what a user expects to find. Removed objects are not reachable, so not there.
 
 ``compare`` and ``assert_same`` print a small diff (the first 10 differences).
@@ -41,6 +41,7 @@ class Obj:
     states: tuple[str, ...] = ()  # every review_state of the workflow history, oldest first
     tid: int | None = None  # the tid of the object's own record
     parts_tid: int | None = None  # the newest tid of its known parts (items: all their parts)
+    named_by_container: bool = False  # no pickle of it shows its name (an OFS tool's id is on its class)
 
 
 def zoid(obj) -> int:
@@ -105,7 +106,7 @@ def unnamed_below(obj) -> list:
     while stack:
         value = stack.pop()
         if isinstance(value, Persistent) and value is not obj:
-            if value._p_oid is None or zoid(value) in found or app.name_of(value) is not None:
+            if value._p_oid is None or zoid(value) in found or app.app_name(value) is not None:
                 continue
             found[zoid(value)] = value
         if isinstance(value, Persistent) and type(value).__module__.startswith("BTrees."):
@@ -135,7 +136,8 @@ def known_parts(obj) -> frozenset[int]:
     return frozenset()
 
 
-def describe(obj, path: str, parent: int | None, depth: int, ancestors: tuple[str, ...]) -> Obj:
+def describe(obj, path: str, parent: int | None, depth: int, ancestors: tuple[str, ...],
+             name: str | None = None) -> Obj:
     fields = {}
     if isinstance(obj, app.Item):
         parts = part_records(obj)
@@ -145,7 +147,8 @@ def describe(obj, path: str, parent: int | None, depth: int, ancestors: tuple[st
                       states=tuple(e["review_state"] for e in obj.history.get(app.WORKFLOW, ())))
     elif hasattr(obj, "title"):
         fields = dict(title=obj.title)
-    return Obj(zoid(obj), class_name(obj), app.name_of(obj) if depth else None, path, parent, depth, ancestors,
+    fields["named_by_container"] = bool(depth) and app.name_of(obj) is None
+    return Obj(zoid(obj), class_name(obj), name, path, parent, depth, ancestors,
                parts=known_parts(obj), **fields)
 
 
@@ -161,12 +164,12 @@ def walk(root) -> dict[int, Obj]:
         for obj, described in sorted(level, key=lambda pair: pair[1].zoid):
             ancestors = described.ancestors + (described.path,)
             for key, child in app.children(obj):
-                assert app.name_of(child) == key, f"{described.path}: {key!r} holds {app.name_of(child)!r}"
+                assert app.app_name(child) == key, f"{described.path}: {key!r} holds {app.app_name(child)!r}"
                 if zoid(child) in found:
                     continue
                 path = f"{described.path.rstrip('/')}/{key}"
                 found[zoid(child)] = child_described = describe(child, path, described.zoid, described.depth + 1,
-                                                                ancestors)
+                                                                ancestors, key)
                 below.append((child, child_described))
         level = below
     return found
