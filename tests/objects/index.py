@@ -102,7 +102,7 @@ def expected(found: dict[int, truth.Obj]) -> dict[int, dict]:
     for z, o in found.items():
         want = {"class": o.cls, "path": o.path, "parent": o.parent, "depth": o.depth, "ancestors": list(o.ancestors),
                 "committed_at_ok": True}
-        if o.depth and not o.named_by_container:  # (see test_objects_ops: the name of a tool named by OFS)
+        if o.depth:  # a tool named by its container: the key it is held under
             want["name"] = o.name
         if o.cls == ITEM:
             want.update(title=o.title, review_state=o.review_state, body_in_text=True, known_parts=True, tid=o.tid,

@@ -233,8 +233,6 @@ def test_tools_in_the_tree_and_the_items_field_budget(routes, keep_history, db_d
         assert lost == 0, line
 
 
-@pytest.mark.xfail(strict=True, reason="model bug (reported): a record named only by its OFS container's _objects "
-                   "(its id on its class) is placed in the tree but its document has no `name`")
 @pytest.mark.parametrize("keep_history", [False], ids=["history-free"])
 def test_a_tool_named_by_its_container_has_its_name_in_its_document(live):
     [tool] = [o for o in live.truth().values() if o.path == "/a1/portal_catalog"]
