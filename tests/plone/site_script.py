@@ -9,6 +9,7 @@ virtualenv (``scripts/plone``), so nothing here may import esindexer. Steps:
   default type in nested folders, workflow transitions and versioned edits;
 - ``change``: edits (new versions), a move, a rename, deletions, transitions;
 - ``pack``: pack the database (history-free and history-preserving alike);
+- ``brains``: the catalog's metadata of every content item (dates as ISO 8601 UTC);
 - ``query``: read a JSON list of catalog queries from standard input and print, per
   query, the sorted UIDs ``portal_catalog.unrestrictedSearchResults`` returns (as an
   administrator: permissions do not filter); a query with ``sort_on`` keeps its order.
@@ -31,7 +32,7 @@ from zope.component.hooks import setSite
 SITE_ID = "Plone"
 WORDS = ["alpha", "budget", "meeting", "review", "harbour", "lighthouse", "orchid", "quantum",
          "river", "summit", "tundra", "violin", "willow", "zephyr", "granite", "meadow"]
-TYPES = ["Document", "News Item", "Event", "Link", "File", "Image"]
+TYPES = ["Document", "News Item", "Event", "Link", "File", "Image", "Collection"]
 #: A 1x1 transparent PNG (the Image type wants real image bytes).
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
@@ -94,6 +95,9 @@ def build(app, folders: int, items: int, seed: int) -> dict:
             fields["start"], fields["end"] = begin, begin + datetime.timedelta(hours=2)
         if kind == "Link":
             fields["remoteUrl"] = f"https://example.org/{i}"
+        if kind == "Collection":
+            fields["query"] = [{"i": "portal_type", "o": "plone.app.querystring.operation.selection.any",
+                                "v": ["Document", "News Item"]}]
         if kind == "File":
             fields["file"] = NamedBlobFile(data=f"file {i} {_sentence(rng, 20)}".encode(), filename=f"notes-{i}.txt",
                                            contentType="text/plain")
@@ -204,6 +208,36 @@ def query(app, queries: list) -> dict:
     return {"answers": answers}
 
 
+def _iso(value):
+    """A catalog date (DateTime or datetime) as ISO 8601 UTC text; None stays None."""
+    from DateTime import DateTime
+
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, DateTime):
+        return value.toZone("UTC").ISO8601()
+    return None  # None or Missing.Value: the item has no such metadata
+
+
+def brains(app) -> dict:
+    """The catalog's metadata of every content item (as the catalog stores it)."""
+    from plone import api
+
+    portal = app[SITE_ID]
+    setSite(portal)
+    catalog = api.portal.get_tool("portal_catalog")
+    out = []
+    for b in catalog.unrestrictedSearchResults(path={"query": "/" + SITE_ID}):
+        out.append({"uid": b.UID, "path": b.getPath(), "portal_type": b.portal_type, "id": b.getId,
+                    "title": b.Title, "description": b.Description, "subject": list(b.Subject or ()),
+                    "creators": list(b.listCreators or ()), "review_state": b.review_state or None,
+                    "is_folderish": bool(b.is_folderish), "effective": _iso(b.effective),
+                    "expires": _iso(b.expires), "created": _iso(b.created), "modified": _iso(b.modified),
+                    "start": _iso(b.start), "end": _iso(b.end),
+                    "mime_type": b.mime_type if isinstance(b.mime_type, str) else None})
+    return {"brains": sorted(out, key=lambda b: b["path"])}
+
+
 def main(app, argv: list[str]) -> None:
     step = argv[0]
     app = _login(app)
@@ -216,6 +250,8 @@ def main(app, argv: list[str]) -> None:
         result = pack(app)
     elif step == "query":
         result = query(app, json.load(sys.stdin))
+    elif step == "brains":
+        result = brains(app)
     else:
         raise SystemExit(f"unknown step {step!r}")
     print(json.dumps({"step": step, **_plain(result)}))
