@@ -300,3 +300,33 @@ def object_transform(obj: ObjectRecord) -> dict[str, Any] | None:
         fields["body"] = body
     fields.update(file_metadata(state))
     return fields
+
+
+def _keyword(ignore_above: int = 1024) -> dict[str, Any]:
+    return {"type": "keyword", "ignore_above": ignore_above}
+
+
+def _words() -> dict[str, Any]:
+    return {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}
+
+
+_DATE = {"type": "date", "format": "strict_date_optional_time", "ignore_malformed": True}
+_LONG = {"type": "long", "ignore_malformed": True}
+
+#: The explicit mapping of the profile's ``fields.*`` (esindexer/es/admin.py puts it in the
+#: index template): exact keywords where Plone's catalog has FieldIndex/KeywordIndex/UUIDIndex
+#: or ExtendedPathIndex, full text (with a ``.keyword``) for titles and descriptions, text for
+#: the body, dates for the DateIndexes. Mapped when the index is created, so these fields
+#: never depend on the index's remaining field budget.
+FIELD_MAPPING: dict[str, dict[str, Any]] = {
+    **{name: _keyword() for name in ("uid", "portal_type", "review_state", "subject", "language", "creators",
+                                     "id", "path", "parent", "file_name", "content_type")},
+    "title": _words(),
+    "description": _words(),
+    "body": {"type": "text"},
+    **{name: dict(_DATE) for name in ("effective", "expires", "created", "modified", "start", "end")},
+    "is_folderish": {"type": "boolean"},
+    **{name: dict(_LONG) for name in ("size", "width", "height")},
+    **{f"workflow_history.{name}": _keyword() for name in ("workflow", "action", "review_state", "actor")},
+    "workflow_history.time": dict(_DATE),
+}
