@@ -66,6 +66,8 @@ class Settings:
     transform: str | None
     trusted_pickles: bool
     state_mapping: str
+    documents: str
+    object_classes: tuple[str, ...]
     index_refresh_interval: str | None
     live_refresh_interval: float
     ingest_pipeline: str | None
@@ -192,6 +194,11 @@ def _validate(values: dict[str, Any], problems: list[str], sources: dict[str, st
                             "index name part")
         if not pattern:
             problems.append(f"{where('class_routes')}: empty class pattern")
+    if values["documents"] == "objects" and values["partition"]:
+        problems.append(f"{where('partition')}: partitions cannot be used with documents=objects "
+                        "(an object's parts and place span every partition); run one process")
+    if values["documents"] == "objects" and values["state_mapping"] != "typed":
+        problems.append(f"{where('documents')}: documents=objects needs state_mapping=typed")
     if not values["client_id"]:
         problems.append(f"{where('client_id')}: must not be empty")
     for url in values["es_url"]:

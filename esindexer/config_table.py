@@ -226,6 +226,14 @@ SETTINGS: tuple[Setting, ...] = (
             "How the object state is mapped: typed (dates, numbers and text typed per attribute, "
             "conflicts harmless, bounded: docs/documents.md), flattened (one keyword-only field) or "
             "dynamic (Elasticsearch's own; conflicting documents are dead-lettered).", group="documents"),
+    Setting("documents", _choice("records", "objects"), "records",
+            "What a document is: records (one per ZODB record, as stored) or objects (one per "
+            "application object, its parts folded in, with its path; docs/documents.md#objects).",
+            group="documents"),
+    Setting("object_classes", _parse_list, ("*",),
+            "With documents=objects: glob patterns of the classes whose objects get documents "
+            "(every object in the tree by default); the others still place their children.",
+            group="documents"),
     Setting("index_refresh_interval", _parse_str, None,
             "index.refresh_interval of created indices (e.g. 250ms for searches within a quarter "
             "second of a commit); unset = Elasticsearch's 1s. -1 turns refreshes off.",

@@ -25,10 +25,17 @@ def class_filter(settings: Settings) -> Callable[[str], bool]:
     return skip
 
 
+def _never(class_name: str) -> bool:
+    return False
+
+
 def build_jsonifier(settings: Settings) -> Jsonifier:
     """The converter for the service, ``verify`` and ``--redeliver`` alike."""
     transform = load_dotted(settings.transform) if settings.transform else None
     if transform is not None and transform_style(transform) == "object":
         transform = None  # an object transform runs in the document builder
-    return Jsonifier(skip_class=class_filter(settings), transform=transform,
+    # Objects: every record is read, for the graph (a folder's items are in its BTrees);
+    # which classes get documents is the object model's rule (ESINDEXER_OBJECT_CLASSES).
+    skip = class_filter(settings) if settings.documents != "objects" else _never
+    return Jsonifier(skip_class=skip, transform=transform,
                      prescan=not settings.trusted_pickles)

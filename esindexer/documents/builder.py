@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from functools import lru_cache
@@ -49,6 +50,7 @@ from esindexer.convert.jsonifier import Conversion, Kind
 from esindexer.documents.transform import ObjectRecord, ObjectTransform, apply
 from esindexer.documents.typed import shape
 from esindexer.documents.walk import collect, harmonise_lists
+from esindexer.objects.assemble import ObjectView
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +135,33 @@ class DocumentBuilder:
             return []
         return self.delete_actions(tid, zoid)
 
+    def object_action(self, view: ObjectView, version: int) -> Action:
+        """The document of one application object (documents=objects): its state with its
+        parts folded in and its place; ``version`` is the graph's applied tid (never less
+        than any earlier document of it: docs/architecture.md, "Object documents")."""
+        place = {"name": view.name, "path": view.path, "parent": view.parent, "depth": view.depth,
+                 "ancestors": view.ancestors, "parts": view.parts, "parts_omitted": view.parts_omitted}
+        state = view.state
+        body = self.body(view.tid, view.zoid, view.class_name, state, lambda: state, place, view.path)
+        return Action("index", self.index_for_class(view.class_name), view.zoid, view.tid, version,
+                      view.class_name, body)
+
     def delete_actions(self, tid: int, zoid: int, version: int | None = None) -> list[Action]:
         """Deletes in every routed index; ``version`` defaults to the record's tid."""
         version = tid if version is None else version
         return [Action("delete", index, zoid, tid, version) for index in self.indices]
 
     def source(self, tid: int, zoid: int, class_name: str, json_text: str) -> bytes:
-        state = orjson.loads(json_text)
+        return self.body(tid, zoid, class_name, orjson.loads(json_text), lambda: orjson.loads(json_text))
+
+    def body(self, tid: int, zoid: int, class_name: str, state: Any, reread: Callable[[], Any],
+             place: dict[str, Any] | None = None, path: str | None = None) -> bytes:
+        """The document of one object as JSON bytes. ``reread`` gives the state again when a
+        transform failed half-way; ``place`` adds the object model's fields (path, parts...)."""
         fields: dict[str, Any] = {}
         if self._transform is not None:
-            record = ObjectRecord(class_name, zoid, tid, state)
+            record = ObjectRecord(class_name, zoid, tid, state, path=path,
+                                  parts=tuple(place.get("parts", ())) if place else ())
             try:
                 fields = apply(self._transform, record)
                 state = record.state
@@ -153,7 +172,7 @@ class DocumentBuilder:
                 log.error("transform failed for %s (zoid %d, tid %d): %s; indexed without its fields",
                           class_name, zoid, tid, reason,
                           extra={"class_name": class_name, "zoid": zoid, "tid": tid, "error": reason})
-                state = orjson.loads(json_text)
+                state = reread()
         doc: dict[str, Any] = {
             "class": class_name,
             "zoid": zoid,
@@ -161,6 +180,8 @@ class DocumentBuilder:
             "tid": tid,
             "committed_at": commit_time_iso(tid),
         }
+        if place:
+            doc.update(place)
         if self._mode == "typed":
             shaped = shape(state, TEXT_LIMIT)
             texts, refs, more, values = shaped.texts, shaped.refs, shaped.more, shaped.values
@@ -186,7 +207,7 @@ class DocumentBuilder:
             if fields:
                 doc["fields"] = fields
         doc["text"] = " ".join(texts)
-        doc["refs"] = sorted(set(refs))
+        doc["refs"] = sorted(set(refs) - set(place.get("parts", ()))) if place else sorted(set(refs))
         # orjson's result keeps its whole output buffer (~32 KB for a 2 KB document);
         # a copy holds exactly the document while it waits in a bulk request. A large
         # document is not copied: its buffer's slack is small beside it, and a second

@@ -37,6 +37,9 @@ class ObjectRecord:
     tid: int
     state: Any
     fields: dict[str, Any] = field(default_factory=dict)
+    #: with documents=objects: the object's path ("/site/folder/page") and its folded parts
+    path: str | None = None
+    parts: tuple[int, ...] = ()
 
 
 ObjectTransform = Callable[[ObjectRecord], "Mapping[str, Any] | None"]

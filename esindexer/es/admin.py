@@ -70,6 +70,18 @@ def typed_dynamic_templates() -> list[dict[str, Any]]:
     ]
 
 
+#: The object model's fields (docs/documents.md#objects): an object's place and its parts.
+OBJECT_PROPERTIES: dict[str, Any] = {
+    "name": {"type": "keyword"},
+    "path": {"type": "keyword"},
+    "parent": {"type": "long"},
+    "depth": {"type": "integer"},
+    "ancestors": {"type": "keyword"},
+    "parts": {"type": "long"},
+    "parts_omitted": {"type": "integer"},
+}
+
+
 def index_template(settings: Settings, engine: str = "elasticsearch") -> dict[str, Any]:
     """The composable index template covering every ``<prefix>-*`` index, in the dialect
     of ``engine`` (OpenSearch's: :func:`esindexer.opensearch.mapping.opensearch_template`).
@@ -94,6 +106,9 @@ def index_template(settings: Settings, engine: str = "elasticsearch") -> dict[st
     }
     index_settings: dict[str, Any] = {}
     props = mappings["properties"]
+    if settings.documents == "objects":
+        mappings["_meta"]["documents"] = "objects"
+        props.update(OBJECT_PROPERTIES)
     if settings.state_mapping == "typed":
         props.update(typed_properties())
         mappings["dynamic_templates"] = typed_dynamic_templates()

@@ -54,6 +54,9 @@ class BatchInFlight:
     dead: list[DeadLetter] = field(default_factory=list)
     #: the size of its largest record (memory is given back after a large one)
     largest: int = 0
+    #: documents=objects: the objects whose documents this batch rewrote, and their version
+    dirty: list[int] = field(default_factory=list)
+    dirty_version: int = 0
 
 
 @dataclass
@@ -128,6 +131,9 @@ class Committer:
         self._failure: BaseException | None = None
         self._follower: Stoppable | None = None  # woken on failure (watch())
         self._closed = threading.Event()
+        #: documents=objects: the object reader (dirty rows settle with progress; packs
+        #: change the graph): :class:`esindexer.pipeline.objectreader.ObjectBatchReader`
+        self.objects: Any = None
 
     def start(self) -> None:
         self._thread.start()
@@ -233,6 +239,9 @@ class Committer:
             self._fence(self.conn)
         deadletters.add(self.conn, client_id, dead)
         progress.set_progress_tid(self.conn, client_id, batch.last_tid)
+        if batch.dirty and self.objects is not None:
+            with self.conn.cursor() as cur:
+                self.objects.store.settle(cur, batch.dirty, batch.dirty_version)
         self.conn.commit()
         self._liveness.beat()
         self.progress_tid = batch.last_tid
@@ -270,6 +279,10 @@ class Committer:
             actions: list[Action] = []
             for _xid, _id, zoid, tid in mine:
                 actions.extend(self.builder.delete_actions(tid, zoid, version=tid + 1))
+            settle_objects = None
+            if self.objects is not None and mine:  # the graph forgets them; documents they changed
+                changed, settle_objects = self.objects.packed([item[2] for item in mine])
+                actions.extend(changed)
             # Checked before the deletes go, as before any bulk request, and again in the cursor's
             # transaction; no transaction (nor the xid of its row lock) stays open while they go.
             if self._fence is not None:
@@ -280,6 +293,8 @@ class Committer:
                     result = self.sink.send(actions)
                 for rejected in result.rejected:  # a delete is only refused when the index is broken
                     log.error("delete of packed zoid %d refused: %s", rejected.action.zoid, rejected.reason)
+                if settle_objects is not None:
+                    settle_objects()
             last_xid, last_id = ready[-1][0], ready[-1][1]
             if self._fence is not None:
                 self._fence(self.conn)

@@ -36,6 +36,7 @@ from esindexer.pipeline.budget import ErrorBudget
 from esindexer.pipeline.committer import BatchInFlight, Committer
 from esindexer.pipeline.crashguard import CrashGuard
 from esindexer.pipeline.lease import LeaseKeeper, Liveness
+from esindexer.pipeline.objectreader import ObjectBatchReader, open_reader
 from esindexer.pipeline.reader import BatchReader
 from esindexer.pipeline.retry import retry_forever
 from esindexer.pipeline.rewind import Resync, check
@@ -314,9 +315,12 @@ class Indexer:
             committer.start()
             if keeper is not None:
                 keeper.watch()
-            reader = BatchReader(s, self.jsonifier, self.builder, self.sink, self.metrics,
+            reader = open_reader(s, self.jsonifier, self.builder, self.sink, self.metrics,
                                  abandon=self._abandon, stopping=lambda: self.stopping, guard=self.crash_guard,
                                  liveness=self.liveness, fence=keeper.check if keeper is not None else None)
+            if isinstance(reader, ObjectBatchReader):
+                committer.objects = reader
+                self._retry_forever("rewriting object documents left by the last run", reader.recover)
             put_tid = start_tid  # the last tid handed to the committer
 
             def on_idle() -> None:

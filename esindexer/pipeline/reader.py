@@ -93,22 +93,7 @@ class BatchReader:
         beat = self._liveness.beat
 
         def submit() -> bool:
-            """Send the buffer; False when a stop came while every slot was busy.
-
-            Waiting on for a slot after a stop could be for ever (Elasticsearch away, the
-            in-flight requests retrying): the batch is cut short instead, so that the
-            shutdown timeout starts and bounds the wait for what is in flight.
-            """
-            while not self._in_flight.acquire(timeout=0.5):
-                raise_failure()
-                if self._abandon.is_set():
-                    raise Abandoned("waiting for a bulk request slot (in-flight requests abandoned)")
-                if self._stopping():
-                    return False
-            future = self.pool.submit(self._send, buffer.take())
-            future.add_done_callback(lambda _f: self._in_flight.release())
-            batch.futures.append(future)
-            return True
+            return self.submit(buffer, batch, raise_failure)
 
         # Converted here, or in a child process while the crash guard is active.
         guard = self._guard
@@ -137,6 +122,24 @@ class BatchReader:
         if buffer and not submit():
             return None
         return batch
+
+    def submit(self, buffer: RequestBuffer, batch: BatchInFlight, raise_failure: Callable[[], None]) -> bool:
+        """Send the buffer; False when a stop came while every slot was busy.
+
+        Waiting on for a slot after a stop could be for ever (Elasticsearch away, the
+        in-flight requests retrying): the batch is cut short instead, so that the
+        shutdown timeout starts and bounds the wait for what is in flight.
+        """
+        while not self._in_flight.acquire(timeout=0.5):
+            raise_failure()
+            if self._abandon.is_set():
+                raise Abandoned("waiting for a bulk request slot (in-flight requests abandoned)")
+            if self._stopping():
+                return False
+        future = self.pool.submit(self._send, buffer.take())
+        future.add_done_callback(lambda _f: self._in_flight.release())
+        batch.futures.append(future)
+        return True
 
     def _send(self, actions: list[Action]) -> SendResult:
         if self._fence is not None:

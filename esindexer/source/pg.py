@@ -261,6 +261,20 @@ def current_states(conn: Any, zoids: list[int]) -> dict[int, tuple[int, bytes | 
     return rows
 
 
+def current_sizes(conn: Any, zoids: list[int]) -> dict[int, int]:
+    """``zoid -> bytes of its current state`` (the object model's part budget is decided
+    before any state is read)."""
+    if not zoids:
+        return {}
+    with conn.cursor() as cur:
+        source, key = current_revisions(cur)
+        cur.execute(f"SELECT {key}, coalesce(octet_length(s.state), 0) FROM {source} WHERE {key} = ANY(%s)",
+                    (zoids,))
+        rows = {int(z): int(n) for z, n in cur.fetchall()}
+    conn.rollback()
+    return rows
+
+
 def current_tids(conn: Any, zoids: list[int]) -> dict[int, int]:
     """``zoid -> tid`` of the current revisions of those of ``zoids`` that exist (no states
     read: the check for a database gone back in time asks only for tids)."""

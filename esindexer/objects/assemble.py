@@ -1,0 +1,140 @@
+"""An object as its document shows it: its state with its parts folded in, and its place.
+
+For each object whose document must be rewritten, :func:`assemble` reads the current
+states of the object and of its parts from RelStorage (nearest parts first, within a
+budget), converts them with the same converter as every record, folds the parts in
+(:mod:`esindexer.objects.fold`) and adds its place from the graph. An object no longer in
+the tree (removed, moved under something that is not a container) comes back as
+:class:`Gone`: its document is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from esindexer.convert.jsonifier import Jsonifier, Kind
+from esindexer.objects.fold import Parts, fold
+from esindexer.objects.store import GraphStore, Node
+
+log = logging.getLogger(__name__)
+
+#: Most parts folded into one document, and most bytes of their pickles: a folder with
+#: thousands of buckets or a tool holding a registry stays one bounded document.
+MAX_PARTS = 256
+MAX_PART_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class ObjectView:
+    """One object document's content before it is shaped."""
+
+    zoid: int
+    tid: int  #: the newest tid among the object's record and its folded parts
+    class_name: str
+    state: Any
+    name: str | None
+    path: str
+    parent: int | None
+    depth: int
+    parts: list[int] = field(default_factory=list)
+    parts_omitted: int = 0
+    refs: list[int] = field(default_factory=list)
+
+    @property
+    def ancestors(self) -> list[str]:
+        """The paths of every container above: ``/a/b/c`` -> ``["/", "/a", "/a/b"]``."""
+        if self.path == "/":
+            return []
+        names = self.path.strip("/").split("/")
+        return ["/"] + ["/" + "/".join(names[:i]) for i in range(1, len(names))]
+
+
+@dataclass(frozen=True)
+class Gone:
+    """An object whose document must go: no longer in the tree (or its record is gone)."""
+
+    zoid: int
+
+
+def _nearest_parts(root: int, parts: set[int], edges: dict[int, list[int]],
+                   sizes: dict[int, int]) -> tuple[list[int], int]:
+    """Parts in breadth-first order from the object, within the budget; and how many are left."""
+    chosen: list[int] = []
+    seen = {root}
+    frontier = deque([root])
+    total = 0
+    while frontier:
+        src = frontier.popleft()
+        for dst in edges.get(src, ()):
+            if dst in parts and dst not in seen:
+                seen.add(dst)
+                size = sizes.get(dst, 0)
+                if len(chosen) >= MAX_PARTS or total + size > MAX_PART_BYTES:
+                    continue
+                chosen.append(dst)
+                total += size
+                frontier.append(dst)
+    return chosen, len(parts) - len(chosen)
+
+
+def _convert(jsonifier: Jsonifier, zoid: int, data: bytes | None) -> tuple[str, Any] | None:
+    if data is None:
+        return None
+    conversion = jsonifier.convert(zoid, data)
+    if conversion.kind is not Kind.OK or conversion.json_text is None or conversion.class_name is None:
+        return None
+    return conversion.class_name, orjson.loads(conversion.json_text)
+
+
+StateReader = Callable[[list[int]], dict[int, tuple[int, bytes | None]]]
+SizeReader = Callable[[list[int]], dict[int, int]]
+
+
+def assemble(zoids: list[int], store: GraphStore, read_states: StateReader, read_sizes: SizeReader,
+             jsonifier: Jsonifier) -> list[ObjectView | Gone]:
+    """The current content of each of ``zoids`` (objects whose documents changed)."""
+    nodes = store.nodes(zoids)
+    live = [z for z in zoids if z in nodes and nodes[z].in_tree]
+    out: list[ObjectView | Gone] = [Gone(z) for z in zoids if z not in live]
+    if not live:
+        return out
+    parts_of = store.parts(live)
+    every_part = sorted({p for ps in parts_of.values() for p in ps})
+    edges = store.edges_from(live + every_part) if every_part else {}
+    sizes = read_sizes(every_part)
+    chosen_of: dict[int, tuple[list[int], int]] = {}
+    for zoid in live:
+        candidates = set(parts_of.get(zoid, ()))
+        chosen_of[zoid] = _nearest_parts(zoid, candidates, edges, sizes) if candidates else ([], 0)
+    states = read_states(live + sorted({p for chosen, _n in chosen_of.values() for p in chosen}))
+    for zoid in live:
+        node: Node = nodes[zoid]
+        tid_data = states.get(zoid)
+        converted = _convert(jsonifier, zoid, tid_data[1]) if tid_data else None
+        if tid_data is None or converted is None:
+            if tid_data is None:
+                out.append(Gone(zoid))  # the record itself is gone (a deletion not yet applied)
+            continue  # not convertible: the reader dead-letters the record; its document stays
+        class_name, state = converted
+        chosen, omitted = chosen_of[zoid]
+        parts: Parts = {}
+        newest = tid_data[0]
+        for part in chosen:
+            got = states.get(part)
+            converted_part = _convert(jsonifier, part, got[1]) if got else None
+            if got is None or converted_part is None:
+                continue
+            parts[part] = converted_part
+            newest = max(newest, got[0])
+        folded = fold(state, parts)
+        out.append(ObjectView(zoid=zoid, tid=newest, class_name=class_name, state=folded.state, name=node.name,
+                              path=node.path or "/", parent=node.parent, depth=node.depth or 0,
+                              parts=sorted(folded.folded), parts_omitted=omitted + len(parts) - len(folded.folded),
+                              refs=folded.refs))
+    return out

@@ -1,0 +1,139 @@
+"""What one converted record says about the object graph: its name and its references.
+
+The object model (docs/documents.md, "Objects") needs two facts per record, read from the
+converted state (the shape of docs/json.md):
+
+- its **name**: the top-level ``id`` or ``__name__`` attribute when that is a non-empty
+  string. Containers hold a child under its name (OFS attributes, BTreeFolder2's ``_tree``,
+  zope.container's data), so "held under its own name" is what containment means; the
+  ZODB root (zoid 0) is named ``""``.
+- its **edges**: every persistent reference with the *key* it is held under: the
+  innermost attribute name or mapping key around it (list positions do not count), or
+  in a BTrees bucket the item's key. A BTree's links to its own nodes and buckets have
+  no key: they are structure, never containment.
+
+Pure functions of the converted state: no database, no class imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+#: An edge: ``(zoid it refers to, the key it is held under or None)``.
+Edge = tuple[int, str | None]
+
+ROOT_ZOID = 0
+_META_PREFIX = "::"
+
+
+def is_btree_class(class_name: str | None) -> bool:
+    """A BTrees node: a tree, a bucket, a set or a tree set of any key/value kind."""
+    return class_name is not None and class_name.startswith("BTrees.") and \
+        class_name.rsplit(".", 1)[-1].endswith(("BTree", "Bucket", "Set", "TreeSet"))
+
+
+def _is_keyed(class_name: str) -> bool:
+    """Trees and buckets hold key/value items; sets and tree sets hold keys only."""
+    return not class_name.endswith("Set")
+
+
+def record_name(zoid: int, state: Any) -> str | None:
+    """The record's name (see the module docstring), or None when it has none."""
+    if zoid == ROOT_ZOID:
+        return ""
+    if isinstance(state, dict):
+        for attribute in ("id", "__name__"):
+            value = state.get(attribute)
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def ref_zoid(value: Any) -> int | None:
+    """The zoid a converted persistent reference points at (None: not a reference, or one
+    into another database)."""
+    if isinstance(value, dict) and value.get("::") == "persistent":
+        target = value.get("::=>")
+        if isinstance(target, int) and not isinstance(target, bool):
+            return target
+    return None
+
+
+def key_text(key: Any) -> str:
+    """A mapping or BTree key as the text an edge and a folded mapping carry."""
+    return key if isinstance(key, str) else str(key)
+
+
+def _walk(value: Any, key: str | None, out: list[Edge]) -> None:
+    stack: list[tuple[Any, str | None]] = [(value, key)]
+    while stack:
+        value, key = stack.pop()
+        if isinstance(value, dict):
+            target = ref_zoid(value)
+            if target is not None:
+                out.append((target, key))
+                continue
+            for k, v in value.items():
+                if isinstance(v, (dict, list)):
+                    # "::()" (constructor arguments), "::data" and other markers keep the key
+                    stack.append((v, key if k.startswith(_META_PREFIX) else k))
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, (dict, list)):
+                    stack.append((item, key))
+
+
+def btree_parts(class_name: str, state: Any) -> tuple[list[tuple[Any, Any]], list[Any]]:
+    """``(items, structure)`` of a BTrees record's converted state.
+
+    ``items`` are ``(key, value)`` pairs (``(key, None)`` for sets) held in this record;
+    ``structure`` the references to the tree's own nodes and buckets (children, next
+    bucket). The shapes, as BTrees pickles them: a bucket ``[[k, v, k, v, ...], next?]``;
+    a tree with one inline bucket ``[[[[k, v, ...]]]]``; a larger tree
+    ``[[child, key, child, ..., child], first_bucket]``; an empty one ``null``.
+    """
+    keyed = _is_keyed(class_name)
+    if not isinstance(state, list) or not state:
+        return [], []
+    leaf = class_name.endswith(("Bucket", "Set")) and not class_name.endswith("TreeSet")
+    if leaf:
+        flat = state[0] if isinstance(state[0], list) else []
+        structure = [state[1]] if len(state) > 1 else []
+    elif len(state) == 1:  # a tree whose only bucket is inline: [[bucket_state]]
+        inner = state[0]
+        bucket = inner[0] if isinstance(inner, list) and inner and isinstance(inner[0], list) else []
+        flat = bucket[0] if bucket and isinstance(bucket[0], list) else []
+        structure = []
+    else:  # children alternate with separator keys; the first bucket follows
+        children = state[0] if isinstance(state[0], list) else []
+        return [], list(children[::2]) + [state[1]]
+    if keyed:
+        return [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)], structure
+    return [(k, None) for k in flat], structure
+
+
+def record_edges(class_name: str | None, state: Any) -> list[Edge]:
+    """Every persistent reference of one record with the key it is held under, deduplicated."""
+    out: list[Edge] = []
+    if class_name and is_btree_class(class_name):
+        items, structure = btree_parts(class_name, state)
+        for node in structure:
+            target = ref_zoid(node)
+            if target is not None:
+                out.append((target, None))
+        for key, value in items:
+            name = key_text(key) if not isinstance(key, (dict, list)) else None
+            _walk(key, None, out)
+            _walk(value, name, out)
+    else:
+        _walk(state, None, out)
+    return list(dict.fromkeys(out))
+
+
+def iter_refs(value: Any) -> Iterator[int]:
+    """Zoids of every persistent reference in a converted value (no keys)."""
+    edges: list[Edge] = []
+    _walk(value, None, edges)
+    for zoid, _key in edges:
+        yield zoid

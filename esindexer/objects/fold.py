@@ -1,0 +1,109 @@
+"""Folding an object's parts into its state: one document per object, not per record.
+
+A part (a record only its owner reaches: annotations, persistent mappings and lists,
+value holders, the buckets of its own BTrees) is written where its owner refers to it:
+the reference ``{"::": "persistent", ..., "::=>": zoid}`` is replaced by the part's
+converted state, marked with its class (``"::"``), recursively, each part once. A BTrees
+part becomes the mapping it holds (``{key: value}``; a set: the list of its keys),
+whatever number of bucket records it is stored in, so an annotation or a folder's
+items read as a mapping, not as the tree's internal layout.
+
+References to anything else (other objects, parts left out by the budget) stay
+references: the document's ``refs`` lists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from esindexer.objects.edges import btree_parts, is_btree_class, key_text, ref_zoid
+
+#: ``zoid -> (class name, converted state)`` of the parts available for folding.
+Parts = dict[int, tuple[str, Any]]
+
+
+@dataclass
+class Folded:
+    """An object's state with its parts in place, and what was and was not folded."""
+
+    state: Any
+    folded: list[int] = field(default_factory=list)
+    refs: list[int] = field(default_factory=list)
+
+
+class _Folder:
+    def __init__(self, parts: Parts):
+        self.parts = parts
+        self.used: set[int] = set()
+        self.result = Folded(None)
+
+    def value(self, v: Any) -> Any:
+        if isinstance(v, dict):
+            target = ref_zoid(v)
+            if target is not None:
+                if target in self.parts and target not in self.used:
+                    self.used.add(target)
+                    self.result.folded.append(target)
+                    class_name, state = self.parts[target]
+                    return self.part(class_name, state)
+                self.result.refs.append(target)
+                return v
+            return {k: self.value(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [self.value(x) for x in v]
+        return v
+
+    def part(self, class_name: str, state: Any) -> Any:
+        if is_btree_class(class_name):
+            return self.btree(class_name, state)
+        folded = self.value(state)
+        if isinstance(folded, dict):
+            if "::" not in folded:
+                folded = {**folded, "::": class_name}
+            return folded
+        return {"::": class_name, "state": folded}
+
+    def btree(self, class_name: str, state: Any) -> Any:
+        keyed = not class_name.endswith("Set")
+        items, structure = btree_parts(class_name, state)
+        out: dict[str, Any] | list[Any] = {} if keyed else []
+        big_tree = not items and len(structure) > 1 and not class_name.endswith(("Bucket", "Set")) \
+            or class_name.endswith("TreeSet") and len(structure) > 1
+        if big_tree:
+            for child in structure[:-1]:  # the last one is the first bucket, a child already
+                target = ref_zoid(child)
+                if target is None:
+                    continue
+                if target in self.parts and target not in self.used:
+                    self.used.add(target)
+                    self.result.folded.append(target)
+                    child_class, child_state = self.parts[target]
+                    merged = self.btree(child_class, child_state)
+                    if isinstance(out, dict) and isinstance(merged, dict):
+                        out.update(merged)
+                    elif isinstance(out, list) and isinstance(merged, list):
+                        out.extend(merged)
+                else:
+                    self.result.refs.append(target)
+            return out
+        for key, value in items:
+            if isinstance(out, dict):
+                out[key_text(key) if not isinstance(key, (dict, list)) else _compact(key)] = self.value(value)
+            else:
+                out.append(self.value(key))
+        return out
+
+
+def _compact(key: Any) -> str:
+    import orjson
+
+    return orjson.dumps(key).decode()
+
+
+def fold(state: Any, parts: Parts) -> Folded:
+    """``state`` with every reference to one of ``parts`` replaced by that part, folded."""
+    folder = _Folder(parts)
+    folder.result.state = folder.value(state)
+    folder.result.refs = sorted(set(folder.result.refs) - folder.used)
+    return folder.result

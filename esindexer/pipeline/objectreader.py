@@ -1,0 +1,170 @@
+"""The reader with documents=objects: records update the graph, objects are written.
+
+Each batch's records are converted as always; what each says about the graph (its name,
+its references) is applied to the graph in PostgreSQL (:class:`GraphStore`), which
+answers with the objects whose documents changed: the records' own objects, the owners
+of changed parts, and every object whose place changed (a move re-paths a subtree, a
+removal takes it out). Those documents are assembled from the current states
+(:func:`assemble`), shaped by the same builder as record documents, and sent like any
+other request. The graph's answer is written as *dirty* rows in the transaction that
+changed the graph; the batch's progress transaction removes them, so a crash in between
+rebuilds them at the next start (:meth:`ObjectBatchReader.recover`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+from esindexer.config import Settings
+from esindexer.convert.jsonifier import Kind
+from esindexer.documents import Action
+from esindexer.objects.assemble import Gone, assemble
+from esindexer.objects.edges import record_edges, record_name
+from esindexer.objects.store import GraphStore, RecordFacts, ensure_tables
+from esindexer.pipeline.committer import BatchInFlight
+from esindexer.pipeline.reader import BatchReader, RequestBuffer
+from esindexer.source import pg
+from esindexer.source.deadletters import DeadLetter
+from esindexer.source.pages import Row
+
+log = logging.getLogger(__name__)
+
+
+class ObjectBatchReader(BatchReader):
+    """:class:`BatchReader` for object documents (see the module docstring)."""
+
+    def __init__(self, *args: Any, store: GraphStore, states_conn: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.store = store
+        self._states_conn = states_conn
+
+    def close(self) -> None:
+        super().close()
+        for conn in (self.store.conn, self._states_conn):
+            try:
+                conn.close()
+            except Exception:  # closing on the way out: nothing to do about it
+                pass
+
+    def object_actions(self, zoids: list[int], version: int) -> list[Action]:
+        """Index or delete actions for the documents of ``zoids`` at ``version``."""
+        actions: list[Action] = []
+        with self.store.lock:  # the committer uses the graph's connection too (packs)
+            views = assemble(zoids, self.store, lambda z: pg.current_states(self._states_conn, z),
+                             lambda z: pg.current_sizes(self._states_conn, z), self.jsonifier)
+        for view in views:
+            if isinstance(view, Gone):
+                actions.extend(self.builder.delete_actions(version, view.zoid, version=version))
+            else:
+                actions.append(self.builder.object_action(view, version))
+        return actions
+
+    def recover(self) -> int:
+        """Write the documents a crash left dirty (before following); returns how many."""
+        zoids = self.store.dirty()
+        if not zoids:
+            return 0
+        version = self.store.applied_tid()
+        actions = self.object_actions(zoids, version)
+        result = self.sink.send(actions)
+        for rejected in result.rejected:
+            log.error("object document of zoid %d refused after a restart: %s", rejected.action.zoid, rejected.reason,
+                      extra={"zoid": rejected.action.zoid})
+        with self.store.conn.cursor() as cur:
+            self.store.settle(cur, zoids, version)
+        self.store.conn.commit()
+        log.info("rewrote %d object document(s) left unwritten by the last run", len(zoids),
+                 extra={"count": len(zoids), "tid": version})
+        return len(zoids)
+
+    def packed(self, zoids: list[int]) -> tuple[list[Action], Callable[[], None]]:
+        """Pack deletions: drop the records from the graph; the documents that changed with
+        them, and how to forget them as dirty once sent."""
+        with self.store.lock:
+            dirty, version = self.store.apply([], zoids, self.store.applied_tid())
+            actions = self.object_actions(dirty, version) if dirty else []
+
+        def settle() -> None:
+            with self.store.lock, self.store.conn.cursor() as cur:
+                self.store.settle(cur, dirty, version)
+                self.store.conn.commit()
+
+        return actions, settle
+
+    def read(self, rows: Iterable[Row], raise_failure: Callable[[], None]) -> BatchInFlight | None:
+        batch = BatchInFlight(last_tid=-1)
+        facts: list[RecordFacts] = []
+        deleted: list[int] = []
+        guard = self._guard
+        if guard is not None and guard.active:
+            records: Iterable[tuple[int, int, Any, Any]] = (r[:4] for r in guard.records(rows))
+        else:
+            convert = self.jsonifier.convert
+            records = ((tid, zoid, data, convert((tid, zoid), data)) for tid, zoid, data in rows)
+        beat = self._liveness.beat
+        for tid, zoid, data, conversion in records:
+            kind = conversion.kind
+            if kind is Kind.ERROR or kind is Kind.CRASHED:
+                batch.dead.append(DeadLetter(zoid, tid, "unconvertible" if kind is Kind.ERROR else "crashed",
+                                             conversion.error or "conversion failed",
+                                             class_name=conversion.class_name, record=bytes(data or b"")))
+                self.metrics.record_documents("index", "error")
+            elif kind is Kind.DELETED:
+                deleted.append(zoid)
+            elif kind is Kind.OK:
+                state = orjson.loads(conversion.json_text)
+                facts.append(RecordFacts(zoid, tid, conversion.class_name, record_name(zoid, state),
+                                         record_edges(conversion.class_name, state)))
+            batch.rows += 1
+            batch.last_tid = tid
+            if data is not None and len(data) > batch.largest:
+                batch.largest = len(data)
+            beat()
+            if self._stopping():
+                return None
+        if batch.last_tid < 0:
+            return batch
+        if self._fence is not None:
+            self._fence()
+        dirty, version = self.store.apply(facts, deleted, batch.last_tid)
+        batch.dirty, batch.dirty_version = dirty, version
+        buffer = RequestBuffer(self.settings.bulk_max_docs, self.settings.bulk_max_bytes)
+        for start in range(0, len(dirty), self.settings.bulk_max_docs):
+            for action in self.object_actions(dirty[start:start + self.settings.bulk_max_docs], version):
+                if buffer.add(action) and not self.submit(buffer, batch, raise_failure):
+                    return None
+            beat()
+        if buffer and not self.submit(buffer, batch, raise_failure):
+            return None
+        return batch
+
+
+def open_reader(settings: Settings, *args: Any, **kwargs: Any) -> BatchReader:
+    """The reader ``settings.documents`` asks for; an object reader has the graph's own
+    connections (one writes the graph, one reads states)."""
+    if settings.documents != "objects":
+        return BatchReader(settings, *args, **kwargs)
+    graph_conn = pg.connect(settings, "object graph")
+    ensure_tables(graph_conn)
+    store = GraphStore(graph_conn, settings.worker_id, object_class_filter(settings))
+    return ObjectBatchReader(settings, *args, store=store, states_conn=pg.connect(settings, "object states"),
+                             **kwargs)
+
+
+def object_class_filter(settings: Settings) -> Callable[[str | None], bool]:
+    """Whether a class's objects get documents: ESINDEXER_OBJECT_CLASSES, minus CLASS_EXCLUDE."""
+    include, exclude = settings.object_classes, settings.class_exclude
+
+    def is_object_class(class_name: str | None) -> bool:
+        if not class_name:
+            return False
+        if any(fnmatch.fnmatchcase(class_name, p) for p in exclude):
+            return False
+        return any(fnmatch.fnmatchcase(class_name, p) for p in include)
+
+    return is_object_class
