@@ -9,6 +9,9 @@ virtualenv (``scripts/plone``), so nothing here may import esindexer. Steps:
   default type in nested folders, workflow transitions and versioned edits;
 - ``change``: edits (new versions), a move, a rename, deletions, transitions;
 - ``pack``: pack the database (history-free and history-preserving alike);
+- ``--answer`` after any step: then also the comparison's catalog queries
+  (tests/plone/queries.py) for the site as it is and the catalog's answers
+  (``--edited=ID,ID``: the items an earlier ``change`` edited, whose new words are asked);
 - ``brains``: the catalog's metadata of every content item (dates as ISO 8601 UTC);
 - ``query``: read a JSON list of catalog queries from standard input and print, per
   query, the sorted UIDs ``portal_catalog.unrestrictedSearchResults`` returns (as an
@@ -142,6 +145,7 @@ def change(app, seed: int) -> dict:
         obj.reindexObject()
         repository.save(obj=obj, comment="changed")
         done["edited"] += 1
+        done.setdefault("edited_ids", []).append(obj.getId())
     folders = sorted(catalog.unrestrictedSearchResults(portal_type="Folder"), key=lambda b: b.getPath())
     source, target = folders[-1]._unrestrictedGetObject(), folders[0]._unrestrictedGetObject()
     if source.getPhysicalPath()[: len(target.getPhysicalPath())] != target.getPhysicalPath() \
@@ -238,7 +242,37 @@ def brains(app) -> dict:
     return {"brains": sorted(out, key=lambda b: b["path"])}
 
 
+def _queries_module():
+    """tests/plone/queries.py (standard library only), loaded by its path: this interpreter
+    is Plone's, where neither esindexer nor the tests package is importable."""
+    import importlib.util
+    import os
+
+    script = next(a for a in sys.argv if a.endswith("site_script.py"))  # zconsole gives no __file__
+    path = os.path.join(os.path.dirname(os.path.abspath(script)), "queries.py")
+    spec = importlib.util.spec_from_file_location("plone_queries", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def answer(app, edited: list) -> dict:
+    """The comparison's catalog queries for the site as it is now, and the catalog's answers
+    (``answers``), with every cataloged item's UID (``every``): what the test compares the
+    index with, computed in the same run as the step before it (a Zope start takes seconds)."""
+    queries_module = _queries_module()
+    items = brains(app)["brains"]
+    folders = sorted(b["path"] for b in items if b["portal_type"] == "Folder")
+    words = queries_module.BODY_WORDS + [f"fresh{name.replace('-', '')}" for name in edited]
+    queries = queries_module.catalog_queries(folders, [b["modified"] for b in items], words)
+    answers = query(app, queries + [{"path": {"query": "/" + SITE_ID}}])["answers"]
+    return {"queries": queries, "answers": answers[:-1], "every": answers[-1]}
+
+
 def main(app, argv: list[str]) -> None:
+    answering = "--answer" in argv
+    edited = [name for a in argv if a.startswith("--edited=") for name in a[len("--edited="):].split(",") if name]
+    argv = [a for a in argv if a != "--answer" and not a.startswith("--edited=")]
     step = argv[0]
     app = _login(app)
     if step == "build":
@@ -254,6 +288,9 @@ def main(app, argv: list[str]) -> None:
         result = brains(app)
     else:
         raise SystemExit(f"unknown step {step!r}")
+    if answering:
+        transaction.commit()
+        result = {**result, "catalog": answer(app, result.get("edited_ids", edited))}
     print(json.dumps({"step": step, **_plain(result)}))
 
 
