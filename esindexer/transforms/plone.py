@@ -169,15 +169,20 @@ def current_workflow(history: Any) -> tuple[str, list[Mapping[str, Any]]] | None
 
 
 def _history(workflow: str, entries: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The entries of the current workflow, compact: each has every key (``""`` for a missing
+    action or actor: the first entry has no action), so that the typed document's parallel
+    lists (``fields.workflow_history.review_state``, ``...action``) stay aligned."""
     out = []
     for entry in entries:
         item: dict[str, Any] = {"workflow": workflow}
         for key in _HISTORY_KEYS:
             value = entry.get(key)
             if key == "time":
-                value = _date(value)
-            if isinstance(value, str) and value:
-                item[key] = value
+                when = _date(value)
+                if when is not None:
+                    item[key] = when
+            else:
+                item[key] = value if isinstance(value, str) else ""
         out.append(item)
     return out
 
