@@ -56,6 +56,8 @@ NOT_HERE: list[tuple[str, str]] = [
     (r"^curl -X DELETE '127\.0\.0\.1:9200/(zodb-objects|_index_template/zodb-esindexer)'",
      "deletes the demo's indices on the shared server"),
     (r"writer\.py --dsn \.\.\. --interval 2", "writes for ever (the demo's writer); the bounded forms below run"),
+    (r"my\.site\.search", "the Plone guide's example of a user's own transform module (docs/plone.md); "
+                          "tests/transforms/test_plone_object_transform.py runs the shipped transform"),
     (r"zodb-enrich", "the test Elasticsearch (the integ-test-zip) has no ingest-common module, so no `set` "
                      "processor; tests/pipeline/test_indexer.py::test_ingest_pipeline_is_checked_at_start_and_applied_to_every_index "
                      "runs the setting with a pipeline this server has"),
