@@ -85,6 +85,8 @@ WORDS = ["alpha", "beta", "gamma", "delta", "report", "budget", "meeting", "revi
 #: Variant name -> settings that differ from the defaults of esindexer.config.
 VARIANTS: dict[str, dict[str, str]] = {
     "baseline": {},  # the defaults: the typed document model
+    # one document per application object, parts folded in (issue 22), side by side with records
+    "objects": {"ESINDEXER_DOCUMENTS": "objects"},
     # the former default, side by side with the typed model in one run (docs/performance.md)
     "flattened": {"ESINDEXER_STATE_MAPPING": "flattened"},
     # dead letters unlimited, so a regression shows as a count instead of a stop

@@ -33,6 +33,19 @@ def _lines(report: dict[str, Any]) -> list[str]:
         if conversion.get("reason"):
             text += f": {conversion['reason']}"
         lines.append(f"conversion  {text}")
+    model = report.get("object_model")
+    if model is not None:
+        lines.append(f"object model {model['kind']}: {model['why']}")
+        if "path" in model:
+            lines.append(f"path        {model['path']} (parent {model['parent']}, depth {model['depth']}), "
+                         f"{model['parts']['total']} part(s)" + (f": {', '.join(map(str, model['parts']['shown']))}"
+                                                                 if model["parts"]["shown"] else ""))
+        if "owner" in model:
+            lines.append(f"owner       {model['owner']}" + (f" at {model['owner_path']}" if model["owner_path"] else ""))
+        if "holders" in model:
+            held = ", ".join(f"{h['zoid']} ({h['key'] if h['key'] is not None else 'structure'})"
+                             for h in model["holders"]["shown"])
+            lines.append(f"held by     {model['holders']['total']} record(s)" + (f": {held}" if held else ""))
     lines.append(f"routes to   {report['index'] or '-'}")
     for index, doc in report["documents"].items() or [("-", None)]:
         # A repair written over a hand change or a restored database's lost state leaves the

@@ -44,8 +44,13 @@ def _redeliver(conn: object, settings: Settings, as_json: bool) -> int:
     # still kills the converter must not kill this command.
     isolated = IsolatedConverter(settings)
     try:
-        report = redeliver(conn, DocumentBuilder(settings), build_jsonifier(settings), sink,
-                           settings.worker_id, isolated=isolated)
+        builder, jsonifier = DocumentBuilder(settings), build_jsonifier(settings)
+        objects = None
+        if settings.documents == "objects":
+            from esindexer.ops.objectletters import objects_hook
+
+            objects = objects_hook(conn, settings, builder, jsonifier)
+        report = redeliver(conn, builder, jsonifier, sink, settings.worker_id, isolated=isolated, objects=objects)
     finally:
         isolated.close()
         sink.es.close()

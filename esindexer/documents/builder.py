@@ -140,7 +140,11 @@ class DocumentBuilder:
         parts folded in and its place; ``version`` is the graph's applied tid (never less
         than any earlier document of it: docs/architecture.md, "Object documents")."""
         place = {"name": view.name, "path": view.path, "parent": view.parent, "depth": view.depth,
-                 "ancestors": view.ancestors, "parts": view.parts, "parts_omitted": view.parts_omitted}
+                 "ancestors": view.ancestors, "parts": view.parts, "parts_omitted": view.parts_omitted,
+                 # the time of the object's last change, its parts' included (Kibana's time field)
+                 "committed_at": commit_time_iso(max(view.tid, view.parts_tid))}
+        if view.parts_tid:
+            place["parts_tid"] = view.parts_tid
         state = view.state
         body = self.body(view.tid, view.zoid, view.class_name, state, lambda: state, place, view.path)
         return Action("index", self.index_for_class(view.class_name), view.zoid, view.tid, version,

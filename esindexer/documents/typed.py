@@ -37,6 +37,7 @@ import orjson
 
 from esindexer.documents.dates import DATETIME_CLASSES, aware_datetime, date_string, zope_datetime
 from esindexer.documents.walk import collect
+from esindexer.objects.fold import ItemsOfBTree
 
 #: A plain dict with more keys than this is data (key per entry): it goes to ``more``.
 MAX_KEYS = 16
@@ -131,6 +132,8 @@ class _Shaper:
             self.leaf(path, BOOLEAN, value)
         elif kind is dict:
             self.mapping(path, value, depth)
+        elif kind is ItemsOfBTree:  # (the object model's folded BTrees: data, kept whole)
+            self.aside(path, value)
         elif kind is list or kind is _Many:
             for item in value:
                 if item is not None:

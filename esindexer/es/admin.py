@@ -79,6 +79,7 @@ OBJECT_PROPERTIES: dict[str, Any] = {
     "ancestors": {"type": "keyword"},
     "parts": {"type": "long"},
     "parts_omitted": {"type": "integer"},
+    "parts_tid": {"type": "long"},
 }
 
 
@@ -292,7 +293,14 @@ def check_state_mapping(es: Elasticsearch, settings: Settings, indices: tuple[st
     """
     mappings = es.indices.get_mapping(index=",".join(indices))
     for index in indices:
-        have = mapping_mode(mappings[index]["mappings"])
+        mapping = mappings[index]["mappings"]
+        documents = "objects" if "path" in mapping.get("properties", {}) else "records"
+        if documents != settings.documents:
+            raise SetupError(
+                f"the index {index} holds {documents} documents, but ESINDEXER_DOCUMENTS is {settings.documents}: "
+                f"set ESINDEXER_DOCUMENTS={documents} to keep using it, or build a new generation with "
+                "`esindexer reindex --to PREFIX` and switch the alias (docs/documents.md#objects)")
+        have = mapping_mode(mapping)
         if have != settings.state_mapping:
             raise SetupError(
                 f"the index {index} was created with state_mapping={have}, but ESINDEXER_STATE_MAPPING is "

@@ -35,7 +35,7 @@ class ObjectView:
     """One object document's content before it is shaped."""
 
     zoid: int
-    tid: int  #: the newest tid among the object's record and its folded parts
+    tid: int  #: the tid of the object's own record (never above its current tid)
     class_name: str
     state: Any
     name: str | None
@@ -45,6 +45,8 @@ class ObjectView:
     parts: list[int] = field(default_factory=list)
     parts_omitted: int = 0
     refs: list[int] = field(default_factory=list)
+    #: the newest tid among its folded parts (0: none): a part's change is the object's change
+    parts_tid: int = 0
 
     @property
     def ancestors(self) -> list[str]:
@@ -93,10 +95,10 @@ def _convert(jsonifier: Jsonifier, zoid: int, data: bytes | None) -> tuple[str, 
 
 
 StateReader = Callable[[list[int]], dict[int, tuple[int, bytes | None]]]
-SizeReader = Callable[[list[int]], dict[int, int]]
+PartReader = Callable[[list[int], int], dict[int, tuple[int, int, bytes | None]]]
 
 
-def assemble(zoids: list[int], store: GraphStore, read_states: StateReader, read_sizes: SizeReader,
+def assemble(zoids: list[int], store: GraphStore, read_states: StateReader, read_parts: PartReader,
              jsonifier: Jsonifier) -> list[ObjectView | Gone]:
     """The current content of each of ``zoids`` (objects whose documents changed)."""
     nodes = store.nodes(zoids)
@@ -106,13 +108,24 @@ def assemble(zoids: list[int], store: GraphStore, read_states: StateReader, read
         return out
     parts_of = store.parts(live)
     every_part = sorted({p for ps in parts_of.values() for p in ps})
-    edges = store.edges_from(live + every_part) if every_part else {}
-    sizes = read_sizes(every_part)
+    # One read of the parts: their sizes, and their states when small enough to be folded.
+    bounded = read_parts(every_part, MAX_PART_BYTES)
+    sizes = {z: size for z, (_t, size, _d) in bounded.items()}
     chosen_of: dict[int, tuple[list[int], int]] = {}
+    over = []  # objects whose parts exceed the budget: the nearest are chosen, which needs the edges
     for zoid in live:
-        candidates = set(parts_of.get(zoid, ()))
-        chosen_of[zoid] = _nearest_parts(zoid, candidates, edges, sizes) if candidates else ([], 0)
-    states = read_states(live + sorted({p for chosen, _n in chosen_of.values() for p in chosen}))
+        candidates = parts_of.get(zoid, [])
+        if len(candidates) > MAX_PARTS or sum(sizes.get(p, 0) for p in candidates) > MAX_PART_BYTES:
+            over.append(zoid)
+        else:
+            chosen_of[zoid] = (candidates, 0)
+    if over:
+        among = over + [p for zoid in over for p in parts_of[zoid]]
+        edges = store.edges_from(among)
+        for zoid in over:
+            chosen_of[zoid] = _nearest_parts(zoid, set(parts_of[zoid]), edges, sizes)
+    states = read_states(live)
+    states.update((z, (t, d)) for z, (t, _n, d) in bounded.items())
     for zoid in live:
         node: Node = nodes[zoid]
         tid_data = states.get(zoid)
@@ -122,9 +135,9 @@ def assemble(zoids: list[int], store: GraphStore, read_states: StateReader, read
                 out.append(Gone(zoid))  # the record itself is gone (a deletion not yet applied)
             continue  # not convertible: the reader dead-letters the record; its document stays
         class_name, state = converted
-        chosen, omitted = chosen_of[zoid]
+        chosen, _left = chosen_of[zoid]
         parts: Parts = {}
-        newest = tid_data[0]
+        newest = 0
         for part in chosen:
             got = states.get(part)
             converted_part = _convert(jsonifier, part, got[1]) if got else None
@@ -133,8 +146,8 @@ def assemble(zoids: list[int], store: GraphStore, read_states: StateReader, read
             parts[part] = converted_part
             newest = max(newest, got[0])
         folded = fold(state, parts)
-        out.append(ObjectView(zoid=zoid, tid=newest, class_name=class_name, state=folded.state, name=node.name,
+        out.append(ObjectView(zoid=zoid, tid=tid_data[0], parts_tid=newest, class_name=class_name, state=folded.state, name=node.name,
                               path=node.path or "/", parent=node.parent, depth=node.depth or 0,
-                              parts=sorted(folded.folded), parts_omitted=omitted + len(parts) - len(folded.folded),
+                              parts=sorted(folded.folded), parts_omitted=len(parts_of.get(zoid, [])) - len(folded.folded),
                               refs=folded.refs))
     return out

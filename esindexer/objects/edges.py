@@ -20,8 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-#: An edge: ``(zoid it refers to, the key it is held under or None)``.
-Edge = tuple[int, str | None]
+#: An edge: ``(zoid it refers to, the key it is held under or None, listed)``; *listed*: an
+#: attribute whose name the record's ``_objects`` lists as a child's id (an OFS container,
+#: whose children may keep their id on their class, where no pickle shows it).
+Edge = tuple[int, str | None, bool]
 
 ROOT_ZOID = 0
 _META_PREFIX = "::"
@@ -65,7 +67,7 @@ def key_text(key: Any) -> str:
     return key if isinstance(key, str) else str(key)
 
 
-def _walk(value: Any, key: str | None, out: list[Edge]) -> None:
+def _walk(value: Any, key: str | None, out: list[tuple[int, str | None]]) -> None:
     stack: list[tuple[Any, str | None]] = [(value, key)]
     while stack:
         value, key = stack.pop()
@@ -113,9 +115,17 @@ def btree_parts(class_name: str, state: Any) -> tuple[list[tuple[Any, Any]], lis
     return [(k, None) for k in flat], structure
 
 
+def listed_ids(state: Any) -> set[str]:
+    """The ids an OFS ``ObjectManager`` lists in ``_objects`` (``({'id': ..., 'meta_type': ...}, ...)``)."""
+    objects = state.get("_objects") if isinstance(state, dict) else None
+    if not isinstance(objects, list):
+        return set()
+    return {entry["id"] for entry in objects if isinstance(entry, dict) and isinstance(entry.get("id"), str)}
+
+
 def record_edges(class_name: str | None, state: Any) -> list[Edge]:
     """Every persistent reference of one record with the key it is held under, deduplicated."""
-    out: list[Edge] = []
+    out: list[tuple[int, str | None]] = []
     if class_name and is_btree_class(class_name):
         items, structure = btree_parts(class_name, state)
         for node in structure:
@@ -126,14 +136,16 @@ def record_edges(class_name: str | None, state: Any) -> list[Edge]:
             name = key_text(key) if not isinstance(key, (dict, list)) else None
             _walk(key, None, out)
             _walk(value, name, out)
-    else:
-        _walk(state, None, out)
-    return list(dict.fromkeys(out))
+        return [(zoid, key, False) for zoid, key in dict.fromkeys(out)]
+    _walk(state, None, out)
+    listed = listed_ids(state)
+    attributes = {k: ref_zoid(v) for k, v in state.items() if k in listed} if listed else {}
+    return [(zoid, key, key is not None and attributes.get(key) == zoid) for zoid, key in dict.fromkeys(out)]
 
 
 def iter_refs(value: Any) -> Iterator[int]:
     """Zoids of every persistent reference in a converted value (no keys)."""
-    edges: list[Edge] = []
+    edges: list[tuple[int, str | None]] = []
     _walk(value, None, edges)
     for zoid, _key in edges:
         yield zoid

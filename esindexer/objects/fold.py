@@ -23,6 +23,15 @@ from esindexer.objects.edges import btree_parts, is_btree_class, key_text, ref_z
 Parts = dict[int, tuple[str, Any]]
 
 
+class ItemsOfBTree(dict):  # type: ignore[type-arg]
+    """The items of a folded BTree: data, not schema (a folder's children by id, an
+    annotation store by dotted key), so the typed model keeps it whole in ``more`` (one
+    field however many keys: a thousand small folders with different child ids must not
+    map a thousand fields)."""
+
+    __slots__ = ()
+
+
 @dataclass
 class Folded:
     """An object's state with its parts in place, and what was and was not folded."""
@@ -67,7 +76,7 @@ class _Folder:
     def btree(self, class_name: str, state: Any) -> Any:
         keyed = not class_name.endswith("Set")
         items, structure = btree_parts(class_name, state)
-        out: dict[str, Any] | list[Any] = {} if keyed else []
+        out: dict[str, Any] | list[Any] = ItemsOfBTree() if keyed else []
         big_tree = not items and len(structure) > 1 and not class_name.endswith(("Bucket", "Set")) \
             or class_name.endswith("TreeSet") and len(structure) > 1
         if big_tree:

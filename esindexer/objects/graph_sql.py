@@ -1,52 +1,56 @@
-"""The object graph's tables and the set-based statements that keep owners and the tree exact.
+"""The set-based statements that keep the object graph's owners and tree exact.
 
-Kept in the database esindexer already writes to, per client id (a re-index generation
-builds its own). ``nodes`` holds one row per record seen (its name, its owner when it is
-unnamed, its place when it is in the tree), ``edges`` its references with their keys,
-``dirty`` the objects whose documents must be rewritten (written in the transaction that
-changed the graph, removed in the progress transaction once Elasticsearch accepted them:
-a crash in between leaves them to be rebuilt at the next start), ``applied`` the last tid
-the graph reflects.
+The tables are :mod:`esindexer.source.graph`'s; these statements run inside the one
+transaction :meth:`esindexer.objects.store.GraphStore.apply` applies a batch in, on
+temporary tables dropped at its commit.
 """
 
 from __future__ import annotations
 
-NODES = "esindexer_obj_nodes"
-EDGES = "esindexer_obj_edges"
-DIRTY = "esindexer_obj_dirty"
-APPLIED = "esindexer_obj_applied"
-TABLES = (NODES, EDGES, DIRTY, APPLIED)
+from esindexer.source.graph import EDGES, NODES
 
-CREATE = f"""
-CREATE TABLE IF NOT EXISTS {NODES} (
-    client_id text NOT NULL, zoid bigint NOT NULL, tid bigint NOT NULL, class_name text,
-    name text,                 -- NULL: unnamed; '' only for the root
-    owner bigint,              -- unnamed: the one named record reaching it; -1 shared; NULL none
-    in_tree boolean NOT NULL DEFAULT false,
-    parent bigint, depth integer, path text,
-    PRIMARY KEY (client_id, zoid));
-CREATE INDEX IF NOT EXISTS {NODES}_owner ON {NODES} (client_id, owner) WHERE owner >= 0;
-CREATE INDEX IF NOT EXISTS {NODES}_parent ON {NODES} (client_id, parent) WHERE parent IS NOT NULL;
-CREATE TABLE IF NOT EXISTS {EDGES} (
-    client_id text NOT NULL, src bigint NOT NULL, dst bigint NOT NULL, key text);
-CREATE INDEX IF NOT EXISTS {EDGES}_src ON {EDGES} (client_id, src);
-CREATE INDEX IF NOT EXISTS {EDGES}_dst ON {EDGES} (client_id, dst);
-CREATE TABLE IF NOT EXISTS {DIRTY} (
-    client_id text NOT NULL, zoid bigint NOT NULL, as_of bigint NOT NULL, PRIMARY KEY (client_id, zoid));
-CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT NULL);
+#: Attributes under which containers keep their items in a BTree: BTreeFolder2 (Plone's
+#: Dexterity folders and Plone 6's site root) and zope.container. An item held there under
+#: a key is a child even when no pickle shows its id (a Zope tool keeps it on its class).
+ITEM_ATTRIBUTES = ("_tree", "_SampleContainer__data")
+_ITEMS = ", ".join(f"'{name}'" for name in ITEM_ATTRIBUTES)
+
+#: Whether BTree record ``b`` holds a container's items: held under an item attribute
+#: itself, or a node or bucket of such a tree (one or two levels down; a folder of more
+#: than about two million items has three).
+_IS_ITEMS = f"""EXISTS (SELECT 1 FROM {EDGES} f WHERE f.client_id = %(c)s AND f.key IN ({_ITEMS}) AND f.dst IN (
+    SELECT b.zoid
+    UNION SELECT g.src FROM {EDGES} g WHERE g.client_id = %(c)s AND g.dst = b.zoid AND g.key IS NULL
+    UNION SELECT h.src FROM {EDGES} g JOIN {EDGES} h ON h.client_id = %(c)s AND h.dst = g.src AND h.key IS NULL
+          WHERE g.client_id = %(c)s AND g.dst = b.zoid AND g.key IS NULL))"""
+
+#: The edges of those BTree records (or of every BTree record, ``ITEMS_ALL``) marked
+#: *listed* when they hold a container's items; returns the records whose holding changed.
+ITEMS = f"""
+UPDATE {EDGES} e SET listed = x.items
+FROM (SELECT b.zoid, {_IS_ITEMS} AS items FROM {NODES} b
+      WHERE b.client_id = %(c)s AND b.zoid = ANY(%(btrees)s) AND b.class_name LIKE 'BTrees.%%') x
+WHERE e.client_id = %(c)s AND e.src = x.zoid AND e.key IS NOT NULL AND e.listed <> x.items
+RETURNING e.dst
+"""
+ITEMS_ALL = f"""
+UPDATE {EDGES} e SET listed = true
+FROM (SELECT b.zoid FROM {NODES} b WHERE b.client_id = %(c)s AND b.class_name LIKE 'BTrees.%%' AND {_IS_ITEMS}) x
+WHERE e.client_id = %(c)s AND e.src = x.zoid AND e.key IS NOT NULL AND NOT e.listed
 """
 
 #: Unnamed records downstream of the seeds through unnamed records: whose owner may change.
 DOWNSTREAM = f"""
 CREATE TEMP TABLE obj_down ON COMMIT DROP AS
 WITH RECURSIVE walk(zoid) AS (
-    SELECT n.zoid FROM {NODES} n WHERE n.client_id = %(c)s AND n.zoid = ANY(%(seeds)s) AND n.name IS NULL
+    SELECT n.zoid FROM {NODES} n WHERE n.client_id = %(c)s AND n.zoid = ANY(%(seeds)s) AND (n.name IS NULL AND NOT n.listed)
   UNION
     SELECT n.zoid FROM walk w
     JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = w.zoid
-    JOIN {NODES} n ON n.client_id = %(c)s AND n.zoid = e.dst AND n.name IS NULL)
+    JOIN {NODES} n ON n.client_id = %(c)s AND n.zoid = e.dst AND (n.name IS NULL AND NOT n.listed))
 SELECT zoid FROM walk;
 CREATE UNIQUE INDEX ON obj_down (zoid);
+ANALYZE obj_down;
 """
 
 #: Their owners again: pairs (record, owner) reached from named records or from unnamed
@@ -54,11 +58,11 @@ CREATE UNIQUE INDEX ON obj_down (zoid);
 OWNERS = f"""
 CREATE TEMP TABLE obj_owners ON COMMIT DROP AS
 WITH RECURSIVE reach(zoid, own) AS (
-    SELECT e.dst, CASE WHEN s.name IS NOT NULL THEN s.zoid ELSE s.owner END
+    SELECT e.dst, CASE WHEN NOT (s.name IS NULL AND NOT s.listed) THEN s.zoid ELSE s.owner END
     FROM obj_down d
     JOIN {EDGES} e ON e.client_id = %(c)s AND e.dst = d.zoid
     JOIN {NODES} s ON s.client_id = %(c)s AND s.zoid = e.src
-    WHERE s.name IS NOT NULL
+    WHERE NOT (s.name IS NULL AND NOT s.listed)
        OR (s.owner IS NOT NULL AND NOT EXISTS (SELECT 1 FROM obj_down x WHERE x.zoid = s.zoid))
   UNION
     SELECT e.dst, r.own FROM reach r
@@ -70,16 +74,20 @@ SELECT d.zoid, n.owner AS old,
             ELSE -1 END AS new
 FROM obj_down d JOIN {NODES} n ON n.client_id = %(c)s AND n.zoid = d.zoid
 LEFT JOIN reach r ON r.zoid = d.zoid
-GROUP BY d.zoid, n.owner;
+GROUP BY d.zoid, n.owner
+"""
+
+OWNERS_SET = f"""
+ANALYZE obj_owners;
 UPDATE {NODES} n SET owner = o.new FROM obj_owners o
-WHERE n.client_id = %(c)s AND n.zoid = o.zoid AND n.owner IS DISTINCT FROM o.new;
+WHERE n.client_id = %(c)s AND n.zoid = o.zoid AND n.owner IS DISTINCT FROM o.new
 """
 
 #: Named records held under their name by the records whose owner changed.
 OWNER_CHANGED_CHILDREN = f"""
 SELECT DISTINCT e.dst FROM obj_owners o
 JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = o.zoid
-JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND x.name = e.key
+JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND (e.key = x.name OR e.listed)
 WHERE o.old IS DISTINCT FROM o.new
 """
 
@@ -94,53 +102,90 @@ WITH RECURSIVE sub(zoid) AS (
 SELECT n.zoid, n.in_tree, n.parent, n.path FROM sub JOIN {NODES} n ON n.client_id = %(c)s AND n.zoid = sub.zoid
 WHERE n.zoid <> 0;
 CREATE UNIQUE INDEX ON obj_replace (zoid);
+ANALYZE obj_replace;
 UPDATE {NODES} n SET in_tree = false, parent = NULL, depth = NULL, path = NULL
 FROM obj_replace r WHERE n.client_id = %(c)s AND n.zoid = r.zoid;
 """
 
 #: The container of the record holding an edge: itself when named, else its owner.
-_CONTAINER = "CASE WHEN s.name IS NOT NULL THEN s.zoid ELSE s.owner END"
+_CONTAINER = "CASE WHEN s.name IS NOT NULL OR s.listed THEN s.zoid ELSE s.owner END"
 
 #: Deepest tree node (outside the set) that holds one of the set under its name.
 DEEPEST_CANDIDATE = f"""
 SELECT max(t.depth) FROM obj_replace r
 JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = r.zoid
-JOIN {EDGES} e ON e.client_id = %(c)s AND e.dst = x.zoid AND e.key = x.name
+JOIN {EDGES} e ON e.client_id = %(c)s AND e.dst = x.zoid AND (e.key = x.name OR e.listed)
 JOIN {NODES} s ON s.client_id = %(c)s AND s.zoid = e.src
 JOIN {NODES} t ON t.client_id = %(c)s AND t.zoid = {_CONTAINER} AND t.in_tree
 """
 
+#: The tree nodes placed by the previous level (filled by :data:`PLACE_LEVEL` itself).
+PLACED = """
+CREATE TEMP TABLE obj_placed (zoid bigint PRIMARY KEY) ON COMMIT DROP;
+CREATE TEMP TABLE obj_newly (zoid bigint PRIMARY KEY) ON COMMIT DROP;
+"""
+
 #: One level of placement: records not in the tree that a tree node of depth d-1 holds
 #: under their name (directly or through one of its parts). Among several holders: the
-#: smallest zoid (the depth is the smallest already, levels go down one at a time).
+#: smallest zoid (the depth is the smallest already, levels go down one at a time). The
+#: records looked at are those reset (``obj_replace``) and those the previous level's
+#: placed nodes hold; the placed ones become the next level's ``obj_placed``.
 PLACE_LEVEL = f"""
 WITH candidates AS (
-    SELECT x.zoid, t.zoid AS parent, t.path AS parent_path, x.name
+    SELECT x.zoid, t.zoid AS parent, t.path AS parent_path, e.key AS name
     FROM obj_replace r
-    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = r.zoid AND NOT x.in_tree AND x.name <> ''
-    JOIN {EDGES} e ON e.client_id = %(c)s AND e.dst = x.zoid AND e.key = x.name
+    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = r.zoid AND NOT x.in_tree AND x.zoid <> 0
+    JOIN {EDGES} e ON e.client_id = %(c)s AND e.dst = x.zoid AND (e.key = x.name OR e.listed)
     JOIN {NODES} s ON s.client_id = %(c)s AND s.zoid = e.src
     JOIN {NODES} t ON t.client_id = %(c)s AND t.zoid = {_CONTAINER} AND t.in_tree AND t.depth = %(above)s
   UNION ALL
-    SELECT x.zoid, t.zoid, t.path, x.name
-    FROM {NODES} t
+    SELECT x.zoid, t.zoid, t.path, e.key
+    FROM obj_placed p
+    JOIN {NODES} t ON t.client_id = %(c)s AND t.zoid = p.zoid
     JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = t.zoid
-    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND x.name = e.key AND NOT x.in_tree AND x.name <> ''
-    WHERE t.client_id = %(c)s AND t.zoid = ANY(%(placed)s)
+    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND (e.key = x.name OR e.listed) AND NOT x.in_tree AND x.zoid <> 0
   UNION ALL
-    SELECT x.zoid, t.zoid, t.path, x.name
-    FROM {NODES} t
-    JOIN {NODES} s ON s.client_id = %(c)s AND s.owner = t.zoid AND s.name IS NULL
+    SELECT x.zoid, t.zoid, t.path, e.key
+    FROM obj_placed p
+    JOIN {NODES} t ON t.client_id = %(c)s AND t.zoid = p.zoid
+    JOIN {NODES} s ON s.client_id = %(c)s AND s.owner = t.zoid AND (s.name IS NULL AND NOT s.listed)
     JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = s.zoid
-    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND x.name = e.key AND NOT x.in_tree AND x.name <> ''
-    WHERE t.client_id = %(c)s AND t.zoid = ANY(%(placed)s)
+    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND (e.key = x.name OR e.listed) AND NOT x.in_tree AND x.zoid <> 0
 ), chosen AS (
     SELECT DISTINCT ON (zoid) zoid, parent,
            CASE WHEN parent_path = '/' THEN '/' || name ELSE parent_path || '/' || name END AS path
-    FROM candidates ORDER BY zoid, parent)
-UPDATE {NODES} n SET in_tree = true, parent = c.parent, depth = %(depth)s, path = c.path
-FROM chosen c WHERE n.client_id = %(c)s AND n.zoid = c.zoid AND NOT n.in_tree
-RETURNING n.zoid
+    FROM candidates ORDER BY zoid, parent
+), placed AS (
+    UPDATE {NODES} n SET in_tree = true, parent = c.parent, depth = %(depth)s, path = c.path
+    FROM chosen c WHERE n.client_id = %(c)s AND n.zoid = c.zoid AND NOT n.in_tree
+    RETURNING n.zoid
+), cleared AS (
+    DELETE FROM obj_placed
+), newly AS (
+    INSERT INTO obj_newly SELECT zoid FROM placed ON CONFLICT DO NOTHING
+)
+INSERT INTO obj_placed SELECT zoid FROM placed
+"""
+
+#: Every unnamed record's owner at once (the end of a backfill: the graph was written
+#: without being resolved, batch by batch).
+ALL_OWNERS = f"""
+CREATE TEMP TABLE obj_all_owners ON COMMIT DROP AS
+WITH RECURSIVE reach(zoid, own) AS (
+    SELECT e.dst, e.src FROM {EDGES} e
+    JOIN {NODES} s ON s.client_id = %(c)s AND s.zoid = e.src AND NOT (s.name IS NULL AND NOT s.listed)
+    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND (x.name IS NULL AND NOT x.listed)
+    WHERE e.client_id = %(c)s
+  UNION
+    SELECT e.dst, r.own FROM reach r
+    JOIN {EDGES} e ON e.client_id = %(c)s AND e.src = r.zoid
+    JOIN {NODES} x ON x.client_id = %(c)s AND x.zoid = e.dst AND (x.name IS NULL AND NOT x.listed))
+SELECT zoid, CASE WHEN count(DISTINCT own) = 1 THEN min(own) ELSE -1 END AS owner FROM reach GROUP BY zoid;
+UPDATE {NODES} n SET owner = NULL WHERE n.client_id = %(c)s AND n.owner IS NOT NULL;
+UPDATE {NODES} n SET owner = o.owner FROM obj_all_owners o WHERE n.client_id = %(c)s AND n.zoid = o.zoid;
+UPDATE {NODES} n SET in_tree = false, parent = NULL, depth = NULL, path = NULL
+WHERE n.client_id = %(c)s AND n.in_tree;
+CREATE TEMP TABLE obj_replace (zoid bigint PRIMARY KEY, in_tree boolean, parent bigint, path text) ON COMMIT DROP;
 """
 
 #: What moved: placed again somewhere else, or no longer in the tree.

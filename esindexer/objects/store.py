@@ -14,6 +14,7 @@ and the zoids its changes reach are all it holds.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ import psycopg2.extras
 
 from esindexer.objects import graph_sql as q
 from esindexer.objects.edges import ROOT_ZOID, Edge
+from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,6 @@ class Node:
     path: str | None
 
 
-def ensure_tables(conn: Any) -> None:
-    with conn.cursor() as cur:
-        cur.execute(q.CREATE)
-    conn.commit()
-
-
 class GraphStore:
     """One client id's graph, used from the reader and the committer (a lock serialises them)."""
 
@@ -76,15 +72,16 @@ class GraphStore:
 
     def applied_tid(self) -> int:
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT tid FROM {q.APPLIED} WHERE client_id = %s", (self.client_id,))
+            cur.execute(f"SELECT tid FROM {APPLIED} WHERE client_id = %s", (self.client_id,))
             row = cur.fetchone()
         self.conn.rollback()
         return int(row[0]) if row else 0
 
     def nodes(self, zoids: Iterable[int]) -> dict[int, Node]:
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT zoid, tid, class_name, name, owner, in_tree, parent, depth, path FROM {q.NODES} "
-                        "WHERE client_id = %s AND zoid = ANY(%s)", (self.client_id, list(zoids)))
+            cur.execute("SELECT n.zoid, n.tid, n.class_name, n.name, n.owner, n.in_tree, n.parent, n.depth, n.path "
+                        f"FROM unnest(%s::bigint[]) z(zoid) JOIN {NODES} n ON n.client_id = %s AND n.zoid = z.zoid",
+                        (list(zoids), self.client_id))
             rows = {int(r[0]): Node(*r) for r in cur.fetchall()}
         self.conn.rollback()
         return rows
@@ -93,8 +90,8 @@ class GraphStore:
         """``owner -> its parts`` (unordered)."""
         out: dict[int, list[int]] = {}
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT owner, zoid FROM {q.NODES} WHERE client_id = %s AND owner = ANY(%s)",
-                        (self.client_id, list(owners)))
+            cur.execute(f"SELECT n.owner, n.zoid FROM unnest(%s::bigint[]) o(zoid) JOIN {NODES} n "
+                        "ON n.client_id = %s AND n.owner = o.zoid", (list(owners), self.client_id))
             for owner, zoid in cur.fetchall():
                 out.setdefault(int(owner), []).append(int(zoid))
         self.conn.rollback()
@@ -103,8 +100,8 @@ class GraphStore:
     def edges_from(self, zoids: Iterable[int]) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT src, dst FROM {q.EDGES} WHERE client_id = %s AND src = ANY(%s)",
-                        (self.client_id, list(zoids)))
+            cur.execute(f"SELECT e.src, e.dst FROM unnest(%s::bigint[]) z(zoid) JOIN {EDGES} e "
+                        "ON e.client_id = %s AND e.src = z.zoid", (list(zoids), self.client_id))
             for src, dst in cur.fetchall():
                 out.setdefault(int(src), []).append(int(dst))
         self.conn.rollback()
@@ -113,7 +110,7 @@ class GraphStore:
     def dirty(self) -> list[int]:
         """Objects whose documents a crash left unwritten (rebuilt at start)."""
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT zoid FROM {q.DIRTY} WHERE client_id = %s ORDER BY zoid", (self.client_id,))
+            cur.execute(f"SELECT zoid FROM {DIRTY} WHERE client_id = %s ORDER BY zoid", (self.client_id,))
             rows = [int(r[0]) for r in cur.fetchall()]
         self.conn.rollback()
         return rows
@@ -124,67 +121,143 @@ class GraphStore:
         """Forget dirty rows the index now reflects (in the caller's progress transaction);
         a row dirtied again by a later batch (a greater ``as_of``) stays."""
         if zoids:
-            cur.execute(f"DELETE FROM {q.DIRTY} WHERE client_id = %s AND zoid = ANY(%s) AND as_of <= %s",
-                        (self.client_id, zoids, as_of))
+            cur.execute(f"DELETE FROM {DIRTY} d USING unnest(%s::bigint[]) z(zoid) "
+                        "WHERE d.client_id = %s AND d.zoid = z.zoid AND d.as_of <= %s", (zoids, self.client_id, as_of))
 
-    def apply(self, records: list[RecordFacts], deleted: list[int], tid: int) -> tuple[list[int], int]:
+    def complete(self) -> bool:
+        """Whether the graph is resolved (False while a backfill writes it unresolved)."""
+        with self.conn.cursor() as cur:
+            cur.execute(f"SELECT complete FROM {APPLIED} WHERE client_id = %s", (self.client_id,))
+            row = cur.fetchone()
+        self.conn.rollback()
+        return bool(row and row[0])
+
+    def apply(self, records: list[RecordFacts], deleted: list[int], tid: int,
+              resolve: bool = True) -> tuple[list[int], int]:
         """Apply one batch; returns the objects whose documents changed and the version
-        their documents take (the graph's applied tid: it never goes down)."""
+        their documents take (the graph's applied tid: it never goes down). With
+        ``resolve=False`` (a backfill) only the records are written: :meth:`resolve_all` follows."""
         with self.lock:
             try:
                 with self.conn.cursor() as cur:
-                    dirty = self._apply(cur, records, deleted)
-                    cur.execute(f"INSERT INTO {q.APPLIED} (client_id, tid) VALUES (%s, %s) ON CONFLICT (client_id) "
-                                f"DO UPDATE SET tid = greatest({q.APPLIED}.tid, excluded.tid) RETURNING tid",
-                                (self.client_id, tid))
-                    version = int(cur.fetchone()[0])
-                    if dirty:
-                        psycopg2.extras.execute_values(
-                            cur, f"INSERT INTO {q.DIRTY} (client_id, zoid, as_of) VALUES %s ON CONFLICT "
-                            f"(client_id, zoid) DO UPDATE SET as_of = greatest({q.DIRTY}.as_of, excluded.as_of)",
-                            [(self.client_id, z, version) for z in dirty], page_size=1000)
+                    self._serialise(cur)
+                    dirty = self._apply(cur, records, deleted) if resolve else self._write_unresolved(cur, records, deleted)
+                    version = self._finish(cur, tid, dirty, complete=resolve)
                 self.conn.commit()
             except BaseException:
                 self.conn.rollback()
                 raise
         return dirty, version
 
-    def _apply(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> list[int]:
+    def _serialise(self, cur: Any) -> None:
+        """One writer of this graph at a time (until the transaction ends): the service and a
+        command redelivering dead letters read what the other committed."""
+        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (GRAPH_LOCK_CLASS, self.client_id))
+
+    def _finish(self, cur: Any, tid: int, dirty: list[int], complete: bool) -> int:
+        cur.execute(f"INSERT INTO {APPLIED} (client_id, tid, complete) VALUES (%s, %s, %s) ON CONFLICT (client_id) "
+                    f"DO UPDATE SET tid = greatest({APPLIED}.tid, excluded.tid), complete = excluded.complete "
+                    "RETURNING tid", (self.client_id, tid, complete))
+        version = int(cur.fetchone()[0])
+        if dirty:
+            psycopg2.extras.execute_values(
+                cur, f"INSERT INTO {DIRTY} (client_id, zoid, as_of) VALUES %s ON CONFLICT "
+                f"(client_id, zoid) DO UPDATE SET as_of = greatest({DIRTY}.as_of, excluded.as_of)",
+                [(self.client_id, z, version) for z in dirty], page_size=1000)
+        return version
+
+    def _write_unresolved(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> list[int]:
+        """A backfill's batch: the records' rows written with COPY, nothing resolved (a
+        record already there with a newer tid stays as it is)."""
+        c = self.client_id
+        latest: dict[int, RecordFacts] = {}
+        for facts in records:
+            if facts.zoid not in latest or latest[facts.zoid].tid <= facts.tid:
+                latest[facts.zoid] = facts
+        cur.execute("CREATE TEMP TABLE obj_in (zoid bigint PRIMARY KEY, tid bigint, class_name text, name text) "
+                    "ON COMMIT DROP; CREATE TEMP TABLE obj_in_edges (src bigint, dst bigint, key text, listed boolean) "
+                    "ON COMMIT DROP")
+        cur.copy_expert("COPY obj_in FROM STDIN WITH (FORMAT csv)",
+                        _csv((f.zoid, f.tid, f.class_name, f.name) for f in latest.values()))
+        cur.copy_expert("COPY obj_in_edges FROM STDIN WITH (FORMAT csv)",
+                        _csv((f.zoid, dst, key, listed) for f in latest.values() for dst, key, listed in f.edges))
+        cur.execute("ANALYZE obj_in; ANALYZE obj_in_edges")  # (temporary tables have no statistics otherwise)
+        cur.execute(f"DELETE FROM obj_in i USING {NODES} n WHERE n.client_id = %(c)s AND n.zoid = i.zoid "
+                    f"AND n.tid >= i.tid; "
+                    f"DELETE FROM {EDGES} e USING obj_in i WHERE e.client_id = %(c)s AND e.src = i.zoid; "
+                    f"INSERT INTO {NODES} (client_id, zoid, tid, class_name, name) "
+                    f"SELECT %(c)s, zoid, tid, class_name, name FROM obj_in ON CONFLICT (client_id, zoid) DO UPDATE "
+                    f"SET tid = excluded.tid, class_name = excluded.class_name, name = excluded.name; "
+                    f"INSERT INTO {EDGES} (client_id, src, dst, key, listed) SELECT DISTINCT %(c)s, e.src, e.dst, e.key, e.listed "
+                    f"FROM obj_in_edges e JOIN obj_in i ON i.zoid = e.src", {"c": c})
+        gone = sorted(set(deleted) - set(latest))
+        if gone:
+            cur.execute(f"DELETE FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s); "
+                        f"DELETE FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, gone, c, gone))
+        return []
+
+    def _write(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> tuple[list[int], Any]:
+        """Write the batch's records (names, edges); returns ``([], what changed)``."""
         c = self.client_id
         latest: dict[int, RecordFacts] = {}
         for facts in records:  # the newest state of each record in the batch
             if facts.zoid not in latest or latest[facts.zoid].tid <= facts.tid:
                 latest[facts.zoid] = facts
         gone = set(deleted) - set(latest)
-        cur.execute(f"SELECT zoid, tid, name, owner, in_tree, class_name FROM {q.NODES} "
+        cur.execute(f"SELECT zoid, tid, name, owner, in_tree, class_name FROM {NODES} "
                     "WHERE client_id = %s AND zoid = ANY(%s)", (c, list(latest) + list(gone)))
         old = {int(r[0]): r for r in cur.fetchall()}
         changed = [f for f in latest.values() if f.zoid not in old or old[f.zoid][1] < f.tid]
         gone = {z for z in gone if z in old}
         touched = [f.zoid for f in changed] + sorted(gone)
         if not touched:
-            return []
-        cur.execute(f"SELECT src, dst, key FROM {q.EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
-        old_edges = {(int(s), int(d), k) for s, d, k in cur.fetchall()}
-        new_edges = {(f.zoid, d, k) for f in changed for d, k in f.edges}
+            return [], None
+        cur.execute(f"SELECT src, dst, key, listed FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
+        old_edges = {(int(s), int(d), k, bool(listed)) for s, d, k, listed in cur.fetchall()}
+        new_edges = {(f.zoid, d, k, listed) for f in changed for d, k, listed in f.edges}
         psycopg2.extras.execute_values(
-            cur, f"INSERT INTO {q.NODES} (client_id, zoid, tid, class_name, name) VALUES %s ON CONFLICT "
+            cur, f"INSERT INTO {NODES} (client_id, zoid, tid, class_name, name) VALUES %s ON CONFLICT "
             "(client_id, zoid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name, "
             "name = excluded.name", [(c, f.zoid, f.tid, f.class_name, f.name) for f in changed], page_size=1000)
         if gone:
-            cur.execute(f"DELETE FROM {q.NODES} WHERE client_id = %s AND zoid = ANY(%s)", (c, sorted(gone)))
+            cur.execute(f"DELETE FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s)", (c, sorted(gone)))
         if old_edges != new_edges:
-            cur.execute(f"DELETE FROM {q.EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
-            psycopg2.extras.execute_values(cur, f"INSERT INTO {q.EDGES} (client_id, src, dst, key) VALUES %s",
-                                           [(c, s, d, k) for s, d, k in new_edges], page_size=2000)
-        renamed = [f.zoid for f in changed if f.zoid not in old or old[f.zoid][2] != f.name]
+            cur.execute(f"DELETE FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, touched))
+            psycopg2.extras.execute_values(cur, f"INSERT INTO {EDGES} (client_id, src, dst, key, listed) VALUES %s",
+                                           [(c, s, d, k, listed) for s, d, k, listed in new_edges], page_size=2000)
+        return [], (old, changed, gone, touched, old_edges, new_edges)
+
+    def _apply(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> list[int]:
+        c = self.client_id
+        _, written = self._write(cur, records, deleted)
+        if not written:
+            return []
+        old, changed, gone, touched, old_edges, new_edges = written
+        # held in an OFS container's _objects, or in a container's items BTree: named by its
+        # container, recomputed where it may change
+        roots = sorted({d for _s, d, k, _l in old_edges | new_edges if k in q.ITEM_ATTRIBUTES})
+        below = roots
+        for _level in range(2):
+            cur.execute(f"SELECT DISTINCT dst FROM {EDGES} WHERE client_id = %s AND src = ANY(%s) AND key IS NULL",
+                        (c, below))
+            below = [int(r[0]) for r in cur.fetchall()]
+            roots += below
+        cur.execute(q.ITEMS, {"c": c, "btrees": sorted(set(roots) | {f.zoid for f in changed})})
+        maybe = sorted({d for _s, d, _k, listed in old_edges | new_edges if listed} | {f.zoid for f in changed}
+                       | {int(r[0]) for r in cur.fetchall()})
+        cur.execute(f"UPDATE {NODES} n SET listed = NOT n.listed WHERE n.client_id = %s AND n.zoid = ANY(%s) "
+                    f"AND n.listed <> EXISTS (SELECT 1 FROM {EDGES} e WHERE e.client_id = %s AND e.dst = n.zoid "
+                    "AND e.listed) RETURNING n.zoid", (c, maybe, c))
+        relisted = [int(r[0]) for r in cur.fetchall()]
+        renamed = [f.zoid for f in changed if f.zoid not in old or old[f.zoid][2] != f.name] + relisted
         unnamed_changed = [f.zoid for f in changed if f.name is None]
-        diff = old_edges ^ new_edges
-        seeds = sorted({d for _s, d, _k in old_edges | new_edges} | set(renamed) | set(unnamed_changed))
+        diff = {(s, d, k) for s, d, k, listed in old_edges ^ new_edges}
+        seeds = sorted({d for _s, d, _k, _l in old_edges | new_edges} | set(renamed) | set(unnamed_changed))
 
         # 1. owners of the unnamed records downstream of the change
         cur.execute(q.DOWNSTREAM, {"c": c, "seeds": seeds})
         cur.execute(q.OWNERS, {"c": c})
+        cur.execute(q.OWNERS_SET, {"c": c})
         cur.execute("SELECT old, new FROM obj_owners WHERE old IS DISTINCT FROM new")
         owner_moves = cur.fetchall()
         cur.execute(q.OWNER_CHANGED_CHILDREN, {"c": c})
@@ -192,7 +265,7 @@ class GraphStore:
 
         # 2. the tree: records whose holders changed, renamed, new or gone, and their subtrees
         diff_dsts = sorted({d for _s, d, k in diff if k is not None})
-        cur.execute(f"SELECT zoid FROM {q.NODES} WHERE client_id = %s AND zoid = ANY(%s) AND name = ANY(%s)",
+        cur.execute(f"SELECT zoid FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s) AND (name = ANY(%s) OR listed)",
                     (c, diff_dsts, sorted({k for _s, _d, k in diff if k is not None})))
         held = [int(r[0]) for r in cur.fetchall()]
         replace = sorted(set(held) | set(held_by_moved_parts) | set(renamed) | gone)
@@ -203,20 +276,17 @@ class GraphStore:
         moved = {int(r[0]) for r in cur.fetchall()}
 
         # 3. the documents that change
-        candidates = moved | placed_outside | set(root_placed)
-        for f in changed:
-            if f.name is not None:
-                candidates.add(f.zoid)
+        candidates = moved | placed_outside | set(root_placed) | {f.zoid for f in changed}
         for z in touched:
             if z in old and old[z][3] is not None and old[z][3] >= 0:
                 candidates.add(int(old[z][3]))
         for before, after in owner_moves:
             candidates.update(o for o in (before, after) if o is not None and o >= 0)
-        cur.execute(f"SELECT zoid, owner FROM {q.NODES} WHERE client_id = %s AND zoid = ANY(%s)",
+        cur.execute(f"SELECT zoid, owner FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s)",
                     (c, [f.zoid for f in changed if f.name is None]))
         candidates.update(int(o) for _z, o in cur.fetchall() if o is not None and o >= 0)
         was_in_tree = {z for z, row in old.items() if row[4]}
-        cur.execute(f"SELECT zoid, class_name, in_tree FROM {q.NODES} WHERE client_id = %s AND zoid = ANY(%s)",
+        cur.execute(f"SELECT zoid, class_name, in_tree FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s)",
                     (c, sorted(candidates)))
         out = [int(z) for z, cls, in_tree in cur.fetchall()
                if (in_tree or z in was_in_tree or z in moved) and self.is_object_class(cls)]
@@ -224,23 +294,79 @@ class GraphStore:
         return sorted(set(out))
 
     def _place_root(self, cur: Any) -> list[int]:
-        cur.execute(f"UPDATE {q.NODES} SET in_tree = true, parent = NULL, depth = 0, path = '/' "
+        cur.execute(f"UPDATE {NODES} SET in_tree = true, parent = NULL, depth = 0, path = '/' "
                     "WHERE client_id = %s AND zoid = %s AND NOT in_tree RETURNING zoid", (self.client_id, ROOT_ZOID))
         return [int(r[0]) for r in cur.fetchall()]
 
-    def _place(self, cur: Any, placed: list[int]) -> set[int]:
-        """Place the records reset by SUBTREE (and any record their placing attaches) level
-        by level; returns those placed that were not in the reset set."""
-        cur.execute(q.DEEPEST_CANDIDATE, {"c": self.client_id})
+    def _place(self, cur: Any, root_placed: list[int]) -> set[int]:
+        """Place the records reset in ``obj_replace`` (and any record their placing attaches)
+        level by level; returns those placed that were not in the reset set."""
+        c = self.client_id
+        cur.execute(q.DEEPEST_CANDIDATE, {"c": c})
         deepest = cur.fetchone()[0]
         deepest = -1 if deepest is None else int(deepest)
-        cur.execute("SELECT zoid FROM obj_replace")
-        reset = {int(r[0]) for r in cur.fetchall()}
-        outside: set[int] = set()
-        depth = 1
+        cur.execute(q.PLACED)
+        if root_placed:
+            cur.execute("INSERT INTO obj_placed VALUES (0)")
+        depth, placed = 1, bool(root_placed)
         while depth <= MAX_DEPTH and (placed or depth - 1 <= deepest):
-            cur.execute(q.PLACE_LEVEL, {"c": self.client_id, "above": depth - 1, "depth": depth, "placed": placed})
-            placed = [int(r[0]) for r in cur.fetchall()]
-            outside.update(z for z in placed if z not in reset)
+            cur.execute(q.PLACE_LEVEL, {"c": c, "above": depth - 1, "depth": depth})
+            cur.execute("SELECT EXISTS (SELECT 1 FROM obj_placed)")
+            placed = bool(cur.fetchone()[0])
             depth += 1
-        return outside
+        cur.execute("SELECT n.zoid FROM obj_newly n WHERE NOT EXISTS (SELECT 1 FROM obj_replace r WHERE r.zoid = n.zoid)")
+        return {int(r[0]) for r in cur.fetchall()}
+
+    def resolve_all(self, tid: int, quiet: bool = False) -> tuple[list[int], int]:
+        """Resolve a graph written unresolved (a backfill): every owner, the whole tree from
+        the root; every object in the tree becomes dirty. Marks the graph complete."""
+        c = self.client_id
+        with self.lock:
+            try:
+                with self.conn.cursor() as cur:
+                    self._serialise(cur)
+                    cur.execute(f"ANALYZE {NODES}; ANALYZE {EDGES}")  # written in bulk: plans need their statistics
+                    cur.execute(q.ITEMS_ALL, {"c": c})
+                    cur.execute(f"UPDATE {NODES} n SET listed = true WHERE n.client_id = %(c)s AND NOT n.listed AND "
+                                f"EXISTS (SELECT 1 FROM {EDGES} e WHERE e.client_id = %(c)s AND e.dst = n.zoid AND e.listed); "
+                                f"UPDATE {NODES} n SET listed = false WHERE n.client_id = %(c)s AND n.listed AND NOT "
+                                f"EXISTS (SELECT 1 FROM {EDGES} e WHERE e.client_id = %(c)s AND e.dst = n.zoid AND e.listed)",
+                                {"c": c})
+                    cur.execute(q.ALL_OWNERS, {"c": c})
+                    self._place_root(cur)
+                    cur.execute(q.PLACED)
+                    cur.execute("INSERT INTO obj_placed VALUES (0)")
+                    depth = 1
+                    while depth <= MAX_DEPTH:
+                        cur.execute(q.PLACE_LEVEL, {"c": c, "above": depth - 1, "depth": depth})
+                        cur.execute("SELECT EXISTS (SELECT 1 FROM obj_placed)")
+                        if not cur.fetchone()[0]:
+                            break
+                        depth += 1
+                    cur.execute(f"SELECT DISTINCT class_name FROM {NODES} WHERE client_id = %s AND in_tree", (c,))
+                    classes = [cls for (cls,) in cur.fetchall() if self.is_object_class(cls)]
+                    version = self._finish(cur, tid, [], complete=True)
+                    cur.execute(f"INSERT INTO {DIRTY} (client_id, zoid, as_of) SELECT client_id, zoid, %s FROM {NODES} "
+                                "WHERE client_id = %s AND in_tree AND class_name = ANY(%s) ON CONFLICT (client_id, zoid) "
+                                f"DO UPDATE SET as_of = greatest({DIRTY}.as_of, excluded.as_of) RETURNING zoid",
+                                (version, c, classes))
+                    dirty = sorted(int(z) for (z,) in cur.fetchall())
+                self.conn.commit()
+            except BaseException:
+                self.conn.rollback()
+                raise
+        if not quiet:
+            log.info("object graph resolved: %d objects in the tree", len(dirty), extra={"count": len(dirty)})
+        return dirty, version
+
+
+def _csv(rows: Iterable[tuple[Any, ...]]) -> io.StringIO:
+    """Rows as CSV for COPY: None unquoted (NULL), every string quoted (so ``""`` stays an
+    empty string: the root's name), NUL dropped (PostgreSQL text cannot hold it)."""
+    out = io.StringIO()
+    for row in rows:
+        out.write(",".join("" if v is None else str(v) if isinstance(v, int) else
+                           '"' + str(v).replace("\x00", "").replace('"', '""') + '"' for v in row))
+        out.write("\n")
+    out.seek(0)
+    return out

@@ -178,6 +178,12 @@ def explain(conn: Any, es: Any, settings: Settings, jsonifier: Jsonifier, builde
         "pending_pack_deletion": any(not c["applied"] for c in captured),
         "referenced_by": _referrers(es, builder.indices, zoid),
     }
+    if settings.documents == "objects":
+        from esindexer.ops.objectexplain import describe
+
+        report["object_model"] = model = describe(conn, settings, zoid)
+        if record["exists"] and model["kind"] != "object":
+            report["index"] = None  # nothing of it is its own document
     report["verdict"] = verdict(report)
     return report
 
@@ -199,6 +205,9 @@ def verdict(report: dict[str, Any]) -> str:
                 + ": `esindexer verify --repair` removes it")
     assert conversion is not None
     behind = tid > saved
+    model = report.get("object_model")
+    if model is not None and model["kind"] != "object" and conversion["kind"] == "ok":
+        return str(model["why"]) + ("" if not documents else "; yet a document is indexed: `esindexer verify --repair`")
     if conversion["kind"] == "ok":
         doc = documents.get(routed) if routed else None
         extra = f" (also a stale copy in {', '.join(elsewhere)}: verify --repair removes it)" if elsewhere else ""

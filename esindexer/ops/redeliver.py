@@ -29,10 +29,11 @@ newer one, and letters the service writes meanwhile for newer tids are left alon
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from esindexer.convert.jsonifier import Jsonifier, Kind
+from esindexer.convert.jsonifier import Conversion, Jsonifier, Kind
 from esindexer.documents import Action, DocumentBuilder
 from esindexer.ops.recheck import delete_if_gone
 from esindexer.pipeline.isolate import IsolatedConverter, Record, convert_in_process
@@ -66,11 +67,13 @@ class RedeliveryReport:
 
 
 def redeliver(conn: Any, builder: DocumentBuilder, jsonifier: Jsonifier, sink: Sink,
-              client_id: str, *, page: int = 1000, isolated: IsolatedConverter | None = None) -> RedeliveryReport:
+              client_id: str, *, page: int = 1000, isolated: IsolatedConverter | None = None,
+              objects: Callable[[list[tuple[int, int, Conversion]]], list[Action]] | None = None) -> RedeliveryReport:
     """Send the current state of every dead-lettered object again; clear what settles.
 
     Objects with ``crashed`` letters are converted by ``isolated`` (a child process), or
-    left alone without it."""
+    left alone without it. With ``objects`` (documents=objects) the records go through the
+    object graph, which answers with the documents to write."""
     report = RedeliveryReport()
     with conn.cursor() as cur:
         exists = has_relation(cur, deadletters.TABLE)
@@ -86,6 +89,7 @@ def redeliver(conn: Any, builder: DocumentBuilder, jsonifier: Jsonifier, sink: S
         if isolated is not None:  # (without it, crashed objects are left alone: reported below)
             converted.update((record[1], record) for record in isolated.records([r for r in rows if r[1] in crashed]))
         actions: list[Action] = []
+        mended: list[tuple[int, int, Conversion]] = []
         settles: dict[int, tuple[str, int | None]] = {}  # zoid -> (outcome, tid cleared up to)
         for zoid in zoids:
             report.objects += 1
@@ -103,8 +107,13 @@ def redeliver(conn: Any, builder: DocumentBuilder, jsonifier: Jsonifier, sink: S
             if conversion.kind is Kind.CRASHED:
                 report.fail(zoid, f"crashed again: {conversion.error}")
                 continue
-            actions.extend([built] if built is not None else builder.actions_for(tid, zoid, conversion))
+            if objects is not None:
+                mended.append((tid, zoid, conversion))
+            else:
+                actions.extend([built] if built is not None else builder.actions_for(tid, zoid, conversion))
             settles[zoid] = ("indexed" if conversion.kind is Kind.OK else "gone", tid)
+        if objects is not None and mended:
+            actions = objects(mended)
         result = sink.send(actions)
         delete_if_gone(conn, builder, sink, actions)
         for rejected in result.rejected:

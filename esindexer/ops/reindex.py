@@ -255,7 +255,12 @@ class Reindex:
         try:
             builder, jsonifier = DocumentBuilder(new), build_jsonifier(new)
             # one walk: repairs are read back, and what still differs is counted (lag aside)
-            report = verify(conn, sink, builder, jsonifier, new.client_id, repair=True)
+            if new.documents == "objects":
+                from esindexer.ops.objectverify import verify_objects
+
+                report: Any = verify_objects(conn, sink.es, builder, jsonifier, new, repair=True)
+            else:
+                report = verify(conn, sink, builder, jsonifier, new.client_id, repair=True)
         finally:
             conn.rollback()
             sink.es.close()
@@ -288,6 +293,7 @@ class Reindex:
     def _delete_old(self, conn: Any, es: Any, out: Outcome) -> None:
         from esindexer.es.admin import template_name
         from esindexer.ops.handover import running_workers
+        from esindexer.source import graph
         from esindexer.source.partitions import partition_progress
 
         old = self.live
@@ -308,13 +314,13 @@ class Reindex:
         es.options(ignore_status=404).indices.delete_index_template(name=template_name(old))
         workers = [old.client_id, *partition_progress(conn, old.client_id)]
         with conn.cursor() as cur:
-            for table in ("esindexer_progress", "esindexer_deletion_cursor"):
+            for table in ("esindexer_progress", "esindexer_deletion_cursor", *graph.TABLES):
                 cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
                 if cur.fetchone()[0]:  # a cursor left behind would keep the deletion log from being pruned
                     cur.execute(f"DELETE FROM {table} WHERE client_id = ANY(%s)", (workers,))
         conn.commit()
         out.step(f"deleted the old generation: {', '.join(doomed) or 'no index'}, template "
-                 f"{template_name(old)}, progress of client id {old.client_id!r}"
+                 f"{template_name(old)}, progress (and object graph, if any) of client id {old.client_id!r}"
                  + (f" and its partitions ({len(workers) - 1})" if len(workers) > 1 else ""))
 
 

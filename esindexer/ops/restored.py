@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def repair_walk(conn: Any, sink: ElasticsearchSink, builder: DocumentBuilder, jsonifier: Jsonifier,
-                settings: Settings, **options: Any) -> tuple[Report, dict[str, Any] | None, bool]:
+                settings: Settings, **options: Any) -> tuple[Report | Any, dict[str, Any] | None, bool]:
     """The check of :mod:`esindexer.pipeline.rewind` (marking what it finds), ``verify
     --repair`` (``options`` go to :func:`~esindexer.ops.verify.verify`), then the mark
     removed if the module docstring's three conditions hold: ``(report, the mark in force
@@ -47,7 +47,13 @@ def repair_walk(conn: Any, sink: ElasticsearchSink, builder: DocumentBuilder, js
     # re-read without a mark that waits for them.
     mark, _, _ = check(conn, sink, settings.worker_id)
     ready = mark is not None and reread_to(conn, settings, int(mark["database_tid"]))
-    report = verify(conn, sink, builder, jsonifier, settings.worker_id, repair=True, **options)
+    if settings.documents == "objects":
+        from esindexer.ops.objectverify import verify_objects
+
+        report: Any = verify_objects(conn, sink.es, builder, jsonifier, settings, repair=True,
+                                     deep=bool(options.get("deep")))
+    else:
+        report = verify(conn, sink, builder, jsonifier, settings.worker_id, repair=True, **options)
     cleared = False
     if ready and report.remaining == 0 and sink.behind_mark() == mark:
         sink.set_behind_mark(None)

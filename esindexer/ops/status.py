@@ -18,7 +18,7 @@ from typing import Any
 from esindexer.config import Settings
 from esindexer.es.fields import unmapped
 from esindexer.pipeline import crashguard, rewind
-from esindexer.source import backlog, deadletters, deletions, follow, partitions, progress, runs
+from esindexer.source import backlog, deadletters, deletions, follow, graph, partitions, progress, runs
 from esindexer.source.pg import has_relation
 from esindexer.source.tid import tid_to_datetime, tid_to_epoch
 
@@ -187,6 +187,10 @@ def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[in
         "partition": settings.partition,
         "partitions": workers,
     }
+    if settings.documents == "objects" and es is not None:
+        report["object_graph"] = model = graph.summary(conn, client_id)
+        report["caught_up"] = report["caught_up"] and model is not None and model["complete"] \
+            and not model["documents_to_write"]
     if es is not None:
         report.update(index_figures(settings, es, failures))
         report["database_behind"] = rewound = database_behind(conn, settings, es)
@@ -244,6 +248,12 @@ def status_lines(report: dict[str, Any]) -> list[str]:
             "those documents): " + ", ".join(f"{name} ({n:,})" for name, n in unmapped_fields["fields"].items()))
 
 
+    if "object_graph" in report:
+        model = report["object_graph"]
+        text["object_graph"] = "none yet (the service has not run with documents=objects)" if model is None else (
+            (f"complete at tid {model['tid']}" if model["complete"] else
+             f"being built (a backfill: read up to tid {model['tid']}; every document is written once it is read)")
+            + f"; {model['in_tree']:,} records in the tree; {model['documents_to_write']:,} documents to write")
     behind = report.get("database_behind")
     if behind is not None:
         text["database_behind"] = (

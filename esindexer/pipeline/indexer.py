@@ -319,13 +319,15 @@ class Indexer:
                                  abandon=self._abandon, stopping=lambda: self.stopping, guard=self.crash_guard,
                                  liveness=self.liveness, fence=keeper.check if keeper is not None else None)
             if isinstance(reader, ObjectBatchReader):
-                committer.objects = reader
+                committer.objects, reader.end_tid = reader, end_tid
                 self._retry_forever("rewriting object documents left by the last run", reader.recover)
             put_tid = start_tid  # the last tid handed to the committer
 
             def on_idle() -> None:
                 nonlocal put_tid
                 committer.drain_when_idle()
+                if isinstance(reader, ObjectBatchReader) and (tail := reader.finish(put_tid, committer.raise_failure)):
+                    committer.put(tail)  # caught up: a graph still being built is resolved now
                 passed = updates.passed_tid  # a partition: also past commits without its objects
                 if passed is not None and passed > put_tid:
                     committer.put(BatchInFlight(last_tid=passed, live=True))
@@ -337,6 +339,8 @@ class Indexer:
                 poll_interval=s.poll_interval, on_idle=on_idle, partition=s.partition_spec,
             )
             committer.watch(updates)
+            if isinstance(reader, ObjectBatchReader):
+                reader.caught_up = lambda: updates.caught_up
             # A stop, or the lease lost, that came before there was an iteration to stop.
             if self.stopping or (keeper is not None and keeper.lost is not None):
                 updates.stop()
@@ -360,6 +364,8 @@ class Indexer:
             if keeper is not None:  # the lease keeper ends the iteration when the lease is lost
                 keeper.check()
             finished = not self.stopping
+            if finished and isinstance(reader, ObjectBatchReader) and (tail := reader.finish(put_tid, committer.raise_failure)):
+                committer.put(tail)  # a backfill of objects: the graph resolved, every object written
             if finished and end_tid is not None and end_tid > put_tid:
                 committer.put(BatchInFlight(last_tid=end_tid))  # a partition read all its rows up to end_tid
             committer.finish(timeout=None if finished else s.shutdown_timeout)

@@ -23,12 +23,13 @@ import orjson
 from esindexer.config import Settings
 from esindexer.convert.jsonifier import Kind
 from esindexer.documents import Action
+from esindexer.errors import SetupError
 from esindexer.objects.assemble import Gone, assemble
 from esindexer.objects.edges import record_edges, record_name
-from esindexer.objects.store import GraphStore, RecordFacts, ensure_tables
+from esindexer.objects.store import GraphStore, RecordFacts
 from esindexer.pipeline.committer import BatchInFlight
 from esindexer.pipeline.reader import BatchReader, RequestBuffer
-from esindexer.source import pg
+from esindexer.source import graph, pg
 from esindexer.source.deadletters import DeadLetter
 from esindexer.source.pages import Row
 
@@ -42,6 +43,14 @@ class ObjectBatchReader(BatchReader):
         super().__init__(*args, **kwargs)
         self.store = store
         self._states_conn = states_conn
+        self._states = pg.CurrentStates(states_conn)
+        #: a backfill writes the graph unresolved, then resolves it once, when caught up
+        #: (set-based over the whole graph: far faster than batch by batch)
+        self.building = not store.complete()
+        #: whether the follower has handed out everything committed (set by the indexer),
+        #: and the tid a bounded run stops at
+        self.caught_up: Callable[[], bool] = lambda: False
+        self.end_tid: int | None = None
 
     def close(self) -> None:
         super().close()
@@ -55,8 +64,7 @@ class ObjectBatchReader(BatchReader):
         """Index or delete actions for the documents of ``zoids`` at ``version``."""
         actions: list[Action] = []
         with self.store.lock:  # the committer uses the graph's connection too (packs)
-            views = assemble(zoids, self.store, lambda z: pg.current_states(self._states_conn, z),
-                             lambda z: pg.current_sizes(self._states_conn, z), self.jsonifier)
+            views = assemble(zoids, self.store, self._states.states, self._states.bounded, self.jsonifier)
         for view in views:
             if isinstance(view, Gone):
                 actions.extend(self.builder.delete_actions(version, view.zoid, version=version))
@@ -86,7 +94,7 @@ class ObjectBatchReader(BatchReader):
         """Pack deletions: drop the records from the graph; the documents that changed with
         them, and how to forget them as dirty once sent."""
         with self.store.lock:
-            dirty, version = self.store.apply([], zoids, self.store.applied_tid())
+            dirty, version = self.store.apply([], zoids, self.store.applied_tid(), resolve=not self.building)
             actions = self.object_actions(dirty, version) if dirty else []
 
         def settle() -> None:
@@ -131,8 +139,34 @@ class ObjectBatchReader(BatchReader):
             return batch
         if self._fence is not None:
             self._fence()
-        dirty, version = self.store.apply(facts, deleted, batch.last_tid)
+        if not self.building:
+            dirty, version = self.store.apply(facts, deleted, batch.last_tid)
+        else:
+            dirty, version = self.store.apply(facts, deleted, batch.last_tid, resolve=False)
+            if self.caught_up() or (self.end_tid is not None and batch.last_tid >= self.end_tid):
+                dirty, version = self._resolve(batch.last_tid)
+        return self._write(batch, dirty, version, raise_failure)
+
+    def _resolve(self, tid: int) -> tuple[list[int], int]:
+        log.info("backfill read: resolving the object graph", extra={"tid": tid})
+        dirty, version = self.store.resolve_all(tid)
+        self.building = False
+        return dirty, version
+
+    def finish(self, last_tid: int, raise_failure: Callable[[], None]) -> BatchInFlight | None:
+        """At the end of a bounded run whose last batch did not reach ``end_tid``: resolve a
+        graph still being built and write every object (a batch to settle), else None."""
+        if not self.building:
+            return None
+        batch = BatchInFlight(last_tid=last_tid)
+        dirty, version = self._resolve(last_tid)
+        return self._write(batch, dirty, version, raise_failure)
+
+    def _write(self, batch: BatchInFlight, dirty: list[int], version: int,
+               raise_failure: Callable[[], None]) -> BatchInFlight | None:
+        """Submit the documents of ``dirty`` as part of ``batch``; None when stopped part-way."""
         batch.dirty, batch.dirty_version = dirty, version
+        beat = self._liveness.beat
         buffer = RequestBuffer(self.settings.bulk_max_docs, self.settings.bulk_max_bytes)
         for start in range(0, len(dirty), self.settings.bulk_max_docs):
             for action in self.object_actions(dirty[start:start + self.settings.bulk_max_docs], version):
@@ -150,7 +184,12 @@ def open_reader(settings: Settings, *args: Any, **kwargs: Any) -> BatchReader:
     if settings.documents != "objects":
         return BatchReader(settings, *args, **kwargs)
     graph_conn = pg.connect(settings, "object graph")
-    ensure_tables(graph_conn)
+    ready = graph.ensure_tables(graph_conn)
+    graph_conn.commit()
+    if not ready:
+        graph_conn.close()
+        raise SetupError(f"the object model's tables ({', '.join(graph.TABLES)}) are missing and this role "
+                            "may not create them: run `esindexer setup` as an administrator")
     store = GraphStore(graph_conn, settings.worker_id, object_class_filter(settings))
     return ObjectBatchReader(settings, *args, store=store, states_conn=pg.connect(settings, "object states"),
                              **kwargs)

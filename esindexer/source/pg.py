@@ -261,20 +261,6 @@ def current_states(conn: Any, zoids: list[int]) -> dict[int, tuple[int, bytes | 
     return rows
 
 
-def current_sizes(conn: Any, zoids: list[int]) -> dict[int, int]:
-    """``zoid -> bytes of its current state`` (the object model's part budget is decided
-    before any state is read)."""
-    if not zoids:
-        return {}
-    with conn.cursor() as cur:
-        source, key = current_revisions(cur)
-        cur.execute(f"SELECT {key}, coalesce(octet_length(s.state), 0) FROM {source} WHERE {key} = ANY(%s)",
-                    (zoids,))
-        rows = {int(z): int(n) for z, n in cur.fetchall()}
-    conn.rollback()
-    return rows
-
-
 def current_tids(conn: Any, zoids: list[int]) -> dict[int, int]:
     """``zoid -> tid`` of the current revisions of those of ``zoids`` that exist (no states
     read: the check for a database gone back in time asks only for tids)."""
@@ -286,6 +272,40 @@ def current_tids(conn: Any, zoids: list[int]) -> dict[int, int]:
         rows = {int(z): int(t) for z, t in cur.fetchall()}
     conn.rollback()
     return rows
+
+
+class CurrentStates:
+    """Current states and sizes by zoid on one connection, the layout detected once (the
+    object model asks for a batch's objects and parts many times per batch)."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+        self._source: tuple[str, str] | None = None
+
+    def _query(self, columns: str, zoids: list[int]) -> list[tuple[Any, ...]]:
+        if not zoids:
+            return []
+        with self.conn.cursor() as cur:
+            if self._source is None:
+                self._source = current_revisions(cur)
+            source, key = self._source
+            cur.execute(f"SELECT {key}, {columns} FROM unnest(%s::bigint[]) z(zoid) JOIN {source} "
+                        f"ON {key} = z.zoid", (zoids,))
+            rows: list[tuple[Any, ...]] = cur.fetchall()
+        self.conn.rollback()
+        return rows
+
+    def states(self, zoids: list[int]) -> dict[int, tuple[int, bytes | None]]:
+        return {int(z): (int(t), bytes(d) if d is not None else None) for z, t, d in self._query("s.tid, s.state", zoids)}
+
+    def sizes(self, zoids: list[int]) -> dict[int, int]:
+        return {int(z): int(n) for z, n in self._query("coalesce(octet_length(s.state), 0)", zoids)}
+
+    def bounded(self, zoids: list[int], limit: int) -> dict[int, tuple[int, int, bytes | None]]:
+        """``zoid -> (tid, size, state)``, the state only when it is at most ``limit`` bytes."""
+        rows = self._query(f"s.tid, coalesce(octet_length(s.state), 0), "
+                           f"CASE WHEN octet_length(s.state) <= {int(limit)} THEN s.state END", zoids)
+        return {int(z): (int(t), int(n), bytes(d) if d is not None else None) for z, t, n, d in rows}
 
 
 def current_pages(conn: Any, page: int) -> Iterator[list[tuple[int, int, bytes | None]]]:

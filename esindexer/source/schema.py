@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg2 import sql
 
-from esindexer.source import deadletters, deletions, lease, notify, progress, runs
+from esindexer.source import deadletters, deletions, graph, lease, notify, progress, runs
 from esindexer.source.pg import has_relation, keeps_history
 
 #: esindexer's tables and what a running indexer does with each.
@@ -27,6 +27,11 @@ TABLE_RIGHTS: dict[str, tuple[str, ...]] = {
     runs.TABLE: ("SELECT", "INSERT", "UPDATE"),
     lease.TABLE: ("SELECT", "INSERT", "UPDATE"),  # the active process's lease (hot standby)
     lease.STANDBY_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),  # the standbys' queue
+    # documents=objects: the object graph, kept exact batch by batch
+    graph.NODES: ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    graph.EDGES: ("SELECT", "INSERT", "DELETE"),
+    graph.DIRTY: ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    graph.APPLIED: ("SELECT", "INSERT", "UPDATE"),
 }
 
 
@@ -53,6 +58,8 @@ def create_all(conn: Any) -> SetupReport:
     deadletters.ensure_table(conn)
     if not runs.ensure_table(conn):
         report.missing.append(f"table {runs.TABLE} (the crash guard)")
+    if not graph.ensure_tables(conn):
+        report.missing.append(f"tables {', '.join(graph.TABLES)} (documents=objects)")
     if not lease.ensure_tables(conn):
         report.missing.append(f"tables {lease.TABLE} and {lease.STANDBY_TABLE} (hot standby)")
     conn.commit()

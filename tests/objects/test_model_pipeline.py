@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import transaction
 from BTrees.OOBTree import OOBTree
 from persistent import Persistent
 from persistent.mapping import PersistentMapping
 
 from tests.indexing import make_settings, running, zoid_of
-from tests.support import wait_for
-
+from tests.support import both_history_modes, scalar, wait_for
 
 
 class Folder(Persistent):
@@ -95,6 +93,7 @@ def build(db):
     return conn
 
 
+@both_history_modes
 def test_objects_follow_the_tree(zodb, db_dsn, es_url, es_prefix, es):
     conn = build(zodb)
     root = conn.root()
@@ -113,6 +112,10 @@ def test_objects_follow_the_tree(zodb, db_dsn, es_url, es_prefix, es):
         assert [int(h["_id"]) for h in hits] == [zoid_of(item)]  # a part's words find its object
         # no document for parts, BTrees or the holder
         assert zoid_of(item.body["holder"]) not in got
+        # a folder's items (a folded BTree) are data, in more: no field per child id
+        mapping = es.indices.get_mapping(index=alias)
+        props = next(iter(mapping.values()))["mappings"]["properties"]["state"]["properties"]
+        assert not [field for field in props if field.startswith("_tree")], sorted(props)
 
         # a move, a rename, a removal and a part edit, committed together
         site = root["site"]
@@ -139,5 +142,129 @@ def test_objects_follow_the_tree(zodb, db_dsn, es_url, es_prefix, es):
         news._tree["item-1"] = removed
         transaction.commit()
         expected = truth(zodb)
+        wait_for(lambda: paths(es, alias) == expected, timeout=30)
+    conn.close()
+
+
+def test_verify_explain_and_repair(zodb, db_dsn, es_url, es_prefix, es):
+    import psycopg2
+
+    from esindexer.convert.configure import build_jsonifier
+    from esindexer.documents import DocumentBuilder
+    from esindexer.ops.explain import explain
+    from esindexer.ops.objectverify import verify_objects
+
+    conn = build(zodb)
+    root = conn.root()
+    settings = make_settings(db_dsn, es_url, es_prefix, documents="objects")
+    alias = settings.alias_name
+    news = root["site"]._tree["news"]
+    removed = news._tree.pop("item-4")
+    transaction.commit()
+    with running(settings):
+        expected = truth(zodb)
+        wait_for(lambda: paths(es, alias) == expected, timeout=60)
+    builder, jsonifier = DocumentBuilder(settings), build_jsonifier(settings)
+    pg_conn = psycopg2.connect(db_dsn)
+    try:
+        report = verify_objects(pg_conn, es, builder, jsonifier, settings, deep=True)
+        assert report.remaining == 0 and report.objects == len(expected), report.as_dict()
+
+        item = news._tree["item-8"]
+        said = explain(pg_conn, es, settings, jsonifier, builder, zoid_of(item))
+        assert said["object_model"]["kind"] == "object" and said["object_model"]["path"] == "/site/news/item-8"
+        assert said["verdict"].startswith("indexed in")
+        part = explain(pg_conn, es, settings, jsonifier, builder, zoid_of(item.body["holder"]))
+        assert part["object_model"]["kind"] == "part" and part["object_model"]["owner"] == zoid_of(item)
+        gone = explain(pg_conn, es, settings, jsonifier, builder, zoid_of(removed))
+        assert gone["object_model"]["kind"] == "detached" and "no document" in gone["verdict"]
+
+        # hand damage: a document deleted, one for a part written, one re-pathed, one body changed
+        index = builder.index_for_class(f"{Item.__module__}.Item")
+        es.delete(index=index, id=zoid_of(news._tree["item-9"]), refresh=True)
+        es.index(index=index, id=zoid_of(item.body["holder"]), document={"zoid": zoid_of(item.body["holder"])},
+                 version=1, version_type="external", refresh=True)
+        es.update(index=index, id=zoid_of(news._tree["item-10"]), doc={"path": "/elsewhere"}, refresh=True)
+        es.update(index=index, id=zoid_of(news._tree["item-11"]), doc={"text": "tampered"}, refresh=True)
+        report = verify_objects(pg_conn, es, builder, jsonifier, settings, deep=True)
+        assert report.counts["missing"] == 1 and report.counts["orphan"] == 1, report.as_dict()
+        assert report.counts["stale"] == 1 and report.counts["changed"] == 1 and report.counts["graph"] == 0
+        report = verify_objects(pg_conn, es, builder, jsonifier, settings, deep=True, repair=True)
+        assert report.repaired == 4 and report.still_different == 0, report.as_dict()
+        assert verify_objects(pg_conn, es, builder, jsonifier, settings, deep=True).remaining == 0
+    finally:
+        pg_conn.close()
+    conn.close()
+
+
+def test_documents_left_dirty_by_a_crash_are_written_at_start(zodb, db_dsn, es_url, es_prefix, es):
+    """The outbox: a dirty row whose document never reached the index (a crash between the
+    graph's commit and the bulk) is written when the service starts again."""
+    import psycopg2
+
+    from esindexer.errors import ExitCode
+    from esindexer.observe.metrics import Metrics
+    from esindexer.pipeline.indexer import Indexer
+
+    conn = build(zodb)
+    root = conn.root()
+    settings = make_settings(db_dsn, es_url, es_prefix, documents="objects")
+    alias = settings.alias_name
+    with running(settings):
+        wait_for(lambda: paths(es, alias) == truth(zodb), timeout=60)
+    item = root["site"]._tree["docs"]._tree["doc-5"]
+    index = next(iter(es.indices.get_alias(name=alias)))
+    es.indices.delete(index=index)  # nothing left: as if no bulk had ever gone
+
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+        cur.execute("INSERT INTO esindexer_obj_dirty (client_id, zoid, as_of) "
+                    "SELECT client_id, %s, tid FROM esindexer_obj_applied", (zoid_of(item),))
+    with running(settings):
+        wait_for(lambda: zoid_of(item) in indexed(es, alias), timeout=30)
+        wait_for(lambda: scalar(db_dsn, "SELECT count(*) FROM esindexer_obj_dirty") == 0, timeout=30)
+    assert {z: d["path"] for z, d in indexed(es, alias).items()} == {zoid_of(item): "/site/docs/doc-5"}
+    # the same indices with records configured: refused at start, with the way out
+    code = Indexer(make_settings(db_dsn, es_url, es_prefix), Metrics(process_metrics=False)).run(until_caught_up=True)
+    assert code == ExitCode.SETUP
+    conn.close()
+
+
+def test_ofs_children_named_by_their_container(zodb, db_dsn, es_url, es_prefix, es):
+    """A tool whose id is a class attribute (no pickle shows it) is placed by its OFS
+    container's ``_objects`` listing, or by being an item of a container's ``_tree``, and is
+    an object of its own, not a part of the folder."""
+    from tests.objects.test_edges_fold import ClassNamed, OFSFolder
+
+    conn = zodb.open()
+    root = conn.root()
+    app = root["app"] = OFSFolder("app")
+    tool = ClassNamed()
+    tool.title = "The tool"
+    tool.data = PersistentMapping({"setting": "value"})
+    app._setObject("portal_tool", tool)
+    sub = OFSFolder("sub")
+    app._setObject("sub", sub)
+    sub._setObject("leaf", Item("leaf", "A leaf", "leaf words"))
+    site = root["site"] = Folder("site")  # a BTreeFolder2-like container: items in _tree
+    in_tree = ClassNamed()
+    site._tree["portal_tool"] = in_tree
+    in_tree.catalog = OOBTree({"word": PersistentMapping({"rid": 1})})  # the tool's own parts
+    transaction.commit()
+    settings = make_settings(db_dsn, es_url, es_prefix, documents="objects")
+    alias = settings.alias_name
+    expected = {0: "/", zoid_of(app): "/app", zoid_of(tool): "/app/portal_tool", zoid_of(sub): "/app/sub",
+                zoid_of(sub.leaf): "/app/sub/leaf", zoid_of(site): "/site", zoid_of(in_tree): "/site/portal_tool"}
+    with running(settings):
+        wait_for(lambda: paths(es, alias) == expected, timeout=60)
+        got = indexed(es, alias)
+        assert got[zoid_of(tool)]["parts"] == [zoid_of(tool.data)]  # its own part, not the folder's
+        assert zoid_of(tool) not in got[zoid_of(app)]["parts"]
+        assert zoid_of(in_tree.catalog) in got[zoid_of(in_tree)]["parts"]
+        assert zoid_of(in_tree) not in got[zoid_of(site)]["parts"]
+        # removed from the listing and the attribute (OFS _delObject): gone
+        del app.portal_tool
+        app._objects = tuple(o for o in app._objects if o["id"] != "portal_tool")
+        transaction.commit()
+        del expected[zoid_of(tool)]
         wait_for(lambda: paths(es, alias) == expected, timeout=30)
     conn.close()

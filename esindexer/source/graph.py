@@ -1,0 +1,100 @@
+"""The object model's tables (documents=objects), in the database esindexer already writes to.
+
+Kept per client id (a re-index generation builds its own): ``nodes`` holds one row per
+record seen (its name, its owner when it is unnamed, its place when it is in the tree),
+``edges`` its references with their keys, ``dirty`` the objects whose documents must be
+rewritten (written in the transaction that changed the graph, removed in the progress
+transaction once the search engine accepted them: a crash in between leaves them to be
+rebuilt at the next start), ``applied`` the last tid the graph reflects. A backfill
+(a new client id) rebuilds all of it from the records.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from esindexer.source.pg import NOT_PERMITTED, has_relation
+
+NODES = "esindexer_obj_nodes"
+EDGES = "esindexer_obj_edges"
+DIRTY = "esindexer_obj_dirty"
+APPLIED = "esindexer_obj_applied"
+TABLES = (NODES, EDGES, DIRTY, APPLIED)
+#: Advisory lock namespace ("es" + 4) of one client id's graph: the service and a command
+#: (dead-letter redelivery) never change it at the same time.
+GRAPH_LOCK_CLASS = 0x65730004
+
+CREATE = f"""
+CREATE TABLE IF NOT EXISTS {NODES} (
+    client_id text NOT NULL, zoid bigint NOT NULL, tid bigint NOT NULL, class_name text,
+    name text,                 -- NULL: unnamed; '' only for the root
+    listed boolean NOT NULL DEFAULT false,  -- held by an OFS container that lists it in _objects
+    owner bigint,              -- unnamed: the one named record reaching it; -1 shared; NULL none
+    in_tree boolean NOT NULL DEFAULT false,
+    parent bigint, depth integer, path text,
+    PRIMARY KEY (client_id, zoid));
+CREATE INDEX IF NOT EXISTS {NODES}_owner ON {NODES} (client_id, owner);
+CREATE INDEX IF NOT EXISTS {NODES}_parent ON {NODES} (client_id, parent) WHERE parent IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {EDGES} (
+    client_id text NOT NULL, src bigint NOT NULL, dst bigint NOT NULL, key text,
+    listed boolean NOT NULL DEFAULT false);
+CREATE INDEX IF NOT EXISTS {EDGES}_src ON {EDGES} (client_id, src);
+CREATE INDEX IF NOT EXISTS {EDGES}_dst ON {EDGES} (client_id, dst);
+CREATE TABLE IF NOT EXISTS {DIRTY} (
+    client_id text NOT NULL, zoid bigint NOT NULL, as_of bigint NOT NULL, PRIMARY KEY (client_id, zoid));
+CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT NULL,
+    complete boolean NOT NULL DEFAULT false);
+ALTER TABLE {NODES} ADD COLUMN IF NOT EXISTS listed boolean NOT NULL DEFAULT false;
+ALTER TABLE {EDGES} ADD COLUMN IF NOT EXISTS listed boolean NOT NULL DEFAULT false;
+ALTER TABLE {APPLIED} ADD COLUMN IF NOT EXISTS complete boolean NOT NULL DEFAULT false;
+"""
+
+
+def _has_column(cur: Any, table: str, column: str) -> bool:
+    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
+                "AND NOT attisdropped)", (table, column))
+    return bool(cur.fetchone()[0])
+
+
+def ensure_tables(conn: Any) -> bool:
+    """Create the tables if missing, in a savepoint of the caller's transaction (the caller
+    commits); False when they are missing and this role may not create them."""
+    with conn.cursor() as cur:
+        if all(has_relation(cur, table) for table in TABLES) and _has_column(cur, EDGES, "listed"):
+            return True  # no DDL, which a least-privileged role may not run
+        cur.execute("SAVEPOINT esindexer_graph_ddl")
+        try:
+            cur.execute(CREATE)
+        except NOT_PERMITTED:
+            cur.execute("ROLLBACK TO SAVEPOINT esindexer_graph_ddl")
+            return False
+        except Exception:
+            cur.execute("ROLLBACK TO SAVEPOINT esindexer_graph_ddl")
+            raise
+        cur.execute("RELEASE SAVEPOINT esindexer_graph_ddl")
+    return True
+
+
+def forget(conn: Any, client_id: str) -> None:
+    """Drop one client id's graph (a generation deleted, or rebuilt from scratch)."""
+    with conn.cursor() as cur:
+        for table in TABLES:
+            cur.execute(f"DELETE FROM {table} WHERE client_id = %s", (client_id,))
+    conn.commit()
+
+
+def summary(conn: Any, client_id: str) -> dict[str, Any] | None:
+    """What ``status`` says of one client id's graph (None: it has none)."""
+    with conn.cursor() as cur:
+        if not has_relation(cur, APPLIED):
+            return None
+        cur.execute(f"SELECT tid, complete FROM {APPLIED} WHERE client_id = %s", (client_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        cur.execute(f"SELECT count(*) FROM {NODES} WHERE client_id = %s AND in_tree", (client_id,))
+        in_tree = int(cur.fetchone()[0])
+        cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (client_id,))
+        dirty = int(cur.fetchone()[0])
+    conn.rollback()
+    return {"tid": int(row[0]), "complete": bool(row[1]), "in_tree": in_tree, "documents_to_write": dirty}
