@@ -15,7 +15,8 @@ date ranges on effective/expires/modified/start, a word of the body, sorted by
 modification date), the UIDs Elasticsearch returns equal the UIDs
 ``portal_catalog.unrestrictedSearchResults`` returns (as an administrator: permissions
 do not filter). The index holds exactly the cataloged items, one document each (version
-copies, tools and removed items are not content hits), and nothing is dead-lettered.
+copies, tools and removed items are not content hits), nothing is dead-lettered, and
+``esindexer verify`` finds the index equal to the database's object tree.
 
 One site per history mode, reused by every query and phase, to keep the run short.
 Run alone with ``scripts/test -m plone``; the first run installs Plone (a few minutes).
@@ -67,7 +68,11 @@ def _index(env: dict[str, str], db_dsn: str) -> float:
     assert done.returncode == 0, done.stderr[-3000:]
     letters = scalar(db_dsn, "SELECT count(*) FROM esindexer_dead_letters")
     assert letters == 0, run_esindexer("dead-letters", env=env).stdout[-3000:]
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    # the object verify: every object of the tree has its document, none is stale or extra
+    verified = run_esindexer("verify", env=env, timeout=600)
+    assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
+    return seconds
 
 
 def _compare(es: Any, index: str, truth: dict[str, Any]) -> dict[str, int]:
