@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -94,12 +93,21 @@ def _convert(jsonifier: Jsonifier, zoid: int, data: bytes | None) -> tuple[str, 
     return conversion.class_name, orjson.loads(conversion.json_text)
 
 
-StateReader = Callable[[list[int]], dict[int, tuple[int, bytes | None]]]
-PartReader = Callable[[list[int], int], dict[int, tuple[int, int, bytes | None]]]
+class States(Protocol):
+    """Where current states come from (:class:`esindexer.source.pg.CurrentStates`)."""
+
+    def states(self, zoids: list[int]) -> dict[int, tuple[int, bytes | None]]: ...
+
+    def sizes(self, zoids: list[int]) -> dict[int, int]: ...
+
+    def bounded(self, zoids: list[int], limit: int) -> dict[int, tuple[int, int, bytes | None]]: ...
 
 
-def assemble(zoids: list[int], store: GraphStore, read_states: StateReader, read_parts: PartReader,
-             jsonifier: Jsonifier) -> list[ObjectView | Gone]:
+#: Bytes of pickles held at once while assembling (at least one object at a time).
+READ_BYTES = 64 * 1024 * 1024
+
+
+def assemble(zoids: list[int], store: GraphStore, source: States, jsonifier: Jsonifier) -> list[ObjectView | Gone]:
     """The current content of each of ``zoids`` (objects whose documents changed)."""
     nodes = store.nodes(zoids)
     live = [z for z in zoids if z in nodes and nodes[z].in_tree]
@@ -107,27 +115,41 @@ def assemble(zoids: list[int], store: GraphStore, read_states: StateReader, read
     if not live:
         return out
     parts_of = store.parts(live)
-    every_part = sorted({p for ps in parts_of.values() for p in ps})
-    # One read of the parts: their sizes, and their states when small enough to be folded.
-    bounded = read_parts(every_part, MAX_PART_BYTES)
-    sizes = {z: size for z, (_t, size, _d) in bounded.items()}
-    chosen_of: dict[int, tuple[list[int], int]] = {}
+    sizes = source.sizes(live + sorted({p for ps in parts_of.values() for p in ps}))
+    chosen_of: dict[int, list[int]] = {}
     over = []  # objects whose parts exceed the budget: the nearest are chosen, which needs the edges
     for zoid in live:
         candidates = parts_of.get(zoid, [])
         if len(candidates) > MAX_PARTS or sum(sizes.get(p, 0) for p in candidates) > MAX_PART_BYTES:
             over.append(zoid)
         else:
-            chosen_of[zoid] = (candidates, 0)
+            chosen_of[zoid] = candidates
     if over:
-        among = over + [p for zoid in over for p in parts_of[zoid]]
-        edges = store.edges_from(among)
+        edges = store.edges_from(over + [p for zoid in over for p in parts_of[zoid]])
         for zoid in over:
-            chosen_of[zoid] = _nearest_parts(zoid, set(parts_of[zoid]), edges, sizes)
-    states = read_states(live)
-    states.update((z, (t, d)) for z, (t, _n, d) in bounded.items())
+            chosen_of[zoid] = _nearest_parts(zoid, set(parts_of[zoid]), edges, sizes)[0]
+    # Read in groups of about READ_BYTES: a thousand objects with large parts are not all held at once.
+    group: list[int] = []
+    held = 0
     for zoid in live:
-        node: Node = nodes[zoid]
+        group.append(zoid)
+        held += sizes.get(zoid, 0) + sum(sizes.get(p, 0) for p in chosen_of[zoid])
+        if held >= READ_BYTES:
+            out.extend(_assembled(group, nodes, parts_of, chosen_of, source, jsonifier))
+            group, held = [], 0
+    if group:
+        out.extend(_assembled(group, nodes, parts_of, chosen_of, source, jsonifier))
+    return out
+
+
+def _assembled(live: list[int], nodes: dict[int, Node], parts_of: dict[int, list[int]],
+               chosen_of: dict[int, list[int]], source: States, jsonifier: Jsonifier) -> list[ObjectView | Gone]:
+    out: list[ObjectView | Gone] = []
+    states = source.states(live)
+    states.update((z, (t, d)) for z, (t, _n, d) in
+                  source.bounded(sorted({p for z in live for p in chosen_of[z]}), MAX_PART_BYTES).items())
+    for zoid in live:
+        node = nodes[zoid]
         tid_data = states.get(zoid)
         converted = _convert(jsonifier, zoid, tid_data[1]) if tid_data else None
         if tid_data is None or converted is None:
@@ -135,19 +157,18 @@ def assemble(zoids: list[int], store: GraphStore, read_states: StateReader, read
                 out.append(Gone(zoid))  # the record itself is gone (a deletion not yet applied)
             continue  # not convertible: the reader dead-letters the record; its document stays
         class_name, state = converted
-        chosen, _left = chosen_of[zoid]
         parts: Parts = {}
         newest = 0
-        for part in chosen:
+        for part in chosen_of[zoid]:
             got = states.get(part)
             converted_part = _convert(jsonifier, part, got[1]) if got else None
             if got is None or converted_part is None:
-                continue
+                continue  # gone meanwhile, larger than the budget, or not convertible: left a reference
             parts[part] = converted_part
             newest = max(newest, got[0])
         folded = fold(state, parts)
-        out.append(ObjectView(zoid=zoid, tid=tid_data[0], parts_tid=newest, class_name=class_name, state=folded.state, name=node.name,
-                              path=node.path or "/", parent=node.parent, depth=node.depth or 0,
-                              parts=sorted(folded.folded), parts_omitted=len(parts_of.get(zoid, [])) - len(folded.folded),
-                              refs=folded.refs))
+        out.append(ObjectView(zoid=zoid, tid=tid_data[0], parts_tid=newest, class_name=class_name,
+                              state=folded.state, name=node.name, path=node.path or "/", parent=node.parent,
+                              depth=node.depth or 0, parts=sorted(folded.folded),
+                              parts_omitted=len(parts_of.get(zoid, [])) - len(folded.folded), refs=folded.refs))
     return out

@@ -16,16 +16,16 @@ ITEM_ATTRIBUTES = ("_tree", "_SampleContainer__data")
 _ITEMS = ", ".join(f"'{name}'" for name in ITEM_ATTRIBUTES)
 
 #: Whether BTree record ``b`` holds a container's items: held under an item attribute
-#: itself, or a node or bucket of such a tree (one or two levels down; a folder of more
-#: than about two million items has three).
-_IS_ITEMS = f"""EXISTS (SELECT 1 FROM {EDGES} f WHERE f.client_id = %(c)s AND f.key IN ({_ITEMS}) AND f.dst IN (
-    SELECT b.zoid
-    UNION SELECT g.src FROM {EDGES} g WHERE g.client_id = %(c)s AND g.dst = b.zoid AND g.key IS NULL
-    UNION SELECT h.src FROM {EDGES} g JOIN {EDGES} h ON h.client_id = %(c)s AND h.dst = g.src AND h.key IS NULL
-          WHERE g.client_id = %(c)s AND g.dst = b.zoid AND g.key IS NULL))"""
+#: itself, or a node or bucket below such a tree (walking up its structural references).
+_IS_ITEMS = f"""EXISTS (
+    WITH RECURSIVE up(zoid) AS (
+        SELECT b.zoid
+      UNION
+        SELECT g.src FROM up JOIN {EDGES} g ON g.client_id = %(c)s AND g.dst = up.zoid AND g.key IS NULL)
+    SELECT 1 FROM up JOIN {EDGES} f ON f.client_id = %(c)s AND f.dst = up.zoid AND f.key IN ({_ITEMS}))"""
 
-#: The edges of those BTree records (or of every BTree record, ``ITEMS_ALL``) marked
-#: *listed* when they hold a container's items; returns the records whose holding changed.
+#: The edges of those BTree records (or of every items tree, ``ITEMS_ALL``) marked *listed*
+#: when they hold a container's items; returns the records whose holding changed.
 ITEMS = f"""
 UPDATE {EDGES} e SET listed = x.items
 FROM (SELECT b.zoid, {_IS_ITEMS} AS items FROM {NODES} b
@@ -34,8 +34,13 @@ WHERE e.client_id = %(c)s AND e.src = x.zoid AND e.key IS NOT NULL AND e.listed 
 RETURNING e.dst
 """
 ITEMS_ALL = f"""
-UPDATE {EDGES} e SET listed = true
-FROM (SELECT b.zoid FROM {NODES} b WHERE b.client_id = %(c)s AND b.class_name LIKE 'BTrees.%%' AND {_IS_ITEMS}) x
+WITH RECURSIVE items(zoid) AS (
+    SELECT f.dst FROM {EDGES} f
+    JOIN {NODES} b ON b.client_id = %(c)s AND b.zoid = f.dst AND b.class_name LIKE 'BTrees.%%'
+    WHERE f.client_id = %(c)s AND f.key IN ({_ITEMS})
+  UNION
+    SELECT g.dst FROM items i JOIN {EDGES} g ON g.client_id = %(c)s AND g.src = i.zoid AND g.key IS NULL)
+UPDATE {EDGES} e SET listed = true FROM items x
 WHERE e.client_id = %(c)s AND e.src = x.zoid AND e.key IS NOT NULL AND NOT e.listed
 """
 

@@ -153,6 +153,9 @@ class GraphStore:
         """One writer of this graph at a time (until the transaction ends): the service and a
         command redelivering dead letters read what the other committed."""
         cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (GRAPH_LOCK_CLASS, self.client_id))
+        # The recursive statements' row estimates are far too high, which makes PostgreSQL
+        # compile them (JIT): over a second per statement, for statements that take milliseconds.
+        cur.execute("SET LOCAL jit = off")
 
     def _finish(self, cur: Any, tid: int, dirty: list[int], complete: bool) -> int:
         cur.execute(f"INSERT INTO {APPLIED} (client_id, tid, complete) VALUES (%s, %s, %s) ON CONFLICT (client_id) "

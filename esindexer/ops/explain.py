@@ -181,7 +181,7 @@ def explain(conn: Any, es: Any, settings: Settings, jsonifier: Jsonifier, builde
     if settings.documents == "objects":
         from esindexer.ops.objectexplain import describe
 
-        report["object_model"] = model = describe(conn, settings, zoid)
+        report["object_model"] = model = describe(conn, settings, zoid, es, builder.indices)
         if record["exists"] and model["kind"] != "object":
             report["index"] = None  # nothing of it is its own document
     report["verdict"] = verdict(report)

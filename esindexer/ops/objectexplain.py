@@ -31,7 +31,17 @@ def _holders(conn: Any, client_id: str, zoid: int) -> dict[str, Any]:
     return {"total": total, "shown": shown}
 
 
-def describe(conn: Any, settings: Settings, zoid: int) -> dict[str, Any]:
+def _folded_in(es: Any, indices: tuple[str, ...], owner: int, part: int) -> bool | None:
+    """Whether the owner's document lists ``part`` among its folded parts (None: no document)."""
+    if es is None:
+        return None
+    hits = es.search(index=",".join(indices), size=1, query={"ids": {"values": [str(owner)]}},
+                     source=["parts"], ignore_unavailable=True)["hits"]["hits"]
+    return part in (hits[0]["_source"].get("parts") or []) if hits else None
+
+
+def describe(conn: Any, settings: Settings, zoid: int, es: Any = None,
+             indices: tuple[str, ...] = ()) -> dict[str, Any]:
     """The object model's view of ``zoid`` (the ``object_model`` part of ``explain --json``)."""
     store = GraphStore(conn, settings.client_id, object_class_filter(settings))
     node = store.nodes([zoid]).get(zoid)
@@ -55,8 +65,12 @@ def describe(conn: Any, settings: Settings, zoid: int) -> dict[str, Any]:
     elif node.owner is not None and node.owner >= 0:
         owner: Node | None = store.nodes([node.owner]).get(node.owner)
         where = f" at {owner.path}" if owner is not None and owner.in_tree else " (itself not in the tree)"
+        folded = _folded_in(es, indices, node.owner, zoid)
+        content = ("its content is in that object's document" if folded else
+                   "left out of that object's document (beyond its budget of parts, or not written yet): a "
+                   "reference there" if folded is False else "that object has no document")
         out.update(kind="part", owner=node.owner, owner_path=owner.path if owner is not None else None,
-                   why=f"a part of object {node.owner}{where}: its content is in that object's document")
+                   folded=folded, why=f"a part of object {node.owner}{where}: {content}")
     elif node.owner == -1:
         out.update(kind="shared", why="reached from several objects: folded into none, no document")
     else:

@@ -44,8 +44,7 @@ def objects_hook(conn: Any, settings: Settings, builder: DocumentBuilder, jsonif
         complete = store.complete()
         dirty, version = store.apply(facts, deleted, max(t for t, _z, _c in records), resolve=complete)
         out: list[Action] = []
-        for view in assemble(dirty, store, pg.CurrentStates(conn).states, pg.CurrentStates(conn).bounded,
-                             jsonifier):
+        for view in assemble(dirty, store, pg.CurrentStates(conn), jsonifier):
             if isinstance(view, Gone):
                 out.extend(builder.delete_actions(version, view.zoid, version=version))
             else:

@@ -136,8 +136,7 @@ def _differences(conn: Any, store: GraphStore, es: Any, indices: tuple[str, ...]
 def _actions(store: GraphStore, conn: Any, jsonifier: Jsonifier, builder: DocumentBuilder, zoids: list[int],
              version: int) -> list[Action]:
     out: list[Action] = []
-    for view in assemble(zoids, store, pg.CurrentStates(conn).states, pg.CurrentStates(conn).bounded,
-                         jsonifier):
+    for view in assemble(zoids, store, pg.CurrentStates(conn), jsonifier):
         if isinstance(view, Gone):
             out.extend(builder.delete_actions(version, view.zoid, version=version))
         else:

@@ -231,8 +231,11 @@ def _record(row: Row, result: Result) -> Record:
     """A child's answer for ``row`` as a :data:`Record`."""
     tid, zoid, data = row
     kind, class_name, error, index, source = result
+    if kind == "ok" and index is None:  # documents=objects: the converted JSON, for the object graph
+        assert source is not None
+        return tid, zoid, data, Conversion(Kind.OK, class_name, source.decode(), None, None), None
     if kind == "ok":
-        assert index is not None  # the child sends the index of every ok result
+        assert index is not None  # the child sends the index of every ok result it built
         action: Action | None = Action("index", index, zoid, tid, tid, class_name, source)
     else:
         action = None
@@ -359,6 +362,7 @@ def _child_main(conn: Any, settings: Settings) -> None:
         return
     conn.send(("ready", None))
     convert = jsonifier.convert
+    objects = settings.documents == "objects"
     while True:
         try:
             chunk, group = conn.recv()
@@ -369,7 +373,10 @@ def _child_main(conn: Any, settings: Settings) -> None:
             try:
                 c = convert((tid, zoid), data)
                 result: Result
-                if c.kind == "ok":
+                if c.kind == "ok" and objects:  # the object reader builds documents from the graph
+                    assert c.json_text is not None
+                    result = ("ok", c.class_name, None, None, c.json_text.encode())
+                elif c.kind == "ok":
                     assert c.class_name is not None and c.json_text is not None  # as in convert_in_process
                     action = builder.index_action(tid, zoid, c.class_name, c.json_text)
                     result = ("ok", c.class_name, None, action.index, action.source)

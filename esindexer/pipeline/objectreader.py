@@ -64,7 +64,7 @@ class ObjectBatchReader(BatchReader):
         """Index or delete actions for the documents of ``zoids`` at ``version``."""
         actions: list[Action] = []
         with self.store.lock:  # the committer uses the graph's connection too (packs)
-            views = assemble(zoids, self.store, self._states.states, self._states.bounded, self.jsonifier)
+            views = assemble(zoids, self.store, self._states, self.jsonifier)
         for view in views:
             if isinstance(view, Gone):
                 actions.extend(self.builder.delete_actions(version, view.zoid, version=version))
