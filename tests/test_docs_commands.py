@@ -178,6 +178,10 @@ def localise(command: str, dsn: str, prefix: str, number: int) -> str:
     command = command.replace("--dsn ...", f"--dsn {dsn}").replace("--grant-to ROLE", f"--grant-to {user}")
     command = command.replace("--grant-to esindexer", f"--grant-to {user}")
     command = re.sub(r"\bzodb-v2\b", f"{prefix}-v{number}", command)  # a generation of its own
+    if re.search(r"\bESINDEXER_PROFILE=plone\b", command):
+        # object documents (docs/plone.md): a generation and a client id of their own, since the
+        # walk's index holds record documents (a service refuses to mix the two)
+        command = f"ESINDEXER_INDEX_PREFIX={prefix}-v{number} ESINDEXER_CLIENT_ID=walk-v{number} {command}"
     if re.search(r"\besindexer reindex --to\b", command):
         # ... behind an alias of its own: the walk's later commands keep their generation served
         command = f"ESINDEXER_ALIAS={prefix}-v{number}-alias {command}"
