@@ -15,11 +15,15 @@ apart from a slow machine.
 
 Then, on the same corpus:
 
-1. **stages**, single-threaded and without Elasticsearch: reading every row with
-   ``follow.updates``, converting them (``Jsonifier.convert``), shaping documents
-   (``DocumentBuilder.index_action``) and joining bulk bodies. This is the CPU the
-   service spends besides Elasticsearch, and bounds what any bulk setting can reach
-   in one Python process;
+1. **stages**, single-threaded and without Elasticsearch, in Python CPU µs per document
+   (best of 2): reading every row with ``follow.updates``; the service's path, decoding
+   (``Jsonifier.decode``) and shaping each document straight from the unpickled state
+   (``DocumentBuilder.index_action_from_state``); the JSON text path beside it
+   (``Jsonifier.convert`` then ``DocumentBuilder.index_action``, what every record took
+   before issue 25 and what ``verify --deep`` and the library API still give);
+   ``DocumentBuilder.record`` end to end; and the bulk bodies. This is the CPU the service
+   spends besides Elasticsearch, and bounds what any bulk setting can reach in one Python
+   process;
 2. **variants**: ``Indexer(settings, Metrics()).run(until_caught_up=True)`` once per
    variant, each into a fresh index prefix with its own ``ESINDEXER_CLIENT_ID`` (so
    each starts from no progress). A first baseline run (the defaults of
@@ -27,6 +31,12 @@ Then, on the same corpus:
    35 % slower. The list of variants then runs ``--rounds`` times, interleaved, and
    the summary keeps each variant's fastest round (the least disturbed by other work
    on the machine), flagging variants whose rounds differ by more than 15 %.
+   Two variants are not the indexer in this process: ``raw`` sends the very same
+   documents, serialised beforehand, with ``elasticsearch.helpers.parallel_bulk`` (2
+   threads, 1,000 per request, into an index made from esindexer's template): the
+   baseline each variant's **ratio** is computed against, in the same run, interleaved;
+   and ``process`` runs ``python -m esindexer run --until-caught-up`` (process start
+   included; CPU from the child's rusage, its peak RSS from ``VmHWM``).
 
 For each variant it prints wall time, docs/s, MB/s of object state and of documents,
 bulk requests and seconds spent in them (from the metrics registry), CPU seconds of
@@ -56,12 +66,14 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import orjson  # noqa: E402
 import persistent  # noqa: E402
 
 from esindexer.config import Settings, load_settings  # noqa: E402
 from esindexer.convert.configure import build_jsonifier  # noqa: E402
+from esindexer.convert.jsonifier import Decoded  # noqa: E402
 from esindexer.documents import DocumentBuilder  # noqa: E402
-from esindexer.es.bulk import iter_lines  # noqa: E402
+from esindexer.es.bulk import bulk_body  # noqa: E402
 from esindexer.observe.metrics import Metrics  # noqa: E402
 from esindexer.pipeline.indexer import Indexer  # noqa: E402
 from esindexer.source import follow  # noqa: E402
@@ -101,7 +113,14 @@ VARIANTS: dict[str, dict[str, str]] = {
     # Not a setting: the index is created beforehand with the flattened field's
     # ignore_above at its former 8191 instead of 256 (see precreate_index).
     "flattened-ignore-above-8191": {"_IGNORE_ABOVE": "8191"},
+    # Not the indexer in this process: the raw bulk baseline, and the service as a process.
+    "raw": {"_WAY": "raw"},
+    "process": {"_WAY": "process"},
+    # the same process from another checkout of the code (--before PATH): before/after in one run
+    "process-before": {"_WAY": "process", "_BEFORE": "1"},
 }
+#: The checkout ``process-before`` runs (``--before``).
+BEFORE: list[str] = []
 DEFAULT_ORDER = ("baseline,flattened,dynamic,refresh-30s,concurrency-1,concurrency-4,max-docs-500,max-docs-2000,"
                  "max-docs-5000")
 
@@ -140,7 +159,8 @@ def write_corpus(db: Any, objects: int, per_txn: int, seed: int = 7) -> int:
         folder.items = OOBTree()
         folder.settings = PersistentMapping({"sort_on": "modified", "public": rng.random() < 0.5,
                                              "page_size": 25, "layout": "listing"})
-        folders[f"f{len(folders):06d}"] = folder
+        folder.id = f"f{len(folders):06d}"  # held under their ids: objects of a tree (documents=objects)
+        folders[folder.id] = folder
         count = 2
         for _ in range(max(1, budget // 100)):  # ~1 % people
             p = Person()
@@ -171,7 +191,8 @@ def write_corpus(db: Any, objects: int, per_txn: int, seed: int = 7) -> int:
                     "locked_by": rng.choice(people) if rng.random() < 0.1 else None,
                 })
                 count += 1
-            folder.items[f"doc-{len(folder.items):05d}"] = d
+            d.id = f"doc-{len(folder.items):05d}"
+            folder.items[d.id] = d
         made += count
         tm.commit()
         tm.begin()
@@ -196,6 +217,12 @@ class Stages:
     build_flat_s: float = 0.0
     doc_bytes_flat: int = 0
     body_s: float = 0.0
+    decode_s: float = 0.0
+    direct_s: float = 0.0
+    record_s: float = 0.0
+    direct: int = 0  #: documents the direct path built (the rest fell back to the text)
+    #: every document as the raw baseline sends it (bulk-helper actions, source pre-serialised)
+    raw: list = field(default_factory=list)
 
 
 def measure_stages(dsn: str, settings: Settings, repeat: int = 2) -> Stages:
@@ -221,11 +248,11 @@ def _measure_stages(dsn: str, settings: Settings, repeat: int) -> Stages:
     for _ in range(repeat):
         rows = []
         end = follow.latest_tid(dsn)
-        t = time.perf_counter()
+        t = time.process_time()
         for batch in follow.updates(dsn, end_tid=end, batch_limit=settings.batch_limit,
                                     internal_batch_size=settings.fetch_size):
             rows.extend(batch)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     st.read_s = best
     st.rows = len(rows)
     st.state_bytes = sum(len(d) for _, _, d in rows if d)
@@ -235,9 +262,9 @@ def _measure_stages(dsn: str, settings: Settings, repeat: int) -> Stages:
     conversions: list = []
     best = float("inf")
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         conversions = [jsonifier.convert((tid, zoid), data) for tid, zoid, data in rows]
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     st.convert_s = best
     for c in conversions:
         st.kinds[c.kind] += 1
@@ -246,30 +273,81 @@ def _measure_stages(dsn: str, settings: Settings, repeat: int) -> Stages:
     actions: list = []
     best = float("inf")
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         actions = [builder.index_action(tid, zoid, c.class_name, c.json_text) for tid, zoid, c in ok]
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     st.build_s = best
     st.doc_bytes = sum(len(a.source) for a in actions)
     flat_builder = DocumentBuilder(dataclasses.replace(settings, state_mapping="flattened"))
     best = float("inf")
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         flat = [flat_builder.index_action(tid, zoid, c.class_name, c.json_text) for tid, zoid, c in ok]
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     st.build_flat_s = best
     st.doc_bytes_flat = sum(len(a.source) for a in flat)
-    del flat
+    del flat, conversions
+    decoded: list = []
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.process_time()
+        decoded = [jsonifier.decode((tid, zoid), data) for tid, zoid, data in rows]
+        best = min(best, time.process_time() - t)
+    st.decode_s = best
+    states = [(tid, zoid, d) for (tid, zoid, _), d in zip(rows, decoded) if type(d) is Decoded]
+    del decoded
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.process_time()
+        built = [builder.index_action_from_state(tid, zoid, d.class_name, d.state) for tid, zoid, d in states]
+        best = min(best, time.process_time() - t)
+    st.direct_s = best
+    st.direct = sum(a is not None for a in built)
+    del built, states
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.process_time()
+        records = [builder.record(jsonifier, tid, zoid, data) for tid, zoid, data in rows]
+        best = min(best, time.process_time() - t)
+    st.record_s = best
+    serviced = [a for _, a in records if a is not None]
+    del records
+    # the same documents either way (as parsed JSON): what the service writes is what the text gives
+    assert len(serviced) == len(actions)
+    assert all(orjson.loads(a.source) == orjson.loads(b.source) for a, b in zip(serviced, actions))
+    del serviced
     best = float("inf")
     size = settings.bulk_max_docs
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         total = 0
         for i in range(0, len(actions), size):  # what each sender does before the HTTP call
-            total += len(b"\n".join(iter_lines(actions[i:i + size])) + b"\n")
-        best = min(best, time.perf_counter() - t)
+            total += len(bulk_body(actions[i:i + size]))
+        best = min(best, time.process_time() - t)
     st.body_s = best
     st.body_bytes = total
+    st.raw = [{"_op_type": "index", "_index": a.index, "_id": str(a.zoid), "version": a.version,
+               "version_type": "external_gte", "_source": a.source} for a in actions]
+    return st
+
+
+def documents_only(dsn: str, settings: Settings) -> Stages:
+    """What the stage pass finds (rows, kinds, bytes, the raw baseline's documents), streamed and
+    untimed: for corpora too large to hold every stage's output at once (``--no-stages``)."""
+    st = Stages()
+    jsonifier, builder = build_jsonifier(settings), DocumentBuilder(settings)
+    for batch in follow.updates(dsn, end_tid=follow.latest_tid(dsn), batch_limit=settings.batch_limit,
+                                internal_batch_size=settings.fetch_size):
+        for tid, zoid, data in batch:
+            st.rows += 1
+            st.state_bytes += len(data) if data else 0
+            conversion, a = builder.record(jsonifier, tid, zoid, data)
+            st.kinds[conversion.kind] += 1
+            st.classes[(conversion.class_name or "?").rsplit(".", 1)[-1]] += 1
+            if a is not None and a.source is not None:
+                st.doc_bytes += len(a.source)
+                st.raw.append({"_op_type": "index", "_index": a.index, "_id": str(a.zoid), "version": a.version,
+                               "version_type": "external_gte", "_source": a.source})
     return st
 
 
@@ -323,6 +401,7 @@ class Result:
     index_bytes: int
     load: float
     variant: str = ""
+    peak_rss: int = 0  #: bytes, of the ``process`` way only
 
 
 def sampled(counter: Any, stop: threading.Event, interval: float = 0.2) -> list[tuple[float, float]]:
@@ -357,11 +436,13 @@ def quarter_rates(samples: list[tuple[float, float]], total: float) -> tuple[flo
 
 
 def run_variant(name: str, env_overrides: dict[str, str], db_dsn: str, es_url: str, es: Any,
-                prefix_root: str, keep: bool) -> Result:
+                prefix_root: str, keep: bool, raw: list | None = None) -> Result:
     """Backfill the corpus into ``<prefix_root>-<name>`` from scratch; measure it."""
     tag = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     env_overrides = dict(env_overrides)
     ignore_above = env_overrides.pop("_IGNORE_ABOVE", None)
+    way = env_overrides.pop("_WAY", None)
+    before = env_overrides.pop("_BEFORE", None)
     env = {
         "ESINDEXER_PG_DSN": db_dsn,
         "ESINDEXER_ES_URL": es_url,
@@ -373,6 +454,8 @@ def run_variant(name: str, env_overrides: dict[str, str], db_dsn: str, es_url: s
         **env_overrides,
     }
     settings = load_settings(env=env)
+    if way is not None:
+        return run_other_way(way, name, settings, env, es, raw or [], keep, BEFORE[0] if before else None)
     metrics = Metrics()
     reg = metrics.registry
 
@@ -411,6 +494,81 @@ def run_variant(name: str, env_overrides: dict[str, str], db_dsn: str, es_url: s
         batches=int(value("esindexer_batch_size_count")), py_cpu=py_cpu, es_cpu=es_cpu,
         machine_cpu=machine_cpu, first_quarter=first, last_quarter=last, index_bytes=index_bytes, load=load,
     )
+
+
+def run_other_way(way: str, name: str, settings: Settings, env: dict[str, str], es: Any, raw: list,
+                  keep: bool, root: str | None = None) -> Result:
+    """``raw``: the same documents, pre-serialised, through ``parallel_bulk`` (2 threads, 1,000
+    per request) into an index made from esindexer's template; ``process``: ``python -m
+    esindexer run --until-caught-up`` with ``env`` (process start included), from the checkout
+    ``root`` if given (its compiled extensions built), else from this one."""
+    import subprocess
+
+    load = os.getloadavg()[0]
+    index = settings.index_for_route(settings.default_route)
+    rss = 0
+    if way == "raw":
+        from elasticsearch.helpers import parallel_bulk
+
+        from esindexer.es.admin import ensure_indices
+        from esindexer.es.client import make_es_client
+
+        client = make_es_client(settings)
+        ensure_indices(client, settings)
+        batch = [{**a, "_index": index} for a in raw]
+        es0, m0, p0 = es_cpu_seconds(es), machine_busy_seconds(), time.process_time()
+        t0 = time.perf_counter()
+        for ok, item in parallel_bulk(client, batch, thread_count=2, chunk_size=1000,
+                                      max_chunk_bytes=8 * 1024 * 1024, raise_on_error=False):
+            if not ok:
+                raise RuntimeError(f"raw bulk item failed: {item}")
+        seconds = time.perf_counter() - t0
+        py_cpu = time.process_time() - p0
+        client.close()
+        code = 0
+    else:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
+        base["PYTHONPATH"] = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        es0, m0 = es_cpu_seconds(es), machine_busy_seconds()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "esindexer", "run", "--until-caught-up"],
+                                env={**base, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak = [0]
+        done = threading.Event()
+
+        def watch() -> None:  # VmHWM, read while it runs (the rusage one counts the fork of this process)
+            while not done.wait(0.05):
+                try:
+                    with open(f"/proc/{proc.pid}/status") as fh:
+                        for line in fh:
+                            if line.startswith("VmHWM:"):
+                                peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+                except (OSError, ValueError):
+                    pass
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        err = proc.stderr.read() if proc.stderr else b""
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        done.set()
+        watcher.join()
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        py_cpu = usage.ru_utime + usage.ru_stime
+        rss = peak[0]
+        if code != 0:
+            print(f"{name}: esindexer exited {code}: {err.decode(errors='replace')[-2000:]}")
+    machine_cpu, es_cpu = machine_busy_seconds() - m0, es_cpu_seconds(es) - es0
+    prefix = settings.index_prefix
+    es.indices.refresh(index=prefix)
+    indexed = es.count(index=prefix)["count"]
+    index_bytes = es.indices.stats(index=prefix, metric="store")["_all"]["primaries"]["store"]["size_in_bytes"]
+    if not keep:
+        drop_prefix(es, prefix)
+    return Result(name=name, settings=settings, code=code, seconds=seconds, docs=indexed, indexed=indexed, dead=0,
+                  retries=0, requests=0, bulk_s=0.0, rows=0, batches=0, py_cpu=py_cpu, es_cpu=es_cpu,
+                  machine_cpu=machine_cpu, first_quarter=0.0, last_quarter=0.0, index_bytes=index_bytes,
+                  load=load, peak_rss=rss)
 
 
 def precreate_index(es: Any, settings: Settings, ignore_above: int) -> None:
@@ -458,10 +616,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                         help="skip the discarded first baseline run (JIT and caches of Elasticsearch)")
     parser.add_argument("--keep", action="store_true", help="keep the indices and the database")
+    parser.add_argument("--stage-rounds", type=int, default=2, help="passes of each stage (the best is kept)")
+    parser.add_argument("--no-stages", action="store_true",
+                        help="no stage timings (they hold every stage's output: for corpora of millions)")
+    parser.add_argument("--before", metavar="PATH",
+                        help="a checkout of earlier code (e.g. `git archive` of a commit, its .so files copied in) "
+                             "that the variant process-before runs")
     args = parser.parse_args(argv)
+    if args.before:
+        BEFORE[:] = [os.path.abspath(args.before)]
     pg, es_url = servers_from_env()
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
+    if "process-before" in names and not args.before:
+        parser.error("the variant process-before needs --before PATH")
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     import logging
@@ -492,31 +660,22 @@ def main(argv: list[str] | None = None) -> int:
 
         defaults = load_settings(env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url,
                                      "ESINDEXER_SEARCH_ENGINE": search_engine()})
-        st = measure_stages(db_dsn, defaults)
+        st = documents_only(db_dsn, defaults) if args.no_stages else measure_stages(db_dsn, defaults, args.stage_rounds)
         ok = st.kinds["ok"]
         mb = st.state_bytes / 1e6
         print(f"records: {st.rows:,} rows, {mb:.1f} MB of state (mean {st.state_bytes / st.rows:.0f} B); "
               f"kinds {dict(st.kinds)}; classes {dict(st.classes.most_common(8))}")
         print(f"documents: {ok:,}, {st.doc_bytes / 1e6:.1f} MB of JSON (mean {st.doc_bytes / ok:.0f} B; "
               f"flattened: {st.doc_bytes_flat / 1e6:.1f} MB); bulk bodies {st.body_bytes / 1e6:.1f} MB")
-        print("stages alone, one thread, best of 2 (no Elasticsearch):")
-        print("| stage | seconds | rows or docs/s | µs each |")
-        print("|---|---:|---:|---:|")
-        for label, secs, n in (("read (follow.updates)", st.read_s, st.rows),
-                               ("convert (Jsonifier.convert)", st.convert_s, st.rows),
-                               (f"shape (DocumentBuilder.index_action, {defaults.state_mapping})", st.build_s, ok),
-                               ("shape, state_mapping=flattened (for comparison)", st.build_flat_s, ok),
-                               (f"bulk body join ({defaults.bulk_max_docs} per body)", st.body_s, ok)):
-            print(f"| {label} | {secs:.2f} | {n / secs:,.0f} | {1e6 * secs / n:.1f} |")
-        cpu = st.read_s + st.convert_s + st.build_s + st.body_s
-        print(f"| all of the above | {cpu:.2f} | {ok / cpu:,.0f} docs/s | {1e6 * cpu / ok:.1f} |")
+        if not args.no_stages:
+            print_stages(st, defaults, args.stage_rounds, ok)
 
         results: list[Result] = []
         plan = [("warm-up", "baseline")] if args.warm_up else []
         plan += [(f"{name} #{k + 1}", name) for k in range(args.rounds) for name in names]
         try:
             for label, name in plan:
-                r = run_variant(label, VARIANTS[name], db_dsn, es_url, es, prefix_root, args.keep)
+                r = run_variant(label, VARIANTS[name], db_dsn, es_url, es, prefix_root, args.keep, st.raw)
                 r.variant = name
                 results.append(r)
                 s = r.settings
@@ -530,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"CPU s: python {r.py_cpu:.1f}, ES {r.es_cpu:.1f}, machine {r.machine_cpu:.1f} "
                       f"of {2 * r.seconds:.1f}; docs/s first/last quarter "
                       f"{r.first_quarter:,.0f}/{r.last_quarter:,.0f}; "
-                      f"index {r.index_bytes / 1e6:.0f} MB; load {r.load:.2f}", flush=True)
+                      f"index {r.index_bytes / 1e6:.0f} MB; load {r.load:.2f}"
+                      + (f"; peak RSS {r.peak_rss / 2**20:.0f} MiB" if r.peak_rss else ""), flush=True)
         finally:
             if not args.keep:
                 for r in results:
@@ -541,6 +701,29 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"WARNING: variants {bad} did not settle exactly {ok:,} documents (indexed + dead-lettered)")
     return 1 if bad else 0
+
+
+def print_stages(st: Stages, defaults: Settings, stage_rounds: int, ok: int) -> None:
+    """The stage table: Python CPU per document of each stage alone."""
+    print(f"stages alone, one thread, Python CPU, best of {stage_rounds} (no Elasticsearch); the direct path "
+          f"built {st.direct:,} of {ok:,} documents, the rest took the text path:")
+    print("| stage | CPU s | rows or docs/s | µs per document |")
+    print("|---|---:|---:|---:|")
+    for label, secs in (("read (follow.updates)", st.read_s),
+                        ("decode (Jsonifier.decode)", st.decode_s),
+                        (f"shape from the state (index_action_from_state, {defaults.state_mapping})", st.direct_s),
+                        ("**decode and shape (DocumentBuilder.record, the service's path)**", st.record_s),
+                        ("text path: convert (Jsonifier.convert)", st.convert_s),
+                        (f"text path: shape (DocumentBuilder.index_action, {defaults.state_mapping})", st.build_s),
+                        ("text path: shape, state_mapping=flattened (for comparison)", st.build_flat_s),
+                        (f"bulk body ({defaults.bulk_max_docs} per body)", st.body_s)):
+        print(f"| {label} | {secs:.2f} | {ok / secs:,.0f} | {1e6 * secs / ok:.1f} |")
+    cpu = st.read_s + st.record_s + st.body_s
+    text = st.read_s + st.convert_s + st.build_s + st.body_s
+    print(f"| **read + record + body (the service's path)** | {cpu:.2f} | {ok / cpu:,.0f} docs/s "
+          f"| **{1e6 * cpu / ok:.1f}** |")
+    print(f"| read + convert + shape + body (the text path) | {text:.2f} | {ok / text:,.0f} docs/s "
+          f"| {1e6 * text / ok:.1f} |")
 
 
 def print_summary(results: list[Result], names: list[str], st: Stages, mb: float) -> None:
@@ -579,6 +762,29 @@ def print_summary(results: list[Result], names: list[str], st: Stages, mb: float
             spread = (max(rates) - min(rates)) / max(rates)
             if spread > 0.15:
                 print(f"{name}: rounds {100 * spread:.0f} % apart -- disturbed; repeat for a firmer figure")
+    if "raw" in best:
+        print_ratios(results, names, best, rounds)
+
+
+def print_ratios(results: list[Result], names: list[str], best: dict[str, Result],
+                 rounds: dict[str, list[float]]) -> None:
+    """Each way against the raw bulk of the same documents: the best rates' ratio, and each
+    round's ratio to the raw round of the same round (interleaved, so equally disturbed)."""
+    raw = best["raw"].docs / best["raw"].seconds
+    print()
+    print("Against the raw bulk of the same documents (parallel_bulk, 2 threads, 1,000 per request), same run:")
+    print("| way | docs/s (best) | ratio to raw (best / best) | ratio per round | Python CPU µs/doc "
+          "| search node CPU µs/doc | peak RSS MiB |")
+    print("|---|---:|---:|---|---:|---:|---:|")
+    raw_rounds = rounds["raw"]
+    for name in dict.fromkeys(names):
+        if name not in best:
+            continue
+        r = best[name]
+        per_round = " / ".join(f"{x / y:.2f}" for x, y in zip(rounds[name], raw_rounds))
+        rss = f"{r.peak_rss / 2**20:.0f}" if r.peak_rss else ""
+        print(f"| {name} | {r.docs / r.seconds:,.0f} | {r.docs / r.seconds / raw:.2f} | {per_round} "
+              f"| {1e6 * r.py_cpu / max(r.docs, 1):.0f} | {1e6 * r.es_cpu / max(r.docs, 1):.0f} | {rss} |")
 
 
 class _kept_database:

@@ -17,10 +17,22 @@ def class_filter(settings: Settings) -> Callable[[str], bool]:
     include = tuple(settings.class_include)
     exclude = ALWAYS_SKIPPED + tuple(settings.class_exclude)
 
-    def skip(class_name: str) -> bool:
+    def decide(class_name: str) -> bool:
         if any(fnmatch.fnmatchcase(class_name, p) for p in exclude):
             return True
         return not any(fnmatch.fnmatchcase(class_name, p) for p in include)
+
+    # Asked once per record, of a few hundred class names at most: remembered (bounded).
+    known: dict[str, bool] = {}
+
+    def skip(class_name: str) -> bool:
+        answer = known.get(class_name)
+        if answer is None:
+            answer = decide(class_name)
+            if len(known) >= 10_000:
+                known.clear()
+            known[class_name] = answer
+        return answer
 
     return skip
 

@@ -47,7 +47,7 @@ from esindexer.convert.surrogates import fix_in_place, refused_for_surrogates
 from esindexer.convert.values import fast_default, hashable_persistent_ref, persistent_ref
 from esindexer.convert.walk import walk
 
-__all__ = ["Conversion", "Jsonifier", "UnsafePickle", "default_skip_class"]
+__all__ = ["Conversion", "Decoded", "Jsonifier", "UnsafePickle", "default_skip_class", "json_normal"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,25 @@ class Conversion(NamedTuple):
     json_text: str | None = None
     ghost_pickle: bytes | None = None
     error: str | None = None
+
+
+class Decoded(NamedTuple):
+    """A record decoded but not written as JSON (:meth:`Jsonifier.decode`): its ``state``
+    is the unpickled value, which the fast path of the JSON text would have written as
+    it is (``orjson.dumps(state, default=fast_default)``, when that succeeds); see
+    :func:`json_normal` for a value as that text would read back."""
+
+    class_name: str
+    ghost_pickle: bytes
+    state: Any
+
+
+def json_normal(value: Any) -> Any:
+    """``value`` (a part of a :class:`Decoded` state) as the JSON text of the fast path
+    reads back: tuples become lists, bytes, sets and globals their JSON forms, decimals
+    numbers. Raises (``orjson.JSONEncodeError``) where that text would not have been
+    written by the fast path: integers beyond 53 bits, non-string keys, lone surrogates."""
+    return orjson.loads(orjson.dumps(value, default=fast_default, option=_STRICT))
 
 
 _DELETED = Conversion(Kind.DELETED)
@@ -205,6 +224,17 @@ class Jsonifier:
 
     def convert(self, label: Any, data: bytes | memoryview | None) -> Conversion:
         """Convert one record; ``label`` (e.g. ``(tid, zoid)``) is only for messages."""
+        return self._convert(label, data, False)  # type: ignore[return-value]  # never Decoded
+
+    def decode(self, label: Any, data: bytes | memoryview | None) -> Conversion | Decoded:
+        """Like :meth:`convert`, but a record whose JSON text would be its unpickled state
+        written as it is (no shared structure, within the expansion budget, no text
+        transform) comes back :class:`Decoded`, without the text: the document builder
+        shapes it straight from the state (:meth:`DocumentBuilder.index_action_from_state`).
+        Every other outcome is what :meth:`convert` gives."""
+        return self._convert(label, data, self.transform is None)
+
+    def _convert(self, label: Any, data: bytes | memoryview | None, direct: bool) -> Conversion | Decoded:
         if not data:
             return _DELETED
         if type(data) is not bytes:
@@ -252,6 +282,9 @@ class Jsonifier:
             flags, expansion, _ = scan_state
             size = len(data)
             budget = _BASE_BUDGET + 16 * size
+            if direct and not flags and expansion <= budget:
+                reusable = end == size and size <= _REUSE_MAX_BYTES and scan_state[2] <= 0
+                return _tuple_new(Decoded, (class_name, ghost, state))
             if flags or expansion > budget:
                 out: bytes | None = None
                 got = plan(state) if flags < 2 and expansion <= budget >> 1 and size <= _MARK_MAX_BYTES else None

@@ -38,15 +38,14 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
 from esindexer.config import Settings, load_dotted, transform_style
-from esindexer.convert.jsonifier import Conversion, Kind
+from esindexer.convert.jsonifier import Conversion, Decoded, Jsonifier, Kind, json_normal
 from esindexer.documents.transform import ObjectRecord, ObjectTransform, apply
 from esindexer.documents.typed import shape
 from esindexer.documents.walk import collect, harmonise_lists
@@ -59,6 +58,7 @@ log = logging.getLogger(__name__)
 TEXT_LIMIT = 32_000
 #: Documents shorter than this are copied out of orjson's output buffer (see ``source``).
 _COPY_BELOW = 1 << 20
+_tuple_new = tuple.__new__  # a NamedTuple without its Python-level __new__
 
 
 #: Length of a bulk metadata line without its variable parts (op, index, id, version):
@@ -66,12 +66,15 @@ _COPY_BELOW = 1 << 20
 _META_FIXED = len(b'{"":{"_index":"","_id":"","version":,"version_type":"external_gte"}}')
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    """One bulk item: its metadata and, for ``index``, the document source as JSON bytes."""
+class Action(NamedTuple):
+    """One bulk item: its metadata and, for ``index``, the document source as JSON bytes.
+
+    A named tuple (immutable, hashable, built in a fraction of a frozen dataclass's time:
+    one is made per document).
+    """
 
     op: Literal["index", "delete"]
-    index: str
+    index: str  # type: ignore[assignment]  # shadows tuple.index, which nothing here calls
     zoid: int
     tid: int
     version: int
@@ -123,6 +126,35 @@ class DocumentBuilder:
         return Action("index", self.index_for_class(class_name), zoid, tid, tid, class_name,
                       self.source(tid, zoid, class_name, json_text))
 
+    def index_action_from_state(self, tid: int, zoid: int, class_name: str, state: Any) -> Action | None:
+        """:meth:`index_action` for a :class:`~esindexer.convert.jsonifier.Decoded` record,
+        straight from its unpickled state: the same document as from the record's JSON
+        text, with no text written and parsed again. None where that is not sure (an
+        integer beyond 53 bits, a key that is not a string, text the JSON fast path
+        would have refused...): the caller converts the record to JSON text instead."""
+        try:
+            source = self._source(tid, zoid, class_name, state, None)
+        except Exception:  # the text path decides, and reports, whatever this was
+            return None
+        return _tuple_new(Action, ("index", self.index_for_class(class_name), zoid, tid, tid, class_name, source))
+
+    def record(self, jsonifier: Jsonifier, tid: int, zoid: int, data: bytes | None) -> tuple[Conversion, Action | None]:
+        """Convert one record and build its index action (None unless the record converted):
+        straight from the unpickled state where it can be (:meth:`index_action_from_state`),
+        from the JSON text otherwise. An ok conversion built from the state has no
+        ``json_text``; use :meth:`actions_for` only for conversions without an action."""
+        decoded = jsonifier.decode((tid, zoid), data)
+        if type(decoded) is Decoded:
+            action = self.index_action_from_state(tid, zoid, decoded.class_name, decoded.state)
+            if action is not None:
+                return _tuple_new(Conversion, (Kind.OK, decoded.class_name, None, decoded.ghost_pickle, None)), action
+            decoded = jsonifier.convert((tid, zoid), data)
+        conversion: Conversion = decoded  # type: ignore[assignment]  # convert() never gives Decoded
+        if conversion.kind is Kind.OK:  # an ok conversion names its class and has its JSON
+            assert conversion.class_name is not None and conversion.json_text is not None
+            return conversion, self.index_action(tid, zoid, conversion.class_name, conversion.json_text)
+        return conversion, None
+
     def actions_for(self, tid: int, zoid: int, conversion: Conversion) -> list[Action]:
         """What one converted record asks of the index, decided here once for the service,
         ``verify`` and ``--redeliver``: an object → index it; deleted, skipped or dropped
@@ -146,7 +178,8 @@ class DocumentBuilder:
         if view.parts_tid:
             place["parts_tid"] = view.parts_tid
         state = view.state
-        body = self.body(view.tid, view.zoid, view.class_name, state, lambda: state, place, view.path)
+        body = self._source(view.tid, view.zoid, view.class_name, state, None, reread=lambda: state, place=place,
+                            path=view.path)
         return Action("index", self.index_for_class(view.class_name), view.zoid, view.tid, version,
                       view.class_name, body)
 
@@ -156,12 +189,21 @@ class DocumentBuilder:
         return [Action("delete", index, zoid, tid, version) for index in self.indices]
 
     def source(self, tid: int, zoid: int, class_name: str, json_text: str) -> bytes:
-        return self.body(tid, zoid, class_name, orjson.loads(json_text), lambda: orjson.loads(json_text))
+        """The document of a converted record (its JSON text) as JSON bytes."""
+        return self._source(tid, zoid, class_name, orjson.loads(json_text), json_text)
 
-    def body(self, tid: int, zoid: int, class_name: str, state: Any, reread: Callable[[], Any],
-             place: dict[str, Any] | None = None, path: str | None = None) -> bytes:
-        """The document of one object as JSON bytes. ``reread`` gives the state again when a
-        transform failed half-way; ``place`` adds the object model's fields (path, parts...)."""
+    def _source(self, tid: int, zoid: int, class_name: str, state: Any, json_text: str | None, *,
+                reread: Callable[[], Any] | None = None, place: dict[str, Any] | None = None,
+                path: str | None = None) -> bytes:
+        """``state`` parsed from ``json_text``, or (``json_text`` None) a decoded record's
+        unpickled state, which raises where it would not give the same document. With
+        ``reread`` (the object model) ``state`` is already JSON values, given again by
+        ``reread`` if a transform fails half-way; ``place`` adds the object's place and parts."""
+        direct = json_text is None and reread is None
+        original = state
+        if direct and (self._mode != "typed" or self._transform is not None):
+            state = json_normal(state)  # what a transform and the other modes see: JSON values
+            direct = False
         fields: dict[str, Any] = {}
         if self._transform is not None:
             record = ObjectRecord(class_name, zoid, tid, state, path=path,
@@ -176,7 +218,8 @@ class DocumentBuilder:
                 log.error("transform failed for %s (zoid %d, tid %d): %s; indexed without its fields",
                           class_name, zoid, tid, reason,
                           extra={"class_name": class_name, "zoid": zoid, "tid": tid, "error": reason})
-                state = reread()
+                state = reread() if reread is not None else orjson.loads(json_text) if json_text is not None \
+                    else json_normal(original)
         doc: dict[str, Any] = {
             "class": class_name,
             "zoid": zoid,
@@ -187,7 +230,7 @@ class DocumentBuilder:
         if place:
             doc.update(place)
         if self._mode == "typed":
-            shaped = shape(state, TEXT_LIMIT)
+            shaped = shape(state, TEXT_LIMIT, direct=direct)
             texts, refs, more, values = shaped.texts, shaped.refs, shaped.more, shaped.values
             doc["state"] = shaped.typed
             if fields:

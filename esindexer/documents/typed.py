@@ -17,26 +17,28 @@ module makes conflicts harmless *by construction* (the mapping side is in
 - Across documents, a value of another kind than the field's is dropped from that field
   by ``ignore_malformed`` (the document is kept); every number, date and boolean is also
   in the keyword catch-all ``values``, every string in ``text``, so it stays findable.
-- **No path ends in ``.keyword``** below an attribute (a key ``keyword`` is written as
-  ``keyword_``): that is the sub-field of a string at the path above it.
+- **No path ends in ``.keyword``** (a key ``keyword`` is written ``keyword_``): that is a string's sub-field.
 - **Bounded width and depth.** Mappings are data, not schema: a dict with more than
   :data:`MAX_KEYS` keys, or a key that is not an identifier, goes whole into the
   ``flattened`` field ``more`` (one field however many keys), as do values deeper than
-  :data:`MAX_DEPTH` path segments and cyclic/shared forms. Instances' attributes are
-  typed up to :data:`MAX_ATTRS`. The index also caps its fields (1000, beyond which new
-  fields are kept in ``_source`` unindexed, never rejected).
+  :data:`MAX_DEPTH` path segments, cyclic/shared forms and folded BTrees (the object
+  model's :class:`ItemsOfBTree`). Instances' attributes are typed up to :data:`MAX_ATTRS`.
+  The index caps its fields (1000; beyond, kept in ``_source`` unindexed, never rejected).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 
+from esindexer.convert.jsonifier import json_normal
+from esindexer.convert.model import Obj
 from esindexer.documents.dates import DATETIME_CLASSES, aware_datetime, date_string, zope_datetime
-from esindexer.documents.walk import collect
+from esindexer.documents.walk import collect, deeper_than
 from esindexer.objects.fold import ItemsOfBTree
 
 #: A plain dict with more keys than this is data (key per entry): it goes to ``more``.
@@ -45,11 +47,18 @@ MAX_KEYS = 16
 MAX_ATTRS = 200
 #: Path segments below ``state`` typed at most (``a.b.c.d``); deeper values go to ``more``.
 MAX_DEPTH = 4
-
 #: Levels a value set aside may have (the ``more`` field's depth_limit is 30, its key is one).
 MORE_DEPTH = 28
-
 _INT64 = 2**63
+#: Integers the converter's fast path writes as they are (``orjson.OPT_STRICT_INTEGER``).
+_INT53 = 2**53 - 1
+#: Markers whose readers expect the JSON form (lists, not tuples): normalised first when direct.
+_READ_AS_JSON = DATETIME_CLASSES | {"datetime.timedelta"}
+
+
+class NotDirect(Exception):
+    """A decoded state the direct path would not shape as its JSON text (an integer beyond
+    53 bits, a key that is not a string...): the caller takes the text path."""
 
 # Kinds of leaves: one mapping type each (es/admin.py's dynamic templates).
 STRING, NUMBER, DATE, BOOLEAN = "s", "n", "d", "b"
@@ -63,9 +72,13 @@ class _Shaper:
     does for the other mapping modes; values set aside are walked by it).
     """
 
-    __slots__ = ("typed", "kinds", "more", "mixed", "values", "texts", "refs", "budget")
+    __slots__ = ("typed", "kinds", "more", "mixed", "values", "texts", "refs", "budget", "direct")
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, direct: bool = False) -> None:
+        #: walking the unpickled state of a :class:`~esindexer.convert.jsonifier.Decoded`
+        #: record instead of its parsed JSON text: the values it holds that JSON would not
+        #: (tuples, instances, bytes, sets...) are read as their JSON form
+        self.direct = direct
         self.typed: dict[str, Any] = {}
         self.kinds: dict[str, str] = {}
         self.more: dict[str, Any] = {}
@@ -78,12 +91,15 @@ class _Shaper:
     def leaf(self, path: str, kind: str, value: Any) -> None:
         if kind is not STRING:
             self.values.append(value)
-        have = self.kinds.get(path)
-        if have is None:
+        if path not in self.kinds:
             self.kinds[path] = kind
             self.typed[path] = value
-            return
-        if have != kind:
+        else:
+            self.again(path, kind, value)
+
+    def again(self, path: str, kind: str, value: Any) -> None:
+        """A leaf at a path that has one already (``values`` has it, if it goes there)."""
+        if self.kinds[path] != kind:
             self.mixed.add(path)
         old = self.typed[path]
         if type(old) is _Many:
@@ -95,7 +111,7 @@ class _Shaper:
         if self.budget[0] > 0:
             self.texts.append(value[: self.budget[0]])
             self.budget[0] -= len(value) + 1
-        as_date = date_string(value) if "0" <= value[:1] <= "9" else None
+        as_date = _date(value) if "0" <= value[:1] <= "9" else None
         if as_date is None:
             self.leaf(path, STRING, value)
         else:
@@ -103,8 +119,10 @@ class _Shaper:
 
     def aside(self, path: str, value: Any) -> None:
         """Keep ``value`` in ``more`` (flattened: keyword semantics, no conflicts, one field)."""
+        if self.direct:
+            value = json_normal(value)
         collect(value, self.texts, self.refs, self.budget)
-        if isinstance(value, (dict, list)) and _deeper_than(value, MORE_DEPTH):
+        if isinstance(value, (dict, list)) and deeper_than(value, MORE_DEPTH):
             # ``more`` is flattened with depth_limit 30: a deeper value would reject the
             # document, so it is kept as its JSON text (in _source; its words are in text)
             value = orjson.dumps(value).decode()
@@ -124,6 +142,8 @@ class _Shaper:
         if kind is str:
             self.string(path, value)
         elif kind is int:
+            if self.direct and not -_INT53 <= value <= _INT53:
+                raise NotDirect("an integer beyond 53 bits")
             self.leaf(path, NUMBER, value if -_INT64 <= value < _INT64 else float(value))
         elif kind is float:
             if math.isfinite(value):
@@ -132,21 +152,48 @@ class _Shaper:
             self.leaf(path, BOOLEAN, value)
         elif kind is dict:
             self.mapping(path, value, depth)
-        elif kind is ItemsOfBTree:  # (the object model's folded BTrees: data, kept whole)
+        elif kind is ItemsOfBTree:  # the object model's folded BTrees: data, kept whole
             self.aside(path, value)
         elif kind is list or kind is _Many:
+            budget, kinds = self.budget, self.kinds
             for item in value:
-                if item is not None:
-                    self.value(path, item, depth)
-        elif value is not None:  # transforms may hand in other Python values: their text
+                if type(item) is not str:
+                    if item is not None:
+                        self.value(path, item, depth)
+                elif "0" <= item[:1] <= "9":
+                    self.string(path, item)
+                else:  # a string that is no date (tags, names): what string() does, written out
+                    left = budget[0]
+                    if left > 0:
+                        self.texts.append(item[:left])
+                        budget[0] = left - len(item) - 1
+                    if path in kinds:
+                        self.again(path, STRING, item)
+                    else:
+                        kinds[path] = STRING
+                        self.typed[path] = item
+        elif value is None:
+            pass
+        elif self.direct:  # an instance, a tuple, bytes...: as the JSON text has it
+            if kind is Obj:
+                self.mapping(path, value, depth)
+            else:
+                self.value(path, json_normal(value), depth)
+        else:  # transforms may hand in other Python values: their text
             self.string(path, str(value))
 
     def mapping(self, path: str, value: dict[str, Any], depth: int) -> None:
         marker = value.get("::")
+        if self.direct and marker is not None and (type(marker) is not str or marker in _READ_AS_JSON):
+            value = json_normal(value)
+            marker = value.get("::")
+        if marker is not None and type(marker) is not str:  # not the converter's: kept as it is
+            self.aside(path, value)
+            return
         if marker is None:
             if "::->" in value or "::id" in value:
                 self.aside(path, value)
-            elif len(value) <= MAX_KEYS and depth < MAX_DEPTH and all(_PLAIN.get(k) or _remember_plain(k) for k in value):
+            elif len(value) <= MAX_KEYS and depth < MAX_DEPTH and _all_plain(value):
                 self.attributes(path, value, depth)
             else:
                 self.aside(path, value)
@@ -180,7 +227,28 @@ class _Shaper:
 
     def reference(self, path: str, value: dict[str, Any]) -> None:
         """A persistent reference: ``<path>._ref`` (zoid), ``<path>._class``, ``<path>._db``."""
-        ident = value.get("id")
+        ident: Any = value.get("id")
+        target = value.get("::=>")
+        if (type(ident) is list and len(ident) == 2 and type(target) is int and len(value) == 3
+                and ident[0] == target and type(ident[0]) is int and type(ident[1]) is str
+                and -_INT53 <= target <= _INT53):  # the converter's ``(oid, class)``, written out
+            kinds, typed, cls = self.kinds, self.typed, ident[1]
+            at = f"{path}._class"
+            if at in kinds:
+                self.again(at, STRING, cls)
+            else:
+                kinds[at], typed[at] = STRING, cls
+            at = f"{path}._ref"
+            self.values.append(target)
+            if at in kinds:
+                self.again(at, NUMBER, target)
+            else:
+                kinds[at], typed[at] = NUMBER, target
+            self.refs.append(target)
+            return
+        if self.direct:  # another shape: read as its JSON text reads (raises beyond 53 bits)
+            value = json_normal(value)
+            ident = value.get("id")
         if isinstance(ident, list) and len(ident) == 2:
             zoid, cls = ident
             if isinstance(cls, str):
@@ -199,6 +267,10 @@ class _Shaper:
         prefix = f"{path}." if path else ""
         depth += 1
         plain = _PLAIN
+        # What string() and leaf() do, written out for the usual leaves (strings, numbers,
+        # a path seen first): most of a document's leaves, and calls are what costs here.
+        kinds, typed, values, texts, budget = self.kinds, self.typed, self.values, self.texts, self.budget
+        direct = self.direct
         for key, child in value.items():
             ok = plain.get(key)
             if ok is None:
@@ -206,25 +278,65 @@ class _Shaper:
             if not ok:
                 if key[:2] != "::":  # markers of the converter's form (class names are handled above)
                     self.aside(f"{prefix}{key}" if key else f"{prefix}_", child)
+                continue
+            if key == "keyword" and prefix:
+                # <path>.keyword is the sub-field of a string at <path>: a key of that name
+                # would define the field twice (Elasticsearch then rejects the document)
+                key = "keyword_"
+            of = type(child)
+            kind: str
+            if of is str:
+                left = budget[0]
+                if left > 0:
+                    texts.append(child[:left])
+                    budget[0] = left - len(child) - 1
+                if "0" <= child[:1] <= "9" and (as_date := _date(child)) is not None:
+                    kind, child = DATE, as_date
+                    values.append(child)
+                else:
+                    kind = STRING
+            elif (of is int and (not direct or -_INT53 <= child <= _INT53) and -_INT64 <= child < _INT64
+                  or of is float and math.isfinite(child)):
+                kind = NUMBER
+                values.append(child)
+            elif of is bool:
+                kind = BOOLEAN
+                values.append(child)
+            elif of is dict and child.get("::") == "persistent":  # a reference: what mapping() does
+                self.reference(prefix + key, child)
+                continue
             else:
-                if key == "keyword" and prefix:
-                    # <path>.keyword is the sub-field of a string at <path>: a key of that name
-                    # would define the field twice (Elasticsearch then rejects the document)
-                    key = "keyword_"
-                if type(child) is str:
-                    self.string(prefix + key, child)
-                elif child is not None:
+                if child is not None:
                     self.value(prefix + key, child, depth)
+                continue
+            path = prefix + key
+            if path in kinds:
+                self.again(path, kind, child)
+            else:
+                kinds[path] = kind
+                typed[path] = child
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests dicts and lists more than ``limit`` levels (stops early)."""
-    level: list[Any] = [value]
-    for _ in range(limit):
-        level = [child for item in level
-                 for child in (item.values() if isinstance(item, dict) else item)
-                 if isinstance(child, (dict, list))]
-        if not level:
+def _date(text: str) -> str | None:
+    """:func:`date_string`, without its pattern for the converter's own naive datetimes
+    (``isoformat()``'s text, which is what it would return with ``Z`` and microseconds)."""
+    size = len(text)
+    if (size == 26 or size == 19) and text[10:11] == "T":
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            return None  # date_string would fail in the same call
+        if moment.tzinfo is None and moment.isoformat() == text:
+            return text + "Z" if size == 26 else text + ".000000Z"
+    return date_string(text)
+
+
+def _all_plain(value: dict[str, Any]) -> bool:
+    """Whether every key of ``value`` can be a path segment."""
+    plain = _PLAIN
+    for key in value:
+        ok = plain.get(key)
+        if not (ok or ok is None and _remember_plain(key)):
             return False
     return True
 
@@ -259,18 +371,24 @@ class Shaped:
     refs: list[int]
 
 
-def shape(state: Any, text_limit: int = 32_000) -> Shaped:
+def shape(state: Any, text_limit: int = 32_000, *, direct: bool = False) -> Shaped:
     """A converted state shaped: flat typed paths, what goes to ``more``, every number, date
     and boolean among the typed leaves (for ``values``), the strings (for ``text``, at most
     ``text_limit`` characters) and the referenced zoids.
 
     A non-dict state (a list, a string) is the attribute ``value``. Paths whose values
     differ in kind within this document move to ``more``.
+
+    ``direct``: ``state`` is a decoded record's unpickled state
+    (:class:`~esindexer.convert.jsonifier.Decoded`), shaped as its JSON text would be;
+    raises :class:`NotDirect` (or the error of :func:`json_normal`) where that is not sure.
     """
-    shaper = _Shaper(text_limit)
+    shaper = _Shaper(text_limit, direct)
     if isinstance(state, dict):
         if len(state) > MAX_ATTRS:
             for key, child in state.items():
+                if direct and type(key) is not str:
+                    raise NotDirect("a key that is not a string")
                 shaper.aside(key or "_", child)
         else:
             shaper.attributes("", state, 0)

@@ -48,3 +48,15 @@ def harmonise_lists(value: Any) -> Any:
                         item[i] = orjson.dumps(v).decode()
             stack.extend(v for v in item if isinstance(v, (dict, list)))
     return value
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests dicts and lists more than ``limit`` levels (stops early)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [child for item in level
+                 for child in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(child, (dict, list))]
+        if not level:
+            return False
+    return True

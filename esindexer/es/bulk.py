@@ -240,7 +240,7 @@ class BulkSender:
     def _send_once(self, actions: list[Action], result: SendResult) -> None:
         """One request. Settles into ``result`` what it can; raises :class:`RetryableItems`
         carrying the actions to send again, or the transport's error for the whole request."""
-        body = b"\n".join([*iter_lines(actions), b""])  # one allocation, ending in a newline
+        body = bulk_body(actions)
         started = time.monotonic()
         try:
             response = self._es.bulk(
@@ -309,11 +309,27 @@ def _drop_frames(exc: BaseException) -> None:
 
 
 def metadata_line(action: Action) -> bytes:
-    """The bulk metadata line of ``action``: versioned by tid (``external_gte``)."""
-    return orjson.dumps(
-        {action.op: {"_index": action.index, "_id": str(action.zoid), "version": action.version,
-                     "version_type": "external_gte"}}
-    )
+    """The bulk metadata line of ``action``: versioned by tid (``external_gte``).
+
+    ``orjson.dumps({op: {"_index": index, "_id": str(zoid), "version": version,
+    "version_type": "external_gte"}})``, byte for byte, written from a prefix made once
+    per operation and index (one line per document: the dict and its serialisation were
+    the sender's largest cost per item)."""
+    return _line_prefix(action.op, action.index) + b'%d","version":%d,"version_type":"external_gte"}}' % (
+        action.zoid, action.version)
+
+
+_PREFIXES: dict[tuple[str, str], bytes] = {}
+
+
+def _line_prefix(op: str, index: str) -> bytes:
+    prefix = _PREFIXES.get((op, index))
+    if prefix is None:
+        prefix = b"{" + orjson.dumps(op) + b':{"_index":' + orjson.dumps(index) + b',"_id":"'
+        if len(_PREFIXES) >= 1024:
+            _PREFIXES.clear()
+        _PREFIXES[(op, index)] = prefix
+    return prefix
 
 
 def iter_lines(actions: Iterable[Action]) -> Iterable[bytes]:
@@ -322,4 +338,18 @@ def iter_lines(actions: Iterable[Action]) -> Iterable[bytes]:
         yield metadata_line(action)
         if action.source is not None:
             yield action.source
+
+
+def bulk_body(actions: Iterable[Action]) -> bytes:
+    """The NDJSON body of a bulk request, ending in a newline, in one allocation."""
+    lines: list[bytes] = []
+    append = lines.append
+    prefixes = _PREFIXES
+    for op, index, zoid, _tid, version, _class, source in actions:
+        prefix = prefixes.get((op, index)) or _line_prefix(op, index)
+        append(prefix + b'%d","version":%d,"version_type":"external_gte"}}' % (zoid, version))
+        if source is not None:
+            append(source)
+    append(b"")
+    return b"\n".join(lines)
 

@@ -68,6 +68,8 @@ def key_text(key: Any) -> str:
 
 
 def _walk(value: Any, key: str | None, out: list[tuple[int, str | None]]) -> None:
+    """References in a converted state, or in a decoded one (the unpickled state itself,
+    ``Jsonifier.decode``: tuples for lists, keys that may not be strings)."""
     stack: list[tuple[Any, str | None]] = [(value, key)]
     while stack:
         value, key = stack.pop()
@@ -77,12 +79,14 @@ def _walk(value: Any, key: str | None, out: list[tuple[int, str | None]]) -> Non
                 out.append((target, key))
                 continue
             for k, v in value.items():
-                if isinstance(v, (dict, list)):
+                if isinstance(v, (dict, list, tuple)):
                     # "::()" (constructor arguments), "::data" and other markers keep the key
+                    if type(k) is not str:
+                        k = key_text(k)
                     stack.append((v, key if k.startswith(_META_PREFIX) else k))
-        elif isinstance(value, list):
+        elif isinstance(value, (list, tuple)):
             for item in value:
-                if isinstance(item, (dict, list)):
+                if isinstance(item, (dict, list, tuple)):
                     stack.append((item, key))
 
 
@@ -96,19 +100,20 @@ def btree_parts(class_name: str, state: Any) -> tuple[list[tuple[Any, Any]], lis
     ``[[child, key, child, ..., child], first_bucket]``; an empty one ``null``.
     """
     keyed = _is_keyed(class_name)
-    if not isinstance(state, list) or not state:
+    seq = (list, tuple)  # (a decoded state has tuples where the converted one has lists)
+    if not isinstance(state, seq) or not state:
         return [], []
     leaf = class_name.endswith(("Bucket", "Set")) and not class_name.endswith("TreeSet")
     if leaf:
-        flat = state[0] if isinstance(state[0], list) else []
+        flat = state[0] if isinstance(state[0], seq) else []
         structure = [state[1]] if len(state) > 1 else []
     elif len(state) == 1:  # a tree whose only bucket is inline: [[bucket_state]]
         inner = state[0]
-        bucket = inner[0] if isinstance(inner, list) and inner and isinstance(inner[0], list) else []
-        flat = bucket[0] if bucket and isinstance(bucket[0], list) else []
+        bucket = inner[0] if isinstance(inner, seq) and inner and isinstance(inner[0], seq) else []
+        flat = bucket[0] if bucket and isinstance(bucket[0], seq) else []
         structure = []
     else:  # children alternate with separator keys; the first bucket follows
-        children = state[0] if isinstance(state[0], list) else []
+        children = state[0] if isinstance(state[0], seq) else []
         return [], list(children[::2]) + [state[1]]
     if keyed:
         return [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)], structure
@@ -118,7 +123,7 @@ def btree_parts(class_name: str, state: Any) -> tuple[list[tuple[Any, Any]], lis
 def listed_ids(state: Any) -> set[str]:
     """The ids an OFS ``ObjectManager`` lists in ``_objects`` (``({'id': ..., 'meta_type': ...}, ...)``)."""
     objects = state.get("_objects") if isinstance(state, dict) else None
-    if not isinstance(objects, list):
+    if not isinstance(objects, (list, tuple)):
         return set()
     return {entry["id"] for entry in objects if isinstance(entry, dict) and isinstance(entry.get("id"), str)}
 
@@ -133,7 +138,7 @@ def record_edges(class_name: str | None, state: Any) -> list[Edge]:
             if target is not None:
                 out.append((target, None))
         for key, value in items:
-            name = key_text(key) if not isinstance(key, (dict, list)) else None
+            name = key_text(key) if not isinstance(key, (dict, list, tuple)) else None
             _walk(key, None, out)
             _walk(value, name, out)
         return [(zoid, key, False) for zoid, key in dict.fromkeys(out)]

@@ -76,16 +76,11 @@ _START_TIMEOUT = 120.0
 
 
 def convert_in_process(jsonifier: Jsonifier, builder: DocumentBuilder, rows: Iterable[Row]) -> Iterator[Record]:
-    """The normal path: convert and build in this process, one :data:`Record` per row."""
-    convert = jsonifier.convert
-    index_action = builder.index_action
+    """The normal path: convert and build in this process, one :data:`Record` per row
+    (:meth:`DocumentBuilder.record`: an ok record comes with its action)."""
+    record = builder.record
     for tid, zoid, data in rows:
-        conversion = convert((tid, zoid), data)
-        if conversion.kind is Kind.OK:  # an ok conversion names its class and has its JSON
-            assert conversion.class_name is not None and conversion.json_text is not None
-            action: Action | None = index_action(tid, zoid, conversion.class_name, conversion.json_text)
-        else:
-            action = None
+        conversion, action = record(jsonifier, tid, zoid, data)
         yield tid, zoid, data, conversion, action
 
 
@@ -361,6 +356,7 @@ def _child_main(conn: Any, settings: Settings) -> None:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", None))
+    record = builder.record
     convert = jsonifier.convert
     objects = settings.documents == "objects"
     while True:
@@ -371,17 +367,20 @@ def _child_main(conn: Any, settings: Settings) -> None:
         done: list[Result] = []
         for tid, zoid, data in chunk:
             try:
-                c = convert((tid, zoid), data)
                 result: Result
-                if c.kind == "ok" and objects:  # the object reader builds documents from the graph
-                    assert c.json_text is not None
-                    result = ("ok", c.class_name, None, None, c.json_text.encode())
-                elif c.kind == "ok":
-                    assert c.class_name is not None and c.json_text is not None  # as in convert_in_process
-                    action = builder.index_action(tid, zoid, c.class_name, c.json_text)
-                    result = ("ok", c.class_name, None, action.index, action.source)
+                if objects:  # the object reader builds documents from the graph: it needs the JSON
+                    c, action = convert((tid, zoid), data), None
+                    if c.kind == "ok":
+                        assert c.json_text is not None
+                        result = ("ok", c.class_name, None, None, c.json_text.encode())
+                    else:
+                        result = (c.kind, c.class_name, c.error, None, None)
                 else:
-                    result = (c.kind, c.class_name, c.error, None, None)
+                    c, action = record(jsonifier, tid, zoid, data)  # as in convert_in_process
+                    if action is not None:
+                        result = ("ok", c.class_name, None, action.index, action.source)
+                    else:
+                        result = (c.kind, c.class_name, c.error, None, None)
             except Exception as exc:  # the in-process path would raise it too
                 conn.send(("raise", f"{type(exc).__name__}: {exc}"))
                 return

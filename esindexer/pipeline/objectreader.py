@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from esindexer.config import Settings
-from esindexer.convert.jsonifier import Kind
+from esindexer.convert.jsonifier import Decoded, Kind
 from esindexer.documents import Action
 from esindexer.errors import SetupError
 from esindexer.objects.assemble import Gone, assemble
@@ -111,20 +111,27 @@ class ObjectBatchReader(BatchReader):
         guard = self._guard
         if guard is not None and guard.active:
             records: Iterable[tuple[int, int, Any, Any]] = (r[:4] for r in guard.records(rows))
-        else:
-            convert = self.jsonifier.convert
-            records = ((tid, zoid, data, convert((tid, zoid), data)) for tid, zoid, data in rows)
+        else:  # decoded without JSON text where it can be: only names and references are read here
+            decode = self.jsonifier.decode
+            records = ((tid, zoid, data, decode((tid, zoid), data)) for tid, zoid, data in rows)
         beat = self._liveness.beat
         for tid, zoid, data, conversion in records:
-            kind = conversion.kind
-            if kind is Kind.ERROR or kind is Kind.CRASHED:
+            if type(conversion) is Decoded:
+                facts.append(RecordFacts(zoid, tid, conversion.class_name, record_name(zoid, conversion.state),
+                                         record_edges(conversion.class_name, conversion.state)))
+                kind = Kind.OK
+            else:
+                kind = conversion.kind
+            if kind is Kind.OK:
+                pass
+            elif kind is Kind.ERROR or kind is Kind.CRASHED:
                 batch.dead.append(DeadLetter(zoid, tid, "unconvertible" if kind is Kind.ERROR else "crashed",
                                              conversion.error or "conversion failed",
                                              class_name=conversion.class_name, record=bytes(data or b"")))
                 self.metrics.record_documents("index", "error")
             elif kind is Kind.DELETED:
                 deleted.append(zoid)
-            elif kind is Kind.OK:
+            if kind is Kind.OK and type(conversion) is not Decoded:
                 state = orjson.loads(conversion.json_text)
                 facts.append(RecordFacts(zoid, tid, conversion.class_name, record_name(zoid, state),
                                          record_edges(conversion.class_name, state)))

@@ -99,19 +99,22 @@ class BatchReader:
         guard = self._guard
         records = guard.records(rows) if guard is not None and guard.active else \
             convert_in_process(self.jsonifier, self.builder, rows)
+        add = buffer.add
         for tid, zoid, data, conversion, built in records:
-            kind = conversion.kind
-            full = False
-            if kind is Kind.ERROR or kind is Kind.CRASHED:
+            if built is not None:  # the usual: an object's document
+                full = add(built)
+            elif (kind := conversion.kind) is Kind.ERROR or kind is Kind.CRASHED:
+                full = False
                 batch.dead.append(DeadLetter(zoid, tid, "unconvertible" if kind is Kind.ERROR else "crashed",
                                              conversion.error or "conversion failed",
                                              class_name=conversion.class_name, record=bytes(data or b"")))
                 record_documents("index", "error")
             else:
+                full = False
                 if kind is Kind.SKIPPED:
                     record_documents("index", "skipped")
-                for action in [built] if built is not None else actions_for(tid, zoid, conversion):
-                    full = buffer.add(action) or full
+                for action in actions_for(tid, zoid, conversion):
+                    full = add(action) or full
             batch.rows += 1
             batch.last_tid = tid
             if data is not None and len(data) > batch.largest:

@@ -185,3 +185,37 @@ def test_an_ofs_container_names_its_children_in_objects(db):
     assert (zoid(tool), "portal_tool", True) in edges
     assert (zoid(folder.settings), "settings", False) in edges
     conn.close()
+
+
+def test_decoded_states_give_the_facts_converted_ones_do(db):
+    """The reader reads names and references from decoded states (no JSON text) where it can:
+    the same as from the converted JSON, record by record."""
+    from esindexer.convert.jsonifier import Decoded
+
+    database, storage = db
+    conn = database.open()
+    root = conn.root()
+    root["t"] = big = OOBTree()
+    for n in range(300):
+        big[f"k{n:04d}"] = Named(f"k{n:04d}", tags=("a", n), pair=(Named(f"x{n}"), {"k": n}))
+    root["m"] = PersistentMapping({1: Named("one"), "two": [Named("two")], ("t", 1): "tuple key"})
+    folder = root["f"] = OFSFolder("f")
+    folder._setObject("portal_tool", ClassNamed())
+    root["i"] = IOBTree({5: Inline(Named("five"))})
+    root["s"] = OOTreeSet([f"s{n}" for n in range(200)])
+    transaction.commit()
+    conv = Jsonifier(skip_class=lambda c: False, transform=None)
+    decoded_seen = 0
+    for oid in storage._data:
+        data, _tid = storage.load(oid)
+        z = u64(oid)
+        converted = conv.convert(z, data)
+        state = orjson.loads(converted.json_text)
+        expected = (record_name(z, state), sorted(record_edges(converted.class_name, state), key=repr))
+        got = conv.decode(z, data)
+        if type(got) is Decoded:
+            decoded_seen += 1
+            assert (record_name(z, got.state), sorted(record_edges(got.class_name, got.state), key=repr)) == \
+                expected, converted.class_name
+    assert decoded_seen > 300
+    conn.close()

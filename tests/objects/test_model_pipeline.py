@@ -192,6 +192,12 @@ def test_verify_explain_and_repair(zodb, db_dsn, es_url, es_prefix, es):
         report = verify_objects(pg_conn, es, builder, jsonifier, settings, deep=True, repair=True)
         assert report.repaired == 4 and report.still_different == 0, report.as_dict()
         assert verify_objects(pg_conn, es, builder, jsonifier, settings, deep=True).remaining == 0
+        # the graph itself wrong (as a bug in its upkeep would leave it): --deep finds it
+        with pg_conn.cursor() as cur:
+            cur.execute("UPDATE esindexer_obj_nodes SET owner = NULL WHERE zoid = %s", (zoid_of(item.history),))
+        pg_conn.commit()
+        report = verify_objects(pg_conn, es, builder, jsonifier, settings, deep=True)
+        assert report.counts["graph"] == 1 and report.examples["graph"] == [zoid_of(item.history)], report.as_dict()
     finally:
         pg_conn.close()
     conn.close()
