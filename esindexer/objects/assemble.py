@@ -168,7 +168,8 @@ def _assembled(live: list[int], nodes: dict[int, Node], parts_of: dict[int, list
             newest = max(newest, got[0])
         folded = fold(state, parts)
         out.append(ObjectView(zoid=zoid, tid=tid_data[0], parts_tid=newest, class_name=class_name,
-                              state=folded.state, name=node.name, path=node.path or "/", parent=node.parent,
+                              state=folded.state, name=node.name or (node.path or "/").rsplit("/", 1)[-1],
+                              path=node.path or "/", parent=node.parent,
                               depth=node.depth or 0, parts=sorted(folded.folded),
                               parts_omitted=len(parts_of.get(zoid, [])) - len(folded.folded), refs=folded.refs))
     return out
