@@ -55,6 +55,7 @@ class Settings:
     es_ca_file: str | None
     es_verify_certs: bool
     es_request_timeout: float
+    profile: str | None
     index_prefix: str
     alias: str | None
     attach_alias: bool
@@ -300,6 +301,7 @@ def load_settings(
         if value is not None:
             raw[name] = (value, SETTINGS_BY_NAME[name].flag)
 
+    _apply_profile(raw, problems)
     values: dict[str, Any] = {}
     for spec in SETTINGS:
         if spec.name in raw:
@@ -317,6 +319,35 @@ def load_settings(
     if problems:
         raise ConfigError(problems)
     return Settings(**values)
+
+
+#: What each ``ESINDEXER_PROFILE`` implies: setting name -> value, for the settings not
+#: given explicitly (defaults are not "given": the profile replaces them). Settings a
+#: profile names that this version does not have are left out.
+PROFILES: dict[str, dict[str, Any]] = {
+    "plone": {
+        "documents": "objects",
+        # Dexterity content (plone.app.contenttypes' classes, and types of add-ons built on
+        # plone.dexterity's Item/Container), the site root, and Archetypes-era content.
+        "object_classes": ("plone.app.contenttypes.content.*", "plone.dexterity.content.*",
+                           "Products.CMFPlone.Portal.PloneSite", "Products.ATContentTypes.content.*"),
+        "transform": "esindexer.transforms.plone.object_transform",
+    },
+}
+
+
+def _apply_profile(raw: dict[str, tuple[Any, str]], problems: list[str]) -> None:
+    """Fill in what ``ESINDEXER_PROFILE`` implies, for each setting not given explicitly."""
+    if "profile" not in raw:
+        return
+    value, source = raw["profile"]
+    try:
+        profile = SETTINGS_BY_NAME["profile"].parse(value)
+    except ValueError:
+        return  # reported when the profile setting itself is parsed
+    for name, implied in PROFILES[profile].items():
+        if name in SETTINGS_BY_NAME and name not in raw:
+            raw[name] = (implied, f"{source} (profile {profile}: {name})")
 
 
 def _suggest(key: str, known: Any) -> str:

@@ -188,6 +188,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("es_request_timeout", _parse_float, 60.0, "Seconds before one Elasticsearch request times out.",
             group="elasticsearch"),
     # Documents
+    Setting("profile", _choice("plone"), None,
+            "A ready-made configuration for an application: plone = one document per Plone content "
+            "item with the fields Plone's catalog searches by (implies ESINDEXER_DOCUMENTS=objects, "
+            "ESINDEXER_OBJECT_CLASSES = Plone's content classes, ESINDEXER_TRANSFORM="
+            "esindexer.transforms.plone.object_transform and their mapping: docs/plone.md); "
+            "settings given explicitly win over the profile's.", group="documents"),
     Setting("index_prefix", _parse_str, "zodb",
             "Alias users query; concrete indices are <prefix>-<route>.", group="documents"),
     Setting("alias", _parse_str, None,

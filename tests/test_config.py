@@ -204,3 +204,22 @@ def test_a_bad_value_is_named_as_it_was_given(given, named):
     with pytest.raises(ConfigError) as caught:
         load_settings(env=env, cli=given.get("cli", {}))
     assert any(problem.startswith(named) for problem in caught.value.problems), caught.value.problems
+
+
+def test_the_plone_profile_implies_its_settings_and_explicit_ones_win():
+    from esindexer.config import PROFILES
+
+    base = {"ESINDEXER_PG_DSN": "postgresql://u@h/db"}
+    plain = load_settings(env=base)
+    assert plain.profile is None and plain.transform is None
+    plone = load_settings(env={**base, "ESINDEXER_PROFILE": "plone"})
+    assert plone.profile == "plone"
+    assert plone.transform == "esindexer.transforms.plone.object_transform"
+    for name, value in PROFILES["plone"].items():
+        if hasattr(plone, name):  # documents, object_classes: with the object model
+            assert getattr(plone, name) == value, name
+    mine = load_settings(env={**base, "ESINDEXER_PROFILE": "plone", "ESINDEXER_TRANSFORM": "esindexer.transforms.plone.transform"},
+                         cli={"profile": None})
+    assert mine.transform == "esindexer.transforms.plone.transform"
+    with pytest.raises(ConfigError, match="ESINDEXER_PROFILE: expected one of plone"):
+        load_settings(env={**base, "ESINDEXER_PROFILE": "wordpress"})

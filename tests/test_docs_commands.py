@@ -56,6 +56,8 @@ NOT_HERE: list[tuple[str, str]] = [
     (r"^curl -X DELETE '127\.0\.0\.1:9200/(zodb-objects|_index_template/zodb-esindexer)'",
      "deletes the demo's indices on the shared server"),
     (r"writer\.py --dsn \.\.\. --interval 2", "writes for ever (the demo's writer); the bounded forms below run"),
+    (r"my\.site\.search", "the Plone guide's example of a user's own transform module (docs/plone.md); "
+                          "tests/transforms/test_plone_object_transform.py runs the shipped transform"),
     (r"zodb-enrich", "the test Elasticsearch (the integ-test-zip) has no ingest-common module, so no `set` "
                      "processor; tests/pipeline/test_indexer.py::test_ingest_pipeline_is_checked_at_start_and_applied_to_every_index "
                      "runs the setting with a pipeline this server has"),
@@ -176,6 +178,10 @@ def localise(command: str, dsn: str, prefix: str, number: int) -> str:
     command = command.replace("--dsn ...", f"--dsn {dsn}").replace("--grant-to ROLE", f"--grant-to {user}")
     command = command.replace("--grant-to esindexer", f"--grant-to {user}")
     command = re.sub(r"\bzodb-v2\b", f"{prefix}-v{number}", command)  # a generation of its own
+    if re.search(r"\bESINDEXER_PROFILE=plone\b", command):
+        # object documents (docs/plone.md): a generation and a client id of their own, since the
+        # walk's index holds record documents (a service refuses to mix the two)
+        command = f"ESINDEXER_INDEX_PREFIX={prefix}-v{number} ESINDEXER_CLIENT_ID=walk-v{number} {command}"
     if re.search(r"\besindexer reindex --to\b", command):
         # ... behind an alias of its own: the walk's later commands keep their generation served
         command = f"ESINDEXER_ALIAS={prefix}-v{number}-alias {command}"

@@ -149,6 +149,9 @@ def index_template(settings: Settings, engine: str = "elasticsearch") -> dict[st
                 "mapping": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}},
             }},
         ]
+    profile_fields = profile_field_mapping(settings)
+    if profile_fields and props["fields"].get("type") == "object":
+        props["fields"] = {**props["fields"], "properties": profile_fields}
     template = {
         "index_patterns": [f"{settings.index_prefix}-*"],
         # A longer prefix wins where patterns overlap (zodb-* and zodb-v2-*), so the
@@ -176,6 +179,17 @@ def index_template(settings: Settings, engine: str = "elasticsearch") -> dict[st
 
         return opensearch_template(template)
     return template
+
+
+def profile_field_mapping(settings: Settings) -> dict[str, Any]:
+    """The explicit mapping of ``fields.*`` a profile's transform writes (``ESINDEXER_PROFILE``),
+    or nothing. Explicit fields exist from the index's creation on, so their type is never
+    guessed from a first value and the field budget cannot leave them unmapped."""
+    if settings.profile == "plone":
+        from esindexer.transforms.plone import FIELD_MAPPING
+
+        return {name: dict(mapping) for name, mapping in FIELD_MAPPING.items()}
+    return {}
 
 
 def template_name(settings: Settings) -> str:

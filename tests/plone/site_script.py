@@ -9,6 +9,10 @@ virtualenv (``scripts/plone``), so nothing here may import esindexer. Steps:
   default type in nested folders, workflow transitions and versioned edits;
 - ``change``: edits (new versions), a move, a rename, deletions, transitions;
 - ``pack``: pack the database (history-free and history-preserving alike);
+- ``--answer`` after any step: then also the comparison's catalog queries
+  (tests/plone/queries.py) for the site as it is and the catalog's answers
+  (``--edited=ID,ID``: the items an earlier ``change`` edited, whose new words are asked);
+- ``brains``: the catalog's metadata of every content item (dates as ISO 8601 UTC);
 - ``query``: read a JSON list of catalog queries from standard input and print, per
   query, the sorted UIDs ``portal_catalog.unrestrictedSearchResults`` returns (as an
   administrator: permissions do not filter); a query with ``sort_on`` keeps its order.
@@ -31,7 +35,7 @@ from zope.component.hooks import setSite
 SITE_ID = "Plone"
 WORDS = ["alpha", "budget", "meeting", "review", "harbour", "lighthouse", "orchid", "quantum",
          "river", "summit", "tundra", "violin", "willow", "zephyr", "granite", "meadow"]
-TYPES = ["Document", "News Item", "Event", "Link", "File", "Image"]
+TYPES = ["Document", "News Item", "Event", "Link", "File", "Image", "Collection"]
 #: A 1x1 transparent PNG (the Image type wants real image bytes).
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
@@ -94,6 +98,9 @@ def build(app, folders: int, items: int, seed: int) -> dict:
             fields["start"], fields["end"] = begin, begin + datetime.timedelta(hours=2)
         if kind == "Link":
             fields["remoteUrl"] = f"https://example.org/{i}"
+        if kind == "Collection":
+            fields["query"] = [{"i": "portal_type", "o": "plone.app.querystring.operation.selection.any",
+                                "v": ["Document", "News Item"]}]
         if kind == "File":
             fields["file"] = NamedBlobFile(data=f"file {i} {_sentence(rng, 20)}".encode(), filename=f"notes-{i}.txt",
                                            contentType="text/plain")
@@ -138,6 +145,7 @@ def change(app, seed: int) -> dict:
         obj.reindexObject()
         repository.save(obj=obj, comment="changed")
         done["edited"] += 1
+        done.setdefault("edited_ids", []).append(obj.getId())
     folders = sorted(catalog.unrestrictedSearchResults(portal_type="Folder"), key=lambda b: b.getPath())
     source, target = folders[-1]._unrestrictedGetObject(), folders[0]._unrestrictedGetObject()
     if source.getPhysicalPath()[: len(target.getPhysicalPath())] != target.getPhysicalPath() \
@@ -204,7 +212,67 @@ def query(app, queries: list) -> dict:
     return {"answers": answers}
 
 
+def _iso(value):
+    """A catalog date (DateTime or datetime) as ISO 8601 UTC text; None stays None."""
+    from DateTime import DateTime
+
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, DateTime):
+        return value.toZone("UTC").ISO8601()
+    return None  # None or Missing.Value: the item has no such metadata
+
+
+def brains(app) -> dict:
+    """The catalog's metadata of every content item (as the catalog stores it)."""
+    from plone import api
+
+    portal = app[SITE_ID]
+    setSite(portal)
+    catalog = api.portal.get_tool("portal_catalog")
+    out = []
+    for b in catalog.unrestrictedSearchResults(path={"query": "/" + SITE_ID}):
+        out.append({"uid": b.UID, "path": b.getPath(), "portal_type": b.portal_type, "id": b.getId,
+                    "title": b.Title, "description": b.Description, "subject": list(b.Subject or ()),
+                    "creators": list(b.listCreators or ()), "review_state": b.review_state or None,
+                    "is_folderish": bool(b.is_folderish), "effective": _iso(b.effective),
+                    "expires": _iso(b.expires), "created": _iso(b.created), "modified": _iso(b.modified),
+                    "start": _iso(b.start), "end": _iso(b.end),
+                    "mime_type": b.mime_type if isinstance(b.mime_type, str) else None})
+    return {"brains": sorted(out, key=lambda b: b["path"])}
+
+
+def _queries_module():
+    """tests/plone/queries.py (standard library only), loaded by its path: this interpreter
+    is Plone's, where neither esindexer nor the tests package is importable."""
+    import importlib.util
+    import os
+
+    script = next(a for a in sys.argv if a.endswith("site_script.py"))  # zconsole gives no __file__
+    path = os.path.join(os.path.dirname(os.path.abspath(script)), "queries.py")
+    spec = importlib.util.spec_from_file_location("plone_queries", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def answer(app, edited: list) -> dict:
+    """The comparison's catalog queries for the site as it is now, and the catalog's answers
+    (``answers``), with every cataloged item's UID (``every``): what the test compares the
+    index with, computed in the same run as the step before it (a Zope start takes seconds)."""
+    queries_module = _queries_module()
+    items = brains(app)["brains"]
+    folders = sorted(b["path"] for b in items if b["portal_type"] == "Folder")
+    words = queries_module.BODY_WORDS + [f"fresh{name.replace('-', '')}" for name in edited]
+    queries = queries_module.catalog_queries(folders, [b["modified"] for b in items], words)
+    answers = query(app, queries + [{"path": {"query": "/" + SITE_ID}}])["answers"]
+    return {"queries": queries, "answers": answers[:-1], "every": answers[-1]}
+
+
 def main(app, argv: list[str]) -> None:
+    answering = "--answer" in argv
+    edited = [name for a in argv if a.startswith("--edited=") for name in a[len("--edited="):].split(",") if name]
+    argv = [a for a in argv if a != "--answer" and not a.startswith("--edited=")]
     step = argv[0]
     app = _login(app)
     if step == "build":
@@ -216,8 +284,13 @@ def main(app, argv: list[str]) -> None:
         result = pack(app)
     elif step == "query":
         result = query(app, json.load(sys.stdin))
+    elif step == "brains":
+        result = brains(app)
     else:
         raise SystemExit(f"unknown step {step!r}")
+    if answering:
+        transaction.commit()
+        result = {**result, "catalog": answer(app, result.get("edited_ids", edited))}
     print(json.dumps({"step": step, **_plain(result)}))
 
 
