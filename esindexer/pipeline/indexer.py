@@ -320,6 +320,7 @@ class Indexer:
                                  liveness=self.liveness, fence=keeper.check if keeper is not None else None)
             if isinstance(reader, ObjectBatchReader):
                 committer.objects, reader.end_tid = reader, end_tid
+                self._cancels.others.update(reader.connections)  # a stop cancels the graph's statements too
                 self._retry_forever("rewriting object documents left by the last run", reader.recover)
             put_tid = start_tid  # the last tid handed to the committer
 

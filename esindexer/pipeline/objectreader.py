@@ -52,9 +52,14 @@ class ObjectBatchReader(BatchReader):
         self.caught_up: Callable[[], bool] = lambda: False
         self.end_tid: int | None = None
 
+    @property
+    def connections(self) -> tuple[Any, Any]:
+        """The graph's connection and the one states are read on (a stop cancels their statements)."""
+        return self.store.conn, self._states_conn
+
     def close(self) -> None:
         super().close()
-        for conn in (self.store.conn, self._states_conn):
+        for conn in self.connections:
             try:
                 conn.close()
             except Exception:  # closing on the way out: nothing to do about it
