@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.timeout(900),
     pytest.mark.skipif(not index.MODEL, reason="the object model (esindexer.objects, issue 22) is not in this branch yet"),
 ]
-ITEMS = 1500
+ITEMS = 900
 GONE_WITHIN = 5.0  # seconds: a removed object leaves search (issue 22, "within seconds")
 
 
