@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
@@ -49,7 +49,7 @@ from esindexer.convert.jsonifier import Conversion, Decoded, Jsonifier, Kind, js
 from esindexer.documents.transform import ObjectRecord, ObjectTransform, apply
 from esindexer.documents.typed import shape
 from esindexer.documents.walk import collect, harmonise_lists
-from esindexer.objects.assemble import ObjectView
+from esindexer.objects.assemble import Gone, ObjectView
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,18 @@ class DocumentBuilder:
                             path=view.path)
         return Action("index", self.index_for_class(view.class_name), view.zoid, view.tid, version,
                       view.class_name, body)
+
+    def assembled_actions(self, views: Iterable[ObjectView | Gone], version: int) -> list[Action]:
+        """The actions of assembled objects at ``version``: a document for each object in the
+        tree, deletes in every routed index for each that is gone (the one rule for the
+        service, ``verify --repair`` and dead-letter redelivery)."""
+        out: list[Action] = []
+        for view in views:
+            if isinstance(view, Gone):
+                out.extend(self.delete_actions(version, view.zoid, version=version))
+            else:
+                out.append(self.object_action(view, version))
+        return out
 
     def delete_actions(self, tid: int, zoid: int, version: int | None = None) -> list[Action]:
         """Deletes in every routed index; ``version`` defaults to the record's tid."""

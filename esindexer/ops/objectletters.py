@@ -17,7 +17,7 @@ import orjson
 from esindexer.config import Settings
 from esindexer.convert.jsonifier import Conversion, Jsonifier, Kind
 from esindexer.documents import Action, DocumentBuilder
-from esindexer.objects.assemble import Gone, assemble
+from esindexer.objects.assemble import assemble
 from esindexer.objects.edges import record_edges, record_name
 from esindexer.objects.store import GraphStore, RecordFacts
 from esindexer.pipeline.objectreader import object_class_filter
@@ -43,12 +43,6 @@ def objects_hook(conn: Any, settings: Settings, builder: DocumentBuilder, jsonif
             return []
         complete = store.complete()
         dirty, version = store.apply(facts, deleted, max(t for t, _z, _c in records), resolve=complete)
-        out: list[Action] = []
-        for view in assemble(dirty, store, pg.CurrentStates(conn), jsonifier):
-            if isinstance(view, Gone):
-                out.extend(builder.delete_actions(version, view.zoid, version=version))
-            else:
-                out.append(builder.object_action(view, version))
-        return out
+        return builder.assembled_actions(assemble(dirty, store, pg.CurrentStates(conn), jsonifier), version)
 
     return actions

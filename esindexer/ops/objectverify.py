@@ -30,7 +30,7 @@ from esindexer.convert.jsonifier import Jsonifier, Kind
 from esindexer.documents import Action, DocumentBuilder
 from esindexer.es.repair import Write, send_writes
 from esindexer.es.scan import Held, held_now
-from esindexer.objects.assemble import Gone, assemble
+from esindexer.objects.assemble import assemble
 from esindexer.objects.edges import record_edges, record_name
 from esindexer.objects.store import GraphStore, RecordFacts
 from esindexer.pipeline.objectreader import object_class_filter
@@ -135,13 +135,7 @@ def _differences(conn: Any, store: GraphStore, es: Any, indices: tuple[str, ...]
 
 def _actions(store: GraphStore, conn: Any, jsonifier: Jsonifier, builder: DocumentBuilder, zoids: list[int],
              version: int) -> list[Action]:
-    out: list[Action] = []
-    for view in assemble(zoids, store, pg.CurrentStates(conn), jsonifier):
-        if isinstance(view, Gone):
-            out.extend(builder.delete_actions(version, view.zoid, version=version))
-        else:
-            out.append(builder.object_action(view, version))
-    return out
+    return builder.assembled_actions(assemble(zoids, store, pg.CurrentStates(conn), jsonifier), version)
 
 
 def _repair_writes(actions: list[Action], held: dict[int, list[Held]]) -> list[Write]:

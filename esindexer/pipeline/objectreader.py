@@ -24,7 +24,7 @@ from esindexer.config import Settings
 from esindexer.convert.jsonifier import Decoded, Kind
 from esindexer.documents import Action
 from esindexer.errors import SetupError
-from esindexer.objects.assemble import Gone, assemble
+from esindexer.objects.assemble import assemble
 from esindexer.objects.edges import record_edges, record_name
 from esindexer.objects.store import GraphStore, RecordFacts
 from esindexer.pipeline.committer import BatchInFlight
@@ -67,15 +67,9 @@ class ObjectBatchReader(BatchReader):
 
     def object_actions(self, zoids: list[int], version: int) -> list[Action]:
         """Index or delete actions for the documents of ``zoids`` at ``version``."""
-        actions: list[Action] = []
         with self.store.lock:  # the committer uses the graph's connection too (packs)
             views = assemble(zoids, self.store, self._states, self.jsonifier)
-        for view in views:
-            if isinstance(view, Gone):
-                actions.extend(self.builder.delete_actions(version, view.zoid, version=version))
-            else:
-                actions.append(self.builder.object_action(view, version))
-        return actions
+        return self.builder.assembled_actions(views, version)
 
     def recover(self) -> int:
         """Write the documents a crash left dirty (before following); returns how many."""
