@@ -167,7 +167,7 @@ class DocumentBuilder:
             return []
         return self.delete_actions(tid, zoid)
 
-    def object_action(self, view: ObjectView, version: int) -> Action:
+    def object_action(self, view: ObjectView, version: int) -> Action | None:
         """The document of one application object (documents=objects): its state with its
         parts folded in and its place; ``version`` is the graph's applied tid (never less
         than any earlier document of it: docs/architecture.md, "Object documents")."""
@@ -178,21 +178,31 @@ class DocumentBuilder:
         if view.parts_tid:
             place["parts_tid"] = view.parts_tid
         state = view.state
-        body = self._source(view.tid, view.zoid, view.class_name, state, None, reread=lambda: state, place=place,
-                            path=view.path)
+        body = None
+        if view.decoded:  # straight from the unpickled state, as a record document is
+            try:
+                body = self._source(view.tid, view.zoid, view.class_name, state, None, place=place, path=view.path)
+            except Exception:  # the JSON values decide, as index_action_from_state's fallback does
+                state = view.json_state() if view.json_state is not None else None
+                if state is None:
+                    return None
+        if body is None:
+            body = self._source(view.tid, view.zoid, view.class_name, state, None, reread=lambda: state,
+                                place=place, path=view.path)
         return Action("index", self.index_for_class(view.class_name), view.zoid, view.tid, version,
                       view.class_name, body)
 
     def assembled_actions(self, views: Iterable[ObjectView | Gone], version: int) -> list[Action]:
         """The actions of assembled objects at ``version``: a document for each object in the
         tree, deletes in every routed index for each that is gone (the one rule for the
-        service, ``verify --repair`` and dead-letter redelivery)."""
+        service, ``verify --repair`` and dead-letter redelivery). An object whose record
+        turns out not to be convertible has none (its record is dead-lettered)."""
         out: list[Action] = []
         for view in views:
             if isinstance(view, Gone):
                 out.extend(self.delete_actions(version, view.zoid, version=version))
-            else:
-                out.append(self.object_action(view, version))
+            elif (action := self.object_action(view, version)) is not None:
+                out.append(action)
         return out
 
     def delete_actions(self, tid: int, zoid: int, version: int | None = None) -> list[Action]:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from esindexer.convert.jsonifier import Jsonifier, Kind
+from esindexer.convert.jsonifier import Decoded, Jsonifier, Kind
 from esindexer.objects.fold import Parts, fold
 from esindexer.objects.store import GraphStore, Node
 
@@ -46,6 +48,10 @@ class ObjectView:
     refs: list[int] = field(default_factory=list)
     #: the newest tid among its folded parts (0: none): a part's change is the object's change
     parts_tid: int = 0
+    #: ``state`` is the record's unpickled state (:class:`Decoded`), not JSON values: it had
+    #: no part to fold; ``json_state`` gives it as JSON values (None: not convertible)
+    decoded: bool = False
+    json_state: Callable[[], Any] | None = None
 
     @property
     def ancestors(self) -> list[str]:
@@ -107,69 +113,129 @@ class States(Protocol):
 READ_BYTES = 64 * 1024 * 1024
 
 
-def assemble(zoids: list[int], store: GraphStore, source: States, jsonifier: Jsonifier) -> list[ObjectView | Gone]:
-    """The current content of each of ``zoids`` (objects whose documents changed)."""
-    nodes = store.nodes(zoids)
+@dataclass
+class Group:
+    """Objects read together (:func:`read_groups`): their place, chosen parts and current
+    states; built into views by :func:`build` (no database access)."""
+
+    live: list[int]
+    nodes: dict[int, Node]
+    parts_of: dict[int, list[int]]
+    chosen_of: dict[int, list[int]]
+    #: ``zoid -> (tid, pickle)`` of the objects and their chosen parts
+    states: dict[int, tuple[int, bytes | None]] = field(default_factory=dict)
+    #: objects whose documents go (no longer in the tree), before any state is read
+    gone: list[int] = field(default_factory=list)
+
+
+def read_groups(zoids: list[int], store: GraphStore, source: States,
+                lock: AbstractContextManager[Any] | None = None) -> Iterator[Group]:
+    """What :func:`build` needs for ``zoids``, in groups of about :data:`READ_BYTES` of
+    pickles (a thousand objects with large parts are not all held at once). ``lock`` is
+    held around each read (the graph's connection is shared), not between groups."""
+    guard = lock if lock is not None else nullcontext()
+    with guard:
+        nodes = store.nodes(zoids)
     live = [z for z in zoids if z in nodes and nodes[z].in_tree]
-    out: list[ObjectView | Gone] = [Gone(z) for z in zoids if z not in live]
+    gone = [z for z in zoids if z not in nodes or not nodes[z].in_tree]
+    if gone:
+        yield Group([], {}, {}, {}, gone=gone)
     if not live:
-        return out
-    parts_of = store.parts(live)
-    sizes = source.sizes(live + sorted({p for ps in parts_of.values() for p in ps}))
-    chosen_of: dict[int, list[int]] = {}
-    over = []  # objects whose parts exceed the budget: the nearest are chosen, which needs the edges
-    for zoid in live:
-        candidates = parts_of.get(zoid, [])
-        if len(candidates) > MAX_PARTS or sum(sizes.get(p, 0) for p in candidates) > MAX_PART_BYTES:
-            over.append(zoid)
-        else:
-            chosen_of[zoid] = candidates
-    if over:
-        edges = store.edges_from(over + [p for zoid in over for p in parts_of[zoid]])
-        for zoid in over:
-            chosen_of[zoid] = _nearest_parts(zoid, set(parts_of[zoid]), edges, sizes)[0]
-    # Read in groups of about READ_BYTES: a thousand objects with large parts are not all held at once.
+        return
+    with guard:
+        parts_of = store.parts(live)
+        sizes = source.sizes(live + sorted({p for ps in parts_of.values() for p in ps}))
+        chosen_of: dict[int, list[int]] = {}
+        over = []  # objects whose parts exceed the budget: the nearest are chosen, which needs the edges
+        for zoid in live:
+            candidates = parts_of.get(zoid, [])
+            if len(candidates) > MAX_PARTS or sum(sizes.get(p, 0) for p in candidates) > MAX_PART_BYTES:
+                over.append(zoid)
+            else:
+                chosen_of[zoid] = candidates
+        if over:
+            edges = store.edges_from(over + [p for zoid in over for p in parts_of[zoid]])
+            for zoid in over:
+                chosen_of[zoid] = _nearest_parts(zoid, set(parts_of[zoid]), edges, sizes)[0]
     group: list[int] = []
     held = 0
     for zoid in live:
         group.append(zoid)
         held += sizes.get(zoid, 0) + sum(sizes.get(p, 0) for p in chosen_of[zoid])
-        if held >= READ_BYTES:
-            out.extend(_assembled(group, nodes, parts_of, chosen_of, source, jsonifier))
+        if held >= READ_BYTES or zoid == live[-1]:
+            with guard:
+                states = source.states(group)
+                states.update((z, (t, d)) for z, (t, _n, d) in
+                              source.bounded(sorted({p for z in group for p in chosen_of[z]}), MAX_PART_BYTES).items())
+            yield Group(group, nodes, parts_of, chosen_of, states)
             group, held = [], 0
-    if group:
-        out.extend(_assembled(group, nodes, parts_of, chosen_of, source, jsonifier))
-    return out
 
 
-def _assembled(live: list[int], nodes: dict[int, Node], parts_of: dict[int, list[int]],
-               chosen_of: dict[int, list[int]], source: States, jsonifier: Jsonifier) -> list[ObjectView | Gone]:
-    out: list[ObjectView | Gone] = []
-    states = source.states(live)
-    states.update((z, (t, d)) for z, (t, _n, d) in
-                  source.bounded(sorted({p for z in live for p in chosen_of[z]}), MAX_PART_BYTES).items())
-    for zoid in live:
+def assemble(zoids: list[int], store: GraphStore, source: States, jsonifier: Jsonifier) -> list[ObjectView | Gone]:
+    """The current content of each of ``zoids`` (objects whose documents changed)."""
+    return [view for group in read_groups(zoids, store, source) for view in build(group, jsonifier)]
+
+
+def build(group: Group, jsonifier: Jsonifier) -> list[ObjectView | Gone]:
+    """The views of one group read by :func:`read_groups`.
+
+    An object with no part to fold is only decoded (:meth:`Jsonifier.decode`): the
+    builder shapes its unpickled state straight into the document, as it does a record
+    document's, and converts it to JSON values only where that is not sure
+    (:attr:`ObjectView.json_state`). Objects with parts are converted and folded.
+    """
+    out: list[ObjectView | Gone] = [Gone(z) for z in group.gone]
+    states, nodes = group.states, group.nodes
+    for zoid in group.live:
         node = nodes[zoid]
         tid_data = states.get(zoid)
-        converted = _convert(jsonifier, zoid, tid_data[1]) if tid_data else None
-        if tid_data is None or converted is None:
-            if tid_data is None:
-                out.append(Gone(zoid))  # the record itself is gone (a deletion not yet applied)
+        if tid_data is None:
+            out.append(Gone(zoid))  # the record itself is gone (a deletion not yet applied)
+            continue
+        tid, data = tid_data
+        place = _Place(zoid=zoid, tid=tid, name=node.name or (node.path or "/").rsplit("/", 1)[-1],
+                       path=node.path or "/", parent=node.parent, depth=node.depth or 0)
+        chosen = group.chosen_of[zoid]
+        if not chosen and data is not None:
+            decoded = jsonifier.decode((tid, zoid), data)
+            if type(decoded) is Decoded:
+                out.append(ObjectView(class_name=decoded.class_name, state=decoded.state, decoded=True,
+                                      json_state=_reconverter(jsonifier, zoid, data),
+                                      parts_omitted=len(group.parts_of.get(zoid, [])), **place._asdict()))
+                continue
+        converted = _convert(jsonifier, zoid, data)
+        if converted is None:
             continue  # not convertible: the reader dead-letters the record; its document stays
         class_name, state = converted
         parts: Parts = {}
         newest = 0
-        for part in chosen_of[zoid]:
+        for part in chosen:
             got = states.get(part)
             converted_part = _convert(jsonifier, part, got[1]) if got else None
             if got is None or converted_part is None:
                 continue  # gone meanwhile, larger than the budget, or not convertible: left a reference
             parts[part] = converted_part
             newest = max(newest, got[0])
-        folded = fold(state, parts)
-        out.append(ObjectView(zoid=zoid, tid=tid_data[0], parts_tid=newest, class_name=class_name,
-                              state=folded.state, name=node.name or (node.path or "/").rsplit("/", 1)[-1],
-                              path=node.path or "/", parent=node.parent,
-                              depth=node.depth or 0, parts=sorted(folded.folded),
-                              parts_omitted=len(parts_of.get(zoid, [])) - len(folded.folded), refs=folded.refs))
+        folded = fold(state, parts) if parts else None
+        out.append(ObjectView(class_name=class_name, state=folded.state if folded else state, parts_tid=newest,
+                              parts=sorted(folded.folded) if folded else [],
+                              parts_omitted=len(group.parts_of.get(zoid, [])) - (len(folded.folded) if folded else 0),
+                              refs=folded.refs if folded else [], **place._asdict()))
     return out
+
+
+class _Place(NamedTuple):
+    zoid: int
+    tid: int
+    name: str | None
+    path: str
+    parent: int | None
+    depth: int
+
+
+def _reconverter(jsonifier: Jsonifier, zoid: int, data: bytes) -> Callable[[], Any]:
+    def json_state() -> Any:
+        converted = _convert(jsonifier, zoid, data)
+        return converted[1] if converted is not None else None
+
+    return json_state

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -24,9 +24,10 @@ from esindexer.config import Settings
 from esindexer.convert.jsonifier import Decoded, Kind
 from esindexer.documents import Action
 from esindexer.errors import SetupError
-from esindexer.objects.assemble import assemble
+from esindexer.objects.assemble import Group, assemble, build, read_groups
 from esindexer.objects.edges import record_edges, record_name
 from esindexer.objects.store import GraphStore, RecordFacts
+from esindexer.pipeline.ahead import read_ahead
 from esindexer.pipeline.committer import BatchInFlight
 from esindexer.pipeline.reader import BatchReader, RequestBuffer
 from esindexer.source import graph, pg
@@ -170,18 +171,31 @@ class ObjectBatchReader(BatchReader):
 
     def _write(self, batch: BatchInFlight, dirty: list[int], version: int,
                raise_failure: Callable[[], None]) -> BatchInFlight | None:
-        """Submit the documents of ``dirty`` as part of ``batch``; None when stopped part-way."""
+        """Submit the documents of ``dirty`` as part of ``batch``; None when stopped part-way.
+        The next group's reads run in a thread while this group is built (:func:`read_ahead`)."""
         batch.dirty, batch.dirty_version = dirty, version
         beat = self._liveness.beat
         buffer = RequestBuffer(self.settings.bulk_max_docs, self.settings.bulk_max_bytes)
-        for start in range(0, len(dirty), self.settings.bulk_max_docs):
-            for action in self.object_actions(dirty[start:start + self.settings.bulk_max_docs], version):
-                if buffer.add(action) and not self.submit(buffer, batch, raise_failure):
+        groups = read_ahead(self._groups(dirty), name="object-reads")
+        try:
+            for group in groups:
+                for action in self.builder.assembled_actions(build(group, self.jsonifier), version):
+                    if buffer.add(action) and not self.submit(buffer, batch, raise_failure):
+                        return None
+                beat()
+                if self._stopping():
                     return None
-            beat()
+        finally:
+            groups.close()  # type: ignore[attr-defined]  # a generator: stops and joins the thread
         if buffer and not self.submit(buffer, batch, raise_failure):
             return None
         return batch
+
+    def _groups(self, dirty: list[int]) -> Iterator[Group]:
+        """The reads for ``dirty``, a request's worth of objects at a time."""
+        step = self.settings.bulk_max_docs
+        for start in range(0, len(dirty), step):
+            yield from read_groups(dirty[start:start + step], self.store, self._states, lock=self.store.lock)
 
 
 def open_reader(settings: Settings, *args: Any, **kwargs: Any) -> BatchReader:
