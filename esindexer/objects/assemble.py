@@ -15,12 +15,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 import orjson
 
 from esindexer.convert.jsonifier import Decoded, Jsonifier, Kind
-from esindexer.objects.fold import Parts, fold
+from esindexer.objects.fold import NotFoldable, Parts, fold
 from esindexer.objects.store import GraphStore, Node
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ class ObjectView:
     depth: int
     parts: list[int] = field(default_factory=list)
     parts_omitted: int = 0
-    refs: list[int] = field(default_factory=list)
     #: the newest tid among its folded parts (0: none): a part's change is the object's change
     parts_tid: int = 0
     #: ``state`` is the record's unpickled state (:class:`Decoded`), not JSON values: it had
@@ -179,10 +179,11 @@ def assemble(zoids: list[int], store: GraphStore, source: States, jsonifier: Jso
 def build(group: Group, jsonifier: Jsonifier) -> list[ObjectView | Gone]:
     """The views of one group read by :func:`read_groups`.
 
-    An object with no part to fold is only decoded (:meth:`Jsonifier.decode`): the
-    builder shapes its unpickled state straight into the document, as it does a record
-    document's, and converts it to JSON values only where that is not sure
-    (:attr:`ObjectView.json_state`). Objects with parts are converted and folded.
+    The object and its parts are only decoded (:meth:`Jsonifier.decode`) and folded as
+    unpickled states: the builder shapes the result straight into the document, as it
+    does a record document's. Where a record does not decode that way, or the builder is
+    not sure of the result (:attr:`ObjectView.json_state`), they are converted to JSON
+    values and folded again: the same document either way.
     """
     out: list[ObjectView | Gone] = [Gone(z) for z in group.gone]
     states, nodes = group.states, group.nodes
@@ -196,32 +197,76 @@ def build(group: Group, jsonifier: Jsonifier) -> list[ObjectView | Gone]:
         place = _Place(zoid=zoid, tid=tid, name=node.name or (node.path or "/").rsplit("/", 1)[-1],
                        path=node.path or "/", parent=node.parent, depth=node.depth or 0)
         chosen = group.chosen_of[zoid]
-        if not chosen and data is not None:
-            decoded = jsonifier.decode((tid, zoid), data)
-            if type(decoded) is Decoded:
-                out.append(ObjectView(class_name=decoded.class_name, state=decoded.state, decoded=True,
-                                      json_state=_reconverter(jsonifier, zoid, data),
-                                      parts_omitted=len(group.parts_of.get(zoid, [])), **place._asdict()))
-                continue
-        converted = _convert(jsonifier, zoid, data)
-        if converted is None:
+        candidates = len(group.parts_of.get(zoid, []))
+
+        json_state = partial(_assembled, partial(_convert, jsonifier), data, chosen, states, zoid)
+
+        try:
+            done = _assembled(partial(_decoded, jsonifier), data, chosen, states, zoid, decoded=True)
+        except _NotDecoded:
+            done = None
+        if done is not None:
+            out.append(ObjectView(class_name=done.class_name, state=done.state, decoded=True,
+                                  json_state=partial(_state_of, json_state),
+                                  parts=done.folded, parts_tid=done.newest, parts_omitted=candidates - len(done.folded),
+                                  **place._asdict()))
+            continue
+        done = json_state()
+        if done is None:
             continue  # not convertible: the reader dead-letters the record; its document stays
-        class_name, state = converted
-        parts: Parts = {}
-        newest = 0
-        for part in chosen:
-            got = states.get(part)
-            converted_part = _convert(jsonifier, part, got[1]) if got else None
-            if got is None or converted_part is None:
-                continue  # gone meanwhile, larger than the budget, or not convertible: left a reference
-            parts[part] = converted_part
-            newest = max(newest, got[0])
-        folded = fold(state, parts) if parts else None
-        out.append(ObjectView(class_name=class_name, state=folded.state if folded else state, parts_tid=newest,
-                              parts=sorted(folded.folded) if folded else [],
-                              parts_omitted=len(group.parts_of.get(zoid, [])) - (len(folded.folded) if folded else 0),
-                              refs=folded.refs if folded else [], **place._asdict()))
+        out.append(ObjectView(class_name=done.class_name, state=done.state, parts=done.folded,
+                              parts_tid=done.newest, parts_omitted=candidates - len(done.folded), **place._asdict()))
     return out
+
+
+class _NotDecoded(Exception):
+    """A record that :meth:`Jsonifier.decode` gives as a conversion: fold JSON values."""
+
+
+class _Assembled(NamedTuple):
+    class_name: str
+    state: Any
+    folded: list[int]
+    newest: int
+
+
+def _decoded(jsonifier: Jsonifier, zoid: int, data: bytes | None) -> tuple[str, Any] | None:
+    if data is None:
+        return None
+    decoded = jsonifier.decode(zoid, data)
+    if type(decoded) is not Decoded:
+        raise _NotDecoded
+    return decoded.class_name, decoded.state
+
+
+def _assembled(read: Callable[[int, bytes | None], tuple[str, Any] | None], data: bytes | None, chosen: list[int],
+               states: dict[int, tuple[int, bytes | None]], zoid: int, decoded: bool = False) -> _Assembled | None:
+    """The object's state with its chosen parts folded in, each record read by ``read``."""
+    own = read(zoid, data)
+    if own is None:
+        return None
+    parts: Parts = {}
+    newest = 0
+    for part in chosen:
+        got = states.get(part)
+        got_part = read(part, got[1]) if got else None
+        if got is None or got_part is None:
+            continue  # gone meanwhile, larger than the budget, or not convertible: left a reference
+        parts[part] = got_part
+        newest = max(newest, got[0])
+    if not parts:
+        return _Assembled(own[0], own[1], [], newest)
+    try:
+        folded = fold(own[1], parts, decoded=decoded)
+    except NotFoldable:
+        raise _NotDecoded from None
+    return _Assembled(own[0], folded.state, sorted(folded.folded), newest)
+
+
+def _state_of(assemble_json: Callable[[], _Assembled | None]) -> Any:
+    """The JSON values of an object assembled from its records' conversions (None: not convertible)."""
+    assembled = assemble_json()
+    return assembled.state if assembled is not None else None
 
 
 class _Place(NamedTuple):
@@ -231,11 +276,3 @@ class _Place(NamedTuple):
     path: str
     parent: int | None
     depth: int
-
-
-def _reconverter(jsonifier: Jsonifier, zoid: int, data: bytes) -> Callable[[], Any]:
-    def json_state() -> Any:
-        converted = _convert(jsonifier, zoid, data)
-        return converted[1] if converted is not None else None
-
-    return json_state

@@ -32,6 +32,11 @@ class ItemsOfBTree(dict):  # type: ignore[type-arg]
     __slots__ = ()
 
 
+class NotFoldable(Exception):
+    """An unpickled state folded where its JSON values might fold otherwise (a BTree key
+    that is not a string): fold the JSON values instead."""
+
+
 @dataclass
 class Folded:
     """An object's state with its parts in place, and what was and was not folded."""
@@ -42,8 +47,9 @@ class Folded:
 
 
 class _Folder:
-    def __init__(self, parts: Parts):
+    def __init__(self, parts: Parts, decoded: bool):
         self.parts = parts
+        self.decoded = decoded
         self.used: set[int] = set()
         self.result = Folded(None)
 
@@ -59,7 +65,7 @@ class _Folder:
                 self.result.refs.append(target)
                 return v
             return {k: self.value(x) for k, x in v.items()}
-        if isinstance(v, list):
+        if isinstance(v, list) or self.decoded and isinstance(v, tuple):  # a tuple's JSON is a list
             return [self.value(x) for x in v]
         return v
 
@@ -97,6 +103,8 @@ class _Folder:
                     self.result.refs.append(target)
             return out
         for key, value in items:
+            if self.decoded and type(key) is not str:
+                raise NotFoldable(f"a {type(key).__name__} key in {class_name}")
             if isinstance(out, dict):
                 out[key_text(key) if not isinstance(key, (dict, list)) else _compact(key)] = self.value(value)
             else:
@@ -110,9 +118,13 @@ def _compact(key: Any) -> str:
     return orjson.dumps(key).decode()
 
 
-def fold(state: Any, parts: Parts) -> Folded:
-    """``state`` with every reference to one of ``parts`` replaced by that part, folded."""
-    folder = _Folder(parts)
+def fold(state: Any, parts: Parts, decoded: bool = False) -> Folded:
+    """``state`` with every reference to one of ``parts`` replaced by that part, folded.
+
+    ``decoded``: the states are unpickled (:class:`~esindexer.convert.jsonifier.Decoded`),
+    not JSON values: tuples are walked as the lists their JSON is, and a BTree key that is
+    not a string raises :class:`NotFoldable` (its JSON text may differ from ``str(key)``)."""
+    folder = _Folder(parts, decoded)
     folder.result.state = folder.value(state)
     folder.result.refs = sorted(set(folder.result.refs) - folder.used)
     return folder.result

@@ -62,6 +62,10 @@ def write_app(db) -> None:
             thing.huge = 2**60  # beyond 53 bits: the direct path gives up for this one
         if n == 6:
             thing.by_number = {1: "one", 2: "two"}  # non-string keys
+        if n == 7:  # a part whose keys are tuples: folded from JSON values
+            thing.index = OOBTree({(1, "a"): "tuple key", (2, "b"): "another"})
+        if n == 8:
+            thing.pair = (PersistentMapping({"inner": "held in a tuple"}), "x")  # a part inside a tuple
         shelf._tree[thing.id] = thing
     transaction.commit()
     conn.close()
@@ -106,8 +110,10 @@ def test_decoded_objects_give_the_documents_of_their_json_values(zodb, db_dsn, e
     direct, views = actions(db_dsn, jsonifier, builder)
     decoded = {v.zoid for v in views if v.decoded}
     folded = {v.zoid for v in views if v.parts}
-    # both ways were taken: the root and 45 things decoded; 15 things and the shelf (its items tree) folded
-    assert (len(decoded), len(folded)) == (46, 16)
+    # Every object but thing-7 (its part's keys are tuples) is folded and shaped from its
+    # unpickled state; 15 things with notes, thing-7 and the shelf (its items tree) have parts.
+    assert (len(views), len(decoded), len(folded)) == (62, 61, 17)
+    assert {v.name for v in views if not v.decoded} == {"thing-7"}
     # The same objects, every one converted to JSON values first (the former way).
     monkeypatch.setattr(jsonifier, "decode", lambda label, data: jsonifier.convert(label, data))
     converted, views = actions(db_dsn, jsonifier, builder)
@@ -118,6 +124,8 @@ def test_decoded_objects_give_the_documents_of_their_json_values(zodb, db_dsn, e
     sources = {a.zoid: orjson.loads(a.source) for a in direct}
     huge = next(z for z, s in sources.items() if s.get("name") == "thing-5")
     assert sources[huge]["path"] == "/shelf/thing-5"
+    pair = next(s for s in sources.values() if s.get("name") == "thing-8")
+    assert len(pair["parts"]) == 2 and "held in a tuple" in pair["text"]
     if transform:
         assert all(s["fields"]["shout"] == str(s["state"].get("title", "")).upper() for s in sources.values()
                    if "fields" in s)
