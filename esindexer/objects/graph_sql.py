@@ -7,7 +7,7 @@ temporary tables dropped at its commit.
 
 from __future__ import annotations
 
-from esindexer.source.graph import EDGES, NODES
+from esindexer.source.graph import EDGES, NODES, STAGE_EDGES, STAGE_NODES
 
 #: Attributes under which containers keep their items in a BTree: BTreeFolder2 (Plone's
 #: Dexterity folders and Plone 6's site root) and zope.container. An item held there under
@@ -198,3 +198,41 @@ MOVED = f"""
 SELECT r.zoid FROM obj_replace r JOIN {NODES} n ON n.client_id = %(c)s AND n.zoid = r.zoid
 WHERE (r.in_tree, r.parent, r.path) IS DISTINCT FROM (n.in_tree, n.parent, n.path)
 """
+
+#: A backfill's staged records (:meth:`GraphStore.resolve_all`): each record's latest
+#: staged row, a deletion winning a tie (the staging transaction ``batch`` picks one of a
+#: batch staged twice).
+STAGED = f"""
+CREATE TEMP TABLE obj_staged ON COMMIT DROP AS
+SELECT DISTINCT ON (zoid) zoid, tid, batch, class_name, name, gone FROM {STAGE_NODES}
+WHERE client_id = %(c)s ORDER BY zoid, tid DESC, gone DESC, batch DESC;
+ANALYZE obj_staged;
+"""
+
+#: When the graph holds rows already: a node as new as the staged one stays; a deletion
+#: removes its node; the edges of the records written are replaced.
+STAGED_REPLACE = f"""
+DELETE FROM obj_staged s USING {NODES} n WHERE n.client_id = %(c)s AND n.zoid = s.zoid AND NOT s.gone AND n.tid >= s.tid;
+DELETE FROM {NODES} n USING obj_staged s WHERE n.client_id = %(c)s AND n.zoid = s.zoid AND s.gone;
+DELETE FROM {EDGES} e USING obj_staged s WHERE e.client_id = %(c)s AND e.src = s.zoid;
+"""
+
+#: The staged nodes and the edges staged with them (same batch; sorted: the indexes fill
+#: in order); then no staging rows. ``_FRESH``: the graph has no rows yet, no conflict.
+_STAGED_EDGES = f"""
+INSERT INTO {EDGES} (client_id, src, dst, key, listed)
+SELECT %(c)s, e.src, e.dst, e.key, e.listed FROM {STAGE_EDGES} e
+JOIN obj_staged s ON s.zoid = e.src AND s.batch = e.batch AND NOT s.gone
+WHERE e.client_id = %(c)s ORDER BY e.src;
+DELETE FROM {STAGE_NODES} WHERE client_id = %(c)s;
+DELETE FROM {STAGE_EDGES} WHERE client_id = %(c)s;
+"""
+STAGED_INSERT_FRESH = f"""
+INSERT INTO {NODES} (client_id, zoid, tid, class_name, name)
+SELECT %(c)s, zoid, tid, class_name, name FROM obj_staged WHERE NOT gone;
+""" + _STAGED_EDGES
+STAGED_INSERT = f"""
+INSERT INTO {NODES} (client_id, zoid, tid, class_name, name)
+SELECT %(c)s, zoid, tid, class_name, name FROM obj_staged WHERE NOT gone
+ON CONFLICT (client_id, zoid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name, name = excluded.name;
+""" + _STAGED_EDGES

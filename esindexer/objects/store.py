@@ -8,6 +8,9 @@ re-paths everything below). It returns the objects whose documents must be rewri
 records them as *dirty* in the same transaction; the pipeline removes them once
 Elasticsearch accepted the documents (:meth:`settle`), so a crash in between loses none.
 
+A backfill appends its batches to staging tables instead (``resolve=False``), which
+:meth:`GraphStore.resolve_all` moves into the graph and resolves at once.
+
 Memory stays bounded: nothing of the graph is kept in the process; one batch's records
 and the zoids its changes reach are all it holds.
 """
@@ -25,7 +28,7 @@ import psycopg2.extras
 
 from esindexer.objects import graph_sql as q
 from esindexer.objects.edges import ROOT_ZOID, Edge
-from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES
+from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES, STAGE_EDGES, STAGE_NODES
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,8 @@ class GraphStore:
             try:
                 with self.conn.cursor() as cur:
                     self._serialise(cur)
-                    dirty = self._apply(cur, records, deleted) if resolve else self._write_unresolved(cur, records, deleted)
+                    dirty = (self._apply(cur, records, deleted) if resolve
+                             else self._write_unresolved(cur, records, deleted, tid))
                     version = self._finish(cur, tid, dirty, complete=resolve)
                 self.conn.commit()
             except BaseException:
@@ -169,43 +173,47 @@ class GraphStore:
                 [(self.client_id, z, version) for z in dirty], page_size=1000)
         return version
 
-    def _write_unresolved(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> list[int]:
-        """A backfill's batch: the records' rows written with COPY, nothing resolved (a
-        record already there with a newer tid stays as it is)."""
-        c = self.client_id
-        latest: dict[int, RecordFacts] = {}
-        for facts in records:
-            if facts.zoid not in latest or latest[facts.zoid].tid <= facts.tid:
-                latest[facts.zoid] = facts
-        cur.execute("CREATE TEMP TABLE obj_in (zoid bigint PRIMARY KEY, tid bigint, class_name text, name text) "
-                    "ON COMMIT DROP; CREATE TEMP TABLE obj_in_edges (src bigint, dst bigint, key text, listed boolean) "
-                    "ON COMMIT DROP")
-        cur.copy_expert("COPY obj_in FROM STDIN WITH (FORMAT csv)",
-                        _csv((f.zoid, f.tid, f.class_name, f.name) for f in latest.values()))
-        cur.copy_expert("COPY obj_in_edges FROM STDIN WITH (FORMAT csv)",
-                        _csv((f.zoid, dst, key, listed) for f in latest.values() for dst, key, listed in f.edges))
-        cur.execute("ANALYZE obj_in; ANALYZE obj_in_edges")  # (temporary tables have no statistics otherwise)
-        cur.execute(f"DELETE FROM obj_in i USING {NODES} n WHERE n.client_id = %(c)s AND n.zoid = i.zoid "
-                    f"AND n.tid >= i.tid; "
-                    f"DELETE FROM {EDGES} e USING obj_in i WHERE e.client_id = %(c)s AND e.src = i.zoid; "
-                    f"INSERT INTO {NODES} (client_id, zoid, tid, class_name, name) "
-                    f"SELECT %(c)s, zoid, tid, class_name, name FROM obj_in ON CONFLICT (client_id, zoid) DO UPDATE "
-                    f"SET tid = excluded.tid, class_name = excluded.class_name, name = excluded.name; "
-                    f"INSERT INTO {EDGES} (client_id, src, dst, key, listed) SELECT DISTINCT %(c)s, e.src, e.dst, e.key, e.listed "
-                    f"FROM obj_in_edges e JOIN obj_in i ON i.zoid = e.src", {"c": c})
+    def _write_unresolved(self, cur: Any, records: list[RecordFacts], deleted: list[int], tid: int) -> list[int]:
+        """A backfill's batch: appended with COPY to the staging tables, nothing resolved
+        (:meth:`resolve_all` moves them into the graph). A deletion is a *gone* row at the
+        batch's tid. Rows are tagged with this transaction's id: a batch staged again (read
+        again after a crash) adds rows, never one record's edges twice."""
+        latest = _latest(records)
         gone = sorted(set(deleted) - set(latest))
-        if gone:
-            cur.execute(f"DELETE FROM {NODES} WHERE client_id = %s AND zoid = ANY(%s); "
-                        f"DELETE FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (c, gone, c, gone))
+        if not latest and not gone:
+            return []
+        cur.execute("SELECT txid_current()")
+        batch = int(cur.fetchone()[0])
+        client = _text(self.client_id)
+        nodes = [f"{client},{f.zoid},{f.tid},{batch},{_text(f.class_name)},{_text(f.name)},f\n" for f in latest.values()]
+        nodes += [f"{client},{zoid},{tid},{batch},,,t\n" for zoid in gone]
+        cur.copy_expert(f"COPY {STAGE_NODES} (client_id, zoid, tid, batch, class_name, name, gone) FROM STDIN "
+                        "WITH (FORMAT csv)", io.StringIO("".join(nodes)))
+        edges = [f"{client},{f.zoid},{batch},{dst},{_text(key)},{'t' if listed else 'f'}\n" for f in latest.values()
+                 for dst, key, listed in dict.fromkeys(f.edges)]  # (a record's same edge twice: once)
+        if edges:
+            cur.copy_expert(f"COPY {STAGE_EDGES} (client_id, src, batch, dst, key, listed) FROM STDIN WITH (FORMAT csv)",
+                            io.StringIO("".join(edges)))
         return []
+
+    def _materialize(self, cur: Any) -> None:
+        """Move the staged records into the graph: each record's latest staged row (a
+        deletion wins a tie) replaces its node and edges; then the staging rows go."""
+        c = {"c": self.client_id}
+        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {STAGE_NODES} WHERE client_id = %(c)s)", c)
+        if not cur.fetchone()[0]:
+            return
+        cur.execute(q.STAGED, c)
+        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {NODES} WHERE client_id = %(c)s)", c)
+        replacing = bool(cur.fetchone()[0])
+        if replacing:  # not a fresh graph: rows to replace (a newer one stays)
+            cur.execute(q.STAGED_REPLACE, c)
+        cur.execute(q.STAGED_INSERT if replacing else q.STAGED_INSERT_FRESH, c)
 
     def _write(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> tuple[list[int], Any]:
         """Write the batch's records (names, edges); returns ``([], what changed)``."""
         c = self.client_id
-        latest: dict[int, RecordFacts] = {}
-        for facts in records:  # the newest state of each record in the batch
-            if facts.zoid not in latest or latest[facts.zoid].tid <= facts.tid:
-                latest[facts.zoid] = facts
+        latest = _latest(records)
         gone = set(deleted) - set(latest)
         cur.execute(f"SELECT zoid, tid, name, owner, in_tree, class_name FROM {NODES} "
                     "WHERE client_id = %s AND zoid = ANY(%s)", (c, list(latest) + list(gone)))
@@ -321,13 +329,15 @@ class GraphStore:
         return {int(r[0]) for r in cur.fetchall()}
 
     def resolve_all(self, tid: int, quiet: bool = False) -> tuple[list[int], int]:
-        """Resolve a graph written unresolved (a backfill): every owner, the whole tree from
-        the root; every object in the tree becomes dirty. Marks the graph complete."""
+        """Resolve a graph written unresolved (a backfill): its staged records moved into
+        the graph, every owner, the whole tree from the root; every object in the tree
+        becomes dirty. Marks the graph complete."""
         c = self.client_id
         with self.lock:
             try:
                 with self.conn.cursor() as cur:
                     self._serialise(cur)
+                    self._materialize(cur)
                     cur.execute(f"ANALYZE {NODES}; ANALYZE {EDGES}")  # written in bulk: plans need their statistics
                     cur.execute(q.ITEMS_ALL, {"c": c})
                     cur.execute(f"UPDATE {NODES} n SET listed = true WHERE n.client_id = %(c)s AND NOT n.listed AND "
@@ -363,13 +373,16 @@ class GraphStore:
         return dirty, version
 
 
-def _csv(rows: Iterable[tuple[Any, ...]]) -> io.StringIO:
-    """Rows as CSV for COPY: None unquoted (NULL), every string quoted (so ``""`` stays an
-    empty string: the root's name), NUL dropped (PostgreSQL text cannot hold it)."""
-    out = io.StringIO()
-    for row in rows:
-        out.write(",".join("" if v is None else str(v) if isinstance(v, int) else
-                           '"' + str(v).replace("\x00", "").replace('"', '""') + '"' for v in row))
-        out.write("\n")
-    out.seek(0)
-    return out
+def _latest(records: list[RecordFacts]) -> dict[int, RecordFacts]:
+    """The newest state of each record in a batch."""
+    latest: dict[int, RecordFacts] = {}
+    for facts in records:
+        if facts.zoid not in latest or latest[facts.zoid].tid <= facts.tid:
+            latest[facts.zoid] = facts
+    return latest
+
+
+def _text(value: str | None) -> str:
+    """A text value for COPY (CSV): None unquoted (NULL), a string quoted (so ``""`` stays
+    an empty string: the root's name), NUL dropped (PostgreSQL text cannot hold it)."""
+    return "" if value is None else '"' + value.replace("\x00", "").replace('"', '""') + '"'

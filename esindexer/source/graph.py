@@ -6,7 +6,9 @@ record seen (its name, its owner when it is unnamed, its place when it is in the
 rewritten (written in the transaction that changed the graph, removed in the progress
 transaction once the search engine accepted them: a crash in between leaves them to be
 rebuilt at the next start), ``applied`` the last tid the graph reflects. A backfill
-(a new client id) rebuilds all of it from the records.
+(a new client id) rebuilds all of it from the records: its batches are appended, with
+COPY, to the unindexed ``stage_nodes`` and ``stage_edges`` (a deletion is a ``gone``
+row), which the resolution at its end moves into ``nodes`` and ``edges`` at once.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ NODES = "esindexer_obj_nodes"
 EDGES = "esindexer_obj_edges"
 DIRTY = "esindexer_obj_dirty"
 APPLIED = "esindexer_obj_applied"
-TABLES = (NODES, EDGES, DIRTY, APPLIED)
+STAGE_NODES = "esindexer_obj_stage_nodes"
+STAGE_EDGES = "esindexer_obj_stage_edges"
+TABLES = (NODES, EDGES, DIRTY, APPLIED, STAGE_NODES, STAGE_EDGES)
 #: Advisory lock namespace ("es" + 4) of one client id's graph: the service and a command
 #: (dead-letter redelivery) never change it at the same time.
 GRAPH_LOCK_CLASS = 0x65730004
@@ -44,6 +48,14 @@ CREATE TABLE IF NOT EXISTS {DIRTY} (
     client_id text NOT NULL, zoid bigint NOT NULL, as_of bigint NOT NULL, PRIMARY KEY (client_id, zoid));
 CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT NULL,
     complete boolean NOT NULL DEFAULT false);
+-- a backfill's batches, appended as read (no index: COPY only); ``batch`` tells one
+-- staging transaction from another (a batch read again after a crash is staged again)
+CREATE TABLE IF NOT EXISTS {STAGE_NODES} (
+    client_id text NOT NULL, zoid bigint NOT NULL, tid bigint NOT NULL, batch bigint NOT NULL,
+    class_name text, name text, gone boolean NOT NULL);
+CREATE TABLE IF NOT EXISTS {STAGE_EDGES} (
+    client_id text NOT NULL, src bigint NOT NULL, batch bigint NOT NULL, dst bigint NOT NULL, key text,
+    listed boolean NOT NULL);
 ALTER TABLE {NODES} ADD COLUMN IF NOT EXISTS listed boolean NOT NULL DEFAULT false;
 ALTER TABLE {EDGES} ADD COLUMN IF NOT EXISTS listed boolean NOT NULL DEFAULT false;
 ALTER TABLE {APPLIED} ADD COLUMN IF NOT EXISTS complete boolean NOT NULL DEFAULT false;
@@ -79,7 +91,8 @@ def forget(conn: Any, client_id: str) -> None:
     """Drop one client id's graph (a generation deleted, or rebuilt from scratch)."""
     with conn.cursor() as cur:
         for table in TABLES:
-            cur.execute(f"DELETE FROM {table} WHERE client_id = %s", (client_id,))
+            if has_relation(cur, table):  # (an installation from before the staging tables)
+                cur.execute(f"DELETE FROM {table} WHERE client_id = %s", (client_id,))
     conn.commit()
 
 
@@ -96,5 +109,10 @@ def summary(conn: Any, client_id: str) -> dict[str, Any] | None:
         in_tree = int(cur.fetchone()[0])
         cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (client_id,))
         dirty = int(cur.fetchone()[0])
+        staged = 0
+        if not row[1] and has_relation(cur, STAGE_NODES):  # a backfill still staging its records
+            cur.execute(f"SELECT count(DISTINCT zoid) FROM {STAGE_NODES} WHERE client_id = %s AND NOT gone", (client_id,))
+            staged = int(cur.fetchone()[0])
     conn.rollback()
-    return {"tid": int(row[0]), "complete": bool(row[1]), "in_tree": in_tree, "documents_to_write": dirty}
+    return {"tid": int(row[0]), "complete": bool(row[1]), "in_tree": in_tree, "documents_to_write": dirty,
+            "staged_records": staged}

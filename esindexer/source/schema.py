@@ -29,9 +29,11 @@ TABLE_RIGHTS: dict[str, tuple[str, ...]] = {
     lease.STANDBY_TABLE: ("SELECT", "INSERT", "UPDATE", "DELETE"),  # the standbys' queue
     # documents=objects: the object graph, kept exact batch by batch
     graph.NODES: ("SELECT", "INSERT", "UPDATE", "DELETE"),
-    graph.EDGES: ("SELECT", "INSERT", "DELETE"),
+    graph.EDGES: ("SELECT", "INSERT", "UPDATE", "DELETE"),  # UPDATE: which edges hold listed items
     graph.DIRTY: ("SELECT", "INSERT", "UPDATE", "DELETE"),
-    graph.APPLIED: ("SELECT", "INSERT", "UPDATE"),
+    graph.APPLIED: ("SELECT", "INSERT", "UPDATE", "DELETE"),  # DELETE: forget() (verify --deep's scratch graph)
+    graph.STAGE_NODES: ("SELECT", "INSERT", "DELETE"),  # a backfill's batches, moved into NODES/EDGES at its end
+    graph.STAGE_EDGES: ("SELECT", "INSERT", "DELETE"),
 }
 
 

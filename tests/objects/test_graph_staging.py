@@ -1,0 +1,224 @@
+"""A backfill's graph staged batch by batch, then moved into the graph and resolved at once
+(:meth:`GraphStore.resolve_all`), is the graph the batches give applied one at a time
+(``apply(resolve=True)``): same nodes, edges (none twice), owners and paths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2
+import pytest
+
+from esindexer.objects.store import GraphStore, RecordFacts
+from esindexer.source import graph, schema
+
+FOLDER, ITEM, TREE, BUCKET = "app.Folder", "app.Item", "BTrees.OOBTree.OOBTree", "BTrees.OOBTree.OOBucket"
+PART, MAPPING = "app.Part", "persistent.mapping.PersistentMapping"
+
+
+def is_object(class_name: str | None) -> bool:
+    return bool(class_name and class_name.startswith("app.") and class_name != PART)
+
+
+def f(zoid: int, tid: int, cls: str, name: str | None, *edges: tuple[int, str | None, bool]) -> RecordFacts:
+    return RecordFacts(zoid, tid, cls, name, list(edges))
+
+
+#: ``(facts, deleted, tid, pack)``: a pack deletion is applied as the reader does (the
+#: graph's applied tid, no facts).
+def history() -> list[tuple[list[RecordFacts], list[int], int, bool]]:
+    return [
+        ([f(0, 5, MAPPING, "", (1, "site", False)),
+          f(1, 5, FOLDER, "site", (2, "a", False), (3, "b", False), (10, "_tree", False)),
+          f(2, 5, ITEM, "a", (4, "holder", False), (4, "holder", False)),  # the same edge twice: once
+          f(4, 5, PART, None),
+          f(6, 5, PART, None),  # unreachable: packed below
+          f(10, 5, TREE, None, (11, None, False)),
+          f(11, 5, BUCKET, None, (12, "c", False), (13, "d", False)),
+          f(12, 5, ITEM, "c", (14, "history", False), (14, "history", False)),
+          f(13, 5, ITEM, "d"),
+          f(14, 5, MAPPING, None)], [], 5, False),
+        ([], [6], 0, True),
+        # later batches change records of earlier ones; one record twice in a batch
+        ([f(3, 18, ITEM, "b"),
+          f(3, 20, ITEM, "b", (5, "history", False), (15, "x", False)),
+          f(5, 20, MAPPING, None, (4, "shared", False)),  # 4 now reached from two items: shared
+          f(15, 20, ITEM, "x"),
+          f(2, 20, ITEM, "a2", (4, "holder", False)),
+          f(1, 20, FOLDER, "site", (2, "a2", False), (3, "b", False), (10, "_tree", False)),
+          f(7, 20, PART, None)], [], 20, False),
+        ([], [7], 0, True),  # packed at the applied tid: the deletion wins the tie
+        # a deletion (13 and 5 gone), then 13 made again at a later tid
+        ([f(11, 30, BUCKET, None, (12, "c", False)),
+          f(3, 30, ITEM, "b", (15, "x", False))], [13, 5], 30, False),
+        ([f(13, 40, ITEM, "d2", (16, "holder", False)),
+          f(16, 40, PART, None),
+          f(11, 40, BUCKET, None, (12, "c", False), (13, "d2", False))], [], 40, False),
+    ]
+
+
+def nodes(conn: Any, client_id: str) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT zoid, tid, class_name, name, listed, owner, in_tree, parent, depth, path "
+                    f"FROM {graph.NODES} WHERE client_id = %s ORDER BY zoid", (client_id,))
+        rows = cur.fetchall()
+    conn.rollback()
+    return rows
+
+
+def edges(conn: Any, client_id: str) -> list[tuple[Any, ...]]:
+    """Every edge row, duplicates kept."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT src, dst, key, listed FROM {graph.EDGES} WHERE client_id = %s "
+                    "ORDER BY src, dst, key NULLS FIRST, listed", (client_id,))
+        rows = cur.fetchall()
+    conn.rollback()
+    return rows
+
+
+def staged(conn: Any, client_id: str) -> int:
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT (SELECT count(*) FROM {graph.STAGE_NODES} WHERE client_id = %s) "
+                    f"+ (SELECT count(*) FROM {graph.STAGE_EDGES} WHERE client_id = %s)", (client_id, client_id))
+        count = int(cur.fetchone()[0])
+    conn.rollback()
+    return count
+
+
+def run(store: GraphStore, steps: list[tuple[list[RecordFacts], list[int], int, bool]], resolve: bool,
+        replay: int | None = None) -> tuple[list[int], int]:
+    """Apply the steps (step ``replay`` twice, as after a crash before the progress commit)."""
+    dirty: list[int] = []
+    for n, (facts, deleted, tid, pack) in enumerate(steps):
+        for _again in range(2 if n == replay else 1):
+            dirty, version = store.apply(facts, deleted, store.applied_tid() if pack else tid, resolve=resolve)
+    return store.resolve_all(40) if not resolve else (dirty, store.applied_tid())
+
+
+@pytest.fixture
+def conn(db_dsn: str):
+    connection = psycopg2.connect(db_dsn)
+    assert graph.ensure_tables(connection)
+    connection.commit()
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def reference(conn: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The graph the same batches give applied and resolved one at a time."""
+    store = GraphStore(conn, "reference", is_object)
+    run(store, history(), resolve=True)
+    return nodes(conn, "reference"), edges(conn, "reference")
+
+
+@pytest.mark.parametrize("replay", [None, 0, 1, 2, 3, 4, 5])
+def test_staged_backfill_gives_the_graph_of_batches_applied_one_by_one(conn, replay):
+    want_nodes, want_edges = reference(conn)
+    assert [r[0] for r in want_nodes] == [0, 1, 2, 3, 4, 10, 11, 12, 13, 14, 15, 16]  # 5, 6, 7 gone
+    paths = {r[0]: r[9] for r in want_nodes}
+    assert (paths[2], paths[12], paths[13], paths[15]) == ("/site/a2", "/site/c", "/site/d2", "/site/b/x")
+    owners = {r[0]: r[5] for r in want_nodes}
+    assert (owners[4], owners[14], owners[16]) == (2, 12, 13)  # 4 no longer shared: 5 is gone
+
+    store = GraphStore(conn, "staged", is_object)
+    dirty, version = run(store, history(), resolve=False, replay=replay)
+    assert nodes(conn, "staged") == want_nodes
+    assert edges(conn, "staged") == want_edges  # a batch staged twice adds no edge twice
+    assert staged(conn, "staged") == 0
+    assert version == 40 and store.complete()
+    assert dirty == sorted(r[0] for r in want_nodes if r[6] and is_object(r[2]))
+
+
+def test_staging_writes_nothing_into_the_graph_until_resolved(conn):
+    store = GraphStore(conn, "staged", is_object)
+    steps = history()
+    for facts, deleted, tid, pack in steps[:3]:
+        assert store.apply(facts, deleted, store.applied_tid() if pack else tid, resolve=False) == ([], max(tid, 5))
+    assert nodes(conn, "staged") == [] and edges(conn, "staged") == []
+    summary = graph.summary(conn, "staged")
+    assert summary is not None and not summary["complete"]
+    assert summary["staged_records"] == 14  # distinct records staged (6, packed since, counted)
+    store.resolve_all(20)
+    summary = graph.summary(conn, "staged")
+    assert summary is not None and summary["complete"] and summary["staged_records"] == 0
+    assert summary["in_tree"] == 7  # 0, 1, 2, 3, 12, 13, 15
+
+
+def test_staging_on_a_graph_that_holds_rows(conn):
+    """Records staged over a graph already written (a backfill resumed after an upgrade, a
+    graph resolved then written unresolved again): newer rows replace, older ones stay."""
+    steps = history()
+    store = GraphStore(conn, "staged", is_object)
+    run(store, steps[:3], resolve=True)
+    assert nodes(conn, "staged")
+    run(store, steps[2:], resolve=False)  # step 2 again: as old as the graph's rows
+    want_nodes, want_edges = reference(conn)
+    assert nodes(conn, "staged") == want_nodes
+    assert edges(conn, "staged") == want_edges
+
+
+def test_forget_drops_staged_rows(conn):
+    store = GraphStore(conn, "staged", is_object)
+    other = GraphStore(conn, "other", is_object)
+    for s in (store, other):
+        facts, deleted, tid, _pack = history()[0]
+        s.apply(facts, deleted, tid, resolve=False)
+        s.apply([], [6], tid, resolve=False)
+    assert staged(conn, "staged") > 0
+    graph.forget(conn, "staged")
+    assert staged(conn, "staged") == 0 and graph.summary(conn, "staged") is None
+    assert staged(conn, "other") > 0
+
+
+def test_an_install_without_the_staging_tables_gets_them(conn):
+    with conn.cursor() as cur:
+        cur.execute(f"DROP TABLE {graph.STAGE_NODES}; DROP TABLE {graph.STAGE_EDGES}")
+    conn.commit()
+    assert graph.ensure_tables(conn)
+    conn.commit()
+    store = GraphStore(conn, "staged", is_object)
+    facts, deleted, tid, _pack = history()[0]
+    store.apply(facts, deleted, tid, resolve=False)
+    assert staged(conn, "staged") > 0
+
+
+def test_a_role_granted_by_setup_stages_and_resolves(zodb, db_dsn, indexer_role):
+    """Staging, moving and resolving need no more than ``setup --grant-to`` gives (no
+    ownership: ANALYZE of a table it does not own is skipped with a warning)."""
+    name, role_dsn = indexer_role
+    admin = psycopg2.connect(db_dsn)
+    schema.create_all(admin)
+    schema.grant(admin, name)
+    admin.close()
+    as_role = psycopg2.connect(role_dsn)
+    try:
+        assert graph.ensure_tables(as_role)
+        as_role.commit()
+        store = GraphStore(as_role, "staged", is_object)
+        dirty, version = run(store, history(), resolve=False, replay=2)
+        assert version == 40 and 15 in dirty
+        graph.forget(as_role, "staged")
+    finally:
+        as_role.close()
+
+
+def test_a_role_that_may_not_create_the_staging_tables_is_told(zodb, db_dsn, indexer_role):
+    """An installation with the graph's first four tables only, and a role without CREATE:
+    ``ensure_tables`` says so (the reader's SetupError) instead of failing later."""
+    name, role_dsn = indexer_role
+    admin = psycopg2.connect(db_dsn)
+    schema.create_all(admin)
+    schema.grant(admin, name)
+    with admin.cursor() as cur:
+        cur.execute(f"DROP TABLE {graph.STAGE_NODES}; DROP TABLE {graph.STAGE_EDGES}; REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    admin.commit()
+    admin.close()
+    as_role = psycopg2.connect(role_dsn)
+    try:
+        assert not graph.ensure_tables(as_role)
+        as_role.rollback()
+        graph.forget(as_role, "staged")  # what is there is forgotten all the same
+    finally:
+        as_role.close()
