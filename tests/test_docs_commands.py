@@ -51,6 +51,8 @@ NOT_HERE: list[tuple[str, str]] = [
                            "virtualenv in its place"),
     (r"^echo \$\?$", "the exit code of the previous (skipped) command"),
     (r"bench/", "a benchmark of minutes; its measured figures are what the page documents"),
+    (r"plone-big|esplone_big", "a benchmark on a Plone site of 1,500 items (minutes to build); its measured figures "
+                               "are what the page documents; tests/plone builds and indexes a smaller site"),
     (r"127\.0\.0\.1:9650", "asks the running demo (scripts/demo); tests/test_demo.py checks its /readyz"),
     (r"esindexer_demo", "the demo's own database (tests/test_demo.py runs the demo with one of its own)"),
     (r"^curl -X DELETE '127\.0\.0\.1:9200/(zodb-objects|_index_template/zodb-esindexer)'",
