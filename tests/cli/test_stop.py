@@ -17,6 +17,7 @@ import time
 
 import psycopg2
 import pytest
+import transaction
 
 from esindexer.errors import ExitCode
 from tests.indexing import commit_tree, progress
@@ -112,10 +113,15 @@ def test_a_signal_cancels_a_setup_statement_held_by_a_lock(zodb, db_dsn, es_url,
 
 class StallingProxy:
     """A loopback TCP proxy that forwards until :meth:`stall`, then keeps every connection
-    open and forwards nothing more: requests in flight hang (unlike a refused connection)."""
+    open and forwards nothing more: requests in flight hang (unlike a refused connection).
 
-    def __init__(self, host: str, port: int) -> None:
+    With ``stall_on``, it stalls by itself when a request carries those bytes (a document's
+    title), swallowing that request: a test picks the batch whose request hangs instead of
+    racing the service with :meth:`stall`."""
+
+    def __init__(self, host: str, port: int, stall_on: bytes | None = None) -> None:
         self.target = (host, port)
+        self.stall_on = stall_on
         self.stalled = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
@@ -130,12 +136,17 @@ class StallingProxy:
                 return
             upstream = socket.create_connection(self.target)
             self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, request in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, request), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, request: bool) -> None:
+        tail = b""  # the end of the last chunk: a marker may straddle two
         try:
             while data := source.recv(65536):
+                if request and self.stall_on is not None:
+                    if self.stall_on in tail + data:
+                        self.stall()
+                    tail = data[-len(self.stall_on):]
                 if self.stalled.is_set():
                     self.stalled.wait()  # swallow: the peer waits for an answer that never comes
                     continue
@@ -152,25 +163,56 @@ class StallingProxy:
             sock.close()
 
 
-def test_a_second_signal_abandons_requests_elasticsearch_does_not_answer(zodb, db_dsn, es_url, es_prefix):
-    """docs/architecture.md: "a second signal abandons at once", also while bulk requests hang."""
-    from urllib.parse import urlsplit
+def _commit_transactions(zodb, *titles: list[str]) -> list[int]:
+    """One transaction per list of page titles (the pages go into ``root["pages"]``);
+    returns the tid of each."""
+    from BTrees.OOBTree import OOBTree
+
+    from tests.indexing import Page
 
     conn = zodb.open()
-    commit_tree(conn.root(), 3000, per_transaction=100)
+    root = conn.root()
+    root["pages"] = tree = OOBTree()
+    tids = []
+    for batch in titles:
+        pages = [Page(title) for title in batch]
+        for page in pages:
+            tree[len(tree)] = page
+        transaction.commit()
+        tids.append(int.from_bytes(pages[-1]._p_serial, "big"))  # a new page: stored by this one
     conn.close()
+    return tids
+
+
+def _start_behind_proxy(db_dsn: str, proxy: StallingProxy, es_prefix: str) -> subprocess.Popen:
+    """Each transaction its own batch, one bulk request in flight at a time: the batch whose
+    request the proxy swallows is known, and the reader waits behind it."""
+    return _start(db_dsn, proxy.url, es_prefix, free_port(), ESINDEXER_BATCH_LIMIT="1",
+                  ESINDEXER_BULK_MAX_DOCS="50", ESINDEXER_BULK_CONCURRENCY="1", ESINDEXER_SHUTDOWN_TIMEOUT="60",
+                  ESINDEXER_ES_REQUEST_TIMEOUT="20")
+
+
+def test_a_second_signal_abandons_requests_elasticsearch_does_not_answer(zodb, db_dsn, es_url, es_prefix):
+    """docs/architecture.md: "a second signal abandons at once", also while bulk requests hang.
+
+    The request that hangs is the whole of a batch the reader handed to the committer (the
+    second transaction), so the first signal's stop must wait for it: the process is still
+    there a second later. (Stalling at an arbitrary moment, the hung request could belong
+    to a batch the stop cut short, which a stop does not wait for.)"""
+    from urllib.parse import urlsplit
+
+    first, _, _ = _commit_transactions(zodb, [f"page {n}" for n in range(5)],
+                                       ["stall here"] + [f"page {n}" for n in range(5, 10)],
+                                       [f"page {n}" for n in range(10, 1010)])
     target = urlsplit(es_url)
-    proxy = StallingProxy(target.hostname, target.port)
-    port = free_port()
-    proc = _start(db_dsn, proxy.url, es_prefix, port, ESINDEXER_BATCH_LIMIT="100", ESINDEXER_BULK_MAX_DOCS="50",
-                  ESINDEXER_SHUTDOWN_TIMEOUT="60")
+    proxy = StallingProxy(target.hostname, target.port, stall_on=b"stall here")
+    proc = _start_behind_proxy(db_dsn, proxy, es_prefix)
     try:
-        wait_for(lambda: progress(db_dsn) > 0, timeout=60, message="a first batch indexed")
-        proxy.stall()  # requests in flight now hang: the first signal waits for them
-        time.sleep(1)
+        wait_for(proxy.stalled.is_set, timeout=60, message="the second batch's request swallowed")
+        wait_for(lambda: progress(db_dsn) == first, message="the first batch's progress saved")
         proc.send_signal(signal.SIGTERM)
         time.sleep(1)
-        assert proc.poll() is None
+        assert proc.poll() is None, proc.communicate()[1][-3000:]  # the stop waits for the second batch
         code, err, took = _stop_within(proc, signal.SIGTERM, 2.0)
     finally:
         if proc.poll() is None:
@@ -178,3 +220,31 @@ def test_a_second_signal_abandons_requests_elasticsearch_does_not_answer(zodb, d
         proxy.close()
     assert code == ExitCode.TERMINATED, err[-3000:]
     assert took < 2.0, f"{took:.1f}s\n{err[-3000:]}"
+    assert progress(db_dsn) == first  # the batch Elasticsearch never acknowledged does not count
+
+
+def test_a_completed_stop_exits_while_a_request_of_a_cut_batch_hangs(zodb, db_dsn, es_url, es_prefix):
+    """The stop cuts the batch being read short: its requests in flight do not count, so the
+    stop does not wait for them and completes at once. The process then exits with the
+    stop's code, without joining the sender thread that still waits for Elasticsearch
+    (before, it lingered until the request timed out, with the default signal handling)."""
+    from urllib.parse import urlsplit
+
+    first, _ = _commit_transactions(zodb, [f"page {n}" for n in range(5)],
+                                    [f"stall here {n}" for n in range(1000)])
+    target = urlsplit(es_url)
+    proxy = StallingProxy(target.hostname, target.port, stall_on=b"stall here")
+    proc = _start_behind_proxy(db_dsn, proxy, es_prefix)
+    try:
+        wait_for(proxy.stalled.is_set, timeout=60, message="a request of the second batch swallowed")
+        wait_for(lambda: progress(db_dsn) == first, message="the first batch's progress saved")
+        code, err, took = _stop_within(proc, signal.SIGTERM, 2.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proxy.close()
+    assert code == ExitCode.TERMINATED, err[-3000:]
+    assert took < 2.0, f"{took:.1f}s\n{err[-3000:]}"
+    assert "stopped before catching up" in err
+    assert "without waiting for" in err and "esindexer-bulk" in err, err[-3000:]  # it did not wait, and says so
+    assert progress(db_dsn) == first
