@@ -42,5 +42,11 @@ setup(
             sources=["esindexer/convert/_reader_c.c"],
             optional=True,
         ),
+        # the typed model's shaping of decoded states (esindexer/documents/fastshape.py); optional too
+        Extension(
+            "esindexer.documents._shape_c",
+            sources=["esindexer/documents/_shape_c.c"],
+            optional=True,
+        ),
     ],
 )

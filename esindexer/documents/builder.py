@@ -46,6 +46,7 @@ import orjson
 
 from esindexer.config import Settings, load_dotted, transform_style
 from esindexer.convert.jsonifier import Conversion, Decoded, Jsonifier, Kind, json_normal
+from esindexer.documents.fastshape import shape_state
 from esindexer.documents.transform import ObjectRecord, ObjectTransform, apply
 from esindexer.documents.typed import shape
 from esindexer.documents.walk import collect, harmonise_lists
@@ -252,7 +253,7 @@ class DocumentBuilder:
         if place:
             doc.update(place)
         if self._mode == "typed":
-            shaped = shape(state, TEXT_LIMIT, direct=direct)
+            shaped = shape_state(state, TEXT_LIMIT, direct=direct)
             texts, refs, more, values = shaped.texts, shaped.refs, shaped.more, shaped.values
             doc["state"] = shaped.typed
             if fields:
