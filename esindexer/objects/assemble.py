@@ -48,8 +48,8 @@ class ObjectView:
     parts_omitted: int = 0
     #: the newest tid among its folded parts (0: none): a part's change is the object's change
     parts_tid: int = 0
-    #: ``state`` is the record's unpickled state (:class:`Decoded`), not JSON values: it had
-    #: no part to fold; ``json_state`` gives it as JSON values (None: not convertible)
+    #: ``state`` is unpickled states (:class:`Decoded`: the object's, its parts folded in),
+    #: not JSON values; ``json_state`` gives it as JSON values (None: not convertible)
     decoded: bool = False
     json_state: Callable[[], Any] | None = None
 
