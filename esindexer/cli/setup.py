@@ -37,7 +37,8 @@ COMMAND = Command(
     name="setup",
     help="create esindexer's tables and triggers once, as an administrator; --grant-to ROLE",
     description="Create (idempotently) the tables esindexer keeps in the RelStorage database (progress, "
-                "dead letters, pack-deletion log and cursor, crash guard) and its triggers (change "
+                "dead letters, pack-deletion log and cursor, crash guard, lease and standbys, the object graph of "
+                "documents=objects with its staging tables) and its triggers (change "
                 "notification, pack-deletion capture). Run it with ESINDEXER_PG_DSN naming a role that may "
                 "create tables in the schema and triggers on RelStorage's tables. With --grant-to ROLE, "
                 "ROLE gets exactly the rights the other commands use; run the service as ROLE. Exit 0 when "

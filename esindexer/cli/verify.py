@@ -127,6 +127,9 @@ def _print_objects(report: Any, repair: bool) -> None:
         print(f"  {kind:<8} {count}" + _examples(report.examples[kind]))
     if report.lagging:
         print(f"lagging {report.lagging} (not applied by the service yet; left to it, not in the exit code)")
+    if report.pending_deletions:
+        print(f"pending pack deletions {report.pending_deletions} (captured, not applied by the service yet; "
+              "what they change is counted as lagging)")
     if repair:
         print(f"repaired {report.repaired} (read back: now as the database says)")
         print(f"still different {report.still_different}")

@@ -12,7 +12,9 @@ path with the graph the service keeps (``graph``): the check of the incremental
 maintenance itself.
 
 Each difference is read again before it is reported; one explained by the service's
-lag (records newer than the graph, documents still dirty) is reported as ``lagging``.
+lag (records newer than the graph, documents still dirty, pack deletions not applied yet;
+for ``graph``, also what changed while the rebuild read the database: :func:`_graph_lag`)
+is reported as ``lagging``.
 With ``repair``, differences are written again (documents assembled from the current
 records, versioned with the graph's applied tid, like the service's) and read back.
 """
@@ -34,8 +36,8 @@ from esindexer.objects.assemble import assemble
 from esindexer.objects.edges import record_edges, record_name
 from esindexer.objects.store import GraphStore, RecordFacts
 from esindexer.pipeline.objectreader import object_class_filter
-from esindexer.source import graph, pg
-from esindexer.source.graph import NODES
+from esindexer.source import deletions, graph, pg
+from esindexer.source.graph import APPLIED, EDGES, NODES
 
 KINDS = ("missing", "orphan", "stale", "changed", "graph")
 EXAMPLES = 10
@@ -47,6 +49,8 @@ class ObjectReport:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     examples: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in KINDS})
     lagging: int = 0
+    #: captured pack deletions the service has not applied to its graph and index yet
+    pending_deletions: int = 0
     objects: int = 0
     documents: int = 0
     repaired: int = 0
@@ -71,6 +75,7 @@ class ObjectReport:
     def as_dict(self) -> dict[str, Any]:
         return {"documents": "objects", "objects": self.objects, "indexed": self.documents,
                 "differences": self.counts, "examples": self.examples, "lagging": self.lagging,
+                "pending_deletions": self.pending_deletions,
                 "repaired": self.repaired, "still_different": self.still_different}
 
 
@@ -130,6 +135,7 @@ def _differences(conn: Any, store: GraphStore, es: Any, indices: tuple[str, ...]
     # lag: what the service has not applied yet (newer records than the graph, dirty rows)
     applied = store.applied_tid()
     lagging = set(store.dirty()) | {z for z, t in current.items() if t > applied}
+    lagging |= deletions.unapplied_zoids(conn, store.client_id, sorted(set().union(*found.values())))
     return found, lagging, len(expected), len(held)
 
 
@@ -156,9 +162,11 @@ def _repair_writes(actions: list[Action], held: dict[int, list[Held]]) -> list[W
     return writes
 
 
-def _graph_differences(conn: Any, settings: Settings, jsonifier: Jsonifier, store: GraphStore) -> set[int]:
+def _graph_differences(conn: Any, settings: Settings, jsonifier: Jsonifier,
+                       store: GraphStore) -> tuple[set[int], set[int]]:
     """Records whose kind, owner or path differ between the service's graph and one rebuilt
-    from the database's current records now (records changed meanwhile left out)."""
+    from the database's current records now, and which of them are the service's lag
+    (:func:`_graph_lag`)."""
     scratch = GraphStore(conn, f"{settings.worker_id}.verify", store.is_object_class)
     graph.forget(conn, scratch.client_id)
     read_at = 0
@@ -185,9 +193,59 @@ def _graph_differences(conn: Any, settings: Settings, jsonifier: Jsonifier, stor
                         {"live": store.client_id, "scratch": scratch.client_id, "at": read_at})
             out = {int(r[0]) for r in cur.fetchall()}
         conn.rollback()
-        return out
+        return out, _graph_lag(conn, store.client_id, scratch.client_id, read_at, out)
     finally:
         graph.forget(conn, scratch.client_id)
+
+
+def _graph_lag(conn: Any, live: str, scratch: str, read_at: int, differing: set[int]) -> set[int]:
+    """Which of ``differing`` the two graphs may disagree on only because of changes the
+    comparison cannot hold still, and every record those reach through either graph's
+    references (a record's kind, owner and path depend only on the records that reach it,
+    so a record none of them reaches differs for none of these reasons):
+
+    - records whose captured deletion (a pack) the service has not applied yet;
+    - records the two graphs hold at different tids (changed between the rebuild's reads
+      of two pages, or applied by the service after the rebuild read them);
+    - records only the service's graph holds that are newer than the rebuild's reads or
+      still in the database (created behind the rebuild's scan);
+    - records only the rebuilt graph holds that are gone from the database now (deleted
+      after the rebuild read them) or newer than the service's graph (not applied yet).
+
+    What stays a difference: a record the service's graph holds that the database lost
+    with no deletion captured for it, a record it never applied although it read past its
+    tid, or a record both hold at the same tid with another kind, owner or path."""
+    if not differing:
+        return set()
+    seeds = deletions.unapplied_zoids(conn, live, None)
+    with conn.cursor() as cur:
+        source, key = pg.current_revisions(cur)
+        cur.execute(f"SELECT tid FROM {APPLIED} WHERE client_id = %s", (live,))
+        row = cur.fetchone()
+        applied = int(row[0]) if row else 0
+        cur.execute(f"""
+            SELECT coalesce(a.zoid, b.zoid) FROM
+              (SELECT zoid, tid FROM {NODES} WHERE client_id = %(live)s) a
+              FULL JOIN (SELECT zoid, tid FROM {NODES} WHERE client_id = %(scratch)s) b ON a.zoid = b.zoid
+            WHERE (a.zoid IS NOT NULL AND b.zoid IS NOT NULL AND a.tid <> b.tid)
+               OR (b.zoid IS NULL AND (a.tid > %(at)s OR EXISTS (SELECT 1 FROM {source} WHERE {key} = a.zoid)))
+               OR (a.zoid IS NULL AND (b.tid > %(applied)s
+                                       OR NOT EXISTS (SELECT 1 FROM {source} WHERE {key} = b.zoid)))""",
+                    {"live": live, "scratch": scratch, "at": read_at, "applied": applied})
+        seeds |= {int(r[0]) for r in cur.fetchall()}
+        if not seeds:
+            conn.rollback()
+            return set()
+        cur.execute(f"""
+            WITH RECURSIVE reach(zoid) AS (
+              SELECT unnest(%(seeds)s::bigint[])
+              UNION
+              SELECT e.dst FROM reach r JOIN {EDGES} e ON e.client_id = ANY(%(clients)s) AND e.src = r.zoid)
+            SELECT zoid FROM reach WHERE zoid = ANY(%(differing)s)""",
+                    {"seeds": sorted(seeds), "clients": [live, scratch], "differing": sorted(differing)})
+        lag = {int(r[0]) for r in cur.fetchall()}
+    conn.rollback()
+    return lag
 
 
 def verify_objects(conn: Any, es: Any, builder: DocumentBuilder, jsonifier: Jsonifier,
@@ -198,8 +256,9 @@ def verify_objects(conn: Any, es: Any, builder: DocumentBuilder, jsonifier: Json
     indices = builder.indices
     es.indices.refresh(index=",".join(indices), ignore_unavailable=True)
     found, lagging, report.objects, report.documents = _differences(conn, store, es, indices, deep, builder, jsonifier)
+    graph_lag: set[int] = set()
     if deep:
-        found["graph"] = _graph_differences(conn, settings, jsonifier, store)
+        found["graph"], graph_lag = _graph_differences(conn, settings, jsonifier, store)
     if any(found.values()):  # read again: what the service wrote meanwhile is no difference
         time.sleep(1.0)
         es.indices.refresh(index=",".join(indices), ignore_unavailable=True)
@@ -208,6 +267,9 @@ def verify_objects(conn: Any, es: Any, builder: DocumentBuilder, jsonifier: Json
         again["graph"] = found["graph"]
         lagging |= lagging2
         found = {k: found[k] & again[k] for k in KINDS}
+    lagging |= graph_lag
+    report.pending_deletions = deletions.count_unapplied(conn, store.client_id)
+    conn.rollback()
     report.lagging = len(set().union(*found.values()) & lagging)
     for kind in KINDS:
         report.note(kind, found[kind] - lagging)

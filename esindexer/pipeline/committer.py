@@ -261,6 +261,8 @@ class Committer:
         """Apply captured pack deletions that may go now (:func:`ready_deletions`); returns
         how many. When one must wait, :attr:`deletions_waiting` asks the reader to drain at
         its next idle moment (a quiet database may never move progress to its tid)."""
+        if self.settings.documents == "objects" and self.objects is None:
+            return 0  # not before the object reader is there: the graph must forget them with their documents
         client_id = self.settings.worker_id
         owns = partition_filter(self.settings)
         total = 0
@@ -308,6 +310,34 @@ class Committer:
                 log.info("applied %d pack deletion(s)", len(mine), extra={"count": len(mine)})
             if len(ready) < len(items):
                 return total
+
+    def drain_all_known(self, stopping: Callable[[], bool], poll: float = 0.2) -> bool:
+        """At the end of a bounded run (every batch settled, nothing read any more): apply
+        every captured deletion this client has not applied, waiting for those committed
+        behind a transaction still open on the server (:func:`deletions.pending` hands a
+        row out only once every older transaction ended, so the cursor never passes one
+        that may still appear). True once none is left, False when ``stopping`` ends the wait.
+        Before, a bounded run said "caught up" with such deletions unapplied."""
+        warned_at: float | None = None
+        while True:
+            self.drain_deletions(all_settled=True)
+            left = deletions.count_unapplied(self.conn, self.settings.worker_id)
+            holder = deletions.holding_back(self.conn) if left else None
+            self.conn.rollback()
+            if not left:
+                return True
+            now = time.monotonic()
+            if warned_at is None or now - warned_at >= 10:
+                log.warning("waiting to apply %d captured pack deletion(s): they are committed, but an older "
+                            "transaction is still open on the PostgreSQL server (%s), and deletions are applied "
+                            "in commit order", left, holder or "ended meanwhile", extra={"count": left})
+                warned_at = now
+            self._liveness.beat()
+            deadline = now + poll
+            while time.monotonic() < deadline:
+                if stopping():
+                    return False
+                time.sleep(0.05)
 
     def drain_when_idle(self) -> None:
         """Called by the reader when it has read everything and is about to wait: settle

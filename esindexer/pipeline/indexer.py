@@ -303,9 +303,9 @@ class Indexer:
             if until_caught_up:
                 end_tid = follow.latest_tid(conn)
                 conn.rollback()
-                if end_tid <= start_tid:
-                    committer.drain_deletions(all_settled=True)  # nothing read, nothing in flight
-                    self.caught_up = True
+                if end_tid <= start_tid and s.documents != "objects":  # (objects: the graph forgets packed records)
+                    # nothing read, nothing in flight: caught up once every known deletion is applied
+                    self.caught_up = committer.drain_all_known(lambda: self.stopping)
                     return True
             log.info("following from tid %d%s", start_tid,
                      f" to {end_tid}" if end_tid is not None else "", extra={"tid": start_tid})
@@ -376,8 +376,8 @@ class Indexer:
                 self._abandon.set()
             committer.raise_failure()
             if finished and until_caught_up:
-                committer.drain_deletions(all_settled=True)  # the reader is done, every batch settled
-                self.caught_up = True
+                # the reader is done, every batch settled: caught up once every known deletion is applied
+                self.caught_up = committer.drain_all_known(lambda: self.stopping)
             return finished or self.stopping
         finally:
             self._updates = None

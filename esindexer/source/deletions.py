@@ -215,6 +215,23 @@ def count_unapplied(conn: Any, client_id: str) -> int:
         return int(cur.fetchone()[0])
 
 
+def holding_back(conn: Any) -> str | None:
+    """The open transaction that keeps the oldest xmin of the server, in words (what holds
+    captured deletions back: :func:`pending`); None when none is visible (ended, or this
+    role may not see other sessions)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT 'prepared transaction ' || quote_literal(gid) || ' since ' || prepared::text "
+                    "FROM pg_prepared_xacts ORDER BY age(transaction) DESC LIMIT 1")
+        row = cur.fetchone()
+        if row is None:
+            cur.execute("SELECT 'pid ' || pid || coalesce(' (' || nullif(application_name, '') || ')', '') || ', '"
+                        " || coalesce(state, '?') || ' since ' || coalesce(xact_start::text, '?') FROM pg_stat_activity "
+                        "WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() "
+                        "ORDER BY age(backend_xid) DESC LIMIT 1")
+            row = cur.fetchone()
+    return str(row[0]) if row else None
+
+
 def advance(conn: Any, client_id: str, xid: int, last_id: int) -> None:
     """Move this client's cursor to ``(xid, last_id)`` (the caller commits, then calls
     :func:`prune` in a transaction of its own)."""
@@ -295,18 +312,19 @@ def logged_zoids(conn: Any, zoids: list[int]) -> set[int]:
     return found
 
 
-def unapplied_zoids(conn: Any, client_id: str, zoids: list[int]) -> set[int]:
-    """Which of ``zoids`` have a captured deletion this client has not applied yet (a
-    document of theirs still in the index is the service's lag, not drift: ``verify``)."""
-    if not zoids:
+def unapplied_zoids(conn: Any, client_id: str, zoids: list[int] | None) -> set[int]:
+    """Which of ``zoids`` (None: of all objects) have a captured deletion this client has
+    not applied yet (a document of theirs still in the index, a record still in its object
+    graph, is the service's lag, not drift: ``verify``)."""
+    if zoids is not None and not zoids:
         return set()
     with conn.cursor() as cur:
         if not has_relation(cur, LOG_TABLE) or not _usable(cur):
             conn.rollback()
             return set()
         cur.execute(f"SELECT DISTINCT d.zoid FROM {LOG_TABLE} d, {_CURSOR} "
-                    "WHERE (d.xid, d.id) > (cur.xid, cur.id) AND d.zoid = ANY(%(zoids)s)",
-                    {"client": client_id, "zoids": zoids})
+                    "WHERE (d.xid, d.id) > (cur.xid, cur.id) AND (%(all)s OR d.zoid = ANY(%(zoids)s))",
+                    {"client": client_id, "zoids": zoids or [], "all": zoids is None})
         found = {int(row[0]) for row in cur.fetchall()}
     conn.rollback()
     return found

@@ -111,6 +111,7 @@ def summary(conn: Any, client_id: str) -> dict[str, Any] | None:
         dirty = int(cur.fetchone()[0])
         staged = 0
         if not row[1] and has_relation(cur, STAGE_NODES):  # a backfill still staging its records
+            # records, not rows: a batch read again after a crash is staged again (two rows)
             cur.execute(f"SELECT count(DISTINCT zoid) FROM {STAGE_NODES} WHERE client_id = %s AND NOT gone", (client_id,))
             staged = int(cur.fetchone()[0])
     conn.rollback()

@@ -222,3 +222,22 @@ def test_a_role_that_may_not_create_the_staging_tables_is_told(zodb, db_dsn, ind
         graph.forget(as_role, "staged")  # what is there is forgotten all the same
     finally:
         as_role.close()
+
+
+def test_status_counts_a_batch_staged_twice_once(conn):
+    """After a crash before the progress commit a batch is read and staged again: its rows
+    are in the staging table twice, but ``status`` says how many *records* are staged."""
+    store = GraphStore(conn, "staged", is_object)
+    first = history()[0]
+    for _again in range(2):
+        store.apply(first[0], first[1], first[2], resolve=False)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*), count(DISTINCT batch) FROM {graph.STAGE_NODES} WHERE client_id = 'staged'")
+        rows, batches = cur.fetchone()
+    conn.rollback()
+    assert (rows, batches) == (20, 2)  # 10 records, staged by two transactions
+    summary = graph.summary(conn, "staged")
+    assert summary is not None and summary["staged_records"] == 10
+    store.apply([], [6], store.applied_tid(), resolve=False)  # packed after it was staged: still a record staged
+    summary = graph.summary(conn, "staged")
+    assert summary is not None and summary["staged_records"] == 10
