@@ -1,7 +1,9 @@
 """``main()``: parse, load the settings once, run the command, map what went wrong to an exit code.
 
 Every error a user can cause or meet ends as one line on stderr with the exit code of
-:class:`esindexer.errors.ExitCode`; only a bug ends with a traceback (in the log).
+:class:`esindexer.errors.ExitCode`; only a bug ends with a traceback (in the log). The
+mapping is :func:`esindexer.cli.exits.failed` (``run`` and ``reindex`` call it
+themselves, to exit without joining a sender thread left waiting).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from collections.abc import Sequence
 
 from esindexer.cli import alias, config, docs, explain, letters, reindex, run, setup, status, triggers, verify
 from esindexer.cli.common import Command
+from esindexer.cli.exits import fail, failed
 from esindexer.cli.parser import build_parser
 from esindexer.config import Settings, load_settings
 from esindexer.config_table import SETTINGS
-from esindexer.errors import ConfigError, ExitCode, SchemaError, Unreachable
-from esindexer.redact import redact
+from esindexer.errors import ConfigError, ExitCode
 
 log = logging.getLogger("esindexer")
 
@@ -32,11 +34,6 @@ COMMANDS: tuple[Command, ...] = (
 def _load(args: argparse.Namespace) -> Settings:
     cli = {spec.name: getattr(args, spec.name, None) for spec in SETTINGS}
     return load_settings(cli=cli, config_file=args.config)
-
-
-def _fail(message: str, code: ExitCode) -> int:
-    print(f"esindexer: {redact(message)}", file=sys.stderr)
-    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,7 +69,7 @@ def _main(command: Command, args: argparse.Namespace) -> int:
     try:
         settings = _load(args)
     except ConfigError as exc:
-        return _fail(str(exc), ExitCode.SETUP)
+        return fail(str(exc), ExitCode.SETUP)
     from esindexer.observe.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
@@ -82,32 +79,5 @@ def _main(command: Command, args: argparse.Namespace) -> int:
         return ExitCode.INTERRUPTED
     except BrokenPipeError:
         raise
-    except Unreachable as exc:
-        return _fail(str(exc), ExitCode.UNREACHABLE)
-    except SchemaError as exc:  # reachable, but not a RelStorage database (yet)
-        return _fail(f"{exc}; is ESINDEXER_PG_DSN the database RelStorage writes to?", ExitCode.SETUP)
     except Exception as exc:
-        return _failure(settings, args.command, exc)
-
-
-def _failure(settings: Settings, command: str, exc: Exception) -> int:
-    """The exit code and one line for what ended ``command``; a traceback only for a bug."""
-    import psycopg2
-    import psycopg2.errors
-
-    from esindexer.es.client import as_setup_error, connection_hint, describe_error, retry_reason
-    from esindexer.source.pg import privilege_problem, refused_for_good
-
-    if (problem := as_setup_error(exc) or refused_for_good(exc)) is not None:
-        return _fail(str(problem), ExitCode.SETUP)
-    if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
-        return _fail(str(privilege_problem(exc)), ExitCode.SETUP)
-    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-        return _fail(f"lost PostgreSQL: {' '.join(str(exc).split())}", ExitCode.UNREACHABLE)
-    if retry_reason(exc) is not None:  # unreachable, timed out, 429/5xx: after the command's retries
-        hint = connection_hint(exc)
-        engine = "OpenSearch" if settings.search_engine == "opensearch" else "Elasticsearch"
-        return _fail(f"cannot reach {engine} at {', '.join(settings.es_url)}: {describe_error(exc)}"
-                     + (f" ({hint})" if hint else ""), ExitCode.UNREACHABLE)
-    log.exception("esindexer %s failed", command)
-    return ExitCode.ERROR
+        return failed(settings, args.command, exc)

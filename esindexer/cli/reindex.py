@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from esindexer.cli.common import ALL_GROUPS, Command, connect
+from esindexer.cli.exits import failed, finish
 from esindexer.config import Settings
 from esindexer.errors import ExitCode
+
+if TYPE_CHECKING:
+    from esindexer.ops.reindex import Reindex
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +27,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _reindex(settings: Settings, args: argparse.Namespace) -> int:
-    from esindexer.es.client import make_es_client
     from esindexer.ops.reindex import Reindex
+    from esindexer.pipeline.signals import SignalWatcher
 
     try:
         job = Reindex(settings, args.to, args.new_client_id, delete_old=args.delete_old)
@@ -33,12 +37,26 @@ def _reindex(settings: Settings, args: argparse.Namespace) -> int:
         return ExitCode.SETUP
     received: list[int] = []
 
-    def on_signal(signum: int, _frame: Any) -> None:
+    def on_signal(signum: int, count: int) -> None:
+        # On the signal thread, at once: also while the main thread waits in a statement.
         received.append(signum)
-        job.stop()
+        job.stop(abandon=count > 1)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    with SignalWatcher(on_signal, lambda count: job.interrupt(abandon=count > 1)) as watcher:
+        try:
+            code = _run_job(settings, job, received)
+        except BrokenPipeError:
+            raise  # main(): stdout's reader went away
+        except Exception as exc:
+            code = failed(settings, "reindex", exc)  # as main() would, then the exit below
+        # Its indexer ran in this process: a sender still waiting for Elasticsearch (a request
+        # of the batch the stop cut short) must not keep it up, nor a signal meanwhile kill it.
+        return finish(code, watcher.count)
+
+
+def _run_job(settings: Settings, job: Reindex, received: list[int]) -> int:
+    from esindexer.es.client import make_es_client
+
     es = make_es_client(settings)
     conn = connect(settings)
     try:

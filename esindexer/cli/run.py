@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
-import os
 import signal
 import sys
 import threading
-import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from esindexer.cli.common import ALL_GROUPS, Command
+from esindexer.cli.exits import failed, finish
 from esindexer.config import Settings
 from esindexer.errors import Abandoned, AlreadyRunning, ExitCode
 
@@ -24,10 +23,6 @@ log = logging.getLogger("esindexer")
 
 #: How long /metrics stays up after the error budget ran out, so Prometheus sees why.
 BUDGET_GRACE_SECONDS = 20.0
-
-#: How long the exit waits for threads still running once the service stopped, before it
-#: leaves them behind (:func:`_exit_now`).
-LINGER_SECONDS = 0.5
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,50 +107,19 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         indexer.interrupt(abandon=count > 1)
 
     with SignalWatcher(on_signal, lambda count: indexer.interrupt(abandon=count > 1)) as watcher, deadline:
-        code = _serve(settings, args, indexer, metrics, signals)
-        if code == ExitCode.DEADLINE:
-            code = _past_deadline(settings, metrics, args.deadline)
-        # Decided while the watcher is still installed: a signal meanwhile abandons, and the
-        # process still ends with the stop's code rather than killed by the signal.
-        left = _still_running(0.0 if watcher.count > 1 else LINGER_SECONDS)
-        if left or watcher.count > 1:
-            _exit_now(code, left)
-    return code
-
-
-def _still_running(grace: float) -> list[str]:
-    """The names of the threads the interpreter would wait for at exit that are still
-    running after up to ``grace`` s (a sender pool's idle threads end within milliseconds)."""
-    deadline = time.monotonic() + grace
-    current = threading.current_thread()
-    others = [thread for thread in threading.enumerate() if thread is not current and not thread.daemon]
-    for thread in others:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    return [thread.name for thread in others if thread.is_alive()]
-
-
-def _exit_now(code: int, left: list[str]) -> NoReturn:
-    """Exit with ``code`` without joining the threads in ``left``.
-
-    Once the service has stopped, such a thread can only be a bulk sender still waiting for
-    Elasticsearch: a request of a batch the stop cut short (it never counts), or one a second
-    signal abandoned. Progress is saved at the last acknowledged batch, and a late write is
-    versioned by its tid, so harmless; joining it would keep the process up to the request
-    timeout, with the default signal handling again (a signal then kills it: -15, not 143).
-    """
-    if left:
-        log.info("exit %d without waiting for %s (still waiting for a request whose result no longer "
-                 "counts: progress is saved at the last acknowledged batch)", int(code), ", ".join(left),
-                 extra={"threads": left})
-    else:
-        log.info("exit %d at once (second signal)", int(code))
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
-        except OSError:  # a reader gone away: nothing more to say to it
-            pass
-    os._exit(int(code))
+            code = _serve(settings, args, indexer, metrics, signals)
+        except BrokenPipeError:
+            raise  # main(): stdout's reader went away
+        except Exception as exc:
+            # Reported here as main() would, so that the exit below also follows an error: a
+            # sender still waiting for Elasticsearch must not keep the process up after it.
+            code = failed(settings, "run", exc)
+        else:
+            if code == ExitCode.DEADLINE:
+                code = _past_deadline(settings, metrics, args.deadline)
+        # Decided while the watcher is still installed (see exits.finish).
+        return finish(code, watcher.count)
 
 
 def _serve(settings: Settings, args: argparse.Namespace, indexer: Indexer, metrics: Metrics,

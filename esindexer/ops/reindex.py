@@ -75,7 +75,7 @@ def generation(settings: Settings, prefix: str, client_id: str | None) -> tuple[
 
 
 class Reindex:
-    """One run of the command; :meth:`stop` (from a signal handler) interrupts it."""
+    """One run of the command; :meth:`stop` (from the signal thread) interrupts it."""
 
     def __init__(self, settings: Settings, prefix: str, client_id: str | None = None, *,
                  delete_old: bool = False):
@@ -87,10 +87,17 @@ class Reindex:
         self._indexer: Indexer | None = None
         self._stopped = threading.Event()
 
-    def stop(self) -> None:
+    def stop(self, abandon: bool = False) -> None:
+        """Stop (from the signal thread); with ``abandon``, leave in-flight requests behind."""
         self._stopped.set()
-        if self._indexer is not None:
-            self._indexer.stop()
+        if (indexer := self._indexer) is not None:
+            indexer.stop(abandon=abandon)
+            indexer.interrupt(abandon=abandon)
+
+    def interrupt(self, abandon: bool = False) -> None:
+        """After :meth:`stop`, repeatedly: cancel the statements of the indexer that the stop waits for."""
+        if (indexer := self._indexer) is not None:
+            indexer.interrupt(abandon=abandon)
 
     def _index(self, settings: Settings) -> ExitCode:
         """Run an indexer until caught up; anything but a complete catch-up is returned."""
@@ -102,6 +109,8 @@ class Reindex:
             return ExitCode.INTERRUPTED
         metrics = Metrics(process_metrics=False)
         self._indexer = indexer = Indexer(settings, metrics)
+        if self._stopped.is_set():  # a signal between the check above and now
+            indexer.stop()
         # rows done/left, rate and ETA while it builds; a summary line at the end
         reporter = backlog_reporter(settings, metrics, until_caught_up=True, what="reindex")
         try:
@@ -230,6 +239,8 @@ class Reindex:
 
     def _indexer_of(self, follower: Follower) -> Follower:
         self._indexer = follower.indexer  # Ctrl-C stops it, also while it waits for PostgreSQL
+        if self._stopped.is_set():
+            follower.indexer.stop()
         return follower
 
     def _settle(self, es: Any) -> None:

@@ -248,3 +248,71 @@ def test_a_completed_stop_exits_while_a_request_of_a_cut_batch_hangs(zodb, db_ds
     assert "stopped before catching up" in err
     assert "without waiting for" in err and "esindexer-bulk" in err, err[-3000:]  # it did not wait, and says so
     assert progress(db_dsn) == first
+
+
+@pytest.mark.parametrize("second", [False, True], ids=["one signal", "two signals"])
+def test_a_reindex_stopped_while_a_request_of_a_cut_batch_hangs_exits_143(zodb, db_dsn, es_url, es_prefix, second):
+    """``esindexer reindex`` runs its indexer in-process: the same stop (the build cut short
+    while a request of that batch hangs) exits 143 promptly, and a second SIGTERM meanwhile
+    does not kill it (-15). Before, it lingered until the request timed out (20 s here)."""
+    from urllib.parse import urlsplit
+
+    alias = es_prefix.rstrip("-")
+    first, _ = _commit_transactions(zodb, [f"page {n}" for n in range(5)],
+                                    [f"stall here {n}" for n in range(1000)])
+    target = urlsplit(es_url)
+    proxy = StallingProxy(target.hostname, target.port, stall_on=b"stall here")
+    env = esindexer_env(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=proxy.url, ESINDEXER_INDEX_PREFIX=f"{alias}-gen1",
+                        ESINDEXER_ALIAS=alias, ESINDEXER_CLIENT_ID="esindexer-gen1", ESINDEXER_INDEX_REPLICAS="0",
+                        ESINDEXER_BATCH_LIMIT="1", ESINDEXER_BULK_MAX_DOCS="50", ESINDEXER_BULK_CONCURRENCY="1",
+                        ESINDEXER_SHUTDOWN_TIMEOUT="60", ESINDEXER_ES_REQUEST_TIMEOUT="20")
+    proc = subprocess.Popen([sys.executable, "-m", "esindexer", "reindex", "--to", f"{alias}-gen2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(proxy.stalled.is_set, timeout=60, message="a request of the second batch swallowed")
+        wait_for(lambda: progress(db_dsn, f"{alias}-gen2") == first, message="the first batch's progress saved")
+        if second:
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+        code, err, took = _stop_within(proc, signal.SIGTERM, 2.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proxy.close()
+    assert code == ExitCode.TERMINATED, err[-3000:]
+    assert took < 2.0, f"{took:.1f}s\n{err[-3000:]}"
+    assert "the build did not finish; run the same command again to resume" in err
+    assert "without waiting for" in err and "esindexer-bulk" in err, err[-3000:]
+    assert progress(db_dsn, f"{alias}-gen2") == first
+
+
+_FAILING_SERVE = """
+import sys, threading
+import esindexer.cli.run as run
+
+def _serve(*args):
+    # what a failure leaves: a sender thread (not a daemon) still waiting for a request
+    threading.Thread(target=threading.Event().wait, args=(20,), name="esindexer-bulk_0").start()
+    raise RuntimeError("the pipeline failed")
+
+run._serve = _serve
+from esindexer.cli import main
+sys.exit(main(["run", "--until-caught-up"]))
+"""
+
+
+def test_an_error_of_the_service_is_reported_and_exits_without_joining_a_waiting_sender(db_dsn, es_url, es_prefix):
+    """The error path of ``run``: when ``_serve`` raises, the error is reported as main()
+    reports it (a bug: exit 1, the traceback in the log), and the process exits without
+    joining a sender thread left waiting (before: up to the request timeout). Not triggered
+    through the services: the thread and the error are planted, the rest is the real command."""
+    env = esindexer_env(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url, ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"),
+                        ESINDEXER_METRICS_PORT="0")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _FAILING_SERVE], env=env, capture_output=True, text=True,
+                          timeout=60)
+    took = time.monotonic() - started
+    assert done.returncode == ExitCode.ERROR, done.stderr[-3000:]
+    assert "esindexer run failed" in done.stderr and "RuntimeError: the pipeline failed" in done.stderr
+    assert "exit 1 without waiting for esindexer-bulk_0" in done.stderr, done.stderr[-3000:]
+    assert took < 10, f"{took:.1f}s\n{done.stderr[-3000:]}"
