@@ -104,8 +104,6 @@ class States(Protocol):
 
     def states(self, zoids: list[int]) -> dict[int, tuple[int, bytes | None]]: ...
 
-    def sizes(self, zoids: list[int]) -> dict[int, int]: ...
-
     def bounded(self, zoids: list[int], limit: int) -> dict[int, tuple[int, int, bytes | None]]: ...
 
 
@@ -144,7 +142,11 @@ def read_groups(zoids: list[int], store: GraphStore, source: States,
         return
     with guard:
         parts_of = store.parts(live)
-        sizes = source.sizes(live + sorted({p for ps in parts_of.values() for p in ps}))
+        wanted = live + sorted({p for ps in parts_of.values() for p in ps})
+        # One read for every size and every small state (most records): at most half of
+        # READ_BYTES held however many there are; larger states are read per group below.
+        inline = source.bounded(wanted, max(1, READ_BYTES // (2 * len(wanted))))
+        sizes = {z: n for z, (_t, n, _d) in inline.items()}
         chosen_of: dict[int, list[int]] = {}
         over = []  # objects whose parts exceed the budget: the nearest are chosen, which needs the edges
         for zoid in live:
@@ -163,12 +165,33 @@ def read_groups(zoids: list[int], store: GraphStore, source: States,
         group.append(zoid)
         held += sizes.get(zoid, 0) + sum(sizes.get(p, 0) for p in chosen_of[zoid])
         if held >= READ_BYTES or zoid == live[-1]:
-            with guard:
-                states = source.states(group)
-                states.update((z, (t, d)) for z, (t, _n, d) in
-                              source.bounded(sorted({p for z in group for p in chosen_of[z]}), MAX_PART_BYTES).items())
+            parts = sorted({p for z in group for p in chosen_of[z]})
+            states, large, large_parts = _inline_states(inline, group, parts)
+            if large or large_parts:
+                with guard:
+                    states.update(source.states(large))
+                    states.update((z, (t, d)) for z, (t, _n, d) in source.bounded(large_parts, MAX_PART_BYTES).items())
             yield Group(group, nodes, parts_of, chosen_of, states)
             group, held = [], 0
+
+
+def _inline_states(inline: dict[int, tuple[int, int, bytes | None]], objects: list[int],
+                   parts: list[int]) -> tuple[dict[int, tuple[int, bytes | None]], list[int], list[int]]:
+    """``zoid -> (tid, pickle)`` of ``objects`` and ``parts`` read inline, and the objects and
+    parts whose states were too large to be (a record missing from ``inline`` is gone: none)."""
+    states: dict[int, tuple[int, bytes | None]] = {}
+    large: tuple[list[int], list[int]] = ([], [])
+    for which, zoids in enumerate((objects, parts)):
+        for zoid in zoids:
+            got = inline.get(zoid)
+            if got is None:
+                continue
+            tid, size, data = got
+            if data is None and size > 0:  # not read inline: its size is over the inline bound
+                large[which].append(zoid)
+            else:
+                states[zoid] = (tid, data)
+    return states, large[0], large[1]
 
 
 def assemble(zoids: list[int], store: GraphStore, source: States, jsonifier: Jsonifier) -> list[ObjectView | Gone]:

@@ -298,9 +298,6 @@ class CurrentStates:
     def states(self, zoids: list[int]) -> dict[int, tuple[int, bytes | None]]:
         return {int(z): (int(t), bytes(d) if d is not None else None) for z, t, d in self._query("s.tid, s.state", zoids)}
 
-    def sizes(self, zoids: list[int]) -> dict[int, int]:
-        return {int(z): int(n) for z, n in self._query("coalesce(octet_length(s.state), 0)", zoids)}
-
     def bounded(self, zoids: list[int], limit: int) -> dict[int, tuple[int, int, bytes | None]]:
         """``zoid -> (tid, size, state)``, the state only when it is at most ``limit`` bytes."""
         rows = self._query(f"s.tid, coalesce(octet_length(s.state), 0), "
