@@ -13,6 +13,7 @@ import datetime
 from typing import Any
 
 import pytest
+from DateTime import DateTime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -69,7 +70,11 @@ def test_plain_records_are_shaped_in_c():
     """What nearly every record is: the twin answers (the speed-up exists), and equally."""
     state = {"title": "A page", "count": 3, "ratio": 0.5, "public": True, "nothing": None,
              "created": datetime.datetime(2024, 2, 29, 12, 0, 1), "tags": ["a", "2020-01-01", 7],
-             "owner": PRef(5, Thing), "meta": {"keyword": "k", "n": [1, [2, "x"]]}, "inst": Thing(a=1, b="y")}
+             "owner": PRef(5, Thing), "meta": {"keyword": "k", "n": [1, [2, "x"]]}, "inst": Thing(a=1, b="y"),
+             # what Plone's content has: tuples of strings, Zope DateTimes, dotted keys
+             "subject": ("news", "2024-01-01", 3), "effective": DateTime("2024/05/06 07:08:09 GMT+2"),
+             "_plone.uuid": "35476687445f4648815c40968979ac66", "": 1.5, "aware": datetime.datetime(
+                 2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)}
     assert same_or_nothing(_decoded(state))
     assert same_or_nothing(_decoded(state), limit=7)  # the text budget cuts within a string
 
@@ -90,8 +95,11 @@ _leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**54), 2**54),
                   st.builds(PRef, st.integers(0, 2**54), st.sampled_from([Thing, None])))
 _keys = st.one_of(st.sampled_from(["a", "b", "keyword", "title", "_x", "x.y", "", "::x", "é", "a" * 65, "a" * 64]),
                   st.text(alphabet="abc_1", min_size=1, max_size=3))
-_values = st.recursive(_leaf, lambda c: st.one_of(
-    st.lists(c, max_size=4), st.dictionaries(_keys, c, max_size=5),
+_values = st.recursive(st.one_of(
+    _leaf, st.builds(DateTime, st.floats(-2e9, 4e9)), st.datetimes(timezones=st.just(datetime.UTC)),
+), lambda c: st.one_of(
+    st.lists(c, max_size=4), st.dictionaries(_keys, c, max_size=5), st.lists(_leaf, max_size=4).map(tuple),
+    st.tuples(c, c),
     st.dictionaries(st.sampled_from(["a", "b", "c"]), c, max_size=17),
     st.builds(lambda d: Thing(**d), st.dictionaries(st.sampled_from(["a", "b", "keyword", "_p"]), c, max_size=3)),
 ), max_leaves=25)

@@ -6,18 +6,22 @@
  * interpreter's per-leaf overhead (a type test, a dict lookup, two appends per leaf).
  * This module walks the same state in the same order and writes the same dicts and
  * lists, for the shapes nearly every record has: dicts of identifiers, strings,
- * numbers, booleans, lists, the converter's persistent references and instances.
+ * numbers, booleans, lists, tuples of leaves, dates, the converter's persistent
+ * references and instances.
  *
- * Anything else -- a value set aside for `more` (a wide dict, a key that is not an
- * identifier, a marker of the converter's special forms, depth beyond the limit), an
- * integer beyond 53 bits, a tuple, bytes, a set -- makes shape() return None, and the
- * caller shapes the state with the Python code, from the start. So the result is
- * either exactly the Python shaper's (tests/documents/test_fastshape.py compares them)
- * or nothing. Dates are decided by the Python function typed._date (called back for
- * strings that start with a digit), so there is one definition of a date.
+ * Anything else -- a value other than a leaf set aside for `more` (a wide dict, a
+ * non-identifier key's dict or list, a marker of the converter's other special forms,
+ * depth beyond the limit),
+ * an integer beyond 53 bits, a tuple holding more than leaves, bytes, a set -- makes
+ * shape() return None, and the caller shapes the state with the Python code, from the
+ * start. So the result is either exactly the Python shaper's (tests/test_fastshape.py
+ * compares them) or nothing. Dates are decided by the Python functions (typed._date, called back for
+ * strings that start with a digit the C reading of naive isoformat() text is not sure
+ * of; fastshape._special_date for Zope DateTime and aware datetime markers), so there is
+ * one definition of a date.
  *
- * shape(state, text_limit) -> (typed, values, texts, refs, mixed) | None
- * configure(date, many, obj, special, kinds) must be called first.
+ * shape(state, text_limit) -> (typed, more, values, texts, refs, mixed) | None
+ * configure(date, many, obj, special, kinds, dates, special_date) must be called first.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -38,12 +42,14 @@ static PyObject *date_fn;   /* typed._date: str -> str | None */
 static PyObject *many_type; /* typed._Many */
 static PyObject *obj_type;  /* convert.model.Obj */
 static PyObject *special;   /* frozenset of markers the Python shaper treats specially */
+static PyObject *dates;     /* frozenset of the date markers special_date reads */
+static PyObject *special_date; /* fastshape._special_date: a date marker -> str | None */
 static PyObject *K_STRING, *K_NUMBER, *K_DATE, *K_BOOLEAN;
 static PyObject *s_marker, *s_target, *s_id, *s_arrow, *s_idmark, *s_keyword, *s_keyword_,
     *s_class, *s_ref, *s_dot, *s_empty;
 
 typedef struct {
-    PyObject *typed, *kinds, *values, *texts, *refs, *mixed;
+    PyObject *typed, *kinds, *more, *values, *texts, *refs, *mixed;
     Py_ssize_t budget;
     int nest;
 } Shaper;
@@ -132,6 +138,79 @@ naive_isoformat(PyObject *text)
 }
 
 /* typed._Shaper.string: its text (within the budget), then a date or a string */
+/* typed._Shaper.put_more: a value kept in `more` (several at one path: a _Many) */
+static int
+put_more(Shaper *s, PyObject *path, PyObject *v)
+{
+    PyObject *have = PyDict_GetItemWithError(s->more, path);
+    if (have == NULL && PyErr_Occurred())
+        return ERR;
+    if (have == NULL || have == Py_None)
+        return PyDict_SetItem(s->more, path, v) < 0 ? ERR : OK;
+    if (Py_TYPE(have) == (PyTypeObject *)many_type)
+        return PyList_Append(have, v) < 0 ? ERR : OK;
+    PyObject *pair = PyTuple_Pack(2, have, v);
+    if (pair == NULL)
+        return ERR;
+    PyObject *many = PyObject_CallOneArg(many_type, pair);
+    Py_DECREF(pair);
+    if (many == NULL)
+        return ERR;
+    int r = PyDict_SetItem(s->more, path, many);
+    Py_DECREF(many);
+    return r < 0 ? ERR : OK;
+}
+
+static int text_of(Shaper *s, PyObject *text);
+
+/* typed._Shaper.aside for a leaf (its JSON form is itself): kept in `more`, its text
+ * collected; anything else set aside is the Python shaper's */
+static int
+aside_leaf(Shaper *s, PyObject *path, PyObject *v)
+{
+    PyTypeObject *kind = Py_TYPE(v);
+    if (kind == &PyUnicode_Type) {
+        if (text_of(s, v) < 0)
+            return ERR;
+    } else if (kind == &PyLong_Type) {
+        int overflow = 0;
+        long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (n == -1 && PyErr_Occurred())
+            return ERR;
+        if (overflow || n > INT53 || n < -INT53)
+            return FALLBACK;
+    } else if (kind == &PyFloat_Type) {
+        if (!isfinite(PyFloat_AS_DOUBLE(v)))
+            return FALLBACK;
+    } else if (kind != &PyBool_Type && v != Py_None) {
+        return FALLBACK;
+    }
+    return put_more(s, path, v);
+}
+
+/* a string's words for `text`, within the budget */
+static int
+text_of(Shaper *s, PyObject *text)
+{
+    Py_ssize_t size = PyUnicode_GET_LENGTH(text);
+    if (s->budget > 0) {
+        int r;
+        if (size <= s->budget) {
+            r = PyList_Append(s->texts, text);
+        } else {
+            PyObject *cut = PyUnicode_Substring(text, 0, s->budget);
+            if (cut == NULL)
+                return ERR;
+            r = PyList_Append(s->texts, cut);
+            Py_DECREF(cut);
+        }
+        if (r < 0)
+            return ERR;
+        s->budget -= size + 1;
+    }
+    return OK;
+}
+
 static int
 string(Shaper *s, PyObject *path, PyObject *text)
 {
@@ -301,6 +380,17 @@ mapping(Shaper *s, PyObject *path, PyObject *v, int depth)
         return FALLBACK;
     if (PyUnicode_CompareWithASCIIString(marker, "persistent") == 0)
         return reference(s, path, v);
+    int is_date = PySet_Contains(dates, marker);
+    if (is_date < 0)
+        return ERR;
+    if (is_date) { /* the Python shaper's reading, called back: a date, or None (set aside) */
+        PyObject *as_date = PyObject_CallOneArg(special_date, v);
+        if (as_date == NULL)
+            return ERR;
+        int r = as_date == Py_None ? FALLBACK : leaf(s, path, K_DATE, as_date);
+        Py_DECREF(as_date);
+        return r;
+    }
     int known = PySet_Contains(special, marker);
     if (known != 0)
         return known < 0 ? ERR : FALLBACK;
@@ -333,6 +423,24 @@ value(Shaper *s, PyObject *path, PyObject *v, int depth)
         return leaf(s, path, K_BOOLEAN, v);
     if (kind == &PyDict_Type || kind == (PyTypeObject *)obj_type)
         return mapping(s, path, v, depth);
+    if (kind == &PyTuple_Type) {
+        /* its JSON form is a list of the same leaves (json_normal): only leaves here */
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(v); i++) {
+            PyTypeObject *of = Py_TYPE(PyTuple_GET_ITEM(v, i));
+            if (of != &PyUnicode_Type && of != &PyLong_Type && of != &PyFloat_Type && of != &PyBool_Type &&
+                of != Py_TYPE(Py_None))
+                return FALLBACK;
+        }
+        int r = OK;
+        Py_INCREF(v);
+        for (Py_ssize_t i = 0; r == OK && i < PyTuple_GET_SIZE(v); i++) {
+            PyObject *item = PyTuple_GET_ITEM(v, i);
+            if (item != Py_None)
+                r = value(s, path, item, depth);
+        }
+        Py_DECREF(v);
+        return r;
+    }
     if (kind == &PyList_Type) {
         if (++s->nest > MAX_NEST)
             return FALLBACK;
@@ -381,8 +489,19 @@ attributes(Shaper *s, PyObject *path, PyObject *v, int depth)
             break;
         }
         if (!plain(key)) {
-            if (!starts_with_marker(key))
-                r = FALLBACK; /* set aside in `more`: the Python shaper's */
+            if (starts_with_marker(key))
+                continue; /* the converter's markers (class names are handled by mapping) */
+            /* set aside in `more` under <prefix><key> (<prefix>_ for an empty key) */
+            PyObject *at = PyUnicode_GET_LENGTH(key) ? PyUnicode_Concat(prefix, key)
+                                                     : PyUnicode_FromFormat("%U_", prefix);
+            if (at == NULL) {
+                r = ERR;
+                break;
+            }
+            Py_INCREF(child);
+            r = aside_leaf(s, at, child);
+            Py_DECREF(child);
+            Py_DECREF(at);
             continue;
         }
         if (has_prefix && PyUnicode_CompareWithASCIIString(key, "keyword") == 0)
@@ -431,11 +550,11 @@ shape(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t budget = PyLong_AsSsize_t(args[1]);
     if (budget == -1 && PyErr_Occurred())
         return NULL;
-    Shaper s = {PyDict_New(), PyDict_New(), PyList_New(0), PyList_New(0), PyList_New(0), PySet_New(NULL),
-                budget, 0};
+    Shaper s = {PyDict_New(), PyDict_New(), PyDict_New(), PyList_New(0), PyList_New(0), PyList_New(0),
+                PySet_New(NULL), budget, 0};
     PyObject *result = NULL;
-    if (s.typed == NULL || s.kinds == NULL || s.values == NULL || s.texts == NULL || s.refs == NULL ||
-        s.mixed == NULL)
+    if (s.typed == NULL || s.kinds == NULL || s.more == NULL || s.values == NULL || s.texts == NULL ||
+        s.refs == NULL || s.mixed == NULL)
         goto done;
     int r = attributes(&s, s_empty, state, 0);
     if (r == ERR)
@@ -445,10 +564,11 @@ shape(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(result);
         goto done;
     }
-    result = PyTuple_Pack(5, s.typed, s.values, s.texts, s.refs, s.mixed);
+    result = PyTuple_Pack(6, s.typed, s.more, s.values, s.texts, s.refs, s.mixed);
 done:
     Py_XDECREF(s.typed);
     Py_XDECREF(s.kinds);
+    Py_XDECREF(s.more);
     Py_XDECREF(s.values);
     Py_XDECREF(s.texts);
     Py_XDECREF(s.refs);
@@ -459,8 +579,12 @@ done:
 static PyObject *
 configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "configure(date, many, obj, special, kinds)");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "configure(date, many, obj, special, kinds, dates, special_date)");
+        return NULL;
+    }
+    if (!PyFrozenSet_Check(args[5]) || !PyCallable_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "configure(..., dates: frozenset, special_date: callable)");
         return NULL;
     }
     if (!PyCallable_Check(args[0]) || !PyType_Check(args[1]) || !PyType_Check(args[2]) ||
@@ -479,6 +603,8 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(many_type, Py_NewRef(args[1]));
     Py_XSETREF(obj_type, Py_NewRef(args[2]));
     Py_XSETREF(special, Py_NewRef(args[3]));
+    Py_XSETREF(dates, Py_NewRef(args[5]));
+    Py_XSETREF(special_date, Py_NewRef(args[6]));
     Py_XSETREF(K_STRING, Py_NewRef(PyTuple_GET_ITEM(kinds, 0)));
     Py_XSETREF(K_NUMBER, Py_NewRef(PyTuple_GET_ITEM(kinds, 1)));
     Py_XSETREF(K_DATE, Py_NewRef(PyTuple_GET_ITEM(kinds, 2)));
@@ -488,9 +614,9 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
     {"shape", (PyCFunction)(void (*)(void))shape, METH_FASTCALL,
-     "shape(state, text_limit) -> (typed, values, texts, refs, mixed) or None (the Python shaper decides)"},
+     "shape(state, text_limit) -> (typed, more, values, texts, refs, mixed) or None (the Python shaper decides)"},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
-     "configure(date, many, obj, special, kinds): the Python pieces shape() uses"},
+     "configure(date, many, obj, special, kinds, dates, special_date): the Python pieces shape() uses"},
     {NULL, NULL, 0, NULL},
 };
 

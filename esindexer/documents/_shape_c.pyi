@@ -6,8 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 def configure(date: Callable[[str], str | None], many: type, obj: type, special: frozenset[str],
-              kinds: tuple[str, str, str, str], /) -> None:
-    """typed._date, typed._Many, the converter's Obj, the markers left to Python, the four kinds."""
+              kinds: tuple[str, str, str, str], dates: frozenset[str],
+              special_date: Callable[[dict[str, Any]], str | None], /) -> None:
+    """typed._date, typed._Many, the converter's Obj, the markers left to Python, the four
+    kinds, the date markers and the function that reads them."""
 
-def shape(state: Any, text_limit: int, /) -> tuple[dict[str, Any], list[Any], list[str], list[int], set[str]] | None:
-    """``(typed, values, texts, refs, mixed)`` exactly as the Python shaper makes them, or None."""
+def shape(state: Any, text_limit: int, /) -> tuple[dict[str, Any], dict[str, Any], list[Any], list[str], list[int],
+                                                  set[str]] | None:
+    """``(typed, more, values, texts, refs, mixed)`` as the Python shaper makes them (before
+    it moves the mixed paths to ``more``), or None."""

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from esindexer.convert.jsonifier import json_normal
 from esindexer.convert.model import Obj
+from esindexer.documents.dates import DATETIME_CLASSES, aware_datetime, zope_datetime
 from esindexer.documents.typed import _READ_AS_JSON, BOOLEAN, DATE, NUMBER, STRING, Shaped, _date, _Many, shape
 
 try:
@@ -23,28 +25,37 @@ try:
 except ImportError:  # optional extension, not built here: the Python shaper does it all
     _shape_c = None  # type: ignore[assignment]
 
-#: Markers the Python shaper reads specially (or sets aside): the C twin leaves them to it.
+#: Markers the Python shaper reads specially (or sets aside): the C twin leaves them to it,
+#: but for the dates, which it asks :func:`_special_date` about.
 _SPECIAL = frozenset(_READ_AS_JSON | {"datetime", "global", "shared"})
+_DATES = frozenset(DATETIME_CLASSES | {"datetime"})
 _configured = False
+
+
+def _special_date(value: dict[str, Any]) -> str | None:
+    """The date the Python shaper writes for a Zope ``DateTime`` or an aware ``datetime``
+    marker (``typed._Shaper.mapping``), or None where it would set the value aside."""
+    marker = value.get("::")
+    if marker in DATETIME_CLASSES:  # read as its JSON text reads, as the Python shaper does
+        value = json_normal(value)
+        return zope_datetime(value) if isinstance(value, dict) and value.get("::") in DATETIME_CLASSES else None
+    if marker == "datetime" and "value" in value:
+        return aware_datetime(value)
+    return None
 
 
 def _configure() -> None:
     global _configured
-    _shape_c.configure(_date, _Many, Obj, _SPECIAL, (STRING, NUMBER, DATE, BOOLEAN))
+    _shape_c.configure(_date, _Many, Obj, _SPECIAL, (STRING, NUMBER, DATE, BOOLEAN), _DATES, _special_date)
     _configured = True
 
 
 def shape_state(state: Any, text_limit: int, *, direct: bool) -> Shaped:
     """:func:`~esindexer.documents.typed.shape`, by the C twin when ``direct`` and it is sure."""
     if direct and _shape_c is not None:
-        if not _configured:
-            _configure()
-        got = _shape_c.shape(state, text_limit)
+        got = c_shape(state, text_limit)
         if got is not None:
-            found, values, texts, refs, mixed = got
-            # the Python shaper's last step: paths whose values differ in kind go to ``more``
-            more = {path: found.pop(path) for path in mixed}
-            return Shaped(found, more, values, texts, refs)
+            return got
     return shape(state, text_limit, direct=direct)
 
 
@@ -57,5 +68,13 @@ def c_shape(state: Any, text_limit: int) -> Shaped | None:
     got = _shape_c.shape(state, text_limit)
     if got is None:
         return None
-    found, values, texts, refs, mixed = got
-    return Shaped(found, {path: found.pop(path) for path in mixed}, values, texts, refs)
+    found, more, values, texts, refs, mixed = got
+    for path in mixed:  # the Python shaper's last step: paths whose values differ in kind go to ``more``
+        value, have = found.pop(path), more.get(path)
+        if have is None:
+            more[path] = value
+        elif type(have) is _Many:
+            have.append(value)
+        else:
+            more[path] = _Many((have, value))
+    return Shaped(found, more, values, texts, refs)
