@@ -162,6 +162,7 @@ put_more(Shaper *s, PyObject *path, PyObject *v)
 }
 
 static int text_of(Shaper *s, PyObject *text);
+static int within_53_bits(PyObject *v);
 
 /* typed._Shaper.aside for a leaf (its JSON form is itself): kept in `more`, its text
  * collected; anything else set aside is the Python shaper's */
@@ -173,12 +174,9 @@ aside_leaf(Shaper *s, PyObject *path, PyObject *v)
         if (text_of(s, v) < 0)
             return ERR;
     } else if (kind == &PyLong_Type) {
-        int overflow = 0;
-        long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
-        if (n == -1 && PyErr_Occurred())
-            return ERR;
-        if (overflow || n > INT53 || n < -INT53)
-            return FALLBACK;
+        int r = within_53_bits(v);
+        if (r != OK)
+            return r;
     } else if (kind == &PyFloat_Type) {
         if (!isfinite(PyFloat_AS_DOUBLE(v)))
             return FALLBACK;
@@ -214,23 +212,9 @@ text_of(Shaper *s, PyObject *text)
 static int
 string(Shaper *s, PyObject *path, PyObject *text)
 {
-    Py_ssize_t size = PyUnicode_GET_LENGTH(text);
-    if (s->budget > 0) {
-        int r;
-        if (size <= s->budget) {
-            r = PyList_Append(s->texts, text);
-        } else {
-            PyObject *cut = PyUnicode_Substring(text, 0, s->budget);
-            if (cut == NULL)
-                return ERR;
-            r = PyList_Append(s->texts, cut);
-            Py_DECREF(cut);
-        }
-        if (r < 0)
-            return ERR;
-        s->budget -= size + 1;
-    }
-    if (size > 0) {
+    if (text_of(s, text) < 0)
+        return ERR;
+    if (PyUnicode_GET_LENGTH(text) > 0) {
         Py_UCS4 first = PyUnicode_READ_CHAR(text, 0);
         if (first >= '0' && first <= '9') {
             PyObject *as_date = naive_isoformat(text);
@@ -251,17 +235,24 @@ string(Shaper *s, PyObject *path, PyObject *text)
     return put(s, path, K_STRING, text);
 }
 
-/* an int as the typed model takes it: within 53 bits, else the Python shaper decides */
+/* OK for an int within 53 bits (what the converter's fast path writes as it is), else
+ * FALLBACK (the Python shaper decides), ERR on an error */
 static int
-integer(Shaper *s, PyObject *path, PyObject *v)
+within_53_bits(PyObject *v)
 {
     int overflow = 0;
     long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
     if (n == -1 && PyErr_Occurred())
         return ERR;
-    if (overflow || n > INT53 || n < -INT53)
-        return FALLBACK;
-    return leaf(s, path, K_NUMBER, v);
+    return overflow || n > INT53 || n < -INT53 ? FALLBACK : OK;
+}
+
+/* an int as the typed model takes it */
+static int
+integer(Shaper *s, PyObject *path, PyObject *v)
+{
+    int r = within_53_bits(v);
+    return r == OK ? leaf(s, path, K_NUMBER, v) : r;
 }
 
 static PyObject *
@@ -302,12 +293,11 @@ reference(Shaper *s, PyObject *path, PyObject *v)
     int same = PyObject_RichCompareBool(oid, target, Py_EQ);
     if (same < 0)
         return ERR;
-    int overflow = 0;
-    long long n = PyLong_AsLongLongAndOverflow(target, &overflow);
-    if (n == -1 && PyErr_Occurred())
-        return ERR;
-    if (!same || overflow || n > INT53 || n < -INT53)
+    if (!same)
         return FALLBACK;
+    int bounded = within_53_bits(target);
+    if (bounded != OK)
+        return bounded;
     Py_INCREF(cls); /* the list may be the only owner: keep both alive while the dicts grow */
     Py_INCREF(target);
     int r = FALLBACK;
