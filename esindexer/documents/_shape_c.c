@@ -56,6 +56,25 @@ typedef struct {
 
 static int value(Shaper *s, PyObject *path, PyObject *v, int depth);
 
+/* another value at a path of `dict` that has `have` (typed._Shaper.again's and put_more's
+ * rule): appended to a _Many, or both become one */
+static int
+one_more(PyObject *dict, PyObject *path, PyObject *have, PyObject *v)
+{
+    if (Py_TYPE(have) == (PyTypeObject *)many_type)
+        return PyList_Append(have, v) < 0 ? ERR : OK;
+    PyObject *pair = PyTuple_Pack(2, have, v);
+    if (pair == NULL)
+        return ERR;
+    PyObject *many = PyObject_CallOneArg(many_type, pair);
+    Py_DECREF(pair);
+    if (many == NULL)
+        return ERR;
+    int r = PyDict_SetItem(dict, path, many);
+    Py_DECREF(many);
+    return r < 0 ? ERR : OK;
+}
+
 /* kinds/typed for one leaf (typed._Shaper.leaf without the values append, and again) */
 static int
 put(Shaper *s, PyObject *path, PyObject *kind, PyObject *v)
@@ -76,18 +95,7 @@ put(Shaper *s, PyObject *path, PyObject *kind, PyObject *v)
             PyErr_SetString(PyExc_KeyError, "a kind without a value");
         return ERR;
     }
-    if (Py_TYPE(old) == (PyTypeObject *)many_type)
-        return PyList_Append(old, v) < 0 ? ERR : OK;
-    PyObject *pair = PyTuple_Pack(2, old, v);
-    if (pair == NULL)
-        return ERR;
-    PyObject *many = PyObject_CallOneArg(many_type, pair);
-    Py_DECREF(pair);
-    if (many == NULL)
-        return ERR;
-    int r = PyDict_SetItem(s->typed, path, many);
-    Py_DECREF(many);
-    return r < 0 ? ERR : OK;
+    return one_more(s->typed, path, old, v);
 }
 
 static int
@@ -137,7 +145,6 @@ naive_isoformat(PyObject *text)
     return PyUnicode_FromFormat(size == 26 ? "%UZ" : "%U.000000Z", text);
 }
 
-/* typed._Shaper.string: its text (within the budget), then a date or a string */
 /* typed._Shaper.put_more: a value kept in `more` (several at one path: a _Many) */
 static int
 put_more(Shaper *s, PyObject *path, PyObject *v)
@@ -147,18 +154,7 @@ put_more(Shaper *s, PyObject *path, PyObject *v)
         return ERR;
     if (have == NULL || have == Py_None)
         return PyDict_SetItem(s->more, path, v) < 0 ? ERR : OK;
-    if (Py_TYPE(have) == (PyTypeObject *)many_type)
-        return PyList_Append(have, v) < 0 ? ERR : OK;
-    PyObject *pair = PyTuple_Pack(2, have, v);
-    if (pair == NULL)
-        return ERR;
-    PyObject *many = PyObject_CallOneArg(many_type, pair);
-    Py_DECREF(pair);
-    if (many == NULL)
-        return ERR;
-    int r = PyDict_SetItem(s->more, path, many);
-    Py_DECREF(many);
-    return r < 0 ? ERR : OK;
+    return one_more(s->more, path, have, v);
 }
 
 static int text_of(Shaper *s, PyObject *text);
@@ -209,6 +205,7 @@ text_of(Shaper *s, PyObject *text)
     return OK;
 }
 
+/* typed._Shaper.string: its text (within the budget), then a date or a string */
 static int
 string(Shaper *s, PyObject *path, PyObject *text)
 {
