@@ -56,7 +56,7 @@ typedef struct {
 
 static int value(Shaper *s, PyObject *path, PyObject *v, int depth);
 
-/* another value at a path of `dict` that has `have` (typed._Shaper.again's and put_more's
+/* another value at a path of `dict` that has `have` (typed.add_at's
  * rule): appended to a _Many, or both become one */
 static int
 one_more(PyObject *dict, PyObject *path, PyObject *have, PyObject *v)
@@ -145,7 +145,7 @@ naive_isoformat(PyObject *text)
     return PyUnicode_FromFormat(size == 26 ? "%UZ" : "%U.000000Z", text);
 }
 
-/* typed._Shaper.put_more: a value kept in `more` (several at one path: a _Many) */
+/* typed.add_at: a value kept in `more` (several at one path: a _Many) */
 static int
 put_more(Shaper *s, PyObject *path, PyObject *v)
 {

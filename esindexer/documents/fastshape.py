@@ -5,7 +5,7 @@
 (dicts of identifiers, strings, numbers, booleans, lists, the converter's references and
 instances), and answers None for anything the Python shaper would set aside or refuse; the
 state is then shaped by :func:`~esindexer.documents.typed.shape` from the start. So a
-document is the same either way (tests/documents/test_fastshape.py), and the C walk only
+document is the same either way (tests/test_fastshape.py), and the C walk only
 saves the interpreter's per-leaf work: the largest item of Python CPU per document in a
 backfill (docs/performance.md). The extension is optional (built when a C compiler is
 there at install time, like the converter's); without it every state is shaped in Python.
@@ -18,7 +18,7 @@ from typing import Any
 from esindexer.convert.jsonifier import json_normal
 from esindexer.convert.model import Obj
 from esindexer.documents.dates import DATETIME_CLASSES, aware_datetime, zope_datetime
-from esindexer.documents.typed import _READ_AS_JSON, BOOLEAN, DATE, NUMBER, STRING, Shaped, _date, _Many, shape
+from esindexer.documents.typed import _READ_AS_JSON, BOOLEAN, DATE, NUMBER, STRING, Shaped, _date, _Many, add_at, shape
 
 try:
     import esindexer.documents._shape_c as _shape_c
@@ -70,11 +70,5 @@ def c_shape(state: Any, text_limit: int) -> Shaped | None:
         return None
     found, more, values, texts, refs, mixed = got
     for path in mixed:  # the Python shaper's last step: paths whose values differ in kind go to ``more``
-        value, have = found.pop(path), more.get(path)
-        if have is None:
-            more[path] = value
-        elif type(have) is _Many:
-            have.append(value)
-        else:
-            more[path] = _Many((have, value))
+        add_at(more, path, found.pop(path))
     return Shaped(found, more, values, texts, refs)

@@ -101,11 +101,7 @@ class _Shaper:
         """A leaf at a path that has one already (``values`` has it, if it goes there)."""
         if self.kinds[path] != kind:
             self.mixed.add(path)
-        old = self.typed[path]
-        if type(old) is _Many:
-            old.append(value)
-        else:
-            self.typed[path] = _Many((old, value))
+        add_at(self.typed, path, value)  # never None there: a leaf has a value
 
     def string(self, path: str, value: str) -> None:
         if self.budget[0] > 0:
@@ -126,16 +122,7 @@ class _Shaper:
             # ``more`` is flattened with depth_limit 30: a deeper value would reject the
             # document, so it is kept as its JSON text (in _source; its words are in text)
             value = orjson.dumps(value).decode()
-        self.put_more(path, value)
-
-    def put_more(self, path: str, value: Any) -> None:
-        have = self.more.get(path)
-        if have is None:
-            self.more[path] = value
-        elif type(have) is _Many:
-            have.append(value)
-        else:
-            self.more[path] = _Many((have, value))
+        add_at(self.more, path, value)
 
     def value(self, path: str, value: Any, depth: int) -> None:
         kind = type(value)
@@ -360,6 +347,17 @@ class _Many(list[Any]):
     """Values collected under one path (told apart from a value that is itself a list)."""
 
 
+def add_at(values: dict[str, Any], path: str, value: Any) -> None:
+    """Keep ``value`` at ``path``: a second one makes both a :class:`_Many`, later ones join it."""
+    have = values.get(path)
+    if have is None:
+        values[path] = value
+    elif type(have) is _Many:
+        have.append(value)
+    else:
+        values[path] = _Many((have, value))
+
+
 @dataclass(slots=True)
 class Shaped:
     """A state shaped for the typed model, and its text and references."""
@@ -396,5 +394,5 @@ def shape(state: Any, text_limit: int = 32_000, *, direct: bool = False) -> Shap
         shaper.value("value", state, 1)
     typed = shaper.typed
     for path in shaper.mixed:
-        shaper.put_more(path, typed.pop(path))  # its strings are in the text already
+        add_at(shaper.more, path, typed.pop(path))  # its strings are in the text already
     return Shaped(typed, shaper.more, shaper.values, shaper.texts, shaper.refs)
