@@ -116,6 +116,9 @@ VARIANTS: dict[str, dict[str, str]] = {
     # Not the indexer in this process: the raw bulk baseline, and the service as a process.
     "raw": {"_WAY": "raw"},
     "process": {"_WAY": "process"},
+    # the same with no unmapped-fields check (a search every 60 s): does a search that wakes
+    # a search-idle shard (scheduled refreshes again) cost a long backfill?
+    "process-no-watch": {"_WAY": "process", "ESINDEXER_UNMAPPED_CHECK_INTERVAL": "0"},
     # the same process from another checkout of the code (--before PATH): before/after in one run
     "process-before": {"_WAY": "process", "_BEFORE": "1"},
 }
