@@ -104,7 +104,7 @@ class _Ndjson(NdjsonSerializer):
     def dumps(self, data: Any) -> bytes:
         if type(data) is bytes and data.endswith(b"\n"):
             return data
-        return bytes(super().dumps(data))
+        return super().dumps(data)
 
     def json_loads(self, data: bytes) -> Any:
         return _loads(data)
