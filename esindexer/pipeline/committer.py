@@ -109,7 +109,7 @@ class Committer:
     def __init__(self, conn: Any, *, settings: Settings, sink: Sink, builder: DocumentBuilder,
                  metrics: Metrics, budget: ErrorBudget, abandon: threading.Event, progress_tid: int,
                  refresher: Refresher | None = None, fence: Callable[[Any], None] | None = None,
-                 liveness: Liveness | None = None):
+                 liveness: Liveness | None = None, stopping: Callable[[], bool] = lambda: False):
         self.conn = conn
         self.settings = settings
         self.sink = sink
@@ -117,6 +117,9 @@ class Committer:
         self.metrics = metrics
         self.budget = budget
         self._abandon = abandon
+        #: whether the service was asked to stop: a wait for Elasticsearch is then bounded
+        #: by ``shutdown_timeout`` (:meth:`finish`), or not begun (:meth:`put`, :meth:`drain_when_idle`)
+        self._stopping = stopping
         self.refresher = refresher
         #: raises (esindexer.source.lease.LostLease) when this process may no longer write
         #: progress; run inside the transaction that writes it (esindexer.pipeline.lease)
@@ -138,14 +141,18 @@ class Committer:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, item: BatchInFlight | Drain) -> None:
+    def put(self, item: BatchInFlight | Drain) -> bool:
+        """Queue ``item`` to settle in order; False, with nothing queued, when a stop comes
+        while the queue is full (its batches wait for Elasticsearch, which may be gone):
+        that batch does not count, and the stop's bounded wait can begin."""
         while True:
             self.raise_failure()
             try:
                 self._queue.put(item, timeout=0.5)
-                return
+                return True
             except queue.Full:
-                continue
+                if self._stopping():
+                    return False
 
     def watch(self, follower: Stoppable) -> None:
         """The follow iteration to end early if this committer fails (see :meth:`_run`)."""
@@ -158,27 +165,43 @@ class Committer:
             raise self._failure
 
     def finish(self, timeout: float | None) -> None:
-        """Let queued batches settle (up to ``timeout`` s), then stop the thread."""
+        """Let queued batches settle (up to ``timeout`` s), then stop the thread.
+
+        Without a ``timeout`` (the reader read everything), a stop that comes meanwhile
+        bounds the wait by ``shutdown_timeout`` like any other stop: the last batches'
+        requests may be retrying against an Elasticsearch that is gone."""
         if not self._thread.is_alive():
             return
-        self._queue.put(None)
-        self._join(timeout)
+        waited = self._join(timeout, end=True)
         if self._thread.is_alive() and not self._abandon.is_set():
             log.warning("in-flight bulks did not finish within %.0fs; abandoning them (progress stays at the "
-                        "last acknowledged batch)", timeout or 0)
+                        "last acknowledged batch)", waited)
             self._abandon.set()
             self._closed.set()
-            self._join(10)
 
-    def _join(self, timeout: float | None) -> None:
-        """Wait for the thread up to ``timeout`` s, or until the work is abandoned (a second
-        signal must not wait for a bulk request Elasticsearch does not answer)."""
+    def _join(self, timeout: float | None, end: bool = False) -> float:
+        """Wait for the thread up to ``timeout`` s (or ``shutdown_timeout`` s from a stop), or
+        until the work is abandoned (a second signal must not wait for a bulk request
+        Elasticsearch does not answer). Returns the bound that applied (0 for none).
+
+        With ``end``, the end marker is queued behind the batches as soon as there is room:
+        the queue may be full of batches that wait for Elasticsearch, and so must the marker."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._thread.is_alive() and not self._abandon.is_set():
+            if end:
+                try:
+                    self._queue.put_nowait(None)
+                    end = False
+                except queue.Full:
+                    pass
+            if deadline is None and self._stopping():
+                timeout = self.settings.shutdown_timeout
+                deadline = time.monotonic() + timeout
             left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
             if left <= 0:
-                return
+                break
             self._thread.join(left)
+        return timeout or 0.0
 
     def close(self) -> None:
         self._closed.set()
@@ -342,13 +365,17 @@ class Committer:
     def drain_when_idle(self) -> None:
         """Called by the reader when it has read everything and is about to wait: settle
         every batch queued so far, then apply every pending deletion, before the reader
-        reads again. Does nothing unless a deletion was found waiting for progress."""
+        reads again. Does nothing unless a deletion was found waiting for progress, and
+        stops waiting at a stop (the deletions wait for the next run, as they would have)."""
         if not self.deletions_waiting or not self._thread.is_alive():
             return
         done = threading.Event()
-        self.put(Drain(done))
+        if not self.put(Drain(done)):
+            return
         while not done.wait(0.5):
             self.raise_failure()
             if self._abandon.is_set():
                 raise Abandoned("applying pack deletions")
+            if self._stopping():
+                return
         self.raise_failure()

@@ -298,7 +298,8 @@ class Indexer:
             sidecars.start()
             committer = Committer(conn, settings=s, sink=self.sink, builder=self.builder, metrics=self.metrics,
                                   budget=self.budget, abandon=self._abandon, progress_tid=start_tid,
-                                  refresher=sidecars.refresher, fence=fence, liveness=self.liveness)
+                                  refresher=sidecars.refresher, fence=fence, liveness=self.liveness,
+                                  stopping=lambda: self.stopping)
             end_tid = None
             if until_caught_up:
                 end_tid = follow.latest_tid(conn)
@@ -330,8 +331,7 @@ class Indexer:
                 if isinstance(reader, ObjectBatchReader) and (tail := reader.finish(put_tid, committer.raise_failure)):
                     committer.put(tail)  # caught up: a graph still being built is resolved now
                 passed = updates.passed_tid  # a partition: also past commits without its objects
-                if passed is not None and passed > put_tid:
-                    committer.put(BatchInFlight(last_tid=passed, live=True))
+                if passed is not None and passed > put_tid and committer.put(BatchInFlight(last_tid=passed, live=True)):
                     put_tid = passed
 
             updates = self._updates = follow.updates(
@@ -352,7 +352,8 @@ class Indexer:
                         break
                     batch.live = updates.caught_up
                     if batch.rows:
-                        committer.put(batch)
+                        if not committer.put(batch):
+                            break  # a stop while earlier batches wait for Elasticsearch: this one does not count
                         put_tid = batch.last_tid
                     # Not kept while the next commit is awaited: a settled batch holds its
                     # requests' results, which may be a very large document (issue 21).
@@ -370,6 +371,7 @@ class Indexer:
             if finished and end_tid is not None and end_tid > put_tid:
                 committer.put(BatchInFlight(last_tid=end_tid))  # a partition read all its rows up to end_tid
             committer.finish(timeout=None if finished else s.shutdown_timeout)
+            finished = finished and not self._abandon.is_set()  # a stop meanwhile may have cut the last batches
             if not finished:
                 # Requests of a batch cut short by the stop are not waited for: their batch
                 # will not count as done, and the sink may be the reason we stop.

@@ -117,11 +117,13 @@ class StallingProxy:
 
     With ``stall_on``, it stalls by itself when a request carries those bytes (a document's
     title), swallowing that request: a test picks the batch whose request hangs instead of
-    racing the service with :meth:`stall`."""
+    racing the service with :meth:`stall`. With ``only_that_connection`` too, only the
+    connection that carried the marker stalls; the others go on forwarding."""
 
-    def __init__(self, host: str, port: int, stall_on: bytes | None = None) -> None:
+    def __init__(self, host: str, port: int, stall_on: bytes | None = None, only_that_connection: bool = False) -> None:
         self.target = (host, port)
         self.stall_on = stall_on
+        self.only_that_connection = only_that_connection
         self.stalled = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
@@ -141,13 +143,15 @@ class StallingProxy:
 
     def _pipe(self, source: socket.socket, sink: socket.socket, request: bool) -> None:
         tail = b""  # the end of the last chunk: a marker may straddle two
+        stuck = False
         try:
             while data := source.recv(65536):
                 if request and self.stall_on is not None:
                     if self.stall_on in tail + data:
+                        stuck = True
                         self.stall()
                     tail = data[-len(self.stall_on):]
-                if self.stalled.is_set():
+                if stuck or (self.stalled.is_set() and not self.only_that_connection):
                     self.stalled.wait()  # swallow: the peer waits for an answer that never comes
                     continue
                 sink.sendall(data)
@@ -248,6 +252,64 @@ def test_a_completed_stop_exits_while_a_request_of_a_cut_batch_hangs(zodb, db_ds
     assert "stopped before catching up" in err
     assert "without waiting for" in err and "esindexer-bulk" in err, err[-3000:]  # it did not wait, and says so
     assert progress(db_dsn) == first
+
+
+def test_a_stop_after_the_last_batch_was_read_is_bounded_by_the_shutdown_timeout(zodb, db_dsn, es_url, es_prefix):
+    """A bounded run has read its last batch and waits for it to settle; its request hangs.
+    A stop then waits for it up to ``shutdown_timeout`` like any stop, exits with the stop's
+    code, and does not say "caught up". Before, the wait was unbounded once everything had
+    been read: only a second signal ended it (a CI run waited 60 s for a SIGINT)."""
+    from urllib.parse import urlsplit
+
+    first, _ = _commit_transactions(zodb, [f"page {n}" for n in range(5)], ["stall here"])
+    target = urlsplit(es_url)
+    proxy = StallingProxy(target.hostname, target.port, stall_on=b"stall here")
+    proc = _start(db_dsn, proxy.url, es_prefix, free_port(), ESINDEXER_BATCH_LIMIT="1",
+                  ESINDEXER_BULK_CONCURRENCY="1", ESINDEXER_SHUTDOWN_TIMEOUT="2", ESINDEXER_ES_REQUEST_TIMEOUT="20")
+    try:
+        wait_for(proxy.stalled.is_set, timeout=60, message="the last batch's request swallowed")
+        wait_for(lambda: progress(db_dsn) == first, message="the first batch's progress saved")
+        time.sleep(1)  # nothing is left to read: the run only waits for the last batch now
+        assert proc.poll() is None
+        code, err, took = _stop_within(proc, signal.SIGINT, 4.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proxy.close()
+    assert code == ExitCode.INTERRUPTED, err[-3000:]
+    assert took < 4.0, f"{took:.1f}s\n{err[-3000:]}"
+    assert "did not finish within 2s" in err, err[-3000:]
+    assert "stopped before catching up" in err and "caught up" not in err.replace("stopped before catching up", "")
+    assert progress(db_dsn) == first  # the batch Elasticsearch never acknowledged does not count
+
+
+def test_a_stop_while_settled_batches_queue_behind_a_hanging_one_is_bounded(zodb, db_dsn, es_url, es_prefix):
+    """One batch's request hangs, the next batches' requests succeed: they queue behind it
+    (progress moves in order) until the queue is full and the reader waits to hand one
+    more over. A stop then cuts that batch and waits ``shutdown_timeout`` for the queued
+    ones. Before, the hand-over waited for room in the queue without end."""
+    from urllib.parse import urlsplit
+
+    first, *_ = _commit_transactions(zodb, [f"page {n}" for n in range(5)], ["stall here"],
+                                     *[[f"page {n} of {t}" for n in range(3)] for t in range(12)])
+    target = urlsplit(es_url)
+    proxy = StallingProxy(target.hostname, target.port, stall_on=b"stall here", only_that_connection=True)
+    proc = _start(db_dsn, proxy.url, es_prefix, free_port(), ESINDEXER_BATCH_LIMIT="1",
+                  ESINDEXER_BULK_CONCURRENCY="2", ESINDEXER_SHUTDOWN_TIMEOUT="2", ESINDEXER_ES_REQUEST_TIMEOUT="20")
+    try:
+        wait_for(proxy.stalled.is_set, timeout=60, message="the second batch's request swallowed")
+        wait_for(lambda: progress(db_dsn) == first, message="the first batch's progress saved")
+        time.sleep(2)  # the later batches are acknowledged and queue behind the second
+        assert proc.poll() is None
+        code, err, took = _stop_within(proc, signal.SIGTERM, 4.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proxy.close()
+    assert code == ExitCode.TERMINATED, err[-3000:]
+    assert took < 4.0, f"{took:.1f}s\n{err[-3000:]}"
+    assert "did not finish within 2s" in err, err[-3000:]
+    assert progress(db_dsn) == first  # nothing after the unacknowledged batch counts
 
 
 @pytest.mark.parametrize("second", [False, True], ids=["one signal", "two signals"])
