@@ -263,7 +263,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dead_letter_window", _parse_float, 300.0, "Window of the dead-letter budget, in seconds.",
             group="flow"),
     Setting("shutdown_timeout", _parse_float, 30.0,
-            "Seconds to wait for in-flight bulks on SIGTERM before abandoning them.", group="flow"),
+            "Seconds to wait for in-flight bulks on SIGTERM/SIGINT before abandoning them (progress stays at "
+            "the last acknowledged batch); one second later anything else still waiting for a server (the "
+            "start-up sweep, rewriting object documents after a crash) is abandoned too. A second signal "
+            "abandons at once.", group="flow"),
     Setting("crash_guard_after", _parse_int, 2,
             "Process deaths without a clean exit (a native crash, an OOM kill) at the same saved progress "
             "after which the next start converts the records up to the newest tid in a child process, "

@@ -41,7 +41,7 @@ from esindexer.pipeline.reader import BatchReader
 from esindexer.pipeline.retry import retry_forever
 from esindexer.pipeline.rewind import Resync, check
 from esindexer.pipeline.sidecars import Sidecars
-from esindexer.pipeline.signals import Cancels
+from esindexer.pipeline.signals import AbandonLater, Cancels
 from esindexer.pipeline.standby import LockKeeper
 from esindexer.pipeline.startup import prepare_source, warn_vanished
 from esindexer.pipeline.sweep import sweep
@@ -66,6 +66,7 @@ class Indexer:
         self.metrics = metrics or Metrics()
         self._stop = threading.Event()
         self._abandon = threading.Event()
+        self._abandon_later = AbandonLater(self._abandon, settings.shutdown_timeout + 1)  # a first stop's bound
         self.sink: Sink = sink if sink is not None else ElasticsearchSink(
             settings, stop=self._abandon,
             on_retry=self._on_sink_retry, on_request=self._on_sink_request)
@@ -82,7 +83,6 @@ class Indexer:
         self._lease: tuple[int, int] | None = None
         self._lease_lost: LostLease | None = None  # why the last pipeline's lease keeper gave the lease up
         self._claimed: Any = None  # the writer connection, when claim() took the lock ahead of run()
-        #: the writer connection while the reader thread uses it (setup), and for the committer
         self._cancels = Cancels()  # what a stop cancels: the writer while it sets up, the follower...
         self._backoff = Backoff(first=0.5, maximum=settings.retry_max_seconds)
         # With partitions, one process of the set walks (partition 0); the others watch the mark.
@@ -111,13 +111,13 @@ class Indexer:
         """Ask the service to stop; safe from signal handlers and other threads.
 
         The reader stops taking rows; in-flight requests may finish within
-        ``shutdown_timeout`` (or at once with ``abandon``); progress never moves past
-        unacknowledged work.
-        """
+        ``shutdown_timeout`` (or at once with ``abandon``; any wait for a server one second
+        later: :class:`AbandonLater`); progress never moves past unacknowledged work."""
         self._stop.set()
         self.resync.stop()
         if abandon:
             self._abandon.set()
+        self._abandon_later.start()
         self._wake_reader()
 
     def _wake_reader(self) -> None:
@@ -202,6 +202,7 @@ class Indexer:
         try:
             return self._run(until_caught_up)
         finally:  # any Python-level exit: not a crash (esindexer.pipeline.crashguard)
+            self._abandon_later.cancel()
             self.resync.stop()
             self.crash_guard.finish()
 

@@ -142,3 +142,41 @@ class Cancels:
             yield conn
         finally:
             self.others.discard(conn)
+
+
+class AbandonLater:
+    """A first stop's bound on everything that still waits for a server: ``abandon`` is set
+    ``seconds`` after :meth:`start` unless :meth:`cancel` comes first.
+
+    The committer bounds its own wait for the batches in flight (``shutdown_timeout``, from
+    the end of reading). Some sends happen elsewhere and are retried by the sink until
+    ``abandon``: the start-up sweep's deletions, a restart's rewrite of object documents, the
+    last pack deletions of a bounded run. Without this a first stop waited there for as long
+    as Elasticsearch was away; nothing they send is progress, so abandoning them loses nothing.
+    """
+
+    def __init__(self, abandon: threading.Event, seconds: float):
+        self._abandon = abandon
+        self._seconds = seconds
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the countdown (once; later calls keep the first)."""
+        with self._lock:
+            if self._timer is None and not self._abandon.is_set():
+                self._timer = threading.Timer(self._seconds, self._expire)
+                self._timer.name, self._timer.daemon = "esindexer-stop-bound", True
+                self._timer.start()
+
+    def cancel(self) -> None:
+        """The stop completed: nothing is left to abandon."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _expire(self) -> None:
+        if not self._abandon.is_set():
+            log.warning("still waiting for a server %.0fs after the stop; abandoning that work (progress stays "
+                        "at the last acknowledged batch)", self._seconds, extra={"seconds": self._seconds})
+            self._abandon.set()

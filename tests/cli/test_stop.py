@@ -20,9 +20,9 @@ import pytest
 import transaction
 
 from esindexer.errors import ExitCode
-from tests.indexing import commit_tree, progress
+from tests.indexing import Page, commit_tree, progress
 from tests.pipeline.processes import free_port, http_status
-from tests.support import esindexer_env, wait_for
+from tests.support import esindexer_env, run_esindexer, wait_for
 
 SIGNALS = pytest.mark.parametrize("signum, expected", [(signal.SIGINT, ExitCode.INTERRUPTED),
                                                        (signal.SIGTERM, ExitCode.TERMINATED)],
@@ -310,6 +310,45 @@ def test_a_stop_while_settled_batches_queue_behind_a_hanging_one_is_bounded(zodb
     assert took < 4.0, f"{took:.1f}s\n{err[-3000:]}"
     assert "did not finish within 2s" in err, err[-3000:]
     assert progress(db_dsn) == first  # nothing after the unacknowledged batch counts
+
+
+def test_a_stop_while_the_start_up_sweep_waits_for_elasticsearch_is_bounded(zodb, db_dsn, es_url, es_prefix):
+    """The start-up sweep deletes the documents of objects packed while the service was
+    away, before any batch is read; its bulk request hangs. A first stop abandons it one
+    second after ``shutdown_timeout`` (the attempt under way ends at its request timeout):
+    nothing of it is progress. Before, the sweep's send was retried until a second signal."""
+    from urllib.parse import urlsplit
+
+    conn = zodb.open()
+    root = conn.root()
+    for n in range(6):
+        root[n] = Page(f"page {n}")
+    transaction.commit()
+    settings = dict(ESINDEXER_PG_DSN=db_dsn, ESINDEXER_ES_URL=es_url, ESINDEXER_INDEX_PREFIX=es_prefix.rstrip("-"),
+                    ESINDEXER_INDEX_REPLICAS="0", ESINDEXER_METRICS_PORT="0")
+    assert run_esindexer("run", "--until-caught-up", env=settings).returncode == ExitCode.OK
+    for n in range(3):
+        del root[n]
+    transaction.commit()
+    zodb.pack(time.time() + 1)  # their documents are left for a sweep
+    conn.close()
+    target = urlsplit(es_url)
+    proxy = StallingProxy(target.hostname, target.port, stall_on=b"/_bulk", only_that_connection=True)
+    proc = _start(db_dsn, proxy.url, es_prefix, free_port(), ESINDEXER_SWEEP_ON_START="always",
+                  ESINDEXER_SHUTDOWN_TIMEOUT="2", ESINDEXER_ES_REQUEST_TIMEOUT="3")
+    try:
+        wait_for(proxy.stalled.is_set, timeout=60, message="the sweep's bulk request swallowed")
+        time.sleep(0.5)
+        assert proc.poll() is None
+        code, err, took = _stop_within(proc, signal.SIGTERM, 7.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proxy.close()
+    assert code == ExitCode.TERMINATED, err[-3000:]
+    assert took < 7.0, f"{took:.1f}s\n{err[-3000:]}"  # 2 + 1 s, then at most the attempt's 3 s
+    assert "still waiting for a server 3s after the stop; abandoning" in err, err[-3000:]
+    assert "stopped before catching up" in err
 
 
 @pytest.mark.parametrize("second", [False, True], ids=["one signal", "two signals"])
