@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg2
 import pytest
@@ -59,6 +60,25 @@ def _stop_within(proc: subprocess.Popen, signum: int, limit: float) -> tuple[int
     took = time.monotonic() - started
     print(f"exit {proc.returncode} {took:.2f}s after the signal")  # the figure for docs/operations.md (-s)
     return proc.returncode, err, took
+
+
+def _stop_once_stalled(proc: subprocess.Popen, proxy: StallingProxy, signum: int, limit: float, *,
+                       settle: float, saved: Callable[[], bool] | None = None) -> tuple[int, str, float]:
+    """Once ``proxy`` swallowed the marked request (and ``saved()`` holds), give the run
+    ``settle`` s to reach the wait under test, then stop it (:func:`_stop_within`)."""
+    try:
+        wait_for(proxy.stalled.is_set, timeout=60, message="the marked request swallowed")
+        if saved is not None:
+            wait_for(saved, message="the progress before that request saved")
+        time.sleep(settle)
+        assert proc.poll() is None
+        code, err, took = _stop_within(proc, signum, limit)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proxy.close()
+    assert took < limit, f"{took:.1f}s\n{err[-3000:]}"
+    return code, err, took
 
 
 @SIGNALS
@@ -254,62 +274,37 @@ def test_a_completed_stop_exits_while_a_request_of_a_cut_batch_hangs(zodb, db_ds
     assert progress(db_dsn) == first
 
 
-def test_a_stop_after_the_last_batch_was_read_is_bounded_by_the_shutdown_timeout(zodb, db_dsn, es_url, es_prefix):
-    """A bounded run has read its last batch and waits for it to settle; its request hangs.
-    A stop then waits for it up to ``shutdown_timeout`` like any stop, exits with the stop's
-    code, and does not say "caught up". Before, the wait was unbounded once everything had
-    been read: only a second signal ended it (a CI run waited 60 s for a SIGINT)."""
+@pytest.mark.parametrize("queue_full", [False, True], ids=["done reading", "queue full"])
+def test_a_stop_while_the_run_waits_behind_a_hanging_request_is_bounded(zodb, db_dsn, es_url, es_prefix,
+                                                                       queue_full):
+    """The second batch's request hangs, and a stop finds the reader in one of two waits:
+
+    - *done reading*: that batch is the last; a bounded run has read everything and waits
+      for it to settle;
+    - *queue full*: later batches' requests succeed on another connection and queue behind
+      it (progress moves in order) until the committer's queue is full and the reader waits
+      to hand one more over; that batch is cut.
+
+    Either way the stop waits ``shutdown_timeout`` for what is queued, exits with the stop's
+    code and does not say "caught up"; nothing after the unacknowledged batch counts.
+    Before, both waits were without end: only a second signal ended them (a CI run waited
+    60 s for a SIGINT)."""
     from urllib.parse import urlsplit
 
-    first, _ = _commit_transactions(zodb, [f"page {n}" for n in range(5)], ["stall here"])
+    later = [[f"page {n} of {t}" for n in range(3)] for t in range(12)] if queue_full else []
+    first, *_ = _commit_transactions(zodb, [f"page {n}" for n in range(5)], ["stall here"], *later)
     target = urlsplit(es_url)
-    proxy = StallingProxy(target.hostname, target.port, stall_on=b"stall here")
+    proxy = StallingProxy(target.hostname, target.port, stall_on=b"stall here", only_that_connection=queue_full)
     proc = _start(db_dsn, proxy.url, es_prefix, free_port(), ESINDEXER_BATCH_LIMIT="1",
-                  ESINDEXER_BULK_CONCURRENCY="1", ESINDEXER_SHUTDOWN_TIMEOUT="2", ESINDEXER_ES_REQUEST_TIMEOUT="20")
-    try:
-        wait_for(proxy.stalled.is_set, timeout=60, message="the last batch's request swallowed")
-        wait_for(lambda: progress(db_dsn) == first, message="the first batch's progress saved")
-        time.sleep(1)  # nothing is left to read: the run only waits for the last batch now
-        assert proc.poll() is None
-        code, err, took = _stop_within(proc, signal.SIGINT, 4.0)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proxy.close()
+                  ESINDEXER_BULK_CONCURRENCY="2" if queue_full else "1", ESINDEXER_SHUTDOWN_TIMEOUT="2",
+                  ESINDEXER_ES_REQUEST_TIMEOUT="20")
+    # settle: the run reaches its wait (nothing left to read; the later batches acknowledged)
+    code, err, _ = _stop_once_stalled(proc, proxy, signal.SIGINT, 4.0, settle=2,
+                                      saved=lambda: progress(db_dsn) == first)
     assert code == ExitCode.INTERRUPTED, err[-3000:]
-    assert took < 4.0, f"{took:.1f}s\n{err[-3000:]}"
     assert "did not finish within 2s" in err, err[-3000:]
     assert "stopped before catching up" in err and "caught up" not in err.replace("stopped before catching up", "")
-    assert progress(db_dsn) == first  # the batch Elasticsearch never acknowledged does not count
-
-
-def test_a_stop_while_settled_batches_queue_behind_a_hanging_one_is_bounded(zodb, db_dsn, es_url, es_prefix):
-    """One batch's request hangs, the next batches' requests succeed: they queue behind it
-    (progress moves in order) until the queue is full and the reader waits to hand one
-    more over. A stop then cuts that batch and waits ``shutdown_timeout`` for the queued
-    ones. Before, the hand-over waited for room in the queue without end."""
-    from urllib.parse import urlsplit
-
-    first, *_ = _commit_transactions(zodb, [f"page {n}" for n in range(5)], ["stall here"],
-                                     *[[f"page {n} of {t}" for n in range(3)] for t in range(12)])
-    target = urlsplit(es_url)
-    proxy = StallingProxy(target.hostname, target.port, stall_on=b"stall here", only_that_connection=True)
-    proc = _start(db_dsn, proxy.url, es_prefix, free_port(), ESINDEXER_BATCH_LIMIT="1",
-                  ESINDEXER_BULK_CONCURRENCY="2", ESINDEXER_SHUTDOWN_TIMEOUT="2", ESINDEXER_ES_REQUEST_TIMEOUT="20")
-    try:
-        wait_for(proxy.stalled.is_set, timeout=60, message="the second batch's request swallowed")
-        wait_for(lambda: progress(db_dsn) == first, message="the first batch's progress saved")
-        time.sleep(2)  # the later batches are acknowledged and queue behind the second
-        assert proc.poll() is None
-        code, err, took = _stop_within(proc, signal.SIGTERM, 4.0)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proxy.close()
-    assert code == ExitCode.TERMINATED, err[-3000:]
-    assert took < 4.0, f"{took:.1f}s\n{err[-3000:]}"
-    assert "did not finish within 2s" in err, err[-3000:]
-    assert progress(db_dsn) == first  # nothing after the unacknowledged batch counts
+    assert progress(db_dsn) == first
 
 
 def test_a_stop_while_the_start_up_sweep_waits_for_elasticsearch_is_bounded(zodb, db_dsn, es_url, es_prefix):
@@ -336,17 +331,9 @@ def test_a_stop_while_the_start_up_sweep_waits_for_elasticsearch_is_bounded(zodb
     proxy = StallingProxy(target.hostname, target.port, stall_on=b"/_bulk", only_that_connection=True)
     proc = _start(db_dsn, proxy.url, es_prefix, free_port(), ESINDEXER_SWEEP_ON_START="always",
                   ESINDEXER_SHUTDOWN_TIMEOUT="2", ESINDEXER_ES_REQUEST_TIMEOUT="3")
-    try:
-        wait_for(proxy.stalled.is_set, timeout=60, message="the sweep's bulk request swallowed")
-        time.sleep(0.5)
-        assert proc.poll() is None
-        code, err, took = _stop_within(proc, signal.SIGTERM, 7.0)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proxy.close()
+    # within 7 s: 2 + 1 s, then at most the attempt's 3 s
+    code, err, _ = _stop_once_stalled(proc, proxy, signal.SIGTERM, 7.0, settle=0.5)
     assert code == ExitCode.TERMINATED, err[-3000:]
-    assert took < 7.0, f"{took:.1f}s\n{err[-3000:]}"  # 2 + 1 s, then at most the attempt's 3 s
     assert "still waiting for a server 3s after the stop; abandoning" in err, err[-3000:]
     assert "stopped before catching up" in err
 
