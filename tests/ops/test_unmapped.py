@@ -34,13 +34,19 @@ def _env(settings) -> dict[str, str]:
             "ESINDEXER_INDEX_PREFIX": settings.index_prefix}
 
 
-def test_unmapped_fields_are_counted_warned_and_named(zodb, db_dsn, es_url, es_prefix, caplog):
+#: Every page's body: longer than the 256 characters ``state.body.keyword`` takes, so
+#: Elasticsearch lists ``state.body.keyword`` in each document's ``_ignored``. Not an unmapped
+#: field (``state.body`` indexes it): before, every page was counted and warned about.
+LONG_BODY = "minutes of the board " + "and more words " * 20
+
+
+def test_unmapped_fields_are_counted_warned_and_named(zodb, db_dsn, es, es_url, es_prefix, caplog):
     conn = zodb.open()
     root = conn.root()
-    root["plain"] = plain = Page("plain page")
+    root["plain"] = plain = Page("plain page", body=LONG_BODY)
     wides = []
     for k, cls in enumerate(WIDE):
-        root[f"wide{k}"] = wide = cls(f"wide page {k}")
+        root[f"wide{k}"] = wide = cls(f"wide page {k}", body=LONG_BODY)
         for n in range(ATTRIBUTES):
             setattr(wide, f"c{k}_attribute_{n:03d}", n)
         wides.append(wide)
@@ -53,6 +59,12 @@ def test_unmapped_fields_are_counted_warned_and_named(zodb, db_dsn, es_url, es_p
         assert Indexer(settings, metrics).run(until_caught_up=True) == ExitCode.OK
     count = metrics.registry.get_sample_value("esindexer_documents_with_unmapped_fields")
     assert count is not None and 1 <= count < CLASSES
+    index = ",".join(settings.routed_indices)
+    es.indices.refresh(index=index)
+    long_ones = es.search(index=index, query={"term": {"_ignored": "state.body.keyword"}}, size=0)
+    assert long_ones["hits"]["total"]["value"] == CLASSES + 1  # listed by Elasticsearch, each page
+    found = es.search(index=index, query={"match": {"state.body": "board"}}, size=0)
+    assert found["hits"]["total"]["value"] == CLASSES + 1  # and found by full-text search
     [warning] = [r for r in caplog.records if "did not map" in r.getMessage()]
     assert f"{count:.0f} documents hold fields" in warning.getMessage()
     named = warning.getMessage().split("refused): ")[1].split("; see")[0].split(", ")
