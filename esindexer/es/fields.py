@@ -59,7 +59,8 @@ def unmapped(es: Any, indices: tuple[str, ...] | list[str]) -> Unmapped:
             if found is None:
                 return Unmapped(0, {}, {})
     aggs = found["aggregations"]
-    seen = Counter(name for hit in found["hits"]["hits"] for name in hit.get("_ignored", ()) if not long_string(name))
+    seen = Counter(name for hit in found["hits"]["hits"] for name in hit.get("_ignored", ())
+                   if not long_string(name))
     top = sorted(seen.items(), key=lambda item: (-item[1], item[0]))[:TOP_FIELDS]
     return Unmapped(
         documents=int(found["hits"]["total"]["value"]),
@@ -83,14 +84,18 @@ def _search(es: Any, indices: tuple[str, ...] | list[str], query: dict[str, Any]
 def _ignored_names(es: Any, indices: tuple[str, ...] | list[str]) -> set[str] | None:
     """Every field name in the indices' ``_ignored`` (Elasticsearch 8.15 and later aggregate
     that field); None where it cannot be aggregated (OpenSearch, whose ``_ignored`` lists
-    no long strings either: 3.3.0 leaves them out)."""
+    no long strings either: 3.3.0 leaves them out), or when there are more than
+    :data:`NAMES` (a count from part of them would be too low)."""
     try:
         answer = es.search(index=",".join(indices), size=0, ignore_unavailable=True,
                            aggs={"names": {"terms": {"field": "_ignored", "size": NAMES}}})
     except Exception as exc:  # noqa: BLE001 - refused by the engine: fall back to the upper bound
         log.debug("cannot list the names in _ignored: %s", exc)
         return None
-    return {bucket["key"] for bucket in answer["aggregations"]["names"]["buckets"]}
+    names = answer["aggregations"]["names"]
+    if names.get("sum_other_doc_count", 0):
+        return None
+    return {bucket["key"] for bucket in names["buckets"]}
 
 
 def unmapped_of(es: Any, indices: tuple[str, ...] | list[str], zoid: int) -> dict[str, list[str]]:
