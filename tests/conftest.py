@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -248,3 +249,33 @@ def indexer_role(db_dsn):
         cur.execute(f"DROP OWNED BY {name}")
         cur.execute(f"DROP ROLE {name}")
     admin.close()
+
+
+# Fixtures that start a node of their own for the session: under pytest-xdist
+# (scripts/test runs the main suite with --dist loadgroup) every test that uses one runs on
+# the same worker, so each kind of node starts once, not once per worker.
+_NODE_GROUPS = {"es_secured": "secured-node", "es_constrained_url": "constrained-node"}
+
+
+def pytest_itemcollected(item) -> None:
+    """Marked as each test is collected, before xdist reads the groups."""
+    group = next((name for fixture, name in _NODE_GROUPS.items() if fixture in getattr(item, "fixturenames", ())),
+                 None)
+    if item.path.name == "test_docs_commands.py":  # the documented commands share paths (/tmp/base)
+        group = "documented-commands"
+    if group:
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """On an xdist worker with ``--dist loadgroup``, xdist has by now written each test's group
+    into its node id; if it has not (pytest 9.2 with xdist 3.8 silently stopped doing so), the
+    groups would be ignored and each worker would start its own nodes: fail instead."""
+    if not (hasattr(config, "workerinput") and config.getvalue("loadgroup")):
+        return
+    lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:  # (a worker's exception reaches the terminal only as xdist's INTERNALERROR: say why first)
+        print(f"pytest-xdist ignored the xdist_group of {len(lost)} tests: see pyproject.toml", file=sys.__stderr__)
+        raise pytest.UsageError(f"pytest-xdist ignored the xdist_group of {len(lost)} tests (e.g. {lost[0]}): "
+                                f"this pytest and pytest-xdist do not work together; see pyproject.toml")

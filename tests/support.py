@@ -212,9 +212,12 @@ def search_client(url: str, request_timeout: float = 60, max_retries: int = 3):
 
 def esindexer_env(**settings: str) -> dict[str, str]:
     """This process's environment without any ESINDEXER_* variable, plus ``settings``
-    (and the engine of the test node, unless ``settings`` names one)."""
+    (and the engine of the test node, unless ``settings`` names one). The metrics server is
+    off unless ``settings`` gives it a port: tests run in parallel (pytest-xdist), and two
+    processes on the default port would refuse each other."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESINDEXER_")}
     env["ESINDEXER_SEARCH_ENGINE"] = search_engine()
+    env["ESINDEXER_METRICS_PORT"] = "0"
     env.update(settings)
     return env
 

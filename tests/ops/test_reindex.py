@@ -150,7 +150,8 @@ def test_interrupted_while_waiting_for_the_service_the_published_generation_is_f
         job = ReindexProcess(env, "--to", f"{alias}-gen2")
         job.wait_line("next: restart the service", timeout=120)
         cut = scalar(db_dsn, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                             "WHERE application_name LIKE 'esindexer handover%%'")
+                             "WHERE application_name LIKE 'esindexer handover%%' "
+                             "AND datname = current_database()")
         assert cut == 1
         time.sleep(2)
         assert job.proc.poll() is None, job.err  # a lost connection while waiting ends nothing
