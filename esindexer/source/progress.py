@@ -100,6 +100,13 @@ def _in_savepoint(cur: psycopg2.extensions.cursor, statement: str, args: tuple[o
     cur.execute("RELEASE SAVEPOINT esindexer_progress")
 
 
+#: What a ``CREATE TABLE IF NOT EXISTS`` raises when another session creates the same table
+#: at the same moment (each found it missing): on ``pg_type``'s unique index while the other
+#: is uncommitted, or as the duplicate type or table once it has committed. All three were
+#: seen with two partitions saving their first progress together.
+_LOST_THE_RACE = (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject, psycopg2.errors.DuplicateTable)
+
+
 def set_progress_tid(conn: ConnOrDsn, client_id: str, tid: int) -> None:
     """Save ``tid`` as the progress of ``client_id`` (an upsert).
 
@@ -115,7 +122,7 @@ def set_progress_tid(conn: ConnOrDsn, client_id: str, tid: int) -> None:
                 pass  # first use: create the table, then retry once
             try:
                 run(cur, _CREATE)
-            except psycopg2.errors.UniqueViolation:
+            except _LOST_THE_RACE:
                 pass  # a concurrent CREATE TABLE IF NOT EXISTS won the race: it exists now
             else:
                 log.info("created the progress table", extra={"table": PROGRESS_TABLE})

@@ -14,6 +14,7 @@ from esindexer.source import lease, pg
 from esindexer.source.lease import LostLease
 from esindexer.source.progress import set_progress_tid
 from tests.indexing import Page
+from tests.support import scalar, wait_for
 
 
 def _connect(db_dsn: str):
@@ -83,7 +84,10 @@ def test_the_queue_is_in_arrival_order_and_passes_standbys_that_are_gone_or_sile
         b.commit()
         assert not lease.first_in_line(b, "x", "b", 5.0)
         b.rollback()
-        a.close()  # its session is gone: passed at once
+        a_pid = a.info.backend_pid
+        a.close()  # its session is gone: passed as soon as the server has ended it
+        wait_for(lambda: not scalar(db_dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (a_pid,)),
+                 timeout=10, interval=0.02, message="the closed session's backend to end")
         assert lease.first_in_line(b, "x", "b", 5.0) and not lease.first_in_line(c, "x", "c", 5.0)
         b.rollback()
         c.rollback()
