@@ -124,6 +124,8 @@ def _refused_while_running(zodb, db_dsn, es_prefix, node, user: str, take_away, 
             first = commit_pages(conn.root(), 3)
             wait_for(lambda: {zoid_of(p) for p in first} <= set(docs(es, settings.index_prefix)), timeout=60,
                      message="indexed while the right is there")
+            # (the documents can be searchable a moment before their progress is saved)
+            wait_for(lambda: progress(db_dsn) == latest_tid(db_dsn), timeout=60, message="the progress saved")
             indexed_up_to = progress(db_dsn)
             take_away()
             wait_for(taken_away, timeout=60, message="the node reloading its security files (every 5 s)")
