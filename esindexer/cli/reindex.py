@@ -7,7 +7,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from esindexer.cli.common import ALL_GROUPS, Command, connect
+from esindexer.cli.common import ALL_GROUPS, Command, connect, tune_gc
 from esindexer.cli.exits import failed, finish
 from esindexer.config import Settings
 from esindexer.errors import ExitCode
@@ -59,6 +59,7 @@ def _run_job(settings: Settings, job: Reindex, received: list[int]) -> int:
 
     es = make_es_client(settings)
     conn = connect(settings)
+    tune_gc()  # the build is a backfill
     try:
         # Each step as it is done: the operator restarts the service when told to.
         outcome = job.run(conn, es, say=lambda step: print(step, flush=True))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import gc
 import logging
 import signal
 import sys
 import threading
 from typing import TYPE_CHECKING
 
-from esindexer.cli.common import ALL_GROUPS, Command
+from esindexer.cli.common import ALL_GROUPS, Command, tune_gc
 from esindexer.cli.exits import failed, finish
 from esindexer.config import Settings
 from esindexer.errors import Abandoned, AlreadyRunning, ExitCode
@@ -123,21 +122,6 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return finish(code, watcher.count)
 
 
-def _tune_gc() -> None:
-    """Fewer cyclic garbage collections while the pipeline runs.
-
-    Decoding a record makes dozens of short-lived containers, which reference counting
-    frees; the cyclic collector still runs every 700 allocations by default and, every
-    hundredth time, walks every object alive, the imported modules included. On a backfill
-    of 10^5 records that was 0.29 CPU s, about 6 % of the process's CPU, for nearly no
-    garbage (docs/performance.md, *Fixed costs*). What exists at start-up is frozen (never
-    walked again; the few cycles it may hold are kept, a bounded cost), and a collection
-    comes every 10,000 allocations.
-    """
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
-
-
 def _serve(settings: Settings, args: argparse.Namespace, indexer: Indexer, metrics: Metrics,
            signals: dict[str, int]) -> int:
     """The service around :meth:`Indexer.run`: the lock, metrics, the poller, systemd."""
@@ -182,7 +166,7 @@ def _serve(settings: Settings, args: argparse.Namespace, indexer: Indexer, metri
     notifier.start()
     reporter = backlog_reporter(settings, metrics, until_caught_up=args.until_caught_up,
                                 cancellable=indexer.cancellable)
-    _tune_gc()
+    tune_gc()
     try:
         code = indexer.run(until_caught_up=args.until_caught_up)
         if reporter is not None:
