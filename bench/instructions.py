@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
               "reader side: decode, shape, request buffer, bulk body)")
         print("| code | instructions per record |")
         print("|---|---:|")
-        for label, root in [("before (" + args.before + ")", os.path.abspath(args.before))] * bool(args.before) + \
-                [("this checkout", ROOT)]:
+        ways = [(f"before ({args.before})", os.path.abspath(args.before))] if args.before else []
+        for label, root in [*ways, ("this checkout", ROOT)]:
             per = (instructions(root, fh.name, args.rows) - instructions(root, fh.name, 0)) / args.rows
             print(f"| {label} | {per:,.0f} |", flush=True)
     return 0

@@ -12,6 +12,25 @@
  *   readline() advance pos like a file's;
  * - find_class(module, name): cache[(module, name)] when present, else
  *   fallback(module, name) (esindexer.convert.values.standin, which fills the cache).
+ *
+ * Two more callbacks come per value rather than per record, and were the largest Python
+ * items left in decoding a record (issue 25: ~10 % of the reader's CPU on the benchmark
+ * corpus): the unpickler's persistent_load for every reference, and the call of the
+ * datetime and date stand-ins for every datetime and date. Each has a C fast path for
+ * the usual case and calls its Python twin for everything else, so the result is the
+ * twin's by construction (tests/convert/test_reader.py compares them):
+ *
+ * - persistent_ref(pid): a ZODB reference (8-byte oid, stand-in class) as the dict
+ *   esindexer.convert.values.persistent_ref builds; any other pid goes to that function;
+ * - stand_in_call(meta, kind, fallback): a method for the __call__ of the datetime
+ *   ("datetime") or date ("date") stand-in metaclass. A naive datetime's or a date's
+ *   pickled state bytes with ordinary field values become the isoformat() text
+ *   datetime.datetime(state) or datetime.date(state) would give; any other call
+ *   (an aware datetime, a Python 2 str, a value out of the calendar, keywords) goes to
+ *   fallback(cls, *args, **kwargs), the metaclass's Python __call__.
+ *
+ * These keep their Python objects in static variables (a method of a type cannot reach
+ * a module's state); they are set once, when esindexer.convert imports this module.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -261,7 +280,195 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* persistent references                                                                */
+/* ------------------------------------------------------------------------------------ */
+
+static PyObject *standin_meta;  /* esindexer.convert.model.StandInMeta */
+static PyObject *ref_fallback;  /* esindexer.convert.values.persistent_ref */
+static PyObject *s_marker, *s_persistent, *s_id, *s_arrow, *s_dotted;
+
+static PyObject *
+configure_refs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyType_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "configure_refs(standin_meta: type, fallback: callable)");
+        return NULL;
+    }
+    if (s_marker == NULL) {
+        s_marker = PyUnicode_InternFromString("::");
+        s_persistent = PyUnicode_InternFromString("persistent");
+        s_id = PyUnicode_InternFromString("id");
+        s_arrow = PyUnicode_InternFromString("::=>");
+        s_dotted = PyUnicode_InternFromString("dotted");
+        if (!s_marker || !s_persistent || !s_id || !s_arrow || !s_dotted)
+            return NULL;
+    }
+    Py_XSETREF(standin_meta, Py_NewRef(args[0]));
+    Py_XSETREF(ref_fallback, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+persistent_ref(PyObject *module, PyObject *pid)
+{
+    if (ref_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_reader_c.configure_refs() was not called");
+        return NULL;
+    }
+    /* values.persistent_ref's usual case: (8-byte oid, stand-in class) */
+    if (!PyTuple_CheckExact(pid) || PyTuple_GET_SIZE(pid) != 2)
+        return PyObject_CallOneArg(ref_fallback, pid);
+    PyObject *oid = PyTuple_GET_ITEM(pid, 0), *klass = PyTuple_GET_ITEM(pid, 1);
+    if (!PyBytes_CheckExact(oid) || PyBytes_GET_SIZE(oid) != 8 || (PyObject *)Py_TYPE(klass) != standin_meta)
+        return PyObject_CallOneArg(ref_fallback, pid);
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(oid);
+    unsigned long long n = 0;
+    for (int i = 0; i < 8; i++)
+        n = (n << 8) | p[i];
+    PyObject *dotted = PyObject_GetAttr(klass, s_dotted);
+    if (dotted == NULL)
+        return NULL;
+    PyObject *zoid = PyLong_FromUnsignedLongLong(n);
+    PyObject *id = zoid == NULL ? NULL : PyList_New(2);
+    PyObject *ref = id == NULL ? NULL : PyDict_New();
+    if (ref == NULL) {
+        Py_DECREF(dotted);
+        Py_XDECREF(zoid);
+        Py_XDECREF(id);
+        return NULL;
+    }
+    PyList_SET_ITEM(id, 0, Py_NewRef(zoid));
+    PyList_SET_ITEM(id, 1, dotted); /* steals */
+    /* the key order of the Python twin's dict: "::", "id", "::=>" */
+    int failed = PyDict_SetItem(ref, s_marker, s_persistent) < 0 || PyDict_SetItem(ref, s_id, id) < 0 ||
+                 PyDict_SetItem(ref, s_arrow, zoid) < 0;
+    Py_DECREF(id);
+    Py_DECREF(zoid);
+    if (failed) {
+        Py_DECREF(ref);
+        return NULL;
+    }
+    return ref;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* datetime and date stand-ins                                                          */
+/* ------------------------------------------------------------------------------------ */
+
+static PyObject *datetime_fallback; /* constructors._datetime_call(cls, *args, **kwargs) */
+static PyObject *date_fallback;     /* constructors._date_call(cls, *args, **kwargs) */
+
+static int
+days_in_month(int year, int month)
+{
+    static const int days[13] = {0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (month == 2 && year % 4 == 0 && (year % 100 != 0 || year % 400 == 0))
+        return 29;
+    return days[month];
+}
+
+/* The isoformat() text of a naive datetime's (10 bytes) or a date's (4 bytes) pickled
+ * state, or NULL without an exception where a field is out of the calendar (datetime's
+ * pickle path does not check them: the Python twin decides what such a value gives). */
+static PyObject *
+iso_text(const unsigned char *p, Py_ssize_t size)
+{
+    int year = (p[0] << 8) | p[1];
+    /* datetime keeps fold in the month byte's high bit; isoformat() does not show it */
+    int month = size == 10 ? (p[2] & 0x7F) : p[2];
+    int day = p[3];
+    if (year < 1 || year > 9999 || month < 1 || month > 12 || day < 1 || day > days_in_month(year, month))
+        return NULL;
+    char buf[40];
+    int n;
+    if (size == 4) {
+        n = snprintf(buf, sizeof buf, "%04d-%02d-%02d", year, month, day);
+    }
+    else {
+        int hour = p[4], minute = p[5], second = p[6];
+        long us = ((long)p[7] << 16) | ((long)p[8] << 8) | p[9];
+        if (hour > 23 || minute > 59 || second > 59 || us > 999999)
+            return NULL;
+        if (us)
+            n = snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06ld",
+                         year, month, day, hour, minute, second, us);
+        else
+            n = snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d",
+                         year, month, day, hour, minute, second);
+    }
+    return PyUnicode_FromStringAndSize(buf, n);
+}
+
+/* cls(*args, **kwargs) for a stand-in whose metaclass's __call__ this is */
+static PyObject *
+call_or_fallback(PyObject *fallback, Py_ssize_t size, PyObject *cls, PyObject *const *args,
+                 Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_reader_c.stand_in_call() was not called");
+        return NULL;
+    }
+    if (nargs == 1 && kwnames == NULL && PyBytes_CheckExact(args[0]) && PyBytes_GET_SIZE(args[0]) == size) {
+        PyObject *text = iso_text((const unsigned char *)PyBytes_AS_STRING(args[0]), size);
+        if (text != NULL || PyErr_Occurred())
+            return text;
+    }
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *small[8];
+    PyObject **all = nargs + nkw + 1 <= 8 ? small : PyMem_New(PyObject *, nargs + nkw + 1);
+    if (all == NULL)
+        return PyErr_NoMemory();
+    all[0] = cls;
+    memcpy(all + 1, args, (size_t)(nargs + nkw) * sizeof(PyObject *));
+    PyObject *result = PyObject_Vectorcall(fallback, all, (size_t)nargs + 1, kwnames);
+    if (all != small)
+        PyMem_Free(all);
+    return result;
+}
+
+static PyObject *
+datetime_call(PyObject *cls, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return call_or_fallback(datetime_fallback, 10, cls, args, nargs, kwnames);
+}
+
+static PyObject *
+date_call(PyObject *cls, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return call_or_fallback(date_fallback, 4, cls, args, nargs, kwnames);
+}
+
+static PyMethodDef datetime_call_def = {
+    "__call__", (PyCFunction)(void (*)(void))datetime_call, METH_FASTCALL | METH_KEYWORDS,
+    "A naive datetime's state bytes as isoformat() text; anything else as the Python __call__."};
+static PyMethodDef date_call_def = {
+    "__call__", (PyCFunction)(void (*)(void))date_call, METH_FASTCALL | METH_KEYWORDS,
+    "A date's state bytes as isoformat() text; anything else as the Python __call__."};
+
+static PyObject *
+stand_in_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    const char *kind = nargs == 3 && PyUnicode_Check(args[1]) ? PyUnicode_AsUTF8(args[1]) : NULL;
+    if (kind == NULL || !PyType_Check(args[0]) || !PyType_IsSubtype((PyTypeObject *)args[0], &PyType_Type) ||
+        !PyCallable_Check(args[2]) || (strcmp(kind, "datetime") != 0 && strcmp(kind, "date") != 0)) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "stand_in_call(metaclass, 'datetime' | 'date', fallback)");
+        return NULL;
+    }
+    int is_datetime = strcmp(kind, "datetime") == 0;
+    PyObject **slot = is_datetime ? &datetime_fallback : &date_fallback;
+    Py_XSETREF(*slot, Py_NewRef(args[2]));
+    return PyDescr_NewMethod((PyTypeObject *)args[0], is_datetime ? &datetime_call_def : &date_call_def);
+}
+
 static PyMethodDef methods[] = {
+    {"configure_refs", (PyCFunction)(void (*)(void))configure_refs, METH_FASTCALL,
+     "configure_refs(standin_meta, fallback): the stand-in metaclass and values.persistent_ref."},
+    {"persistent_ref", (PyCFunction)persistent_ref, METH_O,
+     "persistent_ref(pid): values.persistent_ref, its usual case in C."},
+    {"stand_in_call", (PyCFunction)(void (*)(void))stand_in_call, METH_FASTCALL,
+     "stand_in_call(metaclass, 'datetime' | 'date', fallback): a __call__ method for the metaclass."},
     {"find_class", (PyCFunction)(void (*)(void))find_class, METH_FASTCALL,
      "find_class(module, name): cache[(module, name)], else fallback(module, name)."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
@@ -319,7 +526,7 @@ static PyModuleDef_Slot m_slots[] = {
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT,
     "esindexer.convert._reader_c",
-    "C twins of esindexer.convert.reader.Source and values.standin's cache lookup.",
+    "C twins of esindexer.convert.reader.Source, values.standin's cache lookup, values.persistent_ref and the datetime and date stand-ins' calls.",
     sizeof(module_state),
     methods,
     m_slots,

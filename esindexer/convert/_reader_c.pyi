@@ -20,3 +20,14 @@ def configure(cache: dict[tuple[str, str], type], fallback: Callable[[str, str],
 
 def find_class(module: str, name: str, /) -> type:
     """``cache[(module, name)]`` when present, else ``fallback(module, name)``."""
+
+def configure_refs(standin_meta: type, fallback: Callable[[Any], dict[str, Any]], /) -> None:
+    """The stand-in metaclass and :func:`esindexer.convert.values.persistent_ref`; before
+    :func:`persistent_ref`."""
+
+def persistent_ref(pid: Any, /) -> dict[str, Any]:
+    """``values.persistent_ref(pid)``: the usual reference built in C, any other by it."""
+
+def stand_in_call(metaclass: type, kind: str, fallback: Callable[..., Any], /) -> Any:
+    """A ``__call__`` method for the ``datetime`` or ``date`` stand-in metaclass: the usual
+    state bytes as ``isoformat()`` text, any other call as ``fallback(cls, *args, **kwargs)``."""

@@ -169,37 +169,46 @@ def _reconstructor(args: tuple[Any, ...]) -> Any:
     return result
 
 
-class _DatetimeMeta(StandInMeta):
-    """Stand-in metaclass for ``datetime.datetime``: the usual call (a naive datetime's
-    10 state bytes, or a Python 2 str of them) is decoded right here, one Python call instead of two; the profile
-    of date-heavy records showed the call chain as their largest cost. Anything else
-    takes :func:`_datetime` as before."""
+def _datetime_call(cls: StandInMeta, *args: Any, **kwargs: Any) -> Any:
+    """The ``datetime.datetime`` stand-in's call: the usual call (a naive datetime's 10
+    state bytes, or a Python 2 str of them) is decoded right here, one Python call instead
+    of two; the profile of date-heavy records showed the call chain as their largest cost.
+    Anything else takes :func:`_datetime` as before. With the ``_reader_c`` extension, the
+    usual case is decoded in C and this is called for the rest (see the end of this module)."""
+    if len(args) == 1 and not kwargs:
+        state = args[0]
+        if type(state) is str:  # a Python 2 str, read with surrogateescape
+            state = state.encode("utf-8", "surrogateescape")
+        if type(state) is bytes and len(state) == 10:
+            return _dt.datetime(state).isoformat()  # type: ignore[call-arg, arg-type]  # its pickled state
+    elif len(args) == 2 and not kwargs:  # an aware datetime: (state, tzinfo)
+        state, tz = args
+        if type(state) is bytes and len(state) == 10 and tz is not None:
+            return _aware(_dt.datetime(state), tz)  # type: ignore[call-arg, arg-type]  # its pickled state
+    return StandInMeta.__call__(cls, *args, **kwargs)
 
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if len(args) == 1 and not kwargs:
-            state = args[0]
-            if type(state) is str:  # a Python 2 str, read with surrogateescape
-                state = state.encode("utf-8", "surrogateescape")
-            if type(state) is bytes and len(state) == 10:
-                return _dt.datetime(state).isoformat()  # type: ignore[call-arg, arg-type]  # its pickled state
-        elif len(args) == 2 and not kwargs:  # an aware datetime: (state, tzinfo)
-            state, tz = args
-            if type(state) is bytes and len(state) == 10 and tz is not None:
-                return _aware(_dt.datetime(state), tz)  # type: ignore[call-arg, arg-type]  # its pickled state
-        return StandInMeta.__call__(cls, *args, **kwargs)
+
+def _date_call(cls: StandInMeta, *args: Any, **kwargs: Any) -> Any:
+    """The same for ``datetime.date`` (4 state bytes); anything else takes :func:`_date`."""
+    if len(args) == 1 and not kwargs:
+        state = args[0]
+        if type(state) is str:  # a Python 2 str, read with surrogateescape
+            state = state.encode("utf-8", "surrogateescape")
+        if type(state) is bytes and len(state) == 4:
+            return _dt.date(state).isoformat()  # type: ignore[call-arg, arg-type]  # its pickled state
+    return StandInMeta.__call__(cls, *args, **kwargs)
+
+
+class _DatetimeMeta(StandInMeta):
+    """Stand-in metaclass for ``datetime.datetime``: calling the stand-in is :func:`_datetime_call`."""
+
+    __call__ = _datetime_call
 
 
 class _DateMeta(StandInMeta):
-    """The same for ``datetime.date`` (4 state bytes); anything else takes :func:`_date`."""
+    """Stand-in metaclass for ``datetime.date``: calling the stand-in is :func:`_date_call`."""
 
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if len(args) == 1 and not kwargs:
-            state = args[0]
-            if type(state) is str:  # a Python 2 str, read with surrogateescape
-                state = state.encode("utf-8", "surrogateescape")
-            if type(state) is bytes and len(state) == 4:
-                return _dt.date(state).isoformat()  # type: ignore[call-arg, arg-type]  # its pickled state
-        return StandInMeta.__call__(cls, *args, **kwargs)
+    __call__ = _date_call
 
 
 #: dotted name -> the metaclass of its stand-in type, where not StandInMeta.
@@ -217,3 +226,12 @@ SPECIAL: dict[str, Callable[[tuple[Any, ...]], Any]] = {
     "copyreg._reconstructor": _reconstructor,
 }
 
+try:
+    from esindexer.convert import _reader_c
+except ImportError:  # optional extension, not built here: the Python calls above
+    pass
+else:
+    # The usual datetime and date in C, the rest by the Python calls above (_reader_c.c).
+    # type.__setattr__: the metaclass's __call__ slot is updated as for any assignment.
+    type.__setattr__(_DatetimeMeta, "__call__", _reader_c.stand_in_call(_DatetimeMeta, "datetime", _datetime_call))
+    type.__setattr__(_DateMeta, "__call__", _reader_c.stand_in_call(_DateMeta, "date", _date_call))

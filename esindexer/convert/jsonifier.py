@@ -42,9 +42,10 @@ from esindexer.convert.cyclic import dumps_marked, plan
 from esindexer.convert.model import StandInType
 from esindexer.convert.reader import Source
 from esindexer.convert.reader import find_class as _find_class
+from esindexer.convert.reader import persistent_load as _persistent_load
 from esindexer.convert.scan import UnsafePickle, scan
 from esindexer.convert.surrogates import fix_in_place, refused_for_surrogates
-from esindexer.convert.values import fast_default, hashable_persistent_ref, persistent_ref
+from esindexer.convert.values import fast_default, hashable_persistent_ref
 from esindexer.convert.walk import walk
 
 __all__ = ["Conversion", "Decoded", "Jsonifier", "UnsafePickle", "default_skip_class", "json_normal"]
@@ -123,7 +124,7 @@ class _Unpickler(_CUnpickler):
     source: Any
 
     find_class = staticmethod(_find_class)
-    persistent_load = staticmethod(persistent_ref)
+    persistent_load = staticmethod(_persistent_load)
 
 
 class _CarefulUnpickler(_Unpickler):

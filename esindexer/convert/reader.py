@@ -7,7 +7,11 @@ global. From Python each is a C-to-Python call, ~10 per small record, which prof
 :class:`PySource` and :func:`esindexer.convert.values.standin` here, and their C twins
 in the optional extension ``_reader_c`` (``_reader_c.c``), used when it was built
 (tests/convert/test_reader.py checks they behave alike). :data:`Source` and
-:data:`find_class` are whichever is in use.
+:data:`find_class` are whichever is in use. So is :data:`persistent_load`, the
+unpickler's call for every persistent reference: the C twin builds the usual reference
+(an 8-byte oid and its class) itself and hands any other to
+:func:`esindexer.convert.values.persistent_ref`. (The datetime and date stand-ins'
+calls have their C fast path too: see the end of :mod:`esindexer.convert.constructors`.)
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from esindexer.convert.values import _CACHE, standin
+from esindexer.convert.model import StandInMeta
+from esindexer.convert.values import _CACHE, persistent_ref, standin
 
-__all__ = ["PySource", "Source", "find_class"]
+__all__ = ["PySource", "Source", "find_class", "persistent_load"]
 
 
 class PySource:
@@ -57,10 +62,12 @@ class PySource:
 
 Source: Callable[[], Any]
 find_class: Callable[[str, str], type]
+persistent_load: Callable[[Any], dict[str, Any]]
 try:
     from esindexer.convert import _reader_c
 except ImportError:  # no compiler at install time: the Python versions
-    Source, find_class = PySource, standin
+    Source, find_class, persistent_load = PySource, standin, persistent_ref
 else:
     _reader_c.configure(_CACHE, standin)
-    Source, find_class = _reader_c.Source, _reader_c.find_class
+    _reader_c.configure_refs(StandInMeta, persistent_ref)
+    Source, find_class, persistent_load = _reader_c.Source, _reader_c.find_class, _reader_c.persistent_ref
