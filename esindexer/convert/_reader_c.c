@@ -368,6 +368,17 @@ days_in_month(int year, int month)
     return days[month];
 }
 
+/* `width` decimal digits of 0 <= value < 10**width, zero-padded, at buf[*n] */
+static void
+digits(char *buf, Py_ssize_t *n, long value, int width)
+{
+    for (int i = width - 1; i >= 0; i--) {
+        buf[*n + i] = (char)('0' + value % 10);
+        value /= 10;
+    }
+    *n += width;
+}
+
 /* The isoformat() text of a naive datetime's (10 bytes) or a date's (4 bytes) pickled
  * state, or NULL without an exception where a field is out of the calendar (datetime's
  * pickle path does not check them: the Python twin decides what such a value gives). */
@@ -380,22 +391,29 @@ iso_text(const unsigned char *p, Py_ssize_t size)
     int day = p[3];
     if (year < 1 || year > 9999 || month < 1 || month > 12 || day < 1 || day > days_in_month(year, month))
         return NULL;
-    char buf[40];
-    int n;
-    if (size == 4) {
-        n = snprintf(buf, sizeof buf, "%04d-%02d-%02d", year, month, day);
-    }
-    else {
+    /* digits written by hand: snprintf's format parsing was a visible share of a date */
+    char buf[32];
+    Py_ssize_t n = 0;
+    digits(buf, &n, year, 4);
+    buf[n++] = '-';
+    digits(buf, &n, month, 2);
+    buf[n++] = '-';
+    digits(buf, &n, day, 2);
+    if (size == 10) {
         int hour = p[4], minute = p[5], second = p[6];
         long us = ((long)p[7] << 16) | ((long)p[8] << 8) | p[9];
         if (hour > 23 || minute > 59 || second > 59 || us > 999999)
             return NULL;
-        if (us)
-            n = snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06ld",
-                         year, month, day, hour, minute, second, us);
-        else
-            n = snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d",
-                         year, month, day, hour, minute, second);
+        buf[n++] = 'T';
+        digits(buf, &n, hour, 2);
+        buf[n++] = ':';
+        digits(buf, &n, minute, 2);
+        buf[n++] = ':';
+        digits(buf, &n, second, 2);
+        if (us) {
+            buf[n++] = '.';
+            digits(buf, &n, us, 6);
+        }
     }
     return PyUnicode_FromStringAndSize(buf, n);
 }
