@@ -42,6 +42,12 @@ setup(
             sources=["esindexer/convert/_reader_c.c"],
             optional=True,
         ),
+        # the follower's binary COPY rows (esindexer/source/copyrows.py); optional too
+        Extension(
+            "esindexer.source._copy_c",
+            sources=["esindexer/source/_copy_c.c"],
+            optional=True,
+        ),
         # the typed model's shaping of decoded states (esindexer/documents/fastshape.py); optional too
         Extension(
             "esindexer.documents._shape_c",

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from esindexer.errors import ConnectionBusy
+from esindexer.source import copyrows
 from esindexer.source.pg import is_idle
 
 #: States larger than this are read in pieces of this size (:meth:`Pages._read_in_pieces`).
@@ -134,8 +135,9 @@ class Pages:
         params = {"tid": self.tid, "zoid": self.zoid, "limit": limit, "budget": budget}
         try:
             with conn.cursor() as cur:
-                cur.execute(PLANNER + sql, params)
-                fetched = cur.fetchall()
+                # The parameters are four integers, written into the statement by psycopg2's
+                # own quoting: COPY takes no parameters. Binary COPY: esindexer.source.copyrows.
+                fetched: list[Any] = copyrows.fetch(cur, cur.mogrify(sql, params).decode(), PLANNER)
         finally:
             if not conn.autocommit and not conn.closed:
                 conn.rollback()  # our own read-only transaction
@@ -149,7 +151,7 @@ class Pages:
                     nbytes += size
                     continue
             else:
-                data = None if state is None else bytes(state)
+                data = state
             nbytes += 0 if data is None else len(data)
             rows.append((tid, zoid, data))
         return rows, len(fetched) < limit and nbytes < budget
