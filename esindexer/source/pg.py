@@ -31,6 +31,7 @@ import psycopg2.extensions
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from esindexer.errors import AlreadyRunning, SchemaError, SetupError
+from esindexer.source import copyrows
 
 if TYPE_CHECKING:
     from esindexer.config import Settings
@@ -282,27 +283,30 @@ class CurrentStates:
         self.conn = conn
         self._source: tuple[str, str] | None = None
 
-    def _query(self, columns: str, zoids: list[int]) -> list[tuple[Any, ...]]:
+    def _states(self, state: str, size: str, zoids: list[int]) -> list[tuple[int, int, bytes | None, int | None]]:
+        """``(zoid, tid, state, size)`` rows read as binary COPY (states as their bytes, not
+        hex text: :mod:`esindexer.source.copyrows`); ``state`` and ``size`` are the two
+        column expressions (bytea, bigint)."""
         if not zoids:
             return []
         with self.conn.cursor() as cur:
             if self._source is None:
                 self._source = current_revisions(cur)
             source, key = self._source
-            cur.execute(f"SELECT {key}, {columns} FROM unnest(%s::bigint[]) z(zoid) JOIN {source} "
-                        f"ON {key} = z.zoid", (zoids,))
-            rows: list[tuple[Any, ...]] = cur.fetchall()
+            query = cur.mogrify(f"SELECT {key}, s.tid, {state}, {size} FROM unnest(%s::bigint[]) z(zoid) "
+                                f"JOIN {source} ON {key} = z.zoid", (zoids,)).decode()
+            rows = copyrows.fetch(cur, query)
         self.conn.rollback()
         return rows
 
     def states(self, zoids: list[int]) -> dict[int, tuple[int, bytes | None]]:
-        return {int(z): (int(t), bytes(d) if d is not None else None) for z, t, d in self._query("s.tid, s.state", zoids)}
+        return {z: (t, d) for z, t, d, _ in self._states("s.state", "NULL::bigint", zoids)}
 
     def bounded(self, zoids: list[int], limit: int) -> dict[int, tuple[int, int, bytes | None]]:
         """``zoid -> (tid, size, state)``, the state only when it is at most ``limit`` bytes."""
-        rows = self._query(f"s.tid, coalesce(octet_length(s.state), 0), "
-                           f"CASE WHEN octet_length(s.state) <= {int(limit)} THEN s.state END", zoids)
-        return {int(z): (int(t), int(n), bytes(d) if d is not None else None) for z, t, n, d in rows}
+        rows = self._states(f"CASE WHEN octet_length(s.state) <= {int(limit)} THEN s.state END",
+                            "coalesce(octet_length(s.state), 0)::bigint", zoids)
+        return {z: (t, n or 0, d) for z, t, d, n in rows}
 
 
 def current_pages(conn: Any, page: int) -> Iterator[list[tuple[int, int, bytes | None]]]:
@@ -313,9 +317,9 @@ def current_pages(conn: Any, page: int) -> Iterator[list[tuple[int, int, bytes |
     after = -1
     while True:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT {key}, s.tid, s.state FROM {source} WHERE {key} > %s ORDER BY {key} LIMIT %s",
-                        (after, page))
-            rows = [(z, t, bytes(s) if s is not None else None) for z, t, s in cur.fetchall()]
+            query = cur.mogrify(f"SELECT {key}, s.tid, s.state, NULL::bigint FROM {source} WHERE {key} > %s "
+                                f"ORDER BY {key} LIMIT %s", (after, page)).decode()
+            rows = [(z, t, s) for z, t, s, _ in copyrows.fetch(cur, query)]  # binary: states as bytes
         conn.rollback()
         if not rows:
             return

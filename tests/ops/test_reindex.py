@@ -145,13 +145,18 @@ def test_interrupted_while_waiting_for_the_service_the_published_generation_is_f
     settings, alias, env = _live(db_dsn, es_url, es_prefix)
     holder = psycopg2.connect(db_dsn)
     service = None
+    jobs: list[ReindexProcess] = []
+    handover = ("FROM pg_stat_activity WHERE application_name LIKE 'esindexer handover%%' "
+                "AND datname = current_database()")
     try:
         source_pg.lock_client(holder, "esindexer-gen1")  # the service runs on gen1
         job = ReindexProcess(env, "--to", f"{alias}-gen2")
+        jobs.append(job)
         job.wait_line("next: restart the service", timeout=120)
-        cut = scalar(db_dsn, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                             "WHERE application_name LIKE 'esindexer handover%%' "
-                             "AND datname = current_database()")
+        # The handover's session opens just after that line: under load, a moment later.
+        wait_for(lambda: scalar(db_dsn, f"SELECT count(*) {handover}") == 1, timeout=30,
+                 message="the handover's session")
+        cut = scalar(db_dsn, f"SELECT count(pg_terminate_backend(pid)) {handover}")
         assert cut == 1
         time.sleep(2)
         assert job.proc.poll() is None, job.err  # a lost connection while waiting ends nothing
@@ -164,6 +169,7 @@ def test_interrupted_while_waiting_for_the_service_the_published_generation_is_f
         root["late"] = late = Page("committed while nobody follows gen2")
         transaction.commit()
         again = ReindexProcess(env, "--to", f"{alias}-gen2")
+        jobs.append(again)
         again.wait_line(f"{alias}-gen2 is already published", timeout=60)
         wait_for(lambda: zoid_of(late) in docs(es, alias), timeout=30, message="the late commit served")
         template = es.indices.get_index_template(name=f"{alias}-gen2-esindexer")["index_templates"][0]
@@ -175,6 +181,10 @@ def test_interrupted_while_waiting_for_the_service_the_published_generation_is_f
         assert "handed over: the service took client id" in out
     finally:
         holder.close()
+        for running in jobs:  # a failed assertion must not leave a job following for ever
+            if running.proc.poll() is None:
+                running.proc.kill()
+                running.proc.wait(10)
         if service is not None:
             assert service.stop() == 0, service.log()[-3000:]
     conn.close()
