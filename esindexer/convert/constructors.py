@@ -169,17 +169,26 @@ def _reconstructor(args: tuple[Any, ...]) -> Any:
     return result
 
 
+def _only_state(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes | None:
+    """The one positional argument of a call as bytes (a Python 2 str, read with
+    surrogateescape, as its bytes), or None for any other call."""
+    if len(args) != 1 or kwargs:
+        return None
+    state = args[0]
+    if type(state) is str:
+        state = state.encode("utf-8", "surrogateescape")
+    return state if type(state) is bytes else None
+
+
 def _datetime_call(cls: StandInMeta, *args: Any, **kwargs: Any) -> Any:
     """The ``datetime.datetime`` stand-in's call: the usual call (a naive datetime's 10
     state bytes, or a Python 2 str of them) is decoded right here, one Python call instead
     of two; the profile of date-heavy records showed the call chain as their largest cost.
     Anything else takes :func:`_datetime` as before. With the ``_reader_c`` extension, the
     usual case is decoded in C and this is called for the rest (see the end of this module)."""
-    if len(args) == 1 and not kwargs:
-        state = args[0]
-        if type(state) is str:  # a Python 2 str, read with surrogateescape
-            state = state.encode("utf-8", "surrogateescape")
-        if type(state) is bytes and len(state) == 10:
+    state = _only_state(args, kwargs)
+    if state is not None:
+        if len(state) == 10:
             return _dt.datetime(state).isoformat()  # type: ignore[call-arg, arg-type]  # its pickled state
     elif len(args) == 2 and not kwargs:  # an aware datetime: (state, tzinfo)
         state, tz = args
@@ -190,12 +199,9 @@ def _datetime_call(cls: StandInMeta, *args: Any, **kwargs: Any) -> Any:
 
 def _date_call(cls: StandInMeta, *args: Any, **kwargs: Any) -> Any:
     """The same for ``datetime.date`` (4 state bytes); anything else takes :func:`_date`."""
-    if len(args) == 1 and not kwargs:
-        state = args[0]
-        if type(state) is str:  # a Python 2 str, read with surrogateescape
-            state = state.encode("utf-8", "surrogateescape")
-        if type(state) is bytes and len(state) == 4:
-            return _dt.date(state).isoformat()  # type: ignore[call-arg, arg-type]  # its pickled state
+    state = _only_state(args, kwargs)
+    if state is not None and len(state) == 4:
+        return _dt.date(state).isoformat()  # type: ignore[call-arg, arg-type]  # its pickled state
     return StandInMeta.__call__(cls, *args, **kwargs)
 
 
