@@ -288,7 +288,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("unmapped_check_interval", _parse_float, 60.0,
             "Seconds between counts of documents holding fields the index did not map (field limit "
             "reached, or a value the mapping refused); sets esindexer_documents_with_unmapped_fields and "
-            "logs a warning naming the fields when the count grows; 0 turns it off.", group="observe"),
+            "logs a warning naming the fields when the count grows; at most every 600 s while a backlog is "
+            "worked through (a search wakes a search-idle index into refreshing: docs/performance.md); "
+            "0 turns it off.", group="observe"),
     Setting("progress_interval", _parse_float, 10.0,
             "Seconds between progress lines (rows done and left, rate, ETA) while a backlog is worked "
             "through and stderr is not a terminal (a terminal gets a live bar); 0 turns progress off.",

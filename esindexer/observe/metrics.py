@@ -285,6 +285,11 @@ class Metrics:
         with self._lock:
             self._state.live = live
 
+    def live(self) -> bool:
+        """Whether :meth:`set_live` last said so (False before the first settled batch)."""
+        with self._lock:
+            return bool(self._state.live)
+
     def set_standby(self, standby: bool) -> None:
         """Whether this process stands by for the client id's lock (readiness fails meanwhile)."""
         with self._lock:

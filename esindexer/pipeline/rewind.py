@@ -43,6 +43,7 @@ from typing import Any
 
 from esindexer.config import Settings
 from esindexer.observe.metrics import Metrics
+from esindexer.pipeline.fieldwatch import search_every
 from esindexer.sink import Sink
 from esindexer.source import deletions, follow, partitions, pg, progress
 from esindexer.source.tid import tid_to_datetime
@@ -166,7 +167,8 @@ def reread_to(conn: Any, settings: Settings, database_tid: int) -> bool:
 class Resync:
     """The service's watch on the database's place in time, in a thread of its own.
 
-    While the indices carry no mark it checks again every :attr:`check_every` seconds (a
+    While the indices carry no mark it checks again every :attr:`check_every` seconds (every
+    :data:`~esindexer.pipeline.fieldwatch.BACKLOG_SEARCH_EVERY` while a backlog is worked through; a
     database restored under a running service, ``pg_restore --clean`` say, need not drop
     its connections; the pipeline checks at each of its starts). While they carry one it
     keeps ``esindexer_database_behind_index`` at 1, waits for the service to re-read the
@@ -228,7 +230,9 @@ class Resync:
             pause = self.interval
             try:
                 if not self._behind:  # one check a minute; the mark is read only by it meanwhile
-                    if time.monotonic() - last_check >= self.check_every:
+                    # (at most one in ten minutes while a backlog is worked through: each
+                    # search wakes a search-idle index into refreshing, esindexer.pipeline.fieldwatch)
+                    if time.monotonic() - last_check >= search_every(self.check_every, self.metrics.live()):
                         last_check = time.monotonic()
                         mark, evidence, _ = self._with_conn(lambda conn: check(conn, self.sink,
                                                                                  self.settings.worker_id))
