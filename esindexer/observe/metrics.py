@@ -285,10 +285,12 @@ class Metrics:
         with self._lock:
             self._state.live = live
 
-    def live(self) -> bool:
-        """Whether :meth:`set_live` last said so (False before the first settled batch)."""
-        with self._lock:
-            return bool(self._state.live)
+    def working_through_backlog(self) -> bool:
+        """Whether this process is behind the source and its last settled batch was not read
+        caught up: a backfill, or a backlog after an outage. Not a caught-up service that
+        has had no batch since its start, nor a live one whose last commit is being indexed."""
+        state = self._snapshot()
+        return not state.live and self._lag_from(state) > 0
 
     def set_standby(self, standby: bool) -> None:
         """Whether this process stands by for the client id's lock (readiness fails meanwhile)."""

@@ -17,8 +17,8 @@ and each refresh leaves a small segment that every later versioned write looks i
 in. In a 10^6-object backfill, two searches a minute kept the index refreshing for half
 of the run (47-50 refreshes against the raw bulk's 21-22), and the node's indexing time
 per document grew by a fifth (docs/performance.md, *The node's work at 10^6*). Once the
-service is caught up, a check searches every interval again: a live index is searched by
-its users anyway.
+service is caught up (or was already at its start), a check searches every interval
+again: a live index is searched by its users anyway.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ log = logging.getLogger(__name__)
 BACKLOG_SEARCH_EVERY = 600.0
 
 
-def search_every(interval: float, live: bool) -> float:
-    """The seconds a periodic search waits: ``interval`` once caught up (``live``), and
-    at least :data:`BACKLOG_SEARCH_EVERY` while a backlog is worked through."""
-    return interval if live else max(interval, BACKLOG_SEARCH_EVERY)
+def search_every(interval: float, backlog: bool) -> float:
+    """The seconds a periodic search waits: at least :data:`BACKLOG_SEARCH_EVERY` while a
+    backlog is worked through (:meth:`Metrics.working_through_backlog`), else ``interval``."""
+    return max(interval, BACKLOG_SEARCH_EVERY) if backlog else interval
 
 
 class FieldWatch:
@@ -85,6 +85,6 @@ class FieldWatch:
     def _run(self) -> None:
         last = time.monotonic()
         while not self._closed.wait(self.interval):
-            if time.monotonic() - last >= search_every(self.interval, self.metrics.live()) - 0.01:
+            if time.monotonic() - last >= search_every(self.interval, self.metrics.working_through_backlog()) - 0.01:
                 last = time.monotonic()
                 self.check()

@@ -232,7 +232,7 @@ class Resync:
                 if not self._behind:  # one check a minute; the mark is read only by it meanwhile
                     # (at most one in ten minutes while a backlog is worked through: each
                     # search wakes a search-idle index into refreshing, esindexer.pipeline.fieldwatch)
-                    if time.monotonic() - last_check >= search_every(self.check_every, self.metrics.live()):
+                    if time.monotonic() - last_check >= search_every(self.check_every, self.metrics.working_through_backlog()):
                         last_check = time.monotonic()
                         mark, evidence, _ = self._with_conn(lambda conn: check(conn, self.sink,
                                                                                  self.settings.worker_id))

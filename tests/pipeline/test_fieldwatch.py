@@ -16,12 +16,25 @@ from tests.indexing import make_settings
 from tests.support import wait_for
 
 
-@pytest.mark.parametrize("interval, live, expected", [
-    (60.0, True, 60.0), (60.0, False, BACKLOG_SEARCH_EVERY), (0.5, False, BACKLOG_SEARCH_EVERY),
-    (3600.0, False, 3600.0), (3600.0, True, 3600.0),
+@pytest.mark.parametrize("interval, backlog, expected", [
+    (60.0, False, 60.0), (60.0, True, BACKLOG_SEARCH_EVERY), (0.5, True, BACKLOG_SEARCH_EVERY),
+    (3600.0, True, 3600.0), (3600.0, False, 3600.0),
 ])
-def test_a_backlog_spaces_the_searches_out(interval, live, expected):
-    assert search_every(interval, live) == expected
+def test_a_backlog_spaces_the_searches_out(interval, backlog, expected):
+    assert search_every(interval, backlog) == expected
+
+
+def test_a_backlog_is_being_behind_with_batches_read_behind():
+    newest = 300_000_000_000_000_000  # a tid of 2026
+    metrics = Metrics(process_metrics=False)
+    assert not metrics.working_through_backlog()  # nothing known yet
+    metrics.record_source_latest(newest)
+    metrics.record_progress(newest)  # caught up at its start, no batch yet: not a backlog
+    assert not metrics.working_through_backlog()
+    metrics.record_progress(-1)  # a backfill from the start
+    assert metrics.working_through_backlog()
+    metrics.set_live(True)  # its last batch was read caught up: a commit being indexed, not a backlog
+    assert not metrics.working_through_backlog()
 
 
 class _Counted:
@@ -41,6 +54,8 @@ def test_the_field_watch_searches_once_caught_up_and_seldom_before(db_dsn, es_ur
     sink = ElasticsearchSink(settings)
     sink.ensure_indices()
     counted, metrics = _Counted(sink), Metrics(process_metrics=False)
+    metrics.record_source_latest(300_000_000_000_000_000)
+    metrics.record_progress(-1)  # a backfill: nothing indexed yet
     watch = FieldWatch(counted, 0.2, metrics)  # type: ignore[arg-type]  # the sink's one method it calls
     watch.start()
     try:
