@@ -64,6 +64,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +137,19 @@ DEFAULT_ORDER = ("baseline,flattened,dynamic,refresh-30s,concurrency-1,concurren
 
 def sentence(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+@contextmanager
+def corpus_database(pg: str, objects: int, per_txn: int = 1000) -> Iterator[str]:
+    """The DSN of a scratch history-free database holding the corpus (dropped afterwards):
+    for the benchmarks that measure something else than writing it."""
+    with fresh_database(pg, prefix="esbench") as dsn:
+        db = open_zodb(dsn, keep_history=False)
+        try:
+            write_corpus(db, objects, per_txn)
+        finally:
+            db.close()
+        yield dsn
 
 
 def write_corpus(db: Any, objects: int, per_txn: int, seed: int = 7) -> int:

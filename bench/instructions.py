@@ -87,15 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     import backfill
 
     from esindexer.source import follow
-    from tests.support import fresh_database, open_zodb, servers_from_env
+    from tests.support import servers_from_env
 
     pg, _ = servers_from_env()
-    with fresh_database(pg, prefix="esbench") as dsn:
-        db = open_zodb(dsn, keep_history=False)
-        try:
-            backfill.write_corpus(db, args.objects, 1000)
-        finally:
-            db.close()
+    with backfill.corpus_database(pg, args.objects) as dsn:
         rows = [(tid, zoid, bytes(data) if data is not None else None)
                 for batch in follow.updates(dsn, end_tid=follow.latest_tid(dsn)) for tid, zoid, data in batch]
     if len(rows) < 500 + args.rows:

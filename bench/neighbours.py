@@ -39,7 +39,7 @@ from esindexer.documents import DocumentBuilder  # noqa: E402
 from esindexer.es.admin import ensure_indices  # noqa: E402
 from esindexer.es.client import make_es_client  # noqa: E402
 from esindexer.source import follow  # noqa: E402
-from tests.support import fresh_database, open_zodb, servers_from_env  # noqa: E402
+from tests.support import servers_from_env  # noqa: E402
 
 #: A process that spins for ``duty`` of every 20 ms and sleeps the rest.
 SPINNER = ("import time\nwhile True:\n t = time.perf_counter()\n"
@@ -96,12 +96,7 @@ def main() -> int:
     duties = [float(x) for x in args.duty.split(",") if x]
     pg, es_url = servers_from_env()
     backfill.compiled(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    with fresh_database(pg, prefix="esbench") as db_dsn:
-        db = open_zodb(db_dsn, keep_history=False)
-        try:
-            backfill.write_corpus(db, args.objects, 1000)
-        finally:
-            db.close()
+    with backfill.corpus_database(pg, args.objects) as db_dsn:
         settings = load_settings(env={"ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url,
                                       "ESINDEXER_INDEX_PREFIX": "bench-neighbours", "ESINDEXER_INDEX_REPLICAS": "0"})
         jsonifier, builder = build_jsonifier(settings), DocumentBuilder(settings)
