@@ -4,9 +4,10 @@ Why: a ``bytea`` column comes back from a query as hex text. PostgreSQL writes t
 characters per byte, the socket carries twice the state, and psycopg2 parses the hex
 back into a buffer that is then copied into ``bytes``. Read with ``COPY (query) TO STDOUT
 (FORMAT binary)``, each state travels as its own bytes. On the benchmark corpus (105,519
-records, 82 MB of state) that took the follower's reads from 0.41 s of Python and 0.63 s
-of PostgreSQL CPU to about a third of each (docs/performance.md, *The follower's reads
-as binary COPY*): CPU the search node gets back on a machine it shares.
+records, 82 MB of state) that took the follower's reads from 0.42-0.44 s of Python and
+0.58-0.59 s of PostgreSQL CPU to 0.22 s and 0.38-0.41 s (docs/performance.md, *The
+unpickler's calls per value in C, and the follower's reads as binary COPY*): CPU that
+the search node, on the same machine, can use.
 
 The stream (PostgreSQL's documentation, *COPY*, "Binary Format"): an 11-byte
 signature, a 32-bit flags field, a 32-bit header-extension length and that many bytes;
