@@ -253,13 +253,9 @@ def current_revisions(cur: psycopg2.extensions.cursor) -> tuple[str, str]:
 
 
 def current_states(conn: Any, zoids: list[int]) -> dict[int, tuple[int, bytes | None]]:
-    """``zoid -> (tid, state)`` of the current revisions (history-free or -preserving)."""
-    with conn.cursor() as cur:
-        source, key = current_revisions(cur)
-        cur.execute(f"SELECT {key}, s.tid, s.state FROM {source} WHERE {key} = ANY(%s)", (zoids,))
-        rows = {z: (t, bytes(s) if s is not None else None) for z, t, s in cur.fetchall()}
-    conn.rollback()
-    return rows
+    """``zoid -> (tid, state)`` of the current revisions (history-free or -preserving), read
+    as :meth:`CurrentStates.states` reads them (binary COPY)."""
+    return CurrentStates(conn).states(zoids)
 
 
 def current_tids(conn: Any, zoids: list[int]) -> dict[int, int]:
