@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import psycopg2  # noqa: E402
 
-from esindexer.objects.store import GraphStore, RecordFacts  # noqa: E402
+from esindexer.objects.edges import RecordFacts  # noqa: E402
+from esindexer.objects.store import GraphStore  # noqa: E402
 from esindexer.source import graph  # noqa: E402
 from tests.support import fresh_database  # noqa: E402
 

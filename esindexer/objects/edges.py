@@ -18,6 +18,7 @@ Pure functions of the converted state: no database, no class imported.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 #: An edge: ``(zoid it refers to, the key it is held under or None, listed)``; *listed*: an
@@ -27,6 +28,17 @@ Edge = tuple[int, str | None, bool]
 
 ROOT_ZOID = 0
 _META_PREFIX = "::"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFacts:
+    """What the graph needs of one record's current state."""
+
+    zoid: int
+    tid: int
+    class_name: str | None
+    name: str | None
+    edges: list[Edge]
 
 
 def is_btree_class(class_name: str | None) -> bool:

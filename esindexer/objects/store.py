@@ -8,8 +8,8 @@ re-paths everything below). It returns the objects whose documents must be rewri
 records them as *dirty* in the same transaction; the pipeline removes them once
 Elasticsearch accepted the documents (:meth:`settle`), so a crash in between loses none.
 
-A backfill appends its batches to staging tables instead (``resolve=False``), which
-:meth:`GraphStore.resolve_all` moves into the graph and resolves at once.
+A backfill writes its batches' records into the graph unresolved instead (``resolve=False``);
+:meth:`GraphStore.resolve_all` resolves the whole graph at once.
 
 Memory stays bounded: nothing of the graph is kept in the process; one batch's records
 and the zoids its changes reach are all it holds.
@@ -17,34 +17,25 @@ and the zoids its changes reach are all it holds.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg2.errors
 import psycopg2.extras
 
 from esindexer.objects import graph_sql as q
-from esindexer.objects.edges import ROOT_ZOID, Edge
-from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES, STAGE_EDGES, STAGE_NODES
+from esindexer.objects import unresolved
+from esindexer.objects.edges import ROOT_ZOID, RecordFacts
+from esindexer.objects.unresolved import latest_of
+from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES
 
 log = logging.getLogger(__name__)
 
 #: Deeper than this is a cycle or a broken tree, not an application: placement stops there.
 MAX_DEPTH = 1_000
-
-
-@dataclass(frozen=True, slots=True)
-class RecordFacts:
-    """What the graph needs of one record's current state."""
-
-    zoid: int
-    tid: int
-    class_name: str | None
-    name: str | None
-    edges: list[Edge]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +136,7 @@ class GraphStore:
                 with self.conn.cursor() as cur:
                     self._serialise(cur)
                     dirty = (self._apply(cur, records, deleted) if resolve
-                             else self._write_unresolved(cur, records, deleted, tid))
+                             else unresolved.write(cur, self.client_id, records, deleted, tid))
                     version = self._finish(cur, tid, dirty, complete=resolve)
                 self.conn.commit()
             except BaseException:
@@ -173,47 +164,10 @@ class GraphStore:
                 [(self.client_id, z, version) for z in dirty], page_size=1000)
         return version
 
-    def _write_unresolved(self, cur: Any, records: list[RecordFacts], deleted: list[int], tid: int) -> list[int]:
-        """A backfill's batch: appended with COPY to the staging tables, nothing resolved
-        (:meth:`resolve_all` moves them into the graph). A deletion is a *gone* row at the
-        batch's tid. Rows are tagged with this transaction's id: a batch staged again (read
-        again after a crash) adds rows, never one record's edges twice."""
-        latest = _latest(records)
-        gone = sorted(set(deleted) - set(latest))
-        if not latest and not gone:
-            return []
-        cur.execute("SELECT txid_current()")
-        batch = int(cur.fetchone()[0])
-        client = _text(self.client_id)
-        nodes = [f"{client},{f.zoid},{f.tid},{batch},{_text(f.class_name)},{_text(f.name)},f\n" for f in latest.values()]
-        nodes += [f"{client},{zoid},{tid},{batch},,,t\n" for zoid in gone]
-        cur.copy_expert(f"COPY {STAGE_NODES} (client_id, zoid, tid, batch, class_name, name, gone) FROM STDIN "
-                        "WITH (FORMAT csv)", io.StringIO("".join(nodes)))
-        edges = [f"{client},{f.zoid},{batch},{dst},{_text(key)},{'t' if listed else 'f'}\n" for f in latest.values()
-                 for dst, key, listed in dict.fromkeys(f.edges)]  # (a record's same edge twice: once)
-        if edges:
-            cur.copy_expert(f"COPY {STAGE_EDGES} (client_id, src, batch, dst, key, listed) FROM STDIN WITH (FORMAT csv)",
-                            io.StringIO("".join(edges)))
-        return []
-
-    def _materialize(self, cur: Any) -> None:
-        """Move the staged records into the graph: each record's latest staged row (a
-        deletion wins a tie) replaces its node and edges; then the staging rows go."""
-        c = {"c": self.client_id}
-        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {STAGE_NODES} WHERE client_id = %(c)s)", c)
-        if not cur.fetchone()[0]:
-            return
-        cur.execute(q.STAGED, c)
-        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {NODES} WHERE client_id = %(c)s)", c)
-        replacing = bool(cur.fetchone()[0])
-        if replacing:  # not a fresh graph: rows to replace (a newer one stays)
-            cur.execute(q.STAGED_REPLACE, c)
-        cur.execute(q.STAGED_INSERT if replacing else q.STAGED_INSERT_FRESH, c)
-
     def _write(self, cur: Any, records: list[RecordFacts], deleted: list[int]) -> tuple[list[int], Any]:
         """Write the batch's records (names, edges); returns ``([], what changed)``."""
         c = self.client_id
-        latest = _latest(records)
+        latest = latest_of(records)
         gone = set(deleted) - set(latest)
         cur.execute(f"SELECT zoid, tid, name, owner, in_tree, class_name FROM {NODES} "
                     "WHERE client_id = %s AND zoid = ANY(%s)", (c, list(latest) + list(gone)))
@@ -337,7 +291,7 @@ class GraphStore:
             try:
                 with self.conn.cursor() as cur:
                     self._serialise(cur)
-                    self._materialize(cur)
+                    unresolved.materialize(cur, self.client_id)
                     cur.execute(f"ANALYZE {NODES}; ANALYZE {EDGES}")  # written in bulk: plans need their statistics
                     cur.execute(q.ITEMS_ALL, {"c": c})
                     cur.execute(f"UPDATE {NODES} n SET listed = true WHERE n.client_id = %(c)s AND NOT n.listed AND "
@@ -371,18 +325,3 @@ class GraphStore:
         if not quiet:
             log.info("object graph resolved: %d objects in the tree", len(dirty), extra={"count": len(dirty)})
         return dirty, version
-
-
-def _latest(records: list[RecordFacts]) -> dict[int, RecordFacts]:
-    """The newest state of each record in a batch."""
-    latest: dict[int, RecordFacts] = {}
-    for facts in records:
-        if facts.zoid not in latest or latest[facts.zoid].tid <= facts.tid:
-            latest[facts.zoid] = facts
-    return latest
-
-
-def _text(value: str | None) -> str:
-    """A text value for COPY (CSV): None unquoted (NULL), a string quoted (so ``""`` stays
-    an empty string: the root's name), NUL dropped (PostgreSQL text cannot hold it)."""
-    return "" if value is None else '"' + value.replace("\x00", "").replace('"', '""') + '"'

@@ -50,7 +50,10 @@ def describe(conn: Any, settings: Settings, zoid: int, es: Any = None,
         out.update(kind="unknown", why="not in the object graph (not read yet, or gone)")
         return out
     out.update(name=node.name, holders=_holders(conn, settings.client_id, zoid))
-    if node.in_tree:
+    if not out["graph_complete"] and not node.in_tree and node.owner is None:
+        out.update(kind="unresolved", why="read into the object graph, which a backfill is still building: its "
+                                          "owner and place are computed once the backlog is read")
+    elif node.in_tree:
         parts = store.parts([zoid]).get(zoid, [])
         out.update(path=node.path, parent=node.parent, depth=node.depth,
                    parts={"total": len(parts), "shown": sorted(parts)[:SHOWN]})

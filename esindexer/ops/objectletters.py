@@ -18,8 +18,8 @@ from esindexer.config import Settings
 from esindexer.convert.jsonifier import Conversion, Jsonifier, Kind
 from esindexer.documents import Action, DocumentBuilder
 from esindexer.objects.assemble import assemble
-from esindexer.objects.edges import record_edges, record_name
-from esindexer.objects.store import GraphStore, RecordFacts
+from esindexer.objects.edges import RecordFacts, record_edges, record_name
+from esindexer.objects.store import GraphStore
 from esindexer.pipeline.objectreader import object_class_filter
 from esindexer.source import pg
 

@@ -33,8 +33,8 @@ from esindexer.documents import Action, DocumentBuilder
 from esindexer.es.repair import Write, send_writes
 from esindexer.es.scan import Held, held_now
 from esindexer.objects.assemble import assemble
-from esindexer.objects.edges import record_edges, record_name
-from esindexer.objects.store import GraphStore, RecordFacts
+from esindexer.objects.edges import RecordFacts, record_edges, record_name
+from esindexer.objects.store import GraphStore
 from esindexer.pipeline.objectreader import object_class_filter
 from esindexer.source import deletions, graph, pg
 from esindexer.source.graph import APPLIED, EDGES, NODES

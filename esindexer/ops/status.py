@@ -253,7 +253,7 @@ def status_lines(report: dict[str, Any]) -> list[str]:
         text["object_graph"] = "none yet (the service has not run with documents=objects)" if model is None else (
             (f"complete at tid {model['tid']}" if model["complete"] else
              f"being built (a backfill: read up to tid {model['tid']}, {model.get('staged_records', 0):,} records "
-             "staged; every document is written once it is read)")
+             "read into it; every document is written once it is read)")
             + f"; {model['in_tree']:,} records in the tree; {model['documents_to_write']:,} documents to write")
     behind = report.get("database_behind")
     if behind is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -25,11 +26,12 @@ from esindexer.convert.jsonifier import Decoded, Kind
 from esindexer.documents import Action
 from esindexer.errors import SetupError
 from esindexer.objects.assemble import Group, assemble, build, read_groups
-from esindexer.objects.edges import record_edges, record_name
-from esindexer.objects.store import GraphStore, RecordFacts
+from esindexer.objects.edges import RecordFacts, record_edges, record_name
+from esindexer.objects.store import GraphStore
 from esindexer.pipeline.ahead import read_ahead
 from esindexer.pipeline.committer import BatchInFlight
 from esindexer.pipeline.reader import BatchReader, RequestBuffer
+from esindexer.sink import SendResult
 from esindexer.source import graph, pg
 from esindexer.source.deadletters import DeadLetter
 from esindexer.source.pages import Row
@@ -52,6 +54,10 @@ class ObjectBatchReader(BatchReader):
         #: and the tid a bounded run stops at
         self.caught_up: Callable[[], bool] = lambda: False
         self.end_tid: int | None = None
+        #: a backfill's batches are written into the graph on a thread of their own, while
+        #: the reader decodes the next batch (PostgreSQL's work on the other core)
+        self._graph_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esindexer-graph")
+        self._graph_write: Future[SendResult] | None = None
 
     @property
     def connections(self) -> tuple[Any, Any]:
@@ -60,6 +66,7 @@ class ObjectBatchReader(BatchReader):
 
     def close(self) -> None:
         super().close()
+        self._graph_writer.shutdown(wait=not self._abandon.is_set(), cancel_futures=True)
         for conn in self.connections:
             try:
                 conn.close()
@@ -144,17 +151,38 @@ class ObjectBatchReader(BatchReader):
                 return None
         if batch.last_tid < 0:
             return batch
-        if self._fence is not None:
-            self._fence()
         if not self.building:
+            if self._fence is not None:
+                self._fence()
             dirty, version = self.store.apply(facts, deleted, batch.last_tid)
         else:
-            dirty, version = self.store.apply(facts, deleted, batch.last_tid, resolve=False)
+            batch.futures.append(self._write_unresolved(facts, deleted, batch.last_tid))
+            dirty, version = [], batch.last_tid
             if self.caught_up() or (self.end_tid is not None and batch.last_tid >= self.end_tid):
                 dirty, version = self._resolve(batch.last_tid)
         return self._write(batch, dirty, version, raise_failure)
 
+    def _write_unresolved(self, facts: list[RecordFacts], deleted: list[int], tid: int) -> Future[SendResult]:
+        """A backfill's batch, written into the graph on the graph writer's thread.
+
+        The reader decodes the next batch meanwhile; it waits for the write before this one
+        (at most two batches' facts are held). The batch's progress waits for the write
+        as for a bulk request: the future is one of its requests, with nothing to count."""
+        if self._graph_write is not None:
+            self._graph_write.result()  # a failure is the pipeline's: it stops here
+
+        def write() -> SendResult:
+            if self._fence is not None:
+                self._fence()
+            self.store.apply(facts, deleted, tid, resolve=False)
+            return SendResult()
+
+        self._graph_write = self._graph_writer.submit(write)
+        return self._graph_write
+
     def _resolve(self, tid: int) -> tuple[list[int], int]:
+        if self._graph_write is not None:
+            self._graph_write.result()  # every batch written before the graph is resolved
         log.info("backfill read: resolving the object graph", extra={"tid": tid})
         dirty, version = self.store.resolve_all(tid)
         self.building = False

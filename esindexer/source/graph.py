@@ -6,9 +6,9 @@ record seen (its name, its owner when it is unnamed, its place when it is in the
 rewritten (written in the transaction that changed the graph, removed in the progress
 transaction once the search engine accepted them: a crash in between leaves them to be
 rebuilt at the next start), ``applied`` the last tid the graph reflects. A backfill
-(a new client id) rebuilds all of it from the records: its batches are appended, with
-COPY, to the unindexed ``stage_nodes`` and ``stage_edges`` (a deletion is a ``gone``
-row), which the resolution at its end moves into ``nodes`` and ``edges`` at once.
+(a new client id) rebuilds all of it from the records: its batches are written into
+``nodes`` and ``edges`` unresolved (no owner, no place) and resolved at its end; a
+deletion meanwhile is a ``gone`` row in ``stage_nodes``, applied by the resolution.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ CREATE TABLE IF NOT EXISTS {DIRTY} (
     client_id text NOT NULL, zoid bigint NOT NULL, as_of bigint NOT NULL, PRIMARY KEY (client_id, zoid));
 CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT NULL,
     complete boolean NOT NULL DEFAULT false);
--- a backfill's batches, appended as read (no index: COPY only); ``batch`` tells one
--- staging transaction from another (a batch read again after a crash is staged again)
+-- a backfill's deletions (gone) until it resolves the graph (and the records an older version
+-- staged here); ``batch`` tells one staging transaction from another
 CREATE TABLE IF NOT EXISTS {STAGE_NODES} (
     client_id text NOT NULL, zoid bigint NOT NULL, tid bigint NOT NULL, batch bigint NOT NULL,
     class_name text, name text, gone boolean NOT NULL);
@@ -110,9 +110,12 @@ def summary(conn: Any, client_id: str) -> dict[str, Any] | None:
         cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (client_id,))
         dirty = int(cur.fetchone()[0])
         staged = 0
-        if not row[1] and has_relation(cur, STAGE_NODES):  # a backfill still staging its records
-            # records, not rows: a batch read again after a crash is staged again (two rows)
-            cur.execute(f"SELECT count(DISTINCT zoid) FROM {STAGE_NODES} WHERE client_id = %s AND NOT gone", (client_id,))
+        if not row[1]:  # a backfill writing the graph unresolved: the records read into it so far
+            # records, not rows: what an older version staged (a backfill it began) counts once
+            legacy = (f"UNION SELECT zoid FROM {STAGE_NODES} WHERE client_id = %(c)s AND NOT gone"
+                      if has_relation(cur, STAGE_NODES) else "")
+            cur.execute(f"SELECT count(*) FROM (SELECT zoid FROM {NODES} WHERE client_id = %(c)s {legacy}) r",
+                        {"c": client_id})
             staged = int(cur.fetchone()[0])
     conn.rollback()
     return {"tid": int(row[0]), "complete": bool(row[1]), "in_tree": in_tree, "documents_to_write": dirty,

@@ -32,7 +32,7 @@ TABLE_RIGHTS: dict[str, tuple[str, ...]] = {
     graph.EDGES: ("SELECT", "INSERT", "UPDATE", "DELETE"),  # UPDATE: which edges hold listed items
     graph.DIRTY: ("SELECT", "INSERT", "UPDATE", "DELETE"),
     graph.APPLIED: ("SELECT", "INSERT", "UPDATE", "DELETE"),  # DELETE: forget() (verify --deep's scratch graph)
-    graph.STAGE_NODES: ("SELECT", "INSERT", "DELETE"),  # a backfill's batches, moved into NODES/EDGES at its end
+    graph.STAGE_NODES: ("SELECT", "INSERT", "DELETE"),  # a backfill's deletions, applied when it resolves the graph
     graph.STAGE_EDGES: ("SELECT", "INSERT", "DELETE"),
 }
 

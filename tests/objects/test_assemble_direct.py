@@ -24,8 +24,8 @@ from esindexer.convert.configure import build_jsonifier
 from esindexer.convert.jsonifier import Jsonifier, Kind
 from esindexer.documents import DocumentBuilder
 from esindexer.objects.assemble import ObjectView, build, read_groups
-from esindexer.objects.edges import record_edges, record_name
-from esindexer.objects.store import GraphStore, RecordFacts
+from esindexer.objects.edges import RecordFacts, record_edges, record_name
+from esindexer.objects.store import GraphStore
 from esindexer.source import graph, pg
 from tests.indexing import make_settings
 

@@ -1,6 +1,9 @@
-"""A backfill's graph staged batch by batch, then moved into the graph and resolved at once
+"""A backfill's graph written unresolved batch by batch (``apply(resolve=False)``: records
+straight into the graph's tables, deletions staged), then resolved at once
 (:meth:`GraphStore.resolve_all`), is the graph the batches give applied one at a time
-(``apply(resolve=True)``): same nodes, edges (none twice), owners and paths."""
+(``apply(resolve=True)``): same nodes, edges (none twice), owners and paths; also when a
+batch is read again after a crash, before or after a deletion, and over rows an older
+version staged."""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from esindexer.objects.store import GraphStore, RecordFacts
+from esindexer.objects.edges import RecordFacts
+from esindexer.objects.store import GraphStore
 from esindexer.source import graph, schema
 
 FOLDER, ITEM, TREE, BUCKET = "app.Folder", "app.Item", "BTrees.OOBTree.OOBTree", "BTrees.OOBTree.OOBucket"
@@ -131,19 +135,39 @@ def test_staged_backfill_gives_the_graph_of_batches_applied_one_by_one(conn, rep
     assert dirty == sorted(r[0] for r in want_nodes if r[6] and is_object(r[2]))
 
 
-def test_staging_writes_nothing_into_the_graph_until_resolved(conn):
+def test_a_backfill_writes_records_unresolved_until_resolve_all(conn):
     store = GraphStore(conn, "staged", is_object)
     steps = history()
     for facts, deleted, tid, pack in steps[:3]:
         assert store.apply(facts, deleted, store.applied_tid() if pack else tid, resolve=False) == ([], max(tid, 5))
-    assert nodes(conn, "staged") == [] and edges(conn, "staged") == []
+    written = nodes(conn, "staged")
+    assert [r[0] for r in written] == [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15]  # 6 packed: staged, not applied
+    assert all(r[5] is None and not r[6] and r[7] is None and r[9] is None for r in written)  # no owner, no place
+    assert (3, 20) in {(r[0], r[1]) for r in written}  # read at 18, then at 20: the newer state
+    assert edges(conn, "staged")
     summary = graph.summary(conn, "staged")
     assert summary is not None and not summary["complete"]
-    assert summary["staged_records"] == 14  # distinct records staged (6, packed since, counted)
+    assert summary["staged_records"] == 14  # the records read into the graph (6, packed since, counted)
     store.resolve_all(20)
     summary = graph.summary(conn, "staged")
     assert summary is not None and summary["complete"] and summary["staged_records"] == 0
     assert summary["in_tree"] == 7  # 0, 1, 2, 3, 12, 13, 15
+    assert staged(conn, "staged") == 0
+
+
+def test_a_batch_read_again_after_a_deletion_does_not_bring_its_record_back(conn):
+    """A crash after a pack deletion was applied and before the batch's progress was saved:
+    the batch is read again, with the deleted record at its old tid; the deletion stays."""
+    steps = history()
+    again = steps[:4] + [steps[2], steps[3]] + steps[4:]  # 7 packed, read again, packed again
+    want_nodes, want_edges = reference(conn)
+    store = GraphStore(conn, "staged", is_object)
+    for facts, deleted, tid, pack in again[:5]:
+        store.apply(facts, deleted, store.applied_tid() if pack else tid, resolve=False)
+    assert 7 in {r[0] for r in nodes(conn, "staged")}  # read again: there until the graph is resolved
+    run(store, again[5:], resolve=False)
+    assert nodes(conn, "staged") == want_nodes
+    assert edges(conn, "staged") == want_edges
 
 
 def test_staging_on_a_graph_that_holds_rows(conn):
@@ -181,6 +205,7 @@ def test_an_install_without_the_staging_tables_gets_them(conn):
     store = GraphStore(conn, "staged", is_object)
     facts, deleted, tid, _pack = history()[0]
     store.apply(facts, deleted, tid, resolve=False)
+    store.apply([], [6], store.applied_tid(), resolve=False)
     assert staged(conn, "staged") > 0
 
 
@@ -224,20 +249,50 @@ def test_a_role_that_may_not_create_the_staging_tables_is_told(zodb, db_dsn, ind
         as_role.close()
 
 
-def test_status_counts_a_batch_staged_twice_once(conn):
-    """After a crash before the progress commit a batch is read and staged again: its rows
-    are in the staging table twice, but ``status`` says how many *records* are staged."""
+def test_status_counts_a_batch_read_twice_once(conn):
+    """After a crash before the progress commit a batch is read and written again: its
+    records are in the graph once, edges included, and ``status`` counts them once."""
     store = GraphStore(conn, "staged", is_object)
     first = history()[0]
-    for _again in range(2):
-        store.apply(first[0], first[1], first[2], resolve=False)
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT count(*), count(DISTINCT batch) FROM {graph.STAGE_NODES} WHERE client_id = 'staged'")
-        rows, batches = cur.fetchone()
-    conn.rollback()
-    assert (rows, batches) == (20, 2)  # 10 records, staged by two transactions
+    store.apply(first[0], first[1], first[2], resolve=False)
+    once = nodes(conn, "staged"), edges(conn, "staged")
+    store.apply(first[0], first[1], first[2], resolve=False)
+    assert (nodes(conn, "staged"), edges(conn, "staged")) == once
+    assert len(once[0]) == 10
     summary = graph.summary(conn, "staged")
     assert summary is not None and summary["staged_records"] == 10
-    store.apply([], [6], store.applied_tid(), resolve=False)  # packed after it was staged: still a record staged
+    store.apply([], [6], store.applied_tid(), resolve=False)  # packed after it was read: still a record read
     summary = graph.summary(conn, "staged")
     assert summary is not None and summary["staged_records"] == 10
+
+
+def test_records_an_older_version_staged_are_moved_in_at_resolve(conn):
+    """A backfill begun by an older version (records in the staging tables) and finished by
+    this one (records in the graph): each record's newest state wins, a deletion a tie."""
+    steps = history()
+    store = GraphStore(conn, "staged", is_object)
+    old_way = steps[:3]
+    for facts, deleted, tid, pack in old_way:  # as the older version staged them
+        tid = store.applied_tid() if pack else tid
+        latest = {f.zoid: f for f in sorted(facts, key=lambda f: f.tid)}
+        gone = sorted(set(deleted) - set(latest))
+        with conn.cursor() as cur:
+            cur.execute("SELECT txid_current()")
+            batch = cur.fetchone()[0]
+            for fact in latest.values():
+                cur.execute(f"INSERT INTO {graph.STAGE_NODES} VALUES ('staged', %s, %s, %s, %s, %s, false)",
+                            (fact.zoid, fact.tid, batch, fact.class_name, fact.name))
+                for dst, key, listed in dict.fromkeys(fact.edges):
+                    cur.execute(f"INSERT INTO {graph.STAGE_EDGES} VALUES ('staged', %s, %s, %s, %s, %s)",
+                                (fact.zoid, batch, dst, key, listed))
+            for zoid in gone:
+                cur.execute(f"INSERT INTO {graph.STAGE_NODES} VALUES ('staged', %s, %s, %s, NULL, NULL, true)",
+                            (zoid, tid, batch))
+            cur.execute(f"INSERT INTO {graph.APPLIED} (client_id, tid) VALUES ('staged', %s) ON CONFLICT (client_id) "
+                        f"DO UPDATE SET tid = greatest({graph.APPLIED}.tid, excluded.tid)", (tid,))
+        conn.commit()
+    run(store, [steps[2]] + steps[3:], resolve=False)  # resumed: the last batch staged is read again
+    want_nodes, want_edges = reference(conn)
+    assert nodes(conn, "staged") == want_nodes
+    assert edges(conn, "staged") == want_edges
+    assert staged(conn, "staged") == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import transaction
 from BTrees.OOBTree import OOBTree
 from persistent import Persistent
@@ -274,3 +275,47 @@ def test_ofs_children_named_by_their_container(zodb, db_dsn, es_url, es_prefix, 
         del expected[zoid_of(tool)]
         wait_for(lambda: paths(es, alias) == expected, timeout=30)
     conn.close()
+
+
+def test_a_failed_graph_write_during_a_backfill_saves_no_progress_past_it(zodb, db_dsn, es_url, es_prefix, es,
+                                                                          monkeypatch):
+    """A backfill writes each batch into the graph on a thread of its own, while the next
+    batch is read. When a write fails, the run stops and saves no progress past the last
+    batch whose write committed; the next run completes the same documents."""
+    import psycopg2
+
+    from esindexer.objects import unresolved
+    from esindexer.observe.metrics import Metrics
+    from esindexer.pipeline.indexer import Indexer
+    from esindexer.source import progress
+
+    conn = build(zodb)
+    docs = conn.root()["site"]._tree["docs"]
+    for n in range(20, 80):  # many transactions: many batches
+        docs.add(Item(f"doc-{n}", f"Document {n}", f"text of doc {n}"))
+        transaction.commit()
+    conn.close()
+    settings = make_settings(db_dsn, es_url, es_prefix, documents="objects")
+    real, written, failed = unresolved.write, [], []
+
+    def write(cur, client_id, records, deleted, tid):
+        if len(written) == 2:
+            failed.append(min(f.tid for f in records))
+            raise RuntimeError("injected: the graph write failed")
+        written.append(tid)
+        return real(cur, client_id, records, deleted, tid)
+
+    monkeypatch.setattr(unresolved, "write", write)
+    with pytest.raises(RuntimeError, match="injected"):  # (the command reports it and exits non-zero)
+        Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True)
+    assert failed, "the run never reached its third batch"
+    pg = psycopg2.connect(db_dsn)
+    try:
+        saved = progress.get_progress_tid(pg, settings.client_id)
+    finally:
+        pg.close()
+    assert saved is not None and saved <= written[-1] < failed[0]  # nothing past the batch that failed
+
+    monkeypatch.setattr(unresolved, "write", real)
+    assert Indexer(settings, Metrics(process_metrics=False)).run(until_caught_up=True) == 0
+    assert paths(es, settings.alias_name) == truth(zodb)

@@ -1,0 +1,103 @@
+"""A backfill's batches, written into the object graph unresolved (documents=objects).
+
+A backfill reads every record before anything can be resolved (a record read last can make
+a part shared, or hold an object under its name), so its batches only write what each
+record says, with no owner and no place; :meth:`~esindexer.objects.store.GraphStore.resolve_all`
+resolves the whole graph once the backlog is read. The batches are written on a thread of
+their own while the reader decodes the next one (:mod:`esindexer.pipeline.objectreader`),
+so this writing costs the backfill little of its time.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import psycopg2.errors
+
+from esindexer.objects import graph_sql as q
+from esindexer.objects.edges import RecordFacts
+from esindexer.source.graph import EDGES, NODES, STAGE_NODES
+
+
+def latest_of(records: list[RecordFacts]) -> dict[int, RecordFacts]:
+    """The newest state of each record in a batch."""
+    latest: dict[int, RecordFacts] = {}
+    for facts in records:
+        if facts.zoid not in latest or latest[facts.zoid].tid <= facts.tid:
+            latest[facts.zoid] = facts
+    return latest
+
+
+def write(cur: Any, client_id: str, records: list[RecordFacts], deleted: list[int], tid: int) -> list[int]:
+    """A backfill's batch, written into the graph's tables with nothing resolved (no
+    owner, no place: ``resolve_all`` computes them once the backlog is read).
+
+    The records go straight into ``nodes`` and ``edges``, copied in through temporary
+    tables (:data:`~esindexer.objects.graph_sql.BATCH_NODES`): a record already there
+    at a tid as new stays, so a batch read again after a crash changes nothing; a
+    newer state replaces it with its edges. Only the statements' unique index decides,
+    so no plan depends on statistics that a growing graph outruns. A deletion is
+    staged as a *gone* row at the batch's tid, which ``resolve_all`` applies (:func:`materialize`):
+    a record read again after a crash, older than the deletion, cannot come back."""
+    latest = latest_of(records)
+    gone = sorted(set(deleted) - set(latest))
+    if gone:
+        cur.execute("SELECT txid_current()")
+        batch = int(cur.fetchone()[0])
+        client = text(client_id)
+        cur.copy_expert(f"COPY {STAGE_NODES} (client_id, zoid, tid, batch, class_name, name, gone) FROM STDIN "
+                        "WITH (FORMAT csv)", io.StringIO("".join(f"{client},{zoid},{tid},{batch},,,t\n"
+                                                                 for zoid in gone)))
+    if not latest:
+        return []
+    cur.execute(q.BATCH_TABLES)
+    cur.copy_expert("COPY obj_batch_nodes (zoid, tid, class_name, name) FROM STDIN WITH (FORMAT csv)",
+                    io.StringIO("".join(f"{f.zoid},{f.tid},{text(f.class_name)},{text(f.name)}\n"
+                                        for f in latest.values())))
+    edges = [f"{f.zoid},{dst},{text(key)},{'t' if listed else 'f'}\n" for f in latest.values()
+             for dst, key, listed in dict.fromkeys(f.edges)]  # (a record's same edge twice: once)
+    if edges:
+        cur.copy_expert("COPY obj_batch_edges (src, dst, key, listed) FROM STDIN WITH (FORMAT csv)",
+                        io.StringIO("".join(edges)))
+    cur.execute("SAVEPOINT esindexer_batch_nodes")
+    try:
+        cur.execute(q.BATCH_NODES_FRESH, {"c": client_id})
+        written: list[int] | None = None  # all of them
+    except psycopg2.errors.UniqueViolation:  # some were there: newer ones replace them
+        cur.execute("ROLLBACK TO SAVEPOINT esindexer_batch_nodes")
+        cur.execute(q.BATCH_NODES, {"c": client_id})
+        rows = cur.fetchall()
+        written = [int(z) for z, _ in rows]
+        replaced = [int(z) for z, was_there in rows if was_there]
+        if replaced:
+            cur.execute(f"DELETE FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (client_id, replaced))
+    cur.execute("RELEASE SAVEPOINT esindexer_batch_nodes")
+    if edges and written is None:
+        cur.execute(q.BATCH_EDGES, {"c": client_id})
+    elif edges and written:
+        cur.execute(q.BATCH_EDGES_OF, {"c": client_id, "written": written})
+    return []
+
+
+def materialize(cur: Any, client_id: str) -> None:
+    """Apply what is staged: the deletions a backfill staged (and the records an older
+    version staged, whose backfill was resumed by this one). Each record's latest
+    staged row replaces its node and edges unless the node is newer (a deletion wins
+    a tie); then the staging rows go."""
+    c = {"c": client_id}
+    cur.execute(f"SELECT EXISTS (SELECT 1 FROM {STAGE_NODES} WHERE client_id = %(c)s)", c)
+    if not cur.fetchone()[0]:
+        return
+    cur.execute(q.STAGED, c)
+    cur.execute(f"SELECT EXISTS (SELECT 1 FROM {NODES} WHERE client_id = %(c)s)", c)
+    replacing = bool(cur.fetchone()[0])
+    if replacing:  # not a fresh graph: rows to replace (a newer one stays)
+        cur.execute(q.STAGED_REPLACE, c)
+    cur.execute(q.STAGED_INSERT if replacing else q.STAGED_INSERT_FRESH, c)
+
+
+def text(value: str | None) -> str:
+    """A text value for COPY (CSV): None unquoted (NULL), a string quoted (so ``""`` stays
+    an empty string: the root's name), NUL dropped (PostgreSQL text cannot hold it)."""
+    return "" if value is None else '"' + value.replace("\x00", "").replace('"', '""') + '"'
