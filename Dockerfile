@@ -12,7 +12,8 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # A C compiler for the optional C extensions (esindexer/convert/_scan_c.c, _reader_c.c,
-# esindexer/documents/_shape_c.c, esindexer/source/_copy_c.c; the slim image has the
+# esindexer/documents/_shape_c.c, esindexer/source/_copy_c.c, esindexer/objects/_edges_c.c;
+# the slim image has the
 # Python headers but no compiler). Build stage only: the runtime
 # stage copies the finished virtualenv. Without it the install still succeeds and the
 # slower pure-Python scan is used.

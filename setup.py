@@ -48,6 +48,12 @@ setup(
             sources=["esindexer/source/_copy_c.c"],
             optional=True,
         ),
+        # a record's references with their keys, for the object graph (esindexer/objects/edges.py); optional too
+        Extension(
+            "esindexer.objects._edges_c",
+            sources=["esindexer/objects/_edges_c.c"],
+            optional=True,
+        ),
         # the typed model's shaping of decoded states (esindexer/documents/fastshape.py); optional too
         Extension(
             "esindexer.documents._shape_c",

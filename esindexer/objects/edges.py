@@ -17,7 +17,7 @@ Pure functions of the converted state: no database, no class imported.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,9 +79,11 @@ def key_text(key: Any) -> str:
     return key if isinstance(key, str) else str(key)
 
 
-def _walk(value: Any, key: str | None, out: list[tuple[int, str | None]]) -> None:
+def walk_py(value: Any, key: str | None, out: list[tuple[int, str | None]]) -> None:
     """References in a converted state, or in a decoded one (the unpickled state itself,
-    ``Jsonifier.decode``: tuples for lists, keys that may not be strings)."""
+    ``Jsonifier.decode``: tuples for lists, keys that may not be strings), appended to
+    ``out`` with the key each is held under. ``esindexer/objects/_edges_c.c`` is its C
+    twin (the same list, about ten times faster), :data:`walk` whichever is built."""
     stack: list[tuple[Any, str | None]] = [(value, key)]
     while stack:
         value, key = stack.pop()
@@ -100,6 +102,15 @@ def _walk(value: Any, key: str | None, out: list[tuple[int, str | None]]) -> Non
             for item in value:
                 if isinstance(item, (dict, list, tuple)):
                     stack.append((item, key))
+
+
+try:
+    from esindexer.objects._edges_c import walk as _walk_c
+except ImportError:  # optional extension, not built here: the Python walk does it
+    _walk_c = None
+
+#: The walk in use: the C twin when it was built.
+walk: Callable[[Any, str | None, list[tuple[int, str | None]]], None] = _walk_c if _walk_c is not None else walk_py
 
 
 def btree_parts(class_name: str, state: Any) -> tuple[list[tuple[Any, Any]], list[Any]]:
@@ -151,10 +162,10 @@ def record_edges(class_name: str | None, state: Any) -> list[Edge]:
                 out.append((target, None))
         for key, value in items:
             name = key_text(key) if not isinstance(key, (dict, list, tuple)) else None
-            _walk(key, None, out)
-            _walk(value, name, out)
+            walk(key, None, out)
+            walk(value, name, out)
         return [(zoid, key, False) for zoid, key in dict.fromkeys(out)]
-    _walk(state, None, out)
+    walk(state, None, out)
     listed = listed_ids(state)
     attributes = {k: ref_zoid(v) for k, v in state.items() if k in listed} if listed else {}
     return [(zoid, key, key is not None and attributes.get(key) == zoid) for zoid, key in dict.fromkeys(out)]
@@ -163,6 +174,6 @@ def record_edges(class_name: str | None, state: Any) -> list[Edge]:
 def iter_refs(value: Any) -> Iterator[int]:
     """Zoids of every persistent reference in a converted value (no keys)."""
     edges: list[tuple[int, str | None]] = []
-    _walk(value, None, edges)
+    walk(value, None, edges)
     for zoid, _key in edges:
         yield zoid

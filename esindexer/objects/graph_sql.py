@@ -239,21 +239,17 @@ SELECT %(c)s, zoid, tid, class_name, name FROM obj_staged WHERE NOT gone
 ON CONFLICT (client_id, zoid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name, name = excluded.name;
 """ + _STAGED_EDGES
 
-#: A backfill's batch, written straight into the graph's tables (unresolved: no owner, no
-#: place) from two temporary tables the batch is copied into. Usually none of its records
-#: is there yet: a plain insert (``BATCH_NODES_FRESH``, a third of the upsert's time). When
-#: one is, the upsert: a record already there at a tid as new stays (a batch read again
-#: after a crash changes nothing); a newer one replaces it, and says so (``xmax`` is set on
-#: a row an upsert updated, 0 on one it inserted), so that its old edges go first.
+#: A backfill's batch whose records the graph may hold already (read again after a crash,
+#: or changed during the backfill), from two temporary tables the batch is copied into
+#: (:func:`esindexer.objects.unresolved.write` copies a batch of new records straight into
+#: the graph's tables). A record already there at a tid as new stays; a newer one replaces
+#: it, and says so (``xmax`` is set on a row an upsert updated, 0 on one it inserted), so
+#: that its old edges go first.
 BATCH_TABLES = """
-CREATE TEMP TABLE IF NOT EXISTS obj_batch_nodes (zoid bigint, tid bigint, class_name text, name text)
+CREATE TEMP TABLE IF NOT EXISTS obj_batch_nodes (client_id text, zoid bigint, tid bigint, class_name text, name text)
     ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS obj_batch_edges (src bigint, dst bigint, key text, listed boolean)
+CREATE TEMP TABLE IF NOT EXISTS obj_batch_edges (client_id text, src bigint, dst bigint, key text, listed boolean)
     ON COMMIT DELETE ROWS;
-"""
-BATCH_NODES_FRESH = f"""
-INSERT INTO {NODES} (client_id, zoid, tid, class_name, name)
-SELECT %(c)s, zoid, tid, class_name, name FROM obj_batch_nodes
 """
 BATCH_NODES = f"""
 INSERT INTO {NODES} AS n (client_id, zoid, tid, class_name, name)
@@ -261,10 +257,6 @@ SELECT %(c)s, zoid, tid, class_name, name FROM obj_batch_nodes
 ON CONFLICT (client_id, zoid) DO UPDATE SET tid = excluded.tid, class_name = excluded.class_name, name = excluded.name
 WHERE n.tid < excluded.tid
 RETURNING n.zoid, n.xmax::text <> '0'
-"""
-BATCH_EDGES = f"""
-INSERT INTO {EDGES} (client_id, src, dst, key, listed)
-SELECT %(c)s, src, dst, key, listed FROM obj_batch_edges ORDER BY src
 """
 BATCH_EDGES_OF = f"""
 INSERT INTO {EDGES} (client_id, src, dst, key, listed)

@@ -33,11 +33,12 @@ def write(cur: Any, client_id: str, records: list[RecordFacts], deleted: list[in
     """A backfill's batch, written into the graph's tables with nothing resolved (no
     owner, no place: ``resolve_all`` computes them once the backlog is read).
 
-    The records go straight into ``nodes`` and ``edges``, copied in through temporary
-    tables (:data:`~esindexer.objects.graph_sql.BATCH_NODES`): a record already there
-    at a tid as new stays, so a batch read again after a crash changes nothing; a
-    newer state replaces it with its edges. Only the statements' unique index decides,
-    so no plan depends on statistics that a growing graph outruns. A deletion is
+    The records are copied straight into ``nodes`` and ``edges``. When some are there
+    already (a batch read again after a crash, a record changed during the backfill),
+    the copy fails on the unique index and the batch goes through temporary tables
+    instead (:func:`_replace`): a record already there at a tid as new stays, a newer
+    state replaces it with its edges. Only the unique index decides, so no plan depends
+    on statistics that a growing graph outruns. A deletion is
     staged as a *gone* row at the batch's tid, which ``resolve_all`` applies (:func:`materialize`):
     a record read again after a crash, older than the deletion, cannot come back."""
     latest = latest_of(records)
@@ -51,33 +52,39 @@ def write(cur: Any, client_id: str, records: list[RecordFacts], deleted: list[in
                                                                  for zoid in gone)))
     if not latest:
         return []
-    cur.execute(q.BATCH_TABLES)
-    cur.copy_expert("COPY obj_batch_nodes (zoid, tid, class_name, name) FROM STDIN WITH (FORMAT csv)",
-                    io.StringIO("".join(f"{f.zoid},{f.tid},{text(f.class_name)},{text(f.name)}\n"
-                                        for f in latest.values())))
-    edges = [f"{f.zoid},{dst},{text(key)},{'t' if listed else 'f'}\n" for f in latest.values()
-             for dst, key, listed in dict.fromkeys(f.edges)]  # (a record's same edge twice: once)
-    if edges:
-        cur.copy_expert("COPY obj_batch_edges (src, dst, key, listed) FROM STDIN WITH (FORMAT csv)",
-                        io.StringIO("".join(edges)))
+    client = text(client_id)
+    nodes = "".join(f"{client},{f.zoid},{f.tid},{text(f.class_name)},{text(f.name)}\n" for f in latest.values())
+    edges = "".join([f"{client},{f.zoid},{dst},{text(key)},{'t' if listed else 'f'}\n" for f in latest.values()
+                     for dst, key, listed in dict.fromkeys(f.edges)])  # (a record's same edge twice: once)
     cur.execute("SAVEPOINT esindexer_batch_nodes")
-    try:
-        cur.execute(q.BATCH_NODES_FRESH, {"c": client_id})
-        written: list[int] | None = None  # all of them
-    except psycopg2.errors.UniqueViolation:  # some were there: newer ones replace them
+    try:  # usually none of them is there yet: straight in
+        cur.copy_expert(f"COPY {NODES} (client_id, zoid, tid, class_name, name) FROM STDIN WITH (FORMAT csv)",
+                        io.StringIO(nodes))
+    except psycopg2.errors.UniqueViolation:
         cur.execute("ROLLBACK TO SAVEPOINT esindexer_batch_nodes")
-        cur.execute(q.BATCH_NODES, {"c": client_id})
-        rows = cur.fetchall()
-        written = [int(z) for z, _ in rows]
-        replaced = [int(z) for z, was_there in rows if was_there]
-        if replaced:
-            cur.execute(f"DELETE FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (client_id, replaced))
+        _replace(cur, client_id, nodes, edges)
+        return []
     cur.execute("RELEASE SAVEPOINT esindexer_batch_nodes")
-    if edges and written is None:
-        cur.execute(q.BATCH_EDGES, {"c": client_id})
-    elif edges and written:
-        cur.execute(q.BATCH_EDGES_OF, {"c": client_id, "written": written})
+    if edges:
+        cur.copy_expert(f"COPY {EDGES} (client_id, src, dst, key, listed) FROM STDIN WITH (FORMAT csv)",
+                        io.StringIO(edges))
     return []
+
+
+def _replace(cur: Any, client_id: str, nodes: str, edges: str) -> None:
+    """A batch with records the graph holds already (read again, or newer): through two
+    temporary tables, a newer state replaces the node and its edges, one as new stays."""
+    cur.execute(q.BATCH_TABLES)
+    cur.copy_expert("COPY obj_batch_nodes FROM STDIN WITH (FORMAT csv)", io.StringIO(nodes))
+    if edges:
+        cur.copy_expert("COPY obj_batch_edges FROM STDIN WITH (FORMAT csv)", io.StringIO(edges))
+    cur.execute(q.BATCH_NODES, {"c": client_id})
+    rows = cur.fetchall()
+    replaced = [int(z) for z, was_there in rows if was_there]
+    if replaced:
+        cur.execute(f"DELETE FROM {EDGES} WHERE client_id = %s AND src = ANY(%s)", (client_id, replaced))
+    if edges and rows:
+        cur.execute(q.BATCH_EDGES_OF, {"c": client_id, "written": [int(z) for z, _ in rows]})
 
 
 def materialize(cur: Any, client_id: str) -> None:

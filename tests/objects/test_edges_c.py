@@ -1,0 +1,101 @@
+"""The C walk for a record's references (esindexer/objects/_edges_c.c) gives exactly the
+Python walk's list (``edges.walk_py``): the same references, keys and order, on generated
+values of every shape a converted or decoded state has."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from esindexer.convert.model import Obj, Ref
+from esindexer.objects import edges
+
+_edges_c = pytest.importorskip("esindexer.objects._edges_c")
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
+                     st.text(max_size=6), st.binary(max_size=4))
+_keys = st.one_of(st.sampled_from(["id", "title", "::", "::()", "::data", "::x", "data", "_tree", ""]),
+                  st.text(max_size=4), st.integers(-5, 5), st.tuples(st.integers(0, 3), st.text(max_size=2)))
+_targets = st.one_of(st.integers(0, 2**64), st.booleans(), st.none(), st.text(max_size=3), st.floats(allow_nan=False))
+
+
+def _reference(target: Any, marker: Any = "persistent", as_ref: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = Ref() if as_ref else {}
+    ref.update({"::": marker, "id": [target, "app.Item"], "::=>": target})
+    return ref
+
+
+_references = st.builds(_reference, _targets, st.sampled_from(["persistent", "app.Item", None, 1]), st.booleans())
+
+
+def _obj(name: str, state: dict[Any, Any]) -> Obj:
+    obj = Obj(name, None)
+    obj.__setstate__(state)
+    return obj
+
+
+_values = st.recursive(
+    st.one_of(_scalars, _references),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.lists(children, max_size=4).map(tuple),
+        st.dictionaries(_keys, children, max_size=4),
+        st.builds(_obj, st.sampled_from(["app.Thing", "persistent.mapping.PersistentMapping"]),
+                  st.dictionaries(st.text(max_size=3), children, max_size=3)),
+    ),
+    max_leaves=30,
+)
+
+
+def _both(value: Any, key: str | None) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]]:
+    py: list[tuple[int, str | None]] = []
+    c: list[tuple[int, str | None]] = []
+    edges.walk_py(value, key, py)
+    _edges_c.walk(value, key, c)
+    return py, c
+
+
+@settings(max_examples=600, deadline=None)
+@given(_values, st.one_of(st.none(), st.text(max_size=3)))
+def test_the_c_walk_gives_the_python_walks_list(value, key):
+    py, c = _both(value, key)
+    assert c == py
+    assert [(type(z), type(k)) for z, k in c] == [(type(z), type(k)) for z, k in py]
+
+
+def test_a_reference_under_each_kind_of_key():
+    state = {"a": _reference(5), "b": [_reference(6), (_reference(7),)], 3: {"x": _reference(8)},
+             "::()": (_reference(9),), (1, "k"): [_reference(10)], "n": _reference(True), "m": _reference("12")}
+    py, c = _both(state, None)
+    assert c == py
+    assert sorted(c) == [(5, "a"), (6, "b"), (7, "b"), (8, "x"), (9, None), (10, "(1, 'k')")]
+
+
+def test_what_is_not_walked_is_not_read():
+    """The walk is the module's in use where the extension is built."""
+    assert edges.walk is _edges_c.walk
+    out: list[tuple[int, str | None]] = []
+    _edges_c.walk("text", None, out)
+    _edges_c.walk(b"bytes", "k", out)
+    assert out == []
+    with pytest.raises(TypeError):
+        _edges_c.walk({}, None, ())  # out must be a list
+
+
+class _BadKey:
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+    def __hash__(self) -> int:
+        return 1
+
+
+def test_an_error_in_a_key_is_raised_by_both():
+    state = {_BadKey(): [_reference(5)]}
+    with pytest.raises(ValueError, match="no text"):
+        edges.walk_py(state, None, [])
+    with pytest.raises(ValueError, match="no text"):
+        _edges_c.walk(state, None, [])
