@@ -105,12 +105,13 @@ def walk_py(value: Any, key: str | None, out: list[tuple[int, str | None]]) -> N
 
 
 try:
-    from esindexer.objects._edges_c import walk as _walk_c
+    from esindexer.objects import _edges_c
 except ImportError:  # optional extension, not built here: the Python walk does it
-    _walk_c = None
+    _edges_c = None  # type: ignore[assignment]
 
 #: The walk in use: the C twin when it was built.
-walk: Callable[[Any, str | None, list[tuple[int, str | None]]], None] = _walk_c if _walk_c is not None else walk_py
+walk: Callable[[Any, str | None, list[tuple[int, str | None]]], None] = \
+    _edges_c.walk if _edges_c is not None else walk_py
 
 
 def btree_parts(class_name: str, state: Any) -> tuple[list[tuple[Any, Any]], list[Any]]:
