@@ -128,8 +128,10 @@ VARIANTS: dict[str, dict[str, str]] = {
     "process-before": {"_WAY": "process", "_BEFORE": "1"},
     # the object model as the service runs it (process start included), beside ``process``
     "process-objects": {"_WAY": "process", "ESINDEXER_DOCUMENTS": "objects"},
+    # the object model from another checkout of the code (--before PATH), beside process-objects
+    "process-objects-before": {"_WAY": "process", "_BEFORE": "1", "ESINDEXER_DOCUMENTS": "objects"},
 }
-#: The checkout ``process-before`` runs (``--before``).
+#: The checkout ``process-before`` and ``process-objects-before`` run (``--before``).
 BEFORE: list[str] = []
 DEFAULT_ORDER = ("baseline,flattened,dynamic,refresh-30s,concurrency-1,concurrency-4,max-docs-500,max-docs-2000,"
                  "max-docs-5000")
@@ -559,7 +561,9 @@ def run_other_way(way: str, name: str, settings: Settings, env: dict[str, str], 
         compiled(base["PYTHONPATH"])
         es0, m0 = es_cpu_seconds(es), machine_busy_seconds()
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "esindexer", "run", "--until-caught-up"],
+        # Run in the checkout: ``python -m`` puts the working directory first on sys.path, so
+        # from another directory PYTHONPATH alone would import that directory's esindexer.
+        proc = subprocess.Popen([sys.executable, "-m", "esindexer", "run", "--until-caught-up"], cwd=base["PYTHONPATH"],
                                 env={**base, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         peak = [0]
         done = threading.Event()
@@ -689,8 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     pg, es_url = servers_from_env()
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
-    if "process-before" in names and not args.before:
-        parser.error("the variant process-before needs --before PATH")
+    if {"process-before", "process-objects-before"} & set(names) and not args.before:
+        parser.error("the variants process-before and process-objects-before need --before PATH")
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     import logging

@@ -8,9 +8,10 @@ Usage (servers from ``eval "$(scripts/services up)"``)::
 The graph is made of facts, not pickles: a site holding 50 folders, each keeping its items
 in a ``_tree`` BTree split into buckets, each item with two parts (a holder and a history
 mapping), shuffled, written ``--batch`` records at a time as a backfill does
-(:meth:`GraphStore.apply` with ``resolve=False``: appended to the staging tables), then
-resolved once (:meth:`GraphStore.resolve_all`: the staged records moved into the graph,
-then resolved; its time includes the move). Then ``--live`` one-record batches (an item's record
+(:meth:`GraphStore.apply` with ``resolve=False``: written into the graph's tables
+unresolved; here one after the other, where the service writes them on a thread of their
+own while it reads the next batch), then resolved once (:meth:`GraphStore.resolve_all`).
+Then ``--live`` one-record batches (an item's record
 again) and one folder rename (every item of the folder re-pathed) on the resolved graph.
 Figures are printed; nothing is asserted (docs/performance.md).
 """
