@@ -171,6 +171,11 @@ WITH candidates AS (
 )
 INSERT INTO obj_placed SELECT zoid FROM placed
 """
+#: The same for a whole graph (:meth:`GraphStore.resolve_all`), where every placed record
+#: is placed anew: no ``obj_newly`` to keep.
+PLACE_LEVEL_ALL = PLACE_LEVEL.replace("""), newly AS (
+    INSERT INTO obj_newly SELECT zoid FROM placed ON CONFLICT DO NOTHING
+)""", ")")
 
 #: Every unnamed record's owner at once (the end of a backfill: the graph was written
 #: without being resolved, batch by batch).

@@ -305,7 +305,7 @@ class GraphStore:
                     cur.execute("INSERT INTO obj_placed VALUES (0)")
                     depth = 1
                     while depth <= MAX_DEPTH:
-                        cur.execute(q.PLACE_LEVEL, {"c": c, "above": depth - 1, "depth": depth})
+                        cur.execute(q.PLACE_LEVEL_ALL, {"c": c, "above": depth - 1, "depth": depth})
                         cur.execute("SELECT EXISTS (SELECT 1 FROM obj_placed)")
                         if not cur.fetchone()[0]:
                             break
