@@ -38,8 +38,13 @@ Then, on the same corpus:
    and ``process`` runs ``python -m esindexer run --until-caught-up`` (process start
    included; CPU from the child's rusage, its peak RSS from ``VmHWM``), from bytecode
    compiled beforehand as an installed service's is; ``process-objects`` does the same
-   with the object model. A variant's object graph is dropped after it (unless
-   ``--keep``), so no round resolves beside an earlier round's rows.
+   with the object model. ``raw-objects`` sends the object model's documents (built
+   beforehand by the service's own code, untimed) the way ``raw`` sends the records':
+   the baseline of the object-model variants' ratios. ``process-before`` and
+   ``process-objects-before`` run the checkout given with ``--before``, started in that
+   directory (``python -m`` puts the working directory first on ``sys.path``). A
+   variant's object graph is dropped after it (unless ``--keep``), so no round resolves
+   beside an earlier round's rows.
 
 For each variant it prints wall time, docs/s, MB/s of object state and of documents,
 bulk requests and seconds spent in them (from the metrics registry), CPU seconds of
@@ -120,6 +125,9 @@ VARIANTS: dict[str, dict[str, str]] = {
     "flattened-ignore-above-8191": {"_IGNORE_ABOVE": "8191"},
     # Not the indexer in this process: the raw bulk baseline, and the service as a process.
     "raw": {"_WAY": "raw"},
+    # the raw bulk of the object model's documents (built as the service builds them): the
+    # baseline of the variants with documents=objects
+    "raw-objects": {"_WAY": "raw", "ESINDEXER_DOCUMENTS": "objects"},
     "process": {"_WAY": "process"},
     # the same with no unmapped-fields check (a search every 60 s): does a search that wakes
     # a search-idle shard (scheduled refreshes again) cost a long backfill?
@@ -374,6 +382,56 @@ def documents_only(dsn: str, settings: Settings) -> Stages:
                 st.raw.append({"_op_type": "index", "_index": a.index, "_id": str(a.zoid), "version": a.version,
                                "version_type": "external_gte", "_source": a.source})
     return st
+
+
+def object_documents(dsn: str, settings: Settings) -> list[dict[str, Any]]:
+    """The corpus's object documents as the service writes them, as the raw baseline sends
+    them: the graph built and resolved under a scratch client id (then dropped), each
+    object assembled and shaped by the service's own code. Untimed."""
+    import psycopg2
+
+    from esindexer.convert.jsonifier import Kind
+    from esindexer.objects.assemble import build, read_groups
+    from esindexer.objects.edges import RecordFacts, record_edges, record_name
+    from esindexer.objects.store import GraphStore
+    from esindexer.pipeline.objectreader import object_class_filter
+    from esindexer.source import graph, pg
+
+    client = f"bench-raw-objects-{uuid.uuid4().hex[:6]}"
+    jsonifier, builder = build_jsonifier(settings), DocumentBuilder(settings)
+    conn, states_conn = psycopg2.connect(dsn), psycopg2.connect(dsn)
+    graph.ensure_tables(conn)
+    conn.commit()
+    store = GraphStore(conn, client, object_class_filter(settings))
+    try:
+        last = -1
+        for batch in follow.updates(dsn, end_tid=follow.latest_tid(dsn), batch_limit=settings.batch_limit,
+                                    internal_batch_size=settings.fetch_size):
+            facts = []
+            for tid, zoid, data in batch:
+                last = tid
+                decoded = jsonifier.decode((tid, zoid), data)
+                if type(decoded) is Decoded:
+                    state: Any = decoded.state
+                elif decoded.kind is Kind.OK and decoded.json_text is not None:
+                    state = orjson.loads(decoded.json_text)
+                else:
+                    continue
+                facts.append(RecordFacts(zoid, tid, decoded.class_name, record_name(zoid, state),
+                                         record_edges(decoded.class_name, state)))
+            store.apply(facts, [], last, resolve=False)
+        dirty, version = store.resolve_all(last, quiet=True)
+        out = []
+        for group in read_groups(dirty, store, pg.CurrentStates(states_conn)):
+            for a in builder.assembled_actions(build(group, jsonifier), version):
+                if a.op == "index" and a.source is not None:
+                    out.append({"_op_type": "index", "_index": a.index, "_id": str(a.zoid), "version": a.version,
+                                "version_type": "external_gte", "_source": a.source})
+        return out
+    finally:
+        graph.forget(conn, client)
+        conn.close()
+        states_conn.close()
 
 
 def machine_busy_seconds() -> float:
@@ -735,12 +793,21 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_stages:
             print_stages(st, defaults, args.stage_rounds, ok)
 
+        raw_objects: list[dict[str, Any]] = []
+        if "raw-objects" in names:
+            raw_objects = object_documents(db_dsn, load_settings(env={
+                "ESINDEXER_PG_DSN": db_dsn, "ESINDEXER_ES_URL": es_url, "ESINDEXER_SEARCH_ENGINE": search_engine(),
+                "ESINDEXER_DOCUMENTS": "objects"}))
+            print(f"object documents: {len(raw_objects):,}, "
+                  f"{sum(len(d['_source']) for d in raw_objects) / 1e6:.1f} MB of JSON (the raw-objects baseline's)")
+
         results: list[Result] = []
         plan = [("warm-up", "baseline")] if args.warm_up else []
         plan += [(f"{name} #{k + 1}", name) for k in range(args.rounds) for name in names]
         try:
             for label, name in plan:
-                r = run_variant(label, VARIANTS[name], db_dsn, es_url, es, prefix_root, args.keep, st.raw)
+                r = run_variant(label, VARIANTS[name], db_dsn, es_url, es, prefix_root, args.keep,
+                                raw_objects if name == "raw-objects" else st.raw)
                 r.variant = name
                 results.append(r)
                 s = r.settings
@@ -834,21 +901,26 @@ def print_summary(results: list[Result], names: list[str], st: Stages, mb: float
                 print(f"{name}: rounds {100 * spread:.0f} % apart -- disturbed; repeat for a firmer figure")
     if "raw" in best:
         print_ratios(results, names, best, rounds)
+    if "raw-objects" in best:
+        print_ratios(results, names, best, rounds, baseline="raw-objects")
 
 
 def print_ratios(results: list[Result], names: list[str], best: dict[str, Result],
-                 rounds: dict[str, list[float]]) -> None:
-    """Each way against the raw bulk of the same documents: the best rates' ratio, and each
-    round's ratio to the raw round of the same round (interleaved, so equally disturbed)."""
-    raw = best["raw"].docs / best["raw"].seconds
+                 rounds: dict[str, list[float]], baseline: str = "raw") -> None:
+    """Each way against the raw bulk of the same documents (``baseline``: ``raw``, or
+    ``raw-objects`` for the object model's): the best rates' ratio, and each round's ratio
+    to the raw round of the same round (interleaved, so equally disturbed)."""
+    raw = best[baseline].docs / best[baseline].seconds
     print()
-    print("Against the raw bulk of the same documents (parallel_bulk, 2 threads, 1,000 per request), same run:")
+    print(f"Against the raw bulk of the same documents ({baseline}: parallel_bulk, 2 threads, 1,000 per request), "
+          "same run:")
     print("| way | docs/s (best) | ratio to raw (best / best) | ratio per round | Python CPU µs/doc "
           "| search node CPU µs/doc | peak RSS MiB |")
     print("|---|---:|---:|---|---:|---:|---:|")
-    raw_rounds = rounds["raw"]
+    raw_rounds = rounds[baseline]
+    objects = baseline == "raw-objects"
     for name in dict.fromkeys(names):
-        if name not in best:
+        if name not in best or (best[name].settings.documents == "objects") != objects:
             continue
         r = best[name]
         per_round = " / ".join(f"{x / y:.2f}" for x, y in zip(rounds[name], raw_rounds))
