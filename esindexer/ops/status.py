@@ -18,6 +18,7 @@ from typing import Any
 from esindexer.config import Settings
 from esindexer.es.fields import unmapped
 from esindexer.pipeline import crashguard, rewind
+from esindexer.pipeline.objectreader import object_class_filter
 from esindexer.source import backlog, deadletters, deletions, follow, graph, partitions, progress, runs
 from esindexer.source.pg import has_relation
 from esindexer.source.tid import tid_to_datetime, tid_to_epoch
@@ -188,7 +189,7 @@ def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[in
         "partitions": workers,
     }
     if settings.documents == "objects" and es is not None:
-        report["object_graph"] = model = graph.summary(conn, client_id)
+        report["object_graph"] = model = graph.summary(conn, client_id, object_class_filter(settings))
         report["caught_up"] = report["caught_up"] and model is not None and model["complete"] \
             and not model["documents_to_write"]
     if es is not None:

@@ -57,6 +57,8 @@ class BatchInFlight:
     #: documents=objects: the objects whose documents this batch rewrote, and their version
     dirty: list[int] = field(default_factory=list)
     dirty_version: int = 0
+    #: documents=objects: it wrote every object of the tree (a backfill's resolution)
+    dirty_tree: bool = False
 
 
 @dataclass
@@ -262,9 +264,9 @@ class Committer:
             self._fence(self.conn)
         deadletters.add(self.conn, client_id, dead)
         progress.set_progress_tid(self.conn, client_id, batch.last_tid)
-        if batch.dirty and self.objects is not None:
+        if (batch.dirty or batch.dirty_tree) and self.objects is not None:
             with self.conn.cursor() as cur:
-                self.objects.store.settle(cur, batch.dirty, batch.dirty_version)
+                self.objects.store.settle(cur, batch.dirty, batch.dirty_version, whole_tree=batch.dirty_tree)
         self.conn.commit()
         self._liveness.beat()
         self.progress_tid = batch.last_tid

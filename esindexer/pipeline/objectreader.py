@@ -91,7 +91,7 @@ class ObjectBatchReader(BatchReader):
             log.error("object document of zoid %d refused after a restart: %s", rejected.action.zoid, rejected.reason,
                       extra={"zoid": rejected.action.zoid})
         with self.store.conn.cursor() as cur:
-            self.store.settle(cur, zoids, version)
+            self.store.settle(cur, zoids, version, whole_tree=True)  # (every object of the tree, if that was dirty)
         self.store.conn.commit()
         log.info("rewrote %d object document(s) left unwritten by the last run", len(zoids),
                  extra={"count": len(zoids), "tid": version})
@@ -160,6 +160,7 @@ class ObjectBatchReader(BatchReader):
             dirty, version = [], batch.last_tid
             if self.caught_up() or (self.end_tid is not None and batch.last_tid >= self.end_tid):
                 dirty, version = self._resolve(batch.last_tid)
+                return self._write(batch, dirty, version, raise_failure, whole_tree=True)
         return self._write(batch, dirty, version, raise_failure)
 
     def _write_unresolved(self, facts: list[RecordFacts], deleted: list[int], tid: int) -> Future[SendResult]:
@@ -181,6 +182,7 @@ class ObjectBatchReader(BatchReader):
         return self._graph_write
 
     def _resolve(self, tid: int) -> tuple[list[int], int]:
+        """Resolve the graph a backfill wrote; its objects, all dirty, and their version."""
         if self._graph_write is not None:
             self._graph_write.result()  # every batch written before the graph is resolved
         log.info("backfill read: resolving the object graph", extra={"tid": tid})
@@ -195,13 +197,14 @@ class ObjectBatchReader(BatchReader):
             return None
         batch = BatchInFlight(last_tid=last_tid)
         dirty, version = self._resolve(last_tid)
-        return self._write(batch, dirty, version, raise_failure)
+        return self._write(batch, dirty, version, raise_failure, whole_tree=True)
 
     def _write(self, batch: BatchInFlight, dirty: list[int], version: int,
-               raise_failure: Callable[[], None]) -> BatchInFlight | None:
+               raise_failure: Callable[[], None], whole_tree: bool = False) -> BatchInFlight | None:
         """Submit the documents of ``dirty`` as part of ``batch``; None when stopped part-way.
-        The next group's reads run in a thread while this group is built (:func:`read_ahead`)."""
-        batch.dirty, batch.dirty_version = dirty, version
+        The next group's reads run in a thread while this group is built (:func:`read_ahead`).
+        ``whole_tree``: ``dirty`` is every object of the tree, dirty by one mark, not by rows."""
+        batch.dirty, batch.dirty_version, batch.dirty_tree = ([] if whole_tree else dirty), version, whole_tree
         beat = self._liveness.beat
         buffer = RequestBuffer(self.settings.bulk_max_docs, self.settings.bulk_max_bytes)
         groups = read_ahead(self._groups(dirty), name="object-reads")

@@ -5,7 +5,9 @@ record seen (its name, its owner when it is unnamed, its place when it is in the
 ``edges`` its references with their keys, ``dirty`` the objects whose documents must be
 rewritten (written in the transaction that changed the graph, removed in the progress
 transaction once the search engine accepted them: a crash in between leaves them to be
-rebuilt at the next start), ``applied`` the last tid the graph reflects. A backfill
+rebuilt at the next start), ``applied`` the last tid the graph reflects, and whether every
+object of the tree is dirty (``tree_dirty_as_of``: a backfill's resolution makes them all
+dirty with one row, not one row each). A backfill
 (a new client id) rebuilds all of it from the records: its batches are written into
 ``nodes`` and ``edges`` unresolved (no owner, no place) and resolved at its end; a
 deletion meanwhile is a ``gone`` row in ``stage_nodes``, applied by the resolution.
@@ -13,6 +15,7 @@ deletion meanwhile is a ``gone`` row in ``stage_nodes``, applied by the resoluti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from esindexer.source.pg import NOT_PERMITTED, has_relation
@@ -47,7 +50,8 @@ CREATE INDEX IF NOT EXISTS {EDGES}_dst ON {EDGES} (client_id, dst);
 CREATE TABLE IF NOT EXISTS {DIRTY} (
     client_id text NOT NULL, zoid bigint NOT NULL, as_of bigint NOT NULL, PRIMARY KEY (client_id, zoid));
 CREATE TABLE IF NOT EXISTS {APPLIED} (client_id text PRIMARY KEY, tid bigint NOT NULL,
-    complete boolean NOT NULL DEFAULT false);
+    complete boolean NOT NULL DEFAULT false,
+    tree_dirty_as_of bigint);  -- set: every object of the tree is dirty as of it (a backfill resolved)
 -- a backfill's deletions (gone) until it resolves the graph (and the records an older version
 -- staged here); ``batch`` tells one staging transaction from another
 CREATE TABLE IF NOT EXISTS {STAGE_NODES} (
@@ -59,6 +63,7 @@ CREATE TABLE IF NOT EXISTS {STAGE_EDGES} (
 ALTER TABLE {NODES} ADD COLUMN IF NOT EXISTS listed boolean NOT NULL DEFAULT false;
 ALTER TABLE {EDGES} ADD COLUMN IF NOT EXISTS listed boolean NOT NULL DEFAULT false;
 ALTER TABLE {APPLIED} ADD COLUMN IF NOT EXISTS complete boolean NOT NULL DEFAULT false;
+ALTER TABLE {APPLIED} ADD COLUMN IF NOT EXISTS tree_dirty_as_of bigint;
 """
 
 
@@ -72,7 +77,8 @@ def ensure_tables(conn: Any) -> bool:
     """Create the tables if missing, in a savepoint of the caller's transaction (the caller
     commits); False when they are missing and this role may not create them."""
     with conn.cursor() as cur:
-        if all(has_relation(cur, table) for table in TABLES) and _has_column(cur, EDGES, "listed"):
+        if all(has_relation(cur, table) for table in TABLES) and _has_column(cur, EDGES, "listed") \
+                and _has_column(cur, APPLIED, "tree_dirty_as_of"):
             return True  # no DDL, which a least-privileged role may not run
         cur.execute("SAVEPOINT esindexer_graph_ddl")
         try:
@@ -96,18 +102,29 @@ def forget(conn: Any, client_id: str) -> None:
     conn.commit()
 
 
-def summary(conn: Any, client_id: str) -> dict[str, Any] | None:
-    """What ``status`` says of one client id's graph (None: it has none)."""
+def summary(conn: Any, client_id: str, is_object_class: Callable[[str | None], bool] | None = None,
+            ) -> dict[str, Any] | None:
+    """What ``status`` says of one client id's graph (None: it has none). ``is_object_class``:
+    the classes with documents (ESINDEXER_OBJECT_CLASSES), for the documents to write
+    while every object of the tree is (default: every class)."""
     with conn.cursor() as cur:
         if not has_relation(cur, APPLIED):
             return None
-        cur.execute(f"SELECT tid, complete FROM {APPLIED} WHERE client_id = %s", (client_id,))
+        tree_dirty = "tree_dirty_as_of" if _has_column(cur, APPLIED, "tree_dirty_as_of") else "NULL"
+        cur.execute(f"SELECT tid, complete, {tree_dirty} FROM {APPLIED} WHERE client_id = %s", (client_id,))
         row = cur.fetchone()
         if row is None:
             return None
         cur.execute(f"SELECT count(*) FROM {NODES} WHERE client_id = %s AND in_tree", (client_id,))
         in_tree = int(cur.fetchone()[0])
-        cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (client_id,))
+        if row[2] is None:
+            cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (client_id,))
+        else:  # every object of the tree, and any other dirty row
+            cur.execute(f"SELECT DISTINCT class_name FROM {NODES} WHERE client_id = %s AND in_tree", (client_id,))
+            classes = [c for (c,) in cur.fetchall() if is_object_class is None or is_object_class(c)]
+            cur.execute(f"SELECT count(*) FROM (SELECT zoid FROM {DIRTY} WHERE client_id = %(c)s UNION SELECT zoid "
+                        f"FROM {NODES} WHERE client_id = %(c)s AND in_tree AND class_name = ANY(%(classes)s)) d",
+                        {"c": client_id, "classes": classes})
         dirty = int(cur.fetchone()[0])
         staged = 0
         if not row[1]:  # a backfill writing the graph unresolved: the records read into it so far

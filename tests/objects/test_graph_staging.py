@@ -296,3 +296,40 @@ def test_records_an_older_version_staged_are_moved_in_at_resolve(conn):
     assert nodes(conn, "staged") == want_nodes
     assert edges(conn, "staged") == want_edges
     assert staged(conn, "staged") == 0
+
+
+def test_a_resolution_makes_the_whole_tree_dirty_with_one_mark_until_it_is_settled(conn):
+    """resolve_all writes no dirty row per object: one mark says every object of the tree
+    is dirty as of its version. Until the batch that wrote them settles it (``whole_tree``),
+    a restart rewrites them all (``dirty()``) and ``status`` counts them as documents to
+    write; a later batch's own dirty rows outlive it."""
+    store = GraphStore(conn, "staged", is_object)
+    dirty, version = run(store, history(), resolve=False)
+    objects = sorted(r[0] for r in nodes(conn, "staged") if r[6] and is_object(r[2]))
+    assert dirty == objects and store.dirty() == objects
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {graph.DIRTY} WHERE client_id = 'staged'")
+        assert cur.fetchone()[0] == 0  # no row each
+    conn.rollback()
+    summary = graph.summary(conn, "staged", is_object)
+    assert summary is not None and summary["documents_to_write"] == len(objects)
+    everything = graph.summary(conn, "staged")  # without the class filter: the tree's records of every class
+    assert everything is not None and everything["documents_to_write"] == summary["in_tree"]
+
+    later, later_version = store.apply([f(12, 50, ITEM, "c", (14, "history", False))], [], 50)
+    assert later == [12] and later_version == 50
+    assert store.dirty() == objects  # 12 is one of them
+    with conn.cursor() as cur:
+        store.settle(cur, [], version - 1, whole_tree=True)  # not as of the mark: it stays
+    conn.commit()
+    assert store.dirty() == objects
+    with conn.cursor() as cur:
+        store.settle(cur, [], version, whole_tree=True)
+    conn.commit()
+    assert store.dirty() == [12]  # the later batch's row is still to settle
+    summary = graph.summary(conn, "staged", is_object)
+    assert summary is not None and summary["documents_to_write"] == 1
+    with conn.cursor() as cur:
+        store.settle(cur, [12], later_version)
+    conn.commit()
+    assert store.dirty() == []
