@@ -239,8 +239,9 @@ def open_reader(settings: Settings, *args: Any, **kwargs: Any) -> BatchReader:
     graph_conn.commit()
     if not ready:
         graph_conn.close()
-        raise SetupError(f"the object model's tables ({', '.join(graph.TABLES)}) are missing and this role "
-                            "may not create them: run `esindexer setup` as an administrator")
+        raise SetupError(f"the object model's tables ({', '.join(graph.TABLES)}) are missing, or lack a column "
+                         "this version adds, and this role may not create or alter them: run `esindexer setup` "
+                         "as an administrator")
     store = GraphStore(graph_conn, settings.worker_id, object_class_filter(settings))
     return ObjectBatchReader(settings, *args, store=store, states_conn=pg.connect(settings, "object states"),
                              **kwargs)

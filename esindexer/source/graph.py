@@ -75,7 +75,8 @@ def _has_column(cur: Any, table: str, column: str) -> bool:
 
 def ensure_tables(conn: Any) -> bool:
     """Create the tables if missing, in a savepoint of the caller's transaction (the caller
-    commits); False when they are missing and this role may not create them."""
+    commits), and the columns later versions added; False when some are missing and this
+    role may not create them."""
     with conn.cursor() as cur:
         if all(has_relation(cur, table) for table in TABLES) and _has_column(cur, EDGES, "listed") \
                 and _has_column(cur, APPLIED, "tree_dirty_as_of"):

@@ -333,3 +333,27 @@ def test_a_resolution_makes_the_whole_tree_dirty_with_one_mark_until_it_is_settl
         store.settle(cur, [12], later_version)
     conn.commit()
     assert store.dirty() == []
+
+
+def test_a_role_that_may_not_add_a_new_column_is_told(zodb, db_dsn, indexer_role):
+    """An installation from before the dirty mark (``esindexer_obj_applied`` without
+    ``tree_dirty_as_of``) and a role that does not own the table: ``ensure_tables`` says
+    so (the reader's SetupError) instead of failing at the first resolution."""
+    name, role_dsn = indexer_role
+    admin = psycopg2.connect(db_dsn)
+    schema.create_all(admin)
+    schema.grant(admin, name)
+    with admin.cursor() as cur:
+        cur.execute(f"ALTER TABLE {graph.APPLIED} DROP COLUMN tree_dirty_as_of")
+    admin.commit()
+    as_role = psycopg2.connect(role_dsn)
+    try:
+        assert not graph.ensure_tables(as_role)
+        as_role.rollback()
+    finally:
+        as_role.close()
+    assert graph.ensure_tables(admin)  # as the owner (what `esindexer setup` runs): added
+    admin.commit()
+    with admin.cursor() as cur:
+        cur.execute(f"SELECT tree_dirty_as_of FROM {graph.APPLIED} LIMIT 0")
+    admin.close()
