@@ -300,16 +300,20 @@ class GraphStore:
         cur.execute("SELECT n.zoid FROM obj_newly n WHERE NOT EXISTS (SELECT 1 FROM obj_replace r WHERE r.zoid = n.zoid)")
         return {int(r[0]) for r in cur.fetchall()}
 
-    def resolve_all(self, tid: int, quiet: bool = False) -> tuple[list[int], int]:
+    def resolve_all(self, tid: int, quiet: bool = False,
+                    beat: Callable[[], None] | None = None) -> tuple[list[int], int]:
         """Resolve a graph written unresolved (a backfill): its staged deletions applied,
         every owner, the whole tree from the root; every object in the tree becomes dirty
-        (``tree_dirty_as_of``: settle with ``whole_tree``). Marks the graph complete."""
+        (``tree_dirty_as_of``: settle with ``whole_tree``). Marks the graph complete.
+        ``beat`` is called between its statements (the pipeline's sign of life)."""
+        beat = beat if beat is not None else _nothing
         c = self.client_id
         with self.lock:
             try:
                 with self.conn.cursor() as cur:
                     self._serialise(cur)
                     unresolved.materialize(cur, self.client_id)
+                    beat()
                     cur.execute(f"ANALYZE {NODES}; ANALYZE {EDGES}")  # written in bulk: plans need their statistics
                     cur.execute(q.ITEMS_ALL, {"c": c})
                     cur.execute(f"UPDATE {NODES} n SET listed = true WHERE n.client_id = %(c)s AND NOT n.listed AND "
@@ -318,12 +322,14 @@ class GraphStore:
                                 f"EXISTS (SELECT 1 FROM {EDGES} e WHERE e.client_id = %(c)s AND e.dst = n.zoid AND e.listed)",
                                 {"c": c})
                     cur.execute(q.ALL_OWNERS, {"c": c})
+                    beat()
                     self._place_root(cur)
                     cur.execute(q.PLACED)
                     cur.execute("INSERT INTO obj_placed VALUES (0)")
                     depth = 1
                     while depth <= MAX_DEPTH:
                         cur.execute(q.PLACE_LEVEL_ALL, {"c": c, "above": depth - 1, "depth": depth})
+                        beat()
                         cur.execute("SELECT EXISTS (SELECT 1 FROM obj_placed)")
                         if not cur.fetchone()[0]:
                             break
@@ -340,3 +346,7 @@ class GraphStore:
         if not quiet:
             log.info("object graph resolved: %d objects in the tree", len(dirty), extra={"count": len(dirty)})
         return dirty, version
+
+
+def _nothing() -> None:
+    """No sign of life to give (a caller without a pipeline)."""

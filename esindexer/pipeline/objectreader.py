@@ -80,16 +80,28 @@ class ObjectBatchReader(BatchReader):
         return self.builder.assembled_actions(views, version)
 
     def recover(self) -> int:
-        """Write the documents a crash left dirty (before following); returns how many."""
+        """Write the documents a crash left dirty (before following); returns how many.
+
+        A request's worth of objects at a time: after a crash while a backfill wrote its
+        documents, every object of the tree is dirty (a million documents assembled at
+        once were one bulk request of 1.6 GB, refused, and as much memory)."""
         zoids = self.store.dirty()
         if not zoids:
             return 0
         version = self.store.applied_tid()
-        actions = self.object_actions(zoids, version)
-        result = self.sink.send(actions)
-        for rejected in result.rejected:
-            log.error("object document of zoid %d refused after a restart: %s", rejected.action.zoid, rejected.reason,
-                      extra={"zoid": rejected.action.zoid})
+        step = self.settings.bulk_max_docs
+        for start in range(0, len(zoids), step):
+            chunk = zoids[start:start + step]
+            actions = self.object_actions(chunk, version)
+            with self._liveness.sending():
+                result = self.sink.send(actions)
+            for rejected in result.rejected:
+                log.error("object document of zoid %d refused after a restart: %s", rejected.action.zoid,
+                          rejected.reason, extra={"zoid": rejected.action.zoid})
+            if self._stopping() and start + step < len(zoids):
+                log.info("stopped while rewriting the object documents left unwritten: %d of %d rewritten, the "
+                         "rest at the next start", start + len(chunk), len(zoids))
+                return start + len(chunk)  # nothing settled: the next start writes them all again
         with self.store.conn.cursor() as cur:
             self.store.settle(cur, zoids, version, whole_tree=True)  # (every object of the tree, if that was dirty)
         self.store.conn.commit()
@@ -186,7 +198,9 @@ class ObjectBatchReader(BatchReader):
         if self._graph_write is not None:
             self._graph_write.result()  # every batch written before the graph is resolved
         log.info("backfill read: resolving the object graph", extra={"tid": tid})
-        dirty, version = self.store.resolve_all(tid)
+        # PostgreSQL's work alone, for a while (20 s at 10^6 objects): not a hang
+        with self._liveness.sending():
+            dirty, version = self.store.resolve_all(tid, beat=self._liveness.beat)
         self.building = False
         return dirty, version
 

@@ -236,6 +236,35 @@ def test_documents_left_dirty_by_a_crash_are_written_at_start(zodb, db_dsn, es_u
     conn.close()
 
 
+def test_a_whole_tree_left_dirty_by_a_crash_is_written_at_start_a_request_at_a_time(zodb, db_dsn, es_url,
+                                                                                     es_prefix, es):
+    """A crash while a backfill wrote its documents leaves the whole tree dirty (one mark,
+    not a row each). The next start writes every object of the tree again, a request's
+    worth at a time (bulk_max_docs: 25 here), then clears the mark."""
+    import psycopg2
+
+    from esindexer.observe.metrics import Metrics
+
+    conn = build(zodb)
+    settings = make_settings(db_dsn, es_url, es_prefix, documents="objects")
+    alias = settings.alias_name
+    with running(settings):
+        wait_for(lambda: paths(es, alias) == truth(zodb), timeout=60)
+    conn.close()
+    index = next(iter(es.indices.get_alias(name=alias)))
+    es.indices.delete(index=index)  # nothing left: as if no bulk had ever gone
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
+        cur.execute("UPDATE esindexer_obj_applied SET tree_dirty_as_of = tid")
+    metrics = Metrics(process_metrics=False)
+    with running(settings, metrics):
+        wait_for(lambda: paths(es, alias) == truth(zodb), timeout=60)
+        wait_for(lambda: scalar(db_dsn, "SELECT count(*) FROM esindexer_obj_applied "
+                                        "WHERE tree_dirty_as_of IS NOT NULL") == 0, timeout=30)
+    objects = len(truth(zodb))  # the tree's objects, the root included
+    requests = metrics.registry.get_sample_value("esindexer_bulk_requests_total", {"outcome": "ok"}) or 0
+    assert requests >= objects / 25  # a request at a time, not one request for the whole tree
+
+
 def test_ofs_children_named_by_their_container(zodb, db_dsn, es_url, es_prefix, es):
     """A tool whose id is a class attribute (no pickle shows it) is placed by its OFS
     container's ``_objects`` listing, or by being an item of a container's ``_tree``, and is
