@@ -229,17 +229,24 @@ def test_a_role_granted_by_setup_stages_and_resolves(zodb, db_dsn, indexer_role)
         as_role.close()
 
 
+def _installed_then(db_dsn: str, role: str, statement: str) -> Any:
+    """An administrator's connection after ``esindexer setup --grant-to role`` and then
+    ``statement`` (an older installation, a role with fewer rights)."""
+    admin = psycopg2.connect(db_dsn)
+    schema.create_all(admin)
+    schema.grant(admin, role)
+    with admin.cursor() as cur:
+        cur.execute(statement)
+    admin.commit()
+    return admin
+
+
 def test_a_role_that_may_not_create_the_staging_tables_is_told(zodb, db_dsn, indexer_role):
     """An installation with the graph's first four tables only, and a role without CREATE:
     ``ensure_tables`` says so (the reader's SetupError) instead of failing later."""
     name, role_dsn = indexer_role
-    admin = psycopg2.connect(db_dsn)
-    schema.create_all(admin)
-    schema.grant(admin, name)
-    with admin.cursor() as cur:
-        cur.execute(f"DROP TABLE {graph.STAGE_NODES}; DROP TABLE {graph.STAGE_EDGES}; REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-    admin.commit()
-    admin.close()
+    _installed_then(db_dsn, name, f"DROP TABLE {graph.STAGE_NODES}; DROP TABLE {graph.STAGE_EDGES}; "
+                    "REVOKE CREATE ON SCHEMA public FROM PUBLIC").close()
     as_role = psycopg2.connect(role_dsn)
     try:
         assert not graph.ensure_tables(as_role)
@@ -340,12 +347,7 @@ def test_a_role_that_may_not_add_a_new_column_is_told(zodb, db_dsn, indexer_role
     ``tree_dirty_as_of``) and a role that does not own the table: ``ensure_tables`` says
     so (the reader's SetupError) instead of failing at the first resolution."""
     name, role_dsn = indexer_role
-    admin = psycopg2.connect(db_dsn)
-    schema.create_all(admin)
-    schema.grant(admin, name)
-    with admin.cursor() as cur:
-        cur.execute(f"ALTER TABLE {graph.APPLIED} DROP COLUMN tree_dirty_as_of")
-    admin.commit()
+    admin = _installed_then(db_dsn, name, f"ALTER TABLE {graph.APPLIED} DROP COLUMN tree_dirty_as_of")
     as_role = psycopg2.connect(role_dsn)
     try:
         assert not graph.ensure_tables(as_role)
