@@ -38,21 +38,20 @@ def write(cur: Any, client_id: str, records: list[RecordFacts], deleted: list[in
     the copy fails on the unique index and the batch goes through temporary tables
     instead (:func:`_replace`): a record already there at a tid as new stays, a newer
     state replaces it with its edges. Only the unique index decides, so no plan depends
-    on statistics that a growing graph outruns. A deletion is
-    staged as a *gone* row at the batch's tid, which ``resolve_all`` applies (:func:`materialize`):
-    a record read again after a crash, older than the deletion, cannot come back."""
+    on statistics that a growing graph outruns. A deletion is staged as a *gone* row at
+    the batch's tid, which ``resolve_all`` applies (:func:`materialize`): a record read
+    again after a crash, older than the deletion, cannot come back."""
     latest = latest_of(records)
     gone = sorted(set(deleted) - set(latest))
+    client = text(client_id)
     if gone:
         cur.execute("SELECT txid_current()")
         batch = int(cur.fetchone()[0])
-        client = text(client_id)
         cur.copy_expert(f"COPY {STAGE_NODES} (client_id, zoid, tid, batch, class_name, name, gone) FROM STDIN "
                         "WITH (FORMAT csv)", io.StringIO("".join(f"{client},{zoid},{tid},{batch},,,t\n"
                                                                  for zoid in gone)))
     if not latest:
         return []
-    client = text(client_id)
     nodes = "".join(f"{client},{f.zoid},{f.tid},{text(f.class_name)},{text(f.name)}\n" for f in latest.values())
     edges = "".join([f"{client},{f.zoid},{dst},{text(key)},{'t' if listed else 'f'}\n" for f in latest.values()
                      for dst, key, listed in dict.fromkeys(f.edges)])  # (a record's same edge twice: once)
