@@ -420,7 +420,8 @@ def object_documents(dsn: str, settings: Settings) -> list[dict[str, Any]]:
                 facts.append(RecordFacts(zoid, tid, decoded.class_name, record_name(zoid, state),
                                          record_edges(decoded.class_name, state)))
             store.apply(facts, [], last, resolve=False)
-        dirty, version = store.resolve_all(last, quiet=True)
+        _count, version = store.resolve_all(last, quiet=True)
+        dirty = store.tree_objects()
         out = []
         for group in read_groups(dirty, store, pg.CurrentStates(states_conn)):
             for a in builder.assembled_actions(build(group, jsonifier), version):

@@ -84,10 +84,10 @@ def main() -> None:
         for start in range(0, len(facts), args.batch):
             store.apply(facts[start:start + args.batch], [], 10 + start, resolve=False)
         written = time.perf_counter() - started
-        dirty, _version = store.resolve_all(10**8)
+        count, _version = store.resolve_all(10**8)
         total = time.perf_counter() - started
         print(f"backfill: {len(facts):,} records written in {written:.2f} s, resolved in {total - written:.2f} s "
-              f"({len(facts) / total:,.0f} records/s); {len(dirty):,} objects in the tree")
+              f"({len(facts) / total:,.0f} records/s); {count:,} objects in the tree")
         items = [f for f in facts if f.class_name == "app.Item"][: args.live]
         times = []
         for n, item in enumerate(items):

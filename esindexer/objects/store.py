@@ -12,9 +12,8 @@ A backfill writes its batches' records into the graph unresolved instead (``reso
 :meth:`GraphStore.resolve_all` resolves the whole graph at once.
 
 Memory: nothing of the graph is kept in the process; one batch's records and the zoids
-its changes reach are all it holds, but for a whole graph's resolution, whose answer is
-the zoid of every object in the tree (about 36 bytes each: 167 MiB of peak RSS at 10^6
-objects, docs/performance.md).
+its changes reach are all it holds. A whole graph's resolution answers with a count: its
+objects are read a page at a time (:mod:`esindexer.objects.dirtypages`).
 """
 
 from __future__ import annotations
@@ -28,8 +27,8 @@ from typing import Any
 import psycopg2.errors
 import psycopg2.extras
 
+from esindexer.objects import dirtypages, unresolved
 from esindexer.objects import graph_sql as q
-from esindexer.objects import unresolved
 from esindexer.objects.edges import ROOT_ZOID, RecordFacts
 from esindexer.objects.unresolved import latest_of
 from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES
@@ -105,24 +104,13 @@ class GraphStore:
 
     def dirty(self) -> list[int]:
         """Objects whose documents a crash left unwritten (rebuilt at start): the dirty rows,
-        and every object of the tree while a backfill's resolution is not settled."""
-        with self.conn.cursor() as cur:
-            cur.execute(f"SELECT tree_dirty_as_of FROM {APPLIED} WHERE client_id = %s", (self.client_id,))
-            row = cur.fetchone()
-            cur.execute(f"SELECT zoid FROM {DIRTY} WHERE client_id = %s", (self.client_id,))
-            zoids = {int(r[0]) for r in cur.fetchall()}
-            if row is not None and row[0] is not None:
-                zoids.update(self._tree_objects(cur))
-        self.conn.rollback()
-        return sorted(zoids)
+        and every object of the tree while a backfill's resolution is not settled. Whole:
+        for checks; the service reads them a page at a time (:mod:`.dirtypages`)."""
+        return [z for page in dirtypages.dirty_pages(self, 10_000) for z in page]
 
-    def _tree_objects(self, cur: Any) -> list[int]:
-        """Every object of the tree (the records in it whose class gets documents), in zoid order."""
-        cur.execute(f"SELECT DISTINCT class_name FROM {NODES} WHERE client_id = %s AND in_tree", (self.client_id,))
-        classes = [cls for (cls,) in cur.fetchall() if self.is_object_class(cls)]
-        cur.execute(f"SELECT zoid FROM {NODES} WHERE client_id = %s AND in_tree AND class_name = ANY(%s) ORDER BY zoid",
-                    (self.client_id, classes))
-        return [int(z) for (z,) in cur.fetchall()]
+    def tree_objects(self) -> list[int]:
+        """Every object of the tree, in zoid order (whole: for checks and benchmarks)."""
+        return [z for page in dirtypages.tree_pages(self, 10_000) for z in page]
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -303,10 +291,12 @@ class GraphStore:
         return {int(r[0]) for r in cur.fetchall()}
 
     def resolve_all(self, tid: int, quiet: bool = False,
-                    beat: Callable[[], None] | None = None) -> tuple[list[int], int]:
+                    beat: Callable[[], None] | None = None) -> tuple[int, int]:
         """Resolve a graph written unresolved (a backfill): its staged deletions applied,
         every owner, the whole tree from the root; every object in the tree becomes dirty
         (``tree_dirty_as_of``: settle with ``whole_tree``). Marks the graph complete.
+        Returns how many objects the tree has, and their version (read them with
+        :func:`.dirtypages.tree_pages`).
         ``beat`` is called between its statements (the pipeline's sign of life)."""
         beat = beat if beat is not None else _nothing
         c = self.client_id
@@ -336,18 +326,23 @@ class GraphStore:
                         if not cur.fetchone()[0]:
                             break
                         depth += 1
+                    # placed: the statistics of the start say no record is in the tree, and with
+                    # them the tree's pages are read by a whole scan each (dirtypages)
+                    cur.execute(f"ANALYZE {NODES}")
                     version = self._finish(cur, tid, [], complete=True)
                     # every object of the tree is dirty: one mark, not a row each (82,200 rows
                     # written, then deleted, took 0.5 s of a 10^5-object backfill)
                     cur.execute(f"UPDATE {APPLIED} SET tree_dirty_as_of = %s WHERE client_id = %s", (version, c))
-                    dirty = self._tree_objects(cur)
+                    cur.execute(f"SELECT class_name, count(*) FROM {NODES} WHERE client_id = %s AND in_tree "
+                                "GROUP BY class_name", (c,))
+                    count = sum(int(n) for cls, n in cur.fetchall() if self.is_object_class(cls))
                 self.conn.commit()
             except BaseException:
                 self.conn.rollback()
                 raise
         if not quiet:
-            log.info("object graph resolved: %d objects in the tree", len(dirty), extra={"count": len(dirty)})
-        return dirty, version
+            log.info("object graph resolved: %d objects in the tree", count, extra={"count": count})
+        return count, version
 
 
 def _nothing() -> None:

@@ -25,6 +25,7 @@ from esindexer.config import Settings
 from esindexer.convert.jsonifier import Decoded, Kind
 from esindexer.documents import Action
 from esindexer.errors import SetupError
+from esindexer.objects import dirtypages
 from esindexer.objects.assemble import Group, assemble, build, read_groups
 from esindexer.objects.edges import RecordFacts, record_edges, record_name
 from esindexer.objects.store import GraphStore
@@ -82,32 +83,34 @@ class ObjectBatchReader(BatchReader):
     def recover(self) -> int:
         """Write the documents a crash left dirty (before following); returns how many.
 
-        A request's worth of objects at a time: after a crash while a backfill wrote its
-        documents, every object of the tree is dirty (a million documents assembled at
-        once were one bulk request of 1.6 GB, refused, and as much memory)."""
-        zoids = self.store.dirty()
-        if not zoids:
-            return 0
+        A page of objects at a time (:func:`dirtypages.dirty_pages`), each settled once
+        sent: after a crash while a backfill wrote its documents, every object of the tree
+        is dirty (a million documents assembled at once were one bulk request of 1.6 GB,
+        refused, and as much memory)."""
         version = self.store.applied_tid()
-        step = self.settings.bulk_max_docs
-        for start in range(0, len(zoids), step):
-            chunk = zoids[start:start + step]
-            actions = self.object_actions(chunk, version)
+        written = 0
+        for page in dirtypages.dirty_pages(self.store, self.settings.bulk_max_docs):
+            if written and self._stopping():
+                log.info("stopped while rewriting the object documents left unwritten: %d rewritten, the rest at "
+                         "the next start", written, extra={"count": written})
+                return written
+            actions = self.object_actions(page, version)
             with self._liveness.sending():
                 result = self.sink.send(actions)
             for rejected in result.rejected:
                 log.error("object document of zoid %d refused after a restart: %s", rejected.action.zoid,
                           rejected.reason, extra={"zoid": rejected.action.zoid})
-            if self._stopping() and start + step < len(zoids):
-                log.info("stopped while rewriting the object documents left unwritten: %d of %d rewritten, the "
-                         "rest at the next start", start + len(chunk), len(zoids))
-                return start + len(chunk)  # nothing settled: the next start writes them all again
-        with self.store.conn.cursor() as cur:
-            self.store.settle(cur, zoids, version, whole_tree=True)  # (every object of the tree, if that was dirty)
-        self.store.conn.commit()
-        log.info("rewrote %d object document(s) left unwritten by the last run", len(zoids),
-                 extra={"count": len(zoids), "tid": version})
-        return len(zoids)
+            with self.store.lock, self.store.conn.cursor() as cur:
+                self.store.settle(cur, page, version)
+                self.store.conn.commit()
+            written += len(page)
+        if written:
+            with self.store.lock, self.store.conn.cursor() as cur:
+                self.store.settle(cur, [], version, whole_tree=True)  # (the tree's mark, if it was set)
+                self.store.conn.commit()
+            log.info("rewrote %d object document(s) left unwritten by the last run", written,
+                     extra={"count": written, "tid": version})
+        return written
 
     def packed(self, zoids: list[int]) -> tuple[list[Action], Callable[[], None]]:
         """Pack deletions: drop the records from the graph; the documents that changed with
@@ -171,8 +174,8 @@ class ObjectBatchReader(BatchReader):
             batch.futures.append(self._write_unresolved(facts, deleted, batch.last_tid))
             dirty, version = [], batch.last_tid
             if self.caught_up() or (self.end_tid is not None and batch.last_tid >= self.end_tid):
-                dirty, version = self._resolve(batch.last_tid)
-                return self._write(batch, dirty, version, raise_failure, whole_tree=True)
+                version = self._resolve(batch.last_tid)
+                return self._write(batch, [], version, raise_failure, whole_tree=True)
         return self._write(batch, dirty, version, raise_failure)
 
     def _write_unresolved(self, facts: list[RecordFacts], deleted: list[int], tid: int) -> Future[SendResult]:
@@ -193,16 +196,16 @@ class ObjectBatchReader(BatchReader):
         self._graph_write = self._graph_writer.submit(write)
         return self._graph_write
 
-    def _resolve(self, tid: int) -> tuple[list[int], int]:
-        """Resolve the graph a backfill wrote; its objects, all dirty, and their version."""
+    def _resolve(self, tid: int) -> int:
+        """Resolve the graph a backfill wrote; the version of its objects, all dirty."""
         if self._graph_write is not None:
             self._graph_write.result()  # every batch written before the graph is resolved
         log.info("backfill read: resolving the object graph", extra={"tid": tid})
         # PostgreSQL's work alone, for a while (20 s at 10^6 objects): not a hang
         with self._liveness.sending():
-            dirty, version = self.store.resolve_all(tid, beat=self._liveness.beat)
+            _count, version = self.store.resolve_all(tid, beat=self._liveness.beat)
         self.building = False
-        return dirty, version
+        return version
 
     def finish(self, last_tid: int, raise_failure: Callable[[], None]) -> BatchInFlight | None:
         """At the end of a bounded run whose last batch did not reach ``end_tid``: resolve a
@@ -210,18 +213,21 @@ class ObjectBatchReader(BatchReader):
         if not self.building:
             return None
         batch = BatchInFlight(last_tid=last_tid)
-        dirty, version = self._resolve(last_tid)
-        return self._write(batch, dirty, version, raise_failure, whole_tree=True)
+        version = self._resolve(last_tid)
+        return self._write(batch, [], version, raise_failure, whole_tree=True)
 
     def _write(self, batch: BatchInFlight, dirty: list[int], version: int,
                raise_failure: Callable[[], None], whole_tree: bool = False) -> BatchInFlight | None:
         """Submit the documents of ``dirty`` as part of ``batch``; None when stopped part-way.
         The next group's reads run in a thread while this group is built (:func:`read_ahead`).
-        ``whole_tree``: ``dirty`` is every object of the tree, dirty by one mark, not by rows."""
-        batch.dirty, batch.dirty_version, batch.dirty_tree = ([] if whole_tree else dirty), version, whole_tree
+        ``whole_tree``: every object of the tree, dirty by one mark, read a page at a time."""
+        batch.dirty, batch.dirty_version, batch.dirty_tree = dirty, version, whole_tree
         beat = self._liveness.beat
         buffer = RequestBuffer(self.settings.bulk_max_docs, self.settings.bulk_max_bytes)
-        groups = read_ahead(self._groups(dirty), name="object-reads")
+        step = self.settings.bulk_max_docs
+        pages = (dirtypages.tree_pages(self.store, step) if whole_tree
+                 else (dirty[start:start + step] for start in range(0, len(dirty), step)))
+        groups = read_ahead(self._groups(pages), name="object-reads")
         try:
             for group in groups:
                 for action in self.builder.assembled_actions(build(group, self.jsonifier), version):
@@ -236,11 +242,10 @@ class ObjectBatchReader(BatchReader):
             return None
         return batch
 
-    def _groups(self, dirty: list[int]) -> Iterator[Group]:
-        """The reads for ``dirty``, a request's worth of objects at a time."""
-        step = self.settings.bulk_max_docs
-        for start in range(0, len(dirty), step):
-            yield from read_groups(dirty[start:start + step], self.store, self._states, lock=self.store.lock)
+    def _groups(self, pages: Iterable[list[int]]) -> Iterator[Group]:
+        """The reads for each page of objects (a request's worth)."""
+        for page in pages:
+            yield from read_groups(page, self.store, self._states, lock=self.store.lock)
 
 
 def open_reader(settings: Settings, *args: Any, **kwargs: Any) -> BatchReader:

@@ -93,7 +93,8 @@ def actions(db_dsn: str, jsonifier: Jsonifier, builder: DocumentBuilder) -> tupl
                                          record_edges(conversion.class_name, state)))
                 last = max(last, tid)
         store.apply(facts, [], last, resolve=False)
-        dirty, version = store.resolve_all(last, quiet=True)
+        _count, version = store.resolve_all(last, quiet=True)
+        dirty = store.tree_objects()
         views = [v for group in read_groups(dirty, store, pg.CurrentStates(conn)) for v in build(group, jsonifier)]
         return builder.assembled_actions(views, version), [v for v in views if isinstance(v, ObjectView)]
     finally:

@@ -96,7 +96,12 @@ def run(store: GraphStore, steps: list[tuple[list[RecordFacts], list[int], int, 
     for n, (facts, deleted, tid, pack) in enumerate(steps):
         for _again in range(2 if n == replay else 1):
             dirty, version = store.apply(facts, deleted, store.applied_tid() if pack else tid, resolve=resolve)
-    return store.resolve_all(40) if not resolve else (dirty, store.applied_tid())
+    if resolve:
+        return dirty, store.applied_tid()
+    count, version = store.resolve_all(40)
+    objects = store.tree_objects()
+    assert count == len(objects)
+    return objects, version
 
 
 @pytest.fixture
