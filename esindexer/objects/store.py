@@ -304,6 +304,8 @@ class GraphStore:
             try:
                 with self.conn.cursor() as cur:
                     self._serialise(cur)
+                    # its sorts and hashes span the whole graph: in memory, not spilled to disk
+                    cur.execute("SET LOCAL work_mem = '64MB'")
                     unresolved.materialize(cur, self.client_id)
                     beat()
                     cur.execute(f"ANALYZE {NODES}; ANALYZE {EDGES}")  # written in bulk: plans need their statistics
