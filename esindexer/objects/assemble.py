@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import repeat
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -151,7 +152,7 @@ def read_groups(zoids: list[int], store: GraphStore, source: States,
         over = []  # objects whose parts exceed the budget: the nearest are chosen, which needs the edges
         for zoid in live:
             candidates = parts_of.get(zoid, [])
-            if len(candidates) > MAX_PARTS or sum(sizes.get(p, 0) for p in candidates) > MAX_PART_BYTES:
+            if candidates and (len(candidates) > MAX_PARTS or sum(map(sizes.get, candidates, repeat(0))) > MAX_PART_BYTES):
                 over.append(zoid)
             else:
                 chosen_of[zoid] = candidates
@@ -163,7 +164,8 @@ def read_groups(zoids: list[int], store: GraphStore, source: States,
     held = 0
     for zoid in live:
         group.append(zoid)
-        held += sizes.get(zoid, 0) + sum(sizes.get(p, 0) for p in chosen_of[zoid])
+        chosen = chosen_of[zoid]
+        held += sizes.get(zoid, 0) + (sum(map(sizes.get, chosen, repeat(0))) if chosen else 0)
         if held >= READ_BYTES or zoid == live[-1]:
             parts = sorted({p for z in group for p in chosen_of[z]})
             states, large, large_parts = _inline_states(inline, group, parts)

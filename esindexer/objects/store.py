@@ -32,6 +32,7 @@ from esindexer.objects import graph_sql as q
 from esindexer.objects.edges import ROOT_ZOID, RecordFacts
 from esindexer.objects.unresolved import latest_of
 from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES
+from esindexer.source.pg import int_array
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class GraphStore:
         with self.conn.cursor() as cur:
             cur.execute("SELECT n.zoid, n.tid, n.class_name, n.name, n.owner, n.in_tree, n.parent, n.depth, n.path "
                         f"FROM unnest(%s::bigint[]) z(zoid) JOIN {NODES} n ON n.client_id = %s AND n.zoid = z.zoid",
-                        (list(zoids), self.client_id))
+                        (int_array(zoids), self.client_id))
             rows = {int(r[0]): Node(*r) for r in cur.fetchall()}
         self.conn.rollback()
         return rows
@@ -86,7 +87,7 @@ class GraphStore:
         out: dict[int, list[int]] = {}
         with self.conn.cursor() as cur:
             cur.execute(f"SELECT n.owner, n.zoid FROM unnest(%s::bigint[]) o(zoid) JOIN {NODES} n "
-                        "ON n.client_id = %s AND n.owner = o.zoid", (list(owners), self.client_id))
+                        "ON n.client_id = %s AND n.owner = o.zoid", (int_array(owners), self.client_id))
             for owner, zoid in cur.fetchall():
                 out.setdefault(int(owner), []).append(int(zoid))
         self.conn.rollback()
@@ -96,7 +97,7 @@ class GraphStore:
         out: dict[int, list[int]] = {}
         with self.conn.cursor() as cur:
             cur.execute(f"SELECT e.src, e.dst FROM unnest(%s::bigint[]) z(zoid) JOIN {EDGES} e "
-                        "ON e.client_id = %s AND e.src = z.zoid", (list(zoids), self.client_id))
+                        "ON e.client_id = %s AND e.src = z.zoid", (int_array(zoids), self.client_id))
             for src, dst in cur.fetchall():
                 out.setdefault(int(src), []).append(int(dst))
         self.conn.rollback()
@@ -124,7 +125,7 @@ class GraphStore:
                         "AND tree_dirty_as_of <= %s", (self.client_id, as_of))
         if zoids:
             cur.execute(f"DELETE FROM {DIRTY} d USING unnest(%s::bigint[]) z(zoid) "
-                        "WHERE d.client_id = %s AND d.zoid = z.zoid AND d.as_of <= %s", (zoids, self.client_id, as_of))
+                        "WHERE d.client_id = %s AND d.zoid = z.zoid AND d.as_of <= %s", (int_array(zoids), self.client_id, as_of))
 
     def complete(self) -> bool:
         """Whether the graph is resolved (False while a backfill writes it unresolved)."""

@@ -22,7 +22,7 @@ same everywhere:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Union
 
 import psycopg2
@@ -90,6 +90,14 @@ def refused_for_good(exc: BaseException) -> SetupError | None:
             first = text.split(" connection to server at ")[0]  # libpq repeats it per address tried
             return SetupError(f"PostgreSQL refused the connection: {meaning} ({first[:300]})")
     return None
+
+
+def int_array(values: Iterable[int]) -> str:
+    """``values`` as a PostgreSQL array literal (``{1,2,3}``), for ``%s::bigint[]``.
+
+    psycopg2 adapts a list item by item (1.75 ms for 1,300 zoids, against 0.2 ms for
+    this text): the object model passes a request's worth of zoids to every read."""
+    return "{" + ",".join(map(str, map(int, values))) + "}"
 
 
 def dsn(settings: Settings, role: str) -> str:
@@ -290,7 +298,7 @@ class CurrentStates:
                 self._source = current_revisions(cur)
             source, key = self._source
             query = cur.mogrify(f"SELECT {key}, s.tid, {state}, {size} FROM unnest(%s::bigint[]) z(zoid) "
-                                f"JOIN {source} ON {key} = z.zoid", (zoids,)).decode()
+                                f"JOIN {source} ON {key} = z.zoid", (int_array(zoids),)).decode()
             rows = copyrows.fetch(cur, query)
         self.conn.rollback()
         return rows

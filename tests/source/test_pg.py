@@ -45,3 +45,15 @@ def test_an_application_name_in_the_dsn_wins(db_dsn):
             assert cur.fetchone()[0] == "esindexer cli (esindexer)"
     finally:
         named.close()
+
+
+def test_an_int_array_literal_reads_back_as_the_same_bigints(db_dsn):
+    """``int_array`` (the object model's zoid lists, written as text) against the server's reading."""
+    values = [0, 1, -7, 2**63 - 1, -(2**63), 31_658, 1]
+    with psycopg2.connect(db_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT %s::bigint[], %s::bigint[]", (pg.int_array(values), pg.int_array([])))
+        assert cur.fetchone() == (values, [])
+        cur.execute("SELECT count(*) FROM unnest(%s::bigint[]) z(zoid) WHERE z.zoid = ANY(%s::bigint[])",
+                    (pg.int_array(range(5)), pg.int_array((3, 4, 9))))
+        assert cur.fetchone()[0] == 2
+    conn.close()
