@@ -5,12 +5,26 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import psycopg2
 import pytest
 
+from esindexer.source import graph
 from tests.objects import corpus, index, truth
 from tests.objects.live import AppWriter
 from tests.pipeline.processes import service_env
 from tests.support import open_zodb
+
+
+@pytest.fixture
+def conn(db_dsn: str):
+    """A connection to the test database, the object graph's tables made."""
+    connection = psycopg2.connect(db_dsn)
+    assert graph.ensure_tables(connection)
+    connection.commit()
+    try:
+        yield connection
+    finally:
+        connection.close()
 
 
 @pytest.fixture

@@ -7,26 +7,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import psycopg2
 import pytest
 
 from esindexer.objects import dirtypages
 from esindexer.objects.edges import RecordFacts
 from esindexer.objects.store import GraphStore
 from esindexer.source import graph
-
-
-@pytest.fixture
-def conn(db_dsn: str):
-    connection = psycopg2.connect(db_dsn)
-    assert graph.ensure_tables(connection)
-    connection.commit()
-    try:
-        yield connection
-    finally:
-        graph.forget(connection, "pages")
-        connection.commit()
-        connection.close()
 
 
 def is_object(class_name: str | None) -> bool:

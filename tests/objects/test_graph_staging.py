@@ -104,17 +104,6 @@ def run(store: GraphStore, steps: list[tuple[list[RecordFacts], list[int], int, 
     return objects, version
 
 
-@pytest.fixture
-def conn(db_dsn: str):
-    connection = psycopg2.connect(db_dsn)
-    assert graph.ensure_tables(connection)
-    connection.commit()
-    try:
-        yield connection
-    finally:
-        connection.close()
-
-
 def reference(conn: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The graph the same batches give applied and resolved one at a time."""
     store = GraphStore(conn, "reference", is_object)
