@@ -14,20 +14,29 @@ pages' last zoid, so none is skipped and none is handed out twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from esindexer.source.graph import APPLIED, DIRTY, NODES
 
-if TYPE_CHECKING:
-    from esindexer.objects.store import GraphStore
+
+class Graph(Protocol):
+    """What is read here of :class:`esindexer.objects.store.GraphStore` (which uses this module)."""
+
+    conn: Any
+    client_id: str
+    is_object_class: Callable[[str | None], bool]
+
+    @property
+    def lock(self) -> AbstractContextManager[Any]: ...
 
 _TREE_PAGE = (f"SELECT zoid FROM {NODES} WHERE client_id = %s AND zoid > %s AND in_tree "
               "AND class_name = ANY(%s) ORDER BY zoid LIMIT %s")
 _DIRTY_PAGE = f"SELECT zoid FROM {DIRTY} WHERE client_id = %s AND zoid > %s ORDER BY zoid LIMIT %s"
 
 
-def tree_classes(store: GraphStore) -> list[str]:
+def tree_classes(store: Graph) -> list[str]:
     """The classes of the tree's records that get documents (the class filter applied once)."""
     with store.lock, store.conn.cursor() as cur:
         cur.execute(f"SELECT DISTINCT class_name FROM {NODES} WHERE client_id = %s AND in_tree", (store.client_id,))
@@ -36,7 +45,7 @@ def tree_classes(store: GraphStore) -> list[str]:
     return classes
 
 
-def tree_pages(store: GraphStore, size: int) -> Iterator[list[int]]:
+def tree_pages(store: Graph, size: int) -> Iterator[list[int]]:
     """Every object of the tree, in zoid order, ``size`` at a time."""
     classes = tree_classes(store)
     after = -1
@@ -49,7 +58,7 @@ def tree_pages(store: GraphStore, size: int) -> Iterator[list[int]]:
         after = page[-1]
 
 
-def dirty_pages(store: GraphStore, size: int) -> Iterator[list[int]]:
+def dirty_pages(store: Graph, size: int) -> Iterator[list[int]]:
     """The objects a crash left unwritten, in zoid order, at most ``2 * size`` at a time:
     the dirty rows, and every object of the tree while a resolution's mark is set."""
     with store.lock, store.conn.cursor() as cur:
@@ -71,7 +80,7 @@ def dirty_pages(store: GraphStore, size: int) -> Iterator[list[int]]:
         after = int(bound)
 
 
-def _page(store: GraphStore, sql: str, args: tuple[object, ...]) -> list[int]:
+def _page(store: Graph, sql: str, args: tuple[object, ...]) -> list[int]:
     with store.lock, store.conn.cursor() as cur:
         cur.execute(sql, args)
         page = [int(z) for (z,) in cur.fetchall()]
