@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import psycopg2
 import pytest
 import transaction
 
 from esindexer.pipeline.lease import LeaseKeeper, Liveness, tick
+from esindexer.pipeline.objectreader import ObjectBatchReader
 from esindexer.source import lease, pg
 from esindexer.source.lease import LostLease
 from tests.indexing import Page, make_settings
@@ -115,4 +117,28 @@ def test_a_keeper_whose_lease_was_taken_over_says_so_and_refuses_writes(holder):
         assert _alive(writer)  # a takeover is the standby's doing: the keeper ends nothing
     finally:
         other.close()
+        keeper.close()
+
+
+def test_an_object_graph_resolution_longer_than_the_lease_keeps_it(holder):
+    """A backfill's graph resolution is PostgreSQL's work alone, one statement for a while
+    (20 s at 10^6 objects, with no sign of life between): the reader waits for it as for a
+    bulk request, and the watchdog leaves the pipeline alone (it ended it at 10^6 before)."""
+    settings, writer = holder
+    lost = threading.Event()
+    liveness = Liveness()
+    keeper = _keeper(settings, writer, liveness, lost)
+
+    class SlowGraph:
+        def resolve_all(self, tid, beat=None):
+            time.sleep(LEASE * 2.5)  # one long statement
+            return 0, tid
+
+    reader = SimpleNamespace(_graph_write=None, _liveness=liveness, store=SlowGraph(), building=True)
+    try:
+        assert ObjectBatchReader._resolve(reader, 7) == 7
+        assert not lost.is_set() and not reader.building
+        keeper.check()
+        assert _alive(writer)
+    finally:
         keeper.close()
