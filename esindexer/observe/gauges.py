@@ -24,6 +24,8 @@ GAUGE_HELP: dict[str, str] = {
     "documents_with_unmapped_fields": "Documents holding fields the index keeps but did not map "
                                       "(field limit reached, or a value the mapping refused): "
                                       "searches on those fields miss them.",
+    "object_documents_to_write": "Object documents (documents=objects) a backfill's resolution of the "
+                                 "object graph left to send: the whole tree at first, 0 once all are sent.",
 
     "database_behind_index": "1 while the indices hold documents newer than the database (it went "
                              "back in time: restored from a backup) and the repair has not ended clean.",

@@ -76,6 +76,7 @@ class _State:
     budget_exhausted: bool = False
     indices_vanished: bool = False
     unmapped_documents: int | None = None
+    object_documents_to_write: int | None = None
 
     database_behind: bool = False
     crash_guard_active: bool | None = None
@@ -118,6 +119,7 @@ class _StateCollector(Collector):
         put("error_budget_exhausted", int(state.budget_exhausted))
         put("indices_vanished", int(state.indices_vanished))
         put("documents_with_unmapped_fields", state.unmapped_documents)
+        put("object_documents_to_write", state.object_documents_to_write)
 
         put("database_behind_index", int(state.database_behind))
         put("live", None if state.live is None else int(state.live))
@@ -315,6 +317,11 @@ class Metrics:
         """Set how many documents hold fields the index did not map."""
         with self._lock:
             self._state.unmapped_documents = int(count)
+
+    def set_object_documents_to_write(self, count: int) -> None:
+        """Set how many of the tree's object documents a backfill has still to send."""
+        with self._lock:
+            self._state.object_documents_to_write = int(count)
 
     def set_database_behind(self, flag: bool) -> None:
         """Set whether the database was found behind the index and is not repaired yet."""

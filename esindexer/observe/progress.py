@@ -86,6 +86,22 @@ def pipeline_counts(metrics: Metrics) -> Callable[[], Counts]:
     return counts
 
 
+#: A stretch of the work with a count of its own: its name and how many items it has left
+#: (None: not in it).
+Phase = Callable[[], "tuple[str, int] | None"]
+
+
+def pipeline_phase(metrics: Metrics) -> Phase:
+    """The object model's last stretch of a backfill: the tree's documents, written after
+    every record was read (rows stand still meanwhile: their ETA would say 0:00)."""
+
+    def phase() -> tuple[str, int] | None:
+        left = metrics.registry.get_sample_value("esindexer_object_documents_to_write")
+        return ("writing the object documents of the tree", int(left)) if left else None
+
+    return phase
+
+
 def pipeline_live(metrics: Metrics) -> Callable[[], bool]:
     """True once the service settled a batch read while caught up: a catch-up has ended."""
     return lambda: metrics.registry.get_sample_value("esindexer_live") == 1.0
@@ -131,7 +147,7 @@ def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: b
     reporter = ProgressReporter(what or ("backfill" if until_caught_up else "catch-up"), ahead.best_guess,
                                 pipeline_counts(metrics), exact=ahead.exact, interval=settings.progress_interval,
                                 finished=None if until_caught_up else pipeline_live(metrics),
-                                counts_label=PIPELINE_COUNTS_LABEL)
+                                counts_label=PIPELINE_COUNTS_LABEL, phase=pipeline_phase(metrics))
     # Announced as the command's own line (logger "esindexer", as run's other start-up lines).
     where = f"after tid {start}" if start > 0 else "from the start"
     logging.getLogger("esindexer").info("%s of %s%s rows %s", reporter.what, "" if ahead.exact else "about ",
@@ -170,10 +186,14 @@ class ProgressReporter:
 
     def __init__(self, what: str, total: int | None, counts: Callable[[], Counts] | None = None, *,
                  exact: bool = True, interval: float = 10.0, stream: TextIO | None = None,
-                 bar: bool | None = None, finished: Callable[[], bool] | None = None, counts_label: str = ""):
+                 bar: bool | None = None, finished: Callable[[], bool] | None = None, counts_label: str = "",
+                 phase: Phase | None = None):
         self.what = what
         #: says what the named counts count, when it is not what the rows count
         self.counts_label = counts_label
+        #: a stretch counted in items of its own (:func:`pipeline_phase`), and where it began
+        self._phase = phase
+        self._phase_start: tuple[str, float, int] | None = None
         self.total = total
         self.exact = exact
         self.interval = interval
@@ -294,9 +314,26 @@ class ProgressReporter:
         else:
             share = left = ""
         extra = ", ".join(f"{k.replace('_', '-')} {v:,}" for k, v in figures.items() if k != "rows")
-        message = (f"{self.what}: {rows:,} rows done{share}{left}, {rate:,.0f} rows/s, ETA {_duration(eta)}"
-                   + (f"; {self.counts_label}{extra}" if extra else ""))
+        extra = f"; {self.counts_label}{extra}" if extra else ""
+        phase = self._phase() if self._phase is not None else None
+        if phase is not None:
+            return self._phase_line(phase, figures, extra, fields)
+        message = f"{self.what}: {rows:,} rows done{share}{left}, {rate:,.0f} rows/s, ETA {_duration(eta)}{extra}"
         return message, fields
+
+    def _phase_line(self, phase: tuple[str, int], figures: Counts, extra: str,
+                    fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The line while a phase runs: its items left, at the documents' rate since it began."""
+        name, items_left = phase
+        now, done = time.monotonic(), figures.get("indexed", 0)
+        if self._phase_start is None or self._phase_start[0] != name:
+            self._phase_start = (name, now, done)
+        _, began, done_then = self._phase_start
+        rate = (done - done_then) / (now - began) if now > began else 0.0
+        eta = items_left / rate if rate > 0 else None
+        fields.update(phase=name, phase_left=items_left, eta_seconds=None if eta is None else round(eta))
+        return (f"{self.what}: {name}: {items_left:,} left, {rate:,.0f} documents/s, ETA {_duration(eta)}{extra}",
+                fields)
 
     def _log_line(self) -> None:
         message, fields = self.line()

@@ -59,6 +59,7 @@ class ObjectBatchReader(BatchReader):
         #: the reader decodes the next batch (PostgreSQL's work on the other core)
         self._graph_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esindexer-graph")
         self._graph_write: Future[SendResult] | None = None
+        self._tree_count = 0
 
     @property
     def connections(self) -> tuple[Any, Any]:
@@ -203,8 +204,9 @@ class ObjectBatchReader(BatchReader):
         log.info("backfill read: resolving the object graph", extra={"tid": tid})
         # PostgreSQL's work alone, for a while (20 s at 10^6 objects): not a hang
         with self._liveness.sending():
-            _count, version = self.store.resolve_all(tid, beat=self._liveness.beat)
+            count, version = self.store.resolve_all(tid, beat=self._liveness.beat)
         self.building = False
+        self._tree_count = count  # for the progress report: the documents the tree's write has to send
         return version
 
     def finish(self, last_tid: int, raise_failure: Callable[[], None]) -> BatchInFlight | None:
@@ -227,12 +229,20 @@ class ObjectBatchReader(BatchReader):
         step = self.settings.bulk_max_docs
         pages = (dirtypages.tree_pages(self.store, step) if whole_tree
                  else (dirty[start:start + step] for start in range(0, len(dirty), step)))
+        # a backfill's last batch is the whole tree (minutes at 10^7 objects, rows standing
+        # still): the progress report says how many documents are left instead
+        left = self._tree_count if whole_tree else 0
+        if left:
+            self.metrics.set_object_documents_to_write(left)
         groups = read_ahead(self._groups(pages), name="object-reads")
         try:
             for group in groups:
                 for action in self.builder.assembled_actions(build(group, self.jsonifier), version):
                     if buffer.add(action) and not self.submit(buffer, batch, raise_failure):
                         return None
+                if left:
+                    left = max(left - len(group.live) - len(group.gone), 0)
+                    self.metrics.set_object_documents_to_write(left)
                 beat()
                 if self._stopping():
                     return None
@@ -240,6 +250,8 @@ class ObjectBatchReader(BatchReader):
             groups.close()  # type: ignore[attr-defined]  # a generator: stops and joins the thread
         if buffer and not self.submit(buffer, batch, raise_failure):
             return None
+        if whole_tree:
+            self.metrics.set_object_documents_to_write(0)
         return batch
 
     def _groups(self, pages: Iterable[list[int]]) -> Iterator[Group]:

@@ -64,6 +64,37 @@ def test_counts_from_the_metrics_start_at_zero_when_the_reporter_starts():
     reporter.close(summary=False)
 
 
+def test_the_object_trees_documents_are_counted_left_at_their_own_rate(monkeypatch):
+    """A backfill with the object model ends with the tree's documents while rows stand
+    still: the line says how many are left, at the documents' rate since that began
+    (not the rows' ETA, which says 0:00 for minutes at 10^6 objects)."""
+    from esindexer.observe import progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    metrics = Metrics(process_metrics=False)
+    reporter = ProgressReporter("backfill", total=100, counts=pipeline_counts(metrics), interval=0, bar=False,
+                                phase=progress.pipeline_phase(metrics))
+    metrics.record_batch(90)
+    metrics.record_documents("index", "ok", 500)
+    clock[0] = 110.0
+    message, fields = reporter.line()
+    assert message.startswith("backfill: 90 rows done (90%)") and "phase" not in fields  # the gauge is absent
+    metrics.set_object_documents_to_write(9_000)  # resolved: the tree's write begins
+    message, fields = reporter.line()
+    assert message.startswith("backfill: writing the object documents of the tree: 9,000 left, 0 documents/s, ETA ?")
+    clock[0] = 112.0
+    metrics.record_documents("index", "ok", 2_000)
+    metrics.set_object_documents_to_write(7_000)
+    message, fields = reporter.line()
+    assert "7,000 left, 1,000 documents/s, ETA 0:07" in message and "indexed 2,500" in message
+    assert (fields["phase_left"], fields["eta_seconds"], fields["rows"]) == (7_000, 7, 90)
+    metrics.set_object_documents_to_write(0)  # all sent: back to rows
+    message, fields = reporter.line()
+    assert message.startswith("backfill: 90 rows done") and "phase" not in fields
+    reporter.close(summary=False)
+
+
 def test_on_a_terminal_a_bar_is_drawn():
     stream = io.StringIO()
     reporter = ProgressReporter("backfill", total=50, interval=10, stream=stream, bar=True).start()
