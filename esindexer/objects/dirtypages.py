@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from esindexer.source import graph
 from esindexer.source.graph import APPLIED, DIRTY, NODES
 
 
@@ -37,10 +38,9 @@ _DIRTY_PAGE = f"SELECT zoid FROM {DIRTY} WHERE client_id = %s AND zoid > %s ORDE
 
 
 def tree_classes(store: Graph) -> list[str]:
-    """The classes of the tree's records that get documents (the class filter applied once)."""
+    """The classes of the tree's records that get documents (:func:`graph.tree_classes`)."""
     with store.lock, store.conn.cursor() as cur:
-        cur.execute(f"SELECT DISTINCT class_name FROM {NODES} WHERE client_id = %s AND in_tree", (store.client_id,))
-        classes = [cls for (cls,) in cur.fetchall() if store.is_object_class(cls)]
+        classes = graph.tree_classes(cur, store.client_id, store.is_object_class)
         store.conn.rollback()
     return classes
 

@@ -248,10 +248,10 @@ class ObjectBatchReader(BatchReader):
                     return None
         finally:
             groups.close()  # type: ignore[attr-defined]  # a generator: stops and joins the thread
+            if left:  # every group built, or the write given up: no stale count for a restart
+                self.metrics.set_object_documents_to_write(0)
         if buffer and not self.submit(buffer, batch, raise_failure):
             return None
-        if whole_tree:
-            self.metrics.set_object_documents_to_write(0)
         return batch
 
     def _groups(self, pages: Iterable[list[int]]) -> Iterator[Group]:

@@ -103,6 +103,13 @@ def forget(conn: Any, client_id: str) -> None:
     conn.commit()
 
 
+def tree_classes(cur: Any, client_id: str, is_object_class: Callable[[str | None], bool] | None) -> list[str]:
+    """The classes of the records in the tree that get documents (``is_object_class``,
+    ESINDEXER_OBJECT_CLASSES; None: every class): filtered once, then matched in SQL."""
+    cur.execute(f"SELECT DISTINCT class_name FROM {NODES} WHERE client_id = %s AND in_tree", (client_id,))
+    return [c for (c,) in cur.fetchall() if is_object_class is None or is_object_class(c)]
+
+
 def summary(conn: Any, client_id: str, is_object_class: Callable[[str | None], bool] | None = None,
             ) -> dict[str, Any] | None:
     """What ``status`` says of one client id's graph (None: it has none). ``is_object_class``:
@@ -121,8 +128,7 @@ def summary(conn: Any, client_id: str, is_object_class: Callable[[str | None], b
         if row[2] is None:
             cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (client_id,))
         else:  # every object of the tree, and any other dirty row
-            cur.execute(f"SELECT DISTINCT class_name FROM {NODES} WHERE client_id = %s AND in_tree", (client_id,))
-            classes = [c for (c,) in cur.fetchall() if is_object_class is None or is_object_class(c)]
+            classes = tree_classes(cur, client_id, is_object_class)
             cur.execute(f"SELECT count(*) FROM (SELECT zoid FROM {DIRTY} WHERE client_id = %(c)s UNION SELECT zoid "
                         f"FROM {NODES} WHERE client_id = %(c)s AND in_tree AND class_name = ANY(%(classes)s)) d",
                         {"c": client_id, "classes": classes})
