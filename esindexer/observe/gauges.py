@@ -26,6 +26,9 @@ GAUGE_HELP: dict[str, str] = {
                                       "searches on those fields miss them.",
     "object_documents_to_write": "Object documents (documents=objects) a backfill's resolution of the "
                                  "object graph left to send: the whole tree at first, 0 once all are sent.",
+    "object_graph_resolution_started_timestamp_seconds": "When the running resolution of a backfill's "
+        "object graph (documents=objects) began, Unix time; absent while none runs (it is PostgreSQL's "
+        "work alone, 20 s at 10^6 objects, before the tree's documents are written).",
 
     "database_behind_index": "1 while the indices hold documents newer than the database (it went "
                              "back in time: restored from a backup) and the repair has not ended clean.",

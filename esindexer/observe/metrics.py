@@ -77,7 +77,7 @@ class _State:
     indices_vanished: bool = False
     unmapped_documents: int | None = None
     object_documents_to_write: int | None = None
-
+    object_graph_resolution_started: float | None = None
     database_behind: bool = False
     crash_guard_active: bool | None = None
     live: bool | None = None
@@ -120,7 +120,7 @@ class _StateCollector(Collector):
         put("indices_vanished", int(state.indices_vanished))
         put("documents_with_unmapped_fields", state.unmapped_documents)
         put("object_documents_to_write", state.object_documents_to_write)
-
+        put("object_graph_resolution_started_timestamp_seconds", state.object_graph_resolution_started)
         put("database_behind_index", int(state.database_behind))
         put("live", None if state.live is None else int(state.live))
         put("standby", int(state.standby))
@@ -227,11 +227,9 @@ class Metrics:
     # -- state (custom collector) ------------------------------------------------------
 
     def record_progress(self, tid: int, wall_time: float | None = None) -> None:
-        """Note that progress up to ``tid`` was saved at ``wall_time`` (default: now).
-
-        Call it at start-up too, with the loaded progress tid (-1 if none), so the lag
-        is right from the first scrape.
-        """
+        """Note that progress up to ``tid`` was saved at ``wall_time`` (default: now). Call
+        it at start-up too, with the loaded progress tid (-1 if none): the lag is right
+        from the first scrape."""
         epoch = _tid_epoch(tid) if tid > 0 else None
         wall = time.time() if wall_time is None else wall_time
         with self._lock:
@@ -322,6 +320,11 @@ class Metrics:
         """Set how many of the tree's object documents a backfill has still to send."""
         with self._lock:
             self._state.object_documents_to_write = int(count)
+
+    def set_object_graph_resolving(self, started: float | None) -> None:
+        """Set when the running resolution of a backfill's object graph began (None: none runs)."""
+        with self._lock:
+            self._state.object_graph_resolution_started = started
 
     def set_database_behind(self, flag: bool) -> None:
         """Set whether the database was found behind the index and is not repaired yet."""

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from esindexer.config import Settings
 from esindexer.observe.metrics import Metrics
@@ -86,18 +86,33 @@ def pipeline_counts(metrics: Metrics) -> Callable[[], Counts]:
     return counts
 
 
-#: A stretch of the work with a count of its own: its name and how many items it has left
-#: (None: not in it).
-Phase = Callable[[], "tuple[str, int] | None"]
+class PhaseNow(NamedTuple):
+    """A stretch of the work that rows do not measure: its name, and either how many items
+    it has left or (``left`` None) how long it has run so far."""
+
+    name: str
+    left: int | None
+    elapsed: float | None = None
+
+
+#: The stretch the work is in (None: none, rows measure it).
+Phase = Callable[[], "PhaseNow | None"]
+
+RESOLVING = "resolving the object graph"
+WRITING_TREE = "writing the object documents of the tree"
 
 
 def pipeline_phase(metrics: Metrics) -> Phase:
-    """The object model's last stretch of a backfill: the tree's documents, written after
-    every record was read (rows stand still meanwhile: their ETA would say 0:00)."""
+    """The object model's last two stretches of a backfill, once every record is read
+    (rows stand still in both: their ETA would say 0:00): the graph's resolution, all
+    PostgreSQL's work (20 s at 10^6 objects), then the tree's documents."""
 
-    def phase() -> tuple[str, int] | None:
+    def phase() -> PhaseNow | None:
+        started = metrics.registry.get_sample_value("esindexer_object_graph_resolution_started_timestamp_seconds")
+        if started:
+            return PhaseNow(RESOLVING, None, max(time.time() - started, 0.0))
         left = metrics.registry.get_sample_value("esindexer_object_documents_to_write")
-        return ("writing the object documents of the tree", int(left)) if left else None
+        return PhaseNow(WRITING_TREE, int(left)) if left else None
 
     return phase
 
@@ -282,6 +297,7 @@ class ProgressReporter:
                 if self._finished is not None and self._finished():
                     self._end(True, "finished")
                     return
+                self._phase_now()  # a stretch's start is seen within a tick, not at the next line
                 if self._bar is not None:
                     self._draw()
                 elif time.monotonic() - last_line >= self.interval:
@@ -293,7 +309,11 @@ class ProgressReporter:
     def _draw(self) -> None:
         figures = self.figures()
         bar = self._bar
-        bar.set_postfix({k: f"{v:,}" for k, v in figures.items() if k not in BAR_HIDDEN and v}, refresh=False)
+        postfix = {k: f"{v:,}" for k, v in figures.items() if k not in BAR_HIDDEN and v}
+        phase = self._phase_now()  # the rows stand at their end meanwhile: say what runs
+        if phase is not None:
+            postfix["now"] = phase.name + (f" {_duration(phase.elapsed)}" if phase.left is None else f", {phase.left:,} left")
+        bar.set_postfix(postfix, refresh=False)
         bar.update(max(figures["rows"] - bar.n, 0))
 
     def line(self) -> tuple[str, dict[str, Any]]:
@@ -315,25 +335,34 @@ class ProgressReporter:
             share = left = ""
         extra = ", ".join(f"{k.replace('_', '-')} {v:,}" for k, v in figures.items() if k != "rows")
         extra = f"; {self.counts_label}{extra}" if extra else ""
-        phase = self._phase() if self._phase is not None else None
+        phase = self._phase_now()
         if phase is not None:
             return self._phase_line(phase, figures, extra, fields)
         message = f"{self.what}: {rows:,} rows done{share}{left}, {rate:,.0f} rows/s, ETA {_duration(eta)}{extra}"
         return message, fields
 
-    def _phase_line(self, phase: tuple[str, int], figures: Counts, extra: str,
+    def _phase_now(self) -> PhaseNow | None:
+        """The stretch the work is in, its start noted (time, documents acknowledged) the
+        first time it is seen."""
+        phase = self._phase() if self._phase is not None else None
+        if phase is not None and (self._phase_start is None or self._phase_start[0] != phase.name):
+            self._phase_start = (phase.name, time.monotonic(), self.figures().get("indexed", 0))
+        return phase
+
+    def _phase_line(self, phase: PhaseNow, figures: Counts, extra: str,
                     fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """The line while a phase runs: its items left, at the documents' rate since it began."""
-        name, items_left = phase
+        """The line while a stretch runs: how long it has run, or its items left at the
+        documents' rate since it began (no rate until a document of it is acknowledged)."""
+        if phase.left is None:
+            fields.update(phase=phase.name, phase_seconds=round(phase.elapsed or 0.0, 1), eta_seconds=None)
+            return f"{self.what}: {phase.name}: {_duration(phase.elapsed)} so far{extra}", fields
         now, done = time.monotonic(), figures.get("indexed", 0)
-        if self._phase_start is None or self._phase_start[0] != name:
-            self._phase_start = (name, now, done)
-        _, began, done_then = self._phase_start
-        rate = (done - done_then) / (now - began) if now > began else 0.0
-        eta = items_left / rate if rate > 0 else None
-        fields.update(phase=name, phase_left=items_left, eta_seconds=None if eta is None else round(eta))
-        return (f"{self.what}: {name}: {items_left:,} left, {rate:,.0f} documents/s, ETA {_duration(eta)}{extra}",
-                fields)
+        _, began, done_then = self._phase_start or (phase.name, now, done)
+        rate = (done - done_then) / (now - began) if now > began and done > done_then else None
+        eta = phase.left / rate if rate else None
+        fields.update(phase=phase.name, phase_left=phase.left, eta_seconds=None if eta is None else round(eta))
+        pace = f"{rate:,.0f} documents/s, ETA {_duration(eta)}" if rate else "no rate yet"
+        return f"{self.what}: {phase.name}: {phase.left:,} left, {pace}{extra}", fields
 
     def _log_line(self) -> None:
         message, fields = self.line()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -202,9 +203,14 @@ class ObjectBatchReader(BatchReader):
         if self._graph_write is not None:
             self._graph_write.result()  # every batch written before the graph is resolved
         log.info("backfill read: resolving the object graph", extra={"tid": tid})
-        # PostgreSQL's work alone, for a while (20 s at 10^6 objects): not a hang
-        with self._liveness.sending():
-            count, version = self.store.resolve_all(tid, beat=self._liveness.beat)
+        # PostgreSQL's work alone, for a while (20 s at 10^6 objects): not a hang, and the
+        # progress report says what runs (the rows, all read, stand still)
+        self.metrics.set_object_graph_resolving(time.time())
+        try:
+            with self._liveness.sending():
+                count, version = self.store.resolve_all(tid, beat=self._liveness.beat)
+        finally:
+            self.metrics.set_object_graph_resolving(None)
         self.building = False
         self._tree_count = count  # for the progress report: the documents the tree's write has to send
         return version

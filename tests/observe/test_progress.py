@@ -67,7 +67,8 @@ def test_counts_from_the_metrics_start_at_zero_when_the_reporter_starts():
 def test_the_object_trees_documents_are_counted_left_at_their_own_rate(monkeypatch):
     """A backfill with the object model ends with the tree's documents while rows stand
     still: the line says how many are left, at the documents' rate since that began
-    (not the rows' ETA, which says 0:00 for minutes at 10^6 objects)."""
+    (not the rows' ETA, which says 0:00 for minutes at 10^6 objects). Before any document
+    of that stretch is acknowledged it says there is no rate yet, not "0 documents/s"."""
     from esindexer.observe import progress
 
     clock = [100.0]
@@ -82,7 +83,8 @@ def test_the_object_trees_documents_are_counted_left_at_their_own_rate(monkeypat
     assert message.startswith("backfill: 90 rows done (90%)") and "phase" not in fields  # the gauge is absent
     metrics.set_object_documents_to_write(9_000)  # resolved: the tree's write begins
     message, fields = reporter.line()
-    assert message.startswith("backfill: writing the object documents of the tree: 9,000 left, 0 documents/s, ETA ?")
+    assert message.startswith("backfill: writing the object documents of the tree: 9,000 left, no rate yet;")
+    assert fields["eta_seconds"] is None
     clock[0] = 112.0
     metrics.record_documents("index", "ok", 2_000)
     metrics.set_object_documents_to_write(7_000)
@@ -93,6 +95,66 @@ def test_the_object_trees_documents_are_counted_left_at_their_own_rate(monkeypat
     message, fields = reporter.line()
     assert message.startswith("backfill: 90 rows done") and "phase" not in fields
     reporter.close(summary=False)
+
+
+def test_the_stretch_is_seen_starting_between_lines_so_the_first_line_has_its_rate(monkeypatch):
+    """The reporter notes a stretch's start at its tick (every 0.5 s), not at the next
+    line (every 10 s): the first line in the tree's write gives the rate since it began,
+    where it said "0 documents/s, ETA ?" after 52,000 of the tree's documents (10^5 run)."""
+    from esindexer.observe import progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    metrics = Metrics(process_metrics=False)
+    reporter = ProgressReporter("backfill", total=100, counts=pipeline_counts(metrics), interval=0, bar=False,
+                                phase=progress.pipeline_phase(metrics))
+    metrics.record_batch(100)
+    metrics.set_object_documents_to_write(60_000)
+    reporter._phase_now()  # a tick
+    clock[0] = 105.0
+    metrics.record_documents("index", "ok", 40_000)
+    metrics.set_object_documents_to_write(20_000)
+    message, fields = reporter.line()  # the first line since the stretch began
+    assert "20,000 left, 8,000 documents/s, ETA 0:02" in message, message
+    reporter.close(summary=False)
+
+
+def test_the_graphs_resolution_says_how_long_it_has_run(monkeypatch):
+    """While a backfill's object graph is resolved (PostgreSQL's work alone, 20 s at 10^6
+    objects; every row read), the line says so and for how long, not the rows' ETA 0:00."""
+    from esindexer.observe import progress
+
+    wall = [1_000.0]
+    monkeypatch.setattr(progress.time, "time", lambda: wall[0])
+    metrics = Metrics(process_metrics=False)
+    reporter = ProgressReporter("backfill", total=100, counts=pipeline_counts(metrics), interval=0, bar=False,
+                                phase=progress.pipeline_phase(metrics))
+    metrics.record_batch(100)
+    metrics.set_object_graph_resolving(1_000.0)
+    wall[0] = 1_083.0
+    message, fields = reporter.line()
+    assert message.startswith("backfill: resolving the object graph: 1:23 so far"), message
+    assert (fields["phase"], fields["phase_seconds"], fields["eta_seconds"]) == ("resolving the object graph", 83.0, None)
+    gauge = "esindexer_object_graph_resolution_started_timestamp_seconds"
+    assert metrics.registry.get_sample_value(gauge) == 1_000.0
+    metrics.set_object_graph_resolving(None)
+    assert metrics.registry.get_sample_value(gauge) is None
+    message, fields = reporter.line()
+    assert message.startswith("backfill: 100 rows done") and "phase" not in fields
+    reporter.close(summary=False)
+    stream = io.StringIO()  # on a terminal, the bar (at 100 %) says it too
+    bar = ProgressReporter("backfill", total=100, counts=pipeline_counts(metrics), interval=10, stream=stream,
+                           bar=True, phase=progress.pipeline_phase(metrics)).start()
+    metrics.set_object_graph_resolving(1_000.0)
+    bar._draw()
+    bar._bar.refresh()  # (tqdm redraws at most every BAR_TICK by itself)
+    metrics.set_object_graph_resolving(None)
+    metrics.set_object_documents_to_write(9_000)
+    bar._draw()
+    bar._bar.refresh()
+    bar.close(summary=False)
+    assert "now=resolving the object graph 1:23" in stream.getvalue(), stream.getvalue()
+    assert "now=writing the object documents of the tree, 9,000 left" in stream.getvalue(), stream.getvalue()
 
 
 def test_on_a_terminal_a_bar_is_drawn():
