@@ -14,7 +14,9 @@ so a standby polling the lock waits for ever (issue 21). The lease
   also watches :class:`Liveness`: with transactions waiting to be indexed and no sign of
   life from the reader, the senders or the committer for ``lease_seconds`` (a request
   waiting for Elasticsearch within its own timeout and back-off counts as life: a
-  standby could not do better), it ends its *own* lock session. The standby (or, without
+  standby could not do better; so does a long statement of the pipeline's that
+  PostgreSQL says it is running, :meth:`Liveness.in_statement`), it ends its *own* lock
+  session. The standby (or, without
   one, this process's next pipeline) takes over within a second.
 - Fencing: :meth:`LeaseKeeper.check` refuses, before every bulk request and every
   progress save, once the lease is lost or was last renewed longer than ``lease_seconds``
@@ -59,6 +61,8 @@ class Liveness:
         self.last = time.monotonic()
         self._sending = 0
         self._lock = threading.Lock()
+        #: the PostgreSQL session running the pipeline's long set-based work, while it runs
+        self.statement_pid: int | None = None
 
     def beat(self) -> None:
         self.last = time.monotonic()
@@ -73,6 +77,19 @@ class Liveness:
         finally:
             with self._lock:
                 self._sending -= 1
+            self.beat()
+
+    @contextlib.contextmanager
+    def in_statement(self, backend_pid: int) -> Iterator[None]:
+        """Around set-based work that PostgreSQL does alone for as long as the data takes
+        (a backfill's graph resolution: 20 s at 10^6 objects, minutes at 10^7, a single
+        statement of it longer than any fixed allowance): the keeper asks PostgreSQL
+        whether that session is still working instead of waiting for a beat."""
+        self.statement_pid = backend_pid
+        try:
+            yield
+        finally:
+            self.statement_pid = None
             self.beat()
 
     def quiet_for(self) -> float:
@@ -174,6 +191,10 @@ class LeaseKeeper:
             return
         if self._pending_since is None:
             self._pending_since = now
+        statement = self.liveness.statement_pid
+        if statement is not None and lease.backend_working(conn, statement):
+            conn.rollback()
+            return  # PostgreSQL is working on the pipeline's statement: a sign of life
         quiet = min(self.liveness.quiet_for(), now - self._pending_since)
         limit = s.lease_seconds
         if self.liveness.in_flight:  # waiting for Elasticsearch: its own timeout and back-off first

@@ -203,11 +203,12 @@ class ObjectBatchReader(BatchReader):
         if self._graph_write is not None:
             self._graph_write.result()  # every batch written before the graph is resolved
         log.info("backfill read: resolving the object graph", extra={"tid": tid})
-        # PostgreSQL's work alone, for a while (20 s at 10^6 objects): not a hang, and the
-        # progress report says what runs (the rows, all read, stand still)
+        # PostgreSQL's work alone, for as long as the graph takes (20 s at 10^6 objects, one
+        # statement of it minutes at 10^7): the watchdog asks PostgreSQL whether it still
+        # works, and the progress report says what runs (the rows, all read, stand still)
         self.metrics.set_object_graph_resolving(time.time())
         try:
-            with self._liveness.sending():
+            with self._liveness.in_statement(self.store.conn.get_backend_pid()):
                 count, version = self.store.resolve_all(tid, beat=self._liveness.beat)
         finally:
             self.metrics.set_object_graph_resolving(None)

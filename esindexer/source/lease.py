@@ -165,6 +165,18 @@ def work_pending(conn: Any, client_id: str) -> bool:
     return follow.latest_tid(conn) > progress.get_progress_tid(conn, client_id)
 
 
+def backend_working(conn: Any, backend_pid: int) -> bool:
+    """Whether a PostgreSQL session is running a statement now, and not waiting for a
+    lock: PostgreSQL's own word that a long statement of the pipeline's is progressing
+    (a session stuck between statements is idle; one queued behind a lock could wait for
+    ever). Sessions of the same role are visible to each other in ``pg_stat_activity``."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT state = 'active' AND wait_event_type IS DISTINCT FROM 'Lock' "
+                    "FROM pg_stat_activity WHERE pid = %s", (backend_pid,))
+        row = cur.fetchone()
+    return bool(row and row[0])
+
+
 def terminate(conn: Any, backend_pid: int) -> bool:
     """End a PostgreSQL session (its locks are freed as it exits). Needs the session's own
     role (or membership in ``pg_signal_backend``); raises InsufficientPrivilege otherwise."""

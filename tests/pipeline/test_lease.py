@@ -4,6 +4,7 @@ transaction is committed after the saved progress (work pending)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ import psycopg2
 import pytest
 import transaction
 
+from esindexer.observe.metrics import Metrics
 from esindexer.pipeline.lease import LeaseKeeper, Liveness, tick
 from esindexer.pipeline.objectreader import ObjectBatchReader
 from esindexer.source import lease, pg
@@ -120,25 +122,72 @@ def test_a_keeper_whose_lease_was_taken_over_says_so_and_refuses_writes(holder):
         keeper.close()
 
 
-def test_an_object_graph_resolution_longer_than_the_lease_keeps_it(holder):
-    """A backfill's graph resolution is PostgreSQL's work alone, one statement for a while
-    (20 s at 10^6 objects, with no sign of life between): the reader waits for it as for a
-    bulk request, and the watchdog leaves the pipeline alone (it ended it at 10^6 before)."""
+class _Graph:
+    """A graph store whose whole resolution is one statement on a real session."""
+
+    def __init__(self, conn, statement: str, args: tuple = ()):
+        self.conn, self.statement, self.args = conn, statement, args
+
+    def resolve_all(self, tid, beat=None):
+        with self.conn.cursor() as cur:
+            cur.execute(self.statement, self.args)
+        self.conn.rollback()
+        return 0, tid
+
+
+@pytest.fixture
+def short_waits(holder):
+    """The holder with Elasticsearch's allowance (request timeout, back-off) cut to 1 s
+    each: a wait counted as a request's would be given up after 4 s of quiet."""
     settings, writer = holder
+    return dataclasses.replace(settings, es_request_timeout=1.0, retry_max_seconds=1.0), writer
+
+
+def test_an_object_graph_resolution_longer_than_any_allowance_keeps_the_lease(short_waits):
+    """A backfill's graph resolution is PostgreSQL's work alone, one statement of it for
+    as long as the graph takes (20 s at 10^6 objects, minutes at 10^7, with no sign of life
+    between): the watchdog asks PostgreSQL whether that session still works, and leaves
+    the pipeline alone while it does. It ended the pipeline at 10^6 once (no allowance),
+    and would have at 10^7 with a request's allowance (lease + timeout + back-off,
+    140 s by default): here a statement of 4 leases outlasts that allowance."""
+    settings, writer = short_waits
     lost = threading.Event()
     liveness = Liveness()
     keeper = _keeper(settings, writer, liveness, lost)
-
-    class SlowGraph:
-        def resolve_all(self, tid, beat=None):
-            time.sleep(LEASE * 2.5)  # one long statement
-            return 0, tid
-
-    reader = SimpleNamespace(_graph_write=None, _liveness=liveness, store=SlowGraph(), building=True)
+    graph = pg.connect(settings, "graph")
+    reader = SimpleNamespace(_graph_write=None, _liveness=liveness, building=True, metrics=Metrics(),
+                             store=_Graph(graph, "SELECT pg_sleep(%s)", (LEASE * 4,)))
     try:
         assert ObjectBatchReader._resolve(reader, 7) == 7
         assert not lost.is_set() and not reader.building
         keeper.check()
         assert _alive(writer)
     finally:
+        graph.close()
+        keeper.close()
+
+
+def test_a_resolution_queued_behind_a_lock_is_not_taken_for_work(short_waits):
+    """Only a statement PostgreSQL runs counts: one waiting for a lock another session
+    holds could wait for ever, so the watchdog ends the lock session after the lease and
+    the request allowance, as for any pipeline without a sign of life."""
+    settings, writer = short_waits
+    lost = threading.Event()
+    liveness = Liveness()
+    keeper = _keeper(settings, writer, liveness, lost)
+    blocker, graph = pg.connect(settings, "blocker"), pg.connect(settings, "graph")
+    with blocker.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(4242)")
+    reader = SimpleNamespace(_graph_write=None, _liveness=liveness, building=True, metrics=Metrics(),
+                             store=_Graph(graph, "SELECT pg_advisory_xact_lock(4242)"))
+    waiting = threading.Thread(target=lambda: ObjectBatchReader._resolve(reader, 7), daemon=True)
+    try:
+        waiting.start()
+        assert lost.wait(LEASE + 2 + 2 * tick(LEASE) + 3)
+        assert "did nothing for" in str(keeper.lost)
+        wait_for(lambda: not _alive(writer), timeout=5)
+    finally:
+        blocker.close()  # frees the lock: the waiting statement ends
+        waiting.join(10)
+        graph.close()
         keeper.close()
