@@ -58,14 +58,34 @@ def tree_pages(store: Graph, size: int) -> Iterator[list[int]]:
         after = page[-1]
 
 
-def dirty_pages(store: Graph, size: int) -> Iterator[list[int]]:
-    """The objects a crash left unwritten, in zoid order, at most ``2 * size`` at a time:
-    the dirty rows, and every object of the tree while a resolution's mark is set."""
+def _marked_tree_classes(store: Graph) -> list[str] | None:
+    """The tree's classes with documents while a resolution's mark is set, else None."""
     with store.lock, store.conn.cursor() as cur:
         cur.execute(f"SELECT tree_dirty_as_of IS NOT NULL FROM {APPLIED} WHERE client_id = %s", (store.client_id,))
         row = cur.fetchone()
         store.conn.rollback()
-    classes = tree_classes(store) if row is not None and row[0] else None
+    return tree_classes(store) if row is not None and row[0] else None
+
+
+def dirty_count(store: Graph) -> int:
+    """How many zoids :func:`dirty_pages` hands out now (a restart's progress report)."""
+    classes = _marked_tree_classes(store)
+    with store.lock, store.conn.cursor() as cur:
+        if classes is None:
+            cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (store.client_id,))
+        else:
+            cur.execute(f"SELECT count(*) FROM (SELECT zoid FROM {NODES} WHERE client_id = %s AND in_tree "
+                        f"AND class_name = ANY(%s) UNION SELECT zoid FROM {DIRTY} WHERE client_id = %s) u",
+                        (store.client_id, classes, store.client_id))
+        count = int(cur.fetchone()[0])
+        store.conn.rollback()
+    return count
+
+
+def dirty_pages(store: Graph, size: int) -> Iterator[list[int]]:
+    """The objects a crash left unwritten, in zoid order, at most ``2 * size`` at a time:
+    the dirty rows, and every object of the tree while a resolution's mark is set."""
+    classes = _marked_tree_classes(store)
     after = -1
     while True:
         tree = [] if classes is None else _page(store, _TREE_PAGE, (store.client_id, after, classes, size))
