@@ -14,6 +14,7 @@ from esindexer.pipeline.indexer import Indexer
 from esindexer.pipeline.objectreader import ObjectBatchReader, open_reader
 from tests.indexing import make_settings, running
 from tests.objects.test_model_pipeline import build, paths, truth
+from tests.objects.test_tree_progress import watch_documents_to_write
 from tests.support import scalar, wait_for
 
 
@@ -92,14 +93,7 @@ def test_a_restarts_rewrite_is_counted_down_and_its_documents_counted(zodb, db_d
     with 0 documents indexed, as this rewrite counted none)."""
     settings, objects, gone = _crashed_while_writing_the_tree(zodb, db_dsn, es_url, es_prefix, es)
     metrics = Metrics(process_metrics=False)
-    seen: list[int] = []
-    record = metrics.set_object_documents_to_write
-
-    def counted(count: int) -> None:
-        seen.append(count)
-        record(count)
-
-    metrics.set_object_documents_to_write = counted  # type: ignore[method-assign]
+    seen = watch_documents_to_write(metrics)
     sends: list[int] = []
     restart = reader(settings, sends, stop_after=None, metrics=metrics)
     try:

@@ -16,10 +16,8 @@ from tests.indexing import make_settings
 from tests.objects.test_model_pipeline import build, paths, truth
 
 
-def test_a_backfill_counts_the_trees_documents_down_to_zero(zodb, db_dsn, es_url, es_prefix, es):
-    build(zodb).close()
-    settings = make_settings(db_dsn, es_url, es_prefix, documents="objects")  # 25 documents a request
-    metrics = Metrics(process_metrics=False)
+def watch_documents_to_write(metrics: Metrics) -> list[int]:
+    """Every value ``metrics`` is given for ``esindexer_object_documents_to_write``, in order."""
     seen: list[int] = []
     record = metrics.set_object_documents_to_write
 
@@ -28,6 +26,14 @@ def test_a_backfill_counts_the_trees_documents_down_to_zero(zodb, db_dsn, es_url
         record(count)
 
     metrics.set_object_documents_to_write = counted  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_backfill_counts_the_trees_documents_down_to_zero(zodb, db_dsn, es_url, es_prefix, es):
+    build(zodb).close()
+    settings = make_settings(db_dsn, es_url, es_prefix, documents="objects")  # 25 documents a request
+    metrics = Metrics(process_metrics=False)
+    seen = watch_documents_to_write(metrics)
     assert Indexer(settings, metrics).run(until_caught_up=True) == ExitCode.OK
     objects = len(truth(zodb))
     assert seen[0] == objects and seen[-1] == 0 and len(seen) > objects // 25  # a step a request's worth

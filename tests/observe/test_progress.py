@@ -64,6 +64,26 @@ def test_counts_from_the_metrics_start_at_zero_when_the_reporter_starts():
     reporter.close(summary=False)
 
 
+def _backfill_reporter(metrics: Metrics) -> ProgressReporter:
+    """The service's backfill report of 100 rows with its stretches, logging no line itself."""
+    from esindexer.observe import progress
+
+    return ProgressReporter("backfill", total=100, counts=pipeline_counts(metrics), interval=0, bar=False,
+                            phase=progress.pipeline_phase(metrics))
+
+
+def _every_row_read(monkeypatch, clock_name: str, start: float) -> tuple[list[float], Metrics, ProgressReporter]:
+    """A backfill report whose 100 rows are all read, with ``time.<clock_name>`` set by hand."""
+    from esindexer.observe import progress
+
+    clock = [start]
+    monkeypatch.setattr(progress.time, clock_name, lambda: clock[0])
+    metrics = Metrics(process_metrics=False)
+    reporter = _backfill_reporter(metrics)
+    metrics.record_batch(100)
+    return clock, metrics, reporter
+
+
 def test_the_object_trees_documents_are_counted_left_at_their_own_rate(monkeypatch):
     """A backfill with the object model ends with the tree's documents while rows stand
     still: the line says how many are left, at the documents' rate since that began
@@ -74,8 +94,7 @@ def test_the_object_trees_documents_are_counted_left_at_their_own_rate(monkeypat
     clock = [100.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
     metrics = Metrics(process_metrics=False)
-    reporter = ProgressReporter("backfill", total=100, counts=pipeline_counts(metrics), interval=0, bar=False,
-                                phase=progress.pipeline_phase(metrics))
+    reporter = _backfill_reporter(metrics)
     metrics.record_batch(90)
     metrics.record_documents("index", "ok", 500)
     clock[0] = 110.0
@@ -101,14 +120,7 @@ def test_the_stretch_is_seen_starting_between_lines_so_the_first_line_has_its_ra
     """The reporter notes a stretch's start at its tick (every 0.5 s), not at the next
     line (every 10 s): the first line in the tree's write gives the rate since it began,
     where it said "0 documents/s, ETA ?" after 52,000 of the tree's documents (10^5 run)."""
-    from esindexer.observe import progress
-
-    clock = [100.0]
-    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
-    metrics = Metrics(process_metrics=False)
-    reporter = ProgressReporter("backfill", total=100, counts=pipeline_counts(metrics), interval=0, bar=False,
-                                phase=progress.pipeline_phase(metrics))
-    metrics.record_batch(100)
+    clock, metrics, reporter = _every_row_read(monkeypatch, "monotonic", 100.0)
     metrics.set_object_documents_to_write(60_000)
     reporter._phase_now()  # a tick
     clock[0] = 105.0
@@ -124,12 +136,7 @@ def test_the_graphs_resolution_says_how_long_it_has_run(monkeypatch):
     objects; every row read), the line says so and for how long, not the rows' ETA 0:00."""
     from esindexer.observe import progress
 
-    wall = [1_000.0]
-    monkeypatch.setattr(progress.time, "time", lambda: wall[0])
-    metrics = Metrics(process_metrics=False)
-    reporter = ProgressReporter("backfill", total=100, counts=pipeline_counts(metrics), interval=0, bar=False,
-                                phase=progress.pipeline_phase(metrics))
-    metrics.record_batch(100)
+    wall, metrics, reporter = _every_row_read(monkeypatch, "time", 1_000.0)
     metrics.set_object_graph_resolving(1_000.0)
     wall[0] = 1_083.0
     message, fields = reporter.line()
