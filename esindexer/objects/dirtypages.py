@@ -71,13 +71,7 @@ def dirty_count(store: Graph) -> int:
     """How many zoids :func:`dirty_pages` hands out now (a restart's progress report)."""
     classes = _marked_tree_classes(store)
     with store.lock, store.conn.cursor() as cur:
-        if classes is None:
-            cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (store.client_id,))
-        else:
-            cur.execute(f"SELECT count(*) FROM (SELECT zoid FROM {NODES} WHERE client_id = %s AND in_tree "
-                        f"AND class_name = ANY(%s) UNION SELECT zoid FROM {DIRTY} WHERE client_id = %s) u",
-                        (store.client_id, classes, store.client_id))
-        count = int(cur.fetchone()[0])
+        count = graph.documents_to_write(cur, store.client_id, classes)
         store.conn.rollback()
     return count
 

@@ -137,7 +137,7 @@ def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: b
     there is no report (the service's own retries say why). ``cancellable(conn)``, when
     given, wraps the estimate's reads: a stop cancels them (they can wait for a lock).
     """
-    from esindexer.source import backlog, follow, partitions, pg
+    from esindexer.source import backlog, follow, graph, partitions, pg
 
     if settings.progress_interval <= 0:
         return None
@@ -152,12 +152,15 @@ def backlog_reporter(settings: Settings, metrics: Metrics, *, until_caught_up: b
             start = partitions.start_tid(conn, settings.client_id, settings.worker_id)
             end = follow.latest_tid(conn)
             ahead = backlog.rows_after(conn, start, end)
+            # a restart rewriting object documents first (a whole tree's: minutes at 10^6), with
+            # fewer rows than a batch after it: reported too
+            rewrite = settings.documents == "objects" and graph.rewrite_pending(conn, settings.worker_id)
     except Exception:  # no RelStorage tables yet, say: the service waits for them and says so
         log.debug("no progress estimate", exc_info=True)
         return None
     finally:
         conn.close()
-    if ahead.rows == 0 or (not until_caught_up and ahead.rows < settings.batch_limit):
+    if not rewrite and (ahead.rows == 0 or (not until_caught_up and ahead.rows < settings.batch_limit)):
         return None
     reporter = ProgressReporter(what or ("backfill" if until_caught_up else "catch-up"), ahead.best_guess,
                                 pipeline_counts(metrics), exact=ahead.exact, interval=settings.progress_interval,

@@ -110,6 +110,32 @@ def tree_classes(cur: Any, client_id: str, is_object_class: Callable[[str | None
     return [c for (c,) in cur.fetchall() if is_object_class is None or is_object_class(c)]
 
 
+def documents_to_write(cur: Any, client_id: str, tree_classes: list[str] | None) -> int:
+    """How many objects' documents wait to be written: the dirty rows, and (``tree_classes``
+    given: the resolution's mark is set) every object of the tree of those classes."""
+    if tree_classes is None:
+        cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (client_id,))
+    else:
+        cur.execute(f"SELECT count(*) FROM (SELECT zoid FROM {DIRTY} WHERE client_id = %(c)s UNION SELECT zoid "
+                    f"FROM {NODES} WHERE client_id = %(c)s AND in_tree AND class_name = ANY(%(classes)s)) d",
+                    {"c": client_id, "classes": tree_classes})
+    return int(cur.fetchone()[0])
+
+
+def rewrite_pending(conn: Any, client_id: str) -> bool:
+    """Whether the next start of the pipeline rewrites object documents first (a crash left
+    some dirty, or a backfill's whole tree): cheap, for deciding to report progress."""
+    with conn.cursor() as cur:
+        if not has_relation(cur, APPLIED) or not _has_column(cur, APPLIED, "tree_dirty_as_of"):
+            conn.rollback()
+            return False
+        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {APPLIED} WHERE client_id = %(c)s AND tree_dirty_as_of IS NOT "
+                    f"NULL) OR EXISTS (SELECT 1 FROM {DIRTY} WHERE client_id = %(c)s)", {"c": client_id})
+        pending = bool(cur.fetchone()[0])
+    conn.rollback()
+    return pending
+
+
 def summary(conn: Any, client_id: str, is_object_class: Callable[[str | None], bool] | None = None,
             ) -> dict[str, Any] | None:
     """What ``status`` says of one client id's graph (None: it has none). ``is_object_class``:
@@ -125,14 +151,9 @@ def summary(conn: Any, client_id: str, is_object_class: Callable[[str | None], b
             return None
         cur.execute(f"SELECT count(*) FROM {NODES} WHERE client_id = %s AND in_tree", (client_id,))
         in_tree = int(cur.fetchone()[0])
-        if row[2] is None:
-            cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (client_id,))
-        else:  # every object of the tree, and any other dirty row
-            classes = tree_classes(cur, client_id, is_object_class)
-            cur.execute(f"SELECT count(*) FROM (SELECT zoid FROM {DIRTY} WHERE client_id = %(c)s UNION SELECT zoid "
-                        f"FROM {NODES} WHERE client_id = %(c)s AND in_tree AND class_name = ANY(%(classes)s)) d",
-                        {"c": client_id, "classes": classes})
-        dirty = int(cur.fetchone()[0])
+        # every object of the tree too while the resolution's mark is set
+        dirty = documents_to_write(cur, client_id, None if row[2] is None else
+                                   tree_classes(cur, client_id, is_object_class))
         staged = 0
         if not row[1]:  # a backfill writing the graph unresolved: the records read into it so far
             # records, not rows: what an older version staged (a backfill it began) counts once

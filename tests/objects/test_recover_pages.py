@@ -4,6 +4,7 @@ says how many it rewrote, and the next start writes the rest and clears the mark
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import psycopg2
@@ -139,3 +140,22 @@ def test_a_tree_write_stops_building_once_its_lease_is_lost(zodb, db_dsn, es_url
     finally:
         writer.close()
     assert len(objects) > 100 and sum(built) <= 75  # a group or two past the first request, not the tree
+
+
+def test_a_services_restart_with_a_tree_to_rewrite_reports_its_progress(zodb, db_dsn, es_url, es_prefix, es):
+    """A service (not a bounded run) reports progress only for a backlog of a batch or more;
+    a restart after a crash in a backfill's tree write has fewer rows than that after it
+    (here none) but minutes of documents to rewrite at 10^6 objects: it is reported too,
+    and a start with nothing to rewrite is not."""
+    from esindexer.observe.progress import backlog_reporter
+
+    settings, _objects, _gone = _crashed_while_writing_the_tree(zodb, db_dsn, es_url, es_prefix, es)
+    settings = dataclasses.replace(settings, progress_interval=5.0)
+    reporter = backlog_reporter(settings, Metrics(process_metrics=False), until_caught_up=False)
+    assert reporter is not None
+    reporter.close(summary=False)
+    with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:  # rewritten: nothing left
+        cur.execute("UPDATE esindexer_obj_applied SET tree_dirty_as_of = NULL")
+        cur.execute("DELETE FROM esindexer_obj_dirty")
+    pg.close()
+    assert backlog_reporter(settings, Metrics(process_metrics=False), until_caught_up=False) is None
