@@ -228,10 +228,11 @@ class ObjectBatchReader(BatchReader):
         log.info("backfill read: resolving the object graph", extra={"tid": tid})
         # PostgreSQL's work alone, for as long as the graph takes (20 s at 10^6 objects, one
         # statement of it minutes at 10^7): the watchdog asks PostgreSQL whether it still
-        # works, and the progress report says what runs (the rows, all read, stand still)
+        # works (and allows it a request's time where it cannot tell), and the progress
+        # report says what runs (the rows, all read, stand still)
         self.metrics.set_object_graph_resolving(time.time())
         try:
-            with self._liveness.in_statement(self.store.conn.get_backend_pid()):
+            with self._liveness.sending(), self._liveness.in_statement(self.store.conn.get_backend_pid()):
                 count, version = self.store.resolve_all(tid, beat=self._liveness.beat)
         finally:
             self.metrics.set_object_graph_resolving(None)

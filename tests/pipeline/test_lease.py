@@ -167,6 +167,31 @@ def test_an_object_graph_resolution_longer_than_any_allowance_keeps_the_lease(sh
         keeper.close()
 
 
+def test_a_resolution_whose_session_postgresql_cannot_show_keeps_a_requests_allowance(holder):
+    """Where PostgreSQL cannot say whether the resolving session works (not found in
+    ``pg_stat_activity``: a pooler's pid, a view restricted by a provider), the resolution
+    still has a bulk request's allowance, as before the question was asked."""
+    settings, writer = holder
+    lost = threading.Event()
+    liveness = Liveness()
+    keeper = _keeper(settings, writer, liveness, lost)
+
+    class Unseen:  # one long statement, on a session PostgreSQL does not show
+        conn = SimpleNamespace(get_backend_pid=lambda: 0)
+
+        def resolve_all(self, tid, beat=None):
+            time.sleep(LEASE * 2.5)
+            return 0, tid
+
+    reader = SimpleNamespace(_graph_write=None, _liveness=liveness, building=True, metrics=Metrics(), store=Unseen())
+    try:
+        assert ObjectBatchReader._resolve(reader, 7) == 7
+        assert not lost.is_set()
+        keeper.check()
+    finally:
+        keeper.close()
+
+
 def test_a_resolution_queued_behind_a_lock_is_not_taken_for_work(short_waits):
     """Only a statement PostgreSQL runs counts: one waiting for a lock another session
     holds could wait for ever, so the watchdog ends the lock session after the lease and
