@@ -59,6 +59,17 @@ def _crashed_while_writing_the_tree(zodb, db_dsn, es_url, es_prefix, es):
     return settings, objects, gone
 
 
+def _lost_after_a_request(sends: list[int]):
+    """A fence (``LeaseKeeper.check``) that refuses once a request went out: the lease lost."""
+    from esindexer.source.lease import LostLease
+
+    def fence() -> None:
+        if sends:
+            raise LostLease("taken over in the test", taken=True)
+
+    return fence
+
+
 def test_a_restart_stopped_part_way_keeps_what_it_wrote_and_the_next_writes_the_rest(zodb, db_dsn, es_url,
                                                                                        es_prefix, es):
     settings, objects, gone = _crashed_while_writing_the_tree(zodb, db_dsn, es_url, es_prefix, es)
@@ -118,12 +129,7 @@ def test_a_tree_write_stops_building_once_its_lease_is_lost(zodb, db_dsn, es_url
 
     settings, objects, _gone = _crashed_while_writing_the_tree(zodb, db_dsn, es_url, es_prefix, es)
     sends: list[int] = []
-
-    def fence() -> None:
-        if sends:  # lost once a request went out
-            raise LostLease("taken over in the test", taken=True)
-
-    writer = reader(settings, sends, stop_after=None, fence=fence)
+    writer = reader(settings, sends, stop_after=None, fence=_lost_after_a_request(sends))
     built: list[int] = []
     assembled = writer.builder.assembled_actions
 
@@ -159,3 +165,21 @@ def test_a_services_restart_with_a_tree_to_rewrite_reports_its_progress(zodb, db
         cur.execute("DELETE FROM esindexer_obj_dirty")
     pg.close()
     assert backlog_reporter(settings, Metrics(process_metrics=False), until_caught_up=False) is None
+
+
+def test_a_restarts_rewrite_writes_nothing_once_its_lease_is_lost(zodb, db_dsn, es_url, es_prefix, es):
+    """A restart's rewrite is fenced as every other write: once the lease is lost (a
+    standby took over), no more of its requests go out, and the rest stays dirty for the
+    holder. (It sent each page without asking before.)"""
+    from esindexer.source.lease import LostLease
+
+    settings, objects, _gone = _crashed_while_writing_the_tree(zodb, db_dsn, es_url, es_prefix, es)
+    sends: list[int] = []
+    restart = reader(settings, sends, stop_after=None, fence=_lost_after_a_request(sends))
+    try:
+        with pytest.raises(LostLease):
+            restart.recover()
+    finally:
+        restart.close()
+    assert sends == [25]
+    assert scalar(db_dsn, "SELECT count(*) FROM esindexer_obj_applied WHERE tree_dirty_as_of IS NOT NULL") == 1
