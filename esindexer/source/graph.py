@@ -110,15 +110,15 @@ def tree_classes(cur: Any, client_id: str, is_object_class: Callable[[str | None
     return [c for (c,) in cur.fetchall() if is_object_class is None or is_object_class(c)]
 
 
-def documents_to_write(cur: Any, client_id: str, tree_classes: list[str] | None) -> int:
-    """How many objects' documents wait to be written: the dirty rows, and (``tree_classes``
+def documents_to_write(cur: Any, client_id: str, classes: list[str] | None) -> int:
+    """How many objects' documents wait to be written: the dirty rows, and (``classes``
     given: the resolution's mark is set) every object of the tree of those classes."""
-    if tree_classes is None:
+    if classes is None:
         cur.execute(f"SELECT count(*) FROM {DIRTY} WHERE client_id = %s", (client_id,))
     else:
         cur.execute(f"SELECT count(*) FROM (SELECT zoid FROM {DIRTY} WHERE client_id = %(c)s UNION SELECT zoid "
                     f"FROM {NODES} WHERE client_id = %(c)s AND in_tree AND class_name = ANY(%(classes)s)) d",
-                    {"c": client_id, "classes": tree_classes})
+                    {"c": client_id, "classes": classes})
     return int(cur.fetchone()[0])
 
 
