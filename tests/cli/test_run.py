@@ -22,7 +22,7 @@ from tests.support import TcpProxy, esindexer_env, run_esindexer, wait_for
                          ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_backfill_exits_non_zero_and_resumes(zodb, db_dsn, es_url, es_prefix, signum, expected):
     conn = zodb.open()
-    commit_tree(conn.root(), 3000)
+    commit_tree(conn.root(), 20_000)  # a backfill of seconds: one of 3,000 pages can end before the signal
     conn.close()
     target = urlsplit(es_url)
     proxy = TcpProxy(target.hostname, target.port)

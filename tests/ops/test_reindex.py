@@ -65,7 +65,9 @@ def test_reindex_builds_verifies_and_publishes(zodb, db_dsn, es, es_url, es_pref
 
 def test_an_interrupted_reindex_exits_130_publishes_nothing_and_resumes(zodb, db_dsn, es, es_url, es_prefix):
     conn = zodb.open()
-    commit_tree(conn.root(), 3000)
+    # a build of seconds: with 3,000 pages it took 0.3 s once, and ended before the
+    # interrupt that was to land in it (the pause then failed the publication instead)
+    commit_tree(conn.root(), 20_000)
     settings, alias, env = _live(db_dsn, es_url, es_prefix)
     es.indices.refresh(index=alias)
     live_documents = es.count(index=alias)["count"]  # what the live generation holds
