@@ -67,19 +67,23 @@ def _marked_tree_classes(store: Graph) -> list[str] | None:
     return tree_classes(store) if row is not None and row[0] else None
 
 
-def dirty_count(store: Graph) -> int:
-    """How many zoids :func:`dirty_pages` hands out now (a restart's progress report)."""
+def to_rewrite(store: Graph, size: int) -> tuple[int, Iterator[list[int]]]:
+    """What a restart rewrites: how many zoids, and :func:`dirty_pages` of them (the tree's
+    mark and classes read once for both)."""
     classes = _marked_tree_classes(store)
     with store.lock, store.conn.cursor() as cur:
         count = graph.documents_to_write(cur, store.client_id, classes)
         store.conn.rollback()
-    return count
+    return count, _dirty_pages(store, size, classes)
 
 
 def dirty_pages(store: Graph, size: int) -> Iterator[list[int]]:
     """The objects a crash left unwritten, in zoid order, at most ``2 * size`` at a time:
     the dirty rows, and every object of the tree while a resolution's mark is set."""
-    classes = _marked_tree_classes(store)
+    return _dirty_pages(store, size, _marked_tree_classes(store))
+
+
+def _dirty_pages(store: Graph, size: int, classes: list[str] | None) -> Iterator[list[int]]:
     after = -1
     while True:
         tree = [] if classes is None else _page(store, _TREE_PAGE, (store.client_id, after, classes, size))

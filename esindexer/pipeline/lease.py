@@ -191,16 +191,16 @@ class LeaseKeeper:
             return
         if self._pending_since is None:
             self._pending_since = now
-        statement = self.liveness.statement_pid
-        if statement is not None and lease.backend_working(conn, statement):
-            conn.rollback()
-            return  # PostgreSQL is working on the pipeline's statement: a sign of life
         quiet = min(self.liveness.quiet_for(), now - self._pending_since)
         limit = s.lease_seconds
         if self.liveness.in_flight:  # waiting for Elasticsearch: its own timeout and back-off first
             limit += s.es_request_timeout + s.retry_max_seconds
         if quiet <= limit:
             return
+        statement = self.liveness.statement_pid
+        if statement is not None and lease.backend_working(conn, statement):
+            conn.rollback()
+            return  # PostgreSQL is working on the pipeline's statement: a sign of life
         log.error("the pipeline has done nothing for %.0fs (no record read, no request answered, no batch "
                   "settled) while transactions wait to be indexed: ending this process's lock session (PostgreSQL pid %d) so that a standby, or a new pipeline of this "
                   "process, takes over from the saved progress", quiet, self.writer_pid,

@@ -85,14 +85,14 @@ class ObjectBatchReader(BatchReader):
     def recover(self) -> int:
         """Write the documents a crash left dirty (before following); returns how many.
 
-        A page of objects at a time (:func:`dirtypages.dirty_pages`), each settled once
+        A page of objects at a time (:func:`dirtypages.to_rewrite`), each settled once
         sent: after a crash while a backfill wrote its documents, every object of the tree
         is dirty (a million documents assembled at once were one bulk request of 1.6 GB,
         refused, and as much memory). A page is built while the last one's request is
         answered (one after the other took twice as long), and the progress report
         counts them down as it does a backfill's (they were "ETA 0:01" for minutes)."""
         version = self.store.applied_tid()
-        left = dirtypages.dirty_count(self.store)
+        left, pages = dirtypages.to_rewrite(self.store, self.settings.bulk_max_docs)
         if not left:
             return 0
         log.info("rewriting %d object document(s) left unwritten by the last run", left, extra={"count": left})
@@ -100,7 +100,7 @@ class ObjectBatchReader(BatchReader):
         written, stopped = 0, False
         in_flight: tuple[list[int], Future[SendResult]] | None = None
         try:
-            for page in dirtypages.dirty_pages(self.store, self.settings.bulk_max_docs):
+            for page in pages:
                 actions = self.object_actions(page, version)
                 if in_flight is not None:
                     written += self._settle_sent(*in_flight, version)
