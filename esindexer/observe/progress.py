@@ -95,8 +95,7 @@ class PhaseNow(NamedTuple):
     elapsed: float | None = None
 
 
-#: The stretch the work is in (None: none, rows measure it).
-Phase = Callable[[], "PhaseNow | None"]
+Phase = Callable[[], "PhaseNow | None"]  #: the stretch the work is in (None: rows measure it)
 
 RESOLVING = "resolving the object graph"
 WRITING_TREE = "writing the object documents of the tree"
@@ -345,10 +344,11 @@ class ProgressReporter:
         return message, fields
 
     def _phase_now(self) -> PhaseNow | None:
-        """The stretch the work is in, its start noted (time, documents acknowledged) the
-        first time it is seen."""
+        """The stretch the work is in; its start (time, documents acknowledged) noted when seen."""
         phase = self._phase() if self._phase is not None else None
-        if phase is not None and (self._phase_start is None or self._phase_start[0] != phase.name):
+        if phase is None:  # (a later stretch of the same name starts afresh)
+            self._phase_start = None
+        elif self._phase_start is None or self._phase_start[0] != phase.name:
             self._phase_start = (phase.name, time.monotonic(), self.figures().get("indexed", 0))
         return phase
 

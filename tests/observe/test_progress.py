@@ -131,6 +131,29 @@ def test_the_stretch_is_seen_starting_between_lines_so_the_first_line_has_its_ra
     reporter.close(summary=False)
 
 
+def test_a_stretch_seen_again_later_is_measured_from_its_own_start(monkeypatch):
+    """A pipeline started again in the same process (a lease lost and taken back) rewrites
+    the tree after the backfill's own write of it: the same stretch's name, later. Its
+    rate is measured from its own start, not from the first one's (half the real rate
+    here)."""
+    clock, metrics, reporter = _every_row_read(monkeypatch, "monotonic", 100.0)
+    metrics.set_object_documents_to_write(10_000)  # the backfill's tree write
+    reporter._phase_now()
+    clock[0] = 110.0
+    metrics.record_documents("index", "ok", 10_000)
+    metrics.set_object_documents_to_write(0)  # written; then standing by, 10 s
+    reporter._phase_now()
+    clock[0] = 120.0
+    metrics.set_object_documents_to_write(10_000)  # the restart's rewrite of it
+    reporter._phase_now()
+    clock[0] = 125.0
+    metrics.record_documents("index", "ok", 5_000)
+    metrics.set_object_documents_to_write(5_000)
+    message, _fields = reporter.line()
+    assert "5,000 left, 1,000 documents/s, ETA 0:05" in message, message
+    reporter.close(summary=False)
+
+
 def test_the_graphs_resolution_says_how_long_it_has_run(monkeypatch):
     """While a backfill's object graph is resolved (PostgreSQL's work alone, 20 s at 10^6
     objects; every row read), the line says so and for how long, not the rows' ETA 0:00."""
