@@ -15,10 +15,13 @@ deletion meanwhile is a ``gone`` row in ``stage_nodes``, applied by the resoluti
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from esindexer.source.pg import NOT_PERMITTED, has_relation
+
+log = logging.getLogger(__name__)
 
 NODES = "esindexer_obj_nodes"
 EDGES = "esindexer_obj_edges"
@@ -27,6 +30,16 @@ APPLIED = "esindexer_obj_applied"
 STAGE_NODES = "esindexer_obj_stage_nodes"
 STAGE_EDGES = "esindexer_obj_stage_edges"
 TABLES = (NODES, EDGES, DIRTY, APPLIED, STAGE_NODES, STAGE_EDGES)
+#: A backfill's resolution updates each row of the tree twice in one transaction (held in
+#: a container's items: ``listed``; placed: parent, depth and path, a third longer). With
+#: no index on those columns and room left on its page, PostgreSQL updates a row in place
+#: (a HOT update: no new index entries, tests/objects/test_graph_storage.py); three
+#: versions of each row fit when pages are filled to 30 % (docs/performance.md, eighth pass).
+NODES_FILLFACTOR = 30
+#: Parts by their owner (placement, folding); only rows that have one: most rows (every
+#: named record) have none, and an entry each would cost every insert.
+OWNED_INDEX = f"{NODES}_owned"
+
 #: Advisory lock namespace ("es" + 4) of one client id's graph: the service and a command
 #: (dead-letter redelivery) never change it at the same time.
 GRAPH_LOCK_CLASS = 0x65730004
@@ -39,9 +52,8 @@ CREATE TABLE IF NOT EXISTS {NODES} (
     owner bigint,              -- unnamed: the one named record reaching it; -1 shared; NULL none
     in_tree boolean NOT NULL DEFAULT false,
     parent bigint, depth integer, path text,
-    PRIMARY KEY (client_id, zoid));
-CREATE INDEX IF NOT EXISTS {NODES}_owner ON {NODES} (client_id, owner);
-CREATE INDEX IF NOT EXISTS {NODES}_parent ON {NODES} (client_id, parent) WHERE parent IS NOT NULL;
+    PRIMARY KEY (client_id, zoid)) WITH (fillfactor = {NODES_FILLFACTOR});
+CREATE INDEX IF NOT EXISTS {OWNED_INDEX} ON {NODES} (client_id, owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {EDGES} (
     client_id text NOT NULL, src bigint NOT NULL, dst bigint NOT NULL, key text,
     listed boolean NOT NULL DEFAULT false);
@@ -66,6 +78,16 @@ ALTER TABLE {APPLIED} ADD COLUMN IF NOT EXISTS complete boolean NOT NULL DEFAULT
 ALTER TABLE {APPLIED} ADD COLUMN IF NOT EXISTS tree_dirty_as_of bigint;
 """
 
+#: The nodes' layout of this version, for an installation made by an earlier one (every
+#: row's owner indexed, NULL or not; the parent indexed; full pages). Optional: the
+#: statements work either way, placing is slower (docs/performance.md, eighth pass).
+LAYOUT = f"""
+ALTER TABLE {NODES} SET (fillfactor = {NODES_FILLFACTOR});
+CREATE INDEX IF NOT EXISTS {OWNED_INDEX} ON {NODES} (client_id, owner) WHERE owner IS NOT NULL;
+DROP INDEX IF EXISTS {NODES}_owner;
+DROP INDEX IF EXISTS {NODES}_parent;
+"""
+
 
 def _has_column(cur: Any, table: str, column: str) -> bool:
     cur.execute("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
@@ -76,21 +98,40 @@ def _has_column(cur: Any, table: str, column: str) -> bool:
 def ensure_tables(conn: Any) -> bool:
     """Create the tables if missing, in a savepoint of the caller's transaction (the caller
     commits), and the columns later versions added; False when some are missing and this
-    role may not create them."""
+    role may not create them. An earlier version's layout of the nodes' table is changed
+    when this role may (it owns the table), else left with a warning."""
     with conn.cursor() as cur:
-        if all(has_relation(cur, table) for table in TABLES) and _has_column(cur, EDGES, "listed") \
-                and _has_column(cur, APPLIED, "tree_dirty_as_of"):
-            return True  # no DDL, which a least-privileged role may not run
-        cur.execute("SAVEPOINT esindexer_graph_ddl")
-        try:
-            cur.execute(CREATE)
-        except NOT_PERMITTED:
-            cur.execute("ROLLBACK TO SAVEPOINT esindexer_graph_ddl")
+        complete = all(has_relation(cur, table) for table in TABLES) and _has_column(cur, EDGES, "listed") \
+            and _has_column(cur, APPLIED, "tree_dirty_as_of")
+        if not complete and not _run_ddl(cur, CREATE):
             return False
-        except Exception:
-            cur.execute("ROLLBACK TO SAVEPOINT esindexer_graph_ddl")
-            raise
-        cur.execute("RELEASE SAVEPOINT esindexer_graph_ddl")
+        if not _has_layout(cur) and not _run_ddl(cur, LAYOUT):
+            log.warning("the object graph's table %s has an earlier version's layout, with which placing "
+                        "records in the tree is slower; run `esindexer setup` as its owner to change it", NODES)
+    return True
+
+
+def _has_layout(cur: Any) -> bool:
+    """Whether the nodes' table has this version's layout (:data:`LAYOUT`); looked at
+    first: no DDL otherwise, which a least-privileged role may not run."""
+    cur.execute("SELECT coalesce(%s = ANY(reloptions), false) FROM pg_class WHERE oid = to_regclass(%s)",
+                (f"fillfactor={NODES_FILLFACTOR}", NODES))
+    return bool(cur.fetchone()[0]) and has_relation(cur, OWNED_INDEX) \
+        and not has_relation(cur, f"{NODES}_owner") and not has_relation(cur, f"{NODES}_parent")
+
+
+def _run_ddl(cur: Any, statements: str) -> bool:
+    """Run ``statements`` in a savepoint; False (and nothing done) when this role may not."""
+    cur.execute("SAVEPOINT esindexer_graph_ddl")
+    try:
+        cur.execute(statements)
+    except NOT_PERMITTED:
+        cur.execute("ROLLBACK TO SAVEPOINT esindexer_graph_ddl")
+        return False
+    except Exception:
+        cur.execute("ROLLBACK TO SAVEPOINT esindexer_graph_ddl")
+        raise
+    cur.execute("RELEASE SAVEPOINT esindexer_graph_ddl")
     return True
 
 
