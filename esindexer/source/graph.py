@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from esindexer.source.pg import NOT_PERMITTED, has_relation
+from esindexer.source.pg import has_relation, run_ddl
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,9 @@ def ensure_tables(conn: Any) -> bool:
     with conn.cursor() as cur:
         complete = all(has_relation(cur, table) for table in TABLES) and _has_column(cur, EDGES, "listed") \
             and _has_column(cur, APPLIED, "tree_dirty_as_of")
-        if not complete and not _run_ddl(cur, CREATE):
+        if not complete and not run_ddl(cur, CREATE, "esindexer_graph_ddl"):
             return False
-        if not _has_layout(cur) and not _run_ddl(cur, LAYOUT):
+        if not _has_layout(cur) and not run_ddl(cur, LAYOUT, "esindexer_graph_ddl"):
             log.warning("the object graph's table %s has an earlier version's layout, with which placing "
                         "records in the tree is slower; run `esindexer setup` as its owner to change it", NODES)
     return True
@@ -118,21 +118,6 @@ def _has_layout(cur: Any) -> bool:
                 (f"fillfactor={NODES_FILLFACTOR}", NODES))
     return bool(cur.fetchone()[0]) and has_relation(cur, OWNED_INDEX) \
         and not has_relation(cur, f"{NODES}_owner") and not has_relation(cur, f"{NODES}_parent")
-
-
-def _run_ddl(cur: Any, statements: str) -> bool:
-    """Run ``statements`` in a savepoint; False (and nothing done) when this role may not."""
-    cur.execute("SAVEPOINT esindexer_graph_ddl")
-    try:
-        cur.execute(statements)
-    except NOT_PERMITTED:
-        cur.execute("ROLLBACK TO SAVEPOINT esindexer_graph_ddl")
-        return False
-    except Exception:
-        cur.execute("ROLLBACK TO SAVEPOINT esindexer_graph_ddl")
-        raise
-    cur.execute("RELEASE SAVEPOINT esindexer_graph_ddl")
-    return True
 
 
 def forget(conn: Any, client_id: str) -> None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from esindexer.source import follow, progress
-from esindexer.source.pg import LOCK_CLASS, NOT_PERMITTED, has_relation
+from esindexer.source.pg import LOCK_CLASS, has_relation, run_ddl
 
 TABLE = "esindexer_lease"
 STANDBY_TABLE = "esindexer_standbys"
@@ -91,18 +91,7 @@ def ensure_tables(conn: Any) -> bool:
     with conn.cursor() as cur:
         if has_relation(cur, TABLE) and has_relation(cur, STANDBY_TABLE):
             return True  # no DDL, which a least-privileged role may not run
-        cur.execute("SAVEPOINT esindexer_lease_ddl")
-        try:
-            for statement in DDL:
-                cur.execute(statement)
-        except NOT_PERMITTED:
-            cur.execute("ROLLBACK TO SAVEPOINT esindexer_lease_ddl")
-            return False
-        except Exception:
-            cur.execute("ROLLBACK TO SAVEPOINT esindexer_lease_ddl")
-            raise
-        cur.execute("RELEASE SAVEPOINT esindexer_lease_ddl")
-    return True
+        return run_ddl(cur, list(DDL), "esindexer_lease_ddl")
 
 
 def claim(conn: Any, client_id: str, holder: str) -> tuple[int, str | None]:

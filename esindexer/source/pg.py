@@ -232,6 +232,23 @@ def has_relation(cur: psycopg2.extensions.cursor, name: str) -> bool:
     return bool(cur.fetchone()[0])
 
 
+def run_ddl(cur: psycopg2.extensions.cursor, statements: str | list[str], savepoint: str) -> bool:
+    """Run ``statements`` in a savepoint of the caller's transaction; False, and nothing
+    done, when this role may not (a least-privileged role: the caller says what to do)."""
+    cur.execute(f"SAVEPOINT {savepoint}")
+    try:
+        for statement in [statements] if isinstance(statements, str) else statements:
+            cur.execute(statement)
+    except NOT_PERMITTED:
+        cur.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+        return False
+    except Exception:
+        cur.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+        raise
+    cur.execute(f"RELEASE SAVEPOINT {savepoint}")
+    return True
+
+
 def keeps_history(cur: psycopg2.extensions.cursor) -> bool:
     """Detect the RelStorage layout once: history-preserving iff ``current_object`` exists."""
     if not has_relation(cur, "object_state"):
