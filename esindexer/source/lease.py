@@ -91,7 +91,7 @@ def ensure_tables(conn: Any) -> bool:
     with conn.cursor() as cur:
         if has_relation(cur, TABLE) and has_relation(cur, STANDBY_TABLE):
             return True  # no DDL, which a least-privileged role may not run
-        return run_ddl(cur, list(DDL), "esindexer_lease_ddl")
+        return run_ddl(cur, DDL, "esindexer_lease_ddl")
 
 
 def claim(conn: Any, client_id: str, holder: str) -> tuple[int, str | None]:

@@ -22,7 +22,7 @@ same everywhere:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Union
 
 import psycopg2
@@ -232,7 +232,7 @@ def has_relation(cur: psycopg2.extensions.cursor, name: str) -> bool:
     return bool(cur.fetchone()[0])
 
 
-def run_ddl(cur: psycopg2.extensions.cursor, statements: str | list[str], savepoint: str) -> bool:
+def run_ddl(cur: psycopg2.extensions.cursor, statements: str | Sequence[str], savepoint: str) -> bool:
     """Run ``statements`` in a savepoint of the caller's transaction; False, and nothing
     done, when this role may not (a least-privileged role: the caller says what to do)."""
     cur.execute(f"SAVEPOINT {savepoint}")
