@@ -170,9 +170,339 @@ error:
     return NULL;
 }
 
+/* ---- fold_value: the walk of esindexer.objects.fold._Folder.value, in C ---------------- */
+
+/* The leaves fold never walks: exactly str, int, float, bool, None (not their subclasses). */
+static inline int
+is_leaf(PyObject *x)
+{
+    return PyUnicode_CheckExact(x) || PyLong_CheckExact(x) || PyFloat_CheckExact(x) || PyBool_Check(x)
+        || x == Py_None;
+}
+
+typedef struct {
+    PyObject *parts;   /* dict: zoid -> (class name, state) */
+    PyObject *used;    /* set of the zoids folded so far */
+    PyObject *folded;  /* list: the zoids folded, in order */
+    PyObject *refs;    /* list: the references left as references */
+    int decoded;       /* tuples are walked as the lists their JSON is */
+    PyObject *part;    /* part(class_name, state): a part folded (Python) */
+} Folder;
+
+static PyObject *fold_one(Folder *f, PyObject *v);
+
+/* ``x`` folded: itself (new reference) for a leaf, else fold_one. */
+static inline PyObject *
+fold_item(Folder *f, PyObject *x)
+{
+    if (is_leaf(x)) {
+        Py_INCREF(x);
+        return x;
+    }
+    return fold_one(f, x);
+}
+
+static PyObject *
+fold_reference(Folder *f, PyObject *v, PyObject *target)
+{
+    int in_parts = PyDict_Contains(f->parts, target);
+    if (in_parts < 0)
+        return NULL;
+    int in_used = in_parts ? PySet_Contains(f->used, target) : 1;
+    if (in_used < 0)
+        return NULL;
+    if (in_parts && !in_used) {
+        if (PySet_Add(f->used, target) < 0 || PyList_Append(f->folded, target) < 0)
+            return NULL;
+        PyObject *entry = PyDict_GetItemWithError(f->parts, target);
+        if (entry == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, target);
+            return NULL;
+        }
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2) {
+            PyErr_SetString(PyExc_ValueError, "a part is not a (class name, state) pair");
+            return NULL;
+        }
+        return PyObject_CallFunctionObjArgs(f->part, PyTuple_GET_ITEM(entry, 0), PyTuple_GET_ITEM(entry, 1), NULL);
+    }
+    if (PyList_Append(f->refs, target) < 0)
+        return NULL;
+    Py_INCREF(v);
+    return v;
+}
+
+static PyObject *
+fold_dict(Folder *f, PyObject *v)
+{
+    int exact = PyDict_CheckExact(v);
+    PyObject *changed = exact ? NULL : PyDict_New();  /* a subclass: the plain dict its JSON reads back as */
+    if (!exact && changed == NULL)
+        return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *k, *x;
+    while (PyDict_Next(v, &pos, &k, &x)) {
+        if (exact && is_leaf(x))
+            continue;
+        Py_INCREF(k);
+        Py_INCREF(x);
+        PyObject *y = fold_item(f, x);
+        int rc = 0;
+        if (y == NULL)
+            rc = -1;
+        else if (!exact)
+            rc = PyDict_SetItem(changed, k, y);
+        else if (y != x) {
+            if (changed == NULL && (changed = PyDict_Copy(v)) == NULL)
+                rc = -1;
+            else
+                rc = PyDict_SetItem(changed, k, y);
+        }
+        Py_XDECREF(y);
+        Py_DECREF(k);
+        Py_DECREF(x);
+        if (rc < 0) {
+            Py_XDECREF(changed);
+            return NULL;
+        }
+    }
+    if (changed != NULL)
+        return changed;
+    Py_INCREF(v);
+    return v;
+}
+
+/* An exact list: itself when no item changes, else a copy; a list subclass or (decoded) a
+ * tuple: always a new list. */
+static PyObject *
+fold_sequence(Folder *f, PyObject *v, int copy_always)
+{
+    PyObject *items = PySequence_Fast(v, "not a sequence");
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    PyObject *copy = copy_always ? PyList_New(n) : NULL;
+    if (copy_always && copy == NULL)
+        goto error;
+    for (Py_ssize_t i = 0; i < n && i < PySequence_Fast_GET_SIZE(items); i++) {
+        PyObject *x = PySequence_Fast_GET_ITEM(items, i);
+        if (!copy_always && is_leaf(x))
+            continue;
+        Py_INCREF(x);
+        PyObject *y = fold_item(f, x);
+        Py_DECREF(x);
+        if (y == NULL)
+            goto error;
+        if (copy_always) {
+            PyList_SET_ITEM(copy, i, y);  /* (steals y) */
+            continue;
+        }
+        if (y == x) {
+            Py_DECREF(y);
+            continue;
+        }
+        if (copy == NULL && (copy = PyList_GetSlice(v, 0, PyList_GET_SIZE(v))) == NULL) {
+            Py_DECREF(y);
+            goto error;
+        }
+        if (PyList_SetItem(copy, i, y) < 0)  /* (steals y) */
+            goto error;
+    }
+    Py_DECREF(items);
+    if (copy != NULL)
+        return copy;
+    Py_INCREF(v);
+    return v;
+error:
+    Py_XDECREF(copy);
+    Py_DECREF(items);
+    return NULL;
+}
+
+static PyObject *
+fold_one(Folder *f, PyObject *v)
+{
+    if (Py_EnterRecursiveCall(" while folding an object's parts"))
+        return NULL;
+    PyObject *out;
+    if (PyDict_Check(v)) {
+        int err = 0;
+        PyObject *target = ref_target(v, &err);
+        if (err)
+            out = NULL;
+        else if (target != NULL) {
+            Py_INCREF(target);
+            out = fold_reference(f, v, target);
+            Py_DECREF(target);
+        }
+        else
+            out = fold_dict(f, v);
+    }
+    else if (PyList_CheckExact(v))
+        out = fold_sequence(f, v, 0);
+    else if (PyList_Check(v) || (f->decoded && PyTuple_Check(v)))
+        out = fold_sequence(f, v, 1);
+    else {
+        Py_INCREF(v);
+        out = v;
+    }
+    Py_LeaveRecursiveCall();
+    return out;
+}
+
+/* fold_value(value, parts, used, folded, refs, decoded, part): _Folder.value's result. */
+static PyObject *
+fold_value(PyObject *self, PyObject *args)
+{
+    Folder f;
+    PyObject *value;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!pO:fold_value", &value, &PyDict_Type, &f.parts, &PySet_Type, &f.used,
+                          &PyList_Type, &f.folded, &PyList_Type, &f.refs, &f.decoded, &f.part))
+        return NULL;
+    return fold_item(&f, value);
+}
+
+static PyObject *s_id;          /* "id" */
+static PyObject *s_dunder_name; /* "__name__" */
+static PyObject *s_objects;     /* "_objects" */
+static PyObject *s_btrees;      /* "BTrees." */
+static PyObject *s_empty;       /* "" */
+static PyObject *facts_type;    /* RecordFacts (configure) */
+
+/* record_name's answer for a plain dict state (new reference; Py_None when it has none). */
+static PyObject *
+name_of(PyObject *state)
+{
+    PyObject *attrs[2] = {s_id, s_dunder_name};
+    for (int i = 0; i < 2; i++) {
+        PyObject *value = PyDict_GetItemWithError(state, attrs[i]);
+        if (value == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            continue;
+        }
+        if (PyUnicode_Check(value) && PyUnicode_GET_LENGTH(value) > 0) {
+            Py_INCREF(value);
+            return value;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* facts(zoid, tid, class_name, state): RecordFacts(zoid, tid, class_name, name, edges) as
+ * record_name and record_edges give them, for the states nearly every record has; None
+ * for the rest, which the Python functions take: a BTrees class (items and structure), a
+ * state that is not a plain dict, or one with "_objects" (an OFS container's listed
+ * children). The edges are walk's pairs, each pair once in the order first met, as
+ * (zoid, key, False). */
+static PyObject *
+facts(PyObject *self, PyObject *args)
+{
+    PyObject *zoid, *tid, *class_name, *state;
+    if (!PyArg_ParseTuple(args, "O!OOO:facts", &PyLong_Type, &zoid, &tid, &class_name, &state))
+        return NULL;
+    if (facts_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_edges_c.configure was not called");
+        return NULL;
+    }
+    if (!PyDict_CheckExact(state))
+        Py_RETURN_NONE;
+    if (class_name != Py_None) {
+        if (!PyUnicode_Check(class_name))
+            Py_RETURN_NONE;
+        Py_ssize_t btree = PyUnicode_Tailmatch(class_name, s_btrees, 0, PY_SSIZE_T_MAX, -1);
+        if (btree < 0)
+            return NULL;
+        if (btree)
+            Py_RETURN_NONE;
+    }
+    int has_objects = PyDict_Contains(state, s_objects);
+    if (has_objects < 0)
+        return NULL;
+    if (has_objects)
+        Py_RETURN_NONE;
+    int root = 0;
+    {
+        long long z = PyLong_AsLongLong(zoid);
+        if (z == -1 && PyErr_Occurred()) {
+            PyErr_Clear();  /* (beyond 64 bits: not the root) */
+        }
+        else
+            root = z == 0;
+    }
+    PyObject *name = NULL, *pairs = NULL, *seen = NULL, *edges = NULL, *walk_args = NULL, *out = NULL;
+    if (root) {
+        name = s_empty;
+        Py_INCREF(name);
+    }
+    else if ((name = name_of(state)) == NULL)
+        goto error;
+    if ((pairs = PyList_New(0)) == NULL)
+        goto error;
+    if ((walk_args = Py_BuildValue("(OOO)", state, Py_None, pairs)) == NULL)
+        goto error;
+    PyObject *walked = walk(NULL, walk_args);
+    if (walked == NULL)
+        goto error;
+    Py_DECREF(walked);
+    if ((seen = PySet_New(NULL)) == NULL || (edges = PyList_New(0)) == NULL)
+        goto error;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) {
+        PyObject *pair = PyList_GET_ITEM(pairs, i);
+        int had = PySet_Contains(seen, pair);
+        if (had < 0 || (!had && PySet_Add(seen, pair) < 0))
+            goto error;
+        if (had)
+            continue;
+        PyObject *edge = PyTuple_Pack(3, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1), Py_False);
+        int rc = edge == NULL ? -1 : PyList_Append(edges, edge);
+        Py_XDECREF(edge);
+        if (rc < 0)
+            goto error;
+    }
+    PyObject *fields = PyTuple_Pack(5, zoid, tid, class_name, name, edges);
+    if (fields == NULL)
+        goto error;
+    PyObject *new_args = PyTuple_Pack(1, fields);  /* tuple.__new__(RecordFacts, fields) */
+    Py_DECREF(fields);
+    if (new_args == NULL)
+        goto error;
+    out = PyTuple_Type.tp_new((PyTypeObject *)facts_type, new_args, NULL);
+    Py_DECREF(new_args);
+error:
+    Py_XDECREF(name);
+    Py_XDECREF(pairs);
+    Py_XDECREF(seen);
+    Py_XDECREF(edges);
+    Py_XDECREF(walk_args);
+    return out;
+}
+
+/* configure(RecordFacts): the tuple subclass facts() builds. */
+static PyObject *
+configure(PyObject *self, PyObject *args)
+{
+    PyObject *type;
+    if (!PyArg_ParseTuple(args, "O!:configure", &PyType_Type, &type))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "configure: a tuple subclass is required");
+        return NULL;
+    }
+    Py_INCREF(type);
+    Py_XSETREF(facts_type, type);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
      "walk(value, key, out): append (zoid, key) for each persistent reference in value, as walk_py does"},
+    {"facts", facts, METH_VARARGS,
+     "facts(zoid, tid, class_name, state): RecordFacts as record_name and record_edges give them, "
+     "or None where only they can tell (BTrees classes, states that are not plain dicts, _objects)"},
+    {"configure", configure, METH_VARARGS, "configure(RecordFacts): the type facts() returns"},
+    {"fold_value", fold_value, METH_VARARGS,
+     "fold_value(value, parts, used, folded, refs, decoded, part): esindexer.objects.fold._Folder.value's walk"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -187,7 +517,13 @@ PyInit__edges_c(void)
     s_marker = PyUnicode_InternFromString("::");
     s_persistent = PyUnicode_InternFromString("persistent");
     s_target = PyUnicode_InternFromString("::=>");
-    if (s_marker == NULL || s_persistent == NULL || s_target == NULL)
+    s_id = PyUnicode_InternFromString("id");
+    s_dunder_name = PyUnicode_InternFromString("__name__");
+    s_objects = PyUnicode_InternFromString("_objects");
+    s_btrees = PyUnicode_InternFromString("BTrees.");
+    s_empty = PyUnicode_InternFromString("");
+    if (s_marker == NULL || s_persistent == NULL || s_target == NULL || s_id == NULL || s_dunder_name == NULL
+        || s_objects == NULL || s_btrees == NULL || s_empty == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -201,26 +201,32 @@ def assemble(zoids: list[int], store: GraphStore, source: States, jsonifier: Jso
     return [view for group in read_groups(zoids, store, source) for view in build(group, jsonifier)]
 
 
-def build(group: Group, jsonifier: Jsonifier) -> list[ObjectView | Gone]:
-    """The views of one group read by :func:`read_groups`.
+def build(group: Group, jsonifier: Jsonifier) -> Iterator[ObjectView | Gone]:
+    """The views of one group read by :func:`read_groups`, one at a time.
 
     The object and its parts are only decoded (:meth:`Jsonifier.decode`) and folded as
     unpickled states: the builder shapes the result straight into the document, as it
     does a record document's. Where a record does not decode that way, or the builder is
     not sure of the result (:attr:`ObjectView.json_state`), they are converted to JSON
     values and folded again: the same document either way.
+
+    One at a time, so that each view's unpickled states are freed once its document is
+    shaped: a group's thousand views held at once kept tens of thousands of containers
+    alive, and the collector walked them again and again (0.8-1.4 s of a 10^5-object
+    backfill's 8 s of writing, docs/performance.md, ninth pass).
     """
-    out: list[ObjectView | Gone] = [Gone(z) for z in group.gone]
+    for zoid in group.gone:
+        yield Gone(zoid)
     states, nodes = group.states, group.nodes
     for zoid in group.live:
         node = nodes[zoid]
         tid_data = states.get(zoid)
         if tid_data is None:
-            out.append(Gone(zoid))  # the record itself is gone (a deletion not yet applied)
+            yield Gone(zoid)  # the record itself is gone (a deletion not yet applied)
             continue
         tid, data = tid_data
-        place = _Place(zoid=zoid, tid=tid, name=node.name or (node.path or "/").rsplit("/", 1)[-1],
-                       path=node.path or "/", parent=node.parent, depth=node.depth or 0)
+        path = node.path or "/"
+        name = node.name or path.rsplit("/", 1)[-1]
         chosen = group.chosen_of[zoid]
         candidates = len(group.parts_of.get(zoid, []))
 
@@ -231,17 +237,17 @@ def build(group: Group, jsonifier: Jsonifier) -> list[ObjectView | Gone]:
         except _NotDecoded:
             done = None
         if done is not None:
-            out.append(ObjectView(class_name=done.class_name, state=done.state, decoded=True,
-                                  json_state=partial(_state_of, json_state),
-                                  parts=done.folded, parts_tid=done.newest, parts_omitted=candidates - len(done.folded),
-                                  **place._asdict()))
+            yield ObjectView(class_name=done.class_name, state=done.state, decoded=True,
+                             json_state=partial(_state_of, json_state),
+                             parts=done.folded, parts_tid=done.newest, parts_omitted=candidates - len(done.folded),
+                             zoid=zoid, tid=tid, name=name, path=path, parent=node.parent, depth=node.depth or 0)
             continue
         done = json_state()
         if done is None:
             continue  # not convertible: the reader dead-letters the record; its document stays
-        out.append(ObjectView(class_name=done.class_name, state=done.state, parts=done.folded,
-                              parts_tid=done.newest, parts_omitted=candidates - len(done.folded), **place._asdict()))
-    return out
+        yield ObjectView(class_name=done.class_name, state=done.state, parts=done.folded,
+                         parts_tid=done.newest, parts_omitted=candidates - len(done.folded),
+                         zoid=zoid, tid=tid, name=name, path=path, parent=node.parent, depth=node.depth or 0)
 
 
 class _NotDecoded(Exception):
@@ -292,12 +298,3 @@ def _state_of(assemble_json: Callable[[], _Assembled | None]) -> Any:
     """The JSON values of an object assembled from its records' conversions (None: not convertible)."""
     assembled = assemble_json()
     return assembled.state if assembled is not None else None
-
-
-class _Place(NamedTuple):
-    zoid: int
-    tid: int
-    name: str | None
-    path: str
-    parent: int | None
-    depth: int

@@ -18,8 +18,7 @@ Pure functions of the converted state: no database, no class imported.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 #: An edge: ``(zoid it refers to, the key it is held under or None, listed)``; *listed*: an
 #: attribute whose name the record's ``_objects`` lists as a child's id (an OFS container,
@@ -30,9 +29,9 @@ ROOT_ZOID = 0
 _META_PREFIX = "::"
 
 
-@dataclass(frozen=True, slots=True)
-class RecordFacts:
-    """What the graph needs of one record's current state."""
+class RecordFacts(NamedTuple):
+    """What the graph needs of one record's current state (a tuple: the C twin of
+    :func:`record_facts` builds it without a Python call)."""
 
     zoid: int
     tid: int
@@ -170,6 +169,27 @@ def record_edges(class_name: str | None, state: Any) -> list[Edge]:
     listed = listed_ids(state)
     attributes = {k: ref_zoid(v) for k, v in state.items() if k in listed} if listed else {}
     return [(zoid, key, key is not None and attributes.get(key) == zoid) for zoid, key in dict.fromkeys(out)]
+
+
+def record_facts_py(zoid: int, tid: int, class_name: str | None, state: Any) -> RecordFacts:
+    """What one record says about the graph: its name and its edges (the functions above)."""
+    return RecordFacts(zoid, tid, class_name, record_name(zoid, state), record_edges(class_name, state))
+
+
+def _record_facts_c(zoid: int, tid: int, class_name: str | None, state: Any) -> RecordFacts:
+    """:func:`record_facts_py` by the C twin for the states it takes (a plain dict, not a
+    BTrees class, no ``_objects``: nearly every record), by the Python functions for the rest."""
+    got = _edges_c.facts(zoid, tid, class_name, state)
+    return got if got is not None else record_facts_py(zoid, tid, class_name, state)
+
+
+if _edges_c is not None:
+    _edges_c.configure(RecordFacts)
+
+#: The facts of one record from its converted or decoded state: the C twin where it was
+#: built (tests/objects/test_edges_c.py compares the two), else the Python functions.
+record_facts: Callable[[int, int, str | None, Any], RecordFacts] = \
+    _record_facts_c if _edges_c is not None else record_facts_py
 
 
 def iter_refs(value: Any) -> Iterator[int]:

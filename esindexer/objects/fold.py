@@ -19,6 +19,11 @@ from typing import Any
 
 from esindexer.objects.edges import btree_parts, is_btree_class, key_text, ref_zoid
 
+try:
+    from esindexer.objects._edges_c import fold_value as _fold_value
+except ImportError:  # optional extension, not built here: the Python walk does it
+    _fold_value = None
+
 #: Values that are never walked (neither containers nor references).
 _LEAVES = frozenset({str, int, float, bool, type(None)})
 
@@ -60,7 +65,9 @@ class _Folder:
         """``v`` with the parts it refers to folded in. A plain dict or list none of whose
         values changes is returned as it is, not copied, and leaves are skipped without a
         call: most of an object's state holds no part (this walk was a fifth of the
-        object documents' Python time)."""
+        object documents' Python time; its C twin, used where it was built, is
+        ``fold_value`` in ``esindexer/objects/_edges_c.c``: tests/objects/test_fold_walk.py
+        compares the two)."""
         if isinstance(v, dict):
             target = ref_zoid(v)
             if target is not None:
@@ -141,19 +148,30 @@ class _Folder:
         return out
 
 
+class _CFolder(_Folder):
+    """The same, with :meth:`value` by the C twin (``_edges_c.fold_value``), which calls
+    :meth:`part` for each part it folds. (A subclass, not the method set on the instance:
+    that made each folder a reference cycle, left for the collector.)"""
+
+    def value(self, v: Any) -> Any:
+        return _fold_value(v, self.parts, self.used, self.result.folded, self.result.refs,  # type: ignore[misc]
+                           self.decoded, self.part)
+
+
 def _compact(key: Any) -> str:
     import orjson
 
     return orjson.dumps(key).decode()
 
 
-def fold(state: Any, parts: Parts, decoded: bool = False) -> Folded:
+def fold(state: Any, parts: Parts, decoded: bool = False, *, c_walk: bool = True) -> Folded:
     """``state`` with every reference to one of ``parts`` replaced by that part, folded.
 
     ``decoded``: the states are unpickled (:class:`~esindexer.convert.jsonifier.Decoded`),
     not JSON values: tuples are walked as the lists their JSON is, and a BTree key that is
-    not a string raises :class:`NotFoldable` (its JSON text may differ from ``str(key)``)."""
-    folder = _Folder(parts, decoded)
+    not a string raises :class:`NotFoldable` (its JSON text may differ from ``str(key)``).
+    ``c_walk`` False: the Python walk even where the C twin was built (for comparing them)."""
+    folder = _CFolder(parts, decoded) if c_walk and _fold_value is not None else _Folder(parts, decoded)
     folder.result.state = folder.value(state)
     folder.result.refs = sorted(set(folder.result.refs) - folder.used)
     return folder.result

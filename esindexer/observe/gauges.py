@@ -24,8 +24,9 @@ GAUGE_HELP: dict[str, str] = {
     "documents_with_unmapped_fields": "Documents holding fields the index keeps but did not map "
                                       "(field limit reached, or a value the mapping refused): "
                                       "searches on those fields miss them.",
-    "object_documents_to_write": "Object documents (documents=objects) a backfill's resolution of the "
-                                 "object graph left to send: the whole tree at first, 0 once all are sent.",
+    "object_documents_to_write": "Object documents (documents=objects) left to send in one stretch: a "
+                                 "backfill's whole tree once its graph is resolved, or what a restart found "
+                                 "unwritten by the last run; 0 once all are sent.",
     "object_graph_resolution_started_timestamp_seconds": "When the running resolution of a backfill's "
         "object graph (documents=objects) began, Unix time; absent while none runs (it is PostgreSQL's "
         "work alone, 20 s at 10^6 objects, before the tree's documents are written).",

@@ -98,7 +98,7 @@ class PhaseNow(NamedTuple):
 Phase = Callable[[], "PhaseNow | None"]  #: the stretch the work is in (None: rows measure it)
 
 RESOLVING = "resolving the object graph"
-WRITING_TREE = "writing the object documents of the tree"
+WRITING_TREE = "writing object documents"  # (a backfill's whole tree, or what a restart found unwritten)
 
 
 def pipeline_phase(metrics: Metrics) -> Phase:

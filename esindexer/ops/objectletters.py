@@ -18,7 +18,7 @@ from esindexer.config import Settings
 from esindexer.convert.jsonifier import Conversion, Jsonifier, Kind
 from esindexer.documents import Action, DocumentBuilder
 from esindexer.objects.assemble import assemble
-from esindexer.objects.edges import RecordFacts, record_edges, record_name
+from esindexer.objects.edges import record_facts
 from esindexer.objects.store import GraphStore
 from esindexer.pipeline.objectreader import object_class_filter
 from esindexer.source import pg
@@ -35,8 +35,7 @@ def objects_hook(conn: Any, settings: Settings, builder: DocumentBuilder, jsonif
         for tid, zoid, conversion in records:
             if conversion.kind is Kind.OK and conversion.json_text is not None:
                 state = orjson.loads(conversion.json_text)
-                facts.append(RecordFacts(zoid, tid, conversion.class_name, record_name(zoid, state),
-                                         record_edges(conversion.class_name, state)))
+                facts.append(record_facts(zoid, tid, conversion.class_name, state))
             elif conversion.kind is Kind.DELETED:
                 deleted.append(zoid)
         if not facts and not deleted:

@@ -33,7 +33,7 @@ from esindexer.documents import Action, DocumentBuilder
 from esindexer.es.repair import Write, send_writes
 from esindexer.es.scan import Held, held_now
 from esindexer.objects.assemble import assemble
-from esindexer.objects.edges import RecordFacts, record_edges, record_name
+from esindexer.objects.edges import RecordFacts, record_facts
 from esindexer.objects.store import GraphStore
 from esindexer.pipeline.objectreader import object_class_filter
 from esindexer.source import deletions, graph, pg
@@ -178,8 +178,7 @@ def _graph_differences(conn: Any, settings: Settings, jsonifier: Jsonifier,
                 conversion = jsonifier.convert((tid, zoid), data)
                 if conversion.kind is Kind.OK and conversion.json_text is not None:
                     state = orjson.loads(conversion.json_text)
-                    facts.append(RecordFacts(zoid, tid, conversion.class_name, record_name(zoid, state),
-                                             record_edges(conversion.class_name, state)))
+                    facts.append(record_facts(zoid, tid, conversion.class_name, state))
             scratch.apply(facts, [], read_at, resolve=False)
         scratch.resolve_all(read_at, quiet=True)
         with conn.cursor() as cur:

@@ -28,7 +28,7 @@ from esindexer.documents import Action
 from esindexer.errors import SetupError
 from esindexer.objects import dirtypages
 from esindexer.objects.assemble import Group, assemble, build, read_groups
-from esindexer.objects.edges import RecordFacts, record_edges, record_name
+from esindexer.objects.edges import RecordFacts, record_facts
 from esindexer.objects.store import GraphStore
 from esindexer.pipeline.ahead import read_ahead
 from esindexer.pipeline.committer import BatchInFlight
@@ -164,8 +164,7 @@ class ObjectBatchReader(BatchReader):
         beat = self._liveness.beat
         for tid, zoid, data, conversion in records:
             if type(conversion) is Decoded:
-                facts.append(RecordFacts(zoid, tid, conversion.class_name, record_name(zoid, conversion.state),
-                                         record_edges(conversion.class_name, conversion.state)))
+                facts.append(record_facts(zoid, tid, conversion.class_name, conversion.state))
                 kind = Kind.OK
             else:
                 kind = conversion.kind
@@ -180,8 +179,7 @@ class ObjectBatchReader(BatchReader):
                 deleted.append(zoid)
             if kind is Kind.OK and type(conversion) is not Decoded:
                 state = orjson.loads(conversion.json_text)
-                facts.append(RecordFacts(zoid, tid, conversion.class_name, record_name(zoid, state),
-                                         record_edges(conversion.class_name, state)))
+                facts.append(record_facts(zoid, tid, conversion.class_name, state))
             batch.rows += 1
             batch.last_tid = tid
             if data is not None and len(data) > batch.largest:

@@ -99,3 +99,51 @@ def test_an_error_in_a_key_is_raised_by_both():
         edges.walk_py(state, None, [])
     with pytest.raises(ValueError, match="no text"):
         _edges_c.walk(state, None, [])
+
+
+_names = st.one_of(st.none(), st.text(max_size=3), st.integers(0, 3), _references)
+_class_names = st.one_of(st.none(), st.sampled_from(["app.Item", "persistent.mapping.PersistentMapping",
+                                                     "BTrees.OOBTree.OOBucket", "BTrees.IOBTree.IOBTree",
+                                                     "BTrees.Length.Length", "BTreesX.Item", ""]), st.text(max_size=8))
+
+
+def _state_with_names(state: Any, id_: Any, name: Any, objects: Any) -> Any:
+    if isinstance(state, dict):
+        state = dict(state)  # (an Obj stays one where it was drawn: the plain dict is the usual state)
+        for key, value in (("id", id_), ("__name__", name), ("_objects", objects)):
+            if value is not None:
+                state[key] = value
+    return state
+
+
+_states = st.builds(_state_with_names, st.one_of(st.dictionaries(_keys, _values, max_size=6), _values),
+                    _names, _names, st.one_of(st.none(), st.just(({"id": "a", "meta_type": "M"},))))
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.sampled_from([0, 1, 5, 2**63, 2**70]), st.integers(0, 2**64), _class_names, _states)
+def test_the_c_facts_are_the_python_functions_facts(zoid, tid, class_name, state):
+    """Where the C twin answers, its facts are record_name's and record_edges' (keys,
+    order and types too); where it does not (None), the Python functions are used."""
+    py = edges.record_facts_py(zoid, tid, class_name, state)
+    c = _edges_c.facts(zoid, tid, class_name, state)
+    if c is not None:
+        assert type(c) is edges.RecordFacts
+        assert c == py
+        assert [tuple(map(type, e)) for e in c.edges] == [tuple(map(type, e)) for e in py.edges]
+        assert type(c.name) is type(py.name)
+    assert edges.record_facts(zoid, tid, class_name, state) == py
+
+
+def test_the_c_facts_take_the_usual_states_and_leave_the_rest():
+    usual = {"id": "doc-1", "title": "T", "meta": _reference(7), "refs": [_reference(8), _reference(7)]}
+    got = _edges_c.facts(5, 9, "app.Item", usual)
+    assert got == edges.RecordFacts(5, 9, "app.Item", "doc-1", [(7, "refs", False), (8, "refs", False),
+                                                                 (7, "meta", False)])
+    assert _edges_c.facts(0, 9, "persistent.mapping.PersistentMapping", {"data": {}}).name == ""
+    # left to the Python functions: BTrees records, OFS containers, states that are not plain dicts
+    assert _edges_c.facts(5, 9, "BTrees.OOBTree.OOBucket", usual) is None
+    assert _edges_c.facts(5, 9, "app.Folder", {**usual, "_objects": ({"id": "doc-1"},)}) is None
+    assert _edges_c.facts(5, 9, "app.Item", [usual]) is None
+    assert _edges_c.facts(5, 9, "app.Item", _obj("app.Item", usual)) is None
+    assert edges.record_facts is not edges.record_facts_py

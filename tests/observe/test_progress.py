@@ -102,7 +102,7 @@ def test_the_object_trees_documents_are_counted_left_at_their_own_rate(monkeypat
     assert message.startswith("backfill: 90 rows done (90%)") and "phase" not in fields  # the gauge is absent
     metrics.set_object_documents_to_write(9_000)  # resolved: the tree's write begins
     message, fields = reporter.line()
-    assert message.startswith("backfill: writing the object documents of the tree: 9,000 left, no rate yet;")
+    assert message.startswith("backfill: writing object documents: 9,000 left, no rate yet;")
     assert fields["eta_seconds"] is None
     clock[0] = 112.0
     metrics.record_documents("index", "ok", 2_000)
@@ -184,7 +184,7 @@ def test_the_graphs_resolution_says_how_long_it_has_run(monkeypatch):
     bar._bar.refresh()
     bar.close(summary=False)
     assert "now=resolving the object graph 1:23" in stream.getvalue(), stream.getvalue()
-    assert "now=writing the object documents of the tree, 9,000 left" in stream.getvalue(), stream.getvalue()
+    assert "now=writing object documents, 9,000 left" in stream.getvalue(), stream.getvalue()
 
 
 def test_on_a_terminal_a_bar_is_drawn():
