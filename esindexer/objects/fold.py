@@ -14,11 +14,13 @@ references: the document's ``refs`` lists them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from esindexer.objects.edges import btree_parts, is_btree_class, key_text, ref_zoid
 
+_fold_value: Callable[..., Any] | None
 try:
     from esindexer.objects._edges_c import fold_value as _fold_value
 except ImportError:  # optional extension, not built here: the Python walk does it
@@ -155,7 +157,7 @@ class _CFolder(_Folder):
 
     def value(self, v: Any) -> Any:
         return _fold_value(v, self.parts, self.used, self.result.folded, self.result.refs,  # type: ignore[misc]
-                           self.decoded, self.part)
+                           self.decoded, self.part)  # (never None here: fold() picks this class only then)
 
 
 def _compact(key: Any) -> str:
