@@ -19,6 +19,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdio.h>
+#include <string.h>
 
 static PyObject *s_marker;     /* "::" */
 static PyObject *s_persistent; /* "persistent" */
@@ -362,6 +364,170 @@ fold_value(PyObject *self, PyObject *args)
     return fold_item(&f, value);
 }
 
+/* ---- copy_rows: a backfill batch's nodes and edges as COPY text (CSV) ------------------ */
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} Buf;
+
+static int
+buf_reserve(Buf *b, Py_ssize_t more)
+{
+    if (b->len + more <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + more)
+        cap *= 2;
+    char *data = PyMem_Realloc(b->data, cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static int
+buf_put(Buf *b, const char *s, Py_ssize_t n)
+{
+    if (buf_reserve(b, n) < 0)
+        return -1;
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+/* An int column: its decimal digits. 1: not an int within 64 bits (the caller gives up). */
+static int
+buf_int(Buf *b, PyObject *v)
+{
+    if (!PyLong_CheckExact(v))
+        return 1;
+    int overflow = 0;
+    long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (n == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 1;
+    }
+    char digits[32];
+    int size = snprintf(digits, sizeof digits, "%lld", n);
+    return buf_put(b, digits, size);
+}
+
+/* A text column as unresolved.text writes it: None empty (NULL), a str quoted with its
+ * quotes doubled and NUL dropped. 1: a value this cannot write as UTF-8 (the caller gives up). */
+static int
+buf_text(Buf *b, PyObject *v)
+{
+    if (v == Py_None)
+        return 0;
+    if (!PyUnicode_CheckExact(v))
+        return 1;
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(v, &n);
+    if (s == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
+    if (buf_reserve(b, 2 * n + 2) < 0)
+        return -1;
+    char *out = b->data + b->len;
+    *out++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '\0')
+            continue;
+        if (c == '"')
+            *out++ = '"';
+        *out++ = c;
+    }
+    *out++ = '"';
+    b->len = out - b->data;
+    return 0;
+}
+
+#define PUT_OR(b, s, n) do { if (buf_put((b), (s), (n)) < 0) goto error; } while (0)
+#define COLUMN(call) do { int rc_ = (call); if (rc_ < 0) goto error; if (rc_ > 0) goto give_up; } while (0)
+
+/* copy_rows(client, facts): (nodes, edges), the COPY text (CSV, UTF-8 bytes) unresolved.write
+ * writes for ``facts`` (RecordFacts, one per record) of client id ``client``; None for a value
+ * it does not write the same way (an int beyond 64 bits, a str with lone surrogates, a
+ * subclass), which the Python formatting then takes. */
+static PyObject *
+copy_rows(PyObject *self, PyObject *args)
+{
+    PyObject *client, *facts;
+    if (!PyArg_ParseTuple(args, "UO!:copy_rows", &client, &PyList_Type, &facts))
+        return NULL;
+    Buf nodes = {NULL, 0, 0}, edges = {NULL, 0, 0}, prefix = {NULL, 0, 0};
+    PyObject *seen = NULL, *out = NULL;
+    COLUMN(buf_text(&prefix, client));
+    PUT_OR(&prefix, ",", 1);
+    if ((seen = PySet_New(NULL)) == NULL)
+        goto error;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(facts); i++) {
+        PyObject *f = PyList_GET_ITEM(facts, i);
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != 5)
+            goto give_up;
+        PyObject *zoid = PyTuple_GET_ITEM(f, 0), *record_edges = PyTuple_GET_ITEM(f, 4);
+        PUT_OR(&nodes, prefix.data, prefix.len);
+        COLUMN(buf_int(&nodes, zoid));
+        PUT_OR(&nodes, ",", 1);
+        COLUMN(buf_int(&nodes, PyTuple_GET_ITEM(f, 1)));
+        PUT_OR(&nodes, ",", 1);
+        COLUMN(buf_text(&nodes, PyTuple_GET_ITEM(f, 2)));
+        PUT_OR(&nodes, ",", 1);
+        COLUMN(buf_text(&nodes, PyTuple_GET_ITEM(f, 3)));
+        PUT_OR(&nodes, "\n", 1);
+        if (!PyList_Check(record_edges))
+            goto give_up;
+        if (PySet_Clear(seen) < 0)
+            goto error;
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(record_edges); j++) {
+            PyObject *edge = PyList_GET_ITEM(record_edges, j);
+            if (!PyTuple_CheckExact(edge) || PyTuple_GET_SIZE(edge) != 3)
+                goto give_up;
+            int had = PySet_Contains(seen, edge);  /* (a record's same edge twice: once) */
+            if (had < 0 || (!had && PySet_Add(seen, edge) < 0))
+                goto error;
+            if (had)
+                continue;
+            PyObject *listed = PyTuple_GET_ITEM(edge, 2);
+            if (listed != Py_True && listed != Py_False)
+                goto give_up;
+            PUT_OR(&edges, prefix.data, prefix.len);
+            COLUMN(buf_int(&edges, zoid));
+            PUT_OR(&edges, ",", 1);
+            COLUMN(buf_int(&edges, PyTuple_GET_ITEM(edge, 0)));
+            PUT_OR(&edges, ",", 1);
+            COLUMN(buf_text(&edges, PyTuple_GET_ITEM(edge, 1)));
+            PUT_OR(&edges, listed == Py_True ? ",t\n" : ",f\n", 3);
+        }
+    }
+    {
+        PyObject *n = PyBytes_FromStringAndSize(nodes.data ? nodes.data : "", nodes.len);
+        PyObject *e = n == NULL ? NULL : PyBytes_FromStringAndSize(edges.data ? edges.data : "", edges.len);
+        out = e == NULL ? NULL : PyTuple_Pack(2, n, e);
+        Py_XDECREF(n);
+        Py_XDECREF(e);
+    }
+    goto done;
+give_up:
+    out = Py_None;
+    Py_INCREF(out);
+    goto done;
+error:
+    out = NULL;
+done:
+    PyMem_Free(nodes.data);
+    PyMem_Free(edges.data);
+    PyMem_Free(prefix.data);
+    Py_XDECREF(seen);
+    return out;
+}
+
 static PyObject *s_id;          /* "id" */
 static PyObject *s_dunder_name; /* "__name__" */
 static PyObject *s_objects;     /* "_objects" */
@@ -501,6 +667,8 @@ static PyMethodDef methods[] = {
      "facts(zoid, tid, class_name, state): RecordFacts as record_name and record_edges give them, "
      "or None where only they can tell (BTrees classes, states that are not plain dicts, _objects)"},
     {"configure", configure, METH_VARARGS, "configure(RecordFacts): the type facts() returns"},
+    {"copy_rows", copy_rows, METH_VARARGS,
+     "copy_rows(client, facts): (nodes, edges) COPY text as UTF-8 bytes, as unresolved.write formats them, or None"},
     {"fold_value", fold_value, METH_VARARGS,
      "fold_value(value, parts, used, folded, refs, decoded, part): esindexer.objects.fold._Folder.value's walk"},
     {NULL, NULL, 0, NULL},

@@ -22,3 +22,7 @@ def fold_value(value: Any, parts: dict[int, tuple[str, Any]], used: set[int], fo
                decoded: bool, part: Callable[[str, Any], Any], /) -> Any:
     """``value`` with the parts it refers to folded in, as ``_Folder.value`` gives it (``part``
     is called for each part folded)."""
+
+def copy_rows(client: str, facts: list[Any], /) -> tuple[bytes, bytes] | None:
+    """The COPY text (CSV, UTF-8) of a backfill batch's nodes and edges, as
+    ``unresolved.copy_rows_py`` gives it, or None for a value it would not write the same way."""

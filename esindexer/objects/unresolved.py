@@ -19,6 +19,10 @@ from esindexer.objects import graph_sql as q
 from esindexer.objects.edges import RecordFacts
 from esindexer.source.graph import EDGES, NODES, STAGE_NODES
 
+#: The batch's COPY text is UTF-8 bytes whatever the connection's client encoding (PostgreSQL
+#: converts it to the database's).
+UTF8 = "ENCODING 'UTF8'"
+
 
 def latest_of(records: list[RecordFacts]) -> dict[int, RecordFacts]:
     """The newest state of each record in a batch."""
@@ -52,31 +56,29 @@ def write(cur: Any, client_id: str, records: list[RecordFacts], deleted: list[in
                                                                  for zoid in gone)))
     if not latest:
         return []
-    nodes = "".join(f"{client},{f.zoid},{f.tid},{text(f.class_name)},{text(f.name)}\n" for f in latest.values())
-    edges = "".join([f"{client},{f.zoid},{dst},{text(key)},{'t' if listed else 'f'}\n" for f in latest.values()
-                     for dst, key, listed in dict.fromkeys(f.edges)])  # (a record's same edge twice: once)
+    nodes, edges = copy_rows(client_id, list(latest.values()))
     cur.execute("SAVEPOINT esindexer_batch_nodes")
     try:  # usually none of them is there yet: straight in
-        cur.copy_expert(f"COPY {NODES} (client_id, zoid, tid, class_name, name) FROM STDIN WITH (FORMAT csv)",
-                        io.StringIO(nodes))
+        cur.copy_expert(f"COPY {NODES} (client_id, zoid, tid, class_name, name) FROM STDIN "
+                        f"WITH (FORMAT csv, {UTF8})", io.BytesIO(nodes))
     except psycopg2.errors.UniqueViolation:
         cur.execute("ROLLBACK TO SAVEPOINT esindexer_batch_nodes")
         _replace(cur, client_id, nodes, edges)
         return []
     cur.execute("RELEASE SAVEPOINT esindexer_batch_nodes")
     if edges:
-        cur.copy_expert(f"COPY {EDGES} (client_id, src, dst, key, listed) FROM STDIN WITH (FORMAT csv)",
-                        io.StringIO(edges))
+        cur.copy_expert(f"COPY {EDGES} (client_id, src, dst, key, listed) FROM STDIN WITH (FORMAT csv, {UTF8})",
+                        io.BytesIO(edges))
     return []
 
 
-def _replace(cur: Any, client_id: str, nodes: str, edges: str) -> None:
+def _replace(cur: Any, client_id: str, nodes: bytes, edges: bytes) -> None:
     """A batch with records the graph holds already (read again, or newer): through two
     temporary tables, a newer state replaces the node and its edges, one as new stays."""
     cur.execute(q.BATCH_TABLES)
-    cur.copy_expert("COPY obj_batch_nodes FROM STDIN WITH (FORMAT csv)", io.StringIO(nodes))
+    cur.copy_expert(f"COPY obj_batch_nodes FROM STDIN WITH (FORMAT csv, {UTF8})", io.BytesIO(nodes))
     if edges:
-        cur.copy_expert("COPY obj_batch_edges FROM STDIN WITH (FORMAT csv)", io.StringIO(edges))
+        cur.copy_expert(f"COPY obj_batch_edges FROM STDIN WITH (FORMAT csv, {UTF8})", io.BytesIO(edges))
     cur.execute(q.BATCH_NODES, {"c": client_id})
     rows = cur.fetchall()
     replaced = [int(z) for z, was_there in rows if was_there]
@@ -101,6 +103,32 @@ def materialize(cur: Any, client_id: str) -> None:
     if replacing:  # not a fresh graph: rows to replace (a newer one stays)
         cur.execute(q.STAGED_REPLACE, c)
     cur.execute(q.STAGED_INSERT if replacing else q.STAGED_INSERT_FRESH, c)
+
+
+def copy_rows_py(client_id: str, records: list[RecordFacts]) -> tuple[bytes, bytes]:
+    """The COPY text (CSV, UTF-8) of records' nodes and edges, a record's same edge once."""
+    client = text(client_id)
+    nodes = "".join(f"{client},{f.zoid},{f.tid},{text(f.class_name)},{text(f.name)}\n" for f in records)
+    edges = "".join([f"{client},{f.zoid},{dst},{text(key)},{'t' if listed else 'f'}\n" for f in records
+                     for dst, key, listed in dict.fromkeys(f.edges)])
+    return nodes.encode(), edges.encode()
+
+
+def _copy_rows_c(client_id: str, records: list[RecordFacts]) -> tuple[bytes, bytes]:
+    """:func:`copy_rows_py` by the C twin, which gives up (None) on a value it would not
+    write the same way (an int beyond 64 bits, a str it cannot write as UTF-8)."""
+    got = _edges_c.copy_rows(client_id, records)
+    return got if got is not None else copy_rows_py(client_id, records)
+
+
+try:
+    from esindexer.objects import _edges_c
+except ImportError:  # optional extension, not built here: the Python formatting does it
+    _edges_c = None  # type: ignore[assignment]
+
+#: A batch's COPY text: the C twin where it was built (tests/objects/test_edges_c.py
+#: compares the two), else the Python formatting.
+copy_rows = _copy_rows_c if _edges_c is not None else copy_rows_py
 
 
 def text(value: str | None) -> str:

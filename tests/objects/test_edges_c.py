@@ -147,3 +147,32 @@ def test_the_c_facts_take_the_usual_states_and_leave_the_rest():
     assert _edges_c.facts(5, 9, "app.Item", [usual]) is None
     assert _edges_c.facts(5, 9, "app.Item", _obj("app.Item", usual)) is None
     assert edges.record_facts is not edges.record_facts_py
+
+
+_texts = st.one_of(st.none(), st.text(max_size=6), st.sampled_from(['a"b', '"', 'x\x00y', "", "é,\n", "\ud800"]))
+_edge_lists = st.lists(st.tuples(st.integers(-2, 2**64), _texts, st.booleans()), max_size=5).map(
+    lambda edges: edges + edges[:1])  # (a record's same edge twice)
+_records = st.lists(st.builds(edges.RecordFacts, st.integers(-1, 2**64), st.integers(0, 2**64), _texts, _texts,
+                              _edge_lists), max_size=5)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.sampled_from(["c1", 'a"b', "é"]), st.text(max_size=4)), _records)
+def test_the_c_copy_text_is_the_python_formatting(client_id, records):
+    """A backfill batch's COPY text by the C twin is the Python formatting's, byte for byte;
+    where the C twin gives up (None: an int beyond 64 bits, a lone surrogate), the Python
+    formatting is used, which raises where it cannot write a value either."""
+    from esindexer.objects import unresolved
+
+    try:
+        py: Any = unresolved.copy_rows_py(client_id, records)
+    except UnicodeEncodeError:
+        py = UnicodeEncodeError
+    c = _edges_c.copy_rows(client_id, records)
+    if c is not None:
+        assert c == py
+    if py is UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            unresolved.copy_rows(client_id, records)
+    else:
+        assert unresolved.copy_rows(client_id, records) == py

@@ -353,3 +353,24 @@ def test_a_role_that_may_not_add_a_new_column_is_told(zodb, db_dsn, indexer_role
     with admin.cursor() as cur:
         cur.execute(f"SELECT tree_dirty_as_of FROM {graph.APPLIED} LIMIT 0")
     admin.close()
+
+
+@pytest.mark.parametrize("encoding", ["UTF8", "LATIN1"])
+def test_names_and_keys_any_text_can_hold_reach_the_graph_as_they_are(conn, encoding):
+    """A backfill's batch goes to PostgreSQL as COPY text (CSV) formatted in C: quotes, commas,
+    line breaks and non-ASCII names and keys arrive as the records hold them (NUL, which
+    PostgreSQL's text cannot hold, dropped), whatever the connection's client encoding;
+    the same batch read again (the temporary tables' way) leaves them so."""
+    names = ['a"b', "c,d", "e\nf", "caf\u00e9", "x\x00y", " lead", '""']
+    conn.set_client_encoding(encoding)
+    store = GraphStore(conn, f"texts-{encoding}", is_object)
+    facts = [f(0, 5, MAPPING, "", *((i + 1, name, False) for i, name in enumerate(names)))]
+    facts += [f(i + 1, 5, ITEM, name) for i, name in enumerate(names)]
+    for _ in range(2):  # the second time: the batch is there already
+        store.apply(facts, [], 5, resolve=False)
+        got = nodes(conn, f"texts-{encoding}")
+        assert [r[3] for r in got] == [""] + [name.replace("\x00", "") for name in names]
+        assert sorted(r[2] for r in edges(conn, f"texts-{encoding}")) == sorted(n.replace("\x00", "") for n in names)
+    store.resolve_all(5)
+    assert {r[9] for r in nodes(conn, f"texts-{encoding}") if r[0]} == {"/" + n.replace("\x00", "") for n in names}
+    graph.forget(conn, f"texts-{encoding}")
