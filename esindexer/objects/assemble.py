@@ -212,7 +212,7 @@ def build(group: Group, jsonifier: Jsonifier) -> Iterator[ObjectView | Gone]:
 
     One at a time, so that each view's unpickled states are freed once its document is
     shaped: a group's thousand views held at once kept tens of thousands of containers
-    alive, and the collector walked them again and again (0.8-1.4 s of a 10^5-object
+    alive, and the collector walked them again and again (1.0-1.35 s of a 10^5-object
     backfill's 8 s of writing, docs/performance.md, ninth pass).
     """
     for zoid in group.gone:
