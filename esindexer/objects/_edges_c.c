@@ -226,7 +226,11 @@ fold_reference(Folder *f, PyObject *v, PyObject *target)
             PyErr_SetString(PyExc_ValueError, "a part is not a (class name, state) pair");
             return NULL;
         }
-        return PyObject_CallFunctionObjArgs(f->part, PyTuple_GET_ITEM(entry, 0), PyTuple_GET_ITEM(entry, 1), NULL);
+        Py_INCREF(entry);  /* (held while part() runs Python code) */
+        PyObject *folded = PyObject_CallFunctionObjArgs(f->part, PyTuple_GET_ITEM(entry, 0), PyTuple_GET_ITEM(entry, 1),
+                                                        NULL);
+        Py_DECREF(entry);
+        return folded;
     }
     if (PyList_Append(f->refs, target) < 0)
         return NULL;
