@@ -127,12 +127,10 @@ push_sequence(PyObject *stack, PyObject *seq, PyObject *key)
     return 0;
 }
 
-static PyObject *
-walk(PyObject *self, PyObject *args)
+/* The walk itself: (zoid, key) appended to the list ``out``; 0 or -1. */
+static int
+walk_into(PyObject *value, PyObject *key, PyObject *out)
 {
-    PyObject *value, *key, *out;
-    if (!PyArg_ParseTuple(args, "OOO!:walk", &value, &key, &PyList_Type, &out))
-        return NULL;
     PyObject *stack = PyList_New(0);
     if (stack == NULL || push(stack, value, key) < 0)
         goto error;
@@ -166,10 +164,21 @@ walk(PyObject *self, PyObject *args)
             goto error;
     }
     Py_DECREF(stack);
-    Py_RETURN_NONE;
+    return 0;
 error:
     Py_XDECREF(stack);
-    return NULL;
+    return -1;
+}
+
+static PyObject *
+walk(PyObject *self, PyObject *args)
+{
+    PyObject *value, *key, *out;
+    if (!PyArg_ParseTuple(args, "OOO!:walk", &value, &key, &PyList_Type, &out))
+        return NULL;
+    if (walk_into(value, key, out) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 /* ---- fold_value: the walk of esindexer.objects.fold._Folder.value, in C ---------------- */
@@ -600,7 +609,7 @@ facts(PyObject *self, PyObject *args)
         else
             root = z == 0;
     }
-    PyObject *name = NULL, *pairs = NULL, *seen = NULL, *edges = NULL, *walk_args = NULL, *out = NULL;
+    PyObject *name = NULL, *pairs = NULL, *seen = NULL, *edges = NULL, *out = NULL;
     if (root) {
         name = s_empty;
         Py_INCREF(name);
@@ -609,12 +618,8 @@ facts(PyObject *self, PyObject *args)
         goto error;
     if ((pairs = PyList_New(0)) == NULL)
         goto error;
-    if ((walk_args = Py_BuildValue("(OOO)", state, Py_None, pairs)) == NULL)
+    if (walk_into(state, Py_None, pairs) < 0)
         goto error;
-    PyObject *walked = walk(NULL, walk_args);
-    if (walked == NULL)
-        goto error;
-    Py_DECREF(walked);
     if ((seen = PySet_New(NULL)) == NULL || (edges = PyList_New(0)) == NULL)
         goto error;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) {
@@ -644,7 +649,6 @@ error:
     Py_XDECREF(pairs);
     Py_XDECREF(seen);
     Py_XDECREF(edges);
-    Py_XDECREF(walk_args);
     return out;
 }
 

@@ -19,6 +19,11 @@ from esindexer.objects import graph_sql as q
 from esindexer.objects.edges import RecordFacts
 from esindexer.source.graph import EDGES, NODES, STAGE_NODES
 
+try:
+    from esindexer.objects import _edges_c
+except ImportError:  # optional extension, not built here: the Python formatting does it
+    _edges_c = None  # type: ignore[assignment]
+
 #: The batch's COPY text is UTF-8 bytes whatever the connection's client encoding (PostgreSQL
 #: converts it to the database's).
 UTF8 = "ENCODING 'UTF8'"
@@ -120,11 +125,6 @@ def _copy_rows_c(client_id: str, records: list[RecordFacts]) -> tuple[bytes, byt
     got = _edges_c.copy_rows(client_id, records)
     return got if got is not None else copy_rows_py(client_id, records)
 
-
-try:
-    from esindexer.objects import _edges_c
-except ImportError:  # optional extension, not built here: the Python formatting does it
-    _edges_c = None  # type: ignore[assignment]
 
 #: A batch's COPY text: the C twin where it was built (tests/objects/test_edges_c.py
 #: compares the two), else the Python formatting.
