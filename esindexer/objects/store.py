@@ -30,7 +30,7 @@ from esindexer.objects import dirtypages, unresolved
 from esindexer.objects import graph_sql as q
 from esindexer.objects.edges import ROOT_ZOID, RecordFacts
 from esindexer.objects.unresolved import latest_of
-from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES
+from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES, TABLES
 from esindexer.source.pg import int_array
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,19 @@ class GraphStore:
                 self.conn.rollback()
                 raise
         return dirty, version
+
+    def forget(self) -> None:
+        """Delete this client id's whole graph (to build it again from the start), as its writer."""
+        with self.lock:
+            try:
+                with self.conn.cursor() as cur:
+                    self._serialise(cur)
+                    for table in TABLES:  # (ensure_tables made them all)
+                        cur.execute(f"DELETE FROM {table} WHERE client_id = %s", (self.client_id,))
+                self.conn.commit()
+            except BaseException:
+                self.conn.rollback()
+                raise
 
     def _serialise(self, cur: Any) -> None:
         """One writer of this graph at a time (until the transaction ends): the service and a

@@ -190,8 +190,10 @@ def client_report(conn: Any, settings: Settings, client_id: str, saved: tuple[in
     }
     if settings.documents == "objects" and es is not None:
         report["object_graph"] = model = graph.summary(conn, client_id, object_class_filter(settings))
+        # (the service refuses to start on such a graph: say why here too)
+        report["object_graph_problem"] = problem = graph.coverage_problem(conn, client_id, tid)
         report["caught_up"] = report["caught_up"] and model is not None and model["complete"] \
-            and not model["documents_to_write"]
+            and not model["documents_to_write"] and problem is None
     if es is not None:
         report.update(index_figures(settings, es, failures))
         report["database_behind"] = rewound = database_behind(conn, settings, es)
@@ -250,8 +252,9 @@ def status_lines(report: dict[str, Any]) -> list[str]:
 
 
     if "object_graph" in report:
-        model = report["object_graph"]
-        text["object_graph"] = "none yet (the service has not run with documents=objects)" if model is None else (
+        model, problem = report["object_graph"], text.pop("object_graph_problem", None)
+        text["object_graph"] = f"NOT USABLE: {problem}" if problem else \
+            "none yet (the service has not run with documents=objects)" if model is None else (
             (f"complete at tid {model['tid']}" if model["complete"] else
              f"being built (a backfill: read up to tid {model['tid']}, {model.get('staged_records', 0):,} records "
              "read into it; every document is written once it is read)")

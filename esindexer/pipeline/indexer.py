@@ -92,9 +92,8 @@ class Indexer:
         self.resync = Resync(settings, self.sink, self.metrics, repair if self._repair_mode == "auto" else None,
                              self._repair_mode)
         self.exit_code = ExitCode.OK
-        #: With ``until_caught_up``: True once everything committed at start is indexed. A stop
-        #: before that leaves it False, so the command can exit non-zero (a re-index script
-        #: must tell "done" from "interrupted").
+        #: With ``until_caught_up``: True once everything committed at start is indexed. A stop before
+        #: that leaves it False: the command exits non-zero (a script tells "done" from "interrupted").
         self.caught_up = False
 
     def _on_sink_retry(self, reason: str, exc: BaseException) -> None:
@@ -321,7 +320,8 @@ class Indexer:
                                  abandon=self._abandon, stopping=lambda: self.stopping, guard=self.crash_guard,
                                  liveness=self.liveness, fence=keeper.check if keeper is not None else None)
             if isinstance(reader, ObjectBatchReader):
-                committer.objects, reader.end_tid = reader, end_tid
+                committer.objects = reader
+                reader.begin(start_tid, end_tid)  # refuses a graph that does not cover start_tid
                 self._cancels.others.update(reader.connections)  # a stop cancels the graph's statements too
                 self._retry_forever("rewriting object documents left by the last run", reader.recover)
             put_tid = start_tid  # the last tid handed to the committer

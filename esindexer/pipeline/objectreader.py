@@ -62,6 +62,24 @@ class ObjectBatchReader(BatchReader):
         self._graph_write: Future[SendResult] | None = None
         self._tree_count = 0
 
+    def begin(self, start_tid: int, end_tid: int | None) -> None:
+        """Before following from ``start_tid`` (up to ``end_tid``): a :class:`SetupError` when
+        the graph is not the one the documents up to ``start_tid`` were built from.
+
+        A resolved graph with no progress at all is one whose progress was set back to the
+        start by hand (docs/operations.md: re-index everything): its records, applied at the
+        tids read again, would change nothing and no document would be written (an emptied
+        index stayed empty). It is built again from the start, as a backfill's."""
+        problem = graph.coverage_problem(self.store.conn, self.store.client_id, start_tid)
+        if problem is not None:
+            raise SetupError(problem)
+        if start_tid < 0 and not self.building:
+            log.info("indexing from the start: the object graph of client id %r is built again",
+                     self.store.client_id, extra={"client_id": self.store.client_id})
+            self.store.forget()
+            self.building = True
+        self.end_tid = end_tid
+
     @property
     def connections(self) -> tuple[Any, Any]:
         """The graph's connection and the one states are read on (a stop cancels their statements)."""

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from esindexer.source.pg import has_relation, run_ddl
+from esindexer.source.tid import tid_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,35 @@ def forget(conn: Any, client_id: str) -> None:
             if has_relation(cur, table):  # (an installation from before the staging tables)
                 cur.execute(f"DELETE FROM {table} WHERE client_id = %s", (client_id,))
     conn.commit()
+
+
+def coverage_problem(conn: Any, client_id: str, progress_tid: int) -> str | None:
+    """Why ``client_id``'s graph is not the one its documents were built from, or None.
+
+    The graph is written before the documents of a batch and the progress after them, so
+    the graph's tid is never below the progress. When it is, or the graph has no row at
+    all, its rows were deleted or restored apart from the progress: following on would
+    resolve a tree from the records changed since alone, place almost none of them, and
+    leave moves and additions out of the index."""
+    if progress_tid < 0:
+        return None  # nothing indexed yet: a backfill builds the graph from the start
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT tid FROM {APPLIED} WHERE client_id = %s", (client_id,))
+        row = cur.fetchone()
+        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {NODES} WHERE client_id = %s)", (client_id,))
+        has_nodes = bool(cur.fetchone()[0])
+    conn.rollback()
+    indexed = tid_to_datetime(progress_tid).isoformat(timespec="seconds")
+    if row is None or not has_nodes:
+        found = "has no object graph" if row is None else "has an object graph without records"
+    elif int(row[0]) < progress_tid:
+        found = f"has an object graph that reaches only {tid_to_datetime(int(row[0])).isoformat(timespec='seconds')}"
+    else:
+        return None
+    return (f"client id {client_id!r} has indexed object documents up to {indexed} but {found} "
+            f"(its rows in {NODES} and {APPLIED} were deleted, or restored apart from its progress): "
+            "its documents cannot be kept exact from here. Build a new generation from the start with "
+            "`esindexer reindex --to PREFIX` (the alias keeps serving this one meanwhile)")
 
 
 def tree_classes(cur: Any, client_id: str, is_object_class: Callable[[str | None], bool] | None) -> list[str]:
