@@ -70,7 +70,8 @@ class ObjectBatchReader(BatchReader):
         start by hand (docs/operations.md: re-index everything): its records, applied at the
         tids read again, would change nothing and no document would be written (an emptied
         index stayed empty). It is built again from the start, as a backfill's."""
-        problem = graph.coverage_problem(self.store.conn, self.store.client_id, start_tid)
+        with self.store.lock:  # the committer uses the graph's connection too (packs)
+            problem = graph.coverage_problem(self.store.conn, self.store.client_id, start_tid)
         if problem is not None:
             raise SetupError(problem)
         if start_tid < 0 and not self.building:
