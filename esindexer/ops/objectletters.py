@@ -21,13 +21,14 @@ from esindexer.objects.assemble import assemble
 from esindexer.objects.edges import record_facts
 from esindexer.objects.store import GraphStore
 from esindexer.pipeline.objectreader import object_class_filter
-from esindexer.source import pg
+from esindexer.source import graph, pg
 
 #: ``(tid, zoid, conversion)`` of the redelivered records -> the actions to send.
 ObjectsHook = Callable[[list[tuple[int, int, Conversion]]], list[Action]]
 
 
 def objects_hook(conn: Any, settings: Settings, builder: DocumentBuilder, jsonifier: Jsonifier) -> ObjectsHook:
+    graph.require_coverage(conn, settings.worker_id)  # written into a lost graph, letters would hide the loss
     store = GraphStore(conn, settings.worker_id, object_class_filter(settings))
 
     def actions(records: list[tuple[int, int, Conversion]]) -> list[Action]:

@@ -250,6 +250,7 @@ def _graph_lag(conn: Any, live: str, scratch: str, read_at: int, differing: set[
 def verify_objects(conn: Any, es: Any, builder: DocumentBuilder, jsonifier: Jsonifier,
                    settings: Settings, deep: bool = False, repair: bool = False) -> ObjectReport:
     """Compare (and with ``repair`` rewrite) the object documents; see the module docstring."""
+    graph.require_coverage(conn, settings.worker_id)  # a lost graph is no truth to repair the index to
     store = GraphStore(conn, settings.worker_id, object_class_filter(settings))
     report = ObjectReport()
     indices = builder.indices

@@ -19,7 +19,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from esindexer.errors import SetupError
 from esindexer.source.pg import has_relation, run_ddl
+from esindexer.source.progress import get_progress_tid
 from esindexer.source.tid import tid_to_datetime
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,16 @@ def coverage_problem(conn: Any, client_id: str, progress_tid: int) -> str | None
             f"(its rows in {NODES} and {APPLIED} were deleted, or restored apart from its progress): "
             "its documents cannot be kept exact from here. Build a new generation from the start with "
             "`esindexer reindex --to PREFIX` (the alias keeps serving this one meanwhile)")
+
+
+def require_coverage(conn: Any, client_id: str) -> None:
+    """:func:`coverage_problem` against the client id's saved progress, as a
+    :class:`SetupError`: for the commands that compare documents with the graph or write
+    into it (``verify --repair`` would delete every document a lost graph does not hold)."""
+    problem = coverage_problem(conn, client_id, get_progress_tid(conn, client_id))
+    conn.rollback()
+    if problem is not None:
+        raise SetupError(problem)
 
 
 def tree_classes(cur: Any, client_id: str, is_object_class: Callable[[str | None], bool] | None) -> list[str]:

@@ -4,8 +4,9 @@ The graph is written before a batch's documents and the progress after them, so 
 never below the progress. When its rows are deleted, or restored apart from the progress,
 following on resolved a tree from the records changed since alone: moves and additions never
 reached the index, silently (found on 2026-12-07). The service now refuses to start (exit 2,
-one line saying what it found and what to run), writes nothing, and the line's way out,
-``esindexer reindex --to``, serves the truth behind the alias.
+one line saying what it found and what to run), writes nothing, ``status``, ``verify`` and
+``dead-letters --redeliver`` say the same, and the line's way out, ``esindexer reindex
+--to``, serves the truth behind the alias.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ def test_a_graph_that_does_not_cover_the_progress_is_refused_and_reindex_is_the_
     line = next(x for x in status.stdout.splitlines() if x.startswith("object graph"))
     assert f"NOT USABLE: client id {client!r} has indexed object documents" in line, status.stdout
     assert any(x.split()[:3] == ["caught", "up", "False"] for x in status.stdout.splitlines()), status.stdout
+    # the commands that compare with the graph or write into it refuse too: verify --repair
+    # would have deleted every document the lost graph does not hold
+    for command in (("verify",), ("verify", "--repair"), ("dead-letters", "--redeliver")):
+        done = run_esindexer(*command, env=env, timeout=300)
+        assert done.returncode == 2 and f"client id {client!r} has indexed object documents" in done.stderr, (
+            command, done.returncode, done.stdout[-2000:], done.stderr[-2000:])
     # nothing written: the index as it was, the graph as the loss left it
     assert index.documents(es, es_prefix, pattern=alias) == before
     with psycopg2.connect(db_dsn) as pg, pg.cursor() as cur:
