@@ -142,11 +142,13 @@ def coverage_problem(conn: Any, client_id: str, progress_tid: int) -> str | None
     leave moves and additions out of the index."""
     if progress_tid < 0:
         return None  # nothing indexed yet: a backfill builds the graph from the start
+    row, has_nodes = None, False
     with conn.cursor() as cur:
-        cur.execute(f"SELECT tid FROM {APPLIED} WHERE client_id = %s", (client_id,))
-        row = cur.fetchone()
-        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {NODES} WHERE client_id = %s)", (client_id,))
-        has_nodes = bool(cur.fetchone()[0])
+        if has_relation(cur, APPLIED) and has_relation(cur, NODES):  # (none before the first objects run)
+            cur.execute(f"SELECT tid FROM {APPLIED} WHERE client_id = %s", (client_id,))
+            row = cur.fetchone()
+            cur.execute(f"SELECT EXISTS (SELECT 1 FROM {NODES} WHERE client_id = %s)", (client_id,))
+            has_nodes = bool(cur.fetchone()[0])
     conn.rollback()
     indexed = tid_to_datetime(progress_tid).isoformat(timespec="seconds")
     if row is None or not has_nodes:

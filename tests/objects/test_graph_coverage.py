@@ -133,3 +133,19 @@ def test_progress_set_back_to_the_start_by_hand_builds_the_graph_again(zodb, db_
         hits = es.search(index=alias, query={"match_phrase": {"state.title": "changed while no index existed"}})
         assert [h["_source"]["path"] for h in hits["hits"]["hits"]] == ["/site/docs/doc-3"]
     conn.close()
+
+
+def test_a_database_without_the_graphs_tables_has_no_graph(db_dsn):
+    """``status`` asks before any objects run created the tables: an answer, not an error."""
+    from esindexer.source import graph
+    from esindexer.source.pg import has_relation
+
+    conn = psycopg2.connect(db_dsn)
+    try:
+        with conn.cursor() as cur:
+            assert not has_relation(cur, graph.APPLIED)
+        conn.rollback()
+        assert graph.coverage_problem(conn, "fresh", -1) is None
+        assert "has no object graph" in graph.coverage_problem(conn, "fresh", 292043848741194752)
+    finally:
+        conn.close()
