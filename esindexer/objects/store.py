@@ -30,7 +30,8 @@ from esindexer.objects import dirtypages, unresolved
 from esindexer.objects import graph_sql as q
 from esindexer.objects.edges import ROOT_ZOID, RecordFacts
 from esindexer.objects.unresolved import latest_of
-from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES, TABLES
+from esindexer.source import graph
+from esindexer.source.graph import APPLIED, DIRTY, EDGES, GRAPH_LOCK_CLASS, NODES
 from esindexer.source.pg import int_array
 
 log = logging.getLogger(__name__)
@@ -156,14 +157,13 @@ class GraphStore:
         return dirty, version
 
     def forget(self) -> None:
-        """Delete this client id's whole graph (to build it again from the start), as its writer."""
+        """Delete this client id's whole graph (to build it again from the start), as its writer:
+        :func:`graph.forget` in the transaction that took the graph's lock (held until its commit)."""
         with self.lock:
             try:
                 with self.conn.cursor() as cur:
                     self._serialise(cur)
-                    for table in TABLES:  # (ensure_tables made them all)
-                        cur.execute(f"DELETE FROM {table} WHERE client_id = %s", (self.client_id,))
-                self.conn.commit()
+                graph.forget(self.conn, self.client_id)
             except BaseException:
                 self.conn.rollback()
                 raise

@@ -106,7 +106,8 @@ def test_a_graph_that_does_not_cover_the_progress_is_refused_and_reindex_is_the_
     db.close()
 
 
-def test_progress_set_back_to_the_start_by_hand_builds_the_graph_again(zodb, db_dsn, es_url, es_prefix, es):
+def test_progress_set_back_to_the_start_by_hand_builds_the_graph_again(zodb, db_dsn, es_url, es_prefix, es,
+                                                                       caplog):
     """docs/operations.md's *re-index everything* with a gap: the indices deleted and the
     progress set to -1. The graph, resolved and complete, would have taken every record
     read again as already applied (same tid): no document written, the new index empty.
@@ -128,8 +129,10 @@ def test_progress_set_back_to_the_start_by_hand_builds_the_graph_again(zodb, db_
     root = conn.root()
     root["site"]._tree["docs"]._tree["doc-3"].title = "changed while no index existed"
     transaction.commit()
+    caplog.set_level("INFO", logger="esindexer.pipeline.objectreader")
     with running(settings):
         wait_for(lambda: paths(es, alias) == tree(zodb), timeout=60)
+        assert f"the object graph of client id {settings.worker_id!r} is built again" in caplog.text
         hits = es.search(index=alias, query={"match_phrase": {"state.title": "changed while no index existed"}})
         assert [h["_source"]["path"] for h in hits["hits"]["hits"]] == ["/site/docs/doc-3"]
     conn.close()
